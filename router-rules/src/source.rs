@@ -1,0 +1,274 @@
+//! Reading tables from text: YAML (with line and column for every problem) and JSON.
+
+use serde_saphyr::granit_parser::{Event, Parser};
+
+use crate::error::{Location, Problem, TableError};
+use crate::raw::RawTable;
+
+/// Largest table text accepted, in bytes. Real tables are a few hundred KiB at most; the limit
+/// keeps a hostile or broken input from taking the parser's time and memory.
+pub const MAX_TABLE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Where each node of a YAML document starts, by field path (`units[3].slots[1]`).
+///
+/// Validation speaks in field paths; this map turns them into line and column, so the
+/// validator stays independent of the source format.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMap {
+    /// Node paths with their start, in document order.
+    nodes: Vec<(String, Location)>,
+    /// Mapping keys, by the path of the value they introduce, in document order: an unknown
+    /// field is reported at its key, which has no value node of its own.
+    keys: Vec<(String, Location)>,
+}
+
+impl SourceMap {
+    /// Map every node of `text`. Stops quietly at the first syntax error: what was mapped
+    /// before it stays usable.
+    pub fn from_yaml(text: &str) -> Self {
+        let mut nodes = Vec::new();
+        let mut keys = Vec::new();
+        let mut stack: Vec<Frame> = Vec::new();
+        for item in Parser::new_from_str(text) {
+            let Ok((event, span)) = item else { break };
+            let location = Location {
+                line: u32::try_from(span.start.line()).unwrap_or(u32::MAX),
+                column: u32::try_from(span.start.col() + 1).unwrap_or(u32::MAX),
+            };
+            match event {
+                Event::Scalar(value, ..) => match node_path(&mut stack, Some(&value)) {
+                    Some(path) => nodes.push((path, location)),
+                    None => {
+                        if let Some(Frame::Map {
+                            path,
+                            key: Some(key),
+                        }) = stack.last()
+                        {
+                            keys.push((join_key(path, key), location));
+                        }
+                    }
+                },
+                Event::Alias(..) => {
+                    if let Some(path) = node_path(&mut stack, None) {
+                        nodes.push((path, location));
+                    }
+                }
+                Event::SequenceStart(..) | Event::MappingStart(..) => {
+                    let is_map = matches!(event, Event::MappingStart(..));
+                    let path = match node_path(&mut stack, None) {
+                        Some(path) => path,
+                        // A collection used as a mapping key: map nothing inside it.
+                        None => "?".to_owned(),
+                    };
+                    nodes.push((path.clone(), location));
+                    stack.push(if is_map {
+                        Frame::Map { path, key: None }
+                    } else {
+                        Frame::Seq { path, next: 0 }
+                    });
+                }
+                Event::SequenceEnd | Event::MappingEnd => {
+                    stack.pop();
+                }
+                _ => {}
+            }
+        }
+        Self { nodes, keys }
+    }
+
+    /// Where the node at `path` starts; for a path that is not in the document (a missing
+    /// field), where its nearest present ancestor starts.
+    pub fn locate(&self, path: &str) -> Option<Location> {
+        let mut path = path;
+        loop {
+            if let Some((_, location)) = self.nodes.iter().find(|(p, _)| p == path) {
+                return Some(*location);
+            }
+            if path.is_empty() {
+                return None;
+            }
+            path = parent_path(path);
+        }
+    }
+
+    /// The path of the node or mapping key that starts last at or before `location`.
+    pub fn path_at(&self, location: Location) -> Option<&str> {
+        match (
+            last_before(&self.nodes, location),
+            last_before(&self.keys, location),
+        ) {
+            (Some(node), Some(key)) => Some(if key.1 >= node.1 { key.0 } else { node.0 }),
+            (node, key) => node.or(key).map(|(path, _)| path),
+        }
+    }
+}
+
+fn last_before(list: &[(String, Location)], location: Location) -> Option<(&str, Location)> {
+    list.iter()
+        .take_while(|(_, start)| *start <= location)
+        .last()
+        .map(|(path, start)| (path.as_str(), *start))
+}
+
+enum Frame {
+    Seq { path: String, next: usize },
+    Map { path: String, key: Option<String> },
+}
+
+/// The path of the node that comes next in the innermost collection. In a mapping a node is
+/// either a key (recorded, no path of its own) or the value of the last key.
+fn node_path(stack: &mut [Frame], scalar: Option<&str>) -> Option<String> {
+    match stack.last_mut() {
+        None => Some(String::new()),
+        Some(Frame::Seq { path, next }) => {
+            let p = format!("{path}[{next}]");
+            *next += 1;
+            Some(p)
+        }
+        Some(Frame::Map { path, key }) => match key.take() {
+            Some(k) => Some(join_key(path, &k)),
+            None => {
+                *key = Some(scalar.unwrap_or("?").to_owned());
+                None
+            }
+        },
+    }
+}
+
+fn join_key(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// `units[3].slots` for `units[3].slots[1]`, `units[3]` for `units[3].slots`, `` for `units`.
+pub(crate) fn parent_path(path: &str) -> &str {
+    match path.rfind(['.', '[']) {
+        Some(i) => &path[..i],
+        None => "",
+    }
+}
+
+/// Parse a YAML table. Shape errors (unknown fields, wrong types, bad syntax) come back as one
+/// problem with its line, column and field path.
+pub fn parse_yaml(text: &str) -> Result<(RawTable, SourceMap), TableError> {
+    check_size(text)?;
+    let options = serde_saphyr::options! { with_snippet: false };
+    match serde_saphyr::from_str_with_options::<RawTable>(text, options) {
+        Ok(raw) => Ok((raw, SourceMap::from_yaml(text))),
+        Err(error) => {
+            let map = SourceMap::from_yaml(text);
+            let location = error.location().and_then(|l| {
+                (l.line() > 0).then(|| Location {
+                    line: u32::try_from(l.line()).unwrap_or(u32::MAX),
+                    column: u32::try_from(l.column()).unwrap_or(u32::MAX),
+                })
+            });
+            let path = location
+                .and_then(|l| map.path_at(l))
+                .unwrap_or_default()
+                .to_owned();
+            Err(TableError::single(Problem {
+                path,
+                location,
+                message: yaml_message(&error),
+            }))
+        }
+    }
+}
+
+/// Parse a JSON table (the control-plane API's body format).
+pub fn parse_json(text: &str) -> Result<RawTable, TableError> {
+    check_size(text)?;
+    serde_json::from_str(text).map_err(|error| {
+        let location = (error.line() > 0).then(|| Location {
+            line: u32::try_from(error.line()).unwrap_or(u32::MAX),
+            column: u32::try_from(error.column()).unwrap_or(u32::MAX),
+        });
+        let mut message = error.to_string();
+        // serde_json appends " at line L column C"; the location is shown on its own.
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        TableError::single(Problem {
+            path: String::new(),
+            location,
+            message,
+        })
+    })
+}
+
+fn check_size(text: &str) -> Result<(), TableError> {
+    if text.len() > MAX_TABLE_BYTES {
+        return Err(TableError::single(Problem::at(
+            "",
+            format!(
+                "table is {} bytes; the limit is {MAX_TABLE_BYTES} bytes",
+                text.len()
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// serde-saphyr's message without its own `line L column C:` prefix.
+fn yaml_message(error: &serde_saphyr::Error) -> String {
+    let text = error.to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    let text = match text.strip_prefix("line ") {
+        Some(rest) => match rest.find(": ") {
+            Some(i) if rest[..i].contains(" column ") => &rest[i + 2..],
+            _ => text,
+        },
+        None => text,
+    };
+    let text = text.lines().next().unwrap_or_default().trim();
+    // Some messages repeat the location at their end; it is shown on its own.
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_map_knows_nested_paths() {
+        let text = "version: 1\nunits:\n  - name: a\n    slots: [[0, 5], [6, 9]]\n";
+        let map = SourceMap::from_yaml(text);
+        assert_eq!(
+            map.locate("version"),
+            Some(Location {
+                line: 1,
+                column: 10
+            })
+        );
+        assert_eq!(
+            map.locate("units[0].name"),
+            Some(Location {
+                line: 3,
+                column: 11
+            })
+        );
+        assert_eq!(
+            map.locate("units[0].slots[1]"),
+            Some(Location {
+                line: 4,
+                column: 22
+            })
+        );
+        // A missing field is placed at its parent.
+        assert_eq!(map.locate("units[0].region"), map.locate("units[0]"));
+    }
+
+    #[test]
+    fn parent_paths() {
+        assert_eq!(parent_path("units[3].slots[1]"), "units[3].slots");
+        assert_eq!(parent_path("units[3].slots"), "units[3]");
+        assert_eq!(parent_path("units"), "");
+    }
+}

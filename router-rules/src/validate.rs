@@ -1,0 +1,817 @@
+//! Validation: the only way from a [`RawTable`] to a [`CompiledTable`].
+//!
+//! Every check runs and every problem is collected, so an operator fixes a table in one pass.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use fnv::FnvHashMap;
+
+use crate::error::{Problem, TableError};
+use crate::key::KeySource;
+use crate::raw::{Balance, Class, MissingKeyPolicy, RawKeySource, RawRoute, RawTable};
+use crate::source::SourceMap;
+use crate::table::{
+    CompiledTable, Endpoint, HostMatch, Matcher, PathMatch, Pool, Region, Route, RouteIndex, Unit,
+};
+
+/// Largest slot space accepted.
+pub const MAX_SLOT_COUNT: u32 = 1_000_000;
+/// Most units a table may have (unit indices are 16-bit in the slot map).
+pub const MAX_UNITS: usize = 65_535;
+/// Most routes a table may have.
+pub const MAX_ROUTES: usize = 65_535;
+
+const NAME_RULE: &str = "names use lowercase letters, digits, '-' and '_', start with a letter or digit, and have 1 to 64 characters";
+
+/// Validate `raw` and compile it. On failure, every problem found; when `source` is given,
+/// each problem carries its line and column.
+pub fn validate(raw: RawTable, source: Option<&SourceMap>) -> Result<CompiledTable, TableError> {
+    let mut v = Validator::default();
+    let compiled = v.compile(&raw);
+    if v.problems.is_empty()
+        && let Some(mut table) = compiled
+    {
+        table.raw = raw;
+        return Ok(table);
+    }
+    let mut problems = v.problems;
+    if let Some(source) = source {
+        for problem in &mut problems {
+            problem.location = source.locate(&problem.path);
+        }
+        // Source order; problems without a place keep their relative order at the end.
+        problems.sort_by_key(|p| p.location.is_none());
+        problems.sort_by_key(|p| p.location);
+        problems.sort_by_key(|p| p.location.is_none());
+    }
+    if problems.is_empty() {
+        problems.push(Problem::at("", "table could not be compiled"));
+    }
+    Err(TableError { problems })
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::at(path, message));
+    }
+
+    /// Check and build; `None` when something was too broken to build at all.
+    fn compile(&mut self, raw: &RawTable) -> Option<CompiledTable> {
+        if raw.version == 0 {
+            self.problem("version", "version must be at least 1");
+        }
+        let slot_count = raw.slots.count;
+        let slots_ok = (1..=MAX_SLOT_COUNT).contains(&slot_count);
+        if !slots_ok {
+            self.problem(
+                "slots.count",
+                format!("slot count {slot_count} is out of range; allowed: 1 to {MAX_SLOT_COUNT}"),
+            );
+        }
+        let write_methods = raw.write_methods.as_ref().map(|methods| {
+            self.check_methods("write_methods", methods);
+            methods.iter().map(|m| m.as_str().into()).collect()
+        });
+
+        let region_names = self.check_regions(raw);
+        let services = self.services(raw, &region_names);
+        let regions = self.build_regions(raw, &region_names, &services);
+        let (units, center) = self.build_units(raw, &region_names);
+        let slot_units = if slots_ok {
+            self.build_slot_map(raw, slot_count)
+        } else {
+            None
+        };
+        let pinned = self.build_pins(raw);
+        let routes = self.build_routes(raw, &services);
+
+        let center = center?;
+        let table = CompiledTable {
+            version: raw.version,
+            slot_count,
+            services,
+            regions,
+            units,
+            center,
+            slot_units: slot_units?,
+            pinned,
+            route_index: RouteIndex::build(&routes),
+            routes,
+            write_methods,
+            raw: RawTable {
+                version: 0,
+                slots: Default::default(),
+                write_methods: None,
+                regions: Vec::new(),
+                units: Vec::new(),
+                routes: Vec::new(),
+            },
+        };
+        Some(table)
+    }
+
+    fn check_name(&mut self, path: &str, what: &str, name: &str) {
+        if !is_valid_name(name) {
+            self.problem(path, format!("invalid {what} name {name:?}: {NAME_RULE}"));
+        }
+    }
+
+    fn check_methods(&mut self, path: &str, methods: &[String]) {
+        if methods.is_empty() {
+            self.problem(
+                path,
+                "method list is empty; list at least one method, or leave the field out",
+            );
+        }
+        for (i, method) in methods.iter().enumerate() {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                self.problem(
+                    format!("{path}[{i}]"),
+                    format!("invalid method {method:?}: methods are uppercase letters, e.g. GET, POST, PUT, PATCH, DELETE"),
+                );
+            } else if methods[..i].contains(method) {
+                self.problem(
+                    format!("{path}[{i}]"),
+                    format!("method {method} is listed twice"),
+                );
+            }
+        }
+    }
+
+    /// Region names by index, after checking each region's own fields.
+    fn check_regions(&mut self, raw: &RawTable) -> HashMap<String, usize> {
+        if raw.regions.is_empty() {
+            self.problem("regions", "no regions: a table needs at least one region");
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, region) in raw.regions.iter().enumerate() {
+            let path = format!("regions[{i}]");
+            self.check_name(&format!("{path}.name"), "region", &region.name);
+            if let Some(&first) = names.get(&region.name) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate region name {:?}; first defined at regions[{first}]",
+                        region.name
+                    ),
+                );
+            } else {
+                names.insert(region.name.clone(), i);
+            }
+            if raw.regions.len() > 1 && region.gateways.is_empty() {
+                self.problem(
+                    format!("{path}.gateways"),
+                    format!("region {:?} lists no gateways; with several regions each needs at least one `host:port` so requests for its units can be forwarded to it", region.name),
+                );
+            }
+            for (g, gateway) in region.gateways.iter().enumerate() {
+                if let Err(why) = check_host_port(gateway) {
+                    self.problem(
+                        format!("{path}.gateways[{g}]"),
+                        format!("invalid gateway address {gateway:?}: {why}"),
+                    );
+                } else if region.gateways[..g].contains(gateway) {
+                    self.problem(
+                        format!("{path}.gateways[{g}]"),
+                        format!("gateway {gateway} is listed twice"),
+                    );
+                }
+            }
+            for (service, endpoints) in &region.pools {
+                let pool_path = format!("{path}.pools.{service}");
+                self.check_name(&pool_path, "service", service);
+                if endpoints.is_empty() {
+                    self.problem(&pool_path, format!("pool for service {service:?} is empty; list at least one `host:port` endpoint"));
+                }
+                for (e, endpoint) in endpoints.iter().enumerate() {
+                    if let Err(why) = check_host_port(endpoint) {
+                        self.problem(
+                            format!("{pool_path}[{e}]"),
+                            format!("invalid endpoint {endpoint:?}: {why}"),
+                        );
+                    } else if endpoints[..e].contains(endpoint) {
+                        self.problem(
+                            format!("{pool_path}[{e}]"),
+                            format!("endpoint {endpoint} is listed twice"),
+                        );
+                    }
+                }
+            }
+        }
+        for (i, region) in raw.regions.iter().enumerate() {
+            if let Some(fallback) = &region.read_fallback {
+                let path = format!("regions[{i}].read_fallback");
+                if !names.contains_key(fallback) {
+                    self.problem(&path, unknown("region", fallback, names.keys()));
+                } else if *fallback == region.name {
+                    self.problem(
+                        &path,
+                        format!("region {:?} cannot be its own read fallback", region.name),
+                    );
+                }
+            }
+        }
+        names
+    }
+
+    /// Every service with a pool somewhere or a route, sorted by name. Checks that each routed
+    /// service has a pool in every region: units move between regions, so every region must be
+    /// able to serve every unit.
+    fn services(&mut self, raw: &RawTable, region_names: &HashMap<String, usize>) -> Vec<Box<str>> {
+        let mut services: BTreeMap<&str, ()> = BTreeMap::new();
+        for region in &raw.regions {
+            services.extend(region.pools.keys().map(|s| (s.as_str(), ())));
+        }
+        let known: Vec<String> = services.keys().map(|s| (*s).to_owned()).collect();
+        let mut reported: Vec<&str> = Vec::new();
+        for (r, route) in raw.routes.iter().enumerate() {
+            if !services.contains_key(route.service.as_str()) {
+                self.problem(
+                    format!("routes[{r}].service"),
+                    format!(
+                        "unknown service {:?}; services with pools: {}",
+                        route.service,
+                        list_or_none(&known)
+                    ),
+                );
+                continue;
+            }
+            if reported.contains(&route.service.as_str()) {
+                continue;
+            }
+            reported.push(&route.service);
+            for (i, region) in raw.regions.iter().enumerate() {
+                if region_names.get(&region.name) == Some(&i)
+                    && !region.pools.contains_key(&route.service)
+                {
+                    self.problem(
+                        format!("regions[{i}].pools"),
+                        format!(
+                            "region {:?} has no pool for service {:?} (used by routes[{r}] {:?}); every region needs one, since units can move to any region",
+                            region.name, route.service, route.name
+                        ),
+                    );
+                }
+            }
+        }
+        services.into_keys().map(Into::into).collect()
+    }
+
+    fn build_regions(
+        &mut self,
+        raw: &RawTable,
+        names: &HashMap<String, usize>,
+        services: &[Box<str>],
+    ) -> Vec<Region> {
+        raw.regions
+            .iter()
+            .map(|region| Region {
+                name: region.name.as_str().into(),
+                gateways: region.gateways.iter().map(|g| g.as_str().into()).collect(),
+                pools: services
+                    .iter()
+                    .map(|s| {
+                        region.pools.get(&**s).map(|endpoints| Pool {
+                            endpoints: endpoints.iter().map(|e| Endpoint::new(e)).collect(),
+                        })
+                    })
+                    .collect(),
+                read_fallback: region
+                    .read_fallback
+                    .as_ref()
+                    .and_then(|f| names.get(f).copied()),
+            })
+            .collect()
+    }
+
+    fn build_units(
+        &mut self,
+        raw: &RawTable,
+        region_names: &HashMap<String, usize>,
+    ) -> (Vec<Unit>, Option<usize>) {
+        if raw.units.is_empty() {
+            self.problem("units", "no units: a table needs at least one unit");
+        }
+        if raw.units.len() > MAX_UNITS {
+            self.problem(
+                "units",
+                format!("{} units; at most {MAX_UNITS} are allowed", raw.units.len()),
+            );
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut centers: Vec<usize> = Vec::new();
+        let mut units = Vec::with_capacity(raw.units.len());
+        let region_list: Vec<&str> = raw.regions.iter().map(|r| r.name.as_str()).collect();
+        for (i, unit) in raw.units.iter().enumerate() {
+            let path = format!("units[{i}]");
+            self.check_name(&format!("{path}.name"), "unit", &unit.name);
+            if let Some(&first) = names.get(unit.name.as_str()) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate unit name {:?}; first defined at units[{first}]",
+                        unit.name
+                    ),
+                );
+            } else {
+                names.insert(&unit.name, i);
+            }
+            let region = region_names.get(&unit.region).copied();
+            if region.is_none() {
+                self.problem(
+                    format!("{path}.region"),
+                    unknown("region", &unit.region, region_list.iter()),
+                );
+            }
+            let standby = unit.standby.as_ref().and_then(|standby| {
+                let index = region_names.get(standby).copied();
+                if index.is_none() {
+                    self.problem(format!("{path}.standby"), unknown("region", standby, region_list.iter()));
+                } else if *standby == unit.region {
+                    self.problem(
+                        format!("{path}.standby"),
+                        format!("standby region {standby:?} is the unit's own region; name another region or leave it out"),
+                    );
+                }
+                index
+            });
+            if unit.center {
+                centers.push(i);
+            }
+            if unit.slots.is_empty() && unit.pinned_keys.is_empty() {
+                self.problem(
+                    format!("{path}.slots"),
+                    format!("unit {:?} owns no slots", unit.name),
+                );
+            }
+            let mut ranges: Vec<(u32, u32)> = unit.slots.iter().map(|&[a, b]| (a, b)).collect();
+            ranges.sort_unstable();
+            units.push(Unit {
+                name: unit.name.as_str().into(),
+                ranges,
+                region: region.unwrap_or(0),
+                standby,
+                state: unit.state,
+                center: unit.center,
+            });
+        }
+        let center = match centers.as_slice() {
+            [] => {
+                if !raw.units.is_empty() {
+                    self.problem("units", "no center unit: mark exactly one unit with `center: true`; it hosts the data that cannot be split by user");
+                }
+                None
+            }
+            [one] => Some(*one),
+            [first, rest @ ..] => {
+                for &other in rest {
+                    self.problem(
+                        format!("units[{other}].center"),
+                        format!(
+                            "several center units: {:?} (units[{first}]) and {:?} (units[{other}]); exactly one unit is the center",
+                            raw.units[*first].name, raw.units[other].name
+                        ),
+                    );
+                }
+                None
+            }
+        };
+        (units, center)
+    }
+
+    /// Check that the units' ranges cover the slot space exactly once, and build slot -> unit.
+    fn build_slot_map(&mut self, raw: &RawTable, count: u32) -> Option<Box<[u16]>> {
+        let last = count - 1;
+        // (first, last, unit, range index) of every range inside the slot space.
+        let mut ranges: Vec<(u32, u32, usize, usize)> = Vec::new();
+        for (u, unit) in raw.units.iter().enumerate() {
+            for (k, &[first, end]) in unit.slots.iter().enumerate() {
+                let path = format!("units[{u}].slots[{k}]");
+                if first > end {
+                    self.problem(
+                        path,
+                        format!(
+                            "slot range [{first}, {end}] is reversed; write it as [{end}, {first}]"
+                        ),
+                    );
+                } else if end > last {
+                    self.problem(
+                        path,
+                        format!("slot range [{first}, {end}] ends past the slot space; slots are 0 to {last} (slots.count is {count})"),
+                    );
+                } else {
+                    ranges.push((first, end, u, k));
+                }
+            }
+        }
+        ranges.sort_unstable();
+        let before = self.problems.len();
+        // Next slot not yet covered, and the range that covered the slot before it.
+        let mut next: u64 = 0;
+        let mut previous: Option<(u32, u32, usize, usize)> = None;
+        for &(first, end, u, k) in &ranges {
+            let path = format!("units[{u}].slots[{k}]");
+            if u64::from(first) > next {
+                self.problem(
+                    &path,
+                    format!(
+                        "gap: slots {} belong to no unit (the next range, [{first}, {end}] of unit {:?}, starts at {first})",
+                        span(next as u32, first - 1),
+                        raw.units[u].name
+                    ),
+                );
+            } else if u64::from(first) < next
+                && let Some((pf, pe, pu, pk)) = previous
+            {
+                self.problem(
+                    &path,
+                    format!(
+                        "overlap: slots {} of unit {:?} are also in units[{pu}].slots[{pk}] [{pf}, {pe}] of unit {:?}",
+                        span(first, end.min(pe)),
+                        raw.units[u].name,
+                        raw.units[pu].name
+                    ),
+                );
+            }
+            if u64::from(end) + 1 > next {
+                next = u64::from(end) + 1;
+                previous = Some((first, end, u, k));
+            }
+        }
+        if !raw.units.is_empty() && next <= u64::from(last) {
+            self.problem(
+                "units",
+                format!(
+                    "gap: slots {} belong to no unit (no range covers the end of the slot space)",
+                    span(next as u32, last)
+                ),
+            );
+        }
+        if self.problems.len() > before || raw.units.len() > MAX_UNITS {
+            return None;
+        }
+        let mut map = vec![0u16; count as usize].into_boxed_slice();
+        for &(first, end, u, _) in &ranges {
+            let unit = u16::try_from(u).ok()?;
+            map[first as usize..=end as usize].fill(unit);
+        }
+        Some(map)
+    }
+
+    fn build_pins(&mut self, raw: &RawTable) -> FnvHashMap<Box<str>, u16> {
+        let mut pins: FnvHashMap<Box<str>, u16> = FnvHashMap::default();
+        let mut first_seen: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (u, unit) in raw.units.iter().enumerate() {
+            for (k, key) in unit.pinned_keys.iter().enumerate() {
+                let path = format!("units[{u}].pinned_keys[{k}]");
+                if key.trim().is_empty() || key.trim() != key {
+                    self.problem(path, format!("invalid pinned key {key:?}: keys are non-empty and have no surrounding spaces"));
+                } else if let Some(&(fu, fk)) = first_seen.get(key.as_str()) {
+                    self.problem(
+                        path,
+                        format!("key {key:?} is already pinned at units[{fu}].pinned_keys[{fk}] (unit {:?})", raw.units[fu].name),
+                    );
+                } else {
+                    first_seen.insert(key, (u, k));
+                    pins.insert(key.as_str().into(), u16::try_from(u).unwrap_or(u16::MAX));
+                }
+            }
+        }
+        pins
+    }
+
+    fn build_routes(&mut self, raw: &RawTable, services: &[Box<str>]) -> Vec<Route> {
+        if raw.routes.is_empty() {
+            self.problem("routes", "no routes: a table needs at least one route");
+        }
+        if raw.routes.len() > MAX_ROUTES {
+            self.problem(
+                "routes",
+                format!(
+                    "{} routes; at most {MAX_ROUTES} are allowed",
+                    raw.routes.len()
+                ),
+            );
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+        for (i, route) in raw.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            self.check_name(&format!("{path}.name"), "route", &route.name);
+            if let Some(&first) = names.get(route.name.as_str()) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate route name {:?}; first defined at routes[{first}]",
+                        route.name
+                    ),
+                );
+            } else {
+                names.insert(&route.name, i);
+            }
+            let matcher = self.build_matcher(&path, route);
+            self.check_class_fields(&path, route);
+            let service = services
+                .iter()
+                .position(|s| **s == *route.service)
+                .unwrap_or(0);
+            let compiled = Route {
+                name: route.name.as_str().into(),
+                class: route.class,
+                service,
+                key_sources: route.key.iter().map(KeySource::from_raw).collect(),
+                missing_key: route.missing_key.unwrap_or(MissingKeyPolicy::Reject),
+                balance: route.balance.unwrap_or_default(),
+                matcher,
+            };
+            if let Some((earlier, shadow)) = routes
+                .iter()
+                .enumerate()
+                .find(|(_, r)| r.matcher.covers(&compiled.matcher))
+            {
+                self.problem(
+                    format!("{path}.match"),
+                    format!(
+                        "route {:?} is unreachable: every request it matches is matched first by routes[{earlier}] {:?}; move it above that route or narrow that route's match",
+                        route.name, shadow.name
+                    ),
+                );
+            }
+            routes.push(compiled);
+        }
+        routes
+    }
+
+    fn build_matcher(&mut self, path: &str, route: &RawRoute) -> Matcher {
+        let m = &route.matcher;
+        let host = m.host.as_ref().and_then(|host| {
+            let lower = host.to_ascii_lowercase();
+            let (wildcard, name) = match lower.strip_prefix("*.") {
+                Some(rest) => (true, rest),
+                None => (false, lower.as_str()),
+            };
+            if !is_valid_hostname(name) {
+                self.problem(
+                    format!("{path}.match.host"),
+                    format!("invalid host {host:?}: give a host name like shop.example.com, or *.example.com for any subdomain"),
+                );
+                return None;
+            }
+            Some(if wildcard {
+                HostMatch::Subdomain(format!(".{name}").into())
+            } else {
+                HostMatch::Exact(name.into())
+            })
+        });
+        let path_match = match (&m.path_prefix, &m.path) {
+            (Some(prefix), None) => {
+                self.check_path(&format!("{path}.match.path_prefix"), prefix);
+                PathMatch::Prefix(prefix.as_str().into())
+            }
+            (None, Some(exact)) => {
+                self.check_path(&format!("{path}.match.path"), exact);
+                PathMatch::Exact(exact.as_str().into())
+            }
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{path}.match"),
+                    "give either `path_prefix` or `path`, not both",
+                );
+                PathMatch::Prefix("/".into())
+            }
+            (None, None) => {
+                self.problem(
+                    format!("{path}.match"),
+                    "no path: give `path_prefix` (e.g. /cart) or `path` (an exact path)",
+                );
+                PathMatch::Prefix("/".into())
+            }
+        };
+        let methods = m.methods.as_ref().map(|methods| {
+            self.check_methods(&format!("{path}.match.methods"), methods);
+            methods.iter().map(|m| m.as_str().into()).collect()
+        });
+        Matcher {
+            host,
+            path: path_match,
+            methods,
+        }
+    }
+
+    fn check_path(&mut self, path: &str, value: &str) {
+        if !value.starts_with('/')
+            || value.contains(['?', '#'])
+            || value.chars().any(char::is_whitespace)
+        {
+            self.problem(
+                path,
+                format!(
+                    "invalid path {value:?}: paths start with '/' and contain no '?', '#' or spaces"
+                ),
+            );
+        }
+    }
+
+    fn check_class_fields(&mut self, path: &str, route: &RawRoute) {
+        match route.class {
+            Class::C => {
+                if route.key.is_empty() {
+                    self.problem(
+                        format!("{path}.key"),
+                        "C-class route without key sources: list where the routing key comes from (header, cookie, query, path_segment, jwt_claim)",
+                    );
+                }
+                for (k, source) in route.key.iter().enumerate() {
+                    self.check_key_source(&format!("{path}.key[{k}]"), source);
+                    if route.key[..k].contains(source) {
+                        self.problem(format!("{path}.key[{k}]"), "key source is listed twice");
+                    }
+                }
+            }
+            Class::P => {
+                if !route.key.is_empty() {
+                    self.problem(
+                        format!("{path}.key"),
+                        "P-class routes take no key sources: platform data is not split by user (use class C to route by key)",
+                    );
+                }
+                if route.missing_key.is_some() {
+                    self.problem(
+                        format!("{path}.missing_key"),
+                        "missing_key applies to C-class routes only",
+                    );
+                }
+                if route.balance == Some(Balance::KeyAffinity) {
+                    self.problem(
+                        format!("{path}.balance"),
+                        "key_affinity needs a routing key, which P-class routes do not have; use round_robin",
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_key_source(&mut self, path: &str, source: &RawKeySource) {
+        match source {
+            RawKeySource::Header(name) => {
+                if !is_token(name) {
+                    self.problem(
+                        format!("{path}.header"),
+                        format!("invalid header name {name:?}: header names are letters, digits and !#$%&'*+-.^_`|~"),
+                    );
+                } else if name.to_ascii_lowercase().starts_with("x-unitgate-") {
+                    self.problem(
+                        format!("{path}.header"),
+                        format!("header {name:?} is reserved: the gateway strips X-Unitgate-* headers from clients"),
+                    );
+                }
+            }
+            RawKeySource::Cookie(name) => {
+                if !is_token(name) {
+                    self.problem(
+                        format!("{path}.cookie"),
+                        format!("invalid cookie name {name:?}: cookie names are letters, digits and !#$%&'*+-.^_`|~"),
+                    );
+                }
+            }
+            RawKeySource::Query(name) => {
+                if name.is_empty() || name.contains(['&', '=', '#', ' ']) {
+                    self.problem(
+                        format!("{path}.query"),
+                        format!("invalid query parameter name {name:?}: non-empty, without '&', '=', '#' or spaces"),
+                    );
+                }
+            }
+            RawKeySource::PathSegment(n) => {
+                if *n == 0 {
+                    self.problem(
+                        format!("{path}.path_segment"),
+                        "path segments count from 1: in /order/42, segment 2 is 42",
+                    );
+                }
+            }
+            RawKeySource::JwtClaim(name) => {
+                if name.is_empty() {
+                    self.problem(format!("{path}.jwt_claim"), "empty claim name; e.g. sub");
+                }
+            }
+        }
+    }
+}
+
+/// Slots `a` to `b`, or slot `a`.
+fn span(a: u32, b: u32) -> String {
+    if a == b {
+        format!("{a}")
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
+fn unknown<'a>(
+    what: &str,
+    name: &str,
+    known: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>,
+) -> String {
+    let mut known: Vec<&str> = known.map(AsRef::as_ref).collect();
+    known.sort_unstable();
+    format!(
+        "unknown {what} {name:?}; known {what}s: {}",
+        list_or_none(&known)
+    )
+}
+
+fn list_or_none<S: AsRef<str>>(items: &[S]) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// RFC 9110 `token`: header and cookie names.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `host:port` with an IPv4 address, a host name, or a bracketed IPv6 address.
+fn check_host_port(address: &str) -> Result<(), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err("expected host:port, e.g. 10.0.0.1:8080".to_owned());
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("port {port:?} is not a number from 1 to 65535")),
+    }
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => host.parse::<Ipv4Addr>().is_ok() || is_valid_hostname(&host.to_ascii_lowercase()),
+    };
+    if host_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "host {host:?} is not an IPv4 address, a [IPv6] address or a host name"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports() {
+        assert!(check_host_port("127.0.0.1:8080").is_ok());
+        assert!(check_host_port("[::1]:80").is_ok());
+        assert!(check_host_port("cart.hz.internal:443").is_ok());
+        assert!(check_host_port("127.0.0.1").is_err());
+        assert!(check_host_port("127.0.0.1:0").is_err());
+        assert!(check_host_port("bad host:80").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("u01"));
+        assert!(is_valid_name("cart-v2"));
+        assert!(!is_valid_name("Cart"));
+        assert!(!is_valid_name("-x"));
+        assert!(!is_valid_name(""));
+    }
+}
