@@ -1,0 +1,155 @@
+//! `unitctl diff`: what a table change moves.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use router_rules::diff::{ChangeKind, SampleImpact, sample_impact};
+use router_rules::{TableDiff, diff};
+use serde::Serialize;
+
+use crate::{EXIT_FINDING, Failure, Output, print_json, table_file};
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The table in force.
+    pub old: PathBuf,
+    /// The proposed table.
+    pub new: PathBuf,
+    /// User IDs, one per line: also count how many of them would move.
+    #[arg(long, value_name = "FILE")]
+    pub sample: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Serialize)]
+struct DiffReport {
+    #[serde(flatten)]
+    diff: TableDiff,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample: Option<SampleImpact>,
+}
+
+pub fn run(args: &DiffArgs) -> Result<u8, Failure> {
+    let old = table_file::load_or_fail(&args.old)?;
+    let new = table_file::load_or_fail(&args.new)?;
+    let diff = diff(&old, &new);
+    let sample = match &args.sample {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| Failure::input(format!("{}: cannot read: {e}", path.display())))?;
+            let mut keys = Vec::new();
+            for line in std::io::BufReader::new(file).lines() {
+                let line = line.map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+                let key = line.trim();
+                if !key.is_empty() {
+                    keys.push(key.to_owned());
+                }
+            }
+            Some(sample_impact(&old, &new, keys.iter().map(String::as_str)))
+        }
+        None => None,
+    };
+    let changed = !diff.is_empty();
+    let report = DiffReport { diff, sample };
+    match args.output {
+        Output::Json => print_json(&report)?,
+        Output::Text => print!("{}", render(&report)),
+    }
+    Ok(if changed { EXIT_FINDING } else { 0 })
+}
+
+fn render(report: &DiffReport) -> String {
+    let d = &report.diff;
+    let mut out = format!("version {} -> {}\n", d.old_version, d.new_version);
+    if d.is_empty() {
+        out.push_str("no routing change\n");
+    }
+    if let Some([a, b]) = d.slot_count {
+        out.push_str(&format!(
+            "slot space {a} -> {b}: nearly every key changes slot, and so unit\n"
+        ));
+    }
+    out.push_str(&format!(
+        "slots changing unit:   {:>6} ({:.2}% of keys)\nslots changing region: {:>6} ({:.2}% of keys)\n",
+        d.slots_changing_unit,
+        d.share_changing_unit * 100.0,
+        d.slots_changing_region,
+        d.share_changing_region * 100.0
+    ));
+    for m in &d.slot_moves {
+        let slots = if m.first == m.last {
+            format!("slot {}", m.first)
+        } else {
+            format!("slots {}-{}", m.first, m.last)
+        };
+        let unit = if m.from_unit == m.to_unit {
+            format!("unit {}", m.from_unit)
+        } else {
+            format!("unit {} -> {}", m.from_unit, m.to_unit)
+        };
+        out.push_str(&format!(
+            "  {slots}: {unit}, region {} -> {}\n",
+            m.from_region, m.to_region
+        ));
+    }
+    if !d.units.is_empty() {
+        out.push_str("units:\n");
+        for u in &d.units {
+            let mut parts = Vec::new();
+            if let Some([a, b]) = &u.region {
+                parts.push(format!("region {a} -> {b}"));
+            }
+            if let Some([a, b]) = &u.state {
+                parts.push(format!("state {a} -> {b}"));
+            }
+            if !u.fields.is_empty() {
+                parts.push(format!("changed {}", u.fields.join(", ")));
+            }
+            out.push_str(&format!("  {}: {}\n", u.unit, describe(u.change, &parts)));
+        }
+    }
+    for (title, changes) in [("regions", &d.regions), ("routes", &d.routes)] {
+        if !changes.is_empty() {
+            out.push_str(&format!("{title}:\n"));
+            for c in changes {
+                let parts = if c.fields.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![format!("changed {}", c.fields.join(", "))]
+                };
+                out.push_str(&format!("  {}: {}\n", c.name, describe(c.change, &parts)));
+            }
+        }
+    }
+    if !d.settings.is_empty() {
+        out.push_str(&format!("settings changed: {}\n", d.settings.join(", ")));
+    }
+    if let Some(s) = &report.sample {
+        let pct = |n: u64| {
+            if s.keys == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / s.keys as f64
+            }
+        };
+        out.push_str(&format!(
+            "sample: {} keys; {} change region ({:.2}%), {} change unit ({:.2}%)\n",
+            s.keys,
+            s.changing_region,
+            pct(s.changing_region),
+            s.changing_unit,
+            pct(s.changing_unit)
+        ));
+    }
+    out
+}
+
+fn describe(kind: ChangeKind, parts: &[String]) -> String {
+    match kind {
+        ChangeKind::Added => "added".to_owned(),
+        ChangeKind::Removed => "removed".to_owned(),
+        ChangeKind::Changed => parts.join("; "),
+    }
+}
