@@ -7,6 +7,8 @@
 //! [`validate`] -> [`CompiledTable`]. [`load_yaml`] and [`load_json`] do all of it.
 //! This crate is pure: no I/O, no threads, no clock.
 
+#![forbid(unsafe_code)]
+
 pub mod diff;
 pub mod error;
 pub mod key;

@@ -258,7 +258,7 @@ mod tests {
             map.locate("units[0].slots[1]"),
             Some(Location {
                 line: 4,
-                column: 22
+                column: 21
             })
         );
         // A missing field is placed at its parent.

@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 ok, 1 a finding (invalid table, differences), 2 usage or input error.
 
+#![forbid(unsafe_code)]
+
 mod batch;
 mod diff_cmd;
 mod route_cmd;
