@@ -112,7 +112,8 @@ impl RequestView for SimpleRequest {
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> {
         self.headers
             .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            // Names are stored lowercase and asked for in lowercase.
+            .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 }
