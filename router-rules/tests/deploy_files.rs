@@ -62,3 +62,53 @@ fn three_region_example_is_as_documented() {
     assert_eq!(table.unit_of_key("4321").1, 4321);
     assert_eq!(table.unit_of_key("123456789").1, 6789);
 }
+
+/// The YAML blocks of a Markdown file.
+fn yaml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```yaml") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn documented_table_is_valid() {
+    let doc = std::fs::read_to_string(support::repo_root().join("docs/routing-table.md"))
+        .expect("docs/routing-table.md");
+    let blocks = yaml_blocks(&doc);
+    assert!(!blocks.is_empty());
+    for block in blocks {
+        if let Err(error) = router_rules::load_yaml(&block) {
+            panic!("{}", error.render("docs/routing-table.md"));
+        }
+    }
+}
+
+#[test]
+fn published_json_schema_is_current() {
+    let path = support::repo_root().join("docs/routing-table.schema.json");
+    let current = router_rules::json_schema();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let text = serde_json::to_string_pretty(&current).expect("json") + "\n";
+        std::fs::write(&path, text).expect("writable");
+    }
+    let published: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("schema file")).expect("json");
+    assert_eq!(
+        published, current,
+        "regenerate with UPDATE_GOLDEN=1 cargo test -p router-rules"
+    );
+}

@@ -141,3 +141,26 @@ fn the_counter_counts() {
     assert_eq!(v.len(), 16);
     assert_eq!(count, 1);
 }
+
+/// Why key affinity does not use the `consistent_hash` crate on the request path: its
+/// candidate iterator allocates on every lookup (see docs/BENCHMARKS.md for timings).
+#[test]
+fn consistent_hash_ring_allocates_per_lookup() {
+    use consistent_hash::{DefaultHash, Node, StaticHashRing};
+    let ring = StaticHashRing::new(
+        DefaultHash,
+        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+            .into_iter()
+            .map(|e| Node::new(e).quantity(160)),
+    );
+    let (count, first) = allocations(|| {
+        ring.calc_candidates(&"user-4321")
+            .next()
+            .map(|n| n.key.len())
+    });
+    assert!(first.is_some());
+    assert!(
+        count > 0,
+        "the ring lookup no longer allocates: re-measure and reconsider"
+    );
+}

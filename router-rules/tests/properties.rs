@@ -129,7 +129,7 @@ proptest! {
         prop_assert_eq!(&d.units[0].unit, &name);
         for slot in 0..old.slot_count() {
             let moved = old.regions()[old.unit_of_slot(slot).region].name != new.regions()[new.unit_of_slot(slot).region].name;
-            prop_assert_eq!(moved, &*old.unit_of_slot(slot).name == name);
+            prop_assert_eq!(moved, *old.unit_of_slot(slot).name == name);
         }
     }
 }
