@@ -28,7 +28,7 @@ pub use report::DecisionReport;
 pub use request::{RequestView, SimpleRequest};
 pub use source::{SourceMap, parse_json, parse_yaml};
 pub use table::{Action, CompiledTable, Decision, Endpoint, Pool, Region, Route, Unit};
-pub use validate::validate;
+pub use validate::{check_successor, validate};
 
 /// Parse and validate a YAML table; problems carry line and column.
 pub fn load_yaml(text: &str) -> Result<CompiledTable, TableError> {

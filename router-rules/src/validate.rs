@@ -51,6 +51,45 @@ pub fn validate(raw: RawTable, source: Option<&SourceMap>) -> Result<CompiledTab
     Err(TableError { problems })
 }
 
+/// Check that `next` may replace `current` in force: its version is greater, and its slot
+/// space is the same (changing the slot count or functions moves nearly every user, so it is
+/// never done to a live table).
+pub fn check_successor(current: &CompiledTable, next: &CompiledTable) -> Result<(), TableError> {
+    let mut problems = Vec::new();
+    if next.version() <= current.version() {
+        problems.push(Problem::at(
+            "version",
+            format!(
+                "version {} is not greater than the version in force, {}; versions only grow",
+                next.version(),
+                current.version()
+            ),
+        ));
+    }
+    if next.slot_count() != current.slot_count() {
+        problems.push(Problem::at(
+            "slots.count",
+            format!(
+                "slot space mismatch: {} slots, but the table in force has {}; changing it moves nearly every user",
+                next.slot_count(),
+                current.slot_count()
+            ),
+        ));
+    }
+    let (a, b) = (&current.raw().slots, &next.raw().slots);
+    if a.numeric != b.numeric || a.string != b.string {
+        problems.push(Problem::at(
+            "slots",
+            "slot functions differ from the table in force; changing them moves users",
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(TableError { problems })
+    }
+}
+
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,

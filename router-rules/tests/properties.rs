@@ -261,3 +261,30 @@ fn synthetic_tables_are_valid() {
         Some("svc199")
     );
 }
+
+#[test]
+fn successors_must_grow_and_keep_the_slot_space() {
+    let current = load(&support::three_regions_yaml());
+    let same = load(&support::three_regions_yaml());
+    let error = router_rules::check_successor(&current, &same).expect_err("same version");
+    assert_eq!(
+        error.problems[0].message,
+        "version 1 is not greater than the version in force, 1; versions only grow"
+    );
+    let resized = load(
+        &support::three_regions_yaml()
+            .replace("version: 1", "version: 2")
+            .replace("count: 10000 ", "count: 20000 ")
+            .replace("[[8334, 9999]]", "[[8334, 19999]]"),
+    );
+    let error = router_rules::check_successor(&current, &resized).expect_err("resized");
+    assert_eq!(error.problems.len(), 1);
+    assert_eq!(error.problems[0].path, "slots.count");
+    assert!(
+        error.problems[0]
+            .message
+            .starts_with("slot space mismatch: 20000 slots, but the table in force has 10000")
+    );
+    let next = load(&support::three_regions_yaml().replace("version: 1", "version: 2"));
+    assert!(router_rules::check_successor(&current, &next).is_ok());
+}

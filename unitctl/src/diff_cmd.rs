@@ -29,6 +29,8 @@ struct DiffReport {
     diff: TableDiff,
     #[serde(skip_serializing_if = "Option::is_none")]
     sample: Option<SampleImpact>,
+    /// Why NEW could not replace OLD in force (version not growing, slot space changed).
+    refusals: Vec<router_rules::Problem>,
 }
 
 pub fn run(args: &DiffArgs) -> Result<u8, Failure> {
@@ -52,7 +54,15 @@ pub fn run(args: &DiffArgs) -> Result<u8, Failure> {
         None => None,
     };
     let changed = !diff.is_empty();
-    let report = DiffReport { diff, sample };
+    let refusals = router_rules::check_successor(&old, &new)
+        .err()
+        .map(|e| e.problems)
+        .unwrap_or_default();
+    let report = DiffReport {
+        diff,
+        sample,
+        refusals,
+    };
     match args.output {
         Output::Json => print_json(&report)?,
         Output::Text => print!("{}", render(&report)),
@@ -125,6 +135,12 @@ fn render(report: &DiffReport) -> String {
     }
     if !d.settings.is_empty() {
         out.push_str(&format!("settings changed: {}\n", d.settings.join(", ")));
+    }
+    for refusal in &report.refusals {
+        out.push_str(&format!(
+            "refused as a successor: {}: {}\n",
+            refusal.path, refusal.message
+        ));
     }
     if let Some(s) = &report.sample {
         let pct = |n: u64| {
