@@ -79,7 +79,7 @@ pub struct UnitChange {
     /// `[old, new]` state, when it changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<[String; 2]>,
-    /// Other fields that changed (`slots`, `standby`, `center`, `pinned_keys`).
+    /// Other fields that changed (`slots`, `standby`, `center`, `pinned_keys`, `limits`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<&'static str>,
 }
@@ -249,6 +249,9 @@ fn unit_changes(old: &[RawUnit], new: &[RawUnit]) -> Vec<UnitChange> {
                 if a.pinned_keys != b.pinned_keys {
                     fields.push("pinned_keys");
                 }
+                if a.limits != b.limits {
+                    fields.push("limits");
+                }
                 changes.push(UnitChange {
                     unit: a.name.clone(),
                     change: ChangeKind::Changed,
@@ -347,6 +350,9 @@ fn route_fields(a: &RawRoute, b: &RawRoute) -> Vec<&'static str> {
     }
     if a.balance != b.balance {
         fields.push("balance");
+    }
+    if a.limits != b.limits {
+        fields.push("limits");
     }
     fields
 }

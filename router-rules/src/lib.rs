@@ -23,7 +23,7 @@ pub mod validate;
 pub use diff::{TableDiff, diff};
 pub use error::{Location, Problem, TableError};
 pub use key::{KeySource, RoutingKey};
-pub use raw::{Balance, Class, MissingKeyPolicy, RawTable, UnitState};
+pub use raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
 pub use report::DecisionReport;
 pub use request::{RequestView, SimpleRequest};
 pub use source::{SourceMap, parse_json, parse_yaml};

@@ -126,6 +126,26 @@ pub struct RawUnit {
     /// Keys pinned to this unit whatever their slot (test users, VIPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pinned_keys: Vec<String>,
+    /// Flow control for every request routed to this unit (e.g. to throttle it during a flip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RawLimits>,
+}
+
+/// Flow control, enforced by each gateway on its own: with N gateways a unit or route may see
+/// up to N times these figures. Requests over a limit get `429` with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Requests per second admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+    /// Requests admitted at once above the steady rate (default: none beyond one second's
+    /// worth spread evenly, i.e. 1). Needs `rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 /// The state of a unit.
@@ -171,6 +191,9 @@ pub struct RawRoute {
     /// How to pick an endpoint within the pool. Default `round_robin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<Balance>,
+    /// Flow control for every request this route takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RawLimits>,
 }
 
 /// Request matcher of a route. All given conditions must hold.

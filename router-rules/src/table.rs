@@ -7,7 +7,7 @@
 use fnv::FnvHashMap;
 
 use crate::key::{KeySource, RoutingKey};
-use crate::raw::{Balance, Class, MissingKeyPolicy, RawTable, UnitState};
+use crate::raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
 use crate::request::RequestView;
 use crate::slot::{fnv1a_64, slot_of};
 
@@ -147,6 +147,8 @@ pub struct Unit {
     pub state: UnitState,
     /// Whether this is the center unit.
     pub center: bool,
+    /// Flow control for requests routed to this unit.
+    pub limits: Option<RawLimits>,
 }
 
 /// A compiled route rule.
@@ -164,6 +166,8 @@ pub struct Route {
     pub missing_key: MissingKeyPolicy,
     /// Endpoint choice.
     pub balance: Balance,
+    /// Flow control for requests this route takes.
+    pub limits: Option<RawLimits>,
     pub(crate) matcher: Matcher,
 }
 

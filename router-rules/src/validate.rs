@@ -9,7 +9,7 @@ use fnv::FnvHashMap;
 
 use crate::error::{Problem, TableError};
 use crate::key::KeySource;
-use crate::raw::{Balance, Class, MissingKeyPolicy, RawKeySource, RawRoute, RawTable};
+use crate::raw::{Balance, Class, MissingKeyPolicy, RawKeySource, RawLimits, RawRoute, RawTable};
 use crate::source::SourceMap;
 use crate::table::{
     CompiledTable, Endpoint, HostMatch, Matcher, PathMatch, Pool, Region, Route, RouteIndex, Unit,
@@ -398,7 +398,11 @@ impl Validator {
                 standby,
                 state: unit.state,
                 center: unit.center,
+                limits: unit.limits,
             });
+            if let Some(limits) = &unit.limits {
+                self.check_limits(&format!("{path}.limits"), limits);
+            }
         }
         let center = match centers.as_slice() {
             [] => {
@@ -567,8 +571,12 @@ impl Validator {
                 key_sources: route.key.iter().map(KeySource::from_raw).collect(),
                 missing_key: route.missing_key.unwrap_or(MissingKeyPolicy::Reject),
                 balance: route.balance.unwrap_or_default(),
+                limits: route.limits,
                 matcher,
             };
+            if let Some(limits) = &route.limits {
+                self.check_limits(&format!("{path}.limits"), limits);
+            }
             if let Some((earlier, shadow)) = routes
                 .iter()
                 .enumerate()
@@ -640,6 +648,33 @@ impl Validator {
             host,
             path: path_match,
             methods,
+        }
+    }
+
+    fn check_limits(&mut self, path: &str, limits: &RawLimits) {
+        if limits.rate.is_none() && limits.concurrency.is_none() {
+            self.problem(
+                path,
+                "limits without `rate` or `concurrency` limit nothing; give at least one",
+            );
+        }
+        if limits.rate == Some(0) {
+            self.problem(format!("{path}.rate"), "rate 0 would refuse everything; give requests per second, at least 1 (set the unit write_frozen to stop writes)");
+        }
+        if limits.concurrency == Some(0) {
+            self.problem(
+                format!("{path}.concurrency"),
+                "concurrency 0 would refuse everything; give at least 1",
+            );
+        }
+        if limits.burst.is_some() && limits.rate.is_none() {
+            self.problem(format!("{path}.burst"), "burst needs a rate");
+        }
+        if limits.burst == Some(0) {
+            self.problem(
+                format!("{path}.burst"),
+                "burst 0 would refuse everything; give at least 1",
+            );
         }
     }
 
