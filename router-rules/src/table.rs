@@ -35,6 +35,8 @@ pub struct CompiledTable {
 /// A region with its gateways and pools.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region {
+    /// Position in [`CompiledTable::regions`].
+    pub index: RegionIndex,
     /// Region name.
     pub name: Box<str>,
     /// Gateway addresses for cross-region forwarding.
@@ -102,6 +104,16 @@ impl Pool {
             below: None,
         }
     }
+
+    /// Like [`Pool::affinity_order`], as positions in [`Pool::endpoints`].
+    pub fn affinity_indices(&self, key: &str) -> impl Iterator<Item = usize> + '_ {
+        let mut order = AffinityOrder {
+            endpoints: &self.endpoints,
+            key_hash: fnv1a_64(key.as_bytes()),
+            below: None,
+        };
+        std::iter::from_fn(move || order.next_index())
+    }
 }
 
 /// Iterator of [`Pool::affinity_order`].
@@ -113,10 +125,8 @@ pub struct AffinityOrder<'t> {
     below: Option<(u64, usize)>,
 }
 
-impl<'t> Iterator for AffinityOrder<'t> {
-    type Item = &'t Endpoint;
-
-    fn next(&mut self) -> Option<&'t Endpoint> {
+impl AffinityOrder<'_> {
+    fn next_index(&mut self) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let rank = (endpoint.affinity_score(self.key_hash), i);
@@ -128,13 +138,24 @@ impl<'t> Iterator for AffinityOrder<'t> {
             }
         }
         self.below = best;
-        best.map(|(_, i)| &self.endpoints[i])
+        best.map(|(_, i)| i)
+    }
+}
+
+impl<'t> Iterator for AffinityOrder<'t> {
+    type Item = &'t Endpoint;
+
+    fn next(&mut self) -> Option<&'t Endpoint> {
+        let endpoints = self.endpoints;
+        self.next_index().map(|i| &endpoints[i])
     }
 }
 
 /// A unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
+    /// Position in [`CompiledTable::units`].
+    pub index: usize,
     /// Unit name.
     pub name: Box<str>,
     /// Closed slot ranges, sorted.
@@ -154,6 +175,8 @@ pub struct Unit {
 /// A compiled route rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// Position in [`CompiledTable::routes`].
+    pub index: usize,
     /// Route name.
     pub name: Box<str>,
     /// Traffic class.

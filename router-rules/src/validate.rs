@@ -310,7 +310,9 @@ impl Validator {
     ) -> Vec<Region> {
         raw.regions
             .iter()
-            .map(|region| Region {
+            .enumerate()
+            .map(|(index, region)| Region {
+                index,
                 name: region.name.as_str().into(),
                 gateways: region.gateways.iter().map(|g| g.as_str().into()).collect(),
                 pools: services
@@ -392,6 +394,7 @@ impl Validator {
             let mut ranges: Vec<(u32, u32)> = unit.slots.iter().map(|&[a, b]| (a, b)).collect();
             ranges.sort_unstable();
             units.push(Unit {
+                index: i,
                 name: unit.name.as_str().into(),
                 ranges,
                 region: region.unwrap_or(0),
@@ -565,6 +568,7 @@ impl Validator {
                 .position(|s| **s == *route.service)
                 .unwrap_or(0);
             let compiled = Route {
+                index: i,
                 name: route.name.as_str().into(),
                 class: route.class,
                 service,
