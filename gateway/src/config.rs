@@ -1,0 +1,439 @@
+//! The gateway's own configuration file (YAML). Unknown fields are errors, and every error
+//! names its line and column.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything a gateway process needs besides the routing table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The region this gateway serves (a region name in the routing table).
+    pub region: String,
+    /// Where clients connect.
+    #[serde(default)]
+    pub listen: Listen,
+    /// The admin listener: health, readiness, metrics, the applied table.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Where the routing table comes from.
+    pub table: TableSourceConfig,
+    /// Directory for the last applied table, so a restart without a reachable source still
+    /// serves. Absent: no cache.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Shared secret authenticating the hop marker between gateways (at least 32 bytes).
+    /// Give this or `hop_secret_file`.
+    #[serde(default)]
+    pub hop_secret: Option<String>,
+    /// File holding the hop secret.
+    #[serde(default)]
+    pub hop_secret_file: Option<PathBuf>,
+    /// Request size limits.
+    #[serde(default)]
+    pub limits: RequestLimits,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Upstream health checking and ejection.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    /// Worker threads; 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+    /// One access-log line per request.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+    /// Log format.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Unix socket on which this process hands its listening sockets to a new process during
+    /// a zero-downtime upgrade (`unitgate --upgrade`). Absent: no upgrades.
+    #[serde(default)]
+    pub upgrade_socket: Option<PathBuf>,
+    /// Requests carrying this header (any value) are stress-test traffic: routed like any other,
+    /// tagged to upstreams and counted apart.
+    #[serde(default = "default_stress_header")]
+    pub stress_test_header: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_stress_header() -> String {
+    "x-stress-test".to_owned()
+}
+
+/// Client listeners.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Plain HTTP listeners (HTTP/1.1, and HTTP/2 with prior knowledge).
+    #[serde(default)]
+    pub http: Vec<SocketAddr>,
+    /// HTTPS listeners (HTTP/2 and HTTP/1.1 by ALPN).
+    #[serde(default)]
+    pub https: Vec<TlsListen>,
+}
+
+/// One HTTPS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListen {
+    /// Address to listen on.
+    pub address: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address; loopback by default so the admin surface is not exposed unless asked for.
+    #[serde(default = "default_admin")]
+    pub listen: SocketAddr,
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin(),
+        }
+    }
+}
+
+/// Where the routing table comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSourceConfig {
+    /// A YAML (or `.json`) table file, reloaded when it changes and on SIGHUP.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes, in milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+}
+
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLimits {
+    /// Most headers in a request.
+    #[serde(default = "default_max_headers")]
+    pub max_header_count: usize,
+    /// Most bytes of request head (request line and headers).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most bytes of request body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_body() -> u64 {
+    16 * 1024 * 1024
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_header_count: default_max_headers(),
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+/// Timeouts, in milliseconds (drain in seconds).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Connecting to an upstream or a remote gateway.
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// Waiting for the upstream's response head after sending the request.
+    #[serde(default = "default_read_ms")]
+    pub read_ms: u64,
+    /// The whole exchange up to the response head, retries included.
+    #[serde(default = "default_total_ms")]
+    pub total_ms: u64,
+    /// Reading a client's request head.
+    #[serde(default = "default_header_read_ms")]
+    pub client_header_ms: u64,
+    /// On SIGTERM (or after an upgrade), how long in-flight requests may take to finish.
+    #[serde(default = "default_drain_s")]
+    pub drain_s: u64,
+}
+
+fn default_connect_ms() -> u64 {
+    1000
+}
+fn default_read_ms() -> u64 {
+    30_000
+}
+fn default_total_ms() -> u64 {
+    60_000
+}
+fn default_header_read_ms() -> u64 {
+    10_000
+}
+fn default_drain_s() -> u64 {
+    30
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: default_connect_ms(),
+            read_ms: default_read_ms(),
+            total_ms: default_total_ms(),
+            client_header_ms: default_header_read_ms(),
+            drain_s: default_drain_s(),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Connect timeout.
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    /// Response-head timeout.
+    pub fn read(&self) -> Duration {
+        Duration::from_millis(self.read_ms)
+    }
+    /// Whole-exchange timeout.
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms)
+    }
+    /// Drain time.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_s)
+    }
+}
+
+/// Upstream health checking.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Interval between active checks of each local endpoint, in milliseconds; 0 turns active
+    /// checks off.
+    #[serde(default = "default_hc_interval")]
+    pub interval_ms: u64,
+    /// Timeout of one check.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout_ms: u64,
+    /// HTTP path to GET (any 2xx is healthy); absent: a TCP connect is the check.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Consecutive failed requests (connect errors, timeouts) that eject an endpoint.
+    #[serde(default = "default_eject_after")]
+    pub eject_after_failures: u32,
+    /// How long an ejected endpoint sits out, in milliseconds.
+    #[serde(default = "default_eject_for")]
+    pub eject_for_ms: u64,
+}
+
+fn default_hc_interval() -> u64 {
+    2000
+}
+fn default_hc_timeout() -> u64 {
+    500
+}
+fn default_eject_after() -> u32 {
+    3
+}
+fn default_eject_for() -> u64 {
+    10_000
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_hc_interval(),
+            timeout_ms: default_hc_timeout(),
+            path: None,
+            eject_after_failures: default_eject_after(),
+            eject_for_ms: default_eject_for(),
+        }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The least hop-secret length, in bytes.
+pub const MIN_HOP_SECRET_LEN: usize = 32;
+
+impl GatewayConfig {
+    /// Parse a config file's text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+        let options = serde_saphyr::options! { with_snippet: false };
+        let config: GatewayConfig =
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+                let location = e
+                    .location()
+                    .filter(|l| l.line() > 0)
+                    .map(|l| format!("{}:{}: ", l.line(), l.column()))
+                    .unwrap_or_default();
+                let message = e.to_string();
+                let message = message
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                let message = match message
+                    .strip_prefix("line ")
+                    .and_then(|m| m.split_once(": "))
+                {
+                    Some((_, rest)) => rest,
+                    None => message,
+                };
+                format!("{origin}:{location}{message}")
+            })?;
+        config.check(origin)?;
+        Ok(config)
+    }
+
+    /// Read and parse a config file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let origin = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("{origin}: cannot read: {e}"))?;
+        Self::parse(&text, &origin)
+    }
+
+    fn check(&self, origin: &str) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.listen.http.is_empty() && self.listen.https.is_empty() {
+            problems.push("listen: no listeners; give listen.http or listen.https".to_owned());
+        }
+        if self.table.file.is_none() {
+            problems.push("table: no table source; give table.file".to_owned());
+        }
+        match (&self.hop_secret, &self.hop_secret_file) {
+            (Some(_), Some(_)) => problems.push("hop_secret and hop_secret_file: give one, not both".to_owned()),
+            (None, None) => problems.push(format!(
+                "hop_secret: missing; gateways authenticate forwarded requests with a shared secret of at least {MIN_HOP_SECRET_LEN} bytes (hop_secret or hop_secret_file)"
+            )),
+            (Some(secret), None) if secret.len() < MIN_HOP_SECRET_LEN => problems.push(format!(
+                "hop_secret: {} bytes; at least {MIN_HOP_SECRET_LEN} are needed",
+                secret.len()
+            )),
+            _ => {}
+        }
+        if self.timeouts.connect_ms == 0
+            || self.timeouts.read_ms == 0
+            || self.timeouts.total_ms == 0
+        {
+            problems.push("timeouts: connect_ms, read_ms and total_ms must be above 0".to_owned());
+        }
+        if self.table.poll_interval_ms == 0 {
+            problems.push("table.poll_interval_ms: must be above 0".to_owned());
+        }
+        if let Some(path) = &self.health_check.path
+            && !path.starts_with('/')
+        {
+            problems.push(format!("health_check.path: {path:?} must start with '/'"));
+        }
+        if http::HeaderName::from_bytes(self.stress_test_header.as_bytes()).is_err() {
+            problems.push(format!(
+                "stress_test_header: {:?} is not a header name",
+                self.stress_test_header
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems
+                .iter()
+                .map(|p| format!("{origin}: {p}"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    }
+
+    /// The hop secret, read from the file if configured that way.
+    pub fn hop_secret(&self) -> Result<Vec<u8>, String> {
+        match (&self.hop_secret, &self.hop_secret_file) {
+            (Some(secret), _) => Ok(secret.as_bytes().to_vec()),
+            (None, Some(path)) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("hop_secret_file {}: cannot read: {e}", path.display()))?;
+                let trimmed = bytes.trim_ascii().to_vec();
+                if trimmed.len() < MIN_HOP_SECRET_LEN {
+                    return Err(format!(
+                        "hop_secret_file {}: {} bytes; at least {MIN_HOP_SECRET_LEN} are needed",
+                        path.display(),
+                        trimmed.len()
+                    ));
+                }
+                Ok(trimmed)
+            }
+            (None, None) => Err("no hop secret configured".to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "region: hz\nlisten: { http: [\"127.0.0.1:0\"] }\ntable: { file: t.yaml }\nhop_secret: 0123456789abcdef0123456789abcdef\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = GatewayConfig::parse(MINIMAL, "gw.yaml").expect("valid");
+        assert_eq!(config.admin.listen, "127.0.0.1:9100".parse().expect("addr"));
+        assert_eq!(config.timeouts.connect_ms, 1000);
+        assert!(config.access_log);
+    }
+
+    #[test]
+    fn typos_are_errors_with_line_and_column() {
+        let text = MINIMAL.replace("region: hz", "region: hz\ntimeout: { connect_ms: 5 }");
+        let error = GatewayConfig::parse(&text, "gw.yaml").expect_err("typo");
+        assert!(
+            error.starts_with("gw.yaml:2:1: unknown field `timeout`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let text = MINIMAL.replace("0123456789abcdef0123456789abcdef", "short");
+        let error = GatewayConfig::parse(&text, "gw.yaml").expect_err("short");
+        assert_eq!(
+            error,
+            "gw.yaml: hop_secret: 5 bytes; at least 32 are needed"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! unitgate, the unit routing gateway: an L7 proxy that sends every request to the region that
+//! owns its user's unit. Routing decisions come from `router-rules`, the same library the
+//! `unitctl` dry-run uses.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod hop;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod source;
+pub mod store;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::HeaderName;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::AdminState;
+use crate::config::GatewayConfig;
+use crate::hop::HopKey;
+use crate::metrics::Metrics;
+use crate::proxy::Shared;
+use crate::server::ConnTracker;
+use crate::store::TableStore;
+use crate::upstream::Upstream;
+
+/// Sockets a gateway serves on, bound before it starts (so tests and upgrades can hand them in).
+pub struct Listeners {
+    /// Plain HTTP listeners.
+    pub http: Vec<std::net::TcpListener>,
+    /// HTTPS listeners with their TLS configs.
+    pub https: Vec<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
+    /// The admin listener.
+    pub admin: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Bind every listener `config` names.
+    pub fn bind(config: &GatewayConfig) -> Result<Self, String> {
+        let bind = |address: SocketAddr| {
+            server::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))
+        };
+        Ok(Self {
+            http: config
+                .listen
+                .http
+                .iter()
+                .map(|a| bind(*a))
+                .collect::<Result<_, _>>()?,
+            https: config
+                .listen
+                .https
+                .iter()
+                .map(|l| Ok((bind(l.address)?, server::tls_config(l)?)))
+                .collect::<Result<_, String>>()?,
+            admin: bind(config.admin.listen)?,
+        })
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The table in force.
+    pub store: Arc<TableStore>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Addresses of the plain HTTP listeners.
+    pub http_addrs: Vec<SocketAddr>,
+    /// Addresses of the HTTPS listeners.
+    pub https_addrs: Vec<SocketAddr>,
+    /// Address of the admin listener.
+    pub admin_addr: SocketAddr,
+    admin: Arc<AdminState>,
+    stop: watch::Sender<bool>,
+    tracker: Arc<ConnTracker>,
+    reload: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Load the table (from its source, else from the cache) and start serving. Fails when no
+    /// table can be had at all: a gateway without a table would refuse every request.
+    pub async fn start(config: GatewayConfig, listeners: Listeners) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(TableStore::new(
+            &config.region,
+            config.cache_dir.clone(),
+            metrics.clone(),
+        ));
+        let reload = Arc::new(Notify::new());
+        if let Some(path) = &config.table.file {
+            let from_source = match source::load_file(&store, path) {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(refused)) => Err(refused),
+                Err(unreadable) => Err(unreadable),
+            };
+            if let Err(why) = from_source {
+                match store.restore_from_cache() {
+                    Ok(version) => tracing::warn!(
+                        version,
+                        reason = %why,
+                        "table source unavailable: serving the cached table"
+                    ),
+                    Err(cache) => {
+                        return Err(format!(
+                            "no routing table to serve:\n  source: {why}\n  cache: {cache}"
+                        ));
+                    }
+                }
+            }
+            source::watch_file(
+                &store,
+                path.clone(),
+                Duration::from_millis(config.table.poll_interval_ms),
+                reload.clone(),
+            );
+        }
+        let upstream = Upstream::new(&config.timeouts);
+        upstream::spawn_health_checks(store.clone(), upstream.clone(), config.health_check.clone());
+        let stress_header =
+            HeaderName::from_bytes(config.stress_test_header.to_ascii_lowercase().as_bytes())
+                .map_err(|e| format!("stress_test_header: {e}"))?;
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            upstream,
+            hop: HopKey::new(&config.hop_secret()?),
+            metrics: metrics.clone(),
+            config,
+            stress_header,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let tracker = Arc::new(ConnTracker::default());
+        let admin = Arc::new(AdminState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            draining: false.into(),
+        });
+        let to_tokio = |l: std::net::TcpListener| {
+            l.set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(l))
+                .map_err(|e| format!("listener: {e}"))
+        };
+        let mut tasks = Vec::new();
+        let mut http_addrs = Vec::new();
+        let mut https_addrs = Vec::new();
+        for listener in listeners.http {
+            let listener = to_tokio(listener)?;
+            http_addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
+            tasks.push(tokio::spawn(server::serve_proxy(
+                listener,
+                None,
+                shared.clone(),
+                tracker.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        for (listener, tls) in listeners.https {
+            let listener = to_tokio(listener)?;
+            https_addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
+            tasks.push(tokio::spawn(server::serve_proxy(
+                listener,
+                Some(TlsAcceptor::from(tls)),
+                shared.clone(),
+                tracker.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        let admin_listener = to_tokio(listeners.admin)?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        tasks.push(tokio::spawn(server::serve_admin(
+            admin_listener,
+            admin.clone(),
+            stop_rx,
+        )));
+        tracing::info!(
+            region = shared.config.region,
+            http = ?http_addrs,
+            https = ?https_addrs,
+            admin = %admin_addr,
+            version = store.current().map(|s| s.table.version()),
+            "gateway serving"
+        );
+        Ok(Self {
+            store,
+            metrics,
+            http_addrs,
+            https_addrs,
+            admin_addr,
+            admin,
+            stop,
+            tracker,
+            reload,
+            tasks,
+        })
+    }
+
+    /// Re-read the table file now (what SIGHUP does).
+    pub fn reload(&self) {
+        self.reload.notify_one();
+    }
+
+    /// Stop accepting, let in-flight requests finish (at most `drain`), then return the number
+    /// of connections that were still open.
+    pub async fn shutdown(self, drain: Duration) -> usize {
+        self.admin.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let left = self.tracker.drained(drain).await;
+        if left > 0 {
+            tracing::warn!(connections = left, "drain time over; closing the rest");
+        }
+        left
+    }
+}

@@ -1,0 +1,172 @@
+//! Flow control: a rate limit (GCRA, one atomic) and a concurrency limit per route and per
+//! unit, as the routing table declares them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use router_rules::RawLimits;
+
+/// One route's or one unit's limits, shared by every request that falls under them.
+#[derive(Debug)]
+pub struct Limiter {
+    limits: RawLimits,
+    rate: Option<Gcra>,
+    in_flight: AtomicU32,
+}
+
+/// The generic cell rate algorithm: each admitted request pushes the "theoretical arrival
+/// time" one emission interval later; a request is refused while that time is more than the
+/// burst tolerance ahead of now.
+#[derive(Debug)]
+struct Gcra {
+    epoch: Instant,
+    interval_ns: u64,
+    tolerance_ns: u64,
+    tat_ns: AtomicU64,
+}
+
+impl Gcra {
+    fn new(rate: u32, burst: u32) -> Self {
+        let interval_ns = 1_000_000_000 / u64::from(rate.max(1));
+        Self {
+            epoch: Instant::now(),
+            interval_ns,
+            tolerance_ns: interval_ns * u64::from(burst.max(1) - 1),
+            tat_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Admit one request now, or say how long until one would be.
+    fn try_admit(&self) -> Result<(), Duration> {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut tat = self.tat_ns.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now);
+            if start - now > self.tolerance_ns {
+                return Err(Duration::from_nanos(start - now - self.tolerance_ns));
+            }
+            match self.tat_ns.compare_exchange_weak(
+                tat,
+                start + self.interval_ns,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(current) => tat = current,
+            }
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the rate; retry after this long.
+    Rate(Duration),
+    /// Too many in flight.
+    Concurrency,
+}
+
+impl Refusal {
+    /// Seconds for `Retry-After` (at least 1).
+    pub fn retry_after_s(self) -> u64 {
+        match self {
+            Refusal::Rate(wait) => wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            Refusal::Concurrency => 1,
+        }
+        .max(1)
+    }
+
+    /// `rate` or `concurrency`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refusal::Rate(_) => "rate",
+            Refusal::Concurrency => "concurrency",
+        }
+    }
+}
+
+impl Limiter {
+    /// A limiter for `limits`.
+    pub fn new(limits: RawLimits) -> Self {
+        Self {
+            limits,
+            rate: limits
+                .rate
+                .map(|rate| Gcra::new(rate, limits.burst.unwrap_or(1))),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// The limits this limiter enforces.
+    pub fn limits(&self) -> RawLimits {
+        self.limits
+    }
+
+    /// Admit a request: a permit that holds a concurrency slot until dropped.
+    pub fn admit(self: &Arc<Self>) -> Result<Permit, Refusal> {
+        if let Some(max) = self.limits.concurrency {
+            let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
+            if previous >= max {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::Concurrency);
+            }
+        }
+        let permit = Permit {
+            limiter: self.limits.concurrency.map(|_| Arc::clone(self)),
+        };
+        if let Some(rate) = &self.rate {
+            rate.try_admit().map_err(Refusal::Rate)?;
+        }
+        Ok(permit)
+    }
+}
+
+/// Holds a concurrency slot while a request is in flight.
+#[derive(Debug)]
+pub struct Permit {
+    limiter: Option<Arc<Limiter>>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: Option<u32>, burst: Option<u32>, concurrency: Option<u32>) -> Arc<Limiter> {
+        Arc::new(Limiter::new(RawLimits {
+            rate,
+            burst,
+            concurrency,
+        }))
+    }
+
+    #[test]
+    fn rate_admits_the_burst_then_refuses() {
+        let limiter = limits(Some(1), Some(5), None);
+        for _ in 0..5 {
+            assert!(limiter.admit().is_ok());
+        }
+        let refusal = limiter.admit().expect_err("over the burst");
+        assert!(matches!(refusal, Refusal::Rate(_)));
+        assert_eq!(refusal.retry_after_s(), 1);
+    }
+
+    #[test]
+    fn concurrency_frees_slots_on_drop() {
+        let limiter = limits(None, None, Some(2));
+        let a = limiter.admit().expect("first");
+        let _b = limiter.admit().expect("second");
+        assert_eq!(limiter.admit().expect_err("third"), Refusal::Concurrency);
+        drop(a);
+        assert!(limiter.admit().is_ok());
+    }
+}

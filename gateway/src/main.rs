@@ -1,0 +1,163 @@
+//! `unitgate`: the gateway binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gateway::config::{GatewayConfig, LogFormat};
+use gateway::{Gateway, Listeners};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// unitgate: routes every request to the region that owns its user's unit.
+#[derive(Debug, Parser)]
+#[command(name = "unitgate", version, about)]
+struct Cli {
+    /// Gateway configuration file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the configuration and the routing table it names, without serving.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config else {
+        eprintln!("unitgate: give --config FILE (see `unitgate --help`)");
+        return ExitCode::from(2);
+    };
+    let config = match GatewayConfig::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => check(&config),
+        None => serve(config),
+    }
+}
+
+fn check(config: &GatewayConfig) -> ExitCode {
+    if let Err(error) = config.hop_secret() {
+        eprintln!("{error}");
+        return ExitCode::from(1);
+    }
+    for listen in &config.listen.https {
+        if let Err(error) = gateway::server::tls_config(listen) {
+            eprintln!("{error}");
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = &config.table.file {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) => {
+                eprintln!("{}: cannot read: {error}", path.display());
+                return ExitCode::from(1);
+            }
+        };
+        let loaded = if gateway::source::is_json(path) {
+            router_rules::load_json(&text)
+        } else {
+            router_rules::load_yaml(&text)
+        };
+        match loaded {
+            Ok(table) if table.region_index(&config.region).is_none() => {
+                eprintln!(
+                    "{}: the table has no region {:?}, this gateway's region",
+                    path.display(),
+                    config.region
+                );
+                return ExitCode::from(1);
+            }
+            Ok(table) => println!("{}: ok (table version {})", path.display(), table.version()),
+            Err(error) => {
+                eprint!("{}", error.render(&path.display().to_string()));
+                return ExitCode::from(1);
+            }
+        }
+    }
+    println!("configuration ok");
+    ExitCode::SUCCESS
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(config: GatewayConfig) -> ExitCode {
+    init_logging(config.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        runtime.worker_threads(config.threads);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let listeners = match Listeners::bind(&config) {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return ExitCode::from(1);
+            }
+        };
+        let drain = config.timeouts.drain();
+        let gateway = match Gateway::start(config, listeners).await {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                eprintln!("unitgate: {error}");
+                return ExitCode::from(1);
+            }
+        };
+        wait_for_stop(&gateway).await;
+        tracing::info!("stopping: draining in-flight requests");
+        gateway.shutdown(drain).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Until SIGTERM or SIGINT; SIGHUP reloads the table file.
+async fn wait_for_stop(gateway: &Gateway) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the table file");
+                gateway.reload();
+            }
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Prometheus metrics. Label values (route, unit, region names) are interned into ids when a
+//! table is applied, so the request path counts with integer keys and never formats a string.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Id of an interned label value; [`NONE`] for "no value".
+pub type NameId = u32;
+/// The id meaning "none" (rendered as an empty label value).
+pub const NONE: NameId = u32::MAX;
+
+/// Interns label values.
+#[derive(Debug, Default)]
+pub struct Interner {
+    inner: Mutex<Names>,
+}
+
+/// Names by id, and ids by name.
+type Names = (Vec<Arc<str>>, HashMap<Arc<str>, NameId>);
+
+impl Interner {
+    /// The id of `name`.
+    pub fn id(&self, name: &str) -> NameId {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (names, ids) = &mut *guard;
+        if let Some(&id) = ids.get(name) {
+            return id;
+        }
+        let id = NameId::try_from(names.len()).unwrap_or(NONE - 1);
+        let name: Arc<str> = name.into();
+        names.push(name.clone());
+        ids.insert(name, id);
+        id
+    }
+
+    fn names(&self) -> Vec<Arc<str>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+}
+
+/// Counters by key, created on first use.
+#[derive(Debug)]
+struct CounterMap<K> {
+    map: RwLock<HashMap<K, AtomicU64, fnv::FnvBuildHasher>>,
+}
+
+impl<K: Hash + Eq + Copy + Ord> CounterMap<K> {
+    fn new() -> Self {
+        Self {
+            map: RwLock::new(HashMap::default()),
+        }
+    }
+
+    fn add(&self, key: K, n: u64) {
+        if let Some(counter) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            counter.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert_with(|| AtomicU64::new(0))
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Vec<(K, u64)> {
+        let mut out: Vec<(K, u64)> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
+    }
+}
+
+/// Latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Labels of one request count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestLabels {
+    /// Route name id.
+    pub route: NameId,
+    /// `C`, `P`, or `-` when no route matched.
+    pub class: u8,
+    /// Unit name id.
+    pub unit: NameId,
+    /// Serving region name id.
+    pub region: NameId,
+    /// Response status.
+    pub status: u16,
+    /// Stress-test traffic.
+    pub stress: bool,
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Label value interner.
+    pub names: Interner,
+    requests: CounterMap<RequestLabels>,
+    latency: RwLock<HashMap<(NameId, u8), Arc<Histogram>, fnv::FnvBuildHasher>>,
+    cross_region: CounterMap<NameId>,
+    limited: CounterMap<(u8, NameId, u8)>,
+    upstream_errors: CounterMap<(NameId, u8)>,
+    /// Version of the table in force.
+    pub table_version: AtomicU64,
+    /// Tables applied since start.
+    pub table_swaps: AtomicU64,
+    /// Tables refused since start.
+    pub tables_rejected: AtomicU64,
+    /// Failed writes of the table cache.
+    pub cache_write_errors: AtomicU64,
+    /// Hop markers that failed verification (forged, stale, or another secret).
+    pub hop_rejected: AtomicU64,
+    /// Requests refused before routing for unsafe framing or size.
+    pub malformed_requests: AtomicU64,
+}
+
+/// What kind of limit refused a request, for the `limited` counter.
+#[derive(Debug, Clone, Copy)]
+pub enum LimitScope {
+    /// A route's limits.
+    Route,
+    /// A unit's limits.
+    Unit,
+}
+
+/// Why an upstream exchange failed, for the `upstream_errors` counter.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamFailure {
+    /// Could not connect.
+    Connect,
+    /// Timed out.
+    Timeout,
+    /// Failed after connecting.
+    Other,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            names: Interner::default(),
+            requests: CounterMap::new(),
+            latency: RwLock::new(HashMap::default()),
+            cross_region: CounterMap::new(),
+            limited: CounterMap::new(),
+            upstream_errors: CounterMap::new(),
+            table_version: AtomicU64::new(0),
+            table_swaps: AtomicU64::new(0),
+            tables_rejected: AtomicU64::new(0),
+            cache_write_errors: AtomicU64::new(0),
+            hop_rejected: AtomicU64::new(0),
+            malformed_requests: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Count a finished request.
+    pub fn request(&self, labels: RequestLabels, elapsed: Duration) {
+        self.requests.add(labels, 1);
+        let key = (labels.route, labels.class);
+        let histogram = self
+            .latency
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let histogram = match histogram {
+            Some(h) => h,
+            None => self
+                .latency
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default()
+                .clone(),
+        };
+        histogram.observe(elapsed);
+    }
+
+    /// Count a request forwarded to another region's gateways.
+    pub fn cross_region(&self, region: NameId) {
+        self.cross_region.add(region, 1);
+    }
+
+    /// Count a request refused by flow control.
+    pub fn limited(&self, scope: LimitScope, name: NameId, rate: bool) {
+        self.limited.add((scope as u8, name, u8::from(rate)), 1);
+    }
+
+    /// Count a failed upstream exchange with endpoint `address`.
+    pub fn upstream_error(&self, address: NameId, failure: UpstreamFailure) {
+        self.upstream_errors.add((address, failure as u8), 1);
+    }
+
+    /// The Prometheus text exposition. `health` lists (region, service, endpoint, healthy).
+    pub fn render(&self, health: &[(String, String, String, bool)]) -> String {
+        let names = self.names();
+        let name = |id: NameId| -> &str { names.get(id as usize).map_or("", |n| n) };
+        let mut out = String::with_capacity(4096);
+        let gauge = |out: &mut String, metric: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
+            );
+        };
+        gauge(
+            &mut out,
+            "unitgate_table_version",
+            "gauge",
+            "Version of the routing table in force.",
+            self.table_version.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "unitgate_table_swaps_total",
+            "counter",
+            "Routing tables applied since start.",
+            self.table_swaps.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "unitgate_tables_rejected_total",
+            "counter",
+            "Routing tables refused since start.",
+            self.tables_rejected.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "unitgate_table_cache_write_errors_total",
+            "counter",
+            "Failed writes of the table cache.",
+            self.cache_write_errors.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "unitgate_hop_markers_rejected_total",
+            "counter",
+            "Hop markers that failed verification and were ignored.",
+            self.hop_rejected.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "unitgate_malformed_requests_total",
+            "counter",
+            "Requests refused before routing (unsafe framing, size).",
+            self.malformed_requests.load(Ordering::Relaxed),
+        );
+
+        out.push_str("# HELP unitgate_requests_total Requests by route, class, unit, serving region and status.\n# TYPE unitgate_requests_total counter\n");
+        for (l, n) in self.requests.snapshot() {
+            let _ = writeln!(
+                out,
+                "unitgate_requests_total{{route=\"{}\",class=\"{}\",unit=\"{}\",region=\"{}\",status=\"{}\",stress=\"{}\"}} {n}",
+                name(l.route),
+                char::from(l.class),
+                name(l.unit),
+                name(l.region),
+                l.status,
+                l.stress
+            );
+        }
+        out.push_str("# HELP unitgate_request_duration_seconds Time from request head to response head, by route and class.\n# TYPE unitgate_request_duration_seconds histogram\n");
+        let mut latency: Vec<((NameId, u8), Arc<Histogram>)> = self
+            .latency
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        latency.sort_by_key(|(k, _)| *k);
+        for ((route, class), h) in latency {
+            let labels = format!("route=\"{}\",class=\"{}\"", name(route), char::from(class));
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "unitgate_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "unitgate_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "unitgate_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(
+                out,
+                "unitgate_request_duration_seconds_count{{{labels}}} {count}"
+            );
+        }
+        out.push_str("# HELP unitgate_cross_region_forwards_total Requests forwarded to another region's gateways, by target region.\n# TYPE unitgate_cross_region_forwards_total counter\n");
+        for (region, n) in self.cross_region.snapshot() {
+            let _ = writeln!(
+                out,
+                "unitgate_cross_region_forwards_total{{region=\"{}\"}} {n}",
+                name(region)
+            );
+        }
+        out.push_str("# HELP unitgate_limited_total Requests refused by flow control (429), by scope, name and limit.\n# TYPE unitgate_limited_total counter\n");
+        for ((scope, id, rate), n) in self.limited.snapshot() {
+            let scope = if scope == LimitScope::Route as u8 {
+                "route"
+            } else {
+                "unit"
+            };
+            let limit = if rate == 1 { "rate" } else { "concurrency" };
+            let _ = writeln!(
+                out,
+                "unitgate_limited_total{{scope=\"{scope}\",name=\"{}\",limit=\"{limit}\"}} {n}",
+                name(id)
+            );
+        }
+        out.push_str("# HELP unitgate_upstream_errors_total Failed upstream exchanges, by endpoint and kind.\n# TYPE unitgate_upstream_errors_total counter\n");
+        for ((address, kind), n) in self.upstream_errors.snapshot() {
+            let kind = match kind {
+                k if k == UpstreamFailure::Connect as u8 => "connect",
+                k if k == UpstreamFailure::Timeout as u8 => "timeout",
+                _ => "other",
+            };
+            let _ = writeln!(
+                out,
+                "unitgate_upstream_errors_total{{endpoint=\"{}\",kind=\"{kind}\"}} {n}",
+                name(address)
+            );
+        }
+        out.push_str("# HELP unitgate_upstream_healthy Whether an endpoint of this region's pools is taking traffic (1) or not (0).\n# TYPE unitgate_upstream_healthy gauge\n");
+        for (region, service, endpoint, healthy) in health {
+            let _ = writeln!(
+                out,
+                "unitgate_upstream_healthy{{region=\"{region}\",service=\"{service}\",endpoint=\"{endpoint}\"}} {}",
+                u8::from(*healthy)
+            );
+        }
+        out
+    }
+
+    fn names(&self) -> Vec<Arc<str>> {
+        self.names.names()
+    }
+}

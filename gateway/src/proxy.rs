@@ -1,0 +1,910 @@
+//! The request path, in phases (as pingora's `ProxyHttp` lays them out):
+//!
+//! 1. **limits** — refuse unsafe framing and oversize requests before anything else;
+//! 2. **load** — take the table in force once (one atomic load); it decides everything below;
+//! 3. **resolve** — `CompiledTable::resolve`, the same code as `unitctl route`;
+//! 4. **admit** — no route (404), missing key (400), write-frozen (503), flow control (429),
+//!    forwarding loops (508);
+//! 5. **pick** — this region's pool (health-aware round robin or key affinity), or another
+//!    region's gateways (error correction, with an authenticated hop marker);
+//! 6. **forward** — with timeouts, retrying idempotent requests on connect failure within the
+//!    same region only;
+//! 7. **respond** and **log** — one access-log line and the metrics, per request.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use router_rules::table::RegionIndex;
+use router_rules::{Action, Balance, Class, RequestView};
+use serde_json::json;
+
+use crate::config::GatewayConfig;
+use crate::hop::{HOP_HEADER, HopKey, HopMarker, MAX_HOPS};
+use crate::limits::Refusal;
+use crate::metrics::{LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
+use crate::store::{PoolState, Snapshot, TableStore};
+use crate::upstream::{Body, BoxError, Upstream, empty};
+
+/// Headers the gateway sets for upstreams; any a client sends are removed.
+pub const INTERNAL_PREFIX: &str = "x-unitgate-";
+
+/// What every request handler shares.
+pub struct Shared {
+    /// The table in force.
+    pub store: Arc<TableStore>,
+    /// Upstream client.
+    pub upstream: Upstream,
+    /// Hop-marker key.
+    pub hop: HopKey,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Gateway configuration.
+    pub config: GatewayConfig,
+    /// The stress-test marker header.
+    pub stress_header: HeaderName,
+}
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Whether it is TLS.
+    pub tls: bool,
+}
+
+/// What a request learnt on its way, for the response, the log and the metrics.
+struct Ctx {
+    start: Instant,
+    method: Method,
+    path: String,
+    trace_id: String,
+    version: u64,
+    route: Option<usize>,
+    class: Option<Class>,
+    unit: Option<usize>,
+    region: Option<RegionIndex>,
+    slot: Option<u32>,
+    key: Option<String>,
+    hops_in: u8,
+    forwarded_to: Option<RegionIndex>,
+    upstream: Option<Arc<str>>,
+    stress: bool,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+/// A response the gateway makes itself.
+struct Reply {
+    status: StatusCode,
+    body: serde_json::Value,
+    retry_after_s: Option<u64>,
+    close: bool,
+}
+
+impl Reply {
+    fn new(status: StatusCode, body: serde_json::Value) -> Self {
+        Self {
+            status,
+            body,
+            retry_after_s: None,
+            close: false,
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(
+            Full::new(bytes::Bytes::from(self.body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(s) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Serve one request. Never fails: every error becomes a JSON response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Conn,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let mut ctx = Ctx {
+        start: Instant::now(),
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+        trace_id: String::new(),
+        version: 0,
+        route: None,
+        class: None,
+        unit: None,
+        region: None,
+        slot: None,
+        key: None,
+        hops_in: 0,
+        forwarded_to: None,
+        upstream: None,
+        stress: false,
+        snapshot: None,
+    };
+    let response = match proxy(&shared, conn, &mut ctx, request).await {
+        Ok(response) => response,
+        Err(reply) => reply.into_response(),
+    };
+    finish(&shared, &ctx, conn, response.status());
+    Ok(response)
+}
+
+async fn proxy(
+    shared: &Shared,
+    conn: Conn,
+    ctx: &mut Ctx,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, Reply> {
+    // Phase 1: limits and framing.
+    check_framing(request.headers()).inspect_err(|_| {
+        shared
+            .metrics
+            .malformed_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })?;
+    let limits = shared.config.limits;
+    if request.headers().len() > limits.max_header_count {
+        return Err(Reply::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            json!({"error": "too many headers", "limit": limits.max_header_count}),
+        ));
+    }
+    if let Some(length) = content_length(request.headers())
+        && length > limits.max_body_bytes
+    {
+        return Err(Reply::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": "request body too large", "limit_bytes": limits.max_body_bytes}),
+        ));
+    }
+
+    // Phase 2: the table in force, once.
+    let Some(snapshot) = shared.store.current() else {
+        return Err(Reply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "no routing table applied yet"}),
+        ));
+    };
+    ctx.version = snapshot.table.version();
+    ctx.snapshot = Some(snapshot.clone());
+
+    let trace = TraceParent::from_headers(request.headers());
+    ctx.trace_id = trace.trace_id.clone();
+    let hop_in = verify_hop(shared, &request);
+    ctx.hops_in = hop_in.as_ref().map_or(0, |m| m.hops);
+    ctx.stress = request.headers().contains_key(&shared.stress_header);
+    strip_internal_headers(request.headers_mut());
+    let on_client_upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+
+    // Phase 3: resolve.
+    let (mut parts, body) = request.into_parts();
+    let routed = {
+        let view = PartsView(&parts);
+        let decision = snapshot.table.resolve(&view, snapshot.region);
+        Routed {
+            action: decision.action,
+            route: decision.route.map(|r| r.index),
+            unit: decision.unit.map(|u| u.index),
+            region: decision.region.map(|r| r.index),
+            fallback: decision.fallback_region.map(|r| r.index),
+            slot: decision.slot,
+            key: decision.key.as_ref().map(|k| k.as_str().to_owned()),
+            tried: decision
+                .route
+                .map(|r| r.key_sources.iter().map(ToString::to_string).collect()),
+        }
+    };
+    let table = &snapshot.table;
+    let route = routed.route.map(|r| &table.routes()[r]);
+    ctx.route = routed.route;
+    ctx.class = route.map(|r| r.class);
+    ctx.unit = routed.unit;
+    ctx.region = routed.region;
+    ctx.slot = routed.slot;
+    ctx.key = routed.key.clone();
+
+    // Phase 4: admit.
+    let route = match (routed.action, route) {
+        (Action::NoRoute, _) | (_, None) => {
+            return Err(Reply::new(
+                StatusCode::NOT_FOUND,
+                json!({"error": "no route", "method": parts.method.as_str(), "path": parts.uri.path(), "table_version": ctx.version}),
+            ));
+        }
+        (Action::MissingKey, Some(route)) => {
+            return Err(Reply::new(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "missing routing key", "route": &*route.name, "tried": routed.tried, "table_version": ctx.version}),
+            ));
+        }
+        (Action::WriteFrozen, Some(_)) => {
+            let unit = routed.unit.map(|u| table.units()[u].name.to_string());
+            let mut reply = Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "unit is write-frozen", "unit": unit, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
+            );
+            reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
+            return Err(reply);
+        }
+        (Action::Forward, Some(route)) => route,
+    };
+    let _route_permit = match &snapshot.route_limits[route.index] {
+        Some(limiter) => Some(limiter.admit().map_err(|refusal| {
+            shared.metrics.limited(
+                LimitScope::Route,
+                snapshot.route_ids[route.index],
+                matches!(refusal, Refusal::Rate(_)),
+            );
+            limited(refusal, "route", &route.name)
+        })?),
+        None => None,
+    };
+    let _unit_permit = match routed
+        .unit
+        .and_then(|u| snapshot.unit_limits[u].as_ref().map(|l| (u, l)))
+    {
+        Some((unit, limiter)) => Some(limiter.admit().map_err(|refusal| {
+            shared.metrics.limited(
+                LimitScope::Unit,
+                snapshot.unit_ids[unit],
+                matches!(refusal, Refusal::Rate(_)),
+            );
+            limited(refusal, "unit", &table.units()[unit].name)
+        })?),
+        None => None,
+    };
+
+    // Phase 5: pick where it goes.
+    let serving = routed.region.unwrap_or(snapshot.region);
+    let local_pool = snapshot.pools[snapshot.region][route.service].as_ref();
+    let target = if serving != snapshot.region {
+        Target::Region(serving)
+    } else {
+        match (local_pool, routed.fallback) {
+            (Some(pool), Some(fallback)) if !pool.any_healthy() && route.class == Class::P => {
+                Target::Region(fallback)
+            }
+            (Some(pool), _) => Target::Local(pool),
+            (None, _) => {
+                return Err(Reply::new(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"error": "no pool for service in this region", "service": &*table.services()[route.service]}),
+                ));
+            }
+        }
+    };
+    if let Target::Region(region) = target
+        && ctx.hops_in >= MAX_HOPS
+    {
+        return Err(Reply::new(
+            StatusCode::LOOP_DETECTED,
+            json!({
+                "error": "forwarding loop: gateways disagree on where this request belongs",
+                "origin_region": hop_in.as_ref().map(|m| m.origin.clone()),
+                "incoming_table_version": hop_in.as_ref().map(|m| m.version),
+                "local_table_version": ctx.version,
+                "local_region": &*table.regions()[snapshot.region].name,
+                "would_forward_to": &*table.regions()[region].name,
+                "hops": ctx.hops_in,
+            }),
+        ));
+    }
+
+    // Phase 6: forward.
+    let host = original_host(&parts);
+    prepare_headers(&mut parts, conn, &trace, host.as_ref());
+    let (pool, affinity_key) = match target {
+        Target::Local(pool) => {
+            add_unit_headers(
+                &mut parts.headers,
+                table,
+                &routed,
+                snapshot.region,
+                route.class,
+                ctx.stress,
+            );
+            let key = (route.balance == Balance::KeyAffinity)
+                .then_some(routed.key.as_deref())
+                .flatten();
+            (pool, key)
+        }
+        Target::Region(region) => {
+            let marker = HopMarker {
+                origin: hop_in.as_ref().map_or_else(
+                    || table.regions()[snapshot.region].name.to_string(),
+                    |m| m.origin.clone(),
+                ),
+                version: ctx.version,
+                hops: ctx.hops_in + 1,
+            };
+            let value = shared
+                .hop
+                .sign(&marker, parts.method.as_str(), parts.uri.path());
+            parts
+                .headers
+                .insert(HeaderName::from_static(HOP_HEADER), value);
+            if ctx.stress {
+                parts
+                    .headers
+                    .insert(shared.stress_header.clone(), HeaderValue::from_static("1"));
+            }
+            ctx.forwarded_to = Some(region);
+            shared.metrics.cross_region(snapshot.region_ids[region]);
+            (&snapshot.gateways[region], None)
+        }
+    };
+    let retryable = is_idempotent(&parts.method) && body.is_end_stream();
+    let mut body = Some(limit_body(body, limits.max_body_bytes));
+    let table_pool = match target {
+        Target::Local(_) => table.regions()[snapshot.region].pool(route.service),
+        Target::Region(_) => None,
+    };
+    let timeouts = shared.config.timeouts;
+    let exchange = async {
+        let mut tried: Vec<usize> = Vec::new();
+        let attempts = if retryable {
+            pool.endpoints.len().clamp(1, 3)
+        } else {
+            1
+        };
+        loop {
+            let index = match (affinity_key, table_pool) {
+                (Some(key), Some(table_pool)) => {
+                    pool.first_healthy(table_pool.affinity_indices(key), &tried)
+                }
+                _ => pool.round_robin(&tried),
+            };
+            let Some(index) = index else {
+                return Err(Reply::new(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"error": "no endpoint to forward to", "tried": tried.len()}),
+                ));
+            };
+            tried.push(index);
+            let endpoint = &pool.endpoints[index];
+            ctx.upstream = Some(endpoint.address.clone());
+            let request_body = match body.take() {
+                Some(b) => b,
+                None => empty(),
+            };
+            let mut upstream_request = Request::from_parts(parts.clone(), request_body);
+            *upstream_request.uri_mut() = upstream_uri(&endpoint.authority, &parts.uri);
+            *upstream_request.version_mut() = Version::HTTP_11;
+            let result =
+                tokio::time::timeout(timeouts.read(), shared.upstream.send(upstream_request)).await;
+            let failure = match result {
+                Ok(Ok(response)) => {
+                    endpoint.health.success();
+                    return Ok(response);
+                }
+                Ok(Err(error)) if error.is_connect() => UpstreamFailure::Connect,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, upstream = %endpoint.address, "upstream exchange failed");
+                    UpstreamFailure::Other
+                }
+                Err(_) => UpstreamFailure::Timeout,
+            };
+            shared.metrics.upstream_error(endpoint.id, failure);
+            let health = &shared.config.health_check;
+            endpoint.health.failure(
+                health.eject_after_failures,
+                Duration::from_millis(health.eject_for_ms),
+            );
+            let retry = matches!(failure, UpstreamFailure::Connect) && tried.len() < attempts;
+            if !retry {
+                return Err(match failure {
+                    UpstreamFailure::Timeout => Reply::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        json!({"error": "upstream timed out", "upstream": &*endpoint.address}),
+                    ),
+                    _ => Reply::new(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": "upstream unreachable", "upstream": &*endpoint.address}),
+                    ),
+                });
+            }
+        }
+    };
+    let mut response = match tokio::time::timeout(timeouts.total(), exchange).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(Reply::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                json!({"error": "request timed out", "timeout_ms": timeouts.total_ms}),
+            ));
+        }
+    };
+
+    // Phase 7: respond.
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(on_client_upgrade) = on_client_upgrade
+    {
+        let on_upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = (on_client_upgrade.await, on_upstream_upgrade.await)
+            {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, empty()));
+    }
+    strip_hop_by_hop(response.headers_mut(), false);
+    Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+}
+
+/// Seconds a client is asked to wait before retrying a write to a frozen unit.
+const WRITE_FREEZE_RETRY_S: u64 = 2;
+
+struct Routed {
+    action: Action,
+    route: Option<usize>,
+    unit: Option<usize>,
+    region: Option<RegionIndex>,
+    fallback: Option<RegionIndex>,
+    slot: Option<u32>,
+    key: Option<String>,
+    tried: Option<Vec<String>>,
+}
+
+enum Target<'s> {
+    Local(&'s PoolState),
+    Region(RegionIndex),
+}
+
+fn limited(refusal: Refusal, scope: &str, name: &str) -> Reply {
+    let mut reply = Reply::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": "flow control", "scope": scope, "name": name, "limit": refusal.kind(), "retry_after_s": refusal.retry_after_s()}),
+    );
+    reply.retry_after_s = Some(refusal.retry_after_s());
+    reply
+}
+
+/// Refuse what request smuggling is made of: both `Content-Length` and `Transfer-Encoding`,
+/// disagreeing or malformed `Content-Length`s, and any `Transfer-Encoding` but plain `chunked`.
+fn check_framing(headers: &HeaderMap) -> Result<(), Reply> {
+    let bad = |why: &str| {
+        let mut reply = Reply::new(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "ambiguous request framing", "detail": why}),
+        );
+        reply.close = true;
+        reply
+    };
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if let Some(first) = lengths.next() {
+        if !te.is_empty() {
+            return Err(bad("both Content-Length and Transfer-Encoding"));
+        }
+        let first = first.as_bytes();
+        if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
+            return Err(bad("malformed Content-Length"));
+        }
+        if lengths.any(|other| other.as_bytes() != first) {
+            return Err(bad("several Content-Length values"));
+        }
+    }
+    match te.as_slice() {
+        [] => Ok(()),
+        [only] if only.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(bad("Transfer-Encoding other than a single \"chunked\"")),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn limit_body(body: Incoming, max: u64) -> Body {
+    Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed()
+}
+
+fn verify_hop(shared: &Shared, request: &Request<Incoming>) -> Option<HopMarker> {
+    let value = request.headers().get(HOP_HEADER)?;
+    match shared
+        .hop
+        .verify(value, request.method().as_str(), request.uri().path())
+    {
+        Ok(marker) => Some(marker),
+        Err(error) => {
+            shared
+                .metrics
+                .hop_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%error, "hop marker ignored");
+            None
+        }
+    }
+}
+
+/// Remove every `X-Unitgate-*` header: only the gateway may set them.
+fn strip_internal_headers(headers: &mut HeaderMap) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Remove hop-by-hop headers (RFC 9110 7.6.1), keeping `Upgrade` for protocol switches.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn original_host(parts: &Parts) -> Option<HeaderValue> {
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+fn prepare_headers(parts: &mut Parts, conn: Conn, trace: &TraceParent, host: Option<&HeaderValue>) {
+    let upgrade = is_upgrade(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(host) = host {
+        parts.headers.insert(header::HOST, host.clone());
+    }
+    let peer = conn.peer.ip().to_string();
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(previous) => format!("{previous}, {peer}"),
+        None => peer,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert("x-forwarded-for", value);
+    }
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        parts.headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    if let Ok(value) = HeaderValue::from_str(&trace.child()) {
+        parts.headers.insert("traceparent", value);
+    }
+}
+
+fn add_unit_headers(
+    headers: &mut HeaderMap,
+    table: &router_rules::CompiledTable,
+    routed: &Routed,
+    region: RegionIndex,
+    class: Class,
+    stress: bool,
+) {
+    let mut set = |name: &'static str, value: HeaderValue| {
+        headers.insert(HeaderName::from_static(name), value);
+    };
+    if let Some(unit) = routed.unit
+        && let Ok(v) = HeaderValue::from_str(&table.units()[unit].name)
+    {
+        set("x-unitgate-unit", v);
+    }
+    if let Some(slot) = routed.slot {
+        set("x-unitgate-slot", HeaderValue::from(slot));
+    }
+    if let Ok(v) = HeaderValue::from_str(&table.regions()[region].name) {
+        set("x-unitgate-region", v);
+    }
+    set("x-unitgate-class", HeaderValue::from_static(class.as_str()));
+    set(
+        "x-unitgate-table-version",
+        HeaderValue::from(table.version()),
+    );
+    if let Some(key) = &routed.key {
+        set("x-unitgate-key", header_safe(key));
+    }
+    if stress {
+        set("x-unitgate-stress", HeaderValue::from_static("1"));
+    }
+}
+
+/// `value` as a header value, percent-encoding bytes a header cannot carry.
+fn header_safe(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| {
+        let encoded: String = value
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_graphic() && b != b'%' {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+    })
+}
+
+fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_default()
+}
+
+/// The `RequestView` of a request's head.
+struct PartsView<'a>(&'a Parts);
+
+impl RequestView for PartsView<'_> {
+    fn method(&self) -> &str {
+        self.0.method.as_str()
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.0.uri.authority().map(|a| a.as_str()).or_else(|| {
+            self.0
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.0.uri.query()
+    }
+
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> {
+        self.0
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+    }
+}
+
+/// W3C trace context: the trace id is kept across every hop; each gateway is a span.
+struct TraceParent {
+    trace_id: String,
+    flags: String,
+}
+
+impl TraceParent {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let incoming = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let mut parts = v.trim().split('-');
+                let (version, trace, parent, flags) =
+                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+                let hex = |s: &str, n: usize| {
+                    s.len() == n
+                        && s.bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                };
+                (version == "00"
+                    && hex(trace, 32)
+                    && hex(parent, 16)
+                    && hex(flags, 2)
+                    && trace != "00000000000000000000000000000000"
+                    && parent != "0000000000000000")
+                    .then(|| (trace.to_owned(), flags.to_owned()))
+            });
+        match incoming {
+            Some((trace_id, flags)) => Self { trace_id, flags },
+            None => Self {
+                trace_id: format!("{:016x}{:016x}", fastrand::u64(1..), fastrand::u64(..)),
+                flags: "01".to_owned(),
+            },
+        }
+    }
+
+    /// The `traceparent` to send on: same trace, this gateway's span as parent.
+    fn child(&self) -> String {
+        format!(
+            "00-{}-{:016x}-{}",
+            self.trace_id,
+            fastrand::u64(1..),
+            self.flags
+        )
+    }
+}
+
+fn finish(shared: &Shared, ctx: &Ctx, conn: Conn, status: StatusCode) {
+    let elapsed = ctx.start.elapsed();
+    let snapshot = ctx.snapshot.as_deref();
+    let id = |ids: Option<&Vec<u32>>, i: Option<usize>| match (ids, i) {
+        (Some(ids), Some(i)) => ids.get(i).copied().unwrap_or(NONE),
+        _ => NONE,
+    };
+    let served_in = ctx.forwarded_to.or(ctx.region);
+    shared.metrics.request(
+        RequestLabels {
+            route: id(snapshot.map(|s| &s.route_ids), ctx.route),
+            class: ctx.class.map_or(b'-', |c| c.as_str().as_bytes()[0]),
+            unit: id(snapshot.map(|s| &s.unit_ids), ctx.unit),
+            region: id(snapshot.map(|s| &s.region_ids), served_in),
+            status: status.as_u16(),
+            stress: ctx.stress,
+        },
+        elapsed,
+    );
+    if !shared.config.access_log {
+        return;
+    }
+    let name = |f: &dyn Fn(&Snapshot) -> Option<String>| snapshot.and_then(f).unwrap_or_default();
+    tracing::info!(
+        target: "unitgate::access",
+        method = %ctx.method,
+        path = %ctx.path,
+        status = status.as_u16(),
+        route = %name(&|s| ctx.route.map(|r| s.table.routes()[r].name.to_string())),
+        class = ctx.class.map_or("-", |c| c.as_str()),
+        key = ctx.key.as_deref().unwrap_or(""),
+        slot = ctx.slot.map_or(-1, i64::from),
+        unit = %name(&|s| ctx.unit.map(|u| s.table.units()[u].name.to_string())),
+        region = %name(&|s| ctx.region.map(|r| s.table.regions()[r].name.to_string())),
+        forwarded_to = %name(&|s| ctx.forwarded_to.map(|r| s.table.regions()[r].name.to_string())),
+        hops_in = ctx.hops_in,
+        upstream = ctx.upstream.as_deref().unwrap_or(""),
+        version = ctx.version,
+        duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        trace_id = %ctx.trace_id,
+        stress = ctx.stress,
+        client = %conn.peer,
+        "request"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn framing_checks() {
+        assert!(check_framing(&headers(&[("content-length", "5")])).is_ok());
+        assert!(check_framing(&headers(&[("transfer-encoding", "chunked")])).is_ok());
+        assert!(
+            check_framing(&headers(&[
+                ("content-length", "5"),
+                ("transfer-encoding", "chunked")
+            ]))
+            .is_err()
+        );
+        assert!(
+            check_framing(&headers(&[
+                ("content-length", "5"),
+                ("content-length", "6")
+            ]))
+            .is_err()
+        );
+        assert!(
+            check_framing(&headers(&[
+                ("content-length", "5"),
+                ("content-length", "5")
+            ]))
+            .is_ok()
+        );
+        assert!(check_framing(&headers(&[("content-length", "+5")])).is_err());
+        assert!(check_framing(&headers(&[("transfer-encoding", "xchunked")])).is_err());
+        assert!(check_framing(&headers(&[("transfer-encoding", "gzip, chunked")])).is_err());
+        assert!(
+            check_framing(&headers(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ]))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn trace_context_is_kept_or_made() {
+        let kept = TraceParent::from_headers(&headers(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]));
+        assert_eq!(kept.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            kept.child()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        let made = TraceParent::from_headers(&headers(&[("traceparent", "garbage")]));
+        assert_eq!(made.trace_id.len(), 32);
+    }
+}

@@ -1,0 +1,227 @@
+//! Listeners, TLS, connection serving and graceful drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, AdminState};
+use crate::config::{RequestLimits, TlsListen};
+use crate::proxy::{self, Conn, Shared};
+
+/// Counts open connections, so a drain can wait for the last one.
+#[derive(Default)]
+pub struct ConnTracker {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+impl ConnTracker {
+    fn opened(self: &Arc<Self>) -> ConnGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.clone())
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Wait until no connection is open, or `limit` passes. Returns the connections left.
+    pub async fn drained(&self, limit: Duration) -> usize {
+        let wait = async {
+            loop {
+                let notified = self.closed.notified();
+                if self.open() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+        self.open()
+    }
+}
+
+struct ConnGuard(Arc<ConnTracker>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// A TLS server config for `listen`: HTTP/2 and HTTP/1.1 by ALPN.
+pub fn tls_config(listen: &TlsListen) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&listen.cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("{}: cannot read certificates: {e}", listen.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", listen.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&listen.key)
+        .map_err(|e| format!("{}: cannot read private key: {e}", listen.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", listen.cert.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn http_builder(limits: &RequestLimits, header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_headers(limits.max_header_count)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Accept and serve proxy connections on `listener` until `stop` turns true; then ask every
+/// open connection to finish its in-flight requests and close.
+pub async fn serve_proxy(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    tracker: Arc<ConnTracker>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(http_builder(
+        &shared.config.limits,
+        Duration::from_millis(shared.config.timeouts.client_header_ms),
+    ));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = tracker.opened();
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            match tls {
+                None => {
+                    serve_connection(
+                        &builder,
+                        TokioIo::new(stream),
+                        shared,
+                        Conn { peer, tls: false },
+                        stop,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(
+                                &builder,
+                                TokioIo::new(stream),
+                                shared,
+                                Conn { peer, tls: true },
+                                stop,
+                            )
+                            .await
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    shared: Arc<Shared>,
+    conn: Conn,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| proxy::handle(shared.clone(), conn, request));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, peer = %conn.peer, "connection ended with an error");
+            }
+            return;
+        }
+        () = stopped(&mut stop) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+/// Serve the admin endpoints on `listener` until `stop` turns true.
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| admin::handle(state.clone(), request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Bind `address` for a server, with `SO_REUSEADDR`.
+pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}

@@ -1,0 +1,426 @@
+//! The table in force and everything a request needs with it, swapped as one.
+//!
+//! Start-up, file reloads and control-plane pushes all go through [`TableStore::load_text`]
+//! (or [`TableStore::apply`]): parse, validate, check it may succeed the table in force,
+//! persist it, then swap it in with one atomic store. A request loads the [`Snapshot`] once and
+//! decides everything with it, so no request is ever routed by a mix of two versions.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use http::uri::Authority;
+use router_rules::table::RegionIndex;
+use router_rules::{CompiledTable, RawLimits, RawTable};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::limits::Limiter;
+use crate::metrics::{Metrics, NameId};
+
+/// A routing table in force, with this gateway's view of it.
+pub struct Snapshot {
+    /// The table.
+    pub table: CompiledTable,
+    /// This gateway's region in the table.
+    pub region: RegionIndex,
+    /// Where the table came from (`file:/etc/...`, `cache:...`, `control-plane:...`).
+    pub origin: String,
+    /// When it was applied.
+    pub applied_at: SystemTime,
+    /// Pools by region, then by service (see [`CompiledTable::services`]).
+    pub pools: Vec<Vec<Option<PoolState>>>,
+    /// Each region's gateways, as a pool.
+    pub gateways: Vec<PoolState>,
+    /// Limiters by route position.
+    pub route_limits: Vec<Option<Arc<Limiter>>>,
+    /// Limiters by unit position.
+    pub unit_limits: Vec<Option<Arc<Limiter>>>,
+    /// Metric label ids by route position.
+    pub route_ids: Vec<NameId>,
+    /// Metric label ids by unit position.
+    pub unit_ids: Vec<NameId>,
+    /// Metric label ids by region position.
+    pub region_ids: Vec<NameId>,
+}
+
+/// Endpoints of one pool with their health, and the round-robin position.
+pub struct PoolState {
+    /// Endpoints, in table order.
+    pub endpoints: Vec<EndpointState>,
+    next: AtomicUsize,
+}
+
+/// One endpoint.
+pub struct EndpointState {
+    /// `host:port`.
+    pub address: Arc<str>,
+    /// The same, parsed for URIs.
+    pub authority: Authority,
+    /// Shared health (survives table swaps).
+    pub health: Arc<Health>,
+    /// Metric label id.
+    pub id: NameId,
+}
+
+/// Health of an endpoint, shared by every snapshot that lists it.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set by active checks.
+    down: AtomicBool,
+    /// Consecutive failed exchanges.
+    failures: AtomicU32,
+    /// Ejected by passive checks until this time (ms since the epoch).
+    ejected_until_ms: AtomicU64,
+}
+
+impl Health {
+    /// Whether the endpoint takes traffic now.
+    pub fn is_healthy(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Record an active check's result.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+    }
+
+    /// Record a failed exchange; eject after `eject_after` in a row.
+    pub fn failure(&self, eject_after: u32, eject_for: Duration) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= eject_after.max(1) {
+            let until = now_ms() + u64::try_from(eject_for.as_millis()).unwrap_or(u64::MAX / 2);
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Record a successful exchange.
+    pub fn success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+impl PoolState {
+    /// The next endpoint by round robin, healthy ones first; `skip` lists positions already
+    /// tried. When none is healthy, the unhealthy ones are tried rather than failing outright.
+    pub fn round_robin(&self, skip: &[usize]) -> Option<usize> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|i| !skip.contains(i));
+        let mut fallback = None;
+        for i in candidates {
+            if self.endpoints[i].health.is_healthy() {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback
+    }
+
+    /// The first healthy endpoint in `order` (key affinity), else the first untried one.
+    pub fn first_healthy(
+        &self,
+        order: impl Iterator<Item = usize>,
+        skip: &[usize],
+    ) -> Option<usize> {
+        let mut fallback = None;
+        for i in order.filter(|i| !skip.contains(i)) {
+            if self.endpoints.get(i).is_some_and(|e| e.health.is_healthy()) {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback
+    }
+
+    /// Whether any endpoint takes traffic.
+    pub fn any_healthy(&self) -> bool {
+        self.endpoints.iter().any(|e| e.health.is_healthy())
+    }
+}
+
+/// A table that was refused, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// Its version, when it could be read.
+    pub version: Option<u64>,
+    /// Where it came from.
+    pub origin: String,
+    /// Every problem, one per line.
+    pub error: String,
+    /// When, in seconds since the epoch.
+    pub at_s: u64,
+}
+
+/// What the cache file holds.
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    origin: String,
+    saved_at_s: u64,
+    table: RawTable,
+}
+
+const CACHE_FILE: &str = "table.json";
+
+/// The table in force, and how it got there.
+pub struct TableStore {
+    current: ArcSwapOption<Snapshot>,
+    region: String,
+    cache_dir: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    health: Mutex<HashMap<Arc<str>, Arc<Health>>>,
+    limiters: Mutex<HashMap<(bool, String, RawLimits), Arc<Limiter>>>,
+    last_rejected: Mutex<Option<Rejection>>,
+    /// Serialises applies, so a version check and its swap cannot interleave with another.
+    apply_lock: Mutex<()>,
+    applied: watch::Sender<u64>,
+}
+
+impl TableStore {
+    /// An empty store for a gateway in `region`.
+    pub fn new(region: &str, cache_dir: Option<PathBuf>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            region: region.to_owned(),
+            cache_dir,
+            metrics,
+            health: Mutex::new(HashMap::new()),
+            limiters: Mutex::new(HashMap::new()),
+            last_rejected: Mutex::new(None),
+            apply_lock: Mutex::new(()),
+            applied: watch::channel(0).0,
+        }
+    }
+
+    /// The snapshot in force: one atomic load.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    /// This gateway's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The version applied last (0 before the first), as a watch.
+    pub fn applied_versions(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// The last refused table.
+    pub fn last_rejected(&self) -> Option<Rejection> {
+        self.last_rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Parse, validate and apply a table text (`json` for JSON, else YAML). The one load path.
+    pub fn load_text(&self, text: &str, json: bool, origin: &str) -> Result<u64, Rejection> {
+        let loaded = if json {
+            router_rules::load_json(text)
+        } else {
+            router_rules::load_yaml(text)
+        };
+        match loaded {
+            Ok(table) => self.apply(table, origin),
+            Err(error) => {
+                Err(self.reject(None, origin, error.render(origin).trim_end().to_owned()))
+            }
+        }
+    }
+
+    /// Apply a validated table, unless it may not succeed the one in force. Persists it to
+    /// the cache before it takes effect.
+    pub fn apply(&self, table: CompiledTable, origin: &str) -> Result<u64, Rejection> {
+        let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let version = table.version();
+        let Some(region) = table.region_index(&self.region) else {
+            let known: Vec<&str> = table.regions().iter().map(|r| &*r.name).collect();
+            return Err(self.reject(
+                Some(version),
+                origin,
+                format!(
+                    "{origin}: regions: the table has no region {:?}, this gateway's region (it has: {})",
+                    self.region,
+                    known.join(", ")
+                ),
+            ));
+        };
+        let current = self.current.load_full();
+        if let Some(current) = &current
+            && current.table.version() == version
+            && current.table.raw() == table.raw()
+        {
+            // The same table again (a re-push, a touched file): nothing to do.
+            return Ok(version);
+        }
+        if let Some(current) = current
+            && let Err(error) = router_rules::check_successor(&current.table, &table)
+        {
+            return Err(self.reject(
+                Some(version),
+                origin,
+                error.render(origin).trim_end().to_owned(),
+            ));
+        }
+        self.persist(&table, origin);
+        let snapshot = self.build(table, region, origin);
+        self.current.store(Some(Arc::new(snapshot)));
+        self.metrics.table_version.store(version, Ordering::Relaxed);
+        self.metrics.table_swaps.fetch_add(1, Ordering::Relaxed);
+        self.applied.send_replace(version);
+        tracing::info!(version, origin, "routing table applied");
+        Ok(version)
+    }
+
+    /// Record a refused table.
+    pub fn reject(&self, version: Option<u64>, origin: &str, error: String) -> Rejection {
+        tracing::error!(?version, origin, %error, "routing table refused; the table in force stays");
+        self.metrics.tables_rejected.fetch_add(1, Ordering::Relaxed);
+        let rejection = Rejection {
+            version,
+            origin: origin.to_owned(),
+            error,
+            at_s: now_ms() / 1000,
+        };
+        *self.last_rejected.lock().unwrap_or_else(|e| e.into_inner()) = Some(rejection.clone());
+        rejection
+    }
+
+    /// Apply the cached table, if there is one.
+    pub fn restore_from_cache(&self) -> Result<u64, String> {
+        let dir = self.cache_dir.as_ref().ok_or("no cache_dir configured")?;
+        let path = dir.join(CACHE_FILE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cached: CacheFile =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let table = router_rules::validate(cached.table, None)
+            .map_err(|e| e.render(&path.display().to_string()))?;
+        let origin = format!("cache:{} (saved from {})", path.display(), cached.origin);
+        self.apply(table, &origin).map_err(|r| r.error)
+    }
+
+    /// Write the table to the cache atomically: temp file, fsync, rename, fsync the directory.
+    fn persist(&self, table: &CompiledTable, origin: &str) {
+        let Some(dir) = &self.cache_dir else { return };
+        let file = CacheFile {
+            origin: origin.to_owned(),
+            saved_at_s: now_ms() / 1000,
+            table: table.raw().clone(),
+        };
+        if let Err(error) = write_atomically(dir, CACHE_FILE, &file) {
+            self.metrics
+                .cache_write_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(dir = %dir.display(), %error, "cannot write the table cache; a restart without a table source would start from an older table");
+        }
+    }
+
+    fn health_of(&self, address: &str) -> Arc<Health> {
+        let mut map = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(address.into()).or_default().clone()
+    }
+
+    fn limiter(&self, unit: bool, name: &str, limits: Option<RawLimits>) -> Option<Arc<Limiter>> {
+        let limits = limits?;
+        let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Unchanged limits keep their state across swaps, so a swap does not refill buckets.
+        Some(
+            map.entry((unit, name.to_owned(), limits))
+                .or_insert_with(|| Arc::new(Limiter::new(limits)))
+                .clone(),
+        )
+    }
+
+    fn pool_state<'a>(&self, addresses: impl Iterator<Item = &'a str>) -> PoolState {
+        PoolState {
+            endpoints: addresses
+                .filter_map(|address| {
+                    Some(EndpointState {
+                        authority: address.parse().ok()?,
+                        address: address.into(),
+                        health: self.health_of(address),
+                        id: self.metrics.names.id(address),
+                    })
+                })
+                .collect(),
+            next: AtomicUsize::new(fastrand::usize(..1024)),
+        }
+    }
+
+    fn build(&self, table: CompiledTable, region: RegionIndex, origin: &str) -> Snapshot {
+        let names = &self.metrics.names;
+        let pools = table
+            .regions()
+            .iter()
+            .map(|r| {
+                (0..table.services().len())
+                    .map(|s| {
+                        r.pool(s)
+                            .map(|p| self.pool_state(p.endpoints.iter().map(|e| &*e.address)))
+                    })
+                    .collect()
+            })
+            .collect();
+        let gateways = table
+            .regions()
+            .iter()
+            .map(|r| self.pool_state(r.gateways.iter().map(|g| &**g)))
+            .collect();
+        Snapshot {
+            region,
+            origin: origin.to_owned(),
+            applied_at: SystemTime::now(),
+            pools,
+            gateways,
+            route_limits: table
+                .routes()
+                .iter()
+                .map(|r| self.limiter(false, &r.name, r.limits))
+                .collect(),
+            unit_limits: table
+                .units()
+                .iter()
+                .map(|u| self.limiter(true, &u.name, u.limits))
+                .collect(),
+            route_ids: table.routes().iter().map(|r| names.id(&r.name)).collect(),
+            unit_ids: table.units().iter().map(|u| names.id(&u.name)).collect(),
+            region_ids: table.regions().iter().map(|r| names.id(&r.name)).collect(),
+            table,
+        }
+    }
+}
+
+fn write_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    serde_json::to_writer(&mut file, value)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,482 @@
+//! The gateway as a proxy: three regions on 127.0.0.1, real upstreams, real sockets.
+
+mod support;
+
+use router_rules::{DecisionReport, SimpleRequest};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_region_and_unit_match_the_dry_run_from_every_region() {
+    let topo = Topology::start().await;
+    let table = router_rules::load_yaml(&topo.base_table).expect("table");
+    let client = client();
+    for user in 0..1000u32 {
+        let user = format!("{}", user * 7919 % 100_000);
+        let path = if user.len() % 2 == 0 {
+            "/cart/items"
+        } else {
+            "/order/1"
+        };
+        for entry in REGIONS {
+            let node = topo.region(entry);
+            let (status, _, body) = send(
+                &client,
+                request("GET", node.http, path, &[("x-user-id", &user)]),
+            )
+            .await;
+            assert_eq!(status, 200, "{user} via {entry}: {body}");
+            let dry = SimpleRequest::new("GET", path).with_header("x-user-id", &user);
+            let decision = table.resolve(&dry, table.region_index(entry).expect("region"));
+            let report = DecisionReport::new(&table, &decision, "GET");
+            assert_eq!(
+                body["region"].as_str(),
+                report.region.as_deref(),
+                "{user} via {entry}"
+            );
+            assert_eq!(
+                body["unit"].as_str(),
+                report.unit.as_deref(),
+                "{user} via {entry}"
+            );
+            assert_eq!(
+                body["slot"].as_u64(),
+                report.slot.map(u64::from),
+                "{user} via {entry}"
+            );
+            assert_eq!(body["user"].as_str(), Some(user.as_str()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_region_requests_take_one_authenticated_hop() {
+    let topo = Topology::start().await;
+    let client = client();
+    // 4321 is in u03, which lives in sh. Enter at hz.
+    let (status, _, body) = send(
+        &client,
+        request(
+            "POST",
+            topo.region("hz").http,
+            "/order/9",
+            &[
+                ("x-user-id", "4321"),
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["region"], "sh");
+    assert_eq!(body["unit"], "u03");
+    let headers = &body["headers"];
+    assert!(
+        headers.get("x-unitgate-hop").is_none(),
+        "the hop marker never reaches upstreams"
+    );
+    assert_eq!(headers["x-unitgate-region"], "sh");
+    assert!(
+        headers["traceparent"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"))
+    );
+    assert!(
+        headers["x-forwarded-for"]
+            .as_str()
+            .is_some_and(|x| x.starts_with("127.0.0.1"))
+    );
+    let metrics = client
+        .request(request("GET", topo.region("hz").admin, "/metrics", &[]))
+        .await
+        .expect("metrics");
+    let text = String::from_utf8(
+        http_body_util::BodyExt::collect(metrics.into_body())
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert!(
+        text.contains("unitgate_cross_region_forwards_total{region=\"sh\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_internal_and_hop_headers_are_ignored() {
+    let topo = Topology::start().await;
+    let client = client();
+    let forged_hop = "v1 origin=sz version=999 hops=2 ts=0 sig=00";
+    let (status, _, body) = send(
+        &client,
+        request(
+            "GET",
+            topo.region("hz").http,
+            "/cart",
+            &[
+                ("x-user-id", "10"),
+                ("x-unitgate-unit", "u06"),
+                ("x-unitgate-region", "sz"),
+                ("x-unitgate-key", "evil"),
+                ("x-unitgate-table-version", "999"),
+                ("x-unitgate-hop", forged_hop),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["unit"], "u01");
+    assert_eq!(body["region"], "hz");
+    assert_eq!(body["user"], "10");
+    assert_eq!(body["table_version"], 1);
+    assert!(body["headers"].get("x-unitgate-hop").is_none());
+    let hop_rejected = topo
+        .gateway("hz")
+        .metrics
+        .hop_rejected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(hop_rejected, 1);
+    // A forged marker claiming two hops does not make the gateway answer 508 either.
+    let (status, _, _) = send(
+        &client,
+        request(
+            "GET",
+            topo.region("hz").http,
+            "/cart",
+            &[("x-user-id", "4321"), ("x-unitgate-hop", forged_hop)],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_freeze_refuses_writes_and_keeps_reads() {
+    let topo = Topology::start_with(|_, t| {
+        t.replace(
+            "state: active       # write_frozen during a flip",
+            "state: write_frozen",
+        )
+    })
+    .await;
+    let client = client();
+    let sz = topo.region("sz").http;
+    let (status, headers, body) = send(
+        &client,
+        request("POST", sz, "/order", &[("x-user-id", "9000")]),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "2");
+    assert_eq!(body["error"], "unit is write-frozen");
+    assert_eq!(body["unit"], "u06");
+    assert_eq!(body["retry_after_s"], 2);
+    let (status, _, body) = send(
+        &client,
+        request("GET", sz, "/order", &[("x-user-id", "9000")]),
+    )
+    .await;
+    assert_eq!((status.as_u16(), body["unit"].as_str()), (200, Some("u06")));
+    // Other units' writes flow.
+    let (status, _, _) = send(
+        &client,
+        request("POST", sz, "/order", &[("x-user-id", "7000")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        topo.region("sz").upstreams["order"]
+            .seen
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|s| s.method == "POST")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_keys_follow_the_route_policy() {
+    let topo = Topology::start_with(|_, t| {
+        t.replacen(
+            "missing_key: reject   # 400 naming the sources tried",
+            "missing_key: center",
+            1,
+        )
+    })
+    .await;
+    let client = client();
+    let sz = topo.region("sz").http;
+    // order: reject.
+    let (status, _, body) = send(&client, request("GET", sz, "/order", &[])).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "missing routing key");
+    assert_eq!(
+        body["tried"],
+        serde_json::json!(["header:x-user-id", "cookie:uid"])
+    );
+    assert_eq!(topo.region("sz").upstreams["order"].count(), 0);
+    // cart: center (u01 in hz).
+    let (status, _, body) = send(&client, request("GET", sz, "/cart", &[])).await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            body["unit"].as_str(),
+            body["region"].as_str()
+        ),
+        (200, Some("u01"), Some("hz"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_get_404_json() {
+    let topo = Topology::start().await;
+    let (status, headers, body) = send(
+        &client(),
+        request(
+            "GET",
+            topo.region("hz").http,
+            "/nowhere",
+            &[("x-user-id", "1")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["error"], "no route");
+    assert_eq!(body["path"], "/nowhere");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p_class_reads_are_local_and_writes_go_to_the_center() {
+    let topo = Topology::start().await;
+    let client = client();
+    let (_, _, read) = send(
+        &client,
+        request("GET", topo.region("sz").http, "/item/1", &[]),
+    )
+    .await;
+    assert_eq!(read["region"], "sz");
+    assert_eq!(read["headers"]["x-unitgate-class"], "P");
+    let (_, _, write) = send(
+        &client,
+        request("PUT", topo.region("sz").http, "/item/1", &[]),
+    )
+    .await;
+    assert_eq!(write["region"], "hz");
+    assert_eq!(write["unit"], "u01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_that_disagree_stop_at_508() {
+    // Each gateway believes u03 lives in the next region: hz -> sh -> sz -> hz.
+    let topo = Topology::start_with(|region, t| {
+        let to = match region {
+            "hz" => "sh",
+            "sh" => "sz",
+            _ => "hz",
+        };
+        let version = match region {
+            "hz" => "version: 11",
+            "sh" => "version: 12",
+            _ => "version: 13",
+        };
+        t.replace("version: 1\n", &format!("{version}\n")).replace(
+            "slots: [[3334, 4999]]\n    region: sh\n    standby: sz",
+            &format!("slots: [[3334, 4999]]\n    region: {to}"),
+        )
+    })
+    .await;
+    let (status, _, body) = send(
+        &client(),
+        request(
+            "GET",
+            topo.region("hz").http,
+            "/cart",
+            &[("x-user-id", "4321")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 508, "{body}");
+    assert_eq!(body["origin_region"], "hz");
+    assert_eq!(body["incoming_table_version"], 12);
+    assert_eq!(body["local_table_version"], 13);
+    assert_eq!(body["local_region"], "sz");
+    assert_eq!(body["hops"], 2);
+    for node in &topo.regions {
+        assert_eq!(
+            node.upstreams["cart"].count(),
+            0,
+            "{} upstream reached",
+            node.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_control_limits_one_unit_only() {
+    // u01 (slots 0-1666) may take 5 requests/s with a burst of 5.
+    let topo = Topology::start_with(|_, t| {
+        t.replace(
+            "    center: true        # hosts the data that cannot be split by user\n",
+            "    center: true\n    limits: { rate: 5, burst: 5 }\n",
+        )
+    })
+    .await;
+    let client = client();
+    let hz = topo.region("hz").http;
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..40 {
+        let user = format!("{}", i % 1000);
+        let (status, headers, body) = send(
+            &client,
+            request("GET", hz, "/cart", &[("x-user-id", &user)]),
+        )
+        .await;
+        match status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(headers["retry-after"], "1");
+                assert_eq!(body["scope"], "unit");
+                assert_eq!(body["name"], "u01");
+                assert_eq!(body["limit"], "rate");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        // Another unit on the same gateway is never limited.
+        let (status, _, _) = send(
+            &client,
+            request("GET", hz, "/cart", &[("x-user-id", "2000")]),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // The burst, plus what the rate refills while the loop runs (at most a second or two).
+    assert!((5..=15).contains(&ok), "admitted {ok}");
+    assert_eq!(ok + limited, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tables_are_refused_and_the_old_one_keeps_serving() {
+    let topo = Topology::start().await;
+    let gateway = topo.gateway("hz");
+    let broken = topo
+        .base_table
+        .replace("version: 1", "version: 2")
+        .replace("[[1667, 3333]]", "[[1700, 3333]]");
+    let refusal = gateway
+        .store
+        .load_text(&broken, false, "test-push")
+        .expect_err("gap");
+    assert!(
+        refusal
+            .error
+            .contains("gap: slots 1667-1699 belong to no unit"),
+        "{}",
+        refusal.error
+    );
+    let older = topo.base_table.clone();
+    let refusal = gateway
+        .store
+        .load_text(
+            &older.replace("version: 1", "version: 0"),
+            false,
+            "test-push",
+        )
+        .expect_err("old");
+    assert!(refusal.error.contains("version"), "{}", refusal.error);
+    let (status, _, body) = send(
+        &client(),
+        request(
+            "GET",
+            topo.region("hz").http,
+            "/cart",
+            &[("x-user-id", "5")],
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), body["table_version"].as_u64()),
+        (200, Some(1))
+    );
+    let table = get_json(&client(), topo.region("hz").admin, "/table").await;
+    assert_eq!(table["version"], 1);
+    assert!(
+        table["last_rejected"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("version")),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_serves_from_the_cache_when_the_source_is_gone() {
+    let mut topo = Topology::start().await;
+    let node = topo
+        .regions
+        .iter_mut()
+        .find(|r| r.name == "sh")
+        .expect("sh");
+    let flipped = std::fs::read_to_string(&node.table_path)
+        .expect("table")
+        .replace("version: 1", "version: 2");
+    std::fs::write(&node.table_path, flipped).expect("write");
+    let gateway = node.gateway.take().expect("running");
+    let mut applied = gateway.store.applied_versions();
+    gateway.reload();
+    applied.wait_for(|v| *v == 2).await.expect("reloaded");
+    gateway.shutdown(std::time::Duration::from_secs(1)).await;
+    std::fs::remove_file(&node.table_path).expect("source gone");
+    let config = gateway_config("sh", &node.table_path, &node.cache_dir);
+    let listeners = gateway::Listeners {
+        http: vec![std::net::TcpListener::bind("127.0.0.1:0").expect("bind")],
+        https: vec![],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    };
+    let restarted = gateway::Gateway::start(config, listeners)
+        .await
+        .expect("starts from cache");
+    let (status, _, body) = send(
+        &client(),
+        request(
+            "GET",
+            restarted.http_addrs[0],
+            "/cart",
+            &[("x-user-id", "4000")],
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), body["table_version"].as_u64()),
+        (200, Some(2))
+    );
+    let table = get_json(&client(), restarted.admin_addr, "/table").await;
+    assert!(
+        table["origin"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("cache:")),
+        "{table}"
+    );
+
+    // No source and no cache: refuse to start, saying why.
+    let empty = topo.dir.path().join("empty-cache");
+    let config = gateway_config("sh", &node.table_path, &empty);
+    let listeners = gateway::Listeners {
+        http: vec![std::net::TcpListener::bind("127.0.0.1:0").expect("bind")],
+        https: vec![],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    };
+    let error = gateway::Gateway::start(config, listeners)
+        .await
+        .err()
+        .expect("refuses");
+    assert!(error.starts_with("no routing table to serve:"), "{error}");
+    assert!(error.contains("cannot read"), "{error}");
+}

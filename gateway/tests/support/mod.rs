@@ -1,0 +1,280 @@
+//! A real three-region topology on 127.0.0.1: echo upstreams per region and service, and one
+//! gateway per region, all on ports the OS picks.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use gateway::config::GatewayConfig;
+use gateway::{Gateway, Listeners};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+pub const SECRET: &str = "test-hop-secret-0123456789abcdef0123";
+pub const REGIONS: [&str; 3] = ["hz", "sh", "sz"];
+pub const SERVICES: [&str; 3] = ["cart", "order", "item"];
+
+/// What an echo upstream saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An upstream that answers JSON about itself and what it received, and records every request.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Echo {
+    pub async fn start(service: &str, region: &str) -> Echo {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (service, region) = (service.to_owned(), region.to_owned());
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (service, region, log) = (service.clone(), region.clone(), log.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (service, region, log) = (service.clone(), region.clone(), log.clone());
+                        async move {
+                            let headers: BTreeMap<String, String> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                })
+                                .collect();
+                            let header = |name: &str| headers.get(name).cloned();
+                            let body = json!({
+                                "service": service,
+                                "region": region,
+                                "unit": header("x-unitgate-unit"),
+                                "slot": header("x-unitgate-slot").and_then(|s| s.parse::<u32>().ok()),
+                                "table_version": header("x-unitgate-table-version").and_then(|s| s.parse::<u64>().ok()),
+                                "user": header("x-unitgate-key"),
+                                "method": req.method().as_str(),
+                                "headers": headers,
+                            });
+                            log.lock().expect("log").push(Seen {
+                                method: req.method().to_string(),
+                                path: req.uri().path().to_owned(),
+                                headers: headers.clone(),
+                            });
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                                body.to_string(),
+                            ))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Echo { addr, seen }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("log").len()
+    }
+}
+
+/// One region's pieces.
+pub struct RegionNode {
+    pub name: &'static str,
+    pub upstreams: BTreeMap<&'static str, Echo>,
+    pub gateway: Option<Gateway>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub table_path: PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+/// Three regions with a gateway each.
+pub struct Topology {
+    pub dir: tempfile::TempDir,
+    pub regions: Vec<RegionNode>,
+    pub base_table: String,
+}
+
+/// The example table with this topology's addresses.
+pub fn table_yaml(
+    template: &str,
+    upstreams: &BTreeMap<(&str, &str), SocketAddr>,
+    gateways: &BTreeMap<&str, SocketAddr>,
+) -> String {
+    let mut yaml = template.to_owned();
+    for (i, region) in REGIONS.iter().enumerate() {
+        yaml = yaml.replace(
+            &format!("127.0.0.1:800{}", i + 1),
+            &gateways[region].to_string(),
+        );
+        for (j, service) in SERVICES.iter().enumerate() {
+            yaml = yaml.replace(
+                &format!("127.0.0.1:18{}0{}", i + 1, j + 1),
+                &upstreams[&(*region, *service)].to_string(),
+            );
+        }
+    }
+    yaml
+}
+
+pub fn example_table() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/three-regions.yaml"),
+    )
+    .expect("example")
+}
+
+pub fn gateway_config(region: &str, table: &Path, cache: &Path) -> GatewayConfig {
+    let text = format!(
+        "region: {region}\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ file: {}, poll_interval_ms: 3600000 }}\ncache_dir: {}\nhop_secret: {SECRET}\nhealth_check: {{ interval_ms: 0 }}\naccess_log: false\n",
+        table.display(),
+        cache.display()
+    );
+    GatewayConfig::parse(&text, "test").expect("config")
+}
+
+impl Topology {
+    /// Start upstreams and gateways; `edit` may change the table text (per region) first.
+    pub async fn start_with(edit: impl Fn(&str, String) -> String) -> Topology {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut upstream_addrs = BTreeMap::new();
+        let mut upstreams: BTreeMap<&str, BTreeMap<&'static str, Echo>> = BTreeMap::new();
+        for region in REGIONS {
+            for service in SERVICES {
+                let echo = Echo::start(service, region).await;
+                upstream_addrs.insert((region, service), echo.addr);
+                upstreams.entry(region).or_default().insert(service, echo);
+            }
+        }
+        // Bind every gateway first: the table must name them all.
+        let mut bound = BTreeMap::new();
+        let mut gateway_addrs = BTreeMap::new();
+        for region in REGIONS {
+            let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            gateway_addrs.insert(region, http.local_addr().expect("addr"));
+            bound.insert(region, (http, admin));
+        }
+        let base_table = table_yaml(&example_table(), &upstream_addrs, &gateway_addrs);
+        let mut regions = Vec::new();
+        for region in REGIONS {
+            let (http, admin) = bound.remove(region).expect("bound");
+            let (http_addr, admin_addr) = (
+                http.local_addr().expect("addr"),
+                admin.local_addr().expect("addr"),
+            );
+            let table_path = dir.path().join(format!("{region}-table.yaml"));
+            std::fs::write(&table_path, edit(region, base_table.clone())).expect("write table");
+            let cache_dir = dir.path().join(format!("{region}-cache"));
+            let config = gateway_config(region, &table_path, &cache_dir);
+            let listeners = Listeners {
+                http: vec![http],
+                https: vec![],
+                admin,
+            };
+            let gateway = Gateway::start(config, listeners)
+                .await
+                .expect("gateway starts");
+            regions.push(RegionNode {
+                name: region,
+                upstreams: upstreams.remove(region).expect("upstreams"),
+                gateway: Some(gateway),
+                http: http_addr,
+                admin: admin_addr,
+                table_path,
+                cache_dir,
+            });
+        }
+        Topology {
+            dir,
+            regions,
+            base_table,
+        }
+    }
+
+    pub async fn start() -> Topology {
+        Self::start_with(|_, t| t).await
+    }
+
+    pub fn region(&self, name: &str) -> &RegionNode {
+        self.regions
+            .iter()
+            .find(|r| r.name == name)
+            .expect("region")
+    }
+
+    pub fn gateway(&self, name: &str) -> &Gateway {
+        self.region(name).gateway.as_ref().expect("running")
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A request to `addr`.
+pub fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(Full::new(Bytes::new())).expect("request")
+}
+
+/// Send and read the whole response: status, headers, JSON body (or Null).
+pub async fn send(
+    client: &TestClient,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, Value) {
+    let response = client.request(req).await.expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+pub async fn get_json(client: &TestClient, addr: SocketAddr, path: &str) -> Value {
+    send(client, request("GET", addr, path, &[])).await.2
+}
