@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod framing;
 pub mod hop;
 pub mod limits;
 pub mod metrics;

@@ -126,6 +126,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: Conn,
     request: Request<Incoming>,
+    smuggling: bool,
 ) -> Result<Response<Body>, Infallible> {
     let mut ctx = Ctx {
         start: Instant::now(),
@@ -145,7 +146,7 @@ pub async fn handle(
         stress: false,
         snapshot: None,
     };
-    let response = match proxy(&shared, conn, &mut ctx, request).await {
+    let response = match proxy(&shared, conn, &mut ctx, request, smuggling).await {
         Ok(response) => response,
         Err(reply) => reply.into_response(),
     };
@@ -158,9 +159,15 @@ async fn proxy(
     conn: Conn,
     ctx: &mut Ctx,
     mut request: Request<Incoming>,
+    smuggling: bool,
 ) -> Result<Response<Body>, Reply> {
     // Phase 1: limits and framing.
-    check_framing(request.headers()).inspect_err(|_| {
+    let framing = if smuggling {
+        Err(framing_refusal("both Content-Length and Transfer-Encoding"))
+    } else {
+        check_framing(request.headers())
+    };
+    framing.inspect_err(|_| {
         shared
             .metrics
             .malformed_requests
@@ -490,14 +497,7 @@ fn limited(refusal: Refusal, scope: &str, name: &str) -> Reply {
 /// Refuse what request smuggling is made of: both `Content-Length` and `Transfer-Encoding`,
 /// disagreeing or malformed `Content-Length`s, and any `Transfer-Encoding` but plain `chunked`.
 fn check_framing(headers: &HeaderMap) -> Result<(), Reply> {
-    let bad = |why: &str| {
-        let mut reply = Reply::new(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "ambiguous request framing", "detail": why}),
-        );
-        reply.close = true;
-        reply
-    };
+    let bad = framing_refusal;
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     if let Some(first) = lengths.next() {
@@ -517,6 +517,15 @@ fn check_framing(headers: &HeaderMap) -> Result<(), Reply> {
         [only] if only.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(()),
         _ => Err(bad("Transfer-Encoding other than a single \"chunked\"")),
     }
+}
+
+fn framing_refusal(why: &str) -> Reply {
+    let mut reply = Reply::new(
+        StatusCode::BAD_REQUEST,
+        json!({"error": "ambiguous request framing", "detail": why}),
+    );
+    reply.close = true;
+    reply
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

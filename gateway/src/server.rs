@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::config::{RequestLimits, TlsListen};
+use crate::framing::{FramingWatch, Verdicts, next_verdict};
 use crate::proxy::{self, Conn, Shared};
 
 /// Counts open connections, so a drain can wait for the last one.
@@ -133,28 +134,20 @@ pub async fn serve_proxy(
             let _guard = guard;
             match tls {
                 None => {
-                    serve_connection(
-                        &builder,
-                        TokioIo::new(stream),
-                        shared,
-                        Conn { peer, tls: false },
-                        stop,
-                    )
-                    .await
+                    let (stream, verdicts) = FramingWatch::new(stream);
+                    let conn = Conn { peer, tls: false };
+                    serve_connection(&builder, TokioIo::new(stream), shared, conn, verdicts, stop)
+                        .await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(
-                                &builder,
-                                TokioIo::new(stream),
-                                shared,
-                                Conn { peer, tls: true },
-                                stop,
-                            )
-                            .await
+                            let (stream, verdicts) = FramingWatch::new(stream);
+                            let conn = Conn { peer, tls: true };
+                            let io = TokioIo::new(stream);
+                            serve_connection(&builder, io, shared, conn, verdicts, stop).await
                         }
                         Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -170,11 +163,15 @@ async fn serve_connection<I>(
     io: I,
     shared: Arc<Shared>,
     conn: Conn,
+    verdicts: Verdicts,
     mut stop: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| proxy::handle(shared.clone(), conn, request));
+    let service = service_fn(move |request| {
+        let smuggling = next_verdict(&verdicts);
+        proxy::handle(shared.clone(), conn, request, smuggling)
+    });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {

@@ -1,0 +1,297 @@
+//! Watches the raw bytes of HTTP/1 requests for framing that hyper normalises away.
+//!
+//! hyper reads a request carrying both `Content-Length` and `Transfer-Encoding` as chunked and
+//! drops the length (RFC 9112 allows that). Such a request is the signature of request
+//! smuggling, and we refuse it outright: this watcher follows request boundaries on the
+//! connection (heads, fixed-length and chunked bodies), records one verdict per request head,
+//! and the proxy refuses the requests marked bad. (Disagreeing `Content-Length`s and
+//! `Transfer-Encoding`s other than `chunked` hyper refuses itself.)
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Verdicts in request order: `true` for a request with both framing headers.
+pub type Verdicts = Arc<Mutex<VecDeque<bool>>>;
+
+/// Take the verdict for the next request on a connection (`false` when not watched).
+pub fn next_verdict(verdicts: &Verdicts) -> bool {
+    verdicts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop_front()
+        .unwrap_or(false)
+}
+
+/// Largest request head followed; beyond it hyper refuses the request anyway.
+const MAX_HEAD: usize = 256 * 1024;
+
+enum State {
+    /// Collecting a request head.
+    Head(Vec<u8>),
+    /// Skipping a fixed-length body.
+    Fixed(u64),
+    /// Reading a chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    /// Reading trailer lines after the last chunk, up to an empty line.
+    Trailer(Vec<u8>),
+    /// Not HTTP/1 requests any more (HTTP/2, an upgrade, or a head hyper will refuse).
+    Off,
+}
+
+/// An I/O stream whose reads are watched.
+pub struct FramingWatch<I> {
+    inner: I,
+    state: State,
+    verdicts: Verdicts,
+}
+
+impl<I> FramingWatch<I> {
+    /// Watch `inner`; verdicts go to the returned queue.
+    pub fn new(inner: I) -> (Self, Verdicts) {
+        let verdicts = Verdicts::default();
+        (
+            Self {
+                inner,
+                state: State::Head(Vec::new()),
+                verdicts: verdicts.clone(),
+            },
+            verdicts,
+        )
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::Off => return,
+                State::Head(head) => {
+                    if head.is_empty() {
+                        // Empty lines before a request line are allowed.
+                        let skip = bytes
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        bytes = &bytes[skip..];
+                        if bytes.is_empty() {
+                            return;
+                        }
+                    }
+                    let search_from = head.len().saturating_sub(3);
+                    head.extend_from_slice(bytes);
+                    let Some(end) =
+                        find(&head[search_from..], b"\r\n\r\n").map(|i| search_from + i + 4)
+                    else {
+                        if head.len() > MAX_HEAD {
+                            self.state = State::Off;
+                        }
+                        return;
+                    };
+                    let rest_len = head.len() - end;
+                    let head = std::mem::take(head);
+                    self.state = self.after_head(&head[..end]);
+                    bytes = &bytes[bytes.len() - rest_len..];
+                }
+                State::Fixed(left) => {
+                    let n = (*left).min(bytes.len() as u64);
+                    *left -= n;
+                    bytes = &bytes[n as usize..];
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(line) => match take_line(line, &mut bytes) {
+                    None => {}
+                    Some(line) => {
+                        let size = line.split(|b| *b == b';').next().unwrap_or_default();
+                        let size = std::str::from_utf8(size)
+                            .ok()
+                            .map(str::trim)
+                            .and_then(|s| u64::from_str_radix(s, 16).ok());
+                        self.state = match size {
+                            Some(0) => State::Trailer(Vec::new()),
+                            // Chunk data is followed by CRLF: skip it with the data.
+                            Some(n) => State::ChunkData(n.saturating_add(2)),
+                            None => State::Off,
+                        };
+                    }
+                },
+                State::ChunkData(left) => {
+                    let n = (*left).min(bytes.len() as u64);
+                    *left -= n;
+                    bytes = &bytes[n as usize..];
+                    if *left == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                }
+                State::Trailer(line) => {
+                    if let Some(line) = take_line(line, &mut bytes) {
+                        self.state = if line.is_empty() {
+                            State::Head(Vec::new())
+                        } else {
+                            State::Trailer(Vec::new())
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record the verdict for `head` and say what follows it.
+    fn after_head(&mut self, head: &[u8]) -> State {
+        if head.starts_with(b"PRI * HTTP/2.0") {
+            return State::Off;
+        }
+        let mut headers = vec![httparse::EMPTY_HEADER; 512];
+        let mut request = httparse::Request::new(&mut headers);
+        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+            return State::Off;
+        }
+        let headers = &*request.headers;
+        let named = |name: &'static str| {
+            headers
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        };
+        let has_te = named("transfer-encoding").next().is_some();
+        let length = named("content-length").next().map(|h| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        let smuggling = has_te && length.is_some();
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(smuggling);
+        let upgrade = named("upgrade").next().is_some() || request.method == Some("CONNECT");
+        match (smuggling || upgrade, has_te, length) {
+            // hyper closes the connection after a request with both headers; an upgraded
+            // connection stops being HTTP/1.
+            (true, _, _) => State::Off,
+            (false, true, _) => State::ChunkSize(Vec::new()),
+            (false, false, Some(Some(n))) if n > 0 => State::Fixed(n),
+            (false, false, Some(None)) => State::Off,
+            _ => State::Head(Vec::new()),
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Append `bytes` up to and including a LF to `line`; when the line is complete, return it
+/// without its CRLF and advance `bytes` past it.
+fn take_line(line: &mut Vec<u8>, bytes: &mut &[u8]) -> Option<Vec<u8>> {
+    match bytes.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            line.extend_from_slice(&bytes[..i]);
+            *bytes = &bytes[i + 1..];
+            let mut done = std::mem::take(line);
+            if done.last() == Some(&b'\r') {
+                done.pop();
+            }
+            Some(done)
+        }
+        None => {
+            line.extend_from_slice(bytes);
+            *bytes = &[];
+            if line.len() > MAX_HEAD {
+                line.clear();
+            }
+            None
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll
+            && !matches!(self.state, State::Off)
+        {
+            let new = buf.filled()[before..].to_vec();
+            self.feed(&new);
+        }
+        poll
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FramingWatch<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts(chunks: &[&[u8]]) -> Vec<bool> {
+        let (mut watch, verdicts) = FramingWatch::new(());
+        for chunk in chunks {
+            watch.feed(chunk);
+        }
+        let v = verdicts.lock().expect("lock").iter().copied().collect();
+        v
+    }
+
+    #[test]
+    fn follows_pipelined_requests_across_reads() {
+        let stream = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\nPOST /d HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(verdicts(&[stream]), [false, false, false, true]);
+        // The same bytes one at a time.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(verdicts(&bytes), [false, false, false, true]);
+    }
+
+    #[test]
+    fn body_text_is_not_mistaken_for_headers() {
+        let body = "Content-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
+        let stream = format!(
+            "POST /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET / HTTP/1.1\r\n\r\n",
+            body.len()
+        );
+        assert_eq!(verdicts(&[stream.as_bytes()]), [false, false]);
+    }
+
+    #[test]
+    fn http2_is_not_watched() {
+        assert!(verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).is_empty());
+    }
+}
