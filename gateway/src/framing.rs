@@ -267,8 +267,8 @@ mod tests {
         for chunk in chunks {
             watch.feed(chunk);
         }
-        let v = verdicts.lock().expect("lock").iter().copied().collect();
-        v
+        let list = verdicts.lock().expect("lock");
+        list.iter().copied().collect()
     }
 
     #[test]
