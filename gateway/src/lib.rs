@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod framing;
 pub mod hop;
 pub mod limits;
