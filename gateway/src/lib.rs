@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod upgrade;
 pub mod upstream;
 
 use std::net::SocketAddr;

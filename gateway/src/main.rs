@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gateway::config::{GatewayConfig, LogFormat};
-use gateway::{Gateway, Listeners};
+use gateway::{Gateway, Listeners, upgrade};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,6 +17,10 @@ struct Cli {
     /// Gateway configuration file.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Take over the listening sockets of the gateway serving on the config's
+    /// `upgrade_socket` (zero-downtime upgrade); it drains and exits once this one serves.
+    #[arg(long)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -55,7 +59,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => check(&config),
-        Some(Command::Demo { .. }) | None => serve(config),
+        Some(Command::Demo { .. }) | None => serve(config, cli.upgrade),
     }
 }
 
@@ -115,7 +119,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(config: GatewayConfig) -> ExitCode {
+fn serve(config: GatewayConfig, upgrade: bool) -> ExitCode {
     init_logging(config.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.threads > 0 {
@@ -129,24 +133,53 @@ fn serve(config: GatewayConfig) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listeners = match Listeners::bind(&config) {
-            Ok(listeners) => listeners,
-            Err(error) => {
-                tracing::error!(%error, "cannot start");
-                return ExitCode::from(1);
-            }
+        let fail = |error: String| {
+            tracing::error!(%error, "cannot start");
+            eprintln!("unitgate: {error}");
+            ExitCode::from(1)
+        };
+        let (listeners, predecessor) = match (&config.upgrade_socket, upgrade) {
+            (Some(socket), true) => match upgrade::receive(socket, &config) {
+                Ok((listeners, predecessor)) => (listeners, Some(predecessor)),
+                Err(error) => return fail(error),
+            },
+            (None, true) => return fail("--upgrade needs upgrade_socket in the config".to_owned()),
+            (_, false) => match Listeners::bind(&config) {
+                Ok(listeners) => (listeners, None),
+                Err(error) => return fail(error),
+            },
+        };
+        let handover = match upgrade::Handover::of(&listeners) {
+            Ok(handover) => handover,
+            Err(error) => return fail(format!("cannot keep the sockets for upgrades: {error}")),
         };
         let drain = config.timeouts.drain();
+        let upgrade_socket = config.upgrade_socket.clone();
         let gateway = match Gateway::start(config, listeners).await {
             Ok(gateway) => gateway,
-            Err(error) => {
-                tracing::error!(%error, "cannot start");
-                eprintln!("unitgate: {error}");
-                return ExitCode::from(1);
+            Err(error) => return fail(error),
+        };
+        if let Some(predecessor) = predecessor {
+            match tokio::task::spawn_blocking(move || upgrade::confirm(predecessor)).await {
+                Ok(Ok(())) => tracing::info!("upgrade: took over the listeners; the old process drains"),
+                Ok(Err(error)) => tracing::warn!(%error, "upgrade: the old process did not confirm"),
+                Err(error) => tracing::warn!(%error, "upgrade: confirmation task failed"),
+            }
+        }
+        let handed_over = async {
+            match upgrade_socket {
+                Some(path) => tokio::task::spawn_blocking(move || upgrade::serve_handover(path, handover)).await,
+                None => std::future::pending().await,
             }
         };
-        wait_for_stop(&gateway).await;
-        tracing::info!("stopping: draining in-flight requests");
+        tokio::select! {
+            () = wait_for_stop(&gateway) => tracing::info!("stopping: draining in-flight requests"),
+            result = handed_over => match result {
+                Ok(Ok(())) => tracing::info!("upgraded: a new process serves; draining in-flight requests"),
+                Ok(Err(error)) => tracing::error!(%error, "upgrade socket failed; draining"),
+                Err(error) => tracing::error!(%error, "upgrade task failed; draining"),
+            },
+        }
         gateway.shutdown(drain).await;
         ExitCode::SUCCESS
     })
