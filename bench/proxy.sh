@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Proxy benchmark: the same header-keyed workload (1,000 distinct user IDs, all owned by units
+# of the entry region) through no proxy, nginx (`hash $http_x_user_id consistent`), HAProxy
+# (`balance hdr(X-User-Id)`), a minimal pingora proxy and unitgate (the three-region example
+# table, key affinity), each with WORKERS worker threads/processes and keep-alive upstreams.
+# ROUNDS rounds, interleaved; medians and ratios go to docs/BENCHMARKS.md. Then a
+# zero-downtime upgrade of unitgate under the same load.
+#
+#   bench/proxy.sh                 # 1 and 2 workers, 3 rounds of 10 s
+#   ROUNDS=1 DURATION=5 bench/proxy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-32}
+WORKER_SETS=${WORKER_SETS:-"1 2"}
+OUT=${OUT:-docs/BENCHMARKS.md}
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q --bin unitgate
+cargo build --release -q -p pingora-proxy-bench
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ORIGIN_A=19101 ORIGIN_B=19102 PROXY_PORT=19000 ADMIN_PORT=19090
+TICKS=$(getconf CLK_TCK)
+
+# The origin: nginx answering a small body on two ports, with two workers so it is never the
+# bottleneck.
+mkdir -p "$WORK/origin/logs"
+cat > "$WORK/origin/nginx.conf" <<CONF
+daemon off; worker_processes 2; error_log $WORK/origin/logs/error.log; pid $WORK/origin/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$ORIGIN_A; listen 127.0.0.1:$ORIGIN_B; location / { return 200 "ok\n"; } }
+}
+CONF
+nginx -p "$WORK/origin" -c "$WORK/origin/nginx.conf" &
+PIDS+=($!)
+
+# 1,000 user IDs whose slots (id mod 10000) fall in hz's units (slots 0-3333).
+cat > "$WORK/users.lua" <<'LUA'
+local ids = {}
+for k = 0, 999 do ids[#ids + 1] = tostring(k * 10000 + (k * 3) % 3334) end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/cart/items", { ["X-User-Id"] = ids[(i % #ids) + 1] })
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
+end
+LUA
+
+# unitgate's table: the example, with hz's cart pool on the origin and key affinity.
+sed -e "s/cart:  \[\"127.0.0.1:18101\"\]/cart:  [\"127.0.0.1:$ORIGIN_A\", \"127.0.0.1:$ORIGIN_B\"]/" \
+    -e "0,/    missing_key: reject   # 400 naming the sources tried/s//    balance: key_affinity\n    missing_key: reject/" \
+    deploy/examples/three-regions.yaml > "$WORK/table.yaml"
+target/release/unitctl validate "$WORK/table.yaml" >/dev/null 2>&1 || cargo run --release -q -p unitctl -- validate "$WORK/table.yaml"
+
+pids_of() { # a process and its children
+  echo "$1"; pgrep -P "$1" || true
+}
+cpu_ticks() { # utime+stime of the given pids
+  local total=0
+  for pid in $1; do
+    if [[ -r /proc/$pid/stat ]]; then
+      total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+    fi
+  done
+  echo "$total"
+}
+rss_kib() {
+  local total=0
+  for pid in $1; do
+    [[ -r /proc/$pid/status ]] && total=$((total + $(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")))
+  done
+  echo "$total"
+}
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2; return 1
+}
+
+start_proxy() { # name workers -> sets PROXY_PID
+  local name=$1 workers=$2 dir="$WORK/$1"
+  mkdir -p "$dir/logs"
+  case $name in
+    none) PROXY_PID=""; return ;;
+    nginx)
+      cat > "$dir/nginx.conf" <<CONF
+daemon off; worker_processes $workers; error_log $dir/logs/error.log; pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000;
+  upstream origin { hash \$http_x_user_id consistent; server 127.0.0.1:$ORIGIN_A; server 127.0.0.1:$ORIGIN_B; keepalive 256; }
+  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+CONF
+      nginx -p "$dir" -c "$dir/nginx.conf" & ;;
+    haproxy)
+      cat > "$dir/haproxy.cfg" <<CONF
+global
+  nbthread $workers
+  maxconn 10000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$PROXY_PORT
+  default_backend origin
+backend origin
+  balance hdr(X-User-Id)
+  hash-type consistent
+  server a 127.0.0.1:$ORIGIN_A
+  server b 127.0.0.1:$ORIGIN_B
+CONF
+      haproxy -f "$dir/haproxy.cfg" -db & ;;
+    pingora)
+      printf 'version: 1\nthreads: %s\n' "$workers" > "$dir/conf.yaml"
+      target/release/pingora-proxy-bench "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" -c "$dir/conf.yaml" >"$dir/logs/out" 2>&1 & ;;
+    unitgate)
+      cat > "$dir/gateway.yaml" <<CONF
+region: hz
+threads: $workers
+listen: { http: ["127.0.0.1:$PROXY_PORT"] }
+admin: { listen: "127.0.0.1:$ADMIN_PORT" }
+table: { file: $WORK/table.yaml }
+hop_secret: benchmark-secret-0123456789abcdef0123
+access_log: false
+upgrade_socket: $dir/upgrade.sock
+CONF
+      RUST_LOG=warn target/release/unitgate --config "$dir/gateway.yaml" 2>"$dir/logs/err" & ;;
+  esac
+  PROXY_PID=$!
+  wait_port "$PROXY_PORT"
+}
+
+stop_proxy() {
+  [[ -n ${PROXY_PID:-} ]] || return 0
+  kill "$PROXY_PID" 2>/dev/null || true
+  wait "$PROXY_PID" 2>/dev/null || true
+  # nginx workers may outlive the master for a moment; the port must be free again.
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null || return 0; sleep 0.05; done
+}
+
+run_one() { # name workers -> prints "name rps p50_us p99_us cpu_us_per_req rss_kib errors"
+  local name=$1 workers=$2 port=$PROXY_PORT
+  start_proxy "$name" "$workers"
+  [[ $name == none ]] && port=$ORIGIN_A
+  wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/users.lua" "http://127.0.0.1:$port/" >/dev/null  # warm-up
+  local pids; pids=$( [[ -n ${PROXY_PID:-} ]] && pids_of "$PROXY_PID" )
+  local before; before=$(cpu_ticks "$pids")
+  local result; result=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/users.lua" "http://127.0.0.1:$port/" | awk '/^RESULT/')
+  local after; after=$(cpu_ticks "$pids")
+  local rss; rss=$(rss_kib "$pids")
+  stop_proxy
+  read -r _ requests duration_us errors non2xx p50 p99 <<<"$result"
+  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v c=$((after - before)) -v t="$TICKS" \
+      -v p50="$p50" -v p99="$p99" -v rss="$rss" -v e=$((errors + non2xx)) \
+      'BEGIN { printf "%s %.0f %d %d %.2f %d %d\n", n, r / (d / 1e6), p50, p99, (c / t * 1e6) / r, rss, e }'
+}
+
+REPORT="$WORK/report.md"
+{
+  echo "Run on $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t1 -c$CONNECTIONS, $ROUNDS rounds of ${DURATION} s interleaved (after a 2 s warm-up each); figures are medians over rounds."
+  echo "CPU is the proxy's utime+stime (all its processes) per request; RSS after the run. nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR==1 { print $3 }'), pingora 0.9."
+  echo
+} > "$REPORT"
+for workers in $WORKER_SETS; do
+  results="$WORK/results-$workers"
+  : > "$results"
+  for round in $(seq 1 "$ROUNDS"); do
+    for name in none nginx haproxy pingora unitgate; do
+      line=$(run_one "$name" "$workers")
+      echo "workers=$workers round=$round $line" >&2
+      echo "$line" >> "$results"
+    done
+  done
+  {
+    echo "### $workers worker thread(s) per proxy"
+    echo
+    echo "| target | requests/s | p50 | p99 | proxy CPU per request | CPU vs nginx | CPU vs HAProxy | RSS | errors |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    awk '
+      function median(name, col,   n, i, j, t, v) {
+        n = 0; for (i = 1; i <= rows; i++) if (row_name[i] == name) v[++n] = row[i, col]
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+        return v[int((n + 1) / 2)]
+      }
+      { rows++; row_name[rows] = $1; for (c = 2; c <= 7; c++) row[rows, c] = $c; seen[$1] = 1; if (!(($1) in order)) { order[$1] = ++k; names[k] = $1 } }
+      END {
+        ng = median("nginx", 5); hp = median("haproxy", 5)
+        for (i = 1; i <= k; i++) {
+          n = names[i]; cpu = median(n, 5)
+          if (n == "none") { printf "| %s (wrk to the origin) | %d | %.2f ms | %.2f ms | - | - | - | - | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, median(n, 7); continue }
+          printf "| %s | %d | %.2f ms | %.2f ms | %.1f µs | %.2fx | %.2fx | %.1f MiB | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, cpu, cpu / ng, cpu / hp, median(n, 6) / 1024, median(n, 7)
+        }
+      }' "$results"
+    echo
+  } >> "$REPORT"
+done
+
+# Zero-downtime upgrade under load: a new unitgate takes the sockets over mid-run.
+start_proxy unitgate 1
+old=$PROXY_PID
+wrk -t1 -c"$CONNECTIONS" -d8s -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" > "$WORK/upgrade.wrk" &
+wrk_pid=$!
+sleep 3
+RUST_LOG=warn target/release/unitgate --config "$WORK/unitgate/gateway.yaml" --upgrade 2>"$WORK/unitgate/logs/new" &
+new=$!
+PIDS+=("$new")
+wait "$old" 2>/dev/null || true
+wait "$wrk_pid"
+read -r _ requests _ errors non2xx _ _ < <(awk '/^RESULT/' "$WORK/upgrade.wrk")
+kill "$new" 2>/dev/null || true
+{
+  echo "### Zero-downtime upgrade under load"
+  echo
+  echo "wrk -t1 -c$CONNECTIONS for 8 s against unitgate; 3 s in, a new unitgate process takes the listening sockets over (\`unitgate --upgrade\`) and the old one drains and exits: $requests requests, $errors socket errors (connect, read, write, timeout), $non2xx non-2xx responses."
+  echo
+} >> "$REPORT"
+
+cat "$REPORT"
+# Replace the generated section of the benchmarks document.
+awk -v report="$REPORT" '
+  /<!-- proxy-bench:start -->/ { print; while ((getline line < report) > 0) print line; skip = 1; next }
+  /<!-- proxy-bench:end -->/ { skip = 0 }
+  !skip { print }' "$OUT" > "$WORK/out.md" && cp "$WORK/out.md" "$OUT"
