@@ -1,0 +1,230 @@
+//! Upstream handling: retries within the region, ejection, timeouts, protocol upgrades.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use gateway::{Gateway, Listeners};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A one-region gateway whose `app` pool is `endpoints` (all paths, keyed by X-User-Id).
+async fn gateway_with_pool(
+    dir: &std::path::Path,
+    endpoints: &[SocketAddr],
+    extra: &str,
+) -> Gateway {
+    let pool = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let table = format!(
+        "version: 1\nregions: [{{ name: local, pools: {{ app: [{pool}] }} }}]\nunits: [{{ name: u1, center: true, slots: [[0, 9999]], region: local }}]\nroutes: [{{ name: app, match: {{ path_prefix: / }}, service: app, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}]\n"
+    );
+    let table_path = dir.join("table.yaml");
+    std::fs::write(&table_path, table).expect("table");
+    let mut text = format!(
+        "region: local\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ file: {} }}\nhop_secret: {SECRET}\naccess_log: false\n",
+        table_path.display()
+    );
+    text.push_str(extra);
+    let config = gateway::config::GatewayConfig::parse(&text, "test").expect("config");
+    let listeners = Listeners {
+        http: vec![std::net::TcpListener::bind("127.0.0.1:0").expect("bind")],
+        https: vec![],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    };
+    Gateway::start(config, listeners).await.expect("gateway")
+}
+
+/// An address nothing listens on.
+fn dead_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_retry_on_connect_failure_and_dead_endpoints_are_ejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = Echo::start("app", "local").await;
+    let dead = dead_address();
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[dead, live.addr],
+        "health_check: { interval_ms: 0, eject_after_failures: 2, eject_for_ms: 600000 }\n",
+    )
+    .await;
+    let addr = gateway.http_addrs[0];
+    let client = client();
+    for i in 0..10 {
+        let (status, _, body) = send(
+            &client,
+            request("GET", addr, "/x", &[("x-user-id", &i.to_string())]),
+        )
+        .await;
+        assert_eq!(status, 200, "GET {i}: {body}");
+    }
+    assert_eq!(live.count(), 10);
+    // Round robin met the dead endpoint, retried on the live one, and after two connect
+    // failures ejected it: no request reaches it any more.
+    let metrics = get_text(&client, gateway.admin_addr, "/metrics").await;
+    let failures =
+        format!("unitgate_upstream_errors_total{{endpoint=\"{dead}\",kind=\"connect\"}} 2");
+    assert!(metrics.contains(&failures), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "unitgate_upstream_healthy{{region=\"local\",service=\"app\",endpoint=\"{dead}\"}} 0"
+        )),
+        "{metrics}"
+    );
+    for i in 0..10 {
+        let (status, _, _) = send(
+            &client,
+            request("POST", addr, "/x", &[("x-user-id", &i.to_string())]),
+        )
+        .await;
+        assert_eq!(status, 200, "POST after ejection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_not_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = dead_address();
+    let gateway =
+        gateway_with_pool(dir.path(), &[dead], "health_check: { interval_ms: 0 }\n").await;
+    let (status, _, body) = send(
+        &client(),
+        request("POST", gateway.http_addrs[0], "/x", &[("x-user-id", "1")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body["error"], "upstream unreachable");
+    let metrics = get_text(&client(), gateway.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "unitgate_upstream_errors_total{{endpoint=\"{dead}\",kind=\"connect\"}} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstreams_time_out_with_504() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[silent_addr],
+        "timeouts: { read_ms: 200 }\nhealth_check: { interval_ms: 0 }\n",
+    )
+    .await;
+    let (status, _, body) = send(
+        &client(),
+        request("GET", gateway.http_addrs[0], "/x", &[("x-user-id", "1")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body["error"], "upstream timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_upgrades_pass_through() {
+    // An upstream that switches to an echo protocol.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|mut request: Request<Incoming>| async move {
+                    let upgrade = hyper::upgrade::on(&mut request);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = upgrade.await {
+                            let mut io = TokioIo::new(upgraded);
+                            let mut buf = [0u8; 64];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    response
+                        .headers_mut()
+                        .insert("upgrade", http::HeaderValue::from_static("echo"));
+                    response
+                        .headers_mut()
+                        .insert("connection", http::HeaderValue::from_static("upgrade"));
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[upstream],
+        "health_check: { interval_ms: 0 }\n",
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nX-User-Id: 7\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.expect("head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    stream.write_all(b"ping").await.expect("write");
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.expect("echo");
+    assert_eq!(&echoed, b"ping");
+}
+
+async fn get_text(client: &TestClient, addr: SocketAddr, path: &str) -> String {
+    let response = client
+        .request(request("GET", addr, path, &[]))
+        .await
+        .expect("response");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
