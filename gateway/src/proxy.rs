@@ -328,9 +328,8 @@ async fn proxy(
         Target::Local(pool) => {
             add_unit_headers(
                 &mut parts.headers,
-                table,
+                &snapshot,
                 &routed,
-                snapshot.region,
                 route.class,
                 ctx.stress,
             );
@@ -371,6 +370,8 @@ async fn proxy(
         Target::Region(_) => None,
     };
     let timeouts = shared.config.timeouts;
+    let path_and_query = parts.uri.path_and_query().cloned();
+    let mut parts = Some(parts);
     let exchange = async {
         let mut tried: Vec<usize> = Vec::new();
         let attempts = if retryable {
@@ -398,9 +399,21 @@ async fn proxy(
                 Some(b) => b,
                 None => empty(),
             };
-            let mut upstream_request = Request::from_parts(parts.clone(), request_body);
-            *upstream_request.uri_mut() = upstream_uri(&endpoint.authority, &parts.uri);
-            *upstream_request.version_mut() = Version::HTTP_11;
+            // Keep the head for another attempt only while one may follow.
+            let head = if tried.len() < attempts {
+                parts.clone()
+            } else {
+                parts.take()
+            };
+            let Some(mut head) = head else {
+                return Err(Reply::new(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"error": "no endpoint to forward to", "tried": tried.len()}),
+                ));
+            };
+            head.uri = upstream_uri(&endpoint.authority, path_and_query.as_ref());
+            head.version = Version::HTTP_11;
+            let upstream_request = Request::from_parts(head, request_body);
             let result =
                 tokio::time::timeout(timeouts.read(), shared.upstream.send(upstream_request)).await;
             let failure = match result {
@@ -659,31 +672,26 @@ fn prepare_headers(parts: &mut Parts, conn: Conn, trace: &TraceParent, host: Opt
 
 fn add_unit_headers(
     headers: &mut HeaderMap,
-    table: &router_rules::CompiledTable,
+    snapshot: &Snapshot,
     routed: &Routed,
-    region: RegionIndex,
     class: Class,
     stress: bool,
 ) {
     let mut set = |name: &'static str, value: HeaderValue| {
         headers.insert(HeaderName::from_static(name), value);
     };
-    if let Some(unit) = routed.unit
-        && let Ok(v) = HeaderValue::from_str(&table.units()[unit].name)
-    {
-        set("x-unitgate-unit", v);
+    if let Some(unit) = routed.unit {
+        set("x-unitgate-unit", snapshot.unit_headers[unit].clone());
     }
     if let Some(slot) = routed.slot {
         set("x-unitgate-slot", HeaderValue::from(slot));
     }
-    if let Ok(v) = HeaderValue::from_str(&table.regions()[region].name) {
-        set("x-unitgate-region", v);
-    }
-    set("x-unitgate-class", HeaderValue::from_static(class.as_str()));
     set(
-        "x-unitgate-table-version",
-        HeaderValue::from(table.version()),
+        "x-unitgate-region",
+        snapshot.region_headers[snapshot.region].clone(),
     );
+    set("x-unitgate-class", HeaderValue::from_static(class.as_str()));
+    set("x-unitgate-table-version", snapshot.version_header.clone());
     if let Some(key) = &routed.key {
         set("x-unitgate-key", header_safe(key));
     }
@@ -709,13 +717,15 @@ fn header_safe(value: &str) -> HeaderValue {
     })
 }
 
-fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Uri {
+fn upstream_uri(
+    authority: &http::uri::Authority,
+    path_and_query: Option<&http::uri::PathAndQuery>,
+) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority.clone());
     parts.path_and_query = Some(
-        original
-            .path_and_query()
+        path_and_query
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );

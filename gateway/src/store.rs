@@ -46,6 +46,12 @@ pub struct Snapshot {
     pub unit_ids: Vec<NameId>,
     /// Metric label ids by region position.
     pub region_ids: Vec<NameId>,
+    /// Unit names as header values, by unit position.
+    pub unit_headers: Vec<http::HeaderValue>,
+    /// Region names as header values, by region position.
+    pub region_headers: Vec<http::HeaderValue>,
+    /// The table version as a header value.
+    pub version_header: http::HeaderValue,
 }
 
 /// Endpoints of one pool with their health, and the round-robin position.
@@ -408,9 +414,25 @@ impl TableStore {
             route_ids: table.routes().iter().map(|r| names.id(&r.name)).collect(),
             unit_ids: table.units().iter().map(|u| names.id(&u.name)).collect(),
             region_ids: table.regions().iter().map(|r| names.id(&r.name)).collect(),
+            // Names passed validation (lowercase letters, digits, '-', '_'): valid header values.
+            unit_headers: table
+                .units()
+                .iter()
+                .map(|u| header_value(&u.name))
+                .collect(),
+            region_headers: table
+                .regions()
+                .iter()
+                .map(|r| header_value(&r.name))
+                .collect(),
+            version_header: http::HeaderValue::from(table.version()),
             table,
         }
     }
+}
+
+fn header_value(name: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(name).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
 }
 
 fn write_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
