@@ -123,7 +123,7 @@ CONF
       cat > "$dir/haproxy.cfg" <<CONF
 global
   nbthread $workers
-  maxconn 10000
+  maxconn 2000
 defaults
   mode http
   timeout connect 5s
@@ -142,7 +142,7 @@ backend origin
 CONF
       haproxy -f "$dir/haproxy.cfg" -db & ;;
     pingora)
-      printf 'version: 1\nthreads: %s\n' "$workers" > "$dir/conf.yaml"
+      printf 'version: 1\nthreads: %s\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' "$workers" > "$dir/conf.yaml"
       target/release/pingora-proxy-bench "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" -c "$dir/conf.yaml" >"$dir/logs/out" 2>&1 & ;;
     unitgate)
       cat > "$dir/gateway.yaml" <<CONF
@@ -163,7 +163,11 @@ CONF
 
 stop_proxy() {
   [[ -n ${PROXY_PID:-} ]] || return 0
-  kill "$PROXY_PID" 2>/dev/null || true
+  # SIGINT: a fast stop for every peer (pingora drains for minutes on SIGTERM); whatever is
+  # still there after 2 s is killed.
+  kill -INT "$PROXY_PID" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$PROXY_PID" 2>/dev/null || true
   wait "$PROXY_PID" 2>/dev/null || true
   # nginx workers may outlive the master for a moment; the port must be free again.
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null || return 0; sleep 0.05; done

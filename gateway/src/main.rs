@@ -132,7 +132,7 @@ fn serve(config: GatewayConfig, upgrade: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let fail = |error: String| {
             tracing::error!(%error, "cannot start");
             eprintln!("unitgate: {error}");
@@ -182,7 +182,10 @@ fn serve(config: GatewayConfig, upgrade: bool) -> ExitCode {
         }
         gateway.shutdown(drain).await;
         ExitCode::SUCCESS
-    })
+    });
+    // The upgrade socket's thread may still be blocked in accept(): do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 fn demo(dir: &std::path::Path, wan_delay: std::time::Duration) -> ExitCode {

@@ -48,7 +48,7 @@ fn main() {
     let rest: Vec<String> = std::iter::once("pingora-proxy-bench".to_owned())
         .chain(args)
         .collect();
-    let opt = Opt::parse_from(rest);
+    let opt = Opt::parse_from_args(rest);
     let mut server = Server::new(Some(opt)).expect("server");
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, ByUser { upstreams });
