@@ -83,6 +83,7 @@ pub struct Gateway {
     /// Address of the admin listener.
     pub admin_addr: SocketAddr,
     admin: Arc<AdminState>,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tracker: Arc<ConnTracker>,
     reload: Arc<Notify>,
@@ -139,6 +140,7 @@ impl Gateway {
             metrics: metrics.clone(),
             config,
             stress_header,
+            draining: false.into(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let tracker = Arc::new(ConnTracker::default());
@@ -199,6 +201,7 @@ impl Gateway {
             https_addrs,
             admin_addr,
             admin,
+            shared,
             stop,
             tracker,
             reload,
@@ -215,6 +218,7 @@ impl Gateway {
     /// of connections that were still open.
     pub async fn shutdown(self, drain: Duration) -> usize {
         self.admin.draining.store(true, Ordering::Relaxed);
+        self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;

@@ -49,6 +49,9 @@ pub struct Shared {
     pub config: GatewayConfig,
     /// The stress-test marker header.
     pub stress_header: HeaderName,
+    /// Set when the gateway stops: HTTP/1 responses then carry `Connection: close`, so
+    /// clients move to another connection (and process) instead of racing a close.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// The connection a request arrived on.
@@ -146,10 +149,16 @@ pub async fn handle(
         stress: false,
         snapshot: None,
     };
-    let response = match proxy(&shared, conn, &mut ctx, request, smuggling).await {
+    let http1 = request.version() < Version::HTTP_2;
+    let mut response = match proxy(&shared, conn, &mut ctx, request, smuggling).await {
         Ok(response) => response,
         Err(reply) => reply.into_response(),
     };
+    if http1 && shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     finish(&shared, &ctx, conn, response.status());
     Ok(response)
 }

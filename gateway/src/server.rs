@@ -19,6 +19,9 @@ use crate::config::{RequestLimits, TlsListen};
 use crate::framing::{FramingWatch, Verdicts, next_verdict};
 use crate::proxy::{self, Conn, Shared};
 
+/// How long a stopping gateway keeps serving open connections before closing the idle ones.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
 /// Counts open connections, so a drain can wait for the last one.
 #[derive(Default)]
 pub struct ConnTracker {
@@ -182,6 +185,14 @@ async fn serve_connection<I>(
             return;
         }
         () = stopped(&mut stop) => {}
+    }
+    // Busy keep-alive connections get `Connection: close` on their next response and end by
+    // themselves; only those still open after a moment are closed where they stand.
+    let linger = tokio::time::sleep(CLOSE_LINGER);
+    tokio::pin!(linger);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = &mut linger => {}
     }
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;

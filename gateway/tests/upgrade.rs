@@ -126,8 +126,19 @@ async fn upgrade_under_load_refuses_no_connection() {
     for task in load {
         errors.extend(task.await.expect("load task"));
     }
-    let _ = new.kill();
-    let _ = new.wait();
+    // SIGTERM drains and exits, also with the upgrade socket waiting for a successor.
+    let term = Command::new("kill")
+        .args(["-TERM", &new.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let waiting = tokio::task::spawn_blocking(move || new.wait());
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("exits after SIGTERM")
+        .expect("join")
+        .expect("status");
+    assert!(exited.success(), "{exited}");
     assert!(
         errors.is_empty(),
         "{} failed requests, first: {:?}",
