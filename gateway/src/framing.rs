@@ -82,6 +82,14 @@ impl<I> FramingWatch<I> {
                             return;
                         }
                     }
+                    if head.is_empty()
+                        && let Some(end) = find(bytes, b"\r\n\r\n").map(|i| i + 4)
+                    {
+                        // The whole head is in this read: no copy.
+                        self.state = self.after_head(&bytes[..end]);
+                        bytes = &bytes[end..];
+                        continue;
+                    }
                     let search_from = head.len().saturating_sub(3);
                     head.extend_from_slice(bytes);
                     let Some(end) =
@@ -212,17 +220,17 @@ fn take_line(line: &mut Vec<u8>, bytes: &mut &[u8]) -> Option<Vec<u8>> {
 
 impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll
-            && !matches!(self.state, State::Off)
+            && !matches!(this.state, State::Off)
         {
-            let new = buf.filled()[before..].to_vec();
-            self.feed(&new);
+            this.feed(&buf.filled()[before..]);
         }
         poll
     }

@@ -229,9 +229,6 @@ async fn proxy(
             fallback: decision.fallback_region.map(|r| r.index),
             slot: decision.slot,
             key: decision.key.as_ref().map(|k| k.as_str().to_owned()),
-            tried: decision
-                .route
-                .map(|r| r.key_sources.iter().map(ToString::to_string).collect()),
         }
     };
     let table = &snapshot.table;
@@ -254,7 +251,7 @@ async fn proxy(
         (Action::MissingKey, Some(route)) => {
             return Err(Reply::new(
                 StatusCode::BAD_REQUEST,
-                json!({"error": "missing routing key", "route": &*route.name, "tried": routed.tried, "table_version": ctx.version}),
+                json!({"error": "missing routing key", "route": &*route.name, "tried": route.key_sources.iter().map(ToString::to_string).collect::<Vec<_>>(), "table_version": ctx.version}),
             ));
         }
         (Action::WriteFrozen, Some(_)) => {
@@ -379,6 +376,7 @@ async fn proxy(
         Target::Region(_) => None,
     };
     let timeouts = shared.config.timeouts;
+    let total_deadline = tokio::time::Instant::from_std(ctx.start) + timeouts.total();
     let path_and_query = parts.uri.path_and_query().cloned();
     let mut parts = Some(parts);
     let exchange = async {
@@ -423,8 +421,10 @@ async fn proxy(
             head.uri = upstream_uri(&endpoint.authority, path_and_query.as_ref());
             head.version = Version::HTTP_11;
             let upstream_request = Request::from_parts(head, request_body);
+            // One timer per attempt: its read deadline, or the request's total one if sooner.
+            let deadline = (tokio::time::Instant::now() + timeouts.read()).min(total_deadline);
             let result =
-                tokio::time::timeout(timeouts.read(), shared.upstream.send(upstream_request)).await;
+                tokio::time::timeout_at(deadline, shared.upstream.send(upstream_request)).await;
             let failure = match result {
                 Ok(Ok(response)) => {
                     endpoint.health.success();
@@ -458,15 +458,7 @@ async fn proxy(
             }
         }
     };
-    let mut response = match tokio::time::timeout(timeouts.total(), exchange).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(Reply::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                json!({"error": "request timed out", "timeout_ms": timeouts.total_ms}),
-            ));
-        }
-    };
+    let mut response = exchange.await?;
 
     // Phase 7: respond.
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -499,7 +491,6 @@ struct Routed {
     fallback: Option<RegionIndex>,
     slot: Option<u32>,
     key: Option<String>,
-    tried: Option<Vec<String>>,
 }
 
 enum Target<'s> {
