@@ -112,7 +112,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -121,8 +122,14 @@ fn init_logging(format: LogFormat) {
 
 fn serve(config: GatewayConfig, upgrade: bool) -> ExitCode {
     init_logging(config.log_format);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.threads > 0 {
+    // One worker: a current-thread runtime, without the work-stealing scheduler's cross-thread
+    // wake-ups. More: a multi-thread runtime with that many workers (0: one per core).
+    let mut runtime = if config.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.threads > 1 {
         runtime.worker_threads(config.threads);
     }
     let runtime = match runtime.enable_all().build() {
