@@ -190,9 +190,7 @@ async fn write_freeze_refuses_writes_and_keeps_reads() {
     assert_eq!(status, 200);
     assert_eq!(
         topo.region("sz").upstreams["order"]
-            .seen
-            .lock()
-            .expect("log")
+            .received()
             .iter()
             .filter(|s| s.method == "POST")
             .count(),
@@ -435,11 +433,7 @@ async fn restart_serves_from_the_cache_when_the_source_is_gone() {
     gateway.shutdown(std::time::Duration::from_secs(1)).await;
     std::fs::remove_file(&node.table_path).expect("source gone");
     let config = gateway_config("sh", &node.table_path, &node.cache_dir);
-    let listeners = gateway::Listeners {
-        http: vec![std::net::TcpListener::bind("127.0.0.1:0").expect("bind")],
-        https: vec![],
-        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
-    };
+    let listeners = loopback_listeners();
     let restarted = gateway::Gateway::start(config, listeners)
         .await
         .expect("starts from cache");
@@ -468,11 +462,7 @@ async fn restart_serves_from_the_cache_when_the_source_is_gone() {
     // No source and no cache: refuse to start, saying why.
     let empty = topo.dir.path().join("empty-cache");
     let config = gateway_config("sh", &node.table_path, &empty);
-    let listeners = gateway::Listeners {
-        http: vec![std::net::TcpListener::bind("127.0.0.1:0").expect("bind")],
-        https: vec![],
-        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
-    };
+    let listeners = loopback_listeners();
     let error = gateway::Gateway::start(config, listeners)
         .await
         .err()

@@ -190,9 +190,7 @@ async fn smuggling_style_framing_is_refused_before_any_upstream() {
     );
     assert!(
         hz.upstreams["cart"]
-            .seen
-            .lock()
-            .expect("log")
+            .received()
             .iter()
             .all(|s| s.method == "GET")
     );

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use gateway::{Gateway, Listeners};
+use gateway::Gateway;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -37,11 +37,7 @@ async fn gateway_with_pool(
     );
     text.push_str(extra);
     let config = gateway::config::GatewayConfig::parse(&text, "test").expect("config");
-    let listeners = Listeners {
-        http: vec![std::net::TcpListener::bind("127.0.0.1:0").expect("bind")],
-        https: vec![],
-        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
-    };
+    let listeners = loopback_listeners();
     Gateway::start(config, listeners).await.expect("gateway")
 }
 

@@ -3,101 +3,47 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gateway::config::GatewayConfig;
+use gateway::demo::{DemoUpstream, Received};
 use gateway::{Gateway, Listeners};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Value, json};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
 
 pub const SECRET: &str = "test-hop-secret-0123456789abcdef0123";
 pub const REGIONS: [&str; 3] = ["hz", "sh", "sz"];
 pub const SERVICES: [&str; 3] = ["cart", "order", "item"];
 
-/// What an echo upstream saw.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub headers: BTreeMap<String, String>,
-}
-
-/// An upstream that answers JSON about itself and what it received, and records every request.
+/// The demo's upstream, answering also with every header it received; it logs each request.
 pub struct Echo {
     pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
+    upstream: DemoUpstream,
 }
 
 impl Echo {
     pub async fn start(service: &str, region: &str) -> Echo {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let upstream = DemoUpstream::start(service, region, true)
             .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (service, region) = (service.to_owned(), region.to_owned());
-        let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (service, region, log) = (service.clone(), region.clone(), log.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let (service, region, log) = (service.clone(), region.clone(), log.clone());
-                        async move {
-                            let headers: BTreeMap<String, String> = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| {
-                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
-                                })
-                                .collect();
-                            let header = |name: &str| headers.get(name).cloned();
-                            let body = json!({
-                                "service": service,
-                                "region": region,
-                                "unit": header("x-unitgate-unit"),
-                                "slot": header("x-unitgate-slot").and_then(|s| s.parse::<u32>().ok()),
-                                "table_version": header("x-unitgate-table-version").and_then(|s| s.parse::<u64>().ok()),
-                                "user": header("x-unitgate-key"),
-                                "method": req.method().as_str(),
-                                "headers": headers,
-                            });
-                            log.lock().expect("log").push(Seen {
-                                method: req.method().to_string(),
-                                path: req.uri().path().to_owned(),
-                                headers: headers.clone(),
-                            });
-                            let _ = req.into_body().collect().await;
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
-                                body.to_string(),
-                            ))))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
-        Echo { addr, seen }
+            .expect("upstream starts");
+        Echo {
+            addr: upstream.addr,
+            upstream,
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.upstream.received()
     }
 
     pub fn count(&self) -> usize {
-        self.seen.lock().expect("log").len()
+        self.upstream.received().len()
     }
 }
 
@@ -229,6 +175,15 @@ impl Topology {
 
     pub fn gateway(&self, name: &str) -> &Gateway {
         self.region(name).gateway.as_ref().expect("running")
+    }
+}
+
+/// A plain HTTP and an admin listener on ports the OS picks.
+pub fn loopback_listeners() -> Listeners {
+    Listeners {
+        http: vec![std::net::TcpListener::bind("127.0.0.1:0").expect("bind")],
+        https: vec![],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
     }
 }
 
