@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Proxy benchmark: the same header-keyed workload (1,000 distinct user IDs, all owned by units
 # of the entry region) through no proxy, nginx (`hash $http_x_user_id consistent`), HAProxy
-# (`balance hdr(X-User-Id)`), a minimal pingora proxy and unitgate (the three-region example
-# table, key affinity), each with WORKERS worker threads/processes and keep-alive upstreams.
+# (`balance hdr(X-User-Id)`), a minimal pingora proxy, a minimal hyper proxy on unitgate's own
+# server and client (gateway/examples/minimal_proxy.rs, one thread: the floor under unitgate)
+# and unitgate (the three-region example table, key affinity), each with WORKERS worker
+# threads/processes and keep-alive upstreams.
 # ROUNDS rounds, interleaved; medians and ratios go to docs/BENCHMARKS.md. Then a
 # zero-downtime upgrade of unitgate under the same load.
 #
@@ -25,7 +27,7 @@ command -v cmake >/dev/null || need+=(cmake)  # pingora builds zlib-ng with it
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release -q --bin unitgate
+cargo build --release -q --bin unitgate --example minimal_proxy
 cargo build --release -q -p pingora-proxy-bench
 
 WORK=$(mktemp -d)
@@ -141,6 +143,8 @@ backend origin
   server b 127.0.0.1:$ORIGIN_B
 CONF
       haproxy -f "$dir/haproxy.cfg" -db & ;;
+    hyper-minimal)
+      target/release/examples/minimal_proxy "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" >"$dir/logs/out" 2>&1 & ;;
     pingora)
       printf 'version: 1\nthreads: %s\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' "$workers" > "$dir/conf.yaml"
       target/release/pingora-proxy-bench "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" -c "$dir/conf.yaml" >"$dir/logs/out" 2>&1 & ;;
@@ -200,7 +204,7 @@ for workers in $WORKER_SETS; do
   results="$WORK/results-$workers"
   : > "$results"
   for round in $(seq 1 "$ROUNDS"); do
-    for name in none nginx haproxy pingora unitgate; do
+    for name in none nginx haproxy pingora hyper-minimal unitgate; do
       line=$(run_one "$name" "$workers")
       echo "workers=$workers round=$round $line" >&2
       echo "$line" >> "$results"

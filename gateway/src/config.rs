@@ -356,6 +356,13 @@ impl GatewayConfig {
         {
             problems.push("timeouts: connect_ms, read_ms and total_ms must be above 0".to_owned());
         }
+        if self.limits.max_header_count > crate::framing::MAX_HEADERS {
+            problems.push(format!(
+                "limits.max_header_count: {} is above the most the gateway reads, {}",
+                self.limits.max_header_count,
+                crate::framing::MAX_HEADERS
+            ));
+        }
         if self.table.poll_interval_ms == 0 {
             problems.push("table.poll_interval_ms: must be above 0".to_owned());
         }

@@ -30,6 +30,10 @@ pub fn next_verdict(verdicts: &Verdicts) -> bool {
 /// Largest request head followed; beyond it hyper refuses the request anyway.
 const MAX_HEAD: usize = 256 * 1024;
 
+/// Most headers a watched request may have; the gateway's `limits.max_header_count` may not
+/// exceed it, so hyper refuses any request this watcher cannot read.
+pub const MAX_HEADERS: usize = 256;
+
 enum State {
     /// Collecting a request head.
     Head(Vec<u8>),
@@ -155,9 +159,15 @@ impl<I> FramingWatch<I> {
         if head.starts_with(b"PRI * HTTP/2.0") {
             return State::Off;
         }
-        let mut headers = vec![httparse::EMPTY_HEADER; 512];
-        let mut request = httparse::Request::new(&mut headers);
-        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+        // Uninitialised: this runs for every request, and filling the array would cost more
+        // than parsing the head.
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        if !matches!(
+            request.parse_with_uninit_headers(head, &mut headers),
+            Ok(httparse::Status::Complete(_))
+        ) {
             return State::Off;
         }
         let headers = &*request.headers;
