@@ -35,6 +35,21 @@ use crate::upstream::{Body, BoxError, Upstream, empty};
 /// Headers the gateway sets for upstreams; any a client sends are removed.
 pub const INTERNAL_PREFIX: &str = "x-unitgate-";
 
+// Header names used on every request, parsed once.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_UNITGATE_UNIT: HeaderName = HeaderName::from_static("x-unitgate-unit");
+const X_UNITGATE_SLOT: HeaderName = HeaderName::from_static("x-unitgate-slot");
+const X_UNITGATE_REGION: HeaderName = HeaderName::from_static("x-unitgate-region");
+const X_UNITGATE_CLASS: HeaderName = HeaderName::from_static("x-unitgate-class");
+const X_UNITGATE_TABLE_VERSION: HeaderName = HeaderName::from_static("x-unitgate-table-version");
+const X_UNITGATE_KEY: HeaderName = HeaderName::from_static("x-unitgate-key");
+const X_UNITGATE_STRESS: HeaderName = HeaderName::from_static("x-unitgate-stress");
+const X_UNITGATE_HOP: HeaderName = HeaderName::from_static(HOP_HEADER);
+
 /// What every request handler shares.
 pub struct Shared {
     /// The table in force.
@@ -55,12 +70,26 @@ pub struct Shared {
 }
 
 /// The connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     /// Peer address.
     pub peer: SocketAddr,
+    /// The peer's IP address as a header value, made once per connection.
+    pub peer_ip: HeaderValue,
     /// Whether it is TLS.
     pub tls: bool,
+}
+
+impl Conn {
+    /// A connection from `peer`.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        Self {
+            peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            tls,
+        }
+    }
 }
 
 /// What a request learnt on its way, for the response, the log and the metrics.
@@ -150,7 +179,7 @@ pub async fn handle(
         snapshot: None,
     };
     let http1 = request.version() < Version::HTTP_2;
-    let mut response = match proxy(&shared, conn, &mut ctx, request, smuggling).await {
+    let mut response = match proxy(&shared, &conn, &mut ctx, request, smuggling).await {
         Ok(response) => response,
         Err(reply) => reply.into_response(),
     };
@@ -159,13 +188,13 @@ pub async fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    finish(&shared, &ctx, conn, response.status());
+    finish(&shared, &ctx, &conn, response.status());
     Ok(response)
 }
 
 async fn proxy(
     shared: &Shared,
-    conn: Conn,
+    conn: &Conn,
     ctx: &mut Ctx,
     mut request: Request<Incoming>,
     smuggling: bool,
@@ -209,7 +238,7 @@ async fn proxy(
     ctx.snapshot = Some(snapshot.clone());
 
     let trace = TraceParent::from_headers(request.headers());
-    ctx.trace_id = trace.trace_id.clone();
+    ctx.trace_id = trace.trace_id().to_owned();
     let hop_in = verify_hop(shared, &request);
     ctx.hops_in = hop_in.as_ref().map_or(0, |m| m.hops);
     ctx.stress = request.headers().contains_key(&shared.stress_header);
@@ -356,9 +385,7 @@ async fn proxy(
             let value = shared
                 .hop
                 .sign(&marker, parts.method.as_str(), parts.uri.path());
-            parts
-                .headers
-                .insert(HeaderName::from_static(HOP_HEADER), value);
+            parts.headers.insert(X_UNITGATE_HOP, value);
             if ctx.stress {
                 parts
                     .headers
@@ -622,8 +649,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -641,33 +668,39 @@ fn original_host(parts: &Parts) -> Option<HeaderValue> {
     })
 }
 
-fn prepare_headers(parts: &mut Parts, conn: Conn, trace: &TraceParent, host: Option<&HeaderValue>) {
+fn prepare_headers(
+    parts: &mut Parts,
+    conn: &Conn,
+    trace: &TraceParent,
+    host: Option<&HeaderValue>,
+) {
     let upgrade = is_upgrade(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host.clone());
     }
-    let peer = conn.peer.ip().to_string();
     let forwarded_for = match parts
         .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
+        .get(&X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
     {
-        Some(previous) => format!("{previous}, {peer}"),
-        None => peer,
+        Some(previous) => {
+            let mut value = Vec::with_capacity(previous.len() + 2 + conn.peer_ip.len());
+            value.extend_from_slice(previous);
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(conn.peer_ip.as_bytes());
+            HeaderValue::from_bytes(&value).unwrap_or_else(|_| conn.peer_ip.clone())
+        }
+        None => conn.peer_ip.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", value);
-    }
-    if !parts.headers.contains_key("x-forwarded-proto") {
+    parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
+    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
         parts.headers.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
     }
-    if let Ok(value) = HeaderValue::from_str(&trace.child()) {
-        parts.headers.insert("traceparent", value);
-    }
+    parts.headers.insert(TRACEPARENT, trace.child());
 }
 
 fn add_unit_headers(
@@ -677,26 +710,23 @@ fn add_unit_headers(
     class: Class,
     stress: bool,
 ) {
-    let mut set = |name: &'static str, value: HeaderValue| {
-        headers.insert(HeaderName::from_static(name), value);
-    };
     if let Some(unit) = routed.unit {
-        set("x-unitgate-unit", snapshot.unit_headers[unit].clone());
+        headers.insert(X_UNITGATE_UNIT, snapshot.unit_headers[unit].clone());
     }
     if let Some(slot) = routed.slot {
-        set("x-unitgate-slot", HeaderValue::from(slot));
+        headers.insert(X_UNITGATE_SLOT, HeaderValue::from(slot));
     }
-    set(
-        "x-unitgate-region",
+    headers.insert(
+        X_UNITGATE_REGION,
         snapshot.region_headers[snapshot.region].clone(),
     );
-    set("x-unitgate-class", HeaderValue::from_static(class.as_str()));
-    set("x-unitgate-table-version", snapshot.version_header.clone());
+    headers.insert(X_UNITGATE_CLASS, HeaderValue::from_static(class.as_str()));
+    headers.insert(X_UNITGATE_TABLE_VERSION, snapshot.version_header.clone());
     if let Some(key) = &routed.key {
-        set("x-unitgate-key", header_safe(key));
+        headers.insert(X_UNITGATE_KEY, header_safe(key));
     }
     if stress {
-        set("x-unitgate-stress", HeaderValue::from_static("1"));
+        headers.insert(X_UNITGATE_STRESS, HeaderValue::from_static("1"));
     }
 }
 
@@ -768,53 +798,74 @@ impl RequestView for PartsView<'_> {
 
 /// W3C trace context: the trace id is kept across every hop; each gateway is a span.
 struct TraceParent {
-    trace_id: String,
-    flags: String,
+    /// 32 lowercase hex digits.
+    trace_id: [u8; 32],
+    /// 2 lowercase hex digits.
+    flags: [u8; 2],
 }
 
 impl TraceParent {
     fn from_headers(headers: &HeaderMap) -> Self {
-        let incoming = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let mut parts = v.trim().split('-');
-                let (version, trace, parent, flags) =
-                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-                let hex = |s: &str, n: usize| {
-                    s.len() == n
-                        && s.bytes()
-                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                };
-                (version == "00"
-                    && hex(trace, 32)
-                    && hex(parent, 16)
-                    && hex(flags, 2)
-                    && trace != "00000000000000000000000000000000"
-                    && parent != "0000000000000000")
-                    .then(|| (trace.to_owned(), flags.to_owned()))
-            });
-        match incoming {
-            Some((trace_id, flags)) => Self { trace_id, flags },
-            None => Self {
-                trace_id: format!("{:016x}{:016x}", fastrand::u64(1..), fastrand::u64(..)),
-                flags: "01".to_owned(),
-            },
-        }
+        let incoming = headers.get(&TRACEPARENT).and_then(|v| {
+            // 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
+            let v = v.as_bytes();
+            let v = v.trim_ascii();
+            let lower_hex = |s: &[u8]| {
+                s.iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            };
+            let ok = v.len() == 55
+                && v.starts_with(b"00-")
+                && v[35] == b'-'
+                && v[52] == b'-'
+                && lower_hex(&v[3..35])
+                && lower_hex(&v[36..52])
+                && lower_hex(&v[53..55])
+                && v[3..35].iter().any(|b| *b != b'0')
+                && v[36..52].iter().any(|b| *b != b'0');
+            ok.then(|| Self {
+                trace_id: v[3..35].try_into().unwrap_or([b'0'; 32]),
+                flags: v[53..55].try_into().unwrap_or(*b"01"),
+            })
+        });
+        incoming.unwrap_or_else(|| {
+            let mut trace_id = [0u8; 32];
+            hex_into(&mut trace_id[..16], fastrand::u64(1..));
+            hex_into(&mut trace_id[16..], fastrand::u64(..));
+            Self {
+                trace_id,
+                flags: *b"01",
+            }
+        })
+    }
+
+    /// The trace id, for logs.
+    fn trace_id(&self) -> &str {
+        std::str::from_utf8(&self.trace_id).unwrap_or_default()
     }
 
     /// The `traceparent` to send on: same trace, this gateway's span as parent.
-    fn child(&self) -> String {
-        format!(
-            "00-{}-{:016x}-{}",
-            self.trace_id,
-            fastrand::u64(1..),
-            self.flags
-        )
+    fn child(&self) -> HeaderValue {
+        let mut value = [0u8; 55];
+        value[..3].copy_from_slice(b"00-");
+        value[3..35].copy_from_slice(&self.trace_id);
+        value[35] = b'-';
+        hex_into(&mut value[36..52], fastrand::u64(1..));
+        value[52] = b'-';
+        value[53..].copy_from_slice(&self.flags);
+        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
-fn finish(shared: &Shared, ctx: &Ctx, conn: Conn, status: StatusCode) {
+/// Write `n` as 16 lowercase hex digits into `out`.
+fn hex_into(out: &mut [u8], n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out.iter_mut().take(16).enumerate() {
+        *byte = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+fn finish(shared: &Shared, ctx: &Ctx, conn: &Conn, status: StatusCode) {
     let elapsed = ctx.start.elapsed();
     let snapshot = ctx.snapshot.as_deref();
     let id = |ids: Option<&Vec<u32>>, i: Option<usize>| match (ids, i) {
@@ -918,12 +969,15 @@ mod tests {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )]));
-        assert_eq!(kept.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(kept.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(
             kept.child()
+                .to_str()
+                .unwrap_or_default()
                 .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
         );
         let made = TraceParent::from_headers(&headers(&[("traceparent", "garbage")]));
-        assert_eq!(made.trace_id.len(), 32);
+        assert_eq!(made.trace_id().len(), 32);
+        assert!(made.trace_id().bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

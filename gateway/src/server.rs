@@ -138,7 +138,7 @@ pub async fn serve_proxy(
             match tls {
                 None => {
                     let (stream, verdicts) = FramingWatch::new(stream);
-                    let conn = Conn { peer, tls: false };
+                    let conn = Conn::new(peer, false);
                     serve_connection(&builder, TokioIo::new(stream), shared, conn, verdicts, stop)
                         .await
                 }
@@ -148,7 +148,7 @@ pub async fn serve_proxy(
                     {
                         Ok(Ok(stream)) => {
                             let (stream, verdicts) = FramingWatch::new(stream);
-                            let conn = Conn { peer, tls: true };
+                            let conn = Conn::new(peer, true);
                             let io = TokioIo::new(stream);
                             serve_connection(&builder, io, shared, conn, verdicts, stop).await
                         }
@@ -171,16 +171,17 @@ async fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let peer = conn.peer;
     let service = service_fn(move |request| {
         let smuggling = next_verdict(&verdicts);
-        proxy::handle(shared.clone(), conn, request, smuggling)
+        proxy::handle(shared.clone(), conn.clone(), request, smuggling)
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
-                tracing::debug!(%error, peer = %conn.peer, "connection ended with an error");
+                tracing::debug!(%error, %peer, "connection ended with an error");
             }
             return;
         }
