@@ -582,7 +582,7 @@ fn limit_body(body: Incoming, max: u64) -> Body {
 }
 
 fn verify_hop(shared: &Shared, request: &Request<Incoming>) -> Option<HopMarker> {
-    let value = request.headers().get(HOP_HEADER)?;
+    let value = request.headers().get(&X_UNITGATE_HOP)?;
     match shared
         .hop
         .verify(value, request.method().as_str(), request.uri().path())
@@ -630,6 +630,20 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Remove hop-by-hop headers (RFC 9110 7.6.1), keeping `Upgrade` for protocol switches.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one scan of the names, removals only when needed.
+    let is_hop_by_hop = |name: &HeaderName| {
+        *name == header::CONNECTION
+            || *name == header::TE
+            || *name == header::TRAILER
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::PROXY_AUTHENTICATE
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+            || (!keep_upgrade && *name == header::UPGRADE)
+    };
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -646,11 +660,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         header::TRAILER,
         header::TRANSFER_ENCODING,
         header::PROXY_AUTHENTICATE,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
     ] {
         headers.remove(name);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -961,6 +975,29 @@ mod tests {
             ]))
             .is_err()
         );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("x-user-id", "7"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-user-id"]
+        );
+        let mut plain = headers(&[("x-user-id", "7"), ("host", "a")]);
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 2);
+        let mut upgrade = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut upgrade, true);
+        assert_eq!(upgrade["connection"], "upgrade");
+        assert_eq!(upgrade["upgrade"], "websocket");
     }
 
     #[test]
