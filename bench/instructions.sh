@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: repeatable on a noisy
+# machine where CPU time is not. Compares unitgate with the minimal hyper proxy built on the same
+# server, client and runtime (gateway/examples/minimal_proxy.rs), both on one thread, behind the
+# same header-keyed workload as bench/proxy.sh. The difference is the cost of the gateway's own
+# work per request. Usage: bench/instructions.sh   (installs valgrind, nginx and wrk if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q --bin unitgate --example minimal_proxy
+WORK=$(mktemp -d)
+ORIGIN=0
+cleanup() { [[ $ORIGIN != 0 ]] && kill "$ORIGIN" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+mkdir -p "$WORK/origin/logs"
+cat > "$WORK/origin/nginx.conf" <<CONF
+daemon off; worker_processes 2; error_log $WORK/origin/logs/error.log; pid $WORK/origin/nginx.pid;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:19101; listen 127.0.0.1:19102; location / { return 200 "ok\n"; } } }
+CONF
+nginx -p "$WORK/origin" -c "$WORK/origin/nginx.conf" &
+ORIGIN=$!
+sed -e "s/cart:  \[\"127.0.0.1:18101\"\]/cart:  [\"127.0.0.1:19101\", \"127.0.0.1:19102\"]/" \
+    -e "0,/    missing_key: reject   # 400 naming the sources tried/s//    balance: key_affinity\n    missing_key: reject/" \
+    deploy/examples/three-regions.yaml > "$WORK/table.yaml"
+cat > "$WORK/gateway.yaml" <<CONF
+region: hz
+threads: 1
+listen: { http: ["127.0.0.1:19000"] }
+admin: { listen: "127.0.0.1:19090" }
+table: { file: $WORK/table.yaml }
+hop_secret: benchmark-secret-0123456789abcdef0123
+access_log: false
+health_check: { interval_ms: 0 }
+CONF
+cat > "$WORK/users.lua" <<'LUA'
+local ids = {}
+for k = 0, 999 do ids[#ids + 1] = tostring(k * 10000 + (k * 3) % 3334) end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/cart/items", { ["X-User-Id"] = ids[(i % #ids) + 1] })
+end
+LUA
+
+count() { # name command... -> "name instructions_per_request"
+  local name=$1; shift
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "$@" >/dev/null 2>"$WORK/$name.err" &
+  local pid=$!
+  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/19000) 2>/dev/null && break; sleep 0.1; done
+  wrk -t1 -c8 -d3s -s "$WORK/users.lua" http://127.0.0.1:19000/ >/dev/null   # warm-up
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  local requests
+  requests=$(wrk -t1 -c8 -d10s -s "$WORK/users.lua" http://127.0.0.1:19000/ | awk '/ requests in / { print $1 }')
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  kill -INT "$pid"; sleep 1; kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  local instructions
+  instructions=$(callgrind_annotate "$WORK/$name.out.1" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+  echo "$name $((instructions / requests))"
+}
+minimal=$(count minimal target/release/examples/minimal_proxy 127.0.0.1:19000 127.0.0.1:19101,127.0.0.1:19102)
+unitgate=$(count unitgate target/release/unitgate --config "$WORK/gateway.yaml")
+echo "$minimal"
+echo "$unitgate"
+awk -v m="${minimal#* }" -v u="${unitgate#* }" 'BEGIN { printf "unitgate / minimal hyper proxy: %.2fx user-space instructions per request (+%d)\n", u / m, u - m }'
