@@ -18,18 +18,12 @@ WORK=$(mktemp -d)
 ORIGIN=0
 cleanup() { [[ $ORIGIN != 0 ]] && kill "$ORIGIN" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
-mkdir -p "$WORK/origin/logs"
-cat > "$WORK/origin/nginx.conf" <<CONF
-daemon off; worker_processes 2; error_log $WORK/origin/logs/error.log; pid $WORK/origin/nginx.pid;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:19101; listen 127.0.0.1:19102; location / { return 200 "ok\n"; } } }
-CONF
-nginx -p "$WORK/origin" -c "$WORK/origin/nginx.conf" &
-ORIGIN=$!
-sed -e "s/cart:  \[\"127.0.0.1:18101\"\]/cart:  [\"127.0.0.1:19101\", \"127.0.0.1:19102\"]/" \
-    -e "0,/    missing_key: reject   # 400 naming the sources tried/s//    balance: key_affinity\n    missing_key: reject/" \
-    deploy/examples/three-regions.yaml > "$WORK/table.yaml"
+# shellcheck source=bench/common.sh
+source bench/common.sh
+start_origin "$WORK"
+ORIGIN=$ORIGIN_PID
+write_workload "$WORK"
+write_table "$WORK"
 cat > "$WORK/gateway.yaml" <<CONF
 region: hz
 threads: 1
@@ -40,16 +34,6 @@ hop_secret: benchmark-secret-0123456789abcdef0123
 access_log: false
 health_check: { interval_ms: 0 }
 CONF
-cat > "$WORK/users.lua" <<'LUA'
-local ids = {}
-for k = 0, 999 do ids[#ids + 1] = tostring(k * 10000 + (k * 3) % 3334) end
-local i = 0
-request = function()
-  i = i + 1
-  return wrk.format("GET", "/cart/items", { ["X-User-Id"] = ids[(i % #ids) + 1] })
-end
-LUA
-
 count() { # name command... -> "name instructions_per_request"
   local name=$1; shift
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "$@" >/dev/null 2>"$WORK/$name.err" &

@@ -39,43 +39,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ORIGIN_A=19101 ORIGIN_B=19102 PROXY_PORT=19000 ADMIN_PORT=19090
+# shellcheck source=bench/common.sh
+source bench/common.sh
+PROXY_PORT=19000 ADMIN_PORT=19090
 TICKS=$(getconf CLK_TCK)
 
-# The origin: nginx answering a small body on two ports, with two workers so it is never the
-# bottleneck.
-mkdir -p "$WORK/origin/logs"
-cat > "$WORK/origin/nginx.conf" <<CONF
-daemon off; worker_processes 2; error_log $WORK/origin/logs/error.log; pid $WORK/origin/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN_A; listen 127.0.0.1:$ORIGIN_B; location / { return 200 "ok\n"; } }
-}
-CONF
-nginx -p "$WORK/origin" -c "$WORK/origin/nginx.conf" &
-PIDS+=($!)
-
-# 1,000 user IDs whose slots (id mod 10000) fall in hz's units (slots 0-3333).
-cat > "$WORK/users.lua" <<'LUA'
-local ids = {}
-for k = 0, 999 do ids[#ids + 1] = tostring(k * 10000 + (k * 3) % 3334) end
-local i = 0
-request = function()
-  i = i + 1
-  return wrk.format("GET", "/cart/items", { ["X-User-Id"] = ids[(i % #ids) + 1] })
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
-end
-LUA
-
-# unitgate's table: the example, with hz's cart pool on the origin and key affinity.
-sed -e "s/cart:  \[\"127.0.0.1:18101\"\]/cart:  [\"127.0.0.1:$ORIGIN_A\", \"127.0.0.1:$ORIGIN_B\"]/" \
-    -e "0,/    missing_key: reject   # 400 naming the sources tried/s//    balance: key_affinity\n    missing_key: reject/" \
-    deploy/examples/three-regions.yaml > "$WORK/table.yaml"
+start_origin "$WORK"
+PIDS+=("$ORIGIN_PID")
+write_workload "$WORK"
+write_table "$WORK"
 target/release/unitctl validate "$WORK/table.yaml" >/dev/null 2>&1 || cargo run --release -q -p unitctl -- validate "$WORK/table.yaml"
 
 pids_of() { # a process and its children
