@@ -470,3 +470,36 @@ async fn restart_serves_from_the_cache_when_the_source_is_gone() {
     assert!(error.starts_with("no routing table to serve:"), "{error}");
     assert!(error.contains("cannot read"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p_class_reads_fall_back_when_the_local_pool_is_down() {
+    // hz's item pool points at a port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let topo = Topology::start_with(|region, t| {
+        if region != "hz" {
+            return t;
+        }
+        let start = t.find("item:  [\"").expect("hz item pool") + "item:  [\"".len();
+        let end = start + t[start..].find('"').expect("end");
+        format!("{}{dead}{}", &t[..start], &t[end..])
+    })
+    .await;
+    let client = client();
+    let hz = topo.region("hz").http;
+    // Three failed exchanges eject the endpoint (the default eject_after_failures).
+    for _ in 0..3 {
+        let (status, _, _) = send(&client, request("GET", hz, "/item/1", &[])).await;
+        assert_eq!(status, 502);
+    }
+    // With no healthy endpoint left, reads go to hz's read_fallback, sh.
+    let (status, _, body) = send(&client, request("GET", hz, "/item/1", &[])).await;
+    assert_eq!(
+        (status.as_u16(), body["region"].as_str()),
+        (200, Some("sh")),
+        "{body}"
+    );
+    assert_eq!(topo.region("sh").upstreams["item"].count(), 1);
+}
