@@ -163,7 +163,12 @@ pub async fn handle(
     let mut ctx = Ctx {
         start: Instant::now(),
         method: request.method().clone(),
-        path: request.uri().path().to_owned(),
+        // Only the access log needs its own copy of the path.
+        path: if shared.config.access_log {
+            request.uri().path().to_owned()
+        } else {
+            String::new()
+        },
         trace_id: String::new(),
         version: 0,
         route: None,
@@ -628,48 +633,57 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Remove hop-by-hop headers (RFC 9110 7.6.1), keeping `Upgrade` for protocol switches.
+/// Headers that are hop-by-hop whatever `Connection` says (RFC 9110 7.6.1).
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHENTICATE,
+    header::UPGRADE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+];
+
+/// Remove hop-by-hop headers, keeping `Upgrade` for protocol switches.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them: one scan of the names, removals only when needed.
-    let is_hop_by_hop = |name: &HeaderName| {
-        *name == header::CONNECTION
-            || *name == header::TE
-            || *name == header::TRAILER
-            || *name == header::TRANSFER_ENCODING
-            || *name == header::PROXY_AUTHENTICATE
-            || *name == KEEP_ALIVE
-            || *name == PROXY_CONNECTION
-            || (!keep_upgrade && *name == header::UPGRADE)
-    };
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
-        return;
+    // One scan of the names finds which fixed hop-by-hop headers are present (most messages
+    // carry at most `Connection`); only those are removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
-        .collect();
+    // Headers named by `Connection`, besides the usual tokens that name no header to remove.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    if present[0] {
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            let usual = ["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|u| token.eq_ignore_ascii_case(u));
+            if !usual && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
+            }
+        }
+    }
     for name in listed {
         headers.remove(name);
     }
-    for name in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHENTICATE,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-    ] {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        let kept = keep_upgrade && (*name == header::UPGRADE || *name == header::CONNECTION);
+        if present && !kept {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
     }
 }
 
