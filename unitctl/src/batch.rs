@@ -1,11 +1,11 @@
 //! `unitctl route --batch`: where many requests go, counted per unit and region.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use router_rules::table::RegionIndex;
-use router_rules::{CompiledTable, SimpleRequest};
+use router_rules::{CompiledTable, DecisionReport, SimpleRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::route_cmd::{entry_region, place_key};
@@ -57,6 +57,7 @@ pub fn run(
     template: &SimpleRequest,
     source: &Path,
     output: Output,
+    each: bool,
 ) -> Result<u8, Failure> {
     let input: Box<dyn Read> = if source.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
@@ -72,6 +73,7 @@ pub fn run(
     let mut line = String::new();
     let mut number = 0u64;
     let mut notes = Vec::new();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
         line.clear();
         let read = reader
@@ -95,11 +97,24 @@ pub fn run(
             (request, entry)
         };
         let decision = table.resolve(&request, region);
-        let unit = decision.unit.and_then(|u| table.unit_index(&u.name));
-        let region = decision.region.and_then(|r| table.region_index(&r.name));
+        if each {
+            let report = DecisionReport::new(table, &decision, &request.method);
+            serde_json::to_writer(&mut out, &report)
+                .map_err(|e| Failure::input(format!("cannot write JSON: {e}")))?;
+            writeln!(out).map_err(|e| Failure::input(format!("stdout: {e}")))?;
+            continue;
+        }
+        let unit = decision.unit.map(|u| u.index);
+        let region = decision.region.map(|r| r.index);
         *counts
             .entry((decision.action.as_str(), unit, region))
             .or_default() += 1;
+    }
+    out.flush()
+        .map_err(|e| Failure::input(format!("stdout: {e}")))?;
+    drop(out);
+    if each {
+        return Ok(0);
     }
     let summary = summarise(table, &counts);
     match output {

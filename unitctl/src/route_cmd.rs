@@ -39,6 +39,10 @@ pub struct RouteArgs {
     /// print how many go to each unit and region.
     #[arg(long, value_name = "FILE")]
     pub batch: Option<PathBuf>,
+    /// With --batch: instead of the summary, print every decision, one JSON object per input
+    /// line (JSON Lines, the fields of --output json).
+    #[arg(long, requires = "batch")]
+    pub each: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -49,7 +53,7 @@ pub fn run(args: &RouteArgs) -> Result<u8, Failure> {
     let entry = entry_region(&table, args.region.as_deref())?;
     let template = base_request(&table, args)?;
     if let Some(source) = &args.batch {
-        return batch::run(&table, entry, &template, source, args.output);
+        return batch::run(&table, entry, &template, source, args.output, args.each);
     }
     let mut request = template;
     let mut notes = Vec::new();

@@ -381,3 +381,47 @@ fn schema_is_json_schema_of_the_table() {
     assert_eq!(v["title"], "RawTable");
     assert!(v["properties"]["units"].is_object());
 }
+
+#[test]
+fn batch_each_prints_every_decision_as_json_lines() {
+    let ids = "4321\n10\n{\"path\": \"/item/1\", \"method\": \"PUT\", \"region\": \"sz\"}\n";
+    let out = unitctl_stdin(
+        &[
+            "route",
+            "--table",
+            &example(),
+            "--region",
+            "hz",
+            "--batch",
+            "-",
+            "--each",
+        ],
+        ids,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        (
+            lines[0]["unit"].as_str(),
+            lines[0]["region"].as_str(),
+            lines[0]["cross_region"].as_bool()
+        ),
+        (Some("u03"), Some("sh"), Some(true))
+    );
+    assert_eq!(
+        (lines[1]["unit"].as_str(), lines[1]["region"].as_str()),
+        (Some("u01"), Some("hz"))
+    );
+    assert_eq!(
+        (
+            lines[2]["class"].as_str(),
+            lines[2]["region"].as_str(),
+            lines[2]["entry_region"].as_str()
+        ),
+        (Some("P"), Some("hz"), Some("sz"))
+    );
+}
