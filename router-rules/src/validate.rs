@@ -28,11 +28,10 @@ const NAME_RULE: &str = "names use lowercase letters, digits, '-' and '_', start
 /// each problem carries its line and column.
 pub fn validate(raw: RawTable, source: Option<&SourceMap>) -> Result<CompiledTable, TableError> {
     let mut v = Validator::default();
-    let compiled = v.compile(&raw);
+    let compiled = v.compile(raw);
     if v.problems.is_empty()
-        && let Some(mut table) = compiled
+        && let Some(table) = compiled
     {
-        table.raw = raw;
         return Ok(table);
     }
     let mut problems = v.problems;
@@ -101,7 +100,7 @@ impl Validator {
     }
 
     /// Check and build; `None` when something was too broken to build at all.
-    fn compile(&mut self, raw: &RawTable) -> Option<CompiledTable> {
+    fn compile(&mut self, raw: RawTable) -> Option<CompiledTable> {
         if raw.version == 0 {
             self.problem("version", "version must be at least 1");
         }
@@ -118,20 +117,20 @@ impl Validator {
             methods.iter().map(|m| m.as_str().into()).collect()
         });
 
-        let region_names = self.check_regions(raw);
-        let services = self.services(raw, &region_names);
-        let regions = self.build_regions(raw, &region_names, &services);
-        let (units, center) = self.build_units(raw, &region_names);
+        let region_names = self.check_regions(&raw);
+        let services = self.services(&raw, &region_names);
+        let regions = self.build_regions(&raw, &region_names, &services);
+        let (units, center) = self.build_units(&raw, &region_names);
         let slot_units = if slots_ok {
-            self.build_slot_map(raw, slot_count)
+            self.build_slot_map(&raw, slot_count)
         } else {
             None
         };
-        let pinned = self.build_pins(raw);
-        let routes = self.build_routes(raw, &services);
+        let pinned = self.build_pins(&raw);
+        let routes = self.build_routes(&raw, &services);
 
         let center = center?;
-        let table = CompiledTable {
+        Some(CompiledTable {
             version: raw.version,
             slot_count,
             services,
@@ -143,16 +142,8 @@ impl Validator {
             route_index: RouteIndex::build(&routes),
             routes,
             write_methods,
-            raw: RawTable {
-                version: 0,
-                slots: Default::default(),
-                write_methods: None,
-                regions: Vec::new(),
-                units: Vec::new(),
-                routes: Vec::new(),
-            },
-        };
-        Some(table)
+            raw,
+        })
     }
 
     fn check_name(&mut self, path: &str, what: &str, name: &str) {
