@@ -272,7 +272,10 @@ async fn proxy(
     ctx.unit = routed.unit;
     ctx.region = routed.region;
     ctx.slot = routed.slot;
-    ctx.key = routed.key.clone();
+    if shared.config.access_log {
+        // Only the access log needs its own copy of the key.
+        ctx.key = routed.key.clone();
+    }
 
     // Phase 4: admit.
     let route = match (routed.action, route) {
