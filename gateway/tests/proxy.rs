@@ -481,10 +481,7 @@ async fn restart_serves_from_the_cache_when_the_source_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p_class_reads_fall_back_when_the_local_pool_is_down() {
     // hz's item pool points at a port nothing listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let (_reserved, dead) = refusing_address();
     let topo = Topology::start_with(|region, t| {
         if region != "hz" {
             return t;

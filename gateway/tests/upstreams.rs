@@ -41,19 +41,11 @@ async fn gateway_with_pool(
     Gateway::start(config, listeners).await.expect("gateway")
 }
 
-/// An address nothing listens on.
-fn dead_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_requests_retry_on_connect_failure_and_dead_endpoints_are_ejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let live = Echo::start("app", "local").await;
-    let dead = dead_address();
+    let (_reserved, dead) = refusing_address();
     let gateway = gateway_with_pool(
         dir.path(),
         &[dead, live.addr],
@@ -96,7 +88,7 @@ async fn idempotent_requests_retry_on_connect_failure_and_dead_endpoints_are_eje
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_not_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let dead = dead_address();
+    let (_reserved, dead) = refusing_address();
     let gateway =
         gateway_with_pool(dir.path(), &[dead], "health_check: { interval_ms: 0 }\n").await;
     let (status, _, body) = send(

@@ -178,6 +178,17 @@ impl Topology {
     }
 }
 
+/// An address that refuses connections: a socket bound but not listening. The port stays
+/// reserved (no other test can take it) while the returned socket lives.
+pub fn refusing_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
 /// A plain HTTP and an admin listener on ports the OS picks.
 pub fn loopback_listeners() -> Listeners {
     Listeners {
