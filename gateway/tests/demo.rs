@@ -1,8 +1,10 @@
 //! The demo routes as the example table says, also across a simulated WAN link.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
+use support::{client, request, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_each_region_and_pays_the_wan_delay_once_per_hop() {
@@ -13,27 +15,14 @@ async fn demo_serves_each_region_and_pays_the_wan_delay_once_per_hop() {
         .await
         .expect("demo starts");
     let hz = demo.gateways[0].1.http_addrs[0];
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let client = client();
     let get = |user: &'static str| {
         let client = client.clone();
         async move {
-            let request = http::Request::get(format!("http://{hz}/cart"))
-                .header("x-user-id", user)
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .expect("request");
             let started = Instant::now();
-            let response = client.request(request).await.expect("response");
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
-            (
-                serde_json::from_slice::<serde_json::Value>(&body).expect("json"),
-                started.elapsed(),
-            )
+            let (_, _, body) =
+                send(&client, request("GET", hz, "/cart", &[("x-user-id", user)])).await;
+            (body, started.elapsed())
         }
     };
     let (local, _) = get("100").await;
