@@ -123,6 +123,44 @@ pub struct TableSourceConfig {
     /// How often the file is checked for changes, in milliseconds.
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
+    /// The control plane: the gateway long-polls it for every new version and reports what
+    /// it applied or refused.
+    #[serde(default)]
+    pub control_plane: Option<ControlPlaneSource>,
+}
+
+/// Where and how to reach the control plane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneSource {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// A file holding this gateway's token (role `gateway`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The token itself, for demos and tests; prefer `token_file`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// PEM certificates to trust for `https://`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// This gateway's id as the control plane shows it. Default: region, host name and the
+    /// admin port.
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+}
+
+impl ControlPlaneSource {
+    /// The token, from `token` or `token_file`.
+    pub fn token(&self) -> Result<String, String> {
+        match (&self.token, &self.token_file) {
+            (Some(token), None) => Ok(token.trim().to_owned()),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("table.control_plane.token_file: {}: {e}", path.display())),
+            _ => Err("table.control_plane: give exactly one of token or token_file".into()),
+        }
+    }
 }
 
 fn default_poll_ms() -> u64 {
@@ -336,8 +374,27 @@ impl GatewayConfig {
         if self.listen.http.is_empty() && self.listen.https.is_empty() {
             problems.push("listen: no listeners; give listen.http or listen.https".to_owned());
         }
-        if self.table.file.is_none() {
-            problems.push("table: no table source; give table.file".to_owned());
+        match (&self.table.file, &self.table.control_plane) {
+            (None, None) => problems.push(
+                "table: no table source; give table.file or table.control_plane".to_owned(),
+            ),
+            (Some(_), Some(_)) => problems.push(
+                "table: give table.file or table.control_plane, not both (two sources would fight over versions)".to_owned(),
+            ),
+            _ => {}
+        }
+        if let Some(source) = &self.table.control_plane {
+            if !(source.url.starts_with("http://") || source.url.starts_with("https://")) {
+                problems.push(format!(
+                    "table.control_plane.url: {:?} must start with http:// or https://",
+                    source.url
+                ));
+            }
+            if source.token.is_some() == source.token_file.is_some() {
+                problems.push(
+                    "table.control_plane: give exactly one of token or token_file".to_owned(),
+                );
+            }
         }
         match (&self.hop_secret, &self.hop_secret_file) {
             (Some(_), Some(_)) => problems.push("hop_secret and hop_secret_file: give one, not both".to_owned()),

@@ -70,6 +70,31 @@ impl Listeners {
     }
 }
 
+/// Serve the cached table when the table source has none to give; fail when there is none.
+fn start_from_cache(store: &TableStore, why: &str) -> Result<(), String> {
+    match store.restore_from_cache() {
+        Ok(version) => {
+            tracing::warn!(
+                version,
+                reason = %why,
+                "table source unavailable: serving the cached table"
+            );
+            Ok(())
+        }
+        Err(cache) => Err(format!(
+            "no routing table to serve:\n  source: {why}\n  cache: {cache}"
+        )),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
 /// A running gateway.
 pub struct Gateway {
     /// The table in force.
@@ -101,6 +126,8 @@ impl Gateway {
             metrics.clone(),
         ));
         let reload = Arc::new(Notify::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
         if let Some(path) = &config.table.file {
             let from_source = match source::load_file(&store, path) {
                 Ok(Ok(_)) => Ok(()),
@@ -108,18 +135,7 @@ impl Gateway {
                 Err(unreadable) => Err(unreadable),
             };
             if let Err(why) = from_source {
-                match store.restore_from_cache() {
-                    Ok(version) => tracing::warn!(
-                        version,
-                        reason = %why,
-                        "table source unavailable: serving the cached table"
-                    ),
-                    Err(cache) => {
-                        return Err(format!(
-                            "no routing table to serve:\n  source: {why}\n  cache: {cache}"
-                        ));
-                    }
-                }
+                start_from_cache(&store, &why)?;
             }
             source::watch_file(
                 &store,
@@ -127,6 +143,28 @@ impl Gateway {
                 Duration::from_millis(config.table.poll_interval_ms),
                 reload.clone(),
             );
+        }
+        if let Some(control) = &config.table.control_plane {
+            let default_id = format!(
+                "{}-{}-{}",
+                config.region,
+                host_name(),
+                listeners
+                    .admin
+                    .local_addr()
+                    .map(|a| a.port())
+                    .unwrap_or_default()
+            );
+            let source = source::ControlPlaneSource::new(control, default_id)?;
+            if let Err(why) = source.fetch_now(&store, Duration::from_secs(3)).await {
+                start_from_cache(&store, &why)?;
+            }
+            tracing::info!(
+                gateway = source.gateway_id(),
+                url = control.url,
+                "following the control plane"
+            );
+            tasks.push(source.spawn(&store, stop_rx.clone()));
         }
         let upstream = Upstream::new(&config.timeouts);
         upstream::spawn_health_checks(store.clone(), upstream.clone(), config.health_check.clone());
@@ -142,7 +180,6 @@ impl Gateway {
             stress_header,
             draining: false.into(),
         });
-        let (stop, stop_rx) = watch::channel(false);
         let tracker = Arc::new(ConnTracker::default());
         let admin = Arc::new(AdminState {
             store: store.clone(),
@@ -154,7 +191,6 @@ impl Gateway {
                 .and_then(|()| tokio::net::TcpListener::from_std(l))
                 .map_err(|e| format!("listener: {e}"))
         };
-        let mut tasks = Vec::new();
         let mut http_addrs = Vec::new();
         let mut https_addrs = Vec::new();
         for listener in listeners.http {

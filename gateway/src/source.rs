@@ -63,3 +63,200 @@ pub fn watch_file(store: &Arc<TableStore>, path: PathBuf, interval: Duration, re
         }
     });
 }
+
+/// The control plane as a table source: a long poll that returns every new version as soon as
+/// it is stored, and reports to the control plane what this gateway applied or refused.
+pub struct ControlPlaneSource {
+    client: control_api::Client,
+    gateway: String,
+    origin: String,
+}
+
+/// Longest the control plane holds a watch; the request timeout allows for it.
+const WATCH_HOLD_S: u64 = 25;
+/// First and longest pause between failed attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl ControlPlaneSource {
+    /// A source for `config`; `default_id` names the gateway when the config does not.
+    pub fn new(
+        config: &crate::config::ControlPlaneSource,
+        default_id: String,
+    ) -> Result<Self, String> {
+        let token = config.token()?;
+        let client = control_api::Client::new(&config.url, Some(&token), config.ca_file.as_deref())
+            .map_err(|e| format!("table.control_plane: {e}"))?;
+        Ok(Self {
+            origin: format!("control-plane:{}", client.server()),
+            client,
+            gateway: config.gateway_id.clone().unwrap_or(default_id),
+        })
+    }
+
+    /// This gateway's id.
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway
+    }
+
+    fn watch_path(&self, store: &TableStore, after: u64, hold_s: u64) -> String {
+        let applied = store.current().map_or(0, |s| s.table.version());
+        format!(
+            "/v1/watch?after={after}&applied={applied}&gateway={}&region={}&timeout_s={hold_s}",
+            self.gateway,
+            store.region()
+        )
+    }
+
+    /// Ask once for the version in force, without waiting; apply it. `Err` says why no table
+    /// came (unreachable, refused).
+    pub async fn fetch_now(&self, store: &TableStore, timeout: Duration) -> Result<u64, String> {
+        let reply = self
+            .client
+            .send(
+                http::Method::GET,
+                &self.watch_path(store, 0, 0),
+                &[],
+                None,
+                timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match reply.status {
+            http::StatusCode::OK => self.apply(store, &reply.body).await,
+            http::StatusCode::NO_CONTENT => Err(format!(
+                "{}: the control plane holds no table yet",
+                self.client.server()
+            )),
+            _ => Err(reply.api_error().to_string()),
+        }
+    }
+
+    /// Apply a table body; report a refusal to the control plane.
+    async fn apply(&self, store: &TableStore, body: &[u8]) -> Result<u64, String> {
+        let text = String::from_utf8_lossy(body);
+        match store.load_text(&text, true, &self.origin) {
+            Ok(version) => Ok(version),
+            Err(rejection) => {
+                self.report(store, Some(&rejection)).await;
+                Err(rejection.error)
+            }
+        }
+    }
+
+    async fn report(&self, store: &TableStore, rejection: Option<&crate::store::Rejection>) {
+        let report = control_api::GatewayReport {
+            gateway: self.gateway.clone(),
+            region: store.region().to_owned(),
+            applied: store.current().map_or(0, |s| s.table.version()),
+            rejected: rejection.map(|r| control_api::RejectedVersion {
+                version: r.version,
+                error: r.error.clone(),
+            }),
+        };
+        let sent: Result<(), _> = self
+            .client
+            .send(
+                http::Method::POST,
+                "/v1/report",
+                &[],
+                Some((
+                    serde_json::to_vec(&report).unwrap_or_default().into(),
+                    "application/json",
+                )),
+                Duration::from_secs(5),
+            )
+            .await
+            .and_then(|reply| {
+                if reply.status.is_success() {
+                    Ok(())
+                } else {
+                    Err(reply.api_error())
+                }
+            });
+        if let Err(error) = sent {
+            tracing::warn!(%error, "cannot report to the control plane");
+        }
+    }
+
+    /// Follow the control plane until `stop`: long-poll for each version after the newest
+    /// seen, apply it, and on failure retry with exponential back-off (100 ms to 5 s, with
+    /// jitter) while the table in force keeps serving.
+    pub fn spawn(
+        self,
+        store: &Arc<TableStore>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = Arc::downgrade(store);
+        tokio::spawn(async move {
+            let mut seen = 0u64;
+            let mut backoff = BACKOFF_MIN;
+            let mut failing = false;
+            loop {
+                let Some(strong) = store.upgrade() else {
+                    return;
+                };
+                let applied = strong.current().map_or(0, |s| s.table.version());
+                let path = self.watch_path(&strong, seen.max(applied), WATCH_HOLD_S);
+                drop(strong);
+                let request = self.client.send(
+                    http::Method::GET,
+                    &path,
+                    &[],
+                    None,
+                    Duration::from_secs(WATCH_HOLD_S + 10),
+                );
+                let reply = tokio::select! {
+                    reply = request => reply,
+                    _ = stop.changed() => return,
+                };
+                let Some(strong) = store.upgrade() else {
+                    return;
+                };
+                let outcome = match reply {
+                    Ok(reply) if reply.status == http::StatusCode::OK => {
+                        let offered = reply
+                            .headers
+                            .get(control_api::VERSION_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok());
+                        // A refused version is not asked for again; the next one is.
+                        if let Some(offered) = offered {
+                            seen = seen.max(offered);
+                        }
+                        let _ = self.apply(&strong, &reply.body).await;
+                        Ok(())
+                    }
+                    Ok(reply) if reply.status == http::StatusCode::NO_CONTENT => Ok(()),
+                    Ok(reply) => Err(reply.api_error().to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                drop(strong);
+                match outcome {
+                    Ok(()) => {
+                        if failing {
+                            tracing::info!(
+                                server = self.client.server(),
+                                "control plane reachable again"
+                            );
+                        }
+                        failing = false;
+                        backoff = BACKOFF_MIN;
+                    }
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, "control plane unreachable; the table in force keeps serving");
+                        }
+                        failing = true;
+                        let jitter = 0.8 + fastrand::f64() * 0.4;
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+                            _ = stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,458 @@
+//! The control plane's API as both ends see it: the JSON bodies of `/v1/...` and a small HTTP
+//! client. The control plane serves these types, the gateway's table source and `unitctl`'s
+//! remote commands consume them, so a field renamed on one side is renamed on all.
+#![forbid(unsafe_code)]
+
+pub mod client;
+
+use router_rules::RawTable;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use client::{Client, ClientError, Reply};
+
+/// Header carrying a table version: on `GET /v1/table` and `GET /v1/watch` answers.
+pub const VERSION_HEADER: &str = "x-unitgate-table-version";
+
+/// A stored table version with how it got there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoredTable {
+    /// The version (equal to `table.version`).
+    pub version: u64,
+    /// When it was stored, in milliseconds since the epoch.
+    pub stored_at_ms: u64,
+    /// Name of the token that stored it.
+    pub author: String,
+    /// Why: the reason given with the change, or the flip step that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The flip that made this version, if a flip did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flip: Option<String>,
+    /// The table.
+    pub table: RawTable,
+}
+
+/// What a gateway reports after it tried to apply a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayReport {
+    /// The gateway's id (unique among gateways).
+    pub gateway: String,
+    /// Its region.
+    pub region: String,
+    /// The version it serves (0: none yet).
+    pub applied: u64,
+    /// The last version it refused, with why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<RejectedVersion>,
+}
+
+/// A version a gateway refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedVersion {
+    /// The refused version, when it could be read.
+    pub version: Option<u64>,
+    /// Every problem, one per line.
+    pub error: String,
+}
+
+/// A gateway as the control plane last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayStatus {
+    /// Its id.
+    pub id: String,
+    /// Its region.
+    pub region: String,
+    /// The version it serves.
+    pub applied_version: u64,
+    /// When it last polled or reported, in milliseconds since the epoch.
+    pub last_seen_ms: u64,
+    /// The last version it refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<RejectedVersion>,
+    /// Not seen for longer than the control plane's `gateway_stale_after_s`: flips do not
+    /// wait for it, and it is shown so that someone looks.
+    pub stale: bool,
+}
+
+/// `planned` or `emergency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlipMode {
+    /// Freeze writes, wait for data, switch, unfreeze; any failure rolls back.
+    Planned,
+    /// Switch at once, without waiting for replication (the region is gone).
+    Emergency,
+}
+
+/// How a planned flip learns that the target region has caught up. Give exactly one of
+/// `url`, `confirm` or `delay_s`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationCheck {
+    /// Probe URL (`http://`), polled until it answers `200` with a body of `0`, `lag 0` or a
+    /// JSON object whose `lag` is `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How long the probe may take to say `lag 0` (default 60 s); also the wait for an
+    /// operator's confirmation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Wait for `POST /v1/flips/{id}/confirm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<bool>,
+    /// Wait a fixed time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_s: Option<u64>,
+}
+
+/// Body of `POST /v1/units/{unit}/flip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlipRequest {
+    /// The region the unit moves to.
+    pub to: String,
+    /// `planned` or `emergency`.
+    pub mode: FlipMode,
+    /// Why: kept in the audit log.
+    pub reason: String,
+    /// Planned flips: how to know the data caught up. Default: no wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_check: Option<ReplicationCheck>,
+    /// How long each "wait until every gateway applied it" step may take (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converge_timeout_s: Option<u64>,
+}
+
+/// Answer to `POST /v1/units/{unit}/flip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlipAccepted {
+    /// The flip's id.
+    pub id: String,
+    /// Where to follow it.
+    pub location: String,
+}
+
+/// Where a flip stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlipState {
+    /// Steps are running.
+    Running,
+    /// Done: the unit serves from its new region.
+    Succeeded,
+    /// A step failed, timed out or was cancelled; the unit is back where it was.
+    RolledBack,
+    /// A step failed and so did the rollback: needs an operator (the audit says what stands).
+    Failed,
+}
+
+impl FlipState {
+    /// The name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlipState::Running => "running",
+            FlipState::Succeeded => "succeeded",
+            FlipState::RolledBack => "rolled_back",
+            FlipState::Failed => "failed",
+        }
+    }
+
+    /// Whether the flip has ended.
+    pub fn is_final(self) -> bool {
+        self != FlipState::Running
+    }
+}
+
+/// The steps of a flip, in order (DOMAIN.md, "A planned flip").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepName {
+    /// Store a version with the unit write-frozen.
+    Freeze,
+    /// Wait until every live gateway applied the freeze.
+    ConvergeFreeze,
+    /// Wait until the data caught up (probe, confirmation or delay).
+    Replication,
+    /// Store a version with the unit in its new region, still frozen.
+    Switch,
+    /// Wait until every live gateway applied the switch.
+    ConvergeSwitch,
+    /// Store a version with the unit active again.
+    Unfreeze,
+    /// Wait until every live gateway applied the unfreeze.
+    ConvergeUnfreeze,
+    /// Emergency: store a version with the unit in its new region, active.
+    EmergencySwitch,
+    /// Emergency: wait (without rolling back) until every live gateway applied it.
+    ConvergeEmergency,
+    /// Store a version with the unit as it was before the flip.
+    Rollback,
+    /// Wait until every live gateway applied the rollback.
+    ConvergeRollback,
+}
+
+impl StepName {
+    /// The name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::Freeze => "freeze",
+            StepName::ConvergeFreeze => "converge_freeze",
+            StepName::Replication => "replication",
+            StepName::Switch => "switch",
+            StepName::ConvergeSwitch => "converge_switch",
+            StepName::Unfreeze => "unfreeze",
+            StepName::ConvergeUnfreeze => "converge_unfreeze",
+            StepName::EmergencySwitch => "emergency_switch",
+            StepName::ConvergeEmergency => "converge_emergency",
+            StepName::Rollback => "rollback",
+            StepName::ConvergeRollback => "converge_rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for StepName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// Still running.
+    Running,
+    /// Done.
+    Ok,
+    /// Failed or timed out (see `detail`).
+    Failed,
+}
+
+/// One step of a flip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlipStep {
+    /// Which step.
+    pub name: StepName,
+    /// When it started, in milliseconds since the epoch.
+    pub started_at_ms: u64,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// How it ended.
+    pub outcome: StepOutcome,
+    /// The version it stored or waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// What happened, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A flip: what was asked, and every step so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlipRecord {
+    /// Its id.
+    pub id: String,
+    /// The unit.
+    pub unit: String,
+    /// The region it was in.
+    pub from: String,
+    /// The region it moves to.
+    pub to: String,
+    /// `planned` or `emergency`.
+    pub mode: FlipMode,
+    /// Why.
+    pub reason: String,
+    /// The token that asked for it.
+    pub actor: String,
+    /// How the planned flip waits for data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_check: Option<ReplicationCheck>,
+    /// Per convergence step, in seconds.
+    pub converge_timeout_s: u64,
+    /// The version in force when the flip started.
+    pub pre_flip_version: u64,
+    /// Where it stands.
+    pub state: FlipState,
+    /// The control-plane replica running it.
+    pub owner: String,
+    /// When it was asked for, in milliseconds since the epoch.
+    pub created_at_ms: u64,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// An operator confirmed that the data caught up.
+    #[serde(default)]
+    pub confirmed: bool,
+    /// An operator asked to cancel it.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// Why it did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Steps, in the order they ran.
+    pub steps: Vec<FlipStep>,
+}
+
+/// How a change ended, in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    /// It took effect (or, for a flip, was accepted and started).
+    Ok,
+    /// It was refused (bad input, stale version, wrong role, conflict).
+    Refused,
+    /// It was tried and failed.
+    Failed,
+}
+
+/// One entry of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// When, in milliseconds since the epoch.
+    pub at_ms: u64,
+    /// Token name (`-` when the token was missing or unknown).
+    pub actor: String,
+    /// What was asked: `table.put`, `flip.start`, `flip.step`, `flip.confirm`, ...
+    pub action: String,
+    /// What it was asked of: a unit, a flip id, `table`.
+    pub target: String,
+    /// How it ended.
+    pub outcome: AuditOutcome,
+    /// The HTTP status answered, for API calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Version in force before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_before: Option<u64>,
+    /// Version in force after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_after: Option<u64>,
+    /// The reason given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The flip this belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flip: Option<String>,
+    /// Anything else worth knowing (the error, the step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A JSON error body: every 4xx and 5xx answer of the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    /// A stable code: `unauthorized`, `forbidden`, `invalid_table`, `stale_version`, ...
+    pub error: String,
+    /// What is wrong, for people.
+    pub message: String,
+    /// For a refused table: every problem, with its field path and (YAML) line and column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<ApiProblem>,
+}
+
+/// One problem with a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiProblem {
+    /// Field path, e.g. `units[3].slots[1]`.
+    pub path: String,
+    /// Line in the YAML source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// Column in the YAML source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl From<&router_rules::Problem> for ApiProblem {
+    fn from(problem: &router_rules::Problem) -> Self {
+        Self {
+            path: problem.display_path().to_owned(),
+            line: problem.location.map(|l| l.line),
+            column: problem.location.map(|l| l.column),
+            message: problem.message.clone(),
+        }
+    }
+}
+
+/// Answer to `POST /v1/table/plan`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanResult {
+    /// Whether the table passed validation and may succeed the one in force.
+    pub valid: bool,
+    /// The version in force.
+    pub current_version: u64,
+    /// The version it would be stored as.
+    pub next_version: u64,
+    /// Every problem (empty when valid).
+    pub problems: Vec<ApiProblem>,
+    /// What it changes against the table in force (as `unitctl diff --output json`); absent
+    /// when invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub diff: Option<serde_json::Value>,
+}
+
+/// Answer to `PUT /v1/table`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutResult {
+    /// The version stored.
+    pub version: u64,
+}
+
+/// A unit as `GET /v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnitStatus {
+    /// Unit name.
+    pub name: String,
+    /// Its region.
+    pub region: String,
+    /// `active` or `write_frozen`.
+    pub state: String,
+    /// Its standby region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    /// Whether it is the center unit.
+    pub center: bool,
+    /// Slots it owns.
+    pub slots: u32,
+    /// The flip running on it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flip: Option<String>,
+}
+
+/// Answer to `GET /v1/status`: units and gateways in one look.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    /// The version in force.
+    pub version: u64,
+    /// Every unit.
+    pub units: Vec<UnitStatus>,
+    /// Every gateway seen.
+    pub gateways: Vec<GatewayStatus>,
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}

@@ -1,0 +1,293 @@
+//! Bearer tokens with roles. Only SHA-256 digests of tokens are kept: a leaked config or core
+//! dump does not leak a usable token.
+
+use std::collections::HashMap;
+
+use ring::digest::{SHA256, digest};
+use serde::Deserialize;
+
+use crate::config::TokenConfig;
+
+/// Shortest token accepted, in characters.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads, plans and flips.
+    Operator,
+    /// Everything an operator may, and table writes.
+    Admin,
+    /// Watch and report only: what a gateway needs, nothing else.
+    Gateway,
+}
+
+impl Role {
+    /// The name used in configs and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Gateway => "gateway",
+        }
+    }
+
+    /// Whether this role may do what `need` asks.
+    pub fn allows(self, need: Need) -> bool {
+        match need {
+            Need::Nothing => true,
+            Need::Read => matches!(self, Role::Viewer | Role::Operator | Role::Admin),
+            Need::Operate => matches!(self, Role::Operator | Role::Admin),
+            Need::Admin => self == Role::Admin,
+            Need::Gateway => self == Role::Gateway,
+        }
+    }
+}
+
+/// What an endpoint needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Open to all (`/healthz` only).
+    Nothing,
+    /// The `viewer` role or above.
+    Read,
+    /// The `operator` role or above.
+    Operate,
+    /// The `admin` role.
+    Admin,
+    /// The `gateway` role.
+    Gateway,
+}
+
+impl Need {
+    /// The roles that satisfy it, for error messages and the API document.
+    pub fn roles(self) -> &'static str {
+        match self {
+            Need::Nothing => "none",
+            Need::Read => "viewer, operator or admin",
+            Need::Operate => "operator or admin",
+            Need::Admin => "admin",
+            Need::Gateway => "gateway",
+        }
+    }
+}
+
+/// A token holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Token name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// The tokens the control plane accepts, by digest.
+#[derive(Debug)]
+pub struct Tokens {
+    by_digest: HashMap<[u8; 32], Principal>,
+}
+
+/// Hex SHA-256 of a token, as configs hold it.
+pub fn hash_token(token: &str) -> String {
+    digest(&SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn digest_of(token: &str) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+fn parse_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A token that is not one of ours.
+    Unknown,
+}
+
+impl Tokens {
+    /// Load the configured tokens; refuses none, duplicates, short tokens and bad digests.
+    pub fn load(configs: &[TokenConfig]) -> Result<Self, String> {
+        if configs.is_empty() {
+            return Err(
+                "tokens: no API tokens configured; the control plane does not run open".into(),
+            );
+        }
+        let mut by_digest = HashMap::new();
+        for (i, config) in configs.iter().enumerate() {
+            let at = format!("tokens[{i}] ({})", config.name);
+            if config.name.trim().is_empty() {
+                return Err(format!("tokens[{i}].name: empty"));
+            }
+            let digest = match (&config.sha256, &config.token_file) {
+                (Some(hex), None) => parse_hex(hex).ok_or_else(|| {
+                    format!("{at}.sha256: not 64 hex digits (make one with `unitgate-control hash-token`)")
+                })?,
+                (None, Some(path)) => {
+                    let token = std::fs::read_to_string(path)
+                        .map_err(|e| format!("{at}.token_file: {}: {e}", path.display()))?;
+                    let token = token.trim();
+                    if token.chars().count() < MIN_TOKEN_LEN {
+                        return Err(format!(
+                            "{at}.token_file: {}: the token has {} characters; at least {MIN_TOKEN_LEN} are required",
+                            path.display(),
+                            token.chars().count()
+                        ));
+                    }
+                    digest_of(token)
+                }
+                _ => return Err(format!("{at}: give exactly one of sha256 or token_file")),
+            };
+            let principal = Principal {
+                name: config.name.clone(),
+                role: config.role,
+            };
+            if by_digest.insert(digest, principal).is_some() {
+                return Err(format!("{at}: the same token is configured twice"));
+            }
+        }
+        Ok(Self { by_digest })
+    }
+
+    /// Who holds the token in an `Authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<&Principal, AuthFailure> {
+        let value = authorization.ok_or(AuthFailure::Missing)?;
+        let token = value
+            .strip_prefix(b"Bearer ")
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .map(str::trim)
+            .ok_or(AuthFailure::Missing)?;
+        // Short tokens are refused before any lookup: a config can only hold digests, so this
+        // is where a short token configured by digest is kept from ever working.
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(AuthFailure::Unknown);
+        }
+        // The map is keyed by the digest, so lookup time does not depend on how much of the
+        // secret a guess got right.
+        self.by_digest
+            .get(&digest_of(token))
+            .ok_or(AuthFailure::Unknown)
+    }
+}
+
+/// A new random token: 32 random bytes, URL-safe base64 without padding (43 characters).
+pub fn new_token() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 32];
+    // SystemRandom reads the OS generator; it fails only when the OS has none.
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, role: Role, sha256: String) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            role,
+            sha256: Some(sha256),
+            token_file: None,
+        }
+    }
+
+    #[test]
+    fn tokens_are_known_by_digest_only() {
+        let token = new_token();
+        assert_eq!(token.len(), 43);
+        let tokens = Tokens::load(&[config("ops", Role::Operator, hash_token(&token))])
+            .expect("one token loads");
+        let header = format!("Bearer {token}");
+        let who = tokens
+            .authenticate(Some(header.as_bytes()))
+            .expect("the configured token authenticates");
+        assert_eq!((who.name.as_str(), who.role), ("ops", Role::Operator));
+        assert_eq!(
+            tokens.authenticate(Some(format!("Bearer {}", new_token()).as_bytes())),
+            Err(AuthFailure::Unknown)
+        );
+        assert_eq!(tokens.authenticate(None), Err(AuthFailure::Missing));
+        assert_eq!(
+            tokens.authenticate(Some(token.as_bytes())),
+            Err(AuthFailure::Missing),
+            "no Bearer scheme"
+        );
+    }
+
+    #[test]
+    fn a_short_token_never_authenticates_even_when_its_digest_is_configured() {
+        let short = "short-token";
+        let tokens = Tokens::load(&[config("weak", Role::Admin, hash_token(short))])
+            .expect("digests cannot be checked for length");
+        assert_eq!(
+            tokens.authenticate(Some(format!("Bearer {short}").as_bytes())),
+            Err(AuthFailure::Unknown)
+        );
+    }
+
+    #[test]
+    fn refuses_no_tokens_bad_digests_short_files_and_duplicates() {
+        assert!(Tokens::load(&[]).is_err());
+        let bad = Tokens::load(&[config("x", Role::Viewer, "abc".into())]).expect_err("refused");
+        assert!(bad.contains("tokens[0] (x).sha256"), "{bad}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "too-short\n").expect("write");
+        let short = Tokens::load(&[TokenConfig {
+            name: "gw".into(),
+            role: Role::Gateway,
+            sha256: None,
+            token_file: Some(file),
+        }])
+        .expect_err("refused");
+        assert!(short.contains("at least 32"), "{short}");
+        let digest = hash_token(&new_token());
+        let twice = Tokens::load(&[
+            config("a", Role::Viewer, digest.clone()),
+            config("b", Role::Admin, digest),
+        ])
+        .expect_err("refused");
+        assert!(twice.contains("twice"), "{twice}");
+    }
+
+    #[test]
+    fn role_matrix() {
+        use Need::*;
+        let table = [
+            (Role::Viewer, [true, true, false, false, false]),
+            (Role::Operator, [true, true, true, false, false]),
+            (Role::Admin, [true, true, true, true, false]),
+            (Role::Gateway, [true, false, false, false, true]),
+        ];
+        for (role, expected) in table {
+            let got = [Nothing, Read, Operate, Admin, Gateway].map(|n| role.allows(n));
+            assert_eq!(got, expected, "{role:?}");
+        }
+    }
+}

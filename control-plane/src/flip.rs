@@ -1,0 +1,706 @@
+//! Unit flips: the sequence of DOMAIN.md, "A planned flip", run as a task that records every
+//! step in the store, and the recovery of flips whose runner died.
+//!
+//! Each step that changes the table stores a new version derived from the version in force
+//! (so a table change made meanwhile is kept), fenced by the unit's flip lock. A rollback
+//! stores a version with the unit back in its pre-flip region and state: versions only grow,
+//! so "back to the pre-flip version" is a new version equal to it where the flip touched it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use control_api::{
+    AuditEntry, AuditOutcome, FlipMode, FlipRecord, FlipState, FlipStep, StepName, StepOutcome,
+    StoredTable, now_ms,
+};
+use router_rules::{RawTable, UnitState};
+
+use crate::ControlPlane;
+use crate::registry::NotConverged;
+use crate::store::{PutOutcome, UnitLock};
+
+/// Default wait for a convergence step.
+pub const DEFAULT_CONVERGE_TIMEOUT_S: u64 = 30;
+/// Default wait for a replication probe or an operator's confirmation.
+pub const DEFAULT_REPLICATION_TIMEOUT_S: u64 = 60;
+
+/// A flip id: time-ordered and unique enough across replicas.
+pub fn new_id() -> String {
+    format!("f{:011x}-{:04x}", now_ms(), fastrand::u16(..))
+}
+
+/// Where a unit is and in what state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placement {
+    region: String,
+    state: UnitState,
+}
+
+fn placement(table: &RawTable, unit: &str) -> Option<Placement> {
+    table
+        .units
+        .iter()
+        .find(|u| u.name == unit)
+        .map(|u| Placement {
+            region: u.region.clone(),
+            state: u.state,
+        })
+}
+
+struct Runner {
+    cp: Arc<ControlPlane>,
+    flip: FlipRecord,
+    lock: UnitLock,
+}
+
+/// Run `flip` to its end (it holds `lock`).
+pub async fn run(cp: Arc<ControlPlane>, flip: FlipRecord, lock: UnitLock) {
+    let mut runner = Runner { cp, flip, lock };
+    let outcome = match runner.flip.mode {
+        FlipMode::Planned => runner.planned().await,
+        FlipMode::Emergency => runner.emergency().await,
+    };
+    match outcome {
+        Ok(()) => runner.finish(FlipState::Succeeded, None).await,
+        Err(why) => runner.roll_back(why).await,
+    }
+}
+
+/// Finish a flip whose runner stopped (a restart, or another replica's death): it holds
+/// `lock`. A unit already in its new region and active is a completed flip; anything else is
+/// rolled back.
+pub async fn recover(cp: Arc<ControlPlane>, flip: FlipRecord, lock: UnitLock) {
+    let owner = flip.owner.clone();
+    let last_step = flip
+        .steps
+        .last()
+        .map(|s| format!("{}", s.name))
+        .unwrap_or_else(|| "start".into());
+    let mut runner = Runner { cp, flip, lock };
+    runner.flip.owner = runner.cp.replica.clone();
+    let done = Placement {
+        region: runner.flip.to.clone(),
+        state: UnitState::Active,
+    };
+    let now = runner
+        .cp
+        .store
+        .current()
+        .and_then(|t| placement(&t.table, &runner.flip.unit));
+    let why = format!(
+        "the control plane running it ({owner}) stopped during step {last_step}; taken over by {}",
+        runner.cp.replica
+    );
+    tracing::warn!(flip = runner.flip.id, %why, "recovering an unfinished flip");
+    if now.as_ref() == Some(&done) {
+        runner.finish(FlipState::Succeeded, Some(why)).await;
+    } else {
+        runner.roll_back(why).await;
+    }
+}
+
+impl Runner {
+    fn converge_timeout(&self) -> Duration {
+        Duration::from_secs(self.flip.converge_timeout_s)
+    }
+
+    async fn planned(&mut self) -> Result<(), String> {
+        let (from, to) = (self.flip.from.clone(), self.flip.to.clone());
+        let frozen = self
+            .change(StepName::Freeze, &from, UnitState::WriteFrozen)
+            .await?;
+        self.converge(StepName::ConvergeFreeze, frozen).await?;
+        self.replication().await?;
+        let switched = self
+            .change(StepName::Switch, &to, UnitState::WriteFrozen)
+            .await?;
+        self.converge(StepName::ConvergeSwitch, switched).await?;
+        let unfrozen = self
+            .change(StepName::Unfreeze, &to, UnitState::Active)
+            .await?;
+        self.converge(StepName::ConvergeUnfreeze, unfrozen).await
+    }
+
+    async fn emergency(&mut self) -> Result<(), String> {
+        let to = self.flip.to.clone();
+        let version = self
+            .change(StepName::EmergencySwitch, &to, UnitState::Active)
+            .await?;
+        // The old region is gone: waiting is for the record, and never undoes the switch.
+        if let Err(why) = self.converge(StepName::ConvergeEmergency, version).await {
+            tracing::warn!(flip = self.flip.id, %why, "emergency flip stored; not every gateway confirmed it");
+        }
+        Ok(())
+    }
+
+    /// Record a step as started.
+    async fn begin(&mut self, name: StepName) {
+        self.flip.steps.push(FlipStep {
+            name,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+            outcome: StepOutcome::Running,
+            version: None,
+            detail: None,
+        });
+        self.save().await;
+    }
+
+    /// Record the running step's end.
+    async fn end(&mut self, result: Result<Option<u64>, String>, detail: Option<String>) {
+        let Some(step) = self.flip.steps.last_mut() else {
+            return;
+        };
+        step.finished_at_ms = Some(now_ms());
+        let (outcome, detail) = match &result {
+            Ok(version) => {
+                step.version = step.version.or(*version);
+                (StepOutcome::Ok, detail)
+            }
+            Err(why) => (StepOutcome::Failed, Some(why.clone())),
+        };
+        step.outcome = outcome;
+        step.detail = detail.clone();
+        let name = step.name;
+        let version = step.version;
+        self.save().await;
+        // Steps that stored a version were audited with the write itself.
+        let stored = matches!(
+            name,
+            StepName::Freeze
+                | StepName::Switch
+                | StepName::Unfreeze
+                | StepName::EmergencySwitch
+                | StepName::Rollback
+        ) && outcome == StepOutcome::Ok;
+        if !stored {
+            self.audit(
+                "flip.step",
+                if outcome == StepOutcome::Ok {
+                    AuditOutcome::Ok
+                } else {
+                    AuditOutcome::Failed
+                },
+                version,
+                Some(format!("{name}: {}", detail.unwrap_or_default())),
+            )
+            .await;
+        }
+    }
+
+    async fn save(&self) {
+        if let Err(error) = self.cp.store.put_flip(&self.flip).await {
+            tracing::error!(flip = self.flip.id, %error, "cannot save the flip record");
+        }
+    }
+
+    async fn audit(
+        &self,
+        action: &str,
+        outcome: AuditOutcome,
+        version: Option<u64>,
+        detail: Option<String>,
+    ) {
+        self.cp
+            .audit(AuditEntry {
+                at_ms: now_ms(),
+                actor: self.flip.actor.clone(),
+                action: action.into(),
+                target: self.flip.unit.clone(),
+                outcome,
+                status: None,
+                version_before: version,
+                version_after: None,
+                reason: Some(self.flip.reason.clone()),
+                flip: Some(self.flip.id.clone()),
+                detail,
+            })
+            .await;
+    }
+
+    /// Store a version with the unit in `region` and `state`. Skips the write when the unit
+    /// is already so (a recovered flip may find its step done).
+    async fn change(
+        &mut self,
+        name: StepName,
+        region: &str,
+        state: UnitState,
+    ) -> Result<u64, String> {
+        self.begin(name).await;
+        self.check_cancel(name).await?;
+        let result = self.store_placement(name, region, state).await;
+        let step_result = result.clone().map(Some);
+        self.end(step_result, None).await;
+        result
+    }
+
+    async fn store_placement(
+        &self,
+        name: StepName,
+        region: &str,
+        state: UnitState,
+    ) -> Result<u64, String> {
+        let want = Placement {
+            region: region.to_owned(),
+            state,
+        };
+        // A table write made meanwhile (another unit's flip, an admin's change) wins the
+        // race; the step is redone on top of it.
+        for _ in 0..8 {
+            let current = self.cp.store.current().ok_or("the store holds no table")?;
+            if placement(&current.table, &self.flip.unit).as_ref() == Some(&want) {
+                return Ok(current.version);
+            }
+            let version = current.version + 1;
+            let table = with_placement(
+                &current.table,
+                &self.flip.unit,
+                &want.region,
+                state,
+                version,
+            )?;
+            router_rules::validate(table.clone(), None)
+                .map_err(|e| format!("the {name} table is invalid: {}", e.render("table")))?;
+            let reason = format!("flip {} ({name}): {}", self.flip.id, self.flip.reason);
+            let stored = StoredTable {
+                version,
+                stored_at_ms: now_ms(),
+                author: self.flip.actor.clone(),
+                reason: Some(reason.clone()),
+                flip: Some(self.flip.id.clone()),
+                table,
+            };
+            let audit = AuditEntry {
+                at_ms: stored.stored_at_ms,
+                actor: self.flip.actor.clone(),
+                action: "flip.step".into(),
+                target: self.flip.unit.clone(),
+                outcome: AuditOutcome::Ok,
+                status: None,
+                version_before: Some(current.version),
+                version_after: Some(version),
+                reason: Some(self.flip.reason.clone()),
+                flip: Some(self.flip.id.clone()),
+                detail: Some(format!(
+                    "{name}: unit {} -> region {}, {}",
+                    self.flip.unit,
+                    want.region,
+                    state.as_str()
+                )),
+            };
+            match self
+                .cp
+                .store
+                .put_table(current.version, stored, audit, self.lock.fence())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                PutOutcome::Stored(version) => {
+                    self.cp
+                        .metrics
+                        .table_writes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(version);
+                }
+                PutOutcome::Stale(_) => continue,
+                PutOutcome::LockLost => {
+                    return Err("the flip lock was lost (lease expired)".into());
+                }
+            }
+        }
+        Err("the table kept changing under the flip; gave up after 8 tries".into())
+    }
+
+    async fn cancelled(&self) -> Option<String> {
+        match self.cp.store.flip_signals(&self.flip.id).await {
+            Ok(signals) if signals.cancelled => Some("cancelled by an operator".into()),
+            _ => None,
+        }
+    }
+
+    /// Resolves when an operator cancels the flip (through any replica).
+    async fn until_cancelled(&self) -> String {
+        loop {
+            if let Some(why) = self.cancelled().await {
+                return why;
+            }
+            let wake = self.cp.flip_wakeup(&self.flip.id);
+            let _ = tokio::time::timeout(Duration::from_millis(200), wake.notified()).await;
+        }
+    }
+
+    async fn check_cancel(&mut self, name: StepName) -> Result<(), String> {
+        match self.cancelled().await {
+            Some(why) => {
+                let why = format!("{why} before {name}");
+                self.end(Err(why.clone()), None).await;
+                Err(why)
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn converge(&mut self, name: StepName, version: u64) -> Result<(), String> {
+        self.begin(name).await;
+        if let Some(step) = self.flip.steps.last_mut() {
+            step.version = Some(version);
+        }
+        let timeout = self.converge_timeout();
+        let result = tokio::select! {
+            result = self.cp.registry.wait_converged(version, timeout) => result,
+            why = self.until_cancelled() => Err(NotConverged::Aborted(why)),
+        };
+        match result {
+            Ok(count) => {
+                self.end(
+                    Ok(Some(version)),
+                    Some(format!("{count} live gateway(s) serve version {version}")),
+                )
+                .await;
+                Ok(())
+            }
+            Err(why) => {
+                let why = match why {
+                    NotConverged::Aborted(why) => why,
+                    other => other.to_string(),
+                };
+                self.end(Err(why.clone()), None).await;
+                Err(why)
+            }
+        }
+    }
+
+    async fn replication(&mut self) -> Result<(), String> {
+        self.begin(StepName::Replication).await;
+        let check = self.flip.replication_check.clone().unwrap_or_default();
+        let timeout = Duration::from_secs(check.timeout_s.unwrap_or(DEFAULT_REPLICATION_TIMEOUT_S));
+        let result = if let Some(url) = &check.url {
+            self.probe(url, timeout).await
+        } else if check.confirm == Some(true) {
+            self.wait_for_confirmation(timeout).await
+        } else if let Some(delay) = check.delay_s {
+            self.wait(Duration::from_secs(delay))
+                .await
+                .map(|()| format!("waited {delay} s"))
+        } else {
+            Ok("no replication check asked for".into())
+        };
+        match result {
+            Ok(detail) => {
+                self.end(Ok(None), Some(detail)).await;
+                Ok(())
+            }
+            Err(why) => {
+                self.end(Err(why.clone()), None).await;
+                Err(why)
+            }
+        }
+    }
+
+    /// Sleep `how_long` unless cancelled.
+    async fn wait(&self, how_long: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + how_long;
+        loop {
+            if let Some(why) = self.cancelled().await {
+                return Err(why);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let wake = self.cp.flip_wakeup(&self.flip.id);
+            let _ = tokio::time::timeout_at(
+                deadline.min(now + Duration::from_millis(200)),
+                wake.notified(),
+            )
+            .await;
+        }
+    }
+
+    async fn wait_for_confirmation(&self, timeout: Duration) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let signals = self
+                .cp
+                .store
+                .flip_signals(&self.flip.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if signals.cancelled {
+                return Err("cancelled by an operator".into());
+            }
+            if signals.confirmed {
+                return Ok("confirmed by an operator".into());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(format!("no confirmation within {} s", timeout.as_secs()));
+            }
+            let wake = self.cp.flip_wakeup(&self.flip.id);
+            let _ = tokio::time::timeout_at(
+                deadline.min(now + Duration::from_millis(200)),
+                wake.notified(),
+            )
+            .await;
+        }
+    }
+
+    async fn probe(&self, url: &str, timeout: Duration) -> Result<String, String> {
+        let (server, path) = split_url(url)?;
+        let client = control_api::Client::new(&server, None, None).map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(why) = self.cancelled().await {
+                return Err(why);
+            }
+            let last = match client
+                .send(http::Method::GET, &path, &[], None, Duration::from_secs(2))
+                .await
+            {
+                Ok(reply) if reply.status.is_success() && says_lag_zero(&reply.body) => {
+                    return Ok(format!("{url} answered lag 0"));
+                }
+                Ok(reply) => {
+                    format!(
+                        "{} {}",
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    )
+                }
+                Err(error) => error.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "replication probe {url} did not say lag 0 within {} s; last answer: {last}",
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn roll_back(&mut self, why: String) {
+        let pre = match self.cp.store.version(self.flip.pre_flip_version).await {
+            Ok(Some(stored)) => placement(&stored.table, &self.flip.unit),
+            _ => None,
+        };
+        let Some(pre) = pre else {
+            self.finish(
+                FlipState::Failed,
+                Some(format!(
+                    "{why}; and the pre-flip version {} cannot be read to roll back",
+                    self.flip.pre_flip_version
+                )),
+            )
+            .await;
+            return;
+        };
+        let unchanged = self
+            .cp
+            .store
+            .current()
+            .and_then(|t| placement(&t.table, &self.flip.unit))
+            .as_ref()
+            == Some(&pre);
+        if unchanged {
+            // Nothing was stored yet: nothing to undo.
+            self.finish(FlipState::RolledBack, Some(why)).await;
+            return;
+        }
+        self.begin(StepName::Rollback).await;
+        let stored = self
+            .store_placement(StepName::Rollback, &pre.region, pre.state)
+            .await;
+        self.end(stored.clone().map(Some), None).await;
+        match stored {
+            Ok(version) => {
+                self.begin(StepName::ConvergeRollback).await;
+                let result = self
+                    .cp
+                    .registry
+                    .wait_converged(version, self.converge_timeout())
+                    .await;
+                match result {
+                    Ok(count) => {
+                        self.end(
+                            Ok(Some(version)),
+                            Some(format!("{count} live gateway(s) serve version {version}")),
+                        )
+                        .await
+                    }
+                    Err(not) => self.end(Err(not.to_string()), None).await,
+                }
+                self.finish(FlipState::RolledBack, Some(why)).await;
+            }
+            Err(rollback) => {
+                self.finish(
+                    FlipState::Failed,
+                    Some(format!("{why}; and the rollback failed: {rollback}")),
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn finish(&mut self, state: FlipState, error: Option<String>) {
+        self.flip.state = state;
+        self.flip.finished_at_ms = Some(now_ms());
+        self.flip.error = error.clone();
+        self.save().await;
+        let outcome = if state == FlipState::Succeeded {
+            AuditOutcome::Ok
+        } else {
+            AuditOutcome::Failed
+        };
+        let mut detail = state.as_str().to_owned();
+        if self.flip.mode == FlipMode::Emergency && state == FlipState::Succeeded {
+            detail.push_str(
+                ": emergency flip, switched without waiting for replication; writes not yet replicated from the old region may be lost",
+            );
+        }
+        if let Some(error) = &error {
+            detail.push_str(": ");
+            detail.push_str(error);
+        }
+        self.audit(
+            "flip.end",
+            outcome,
+            Some(self.cp.store.current_version()),
+            Some(detail),
+        )
+        .await;
+        self.cp.metrics.flip_ended(state);
+        self.cp.forget_flip(&self.flip.id);
+        tracing::info!(
+            flip = self.flip.id,
+            unit = self.flip.unit,
+            ?state,
+            ?error,
+            "flip ended"
+        );
+    }
+}
+
+/// `table` with `unit` in `region` and `state`, numbered `version`, validated.
+pub fn with_placement(
+    table: &RawTable,
+    unit: &str,
+    region: &str,
+    state: UnitState,
+    version: u64,
+) -> Result<RawTable, String> {
+    let mut table = table.clone();
+    let placed = table
+        .units
+        .iter_mut()
+        .find(|u| u.name == unit)
+        .ok_or_else(|| format!("unit {unit} is no longer in the table"))?;
+    // Moving to the standby region makes the region left behind the new standby.
+    if placed.standby.as_deref() == Some(region) {
+        placed.standby = Some(placed.region.clone());
+    }
+    placed.region = region.to_owned();
+    placed.state = state;
+    table.version = version;
+    router_rules::validate(table.clone(), None).map_err(|e| {
+        format!(
+            "unit {unit} in region {region}, {}: the table would be invalid: {}",
+            state.as_str(),
+            e.render("table").trim_end()
+        )
+    })?;
+    Ok(table)
+}
+
+/// `http://host:port/path` -> (`http://host:port`, `/path`).
+fn split_url(url: &str) -> Result<(String, String), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("replication_check.url {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "replication_check.url {url:?}: only http:// probes are supported"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("replication_check.url {url:?}: no host"))?;
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    Ok((format!("http://{authority}"), path))
+}
+
+/// Whether a probe body says the lag is zero: `0`, `lag 0`, or JSON with `"lag": 0`.
+fn says_lag_zero(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text == "0" || text.eq_ignore_ascii_case("lag 0") {
+        return true;
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("lag").and_then(serde_json::Value::as_f64))
+        == Some(0.0)
+}
+
+/// Check a replication check before a flip starts.
+pub fn check_replication(check: &control_api::ReplicationCheck) -> Result<(), String> {
+    let given = [
+        check.url.is_some(),
+        check.confirm.is_some(),
+        check.delay_s.is_some(),
+    ]
+    .iter()
+    .filter(|g| **g)
+    .count();
+    if given != 1 {
+        return Err("replication_check: give exactly one of url, confirm or delay_s".into());
+    }
+    if let Some(url) = &check.url {
+        split_url(url)?;
+    }
+    if check.confirm == Some(false) {
+        return Err("replication_check.confirm: must be true when given".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_zero_forms() {
+        for yes in [
+            "0",
+            "lag 0",
+            " LAG 0\n",
+            r#"{"lag": 0}"#,
+            r#"{"lag":0.0,"x":1}"#,
+        ] {
+            assert!(says_lag_zero(yes.as_bytes()), "{yes}");
+        }
+        for no in ["1", "lag 3", r#"{"lag": 2}"#, "", "ok"] {
+            assert!(!says_lag_zero(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn replication_check_needs_exactly_one_kind() {
+        let mut check = control_api::ReplicationCheck::default();
+        assert!(check_replication(&check).is_err());
+        check.delay_s = Some(1);
+        assert!(check_replication(&check).is_ok());
+        check.confirm = Some(true);
+        assert!(check_replication(&check).is_err());
+        let probe = control_api::ReplicationCheck {
+            url: Some("ftp://x/".into()),
+            ..Default::default()
+        };
+        assert!(check_replication(&probe).expect_err("ftp refused").contains("http://"));
+    }
+}

@@ -1,0 +1,132 @@
+//! `unitgate-control`: the control plane's binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use control_plane::ControlPlane;
+use control_plane::config::ControlConfig;
+use control_plane::server::{Server, tls_config};
+
+/// unitgate control plane: versioned routing tables, unit flips, push to every gateway.
+#[derive(Debug, Parser)]
+#[command(name = "unitgate-control", version, about)]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the configuration (and the initial table) without starting.
+    Check,
+    /// Read a token on standard input and print its SHA-256 for the `tokens` list.
+    HashToken,
+    /// Print a new random token and its SHA-256.
+    NewToken,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Some(Command::HashToken) => hash_token(),
+        Some(Command::NewToken) => {
+            let token = control_plane::auth::new_token();
+            println!(
+                "token:  {token}\nsha256: {}",
+                control_plane::auth::hash_token(&token)
+            );
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check) => match load(cli.config) {
+            Ok(config) => match control_plane::auth::Tokens::load(&config.tokens) {
+                Ok(_) => {
+                    println!("configuration ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            },
+            Err(e) => fail(&e),
+        },
+        None => match load(cli.config) {
+            Ok(config) => run(config),
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("unitgate-control: {message}");
+    ExitCode::from(2)
+}
+
+fn load(path: Option<PathBuf>) -> Result<ControlConfig, String> {
+    let path = path.ok_or("--config FILE is required")?;
+    ControlConfig::load(&path)
+}
+
+fn hash_token() -> ExitCode {
+    let mut token = String::new();
+    if std::io::stdin().read_line(&mut token).is_err() {
+        return fail("cannot read the token from standard input");
+    }
+    let token = token.trim();
+    if token.chars().count() < control_plane::auth::MIN_TOKEN_LEN {
+        return fail(&format!(
+            "the token has {} characters; at least {} are required",
+            token.chars().count(),
+            control_plane::auth::MIN_TOKEN_LEN
+        ));
+    }
+    println!("{}", control_plane::auth::hash_token(token));
+    ExitCode::SUCCESS
+}
+
+fn run(config: ControlConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let result: Result<(), String> = runtime.block_on(async move {
+        let tls = config.tls.as_ref().map(tls_config).transpose()?;
+        let listener = std::net::TcpListener::bind(config.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let cp = ControlPlane::open(config).await?;
+        let server = Server::start(cp.clone(), listener, tls)?;
+        tracing::info!(
+            addr = %server.addr,
+            store = cp.store.kind(),
+            version = cp.store.current_version(),
+            replica = cp.replica,
+            "control plane serving"
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("signals: {e}"))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        server.shutdown(Duration::from_secs(2)).await;
+        Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
