@@ -107,6 +107,8 @@ fn run(config: ControlConfig) -> ExitCode {
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let cp = ControlPlane::open(config).await?;
         let server = Server::start(cp.clone(), listener, tls)?;
+        // One line on stdout for whoever started the process (and chose port 0).
+        println!("unitgate-control listening on {}", server.addr);
         tracing::info!(
             addr = %server.addr,
             store = cp.store.kind(),

@@ -1,0 +1,259 @@
+//! Real control-plane processes (and a real etcd) on 127.0.0.1, ports chosen by the OS, and
+//! in-process gateways following them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use control_api::Client;
+use control_plane::auth::{hash_token, new_token};
+use gateway::config::GatewayConfig;
+use gateway::{Gateway, Listeners};
+
+pub const HOP_SECRET: &str = "test-hop-secret-0123456789abcdef0123";
+
+/// One token per role.
+#[derive(Clone)]
+pub struct Tokens {
+    pub admin: String,
+    pub operator: String,
+    pub viewer: String,
+    pub gateway: String,
+}
+
+impl Tokens {
+    pub fn new() -> Self {
+        Self {
+            admin: new_token(),
+            operator: new_token(),
+            viewer: new_token(),
+            gateway: new_token(),
+        }
+    }
+
+    fn yaml(&self) -> String {
+        [
+            ("root", "admin", &self.admin),
+            ("ops", "operator", &self.operator),
+            ("watcher", "viewer", &self.viewer),
+            ("gw", "gateway", &self.gateway),
+        ]
+        .iter()
+        .map(|(name, role, token)| {
+            format!(
+                "  - {{ name: {name}, role: {role}, sha256: {} }}\n",
+                hash_token(token)
+            )
+        })
+        .collect()
+    }
+}
+
+pub fn example_table_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/three-regions.yaml")
+}
+
+/// A config for a control plane on `listen` with `store` (a YAML flow mapping).
+pub fn write_config(dir: &Path, name: &str, listen: &str, store: &str, tokens: &Tokens) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "listen: {listen}\nstore: {store}\ninitial_table: {}\nreplica: {name}\ngateway_stale_after_s: 30\nmax_body_bytes: 65536\ntokens:\n{}",
+        example_table_path().display(),
+        tokens.yaml()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A `unitgate-control` process.
+pub struct ControlProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub config: PathBuf,
+}
+
+impl ControlProcess {
+    /// Start the binary and wait for the line that says where it listens.
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unitgate-control"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unitgate-control starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the control plane says where it listens");
+        let addr: SocketAddr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        Self {
+            child,
+            addr,
+            url: format!("http://{addr}"),
+            config: config.to_owned(),
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn client(&self, token: &str) -> Client {
+        Client::new(&self.url, Some(token), None).expect("client")
+    }
+}
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Run the binary to its end; (exit code, stderr).
+pub fn run_to_end(config: &Path) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_unitgate-control"))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A gateway of `region` following the control plane at `url`.
+pub async fn gateway(region: &str, url: &str, token: &str, cache: &Path, id: &str) -> Gateway {
+    let text = format!(
+        "region: {region}\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ control_plane: {{ url: \"{url}\", token: \"{token}\", gateway_id: {id} }} }}\ncache_dir: {}\nhop_secret: {HOP_SECRET}\nhealth_check: {{ interval_ms: 0 }}\naccess_log: false\n",
+        cache.display()
+    );
+    let config = GatewayConfig::parse(&text, "test").expect("gateway config");
+    let listeners = Listeners::bind(&config).expect("bind");
+    Gateway::start(config, listeners).await.expect("gateway starts")
+}
+
+/// Wait until `gateway` serves `version` or newer.
+pub async fn applied(gateway: &Gateway, version: u64) {
+    let mut versions = gateway.store.applied_versions();
+    tokio::time::timeout(Duration::from_secs(20), versions.wait_for(|v| *v >= version))
+        .await
+        .unwrap_or_else(|_| panic!("gateway did not apply version {version}"))
+        .expect("store alive");
+}
+
+pub fn unit_placement(table: &router_rules::RawTable, unit: &str) -> (String, String) {
+    let u = table
+        .units
+        .iter()
+        .find(|u| u.name == unit)
+        .expect("unit in table");
+    (u.region.clone(), u.state.as_str().to_owned())
+}
+
+/// A real etcd on free loopback ports, with its data in a temp dir.
+pub struct Etcd {
+    child: Child,
+    pub endpoint: String,
+    client_port: u16,
+    peer_port: u16,
+    data: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Etcd {
+    pub fn start(dir: &Path) -> Self {
+        let (client_port, peer_port) = (free_port(), free_port());
+        let data = dir.join("etcd-data");
+        let child = Self::spawn(&data, client_port, peer_port);
+        let etcd = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            client_port,
+            peer_port,
+            data,
+        };
+        etcd.wait_ready();
+        etcd
+    }
+
+    fn spawn(data: &Path, client_port: u16, peer_port: u16) -> Child {
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        Command::new(std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into()))
+            .args(["--name", "test", "--data-dir"])
+            .arg(data)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts (apt-get install etcd-server)")
+    }
+
+    /// etcd has no readiness signal but its /health endpoint: ask until it says yes.
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut stream) =
+                std::net::TcpStream::connect(("127.0.0.1", self.client_port))
+            {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.contains("\"health\":\"true\"") {
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.child = Self::spawn(&self.data, self.client_port, self.peer_port);
+        self.wait_ready();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
