@@ -701,6 +701,10 @@ mod tests {
             url: Some("ftp://x/".into()),
             ..Default::default()
         };
-        assert!(check_replication(&probe).expect_err("ftp refused").contains("http://"));
+        assert!(
+            check_replication(&probe)
+                .expect_err("ftp refused")
+                .contains("http://")
+        );
     }
 }

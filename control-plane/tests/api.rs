@@ -29,7 +29,8 @@ fn sample(method: &Method, path: &str) -> (String, Option<(bytes::Bytes, &'stati
     } else {
         path
     };
-    let body = (method != Method::GET).then(|| (bytes::Bytes::from_static(b"{}"), "application/json"));
+    let body =
+        (method != Method::GET).then(|| (bytes::Bytes::from_static(b"{}"), "application/json"));
     (path, body)
 }
 
@@ -37,14 +38,28 @@ fn sample(method: &Method, path: &str) -> (String, Option<(bytes::Bytes, &'stati
 async fn every_endpoint_answers_every_role_as_documented() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = Tokens::new();
-    let config = write_config(dir.path(), "cp", "127.0.0.1:0", &file_store(dir.path()), &tokens);
+    let config = write_config(
+        dir.path(),
+        "cp",
+        "127.0.0.1:0",
+        &file_store(dir.path()),
+        &tokens,
+    );
     let cp = ControlProcess::start(&config);
     let anonymous = Client::new(&cp.url, None, None).expect("client");
     let callers: Vec<(&str, Option<Role>, Client)> = vec![
         ("no token", None, anonymous),
-        ("bad token", None, cp.client(&control_plane::auth::new_token())),
+        (
+            "bad token",
+            None,
+            cp.client(&control_plane::auth::new_token()),
+        ),
         ("viewer", Some(Role::Viewer), cp.client(&tokens.viewer)),
-        ("operator", Some(Role::Operator), cp.client(&tokens.operator)),
+        (
+            "operator",
+            Some(Role::Operator),
+            cp.client(&tokens.operator),
+        ),
         ("admin", Some(Role::Admin), cp.client(&tokens.admin)),
         ("gateway", Some(Role::Gateway), cp.client(&tokens.gateway)),
     ];
@@ -83,15 +98,21 @@ async fn every_endpoint_answers_every_role_as_documented() {
             }
             if !status.is_success() {
                 assert_eq!(
-                    reply.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                    reply
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .map(|v| v.as_bytes()),
                     Some(&b"application/json"[..]),
                     "{} {path} as {who}: errors are JSON",
                     endpoint.method
                 );
             }
-            seen.entry((endpoint.path.to_owned(), endpoint.method.as_str().to_lowercase()))
-                .or_default()
-                .insert(status.as_u16());
+            seen.entry((
+                endpoint.path.to_owned(),
+                endpoint.method.as_str().to_lowercase(),
+            ))
+            .or_default()
+            .insert(status.as_u16());
         }
     }
     // The document lists exactly the served endpoints, and every status they answered.
@@ -126,13 +147,24 @@ async fn every_endpoint_answers_every_role_as_documented() {
         .iter()
         .filter(|e| e.action == "table.put" && matches!(e.status, Some(401) | Some(403)))
         .count();
-    assert_eq!(denied, 5, "PUT /v1/table: no token, bad token, viewer, operator, gateway");
-    assert!(audit.iter().any(|e| e.action == "table.put" && e.actor == "-"));
+    assert_eq!(
+        denied, 5,
+        "PUT /v1/table: no token, bad token, viewer, operator, gateway"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "table.put" && e.actor == "-")
+    );
 }
 
 async fn error_of(reply: control_api::Reply) -> (StatusCode, ApiError) {
-    let error = serde_json::from_slice(&reply.body)
-        .unwrap_or_else(|_| panic!("JSON error body: {:?}", String::from_utf8_lossy(&reply.body)));
+    let error = serde_json::from_slice(&reply.body).unwrap_or_else(|_| {
+        panic!(
+            "JSON error body: {:?}",
+            String::from_utf8_lossy(&reply.body)
+        )
+    });
     (reply.status, error)
 }
 
@@ -140,41 +172,179 @@ async fn error_of(reply: control_api::Reply) -> (StatusCode, ApiError) {
 async fn bad_input_gets_a_4xx_naming_the_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = Tokens::new();
-    let config = write_config(dir.path(), "cp", "127.0.0.1:0", &file_store(dir.path()), &tokens);
+    let config = write_config(
+        dir.path(),
+        "cp",
+        "127.0.0.1:0",
+        &file_store(dir.path()),
+        &tokens,
+    );
     let cp = ControlProcess::start(&config);
     let admin = cp.client(&tokens.admin);
-    let json = |s: &'static str| Some((bytes::Bytes::from_static(s.as_bytes()), "application/json"));
+    let json =
+        |s: &'static str| Some((bytes::Bytes::from_static(s.as_bytes()), "application/json"));
     let flip = |unit: &str| format!("/v1/units/{unit}/flip");
 
-    let cases: Vec<(&str, Method, String, Option<(bytes::Bytes, &'static str)>, StatusCode, &str)> = vec![
-        ("malformed JSON", Method::POST, flip("u01"), json("{\"to\": "), StatusCode::BAD_REQUEST, "body"),
-        ("unknown field", Method::POST, flip("u01"), json(r#"{"to":"sh","mode":"planned","reason":"x","hurry":true}"#), StatusCode::BAD_REQUEST, "hurry"),
-        ("unknown nested field", Method::POST, flip("u01"), json(r#"{"to":"sh","mode":"planned","reason":"x","replication_check":{"lag":0}}"#), StatusCode::BAD_REQUEST, "body.replication_check"),
-        ("bad mode", Method::POST, flip("u01"), json(r#"{"to":"sh","mode":"soon","reason":"x"}"#), StatusCode::BAD_REQUEST, "body.mode"),
-        ("unknown unit", Method::POST, flip("u99"), json(r#"{"to":"sh","mode":"planned","reason":"x"}"#), StatusCode::NOT_FOUND, "u99"),
-        ("unknown region", Method::POST, flip("u01"), json(r#"{"to":"mars","mode":"planned","reason":"x"}"#), StatusCode::UNPROCESSABLE_ENTITY, "body.to"),
-        ("same region", Method::POST, flip("u01"), json(r#"{"to":"hz","mode":"planned","reason":"x"}"#), StatusCode::UNPROCESSABLE_ENTITY, "already in region"),
-        ("two replication checks", Method::POST, flip("u01"), json(r#"{"to":"sh","mode":"planned","reason":"x","replication_check":{"delay_s":1,"confirm":true}}"#), StatusCode::UNPROCESSABLE_ENTITY, "exactly one"),
-        ("no reason", Method::POST, flip("u01"), json(r#"{"to":"sh","mode":"planned","reason":" "}"#), StatusCode::UNPROCESSABLE_ENTITY, "body.reason"),
-        ("unknown flip", Method::POST, "/v1/flips/f0-nope/confirm".into(), None, StatusCode::NOT_FOUND, "f0-nope"),
-        ("unknown version", Method::GET, "/v1/table/versions/99".into(), None, StatusCode::NOT_FOUND, "99"),
-        ("version not a number", Method::GET, "/v1/table/versions/x".into(), None, StatusCode::BAD_REQUEST, "\"x\""),
-        ("no such endpoint", Method::GET, "/v1/nothing".into(), None, StatusCode::NOT_FOUND, "/v1/nothing"),
-        ("wrong method", Method::DELETE, "/v1/table".into(), None, StatusCode::METHOD_NOT_ALLOWED, "DELETE"),
-        ("put without If-Match", Method::PUT, "/v1/table".into(), json("{}"), StatusCode::PRECONDITION_REQUIRED, "If-Match"),
-        ("audit limit", Method::GET, "/v1/audit?limit=many".into(), None, StatusCode::BAD_REQUEST, "limit"),
+    let cases: Vec<(
+        &str,
+        Method,
+        String,
+        Option<(bytes::Bytes, &'static str)>,
+        StatusCode,
+        &str,
+    )> = vec![
+        (
+            "malformed JSON",
+            Method::POST,
+            flip("u01"),
+            json("{\"to\": "),
+            StatusCode::BAD_REQUEST,
+            "body",
+        ),
+        (
+            "unknown field",
+            Method::POST,
+            flip("u01"),
+            json(r#"{"to":"sh","mode":"planned","reason":"x","hurry":true}"#),
+            StatusCode::BAD_REQUEST,
+            "hurry",
+        ),
+        (
+            "unknown nested field",
+            Method::POST,
+            flip("u01"),
+            json(r#"{"to":"sh","mode":"planned","reason":"x","replication_check":{"lag":0}}"#),
+            StatusCode::BAD_REQUEST,
+            "body.replication_check",
+        ),
+        (
+            "bad mode",
+            Method::POST,
+            flip("u01"),
+            json(r#"{"to":"sh","mode":"soon","reason":"x"}"#),
+            StatusCode::BAD_REQUEST,
+            "body.mode",
+        ),
+        (
+            "unknown unit",
+            Method::POST,
+            flip("u99"),
+            json(r#"{"to":"sh","mode":"planned","reason":"x"}"#),
+            StatusCode::NOT_FOUND,
+            "u99",
+        ),
+        (
+            "unknown region",
+            Method::POST,
+            flip("u01"),
+            json(r#"{"to":"mars","mode":"planned","reason":"x"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "body.to",
+        ),
+        (
+            "same region",
+            Method::POST,
+            flip("u01"),
+            json(r#"{"to":"hz","mode":"planned","reason":"x"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "already in region",
+        ),
+        (
+            "two replication checks",
+            Method::POST,
+            flip("u01"),
+            json(
+                r#"{"to":"sh","mode":"planned","reason":"x","replication_check":{"delay_s":1,"confirm":true}}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "exactly one",
+        ),
+        (
+            "no reason",
+            Method::POST,
+            flip("u01"),
+            json(r#"{"to":"sh","mode":"planned","reason":" "}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "body.reason",
+        ),
+        (
+            "unknown flip",
+            Method::POST,
+            "/v1/flips/f0-nope/confirm".into(),
+            None,
+            StatusCode::NOT_FOUND,
+            "f0-nope",
+        ),
+        (
+            "unknown version",
+            Method::GET,
+            "/v1/table/versions/99".into(),
+            None,
+            StatusCode::NOT_FOUND,
+            "99",
+        ),
+        (
+            "version not a number",
+            Method::GET,
+            "/v1/table/versions/x".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "\"x\"",
+        ),
+        (
+            "no such endpoint",
+            Method::GET,
+            "/v1/nothing".into(),
+            None,
+            StatusCode::NOT_FOUND,
+            "/v1/nothing",
+        ),
+        (
+            "wrong method",
+            Method::DELETE,
+            "/v1/table".into(),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "DELETE",
+        ),
+        (
+            "put without If-Match",
+            Method::PUT,
+            "/v1/table".into(),
+            json("{}"),
+            StatusCode::PRECONDITION_REQUIRED,
+            "If-Match",
+        ),
+        (
+            "audit limit",
+            Method::GET,
+            "/v1/audit?limit=many".into(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "limit",
+        ),
     ];
     for (name, method, path, body, status, needle) in cases {
         let reply = admin.send(method, &path, &[], body, T).await.expect(name);
         let (got, error) = error_of(reply).await;
         assert_eq!(got, status, "{name}: {error:?}");
-        assert!(error.message.contains(needle), "{name}: {:?} does not name {needle:?}", error.message);
+        assert!(
+            error.message.contains(needle),
+            "{name}: {:?} does not name {needle:?}",
+            error.message
+        );
     }
 
     // Oversized bodies are refused before they are read whole.
     let big = vec![b' '; 70_000];
     let reply = admin
-        .send(Method::POST, &flip("u01"), &[], Some((big.into(), "application/json")), T)
+        .send(
+            Method::POST,
+            &flip("u01"),
+            &[],
+            Some((big.into(), "application/json")),
+            T,
+        )
         .await
         .expect("oversized");
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -183,22 +353,52 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
     let broken = std::fs::read_to_string(support::example_table_path())
         .expect("example")
         .replace("slots: [[1667, 3333]]", "slots: [[1667, 3330]]")
-        .replace("region: sz\n    standby: hz\n    state: active", "region: mars\n    standby: hz\n    state: active");
-    let if_match = [(HeaderName::from_static("if-match"), HeaderValue::from_static("1"))];
+        .replace(
+            "region: sz\n    standby: hz\n    state: active",
+            "region: mars\n    standby: hz\n    state: active",
+        );
+    let if_match = [(
+        HeaderName::from_static("if-match"),
+        HeaderValue::from_static("1"),
+    )];
     let reply = admin
-        .send(Method::PUT, "/v1/table", &if_match, Some((broken.into(), "application/yaml")), T)
+        .send(
+            Method::PUT,
+            "/v1/table",
+            &if_match,
+            Some((broken.into(), "application/yaml")),
+            T,
+        )
         .await
         .expect("put");
     let (status, error) = error_of(reply).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(error.problems.len() >= 2, "{error:?}");
-    assert!(error.problems.iter().all(|p| p.line.is_some() && p.column.is_some()), "{error:?}");
-    assert!(error.problems.iter().any(|p| p.message.contains("mars")), "{error:?}");
+    assert!(
+        error
+            .problems
+            .iter()
+            .all(|p| p.line.is_some() && p.column.is_some()),
+        "{error:?}"
+    );
+    assert!(
+        error.problems.iter().any(|p| p.message.contains("mars")),
+        "{error:?}"
+    );
     // Stale If-Match.
-    let stale = [(HeaderName::from_static("if-match"), HeaderValue::from_static("7"))];
+    let stale = [(
+        HeaderName::from_static("if-match"),
+        HeaderValue::from_static("7"),
+    )];
     let example = std::fs::read(support::example_table_path()).expect("example");
     let reply = admin
-        .send(Method::PUT, "/v1/table", &stale, Some((example.into(), "application/yaml")), T)
+        .send(
+            Method::PUT,
+            "/v1/table",
+            &stale,
+            Some((example.into(), "application/yaml")),
+            T,
+        )
         .await
         .expect("put");
     assert_eq!(reply.status, StatusCode::CONFLICT);
@@ -212,7 +412,11 @@ fn refuses_to_start_without_tokens_or_with_a_short_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = file_store(dir.path());
     let none = dir.path().join("none.yaml");
-    std::fs::write(&none, format!("listen: 127.0.0.1:0\nstore: {store}\ntokens: []\n")).expect("write");
+    std::fs::write(
+        &none,
+        format!("listen: 127.0.0.1:0\nstore: {store}\ntokens: []\n"),
+    )
+    .expect("write");
     let (code, stderr) = support::run_to_end(&none);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("no API tokens"), "{stderr}");

@@ -149,16 +149,21 @@ pub async fn gateway(region: &str, url: &str, token: &str, cache: &Path, id: &st
     );
     let config = GatewayConfig::parse(&text, "test").expect("gateway config");
     let listeners = Listeners::bind(&config).expect("bind");
-    Gateway::start(config, listeners).await.expect("gateway starts")
+    Gateway::start(config, listeners)
+        .await
+        .expect("gateway starts")
 }
 
 /// Wait until `gateway` serves `version` or newer.
 pub async fn applied(gateway: &Gateway, version: u64) {
     let mut versions = gateway.store.applied_versions();
-    tokio::time::timeout(Duration::from_secs(20), versions.wait_for(|v| *v >= version))
-        .await
-        .unwrap_or_else(|_| panic!("gateway did not apply version {version}"))
-        .expect("store alive");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        versions.wait_for(|v| *v >= version),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("gateway did not apply version {version}"))
+    .expect("store alive");
 }
 
 pub fn unit_placement(table: &router_rules::RawTable, unit: &str) -> (String, String) {
@@ -208,8 +213,18 @@ impl Etcd {
         Command::new(std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into()))
             .args(["--name", "test", "--data-dir"])
             .arg(data)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("test={peer}")])
             .args(["--log-level", "error"])
             .stdout(Stdio::null())
@@ -222,9 +237,7 @@ impl Etcd {
     fn wait_ready(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut stream) =
-                std::net::TcpStream::connect(("127.0.0.1", self.client_port))
-            {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) {
                 use std::io::{Read, Write};
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = stream.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n");
@@ -234,7 +247,10 @@ impl Etcd {
                     return;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "etcd did not become healthy");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd did not become healthy"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,0 +1,584 @@
+//! Flips with real gateways following a real control plane: every step reaches every gateway
+//! in order; a failed replication check rolls everything back; an emergency flip is one
+//! version; one flip per unit; concurrent table writes; gateways ride out a control-plane
+//! outage.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use control_api::{
+    AuditEntry, AuditOutcome, Client, FlipAccepted, FlipRecord, FlipState, GatewayStatus, StepName,
+    StepOutcome, StoredTable,
+};
+use gateway::Gateway;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use support::{ControlProcess, Tokens, applied, gateway, unit_placement, write_config};
+
+const T: Duration = Duration::from_secs(10);
+
+struct Setup {
+    dir: tempfile::TempDir,
+    tokens: Tokens,
+    cp: ControlProcess,
+    gateways: Vec<Gateway>,
+}
+
+async fn setup(gateways: usize) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let store = format!(
+        "{{ file: {{ dir: {} }} }}",
+        dir.path().join("store").display()
+    );
+    let config = write_config(dir.path(), "cp", "127.0.0.1:0", &store, &tokens);
+    let cp = ControlProcess::start(&config);
+    let mut started = Vec::new();
+    for (i, region) in ["hz", "sh", "sz"].iter().cycle().take(gateways).enumerate() {
+        let cache = dir.path().join(format!("cache-{i}"));
+        started.push(
+            gateway(
+                region,
+                &cp.url,
+                &tokens.gateway,
+                &cache,
+                &format!("{region}-{i}"),
+            )
+            .await,
+        );
+    }
+    Setup {
+        dir,
+        tokens,
+        cp,
+        gateways: started,
+    }
+}
+
+async fn wait_flip(client: &Client, id: &str) -> FlipRecord {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let flip: FlipRecord = client
+            .get_json(&format!("/v1/flips/{id}"), T)
+            .await
+            .expect("flip");
+        if flip.state.is_final() {
+            return flip;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flip did not end: {flip:?}"
+        );
+        // Flip records have no push channel; poll the API like an operator's CLI does.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_flip(
+    client: &Client,
+    unit: &str,
+    body: serde_json::Value,
+) -> Result<String, control_api::ClientError> {
+    let accepted: FlipAccepted = client
+        .send_json(Method::POST, &format!("/v1/units/{unit}/flip"), &body, T)
+        .await?;
+    Ok(accepted.id)
+}
+
+/// Record every version each gateway applies, with the unit's placement in it.
+fn record(
+    gateways: &[Gateway],
+    unit: &'static str,
+) -> Vec<Arc<Mutex<Vec<(u64, (String, String))>>>> {
+    gateways
+        .iter()
+        .map(|g| {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let mut versions = g.store.applied_versions();
+            let store = g.store.clone();
+            let sink = log.clone();
+            tokio::spawn(async move {
+                while versions.changed().await.is_ok() {
+                    if let Some(snapshot) = store.current() {
+                        let placement = unit_placement(snapshot.table.raw(), unit);
+                        sink.lock()
+                            .expect("log")
+                            .push((snapshot.table.version(), placement));
+                    }
+                }
+            });
+            log
+        })
+        .collect()
+}
+
+fn swaps(gateway: &Gateway) -> u64 {
+    gateway
+        .metrics
+        .table_swaps
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planned_flip_reaches_every_gateway_step_by_step() {
+    let s = setup(3).await;
+    for g in &s.gateways {
+        applied(g, 1).await;
+    }
+    let swaps_before: Vec<u64> = s.gateways.iter().map(swaps).collect();
+    let logs = record(&s.gateways, "u03");
+    let operator = s.cp.client(&s.tokens.operator);
+    let id = start_flip(
+        &operator,
+        "u03",
+        serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}}),
+    )
+    .await
+    .expect("flip accepted");
+    // A second flip of the same unit is refused while this one runs.
+    let second = start_flip(
+        &operator,
+        "u03",
+        serde_json::json!({"to": "hz", "mode": "emergency", "reason": "again"}),
+    )
+    .await;
+    match second {
+        Err(control_api::ClientError::Api { status, error }) => {
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert!(error.message.contains(&id), "{error:?}");
+        }
+        other => panic!("second flip: {other:?}"),
+    }
+    // The flip waits for the confirmation with the unit frozen everywhere.
+    for g in &s.gateways {
+        applied(g, 2).await;
+        let table = g.store.current().expect("table");
+        assert_eq!(
+            unit_placement(table.table.raw(), "u03"),
+            ("sh".into(), "write_frozen".into())
+        );
+    }
+    let reply = operator
+        .send(
+            Method::POST,
+            &format!("/v1/flips/{id}/confirm"),
+            &[],
+            None,
+            T,
+        )
+        .await
+        .expect("confirm");
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    let names: Vec<StepName> = flip.steps.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [
+            StepName::Freeze,
+            StepName::ConvergeFreeze,
+            StepName::Replication,
+            StepName::Switch,
+            StepName::ConvergeSwitch,
+            StepName::Unfreeze,
+            StepName::ConvergeUnfreeze
+        ]
+    );
+    assert!(flip.steps.iter().all(|s| s.outcome == StepOutcome::Ok));
+    for step in flip.steps.iter().filter(|s| {
+        matches!(
+            s.name,
+            StepName::ConvergeFreeze | StepName::ConvergeSwitch | StepName::ConvergeUnfreeze
+        )
+    }) {
+        assert_eq!(
+            step.detail.as_deref(),
+            Some(&*format!(
+                "3 live gateway(s) serve version {}",
+                step.version.expect("version")
+            ))
+        );
+    }
+    // Every gateway applied every version exactly once, in order: freeze, switch, unfreeze.
+    let expected = vec![
+        (2, ("sh".to_owned(), "write_frozen".to_owned())),
+        (3, ("sz".to_owned(), "write_frozen".to_owned())),
+        (4, ("sz".to_owned(), "active".to_owned())),
+    ];
+    for (i, g) in s.gateways.iter().enumerate() {
+        applied(g, 4).await;
+        assert_eq!(
+            swaps(g) - swaps_before[i],
+            3,
+            "gateway {i} applied each version once"
+        );
+        let log = logs[i].lock().expect("log").clone();
+        assert!(
+            log.windows(2).all(|w| w[0].0 < w[1].0) && log.iter().all(|e| expected.contains(e)),
+            "gateway {i}: {log:?}"
+        );
+    }
+    // Freeze applied everywhere before the switch was stored, the switch before the unfreeze.
+    let steps = |name| flip.steps.iter().find(|s| s.name == name).expect("step");
+    assert!(
+        steps(StepName::ConvergeFreeze).finished_at_ms
+            <= Some(steps(StepName::Switch).started_at_ms)
+    );
+    assert!(
+        steps(StepName::ConvergeSwitch).finished_at_ms
+            <= Some(steps(StepName::Unfreeze).started_at_ms)
+    );
+    // The standby swapped with the region left behind.
+    let table: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+    let unit = table
+        .table
+        .units
+        .iter()
+        .find(|u| u.name == "u03")
+        .expect("u03");
+    assert_eq!(unit.standby.as_deref(), Some("sh"));
+    // The audit log has the start, every step and the end.
+    let audit: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+    let of_flip: Vec<&AuditEntry> = audit
+        .iter()
+        .filter(|e| e.flip.as_deref() == Some(&id))
+        .collect();
+    assert_eq!(
+        of_flip.first().map(|e| e.action.as_str()),
+        Some("flip.start")
+    );
+    assert_eq!(of_flip.last().map(|e| e.action.as_str()), Some("flip.end"));
+    assert_eq!(
+        of_flip.iter().filter(|e| e.action == "flip.step").count(),
+        7
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "flip.confirm" && e.outcome == AuditOutcome::Ok)
+    );
+    // And the gateways are listed, current.
+    let gateways: Vec<GatewayStatus> = operator
+        .get_json("/v1/gateways", T)
+        .await
+        .expect("gateways");
+    assert_eq!(gateways.len(), 3);
+    assert!(
+        gateways.iter().all(|g| g.applied_version == 4 && !g.stale),
+        "{gateways:?}"
+    );
+}
+
+/// An HTTP probe that always says the replica is behind.
+async fn lagging_probe() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"{\"lag\": 12}"),
+                )))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_replication_check_rolls_everything_back() {
+    let s = setup(3).await;
+    let probe = lagging_probe().await;
+    let operator = s.cp.client(&s.tokens.operator);
+    let id = start_flip(
+        &operator,
+        "u01",
+        serde_json::json!({
+            "to": "sh", "mode": "planned", "reason": "drill",
+            "replication_check": {"url": format!("http://{probe}/lag"), "timeout_s": 1}
+        }),
+    )
+    .await
+    .expect("flip accepted");
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::RolledBack, "{flip:?}");
+    let error = flip.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("did not say lag 0") && error.contains("\"lag\": 12"),
+        "{error}"
+    );
+    let names: Vec<StepName> = flip.steps.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [
+            StepName::Freeze,
+            StepName::ConvergeFreeze,
+            StepName::Replication,
+            StepName::Rollback,
+            StepName::ConvergeRollback
+        ]
+    );
+    // Back where it was, in a new version, at every gateway.
+    let pre: StoredTable = operator
+        .get_json("/v1/table/versions/1", T)
+        .await
+        .expect("v1");
+    let now: StoredTable = operator.get_json("/v1/table", T).await.expect("current");
+    assert_eq!(now.version, 3);
+    let mut renumbered = now.table.clone();
+    renumbered.version = pre.table.version;
+    assert_eq!(
+        renumbered, pre.table,
+        "the rollback version equals the pre-flip version"
+    );
+    for g in &s.gateways {
+        applied(g, 3).await;
+        assert_eq!(
+            unit_placement(g.store.current().expect("table").table.raw(), "u01"),
+            ("hz".into(), "active".into())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
+    let s = setup(3).await;
+    for g in &s.gateways {
+        applied(g, 1).await;
+    }
+    let operator = s.cp.client(&s.tokens.operator);
+    let id = start_flip(
+        &operator,
+        "u05",
+        serde_json::json!({"to": "hz", "mode": "emergency", "reason": "sz is down"}),
+    )
+    .await
+    .expect("flip accepted");
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    assert_eq!(
+        flip.steps.iter().map(|s| s.name).collect::<Vec<_>>(),
+        [StepName::EmergencySwitch, StepName::ConvergeEmergency]
+    );
+    let table: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+    assert_eq!(table.version, 2, "one version");
+    for g in &s.gateways {
+        applied(g, 2).await;
+        assert_eq!(
+            unit_placement(g.store.current().expect("table").table.raw(), "u05"),
+            ("hz".into(), "active".into())
+        );
+    }
+    let audit: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+    let end = audit
+        .iter()
+        .find(|e| e.action == "flip.end" && e.flip.as_deref() == Some(&id))
+        .expect("end");
+    assert!(
+        end.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("may be lost"),
+        "{end:?}"
+    );
+
+    // A planned flip waiting for confirmation, cancelled: rolled back.
+    let id = start_flip(
+        &operator,
+        "u06",
+        serde_json::json!({"to": "hz", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}}),
+    )
+    .await
+    .expect("flip accepted");
+    for g in &s.gateways {
+        applied(g, 3).await;
+    }
+    let reply = operator
+        .send(
+            Method::POST,
+            &format!("/v1/flips/{id}/cancel"),
+            &[],
+            None,
+            T,
+        )
+        .await
+        .expect("cancel");
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::RolledBack, "{flip:?}");
+    assert!(
+        flip.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cancelled"),
+        "{flip:?}"
+    );
+    for g in &s.gateways {
+        applied(g, 4).await;
+        assert_eq!(
+            unit_placement(g.store.current().expect("table").table.raw(), "u06"),
+            ("sz".into(), "active".into())
+        );
+    }
+    // An ended flip takes no more signals.
+    let reply = operator
+        .send(
+            Method::POST,
+            &format!("/v1/flips/{id}/cancel"),
+            &[],
+            None,
+            T,
+        )
+        .await
+        .expect("cancel");
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_with_one_if_match_have_one_winner_on_the_file_store() {
+    let s = setup(0).await;
+    race_table_writes(&s.cp, &s.tokens).await;
+}
+
+/// 20 clients PUT with the same If-Match: one wins, 19 get 409, versions have no gaps, and
+/// the audit log has all 20 attempts.
+pub async fn race_table_writes(cp: &ControlProcess, tokens: &Tokens) {
+    let admin = cp.client(&tokens.admin);
+    let base: StoredTable = admin.get_json("/v1/table", T).await.expect("table");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let admin = admin.clone();
+        let mut table = base.table.clone();
+        table.units[1].pinned_keys = vec![format!("racer-{i}")];
+        let body = serde_json::to_vec(&table).expect("json");
+        let version = base.version.to_string();
+        tasks.push(tokio::spawn(async move {
+            let if_match = [(
+                HeaderName::from_static("if-match"),
+                HeaderValue::from_str(&version).expect("value"),
+            )];
+            admin
+                .send(
+                    Method::PUT,
+                    "/v1/table",
+                    &if_match,
+                    Some((body.into(), "application/json")),
+                    T,
+                )
+                .await
+                .expect("put")
+                .status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.expect("task"));
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        19,
+        "{statuses:?}"
+    );
+    let now: StoredTable = admin.get_json("/v1/table", T).await.expect("table");
+    assert_eq!(now.version, base.version + 1);
+    for v in 1..=now.version {
+        let stored: StoredTable = admin
+            .get_json(&format!("/v1/table/versions/{v}"), T)
+            .await
+            .expect("no gaps");
+        assert_eq!(stored.version, v);
+    }
+    let audit: Vec<AuditEntry> = admin.get_json("/v1/audit", T).await.expect("audit");
+    let puts: Vec<&AuditEntry> = audit.iter().filter(|e| e.action == "table.put").collect();
+    assert_eq!(puts.len(), 20, "{puts:?}");
+    assert_eq!(
+        puts.iter()
+            .filter(|e| e.outcome == AuditOutcome::Ok)
+            .count(),
+        1
+    );
+    assert_eq!(puts.iter().filter(|e| e.status == Some(409)).count(), 19);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_keep_serving_through_a_control_plane_outage_and_converge_after() {
+    let mut s = setup(3).await;
+    for g in &s.gateways {
+        applied(g, 1).await;
+    }
+    s.cp.kill9();
+    // A gateway restarted while the control plane is down starts from its cache.
+    let cache = s.dir.path().join("cache-0");
+    let restarted = gateway("hz", &s.cp.url, &s.tokens.gateway, &cache, "hz-0").await;
+    assert_eq!(
+        restarted
+            .store
+            .current()
+            .expect("cached table")
+            .table
+            .version(),
+        1
+    );
+    assert!(
+        restarted
+            .store
+            .current()
+            .expect("table")
+            .origin
+            .starts_with("cache:")
+    );
+    let old = std::mem::replace(&mut s.gateways[0], restarted);
+    old.shutdown(Duration::from_millis(100)).await;
+    // The control plane comes back on the same address; a new version reaches everyone.
+    let config = s.cp.config.clone();
+    let addr = s.cp.addr;
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("listen: 127.0.0.1:0", &format!("listen: {addr}"));
+    std::fs::write(&config, text).expect("write");
+    s.cp = ControlProcess::start(&config);
+    let operator = s.cp.client(&s.tokens.operator);
+    let id = start_flip(
+        &operator,
+        "u02",
+        serde_json::json!({"to": "sh", "mode": "emergency", "reason": "after the outage"}),
+    )
+    .await
+    .expect("flip");
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::Succeeded);
+    for g in &s.gateways {
+        applied(g, 2).await;
+    }
+    // Each gateway tells the control plane on its next poll, right after applying.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let gateways: Vec<GatewayStatus> = operator
+            .get_json("/v1/gateways", T)
+            .await
+            .expect("gateways");
+        if gateways.len() == 3 && gateways.iter().all(|g| g.applied_version == 2 && !g.stale) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{gateways:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
