@@ -158,6 +158,16 @@ async fn every_endpoint_answers_every_role_as_documented() {
     );
 }
 
+/// (name, method, path, body, expected status, what the message must name)
+type Case = (
+    &'static str,
+    Method,
+    String,
+    Option<(bytes::Bytes, &'static str)>,
+    StatusCode,
+    &'static str,
+);
+
 async fn error_of(reply: control_api::Reply) -> (StatusCode, ApiError) {
     let error = serde_json::from_slice(&reply.body).unwrap_or_else(|_| {
         panic!(
@@ -185,14 +195,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
         |s: &'static str| Some((bytes::Bytes::from_static(s.as_bytes()), "application/json"));
     let flip = |unit: &str| format!("/v1/units/{unit}/flip");
 
-    let cases: Vec<(
-        &str,
-        Method,
-        String,
-        Option<(bytes::Bytes, &'static str)>,
-        StatusCode,
-        &str,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             Method::POST,

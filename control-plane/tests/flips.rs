@@ -13,7 +13,7 @@ use control_api::{
     StepOutcome, StoredTable,
 };
 use gateway::Gateway;
-use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use support::{ControlProcess, Tokens, applied, gateway, unit_placement, write_config};
 
 const T: Duration = Duration::from_secs(10);
@@ -86,11 +86,11 @@ async fn start_flip(
     Ok(accepted.id)
 }
 
+/// Versions a gateway applied, with the unit's (region, state) in each.
+type AppliedLog = Arc<Mutex<Vec<(u64, (String, String))>>>;
+
 /// Record every version each gateway applies, with the unit's placement in it.
-fn record(
-    gateways: &[Gateway],
-    unit: &'static str,
-) -> Vec<Arc<Mutex<Vec<(u64, (String, String))>>>> {
+fn record(gateways: &[Gateway], unit: &'static str) -> Vec<AppliedLog> {
     gateways
         .iter()
         .map(|g| {
@@ -201,7 +201,7 @@ async fn a_planned_flip_reaches_every_gateway_step_by_step() {
         );
     }
     // Every gateway applied every version exactly once, in order: freeze, switch, unfreeze.
-    let expected = vec![
+    let expected = [
         (2, ("sh".to_owned(), "write_frozen".to_owned())),
         (3, ("sz".to_owned(), "write_frozen".to_owned())),
         (4, ("sz".to_owned(), "active".to_owned())),
@@ -447,75 +447,7 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writes_with_one_if_match_have_one_winner_on_the_file_store() {
     let s = setup(0).await;
-    race_table_writes(&s.cp, &s.tokens).await;
-}
-
-/// 20 clients PUT with the same If-Match: one wins, 19 get 409, versions have no gaps, and
-/// the audit log has all 20 attempts.
-pub async fn race_table_writes(cp: &ControlProcess, tokens: &Tokens) {
-    let admin = cp.client(&tokens.admin);
-    let base: StoredTable = admin.get_json("/v1/table", T).await.expect("table");
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let admin = admin.clone();
-        let mut table = base.table.clone();
-        table.units[1].pinned_keys = vec![format!("racer-{i}")];
-        let body = serde_json::to_vec(&table).expect("json");
-        let version = base.version.to_string();
-        tasks.push(tokio::spawn(async move {
-            let if_match = [(
-                HeaderName::from_static("if-match"),
-                HeaderValue::from_str(&version).expect("value"),
-            )];
-            admin
-                .send(
-                    Method::PUT,
-                    "/v1/table",
-                    &if_match,
-                    Some((body.into(), "application/json")),
-                    T,
-                )
-                .await
-                .expect("put")
-                .status
-        }));
-    }
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.expect("task"));
-    }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|s| **s == StatusCode::CONFLICT)
-            .count(),
-        19,
-        "{statuses:?}"
-    );
-    let now: StoredTable = admin.get_json("/v1/table", T).await.expect("table");
-    assert_eq!(now.version, base.version + 1);
-    for v in 1..=now.version {
-        let stored: StoredTable = admin
-            .get_json(&format!("/v1/table/versions/{v}"), T)
-            .await
-            .expect("no gaps");
-        assert_eq!(stored.version, v);
-    }
-    let audit: Vec<AuditEntry> = admin.get_json("/v1/audit", T).await.expect("audit");
-    let puts: Vec<&AuditEntry> = audit.iter().filter(|e| e.action == "table.put").collect();
-    assert_eq!(puts.len(), 20, "{puts:?}");
-    assert_eq!(
-        puts.iter()
-            .filter(|e| e.outcome == AuditOutcome::Ok)
-            .count(),
-        1
-    );
-    assert_eq!(puts.iter().filter(|e| e.status == Some(409)).count(), 19);
+    support::race_table_writes(&s.cp, &s.tokens).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

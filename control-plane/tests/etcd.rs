@@ -1,0 +1,212 @@
+//! The etcd store with a real etcd: compare-and-swap table writes, two replicas sharing one
+//! cluster, and a replica killed mid-flip.
+#![cfg(feature = "etcd")]
+
+mod support;
+
+use std::time::Duration;
+
+use control_api::{
+    Client, FlipAccepted, FlipRecord, FlipState, StepName, StepOutcome, StoredTable,
+};
+use http::Method;
+use support::{ControlProcess, Etcd, Tokens, applied, gateway, unit_placement, write_config};
+
+const T: Duration = Duration::from_secs(10);
+
+fn etcd_store(etcd: &Etcd, prefix: &str) -> String {
+    format!(
+        "{{ etcd: {{ endpoints: [\"{}\"], prefix: \"{prefix}\", flip_lease_s: 2 }} }}",
+        etcd.endpoint
+    )
+}
+
+async fn flip_until(
+    client: &Client,
+    id: &str,
+    what: &str,
+    done: impl Fn(&FlipRecord) -> bool,
+) -> FlipRecord {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let flip: FlipRecord = client
+            .get_json(&format!("/v1/flips/{id}"), T)
+            .await
+            .expect("flip");
+        if done(&flip) {
+            return flip;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {flip:?}");
+        // Flip records have no push channel; poll like an operator's CLI does.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_with_one_if_match_have_one_winner_on_etcd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path());
+    let tokens = Tokens::new();
+    let store = etcd_store(&etcd, "/race/");
+    let a = ControlProcess::start(&write_config(
+        dir.path(),
+        "a",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    let b = ControlProcess::start(&write_config(
+        dir.path(),
+        "b",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    support::race_table_writes(&a, &tokens).await;
+    // The other replica saw the winner too.
+    let via_b: StoredTable = b
+        .client(&tokens.viewer)
+        .get_json("/v1/table", T)
+        .await
+        .expect("table");
+    assert_eq!(via_b.version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path());
+    let tokens = Tokens::new();
+    let store = etcd_store(&etcd, "/shared/");
+    let mut a = ControlProcess::start(&write_config(
+        dir.path(),
+        "a",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    let b = ControlProcess::start(&write_config(
+        dir.path(),
+        "b",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    // Two gateways watch replica B, one watches A.
+    let gateways = vec![
+        gateway(
+            "hz",
+            &b.url,
+            &tokens.gateway,
+            &dir.path().join("c0"),
+            "hz-b",
+        )
+        .await,
+        gateway(
+            "sh",
+            &b.url,
+            &tokens.gateway,
+            &dir.path().join("c1"),
+            "sh-b",
+        )
+        .await,
+        gateway(
+            "sz",
+            &a.url,
+            &tokens.gateway,
+            &dir.path().join("c2"),
+            "sz-a",
+        )
+        .await,
+    ];
+    for g in &gateways {
+        applied(g, 1).await;
+    }
+    let via_a = a.client(&tokens.operator);
+    let via_b = b.client(&tokens.operator);
+    // A flip through A that completes: B shows it, gateways on B serve it.
+    let accepted: FlipAccepted = via_a
+        .send_json(
+            Method::POST,
+            "/v1/units/u04/flip",
+            &serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill"}),
+            T,
+        )
+        .await
+        .expect("flip");
+    let done = flip_until(&via_b, &accepted.id, "seen through B", |f| {
+        f.state.is_final()
+    })
+    .await;
+    assert_eq!(done.state, FlipState::Succeeded, "{done:?}");
+    let converged = done
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::ConvergeUnfreeze)
+        .expect("step");
+    assert_eq!(
+        converged.detail.as_deref(),
+        Some("3 live gateway(s) serve version 4"),
+        "A waited for B's gateways too"
+    );
+    for g in &gateways {
+        applied(g, 4).await;
+        assert_eq!(
+            unit_placement(g.store.current().expect("table").table.raw(), "u04"),
+            ("sz".into(), "active".into())
+        );
+    }
+    // A flip through A, held at the replication check; A dies.
+    let accepted: FlipAccepted = via_a
+        .send_json(
+            Method::POST,
+            "/v1/units/u01/flip",
+            &serde_json::json!({"to": "sh", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}}),
+            T,
+        )
+        .await
+        .expect("flip");
+    let held = flip_until(&via_b, &accepted.id, "held at replication", |f| {
+        f.steps
+            .last()
+            .is_some_and(|s| s.name == StepName::Replication && s.outcome == StepOutcome::Running)
+    })
+    .await;
+    assert_eq!(held.owner, "a");
+    for g in &gateways {
+        applied(g, 5).await;
+        assert_eq!(
+            unit_placement(g.store.current().expect("table").table.raw(), "u01"),
+            ("hz".into(), "write_frozen".into())
+        );
+    }
+    a.kill9();
+    // B takes it over once A's lease expires, and rolls it back: never half-applied.
+    let ended = flip_until(&via_b, &accepted.id, "taken over", |f| f.state.is_final()).await;
+    assert_eq!(ended.state, FlipState::RolledBack, "{ended:?}");
+    assert_eq!(ended.owner, "b");
+    let now: StoredTable = via_b.get_json("/v1/table", T).await.expect("table");
+    assert_eq!(now.version, 6);
+    assert_eq!(
+        unit_placement(&now.table, "u01"),
+        ("hz".into(), "active".into())
+    );
+    for g in &gateways[..2] {
+        applied(g, 6).await;
+    }
+    // A comes back: it serves the same truth, and its gateway converges.
+    let config = a.config.clone();
+    let addr = a.addr;
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("listen: 127.0.0.1:0", &format!("listen: {addr}"));
+    std::fs::write(&config, text).expect("write");
+    let a = ControlProcess::start(&config);
+    let via_a: StoredTable = a
+        .client(&tokens.viewer)
+        .get_json("/v1/table", T)
+        .await
+        .expect("table");
+    assert_eq!(via_a.version, 6);
+    applied(&gateways[2], 6).await;
+}

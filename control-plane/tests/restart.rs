@@ -1,0 +1,225 @@
+//! `kill -9` of a file-store control plane between the steps of a flip, then a restart: no
+//! stored version or audit entry is lost, and the flip ends consistently (rolled back, or
+//! completed when its last table change was already stored).
+
+mod support;
+
+use std::time::Duration;
+
+use control_api::{
+    AuditEntry, Client, FlipAccepted, FlipRecord, FlipState, GatewayReport, StepName, StepOutcome,
+    StoredTable,
+};
+use http::Method;
+use support::{ControlProcess, Tokens, unit_placement, write_config};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn report(gateway: &Client, applied: u64) {
+    let reply = gateway
+        .send(
+            Method::POST,
+            "/v1/report",
+            &[],
+            Some((
+                serde_json::to_vec(&GatewayReport {
+                    gateway: "slow-gw".into(),
+                    region: "hz".into(),
+                    applied,
+                    rejected: None,
+                })
+                .expect("json")
+                .into(),
+                "application/json",
+            )),
+            T,
+        )
+        .await
+        .expect("report");
+    assert!(reply.status.is_success());
+}
+
+/// Poll the flip until `done` holds (flip records have no push channel).
+async fn flip_until(
+    client: &Client,
+    id: &str,
+    what: &str,
+    done: impl Fn(&FlipRecord) -> bool,
+) -> FlipRecord {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let flip: FlipRecord = client
+            .get_json(&format!("/v1/flips/{id}"), T)
+            .await
+            .expect("flip");
+        if done(&flip) {
+            return flip;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {flip:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn waiting_at(step: StepName) -> impl Fn(&FlipRecord) -> bool {
+    move |f| {
+        f.steps
+            .last()
+            .is_some_and(|s| s.name == step && s.outcome == StepOutcome::Running)
+    }
+}
+
+async fn versions(client: &Client) -> Vec<StoredTable> {
+    let current: StoredTable = client.get_json("/v1/table", T).await.expect("table");
+    let mut out = Vec::new();
+    for v in 1..=current.version {
+        out.push(
+            client
+                .get_json(&format!("/v1/table/versions/{v}"), T)
+                .await
+                .expect("stored version"),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_between_flip_steps_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let store = format!(
+        "{{ file: {{ dir: {} }} }}",
+        dir.path().join("store").display()
+    );
+    let config = write_config(dir.path(), "cp", "127.0.0.1:0", &store, &tokens);
+    let mut cp = ControlProcess::start(&config);
+    // (where the flip is when the process dies, how the flip must end)
+    let points = [
+        (StepName::ConvergeFreeze, FlipState::RolledBack),
+        (StepName::Replication, FlipState::RolledBack),
+        (StepName::ConvergeSwitch, FlipState::RolledBack),
+        (StepName::ConvergeUnfreeze, FlipState::Succeeded),
+    ];
+    for (round, (kill_at, ending)) in points.into_iter().enumerate() {
+        let operator = cp.client(&tokens.operator);
+        let gateway = cp.client(&tokens.gateway);
+        let before: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+        // Every round but the last rolls back, so the unit starts in hz each time.
+        let (from, to) = ("hz", "sh");
+        assert_eq!(unit_placement(&before.table, "u01").0, from);
+        // A gateway that applies only what the test says: it holds the flip at each step.
+        report(&gateway, before.version).await;
+        let accepted: FlipAccepted = operator
+            .send_json(
+                Method::POST,
+                "/v1/units/u01/flip",
+                &serde_json::json!({"to": to, "mode": "planned", "reason": format!("round {round}"), "replication_check": {"confirm": true}, "converge_timeout_s": 60}),
+                T,
+            )
+            .await
+            .expect("flip accepted");
+        let id = accepted.id;
+        let mut at = flip_until(
+            &operator,
+            &id,
+            "converge_freeze",
+            waiting_at(StepName::ConvergeFreeze),
+        )
+        .await;
+        if kill_at != StepName::ConvergeFreeze {
+            report(&gateway, before.version + 1).await;
+            at = flip_until(
+                &operator,
+                &id,
+                "replication",
+                waiting_at(StepName::Replication),
+            )
+            .await;
+        }
+        if matches!(
+            kill_at,
+            StepName::ConvergeSwitch | StepName::ConvergeUnfreeze
+        ) {
+            let reply = operator
+                .send(
+                    Method::POST,
+                    &format!("/v1/flips/{id}/confirm"),
+                    &[],
+                    None,
+                    T,
+                )
+                .await
+                .expect("confirm");
+            assert!(reply.status.is_success());
+            at = flip_until(
+                &operator,
+                &id,
+                "converge_switch",
+                waiting_at(StepName::ConvergeSwitch),
+            )
+            .await;
+        }
+        if kill_at == StepName::ConvergeUnfreeze {
+            report(&gateway, before.version + 2).await;
+            at = flip_until(
+                &operator,
+                &id,
+                "converge_unfreeze",
+                waiting_at(StepName::ConvergeUnfreeze),
+            )
+            .await;
+        }
+        assert!(waiting_at(kill_at)(&at), "{at:?}");
+        let versions_before = versions(&operator).await;
+        let audit_before: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+
+        cp.kill9();
+        cp = ControlProcess::start(&config);
+        let operator = cp.client(&tokens.operator);
+
+        // Nothing acknowledged is lost.
+        let versions_after = versions(&operator).await;
+        assert_eq!(
+            versions_after[..versions_before.len()],
+            versions_before[..],
+            "round {round}"
+        );
+        let audit_after: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+        assert_eq!(
+            audit_after[..audit_before.len()],
+            audit_before[..],
+            "round {round}"
+        );
+        // The flip ends, and the table is consistent with how it ended.
+        let flip = flip_until(&operator, &id, "recovered", |f| f.state.is_final()).await;
+        assert_eq!(flip.state, ending, "round {round}: {flip:?}");
+        assert!(
+            flip.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("stopped during step"),
+            "{flip:?}"
+        );
+        let now: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+        let expected = match ending {
+            FlipState::Succeeded => (to.to_owned(), "active".to_owned()),
+            _ => (from.to_owned(), "active".to_owned()),
+        };
+        assert_eq!(unit_placement(&now.table, "u01"), expected, "round {round}");
+        if ending == FlipState::RolledBack {
+            assert_eq!(
+                flip.steps
+                    .iter()
+                    .filter(|s| s.name == StepName::Rollback)
+                    .count(),
+                1,
+                "{flip:?}"
+            );
+        }
+        let audit: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "flip.end" && e.flip.as_deref() == Some(&id))
+        );
+    }
+}
