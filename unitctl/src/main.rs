@@ -6,6 +6,7 @@
 
 mod batch;
 mod diff_cmd;
+mod remote;
 mod route_cmd;
 mod table_file;
 
@@ -19,6 +20,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    server: remote::Server,
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,6 +34,47 @@ enum Command {
     Diff(diff_cmd::DiffArgs),
     /// Print the JSON Schema of the routing-table format.
     Schema,
+    /// Control plane: units (region, state, running flip) and gateways (version, staleness).
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Control plane: get, plan or apply the routing table.
+    #[command(subcommand)]
+    Table(remote::TableCommand),
+    /// Control plane: flip a unit to another region (planned unless --emergency).
+    Flip(remote::FlipArgs),
+    /// Control plane: confirm that a flip's data caught up.
+    FlipConfirm {
+        /// Flip id.
+        id: String,
+    },
+    /// Control plane: cancel a running flip (it rolls back).
+    FlipCancel {
+        /// Flip id.
+        id: String,
+    },
+    /// Control plane: show a flip's steps (--wait: follow it to its end).
+    FlipShow {
+        /// Flip id.
+        id: String,
+        /// Follow it until it ends.
+        #[arg(long)]
+        wait: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Control plane: the audit log.
+    Audit {
+        /// Only the last N entries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +125,15 @@ fn main() -> ExitCode {
         Command::Route(args) => route_cmd::run(&args),
         Command::Diff(args) => diff_cmd::run(&args),
         Command::Schema => print_json(&router_rules::json_schema()).map(|()| 0),
+        Command::Status { output } => remote::run(&cli.server, remote::Remote::Status { output }),
+        Command::Table(command) => remote::run(&cli.server, remote::Remote::Table(command)),
+        Command::Flip(args) => remote::run(&cli.server, remote::Remote::Flip(args)),
+        Command::FlipConfirm { id } => remote::run(&cli.server, remote::Remote::Confirm { id }),
+        Command::FlipCancel { id } => remote::run(&cli.server, remote::Remote::Cancel { id }),
+        Command::FlipShow { id, wait, output } => remote::show(&cli.server, &id, wait, output),
+        Command::Audit { limit, output } => {
+            remote::run(&cli.server, remote::Remote::Audit { limit, output })
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

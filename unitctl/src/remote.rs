@@ -1,0 +1,687 @@
+//! Remote commands: talk to the control plane (`--server`, `--token`, or `UNITGATE_SERVER`,
+//! `UNITGATE_TOKEN`).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use control_api::{
+    AuditEntry, Client, ClientError, FlipAccepted, FlipMode, FlipRecord, FlipRequest, FlipState,
+    FlipStep, PlanResult, PutResult, ReplicationCheck, Status, StepOutcome, StoredTable, now_ms,
+};
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::{EXIT_FINDING, Failure, Output, print_json, table_file};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the control plane is.
+#[derive(Debug, clap::Args)]
+pub struct Server {
+    /// Control-plane URL.
+    #[arg(long, env = "UNITGATE_SERVER", global = true)]
+    server: Option<String>,
+    /// API token.
+    #[arg(long, env = "UNITGATE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// PEM certificates to trust for an https:// server.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+}
+
+impl Server {
+    fn client(&self) -> Result<Client, Failure> {
+        let server = self.server.as_deref().ok_or_else(|| {
+            Failure::input("no control plane: give --server URL or set UNITGATE_SERVER")
+        })?;
+        let token = self
+            .token
+            .as_deref()
+            .ok_or_else(|| Failure::input("no token: give --token or set UNITGATE_TOKEN"))?;
+        Client::new(server, Some(token), self.ca.as_deref())
+            .map_err(|e| Failure::input(e.to_string()))
+    }
+}
+
+/// `unitctl table ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TableCommand {
+    /// Print the table in force (YAML-compatible JSON) with its version.
+    Get {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Validate FILE on the control plane and show what it would change; stores nothing.
+    Plan {
+        /// The proposed table.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show the plan for FILE, ask, then store it as the next version.
+    Apply {
+        /// The proposed table.
+        file: PathBuf,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        /// Why: kept in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `unitctl flip ...`.
+#[derive(Debug, clap::Args)]
+pub struct FlipArgs {
+    /// The unit to move.
+    unit: String,
+    /// The region it moves to.
+    #[arg(long)]
+    to: String,
+    /// Switch at once, without waiting for replication (the old region is gone).
+    #[arg(long)]
+    emergency: bool,
+    /// Why: kept in the audit log.
+    #[arg(long, default_value = "unitctl flip")]
+    reason: String,
+    /// Planned flips: wait for `unitctl flip-confirm ID` before switching.
+    #[arg(long, conflicts_with_all = ["delay_s", "probe"])]
+    confirm: bool,
+    /// Planned flips: wait this many seconds for replication before switching.
+    #[arg(long, conflicts_with = "probe")]
+    delay_s: Option<u64>,
+    /// Planned flips: poll this URL until it answers lag 0 before switching.
+    #[arg(long)]
+    probe: Option<String>,
+    /// How long each convergence step may take, in seconds.
+    #[arg(long)]
+    converge_timeout_s: Option<u64>,
+    /// Follow the flip, a line per step, until it ends (exit 1 unless it succeeded).
+    #[arg(long)]
+    wait: bool,
+}
+
+/// Run a remote command.
+pub fn run(server: &Server, command: Remote) -> Result<u8, Failure> {
+    let client = server.client()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::input(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        match command {
+            Remote::Status { output } => status(&client, output).await,
+            Remote::Table(TableCommand::Get { output }) => table_get(&client, output).await,
+            Remote::Table(TableCommand::Plan { file, output }) => {
+                plan(&client, &file, output).await
+            }
+            Remote::Table(TableCommand::Apply { file, yes, reason }) => {
+                apply(&client, &file, yes, reason).await
+            }
+            Remote::Flip(args) => flip(&client, args).await,
+            Remote::Confirm { id } => signal(&client, &id, "confirm").await,
+            Remote::Cancel { id } => signal(&client, &id, "cancel").await,
+            Remote::Audit { limit, output } => audit(&client, limit, output).await,
+        }
+    })
+}
+
+/// The remote commands.
+#[derive(Debug)]
+pub enum Remote {
+    /// Units and gateways.
+    Status {
+        /// Output format.
+        output: Output,
+    },
+    /// Table commands.
+    Table(TableCommand),
+    /// Start a flip.
+    Flip(FlipArgs),
+    /// Confirm a flip's replication.
+    Confirm {
+        /// Flip id.
+        id: String,
+    },
+    /// Cancel a flip.
+    Cancel {
+        /// Flip id.
+        id: String,
+    },
+    /// The audit log.
+    Audit {
+        /// Only the last N entries.
+        limit: Option<usize>,
+        /// Output format.
+        output: Output,
+    },
+}
+
+fn failed(error: ClientError) -> Failure {
+    let mut message = error.to_string();
+    if let ClientError::Api { error, .. } = &error {
+        for problem in &error.problems {
+            let at = match (problem.line, problem.column) {
+                (Some(line), Some(column)) => format!("{line}:{column}: "),
+                _ => String::new(),
+            };
+            message.push_str(&format!("\n  {at}{}: {}", problem.path, problem.message));
+        }
+    }
+    Failure::input(message)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC for milliseconds since the epoch.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+fn ago(ms: u64) -> String {
+    let seconds = now_ms().saturating_sub(ms) / 1000;
+    match seconds {
+        0..=119 => format!("{seconds}s ago"),
+        120..=7199 => format!("{}m ago", seconds / 60),
+        _ => format!("{}h ago", seconds / 3600),
+    }
+}
+
+async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
+    let status: Status = client
+        .get_json("/v1/status", TIMEOUT)
+        .await
+        .map_err(failed)?;
+    if output == Output::Json {
+        print_json(&status)?;
+        return Ok(0);
+    }
+    println!("table version {}\n", status.version);
+    println!(
+        "{:<8} {:<8} {:<13} {:<8} {:>6}  FLIP",
+        "UNIT", "REGION", "STATE", "STANDBY", "SLOTS"
+    );
+    for unit in &status.units {
+        let name = if unit.center {
+            format!("{}*", unit.name)
+        } else {
+            unit.name.clone()
+        };
+        println!(
+            "{:<8} {:<8} {:<13} {:<8} {:>6}  {}",
+            name,
+            unit.region,
+            unit.state,
+            unit.standby.as_deref().unwrap_or("-"),
+            unit.slots,
+            unit.flip.as_deref().unwrap_or("")
+        );
+    }
+    println!("(* center unit)\n");
+    if status.gateways.is_empty() {
+        println!("no gateway has connected yet");
+        return Ok(0);
+    }
+    println!(
+        "{:<28} {:<8} {:>8}  {:<10} STATE",
+        "GATEWAY", "REGION", "VERSION", "SEEN"
+    );
+    for gateway in &status.gateways {
+        let state = if gateway.stale {
+            "stale".to_owned()
+        } else if gateway.applied_version >= status.version {
+            "current".to_owned()
+        } else {
+            "behind".to_owned()
+        };
+        let state = match &gateway.rejected {
+            Some(r) if r.version.is_some_and(|v| v > gateway.applied_version) => format!(
+                "{state}; refused v{}: {}",
+                r.version.unwrap_or_default(),
+                r.error.lines().next().unwrap_or_default()
+            ),
+            _ => state,
+        };
+        println!(
+            "{:<28} {:<8} {:>8}  {:<10} {state}",
+            gateway.id,
+            gateway.region,
+            gateway.applied_version,
+            ago(gateway.last_seen_ms)
+        );
+    }
+    Ok(0)
+}
+
+async fn table_get(client: &Client, output: Output) -> Result<u8, Failure> {
+    let stored: StoredTable = client
+        .get_json("/v1/table", TIMEOUT)
+        .await
+        .map_err(failed)?;
+    match output {
+        Output::Json => print_json(&stored)?,
+        Output::Text => {
+            eprintln!(
+                "# version {} stored by {}{}",
+                stored.version,
+                stored.author,
+                stored
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+            print_json(&stored.table)?;
+        }
+    }
+    Ok(0)
+}
+
+fn body_of(file: &std::path::Path) -> Result<(bytes::Bytes, &'static str), Failure> {
+    let text = table_file::read(file)?;
+    let json = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    Ok((
+        text.into(),
+        if json {
+            "application/json"
+        } else {
+            "application/yaml"
+        },
+    ))
+}
+
+async fn request_plan(client: &Client, file: &std::path::Path) -> Result<PlanResult, Failure> {
+    client
+        .send(
+            Method::POST,
+            "/v1/table/plan",
+            &[],
+            Some(body_of(file)?),
+            TIMEOUT,
+        )
+        .await
+        .map_err(failed)?
+        .json()
+        .map_err(failed)
+}
+
+fn print_plan(file: &std::path::Path, plan: &PlanResult) {
+    let shown = file.display();
+    if !plan.valid {
+        println!("{shown}: refused ({} problems)", plan.problems.len());
+        for p in &plan.problems {
+            let at = match (p.line, p.column) {
+                (Some(line), Some(column)) => format!("{line}:{column}: "),
+                _ => String::new(),
+            };
+            println!("  {shown}:{at}{}: {}", p.path, p.message);
+        }
+        return;
+    }
+    println!(
+        "{shown}: valid; would be stored as version {} (in force: {})",
+        plan.next_version, plan.current_version
+    );
+    let Some(diff) = &plan.diff else { return };
+    let share = |key: &str| diff[key].as_f64().unwrap_or_default() * 100.0;
+    println!(
+        "  slots changing unit: {} ({:.2}%), changing region: {} ({:.2}%)",
+        diff["slots_changing_unit"],
+        share("share_changing_unit"),
+        diff["slots_changing_region"],
+        share("share_changing_region")
+    );
+    for unit in diff["units"].as_array().into_iter().flatten() {
+        let mut what = Vec::new();
+        if let Some([a, b]) = unit["region"]
+            .as_array()
+            .map(|v| [v[0].clone(), v[1].clone()])
+        {
+            what.push(format!(
+                "region {} -> {}",
+                a.as_str().unwrap_or(""),
+                b.as_str().unwrap_or("")
+            ));
+        }
+        if let Some([a, b]) = unit["state"]
+            .as_array()
+            .map(|v| [v[0].clone(), v[1].clone()])
+        {
+            what.push(format!(
+                "state {} -> {}",
+                a.as_str().unwrap_or(""),
+                b.as_str().unwrap_or("")
+            ));
+        }
+        for field in unit["fields"].as_array().into_iter().flatten() {
+            what.push(field.as_str().unwrap_or_default().to_owned());
+        }
+        println!(
+            "  unit {} {}: {}",
+            unit["unit"].as_str().unwrap_or_default(),
+            unit["change"].as_str().unwrap_or_default(),
+            what.join(", ")
+        );
+    }
+    for kind in ["regions", "routes"] {
+        for change in diff[kind].as_array().into_iter().flatten() {
+            println!(
+                "  {} {} {}",
+                kind.trim_end_matches('s'),
+                change["name"].as_str().unwrap_or_default(),
+                change["change"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    for setting in diff["settings"].as_array().into_iter().flatten() {
+        println!("  setting {}", setting.as_str().unwrap_or_default());
+    }
+}
+
+async fn plan(client: &Client, file: &std::path::Path, output: Output) -> Result<u8, Failure> {
+    let plan = request_plan(client, file).await?;
+    if output == Output::Json {
+        print_json(&plan)?;
+    } else {
+        print_plan(file, &plan);
+    }
+    Ok(if plan.valid { 0 } else { EXIT_FINDING })
+}
+
+async fn apply(
+    client: &Client,
+    file: &std::path::Path,
+    yes: bool,
+    reason: Option<String>,
+) -> Result<u8, Failure> {
+    let plan = request_plan(client, file).await?;
+    print_plan(file, &plan);
+    if !plan.valid {
+        return Ok(EXIT_FINDING);
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::input(
+                "not applied: confirm with --yes when not at a terminal",
+            ));
+        }
+        print!("Store it as version {}? [y/N] ", plan.next_version);
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("not applied");
+            return Ok(EXIT_FINDING);
+        }
+    }
+    let mut headers = vec![(
+        HeaderName::from_static("if-match"),
+        HeaderValue::from(plan.current_version),
+    )];
+    if let Some(reason) = reason.and_then(|r| HeaderValue::try_from(r).ok()) {
+        headers.push((HeaderName::from_static("x-unitgate-reason"), reason));
+    }
+    let stored: PutResult = client
+        .send(
+            Method::PUT,
+            "/v1/table",
+            &headers,
+            Some(body_of(file)?),
+            TIMEOUT,
+        )
+        .await
+        .map_err(failed)?
+        .json()
+        .map_err(failed)?;
+    println!(
+        "stored as version {}; gateways are picking it up (unitctl status)",
+        stored.version
+    );
+    Ok(0)
+}
+
+fn step_line(step: &FlipStep) -> String {
+    let took = step
+        .finished_at_ms
+        .map(|end| format!("{} ms", end.saturating_sub(step.started_at_ms)))
+        .unwrap_or_default();
+    let outcome = match step.outcome {
+        StepOutcome::Running => "…",
+        StepOutcome::Ok => "ok",
+        StepOutcome::Failed => "FAILED",
+    };
+    let version = step.version.map(|v| format!("v{v}")).unwrap_or_default();
+    let detail = step.detail.as_deref().unwrap_or_default();
+    format!(
+        "  {:<20} {:<7} {:<6} {:>8}  {detail}",
+        step.name.as_str(),
+        outcome,
+        version,
+        took
+    )
+}
+
+async fn flip(client: &Client, args: FlipArgs) -> Result<u8, Failure> {
+    let replication_check = if args.emergency {
+        None
+    } else if args.confirm {
+        Some(ReplicationCheck {
+            confirm: Some(true),
+            ..Default::default()
+        })
+    } else if let Some(delay) = args.delay_s {
+        Some(ReplicationCheck {
+            delay_s: Some(delay),
+            ..Default::default()
+        })
+    } else {
+        args.probe.clone().map(|url| ReplicationCheck {
+            url: Some(url),
+            ..Default::default()
+        })
+    };
+    let request = FlipRequest {
+        to: args.to.clone(),
+        mode: if args.emergency {
+            FlipMode::Emergency
+        } else {
+            FlipMode::Planned
+        },
+        reason: args.reason.clone(),
+        replication_check,
+        converge_timeout_s: args.converge_timeout_s,
+    };
+    let accepted: FlipAccepted = client
+        .send_json(
+            Method::POST,
+            &format!("/v1/units/{}/flip", args.unit),
+            &request,
+            TIMEOUT,
+        )
+        .await
+        .map_err(failed)?;
+    println!(
+        "flip {} started: unit {} -> {} ({})",
+        accepted.id,
+        args.unit,
+        args.to,
+        if args.emergency {
+            "emergency"
+        } else {
+            "planned"
+        }
+    );
+    if !args.wait {
+        println!("follow it: unitctl flip-show {}", accepted.id);
+        return Ok(0);
+    }
+    follow(client, &accepted.id).await
+}
+
+/// Print a line when each step starts and when it ends, until the flip ends.
+async fn follow(client: &Client, id: &str) -> Result<u8, Failure> {
+    // Per step index: the outcome last printed.
+    let mut shown: Vec<StepOutcome> = Vec::new();
+    loop {
+        let flip: FlipRecord = client
+            .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
+            .await
+            .map_err(failed)?;
+        for (i, step) in flip.steps.iter().enumerate() {
+            if shown.get(i) == Some(&step.outcome) {
+                continue;
+            }
+            println!("{}", step_line(step));
+            let awaits_confirmation = step.outcome == StepOutcome::Running
+                && step.name == control_api::StepName::Replication
+                && flip
+                    .replication_check
+                    .as_ref()
+                    .is_some_and(|c| c.confirm == Some(true));
+            if awaits_confirmation {
+                println!(
+                    "  waiting for: unitctl flip-confirm {id}   (or unitctl flip-cancel {id})"
+                );
+            }
+            if i < shown.len() {
+                shown[i] = step.outcome;
+            } else {
+                shown.push(step.outcome);
+            }
+        }
+        if flip.state.is_final() {
+            println!("flip {id}: {}", flip.state.as_str());
+            if let Some(error) = &flip.error {
+                println!("  {error}");
+            }
+            return Ok(if flip.state == FlipState::Succeeded {
+                0
+            } else {
+                EXIT_FINDING
+            });
+        }
+        // Flip records have no push channel: poll, like an operator refreshing a page.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn signal(client: &Client, id: &str, what: &str) -> Result<u8, Failure> {
+    let reply = client
+        .send(
+            Method::POST,
+            &format!("/v1/flips/{id}/{what}"),
+            &[],
+            None,
+            TIMEOUT,
+        )
+        .await
+        .map_err(failed)?;
+    if !reply.status.is_success() {
+        return Err(failed(reply.api_error()));
+    }
+    println!("flip {id}: {what} sent");
+    Ok(0)
+}
+
+/// `unitctl flip-show ID`: the flip's steps so far (and follow it with `--wait`).
+pub fn show(server: &Server, id: &str, wait: bool, output: Output) -> Result<u8, Failure> {
+    let client = server.client()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::input(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        if wait {
+            return follow(&client, id).await;
+        }
+        let flip: FlipRecord = client
+            .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
+            .await
+            .map_err(failed)?;
+        if output == Output::Json {
+            print_json(&flip)?;
+        } else {
+            println!(
+                "flip {}: unit {} {} -> {} ({:?}) by {}: {}",
+                flip.id,
+                flip.unit,
+                flip.from,
+                flip.to,
+                flip.mode,
+                flip.actor,
+                flip.state.as_str()
+            );
+            for step in &flip.steps {
+                println!("{}", step_line(step));
+            }
+            if let Some(error) = &flip.error {
+                println!("  {error}");
+            }
+        }
+        Ok(0)
+    })
+}
+
+async fn audit(client: &Client, limit: Option<usize>, output: Output) -> Result<u8, Failure> {
+    let path = match limit {
+        Some(n) => format!("/v1/audit?limit={n}"),
+        None => "/v1/audit".to_owned(),
+    };
+    let entries: Vec<AuditEntry> = client.get_json(&path, TIMEOUT).await.map_err(failed)?;
+    if output == Output::Json {
+        print_json(&entries)?;
+        return Ok(0);
+    }
+    for e in &entries {
+        let versions = match (e.version_before, e.version_after) {
+            (Some(a), Some(b)) => format!("v{a}->v{b}"),
+            (Some(a), None) => format!("v{a}"),
+            _ => String::new(),
+        };
+        println!(
+            "{} {:<10} {:<14} {:<10} {:<8} {:<9} {}{}",
+            utc(e.at_ms),
+            e.actor,
+            e.action,
+            e.target,
+            format!("{:?}", e.outcome).to_lowercase(),
+            versions,
+            e.reason
+                .as_deref()
+                .map(|r| format!("[{r}] "))
+                .unwrap_or_default(),
+            e.detail.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_795_752_217_747), "2026-11-27 04:03:37");
+    }
+}
