@@ -439,3 +439,62 @@ fn refuses_to_start_without_tokens_or_with_a_short_one() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("at least 32"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_https_and_gateways_follow_it_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("key");
+    let tokens = Tokens::new();
+    let config = write_config(
+        dir.path(),
+        "cp",
+        "127.0.0.1:0",
+        &file_store(dir.path()),
+        &tokens,
+    );
+    let text = std::fs::read_to_string(&config).expect("config")
+        + &format!(
+            "tls: {{ cert: {}, key: {} }}\n",
+            cert_path.display(),
+            key_path.display()
+        );
+    std::fs::write(&config, text).expect("write");
+    let cp = ControlProcess::start(&config);
+    let url = format!("https://localhost:{}", cp.addr.port());
+    let client = Client::new(&url, Some(&tokens.viewer), Some(&cert_path)).expect("client");
+    let table: control_api::StoredTable = client.get_json("/v1/table", T).await.expect("over TLS");
+    assert_eq!(table.version, 1);
+    // Plain HTTP on the TLS port gets nowhere; an untrusted certificate is refused.
+    let plain =
+        Client::new(&format!("http://{}", cp.addr), Some(&tokens.viewer), None).expect("client");
+    assert!(
+        plain
+            .get_json::<serde_json::Value>("/v1/table", Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let other_path = dir.path().join("other.pem");
+    std::fs::write(&other_path, other.cert.pem()).expect("cert");
+    let untrusting = Client::new(&url, Some(&tokens.viewer), Some(&other_path)).expect("client");
+    let refused = untrusting
+        .get_json::<serde_json::Value>("/v1/table", T)
+        .await;
+    assert!(format!("{:?}", refused.expect_err("untrusted")).contains("TLS"));
+    // A gateway follows it over TLS.
+    let text = format!(
+        "region: hz\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ control_plane: {{ url: \"{url}\", token: \"{}\", ca_file: {} }} }}\nhop_secret: {}\nhealth_check: {{ interval_ms: 0 }}\naccess_log: false\n",
+        tokens.gateway,
+        cert_path.display(),
+        support::HOP_SECRET
+    );
+    let config = gateway::config::GatewayConfig::parse(&text, "test").expect("gateway config");
+    let listeners = gateway::Listeners::bind(&config).expect("bind");
+    let gateway = gateway::Gateway::start(config, listeners)
+        .await
+        .expect("gateway starts");
+    assert_eq!(gateway.store.current().expect("table").table.version(), 1);
+}
