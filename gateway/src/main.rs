@@ -29,23 +29,10 @@ struct Cli {
 enum Command {
     /// Check the configuration and the routing table it names, without serving.
     Check,
-    /// Run three regions on this machine: a gateway per region (127.0.0.1:8001-8003, admin
-    /// :9101-9103) and demo upstreams, routing by deploy/examples/three-regions.yaml.
-    Demo {
-        /// Added to every cross-region hop, each way, in milliseconds (a simulated WAN link).
-        #[arg(long, default_value_t = 0)]
-        wan_delay_ms: u64,
-        /// Directory for the demo's table and caches.
-        #[arg(long, default_value = ".unitgate-demo")]
-        dir: PathBuf,
-    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Demo { wan_delay_ms, dir }) = cli.command {
-        return demo(&dir, std::time::Duration::from_millis(wan_delay_ms));
-    }
     let Some(path) = cli.config else {
         eprintln!("unitgate: give --config FILE (see `unitgate --help`)");
         return ExitCode::from(2);
@@ -59,7 +46,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => check(&config),
-        Some(Command::Demo { .. }) | None => serve(config, cli.upgrade),
+        None => serve(config, cli.upgrade),
     }
 }
 
@@ -193,49 +180,6 @@ fn serve(config: GatewayConfig, upgrade: bool) -> ExitCode {
     // The upgrade socket's thread may still be blocked in accept(): do not wait for it.
     runtime.shutdown_background();
     code
-}
-
-fn demo(dir: &std::path::Path, wan_delay: std::time::Duration) -> ExitCode {
-    init_logging(LogFormat::Text);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(async move {
-        let demo = match gateway::demo::start(dir, wan_delay).await {
-            Ok(demo) => demo,
-            Err(error) => {
-                eprintln!("unitgate demo: {error}");
-                return ExitCode::from(1);
-            }
-        };
-        println!("{}", gateway::demo::tour(&demo, wan_delay));
-        wait_for_signal().await;
-        println!("stopping the demo");
-        gateway::demo::stop(demo).await;
-        ExitCode::SUCCESS
-    })
-}
-
-/// Until SIGTERM or SIGINT.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// Until SIGTERM or SIGINT; SIGHUP reloads the table file.

@@ -551,7 +551,20 @@ async fn follow(client: &Client, id: &str) -> Result<u8, Failure> {
             if shown.get(i) == Some(&step.outcome) {
                 continue;
             }
-            println!("{}", step_line(step));
+            // Steps that store a version take milliseconds; only the waits get a line when
+            // they start.
+            let waits = matches!(
+                step.name,
+                control_api::StepName::Replication
+                    | control_api::StepName::ConvergeFreeze
+                    | control_api::StepName::ConvergeSwitch
+                    | control_api::StepName::ConvergeUnfreeze
+                    | control_api::StepName::ConvergeEmergency
+                    | control_api::StepName::ConvergeRollback
+            );
+            if step.outcome != StepOutcome::Running || waits {
+                println!("{}", step_line(step));
+            }
             let awaits_confirmation = step.outcome == StepOutcome::Running
                 && step.name == control_api::StepName::Replication
                 && flip

@@ -1,0 +1,110 @@
+//! The demo as one process: it routes as the example table says (also across a simulated WAN
+//! link), its gateways follow its control plane, and its env file points `unitctl` at it.
+
+use std::time::{Duration, Instant};
+
+use control_api::{Client, FlipAccepted, FlipRecord};
+use http::Method;
+use unitgate_demo::Layout;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn get(addr: std::net::SocketAddr, path: &str, user: &str) -> (u16, serde_json::Value) {
+    let client = Client::new(&format!("http://{addr}"), None, None).expect("client");
+    let header = [(
+        http::HeaderName::from_static("x-user-id"),
+        http::HeaderValue::from_str(user).expect("value"),
+    )];
+    let reply = client
+        .send(Method::GET, path, &header, None, T)
+        .await
+        .expect("answer");
+    (
+        reply.status.as_u16(),
+        serde_json::from_slice(&reply.body).unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_routes_follows_its_control_plane_and_pays_the_wan_delay_once_per_hop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let delay = Duration::from_millis(40);
+    let demo = unitgate_demo::start(dir.path(), delay, &Layout::ephemeral())
+        .await
+        .expect("demo starts");
+    let hz = demo.gateways[0].1.http_addrs[0];
+    let (status, local) = get(hz, "/cart", "100").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (local["region"].as_str(), local["unit"].as_str()),
+        (Some("hz"), Some("u01"))
+    );
+    assert_eq!(local["table_version"], 1);
+    let started = Instant::now();
+    let (_, remote) = get(hz, "/cart", "4321").await;
+    let remote_time = started.elapsed();
+    assert_eq!(
+        (remote["region"].as_str(), remote["unit"].as_str()),
+        (Some("sh"), Some("u03"))
+    );
+    // The delay is a floor, not a speed target: each way of the hop holds data for `delay`.
+    assert!(
+        remote_time >= delay * 2,
+        "a cross-region request skipped the WAN delay: {remote_time:?}"
+    );
+    let sh_cart = &demo.upstreams[&("sh".to_owned(), "cart".to_owned())];
+    assert_eq!(sh_cart.received().len(), 1);
+    assert_eq!(sh_cart.received()[0].headers["x-unitgate-key"], "4321");
+
+    // The env file points unitctl at the control plane with the operator token.
+    let env = std::fs::read_to_string(dir.path().join("env")).expect("env file");
+    assert!(
+        env.contains(&format!("UNITGATE_SERVER={}", demo.control_url)),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("UNITGATE_TOKEN={}", demo.tokens.operator)),
+        "{env}"
+    );
+    // A flip through the control plane reaches the gateways.
+    let operator =
+        Client::new(&demo.control_url, Some(&demo.tokens.operator), None).expect("client");
+    let accepted: FlipAccepted = operator
+        .send_json(
+            Method::POST,
+            "/v1/units/u03/flip",
+            &serde_json::json!({"to": "sz", "mode": "emergency", "reason": "test"}),
+            T,
+        )
+        .await
+        .expect("flip");
+    for (_, gateway) in &demo.gateways {
+        let mut applied = gateway.store.applied_versions();
+        tokio::time::timeout(T, applied.wait_for(|v| *v >= 2))
+            .await
+            .expect("applied")
+            .expect("alive");
+    }
+    let (_, moved) = get(hz, "/cart", "4321").await;
+    assert_eq!(
+        (moved["region"].as_str(), moved["table_version"].as_u64()),
+        (Some("sz"), Some(2))
+    );
+    let flip: FlipRecord = operator
+        .get_json(&accepted.location, T)
+        .await
+        .expect("flip");
+    assert_eq!(flip.unit, "u03");
+    unitgate_demo::stop(demo).await;
+
+    // A second run in the same directory starts again from the example table.
+    let again = unitgate_demo::start(dir.path(), Duration::ZERO, &Layout::ephemeral())
+        .await
+        .expect("a second run starts over leftovers");
+    let (_, fresh) = get(again.gateways[0].1.http_addrs[0], "/cart", "4321").await;
+    assert_eq!(
+        (fresh["region"].as_str(), fresh["table_version"].as_u64()),
+        (Some("sh"), Some(1))
+    );
+    unitgate_demo::stop(again).await;
+}
