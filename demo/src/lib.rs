@@ -133,7 +133,7 @@ pub async fn start(dir: &Path, wan_delay: Duration, layout: &Layout) -> Result<D
             } else {
                 loopback(0)
             };
-            let upstream = DemoUpstream::start_on(addr, service, region, false)
+            let upstream = DemoUpstream::start_on(addr, service, region, false, None)
                 .await
                 .map_err(|e| format!("demo upstream {region}/{service} on {addr}: {e}"))?;
             table = table.replace(&example, &upstream.addr.to_string());

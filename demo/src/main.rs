@@ -18,6 +18,25 @@ struct Cli {
     /// Directory for the demo's store, caches, table, tokens and env file.
     #[arg(long, default_value = ".unitgate-demo")]
     dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run one demo upstream on its own: it prints `listening on ADDR`, then one JSON line per
+    /// request it receives (method, path, headers).
+    Upstream {
+        /// Service name it answers as.
+        #[arg(long)]
+        service: String,
+        /// Region name it answers as.
+        #[arg(long)]
+        region: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,6 +58,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(Command::Upstream {
+        service,
+        region,
+        listen,
+    }) = cli.command
+    {
+        return runtime.block_on(upstream(&service, &region, listen));
+    }
     let wan_delay = Duration::from_millis(cli.wan_delay_ms);
     runtime.block_on(async move {
         let layout = unitgate_demo::Layout::standard();
@@ -55,6 +82,29 @@ fn main() -> ExitCode {
         unitgate_demo::stop(demo).await;
         ExitCode::SUCCESS
     })
+}
+
+async fn upstream(service: &str, region: &str, listen: std::net::SocketAddr) -> ExitCode {
+    use std::io::Write;
+    let print: gateway::demo::OnRequest = std::sync::Arc::new(|received| {
+        if let Ok(line) = serde_json::to_string(received) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    });
+    match gateway::demo::DemoUpstream::start_on(listen, service, region, false, Some(print)).await {
+        Ok(upstream) => {
+            println!("listening on {}", upstream.addr);
+            let _ = std::io::stdout().flush();
+            wait_for_signal().await;
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("unitgate-demo upstream: cannot listen on {listen}: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Until SIGTERM or SIGINT.

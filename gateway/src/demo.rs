@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 /// One request a demo upstream received.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Received {
     /// Method.
     pub method: String,
@@ -26,6 +26,9 @@ pub struct Received {
     /// Every header, lowercase names.
     pub headers: BTreeMap<String, String>,
 }
+
+/// Called with every request a demo upstream receives (e.g. to print it).
+pub type OnRequest = Arc<dyn Fn(&Received) + Send + Sync>;
 
 /// An upstream that answers JSON built from what it received, and keeps a log of it.
 pub struct DemoUpstream {
@@ -43,16 +46,18 @@ impl DemoUpstream {
             service,
             region,
             echo_headers,
+            None,
         )
         .await
     }
 
-    /// Start on `addr`.
+    /// Start on `addr`; `on_request` also sees every request.
     pub async fn start_on(
         addr: SocketAddr,
         service: &str,
         region: &str,
         echo_headers: bool,
+        on_request: Option<OnRequest>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -67,13 +72,25 @@ impl DemoUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (service, region, log) = (service.clone(), region.clone(), shared_log.clone());
+                let (service, region, log, on_request) = (
+                    service.clone(),
+                    region.clone(),
+                    shared_log.clone(),
+                    on_request.clone(),
+                );
                 let handler = service_fn(move |request: Request<Incoming>| {
-                    let (service, region, log) = (service.clone(), region.clone(), log.clone());
+                    let (service, region, log, on_request) =
+                        (service.clone(), region.clone(), log.clone(), on_request.clone());
                     async move {
-                        Ok::<_, Infallible>(
-                            answer(&service, &region, &log, echo_headers, request).await,
-                        )
+                        let (received, response) =
+                            answer(&service, &region, echo_headers, request).await;
+                        if let Some(on_request) = &on_request {
+                            on_request(&received);
+                        }
+                        log.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(received);
+                        Ok::<_, Infallible>(response)
                     }
                 });
                 tokio::spawn(async move {
@@ -96,10 +113,9 @@ impl DemoUpstream {
 async fn answer(
     service: &str,
     region: &str,
-    log: &Mutex<Vec<Received>>,
     echo_headers: bool,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> (Received, Response<Full<Bytes>>) {
     let headers: BTreeMap<String, String> = request
         .headers()
         .iter()
@@ -123,18 +139,16 @@ async fn answer(
     if echo_headers {
         body["headers"] = json!(headers);
     }
-    log.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Received {
-            method: request.method().to_string(),
-            path: request.uri().path().to_owned(),
-            headers,
-        });
+    let received = Received {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+        headers,
+    };
     let _ = request.into_body().collect().await;
     let mut response = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    response
+    (received, response)
 }
