@@ -79,17 +79,19 @@ impl DemoUpstream {
                     on_request.clone(),
                 );
                 let handler = service_fn(move |request: Request<Incoming>| {
-                    let (service, region, log, on_request) =
-                        (service.clone(), region.clone(), log.clone(), on_request.clone());
+                    let (service, region, log, on_request) = (
+                        service.clone(),
+                        region.clone(),
+                        log.clone(),
+                        on_request.clone(),
+                    );
                     async move {
                         let (received, response) =
                             answer(&service, &region, echo_headers, request).await;
                         if let Some(on_request) = &on_request {
                             on_request(&received);
                         }
-                        log.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(received);
+                        log.lock().unwrap_or_else(|e| e.into_inner()).push(received);
                         Ok::<_, Infallible>(response)
                     }
                 });

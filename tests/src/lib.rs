@@ -84,7 +84,10 @@ impl Process {
         let tx = Arc::new(tx);
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
-        for pipe in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        for pipe in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
             let (lines, tx) = (lines.clone(), tx.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
@@ -118,8 +121,24 @@ impl Process {
             if let Some(line) = self.lines().into_iter().find(|l| pred(l)) {
                 return line;
             }
-            if tokio::time::timeout_at(deadline, count.changed()).await.is_err() {
-                panic!("{}: no line {what} in 30 s; output:\n{}", self.name, self.lines().join("\n"));
+            match tokio::time::timeout_at(deadline, count.changed()).await {
+                Ok(Ok(())) => {}
+                // Both pipes closed: the process ended without printing it.
+                Ok(Err(_)) => {
+                    if let Some(line) = self.lines().into_iter().find(|l| pred(l)) {
+                        return line;
+                    }
+                    panic!(
+                        "{}: ended without a line {what}; output:\n{}",
+                        self.name,
+                        self.lines().join("\n")
+                    );
+                }
+                Err(_) => panic!(
+                    "{}: no line {what} in 30 s; output:\n{}",
+                    self.name,
+                    self.lines().join("\n")
+                ),
             }
         }
     }
@@ -192,8 +211,18 @@ impl Etcd {
         command
             .args(["--name", "e2e", "--data-dir"])
             .arg(data)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("e2e={peer}")]);
         command
     }
@@ -216,14 +245,20 @@ impl Etcd {
 
     async fn ready(&self) {
         self.process
-            .wait_line("saying it serves clients", |l| l.contains("serving insecure client requests") || l.contains("ready to serve client requests"))
+            .wait_line("saying it serves clients", |l| {
+                l.contains("serving insecure client requests")
+                    || l.contains("ready to serve client requests")
+            })
             .await;
     }
 
     /// SIGKILL, then start again on the same ports and data.
     pub async fn restart(&mut self) {
         self.process.kill();
-        self.process = Process::spawn("etcd", Self::command(&self.data, self.client_port, self.peer_port));
+        self.process = Process::spawn(
+            "etcd",
+            Self::command(&self.data, self.client_port, self.peer_port),
+        );
         self.ready().await;
     }
 }
@@ -280,13 +315,21 @@ impl System {
                 let mut command = Command::new(bin("unitgate-demo"));
                 command.args(["upstream", "--service", service, "--region", region]);
                 let process = Process::spawn(&format!("upstream {region}/{service}"), command);
-                let line = process.wait_line("listening on", |l| l.starts_with("listening on ")).await;
+                let line = process
+                    .wait_line("listening on", |l| l.starts_with("listening on "))
+                    .await;
                 let addr: SocketAddr = line
                     .trim_start_matches("listening on ")
                     .parse()
                     .expect("upstream address");
-                table = table.replace(&format!("127.0.0.1:18{}0{}", r + 1, s + 1), &addr.to_string());
-                upstreams.insert(((*region).to_owned(), (*service).to_owned()), (process, addr));
+                table = table.replace(
+                    &format!("127.0.0.1:18{}0{}", r + 1, s + 1),
+                    &addr.to_string(),
+                );
+                upstreams.insert(
+                    ((*region).to_owned(), (*service).to_owned()),
+                    (process, addr),
+                );
             }
         }
         let mut ports = BTreeMap::new();
@@ -294,7 +337,9 @@ impl System {
             let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let reachable = match options.wan_delay {
-                Some(delay) => unitgate_demo::wan_relay(http, delay).await.expect("WAN relay"),
+                Some(delay) => unitgate_demo::wan_relay(http, delay)
+                    .await
+                    .expect("WAN relay"),
                 None => http,
             };
             table = table.replace(
@@ -311,8 +356,14 @@ impl System {
             None
         };
         let store = match &etcd {
-            Some(etcd) => format!("{{ etcd: {{ endpoints: [\"{}\"], prefix: /e2e/, flip_lease_s: 2 }} }}", etcd.endpoint),
-            None => format!("{{ file: {{ dir: \"{}\" }} }}", dir.path().join("store").display()),
+            Some(etcd) => format!(
+                "{{ etcd: {{ endpoints: [\"{}\"], prefix: /e2e/, flip_lease_s: 2 }} }}",
+                etcd.endpoint
+            ),
+            None => format!(
+                "{{ file: {{ dir: \"{}\" }} }}",
+                dir.path().join("store").display()
+            ),
         };
         let control_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let control_config = dir.path().join("control.yaml");
@@ -342,7 +393,9 @@ impl System {
             )
             .expect("write gateway config");
             let process = Process::spawn(&format!("gateway {region}"), gateway_command(&config));
-            process.wait_line("gateway serving", |l| l.contains("gateway serving")).await;
+            process
+                .wait_line("gateway serving", |l| l.contains("gateway serving"))
+                .await;
             gateways.insert(
                 region.to_owned(),
                 GatewayProcess {
@@ -370,7 +423,9 @@ impl System {
         command.arg("--config").arg(config).env("RUST_LOG", "warn");
         let process = Process::spawn("control plane", command);
         process
-            .wait_line("listening on", |l| l.starts_with("unitgate-control listening on"))
+            .wait_line("listening on", |l| {
+                l.starts_with("unitgate-control listening on")
+            })
             .await;
         process
     }
@@ -398,7 +453,10 @@ impl System {
     pub async fn restart_gateway(&mut self, region: &str) -> String {
         let gateway = self.gateways.get_mut(region).expect("region");
         gateway.process.kill();
-        gateway.process = Process::spawn(&format!("gateway {region}"), gateway_command(&gateway.config));
+        gateway.process = Process::spawn(
+            &format!("gateway {region}"),
+            gateway_command(&gateway.config),
+        );
         gateway
             .process
             .wait_line("gateway serving", |l| l.contains("gateway serving"))
@@ -421,7 +479,12 @@ impl System {
 
     /// A client of a region's gateway.
     pub fn gateway_client(&self, region: &str) -> Client {
-        Client::new(&format!("http://{}", self.gateways[region].http), None, None).expect("client")
+        Client::new(
+            &format!("http://{}", self.gateways[region].http),
+            None,
+            None,
+        )
+        .expect("client")
     }
 
     /// Requests an upstream received, in order.
@@ -482,7 +545,12 @@ pub struct Outcome {
 }
 
 /// Send one request through `client`.
-pub async fn send(client: &Client, method: http::Method, path: &str, headers: &[(&str, &str)]) -> Outcome {
+pub async fn send(
+    client: &Client,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Outcome {
     let headers: Vec<(http::HeaderName, http::HeaderValue)> = headers
         .iter()
         .map(|(k, v)| {
@@ -507,7 +575,12 @@ pub async fn send(client: &Client, method: http::Method, path: &str, headers: &[
 /// A user of `unit` in the example table: slot = id mod 10000, units own 1667-slot ranges.
 pub fn users_of(unit: &str, count: usize) -> Vec<String> {
     let table = router_rules::load_yaml(&example_table()).expect("example");
-    let u = table.raw().units.iter().find(|u| u.name == unit).expect("unit");
+    let u = table
+        .raw()
+        .units
+        .iter()
+        .find(|u| u.name == unit)
+        .expect("unit");
     let [first, last] = u.slots[0];
     (0..count)
         .map(|i| {

@@ -11,7 +11,13 @@ async fn two_thousand_users_per_region_land_where_the_dry_run_says() {
     let system = System::start(Default::default()).await;
     // Numeric IDs and string IDs: both slot functions.
     let users: Vec<String> = (0..2000)
-        .map(|i| if i % 2 == 0 { (i * 4999 + 17).to_string() } else { format!("user-{i}") })
+        .map(|i| {
+            if i % 2 == 0 {
+                (i * 4999 + 17).to_string()
+            } else {
+                format!("user-{i}")
+            }
+        })
         .collect();
     let ids = system.dir.path().join("users.txt");
     std::fs::write(&ids, users.join("\n")).expect("write ids");
@@ -26,7 +32,11 @@ async fn two_thousand_users_per_region_land_where_the_dry_run_says() {
             .args(["--each", "--output", "json"])
             .output()
             .expect("unitctl runs");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let expected: BTreeMap<String, (String, String)> = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -49,14 +59,18 @@ async fn two_thousand_users_per_region_land_where_the_dry_run_says() {
                 let client = client.clone();
                 let user = user.clone();
                 async move {
-                    let outcome = send(&client, Method::GET, "/cart", &[("x-user-id", &user)]).await;
+                    let outcome =
+                        send(&client, Method::GET, "/cart", &[("x-user-id", &user)]).await;
                     (user, outcome)
                 }
             }))
             .await;
             for (user, outcome) in answers {
                 let got = (
-                    outcome.body["region"].as_str().unwrap_or_default().to_owned(),
+                    outcome.body["region"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
                     outcome.body["unit"].as_str().unwrap_or_default().to_owned(),
                 );
                 if outcome.status != 200 || expected.get(&user) != Some(&got) {
@@ -65,11 +79,17 @@ async fn two_thousand_users_per_region_land_where_the_dry_run_says() {
                 }
             }
         }
-        assert!(mismatches.is_empty(), "entering {region}: {:?}", &mismatches[..mismatches.len().min(5)]);
+        assert!(
+            mismatches.is_empty(),
+            "entering {region}: {:?}",
+            &mismatches[..mismatches.len().min(5)]
+        );
     }
 }
 
-async fn futures_join<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {
