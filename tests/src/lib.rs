@@ -115,27 +115,37 @@ impl Process {
 
     /// Wait for a line matching `pred`; returns it.
     pub async fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let lines = self
+            .wait_until(what, |lines| lines.iter().any(|l| pred(l)))
+            .await;
+        lines.into_iter().find(|l| pred(l)).unwrap_or_default()
+    }
+
+    /// Wait until the output so far satisfies `done`; returns it.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
         let mut count = self.count.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(line) = self.lines().into_iter().find(|l| pred(l)) {
-                return line;
+            let lines = self.lines();
+            if done(&lines) {
+                return lines;
             }
             match tokio::time::timeout_at(deadline, count.changed()).await {
                 Ok(Ok(())) => {}
                 // Both pipes closed: the process ended without printing it.
                 Ok(Err(_)) => {
-                    if let Some(line) = self.lines().into_iter().find(|l| pred(l)) {
-                        return line;
+                    let lines = self.lines();
+                    if done(&lines) {
+                        return lines;
                     }
                     panic!(
-                        "{}: ended without a line {what}; output:\n{}",
+                        "{}: ended without {what}; output:\n{}",
                         self.name,
-                        self.lines().join("\n")
+                        lines.join("\n")
                     );
                 }
                 Err(_) => panic!(
-                    "{}: no line {what} in 30 s; output:\n{}",
+                    "{}: no {what} in 30 s; output:\n{}",
                     self.name,
                     self.lines().join("\n")
                 ),
@@ -496,6 +506,17 @@ impl System {
             .filter(|l| l.starts_with('{'))
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Wait until an upstream has printed `count` requests (its output is read by another
+    /// thread, a moment after it answered).
+    pub async fn wait_received(&self, region: &str, service: &str, count: usize) {
+        self.upstreams[&(region.to_owned(), service.to_owned())]
+            .0
+            .wait_until(&format!("request {count}"), |lines| {
+                lines.iter().filter(|l| l.starts_with('{')).count() >= count
+            })
+            .await;
     }
 
     /// A gateway's access-log entries.
