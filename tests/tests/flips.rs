@@ -9,7 +9,6 @@ use unitgate_e2e::{REGIONS, System, T, send, users_of};
 
 #[derive(Debug, Clone)]
 struct Sample {
-    user: String,
     unit: &'static str,
     write: bool,
     status: u16,
@@ -62,7 +61,6 @@ async fn a_planned_flip_under_load_freezes_only_the_moving_units_writes() {
                     let client = &clients[n % clients.len()];
                     let outcome = send(client, method, "/cart", &[("x-user-id", user)]).await;
                     samples.lock().expect("samples").push(Sample {
-                        user: user.clone(),
                         unit,
                         write,
                         status: outcome.status,
