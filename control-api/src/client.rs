@@ -12,8 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -305,24 +304,10 @@ fn tls_connector(
 ) -> Result<(TlsConnector, ServerName<'static>), ClientError> {
     let setup = |m: String| ClientError::Setup(m);
     let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| {
-            setup(format!(
-                "{}: cannot read certificates: {e}",
-                ca_file.display()
-            ))
-        })?;
-    for cert in certs {
+    for cert in crate::tls::certificates(ca_file).map_err(setup)? {
         roots
             .add(cert)
             .map_err(|e| setup(format!("{}: {e}", ca_file.display())))?;
-    }
-    if roots.is_empty() {
-        return Err(setup(format!(
-            "{}: no certificate found",
-            ca_file.display()
-        )));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)

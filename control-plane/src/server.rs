@@ -7,8 +7,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -17,26 +15,7 @@ use crate::config::TlsFiles;
 
 /// A TLS server config from PEM files.
 pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| format!("tls.cert: {}: {e}", files.cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "tls.cert: {}: no certificate found",
-            files.cert.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("tls.key: {}: {e}", files.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("tls: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    control_api::tls::server_config(&files.cert, &files.key).map_err(|e| format!("tls: {e}"))
 }
 
 /// A running API server.

@@ -6,11 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use control_api::{
-    Client, FlipAccepted, FlipRecord, FlipState, StepName, StepOutcome, StoredTable,
-};
+use control_api::{FlipAccepted, FlipState, StepName, StepOutcome, StoredTable};
 use http::Method;
-use support::{ControlProcess, Etcd, Tokens, applied, gateway, unit_placement, write_config};
+use support::{
+    ControlProcess, Etcd, Tokens, applied, flip_until, gateway, unit_placement, write_config,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -19,27 +19,6 @@ fn etcd_store(etcd: &Etcd, prefix: &str) -> String {
         "{{ etcd: {{ endpoints: [\"{}\"], prefix: \"{prefix}\", flip_lease_s: 2 }} }}",
         etcd.endpoint
     )
-}
-
-async fn flip_until(
-    client: &Client,
-    id: &str,
-    what: &str,
-    done: impl Fn(&FlipRecord) -> bool,
-) -> FlipRecord {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let flip: FlipRecord = client
-            .get_json(&format!("/v1/flips/{id}"), T)
-            .await
-            .expect("flip");
-        if done(&flip) {
-            return flip;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: {flip:?}");
-        // Flip records have no push channel; poll like an operator's CLI does.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

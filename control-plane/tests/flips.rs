@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use control_api::{
-    AuditEntry, AuditOutcome, Client, FlipAccepted, FlipRecord, FlipState, GatewayStatus, StepName,
+    AuditEntry, AuditOutcome, Client, FlipAccepted, FlipState, GatewayStatus, StepName,
     StepOutcome, StoredTable,
 };
 use gateway::Gateway;
 use http::{Method, StatusCode};
-use support::{ControlProcess, Tokens, applied, gateway, unit_placement, write_config};
+use support::{
+    ControlProcess, Tokens, applied, gateway, signal, unit_placement, wait_flip, write_config,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -53,25 +55,6 @@ async fn setup(gateways: usize) -> Setup {
         tokens,
         cp,
         gateways: started,
-    }
-}
-
-async fn wait_flip(client: &Client, id: &str) -> FlipRecord {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let flip: FlipRecord = client
-            .get_json(&format!("/v1/flips/{id}"), T)
-            .await
-            .expect("flip");
-        if flip.state.is_final() {
-            return flip;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "flip did not end: {flip:?}"
-        );
-        // Flip records have no push channel; poll the API like an operator's CLI does.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -159,17 +142,10 @@ async fn a_planned_flip_reaches_every_gateway_step_by_step() {
             ("sh".into(), "write_frozen".into())
         );
     }
-    let reply = operator
-        .send(
-            Method::POST,
-            &format!("/v1/flips/{id}/confirm"),
-            &[],
-            None,
-            T,
-        )
-        .await
-        .expect("confirm");
-    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        signal(&operator, &id, "confirm").await,
+        StatusCode::ACCEPTED
+    );
     let flip = wait_flip(&operator, &id).await;
     assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
     let names: Vec<StepName> = flip.steps.iter().map(|s| s.name).collect();
@@ -403,17 +379,7 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
     for g in &s.gateways {
         applied(g, 3).await;
     }
-    let reply = operator
-        .send(
-            Method::POST,
-            &format!("/v1/flips/{id}/cancel"),
-            &[],
-            None,
-            T,
-        )
-        .await
-        .expect("cancel");
-    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(signal(&operator, &id, "cancel").await, StatusCode::ACCEPTED);
     let flip = wait_flip(&operator, &id).await;
     assert_eq!(flip.state, FlipState::RolledBack, "{flip:?}");
     assert!(
@@ -431,17 +397,7 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
         );
     }
     // An ended flip takes no more signals.
-    let reply = operator
-        .send(
-            Method::POST,
-            &format!("/v1/flips/{id}/cancel"),
-            &[],
-            None,
-            T,
-        )
-        .await
-        .expect("cancel");
-    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert_eq!(signal(&operator, &id, "cancel").await, StatusCode::CONFLICT);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use control_api::{
     StoredTable,
 };
 use http::Method;
-use support::{ControlProcess, Tokens, unit_placement, write_config};
+use support::{ControlProcess, Tokens, flip_until, signal, unit_placement, write_config};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -37,27 +37,6 @@ async fn report(gateway: &Client, applied: u64) {
         .await
         .expect("report");
     assert!(reply.status.is_success());
-}
-
-/// Poll the flip until `done` holds (flip records have no push channel).
-async fn flip_until(
-    client: &Client,
-    id: &str,
-    what: &str,
-    done: impl Fn(&FlipRecord) -> bool,
-) -> FlipRecord {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let flip: FlipRecord = client
-            .get_json(&format!("/v1/flips/{id}"), T)
-            .await
-            .expect("flip");
-        if done(&flip) {
-            return flip;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: {flip:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn waiting_at(step: StepName) -> impl Fn(&FlipRecord) -> bool {
@@ -139,17 +118,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
             kill_at,
             StepName::ConvergeSwitch | StepName::ConvergeUnfreeze
         ) {
-            let reply = operator
-                .send(
-                    Method::POST,
-                    &format!("/v1/flips/{id}/confirm"),
-                    &[],
-                    None,
-                    T,
-                )
-                .await
-                .expect("confirm");
-            assert!(reply.status.is_success());
+            assert!(signal(&operator, &id, "confirm").await.is_success());
             at = flip_until(
                 &operator,
                 &id,

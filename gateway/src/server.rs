@@ -8,8 +8,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
@@ -68,23 +66,7 @@ impl Drop for ConnGuard {
 
 /// A TLS server config for `listen`: HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_config(listen: &TlsListen) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&listen.cert)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| format!("{}: cannot read certificates: {e}", listen.cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", listen.cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&listen.key)
-        .map_err(|e| format!("{}: cannot read private key: {e}", listen.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", listen.cert.display()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    control_api::tls::server_config(&listen.cert, &listen.key)
 }
 
 fn http_builder(limits: &RequestLimits, header_timeout: Duration) -> auto::Builder<TokioExecutor> {

@@ -530,6 +530,23 @@ impl System {
             .collect()
     }
 
+    /// Wait until flip `id` ends (operators poll flips, as `unitctl flip --wait` does).
+    pub async fn wait_flip(&self, id: &str) -> control_api::FlipRecord {
+        let client = self.control_client(&self.tokens.operator);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let flip: control_api::FlipRecord = client
+                .get_json(&format!("/v1/flips/{id}"), T)
+                .await
+                .expect("flip");
+            if flip.state.is_final() {
+                return flip;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{flip:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Wait until every live gateway (those in `regions`) reports `version` to the control
     /// plane.
     pub async fn converged(&self, regions: &[&str], version: u64) {

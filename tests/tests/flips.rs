@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use control_api::{FlipAccepted, FlipRecord, FlipState, StepName};
+use control_api::{FlipAccepted, FlipState, StepName};
 use http::Method;
 use unitgate_e2e::{REGIONS, System, T, send, users_of};
 
@@ -13,23 +13,6 @@ struct Sample {
     write: bool,
     status: u16,
     version: Option<u64>,
-}
-
-async fn wait_flip(system: &System, id: &str) -> FlipRecord {
-    let client = system.control_client(&system.tokens.operator);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let flip: FlipRecord = client
-            .get_json(&format!("/v1/flips/{id}"), T)
-            .await
-            .expect("flip");
-        if flip.state.is_final() {
-            return flip;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{flip:?}");
-        // Flips have no push channel for operators: poll as `unitctl flip --wait` does.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -82,7 +65,7 @@ async fn a_planned_flip_under_load_freezes_only_the_moving_units_writes() {
         )
         .await
         .expect("flip accepted");
-    let flip = wait_flip(&system, &accepted.id).await;
+    let flip = system.wait_flip(&accepted.id).await;
     assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     running.store(false, std::sync::atomic::Ordering::Relaxed);

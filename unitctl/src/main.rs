@@ -130,7 +130,9 @@ fn main() -> ExitCode {
         Command::Flip(args) => remote::run(&cli.server, remote::Remote::Flip(args)),
         Command::FlipConfirm { id } => remote::run(&cli.server, remote::Remote::Confirm { id }),
         Command::FlipCancel { id } => remote::run(&cli.server, remote::Remote::Cancel { id }),
-        Command::FlipShow { id, wait, output } => remote::show(&cli.server, &id, wait, output),
+        Command::FlipShow { id, wait, output } => {
+            remote::run(&cli.server, remote::Remote::Show { id, wait, output })
+        }
         Command::Audit { limit, output } => {
             remote::run(&cli.server, remote::Remote::Audit { limit, output })
         }

@@ -125,6 +125,7 @@ pub fn run(server: &Server, command: Remote) -> Result<u8, Failure> {
             Remote::Confirm { id } => signal(&client, &id, "confirm").await,
             Remote::Cancel { id } => signal(&client, &id, "cancel").await,
             Remote::Audit { limit, output } => audit(&client, limit, output).await,
+            Remote::Show { id, wait, output } => show(&client, &id, wait, output).await,
         }
     })
 }
@@ -150,6 +151,15 @@ pub enum Remote {
     Cancel {
         /// Flip id.
         id: String,
+    },
+    /// One flip.
+    Show {
+        /// Flip id.
+        id: String,
+        /// Follow it until it ends.
+        wait: bool,
+        /// Output format.
+        output: Output,
     },
     /// The audit log.
     Audit {
@@ -617,42 +627,35 @@ async fn signal(client: &Client, id: &str, what: &str) -> Result<u8, Failure> {
 }
 
 /// `unitctl flip-show ID`: the flip's steps so far (and follow it with `--wait`).
-pub fn show(server: &Server, id: &str, wait: bool, output: Output) -> Result<u8, Failure> {
-    let client = server.client()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::input(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async move {
-        if wait {
-            return follow(&client, id).await;
+async fn show(client: &Client, id: &str, wait: bool, output: Output) -> Result<u8, Failure> {
+    if wait {
+        return follow(client, id).await;
+    }
+    let flip: FlipRecord = client
+        .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
+        .await
+        .map_err(failed)?;
+    if output == Output::Json {
+        print_json(&flip)?;
+    } else {
+        println!(
+            "flip {}: unit {} {} -> {} ({:?}) by {}: {}",
+            flip.id,
+            flip.unit,
+            flip.from,
+            flip.to,
+            flip.mode,
+            flip.actor,
+            flip.state.as_str()
+        );
+        for step in &flip.steps {
+            println!("{}", step_line(step));
         }
-        let flip: FlipRecord = client
-            .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
-            .await
-            .map_err(failed)?;
-        if output == Output::Json {
-            print_json(&flip)?;
-        } else {
-            println!(
-                "flip {}: unit {} {} -> {} ({:?}) by {}: {}",
-                flip.id,
-                flip.unit,
-                flip.from,
-                flip.to,
-                flip.mode,
-                flip.actor,
-                flip.state.as_str()
-            );
-            for step in &flip.steps {
-                println!("{}", step_line(step));
-            }
-            if let Some(error) = &flip.error {
-                println!("  {error}");
-            }
+        if let Some(error) = &flip.error {
+            println!("  {error}");
         }
-        Ok(0)
-    })
+    }
+    Ok(0)
 }
 
 async fn audit(client: &Client, limit: Option<usize>, output: Output) -> Result<u8, Failure> {

@@ -122,7 +122,11 @@ impl EtcdStore {
         let txn = Txn::new().when(compares).and_then(vec![
             TxnOp::put(current_key.clone(), version.to_string(), None),
             TxnOp::put(self.key(&format!("table/v/{version:020}")), value, None),
-            TxnOp::put(self.audit_key(&audit), audit_value(&audit)?, None),
+            TxnOp::put(
+                self.key(&self.audit_key(&audit)),
+                serde_json::to_vec(&audit).map_err(StoreError::from_display)?,
+                None,
+            ),
         ]);
         let mut kv = self.client.kv_client();
         let response = kv.txn(txn).await.map_err(etcd)?;
@@ -145,21 +149,14 @@ impl EtcdStore {
         Ok(PutOutcome::Stale(current))
     }
 
+    /// A new, time-ordered key (below the prefix) for an audit entry.
     fn audit_key(&self, entry: &AuditEntry) -> String {
         let n = self.audit_seq.fetch_add(1, Ordering::Relaxed);
-        self.key(&format!(
-            "audit/{:013}-{}-{n:08}",
-            entry.at_ms, self.replica
-        ))
+        format!("audit/{:013}-{}-{n:08}", entry.at_ms, self.replica)
     }
 
     pub(super) async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        self.client
-            .kv_client()
-            .put(self.audit_key(entry), audit_value(entry)?, None)
-            .await
-            .map_err(etcd)?;
-        Ok(())
+        self.put_json(&self.audit_key(entry), entry).await
     }
 
     pub(super) async fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
@@ -183,14 +180,19 @@ impl EtcdStore {
             .collect()
     }
 
-    pub(super) async fn put_flip(&self, flip: &FlipRecord) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(flip).map_err(StoreError::from_display)?;
+    /// Put `value` as JSON under `rest` (below the prefix).
+    async fn put_json<T: serde::Serialize>(&self, rest: &str, value: &T) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(value).map_err(StoreError::from_display)?;
         self.client
             .kv_client()
-            .put(self.key(&format!("flips/{}", flip.id)), value, None)
+            .put(self.key(rest), value, None)
             .await
             .map_err(etcd)?;
         Ok(())
+    }
+
+    pub(super) async fn put_flip(&self, flip: &FlipRecord) -> Result<(), StoreError> {
+        self.put_json(&format!("flips/{}", flip.id), flip).await
     }
 
     pub(super) async fn flip(&self, id: &str) -> Result<Option<FlipRecord>, StoreError> {
@@ -296,18 +298,9 @@ impl EtcdStore {
     }
 
     pub(super) async fn publish_gateway(&self, status: &GatewayStatus) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(status).map_err(StoreError::from_display)?;
-        self.client
-            .kv_client()
-            .put(self.key(&format!("gateways/{}", status.id)), value, None)
+        self.put_json(&format!("gateways/{}", status.id), status)
             .await
-            .map_err(etcd)?;
-        Ok(())
     }
-}
-
-fn audit_value(entry: &AuditEntry) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(entry).map_err(StoreError::from_display)
 }
 
 async fn read_version(

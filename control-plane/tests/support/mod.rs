@@ -348,3 +348,44 @@ pub async fn race_table_writes(cp: &ControlProcess, tokens: &Tokens) {
     );
     assert_eq!(puts.iter().filter(|e| e.status == Some(409)).count(), 19);
 }
+
+/// Poll flip `id` until `done` holds (flip records have no push channel; operators poll too).
+pub async fn flip_until(
+    client: &Client,
+    id: &str,
+    what: &str,
+    done: impl Fn(&control_api::FlipRecord) -> bool,
+) -> control_api::FlipRecord {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let flip: control_api::FlipRecord = client
+            .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
+            .await
+            .expect("flip");
+        if done(&flip) {
+            return flip;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {flip:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll flip `id` until it ends.
+pub async fn wait_flip(client: &Client, id: &str) -> control_api::FlipRecord {
+    flip_until(client, id, "flip ended", |f| f.state.is_final()).await
+}
+
+/// Send flip `id` a signal (`confirm`, `cancel`); the answer's status.
+pub async fn signal(client: &Client, id: &str, what: &str) -> http::StatusCode {
+    client
+        .send(
+            http::Method::POST,
+            &format!("/v1/flips/{id}/{what}"),
+            &[],
+            None,
+            TIMEOUT,
+        )
+        .await
+        .expect(what)
+        .status
+}
