@@ -46,12 +46,33 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A port the OS considers free now.
+/// A port that is free now, below the kernel's ephemeral range: a port picked here and bound
+/// a moment later by a child process cannot meanwhile become the local port of some outgoing
+/// connection (which is what a port from `bind(0)`, freed and rebound, risks).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_low.saturating_sub(1000));
+    loop {
+        let port = low + (std::process::id() as u16 ^ rand_u16()) % (ephemeral_low - low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    hasher.finish() as u16
 }
 
 /// The example routing table.
