@@ -1001,7 +1001,7 @@ async fn signal_flip(cp: &ControlPlane, id: &str, signal: FlipSignal) -> Handled
         .signal_flip(id, signal)
         .await
         .map_err(unavailable)?;
-    cp.flip_wakeup(id).notify_waiters();
+    cp.wake_flip(id);
     Ok(json(
         StatusCode::ACCEPTED,
         &serde_json::json!({ "id": id, "signal": format!("{signal:?}").to_lowercase() }),

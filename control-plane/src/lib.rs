@@ -179,6 +179,19 @@ impl ControlPlane {
             .clone()
     }
 
+    /// Wake flip `id`'s runner if it runs on this replica (on another replica, the runner sees
+    /// the signal in the store within its polling interval).
+    pub fn wake_flip(&self, id: &str) {
+        if let Some(wake) = self
+            .wakeups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            wake.notify_waiters();
+        }
+    }
+
     /// Drop flip `id`'s notifier once it ended.
     pub fn forget_flip(&self, id: &str) {
         self.wakeups
