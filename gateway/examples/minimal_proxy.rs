@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::hash::Hasher;
 
 use gateway::upstream::{Body, BoxError, Upstream};
+use http::uri::Authority;
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 async fn forward(
     upstream: Upstream,
-    upstreams: &[String],
+    upstreams: &[Authority],
     request: Request<Incoming>,
 ) -> Response<Body> {
     let mut hasher = fnv::FnvHasher::default();
@@ -34,11 +35,9 @@ async fn forward(
     let target = &upstreams[(hasher.finish() % upstreams.len() as u64) as usize];
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = format!("http://{target}{path}")
-        .parse::<Uri>()
-        .unwrap_or_default();
+    parts.uri = path.parse::<Uri>().unwrap_or_default();
     let request = Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
-    match upstream.send(request).await {
+    match upstream.send(target, request).await {
         Ok(response) => response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
         Err(_) => {
             let mut response = Response::new(gateway::upstream::empty());
@@ -51,13 +50,13 @@ async fn forward(
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:19000".to_owned());
-    let upstreams: Vec<String> = args
+    let upstreams: Vec<Authority> = args
         .next()
         .unwrap_or_default()
         .split(',')
-        .map(str::to_owned)
+        .filter_map(|a| a.parse().ok())
         .collect();
-    let upstreams: &'static [String] = Vec::leak(upstreams);
+    let upstreams: &'static [Authority] = Vec::leak(upstreams);
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         let upstream = Upstream::new(&gateway::config::Timeouts::default());

@@ -453,13 +453,16 @@ async fn proxy(
                     json!({"error": "no endpoint to forward to", "tried": tried.len()}),
                 ));
             };
-            head.uri = upstream_uri(&endpoint.authority, path_and_query.as_ref());
+            head.uri = upstream_uri(path_and_query.as_ref());
             head.version = Version::HTTP_11;
             let upstream_request = Request::from_parts(head, request_body);
             // One timer per attempt: its read deadline, or the request's total one if sooner.
             let deadline = (tokio::time::Instant::now() + timeouts.read()).min(total_deadline);
-            let result =
-                tokio::time::timeout_at(deadline, shared.upstream.send(upstream_request)).await;
+            let result = tokio::time::timeout_at(
+                deadline,
+                shared.upstream.send(&endpoint.authority, upstream_request),
+            )
+            .await;
             let failure = match result {
                 Ok(Ok(response)) => {
                     endpoint.health.success();
@@ -778,13 +781,9 @@ fn header_safe(value: &str) -> HeaderValue {
     })
 }
 
-fn upstream_uri(
-    authority: &http::uri::Authority,
-    path_and_query: Option<&http::uri::PathAndQuery>,
-) -> Uri {
+fn upstream_uri(path_and_query: Option<&http::uri::PathAndQuery>) -> Uri {
+    // Origin form: the connection already names the endpoint.
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority.clone());
     parts.path_and_query = Some(
         path_and_query
             .cloned()

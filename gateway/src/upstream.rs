@@ -1,17 +1,26 @@
-//! Talking to upstreams and to other regions' gateways: one pooled keep-alive client, and the
-//! active health checks of this region's endpoints.
+//! Talking to upstreams and to other regions' gateways: keep-alive HTTP/1.1 connections pooled
+//! per endpoint, and the active health checks of this region's endpoints.
+//!
+//! The pool is ours rather than hyper-util's legacy client: requests arrive already knowing
+//! their endpoint, so a checkout is one short lock and a map lookup by the endpoint's address
+//! (FNV, no allocation), and the request goes straight onto the connection without a channel
+//! hop to a pool task.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use fnv::FnvBuildHasher;
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 
 use crate::config::{HealthCheck, Timeouts};
 use crate::store::TableStore;
@@ -26,33 +35,227 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// The pooled client.
+/// An idle connection is closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// Why an exchange with an upstream failed.
+#[derive(Debug)]
+pub struct UpstreamError {
+    connect: bool,
+    message: String,
+}
+
+impl UpstreamError {
+    /// The connection could not be made (nothing was sent: safe to try elsewhere).
+    pub fn is_connect(&self) -> bool {
+        self.connect
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+struct Pool {
+    idle: Mutex<HashMap<Box<str>, Vec<Idle>, FnvBuildHasher>>,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    /// The most recently used idle connection to `endpoint` that is still open.
+    fn checkout(&self, endpoint: &str) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let connections = idle.get_mut(endpoint)?;
+        while let Some(candidate) = connections.pop() {
+            if !candidate.sender.is_closed() && candidate.since.elapsed() < IDLE_TIMEOUT {
+                return Some(candidate.sender);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, endpoint: &str, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = match idle.get_mut(endpoint) {
+            Some(entry) => entry,
+            None => idle.entry(endpoint.into()).or_default(),
+        };
+        if entry.len() < MAX_IDLE_PER_ENDPOINT {
+            entry.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, endpoint: &Authority) -> Result<SendRequest<Body>, UpstreamError> {
+        let connect_error = |message: String| UpstreamError {
+            connect: true,
+            message,
+        };
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(endpoint.as_str()),
+        )
+        .await
+        .map_err(|_| connect_error(format!("{endpoint}: connect timed out")))?
+        .map_err(|e| connect_error(format!("{endpoint}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let _ = rustix::net::sockopt::set_socket_keepalive(&stream, true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_error(format!("{endpoint}: handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+}
+
+/// The upstream client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
 }
 
 impl Upstream {
     /// A client with keep-alive pooling and the configured connect timeout.
     pub fn new(timeouts: &Timeouts) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect()));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .retry_canceled_requests(true)
-            .build(connector);
-        Self { client }
+        Self {
+            pool: Arc::new(Pool {
+                idle: Mutex::new(HashMap::default()),
+                connect_timeout: timeouts.connect(),
+            }),
+        }
     }
 
-    /// Send `request` (its URI names the endpoint).
+    /// Send `request` (origin-form URI) to `endpoint`, on an idle connection when there is
+    /// one. A request an idle connection closed under before taking it is sent on another.
     pub async fn send(
         &self,
-        request: Request<Body>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(request).await
+        endpoint: &Authority,
+        mut request: Request<Body>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = http::HeaderValue::from_str(endpoint.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        while let Some(mut sender) = self.pool.checkout(endpoint.as_str()) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.pooled(endpoint, response, sender)),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => {
+                        return Err(UpstreamError {
+                            connect: false,
+                            message: format!("{endpoint}: {}", error.into_error()),
+                        });
+                    }
+                },
+            }
+        }
+        let mut sender = self.pool.connect(endpoint).await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok(self.pooled(endpoint, response, sender)),
+            Err(error) => Err(UpstreamError {
+                connect: false,
+                message: format!("{endpoint}: {error}"),
+            }),
+        }
+    }
+
+    /// The response, whose body gives the connection back to the pool once read to its end.
+    fn pooled(
+        &self,
+        endpoint: &Authority,
+        response: Response<Incoming>,
+        sender: SendRequest<Body>,
+    ) -> Response<PooledBody> {
+        // An upgraded connection belongs to the tunnel now.
+        let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        response.map(|inner| {
+            let mut body = PooledBody {
+                inner,
+                give_back: reusable.then(|| GiveBack {
+                    pool: self.pool.clone(),
+                    endpoint: endpoint.clone(),
+                    sender,
+                }),
+            };
+            if hyper::body::Body::is_end_stream(&body.inner) {
+                body.release();
+            }
+            body
+        })
+    }
+}
+
+struct GiveBack {
+    pool: Arc<Pool>,
+    endpoint: Authority,
+    sender: SendRequest<Body>,
+}
+
+/// An upstream response body. Read to its end, it returns its connection to the pool; dropped
+/// before that, the connection closes (it may still carry the rest of this response).
+pub struct PooledBody {
+    inner: Incoming,
+    give_back: Option<GiveBack>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some(back) = self.give_back.take() {
+            back.pool.give_back(back.endpoint.as_str(), back.sender);
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // Servers stop polling a body that says it ended, so its last frame is the moment.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => hyper::body::Body::is_end_stream(&self.inner),
+            _ => false,
+        };
+        if ended {
+            self.release();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        hyper::body::Body::size_hint(&self.inner)
     }
 }
 
@@ -107,14 +310,14 @@ async fn check_once(
             Ok(Ok(_))
         ),
         Some(path) => {
-            let Ok(request) = Request::get(format!("http://{authority}{path}"))
+            let Ok(request) = Request::get(path.as_str())
                 .header("user-agent", "unitgate-health-check")
                 .body(empty())
             else {
                 return false;
             };
             matches!(
-                tokio::time::timeout(timeout, upstream.send(request)).await,
+                tokio::time::timeout(timeout, upstream.send(authority, request)).await,
                 Ok(Ok(response)) if response.status().is_success()
             )
         }

@@ -216,3 +216,68 @@ async fn get_text(client: &TestClient, addr: SocketAddr, path: &str) -> String {
         .to_bytes();
     String::from_utf8_lossy(&body).into_owned()
 }
+
+/// An upstream that counts the connections it accepted; `/empty` answers with no body,
+/// `/chunked` with a streamed one, anything else with a fixed-length one.
+async fn counting_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let body = match request.uri().path() {
+                    "/empty" => http_body_util::Either::Left(Full::new(Bytes::new())),
+                    "/chunked" => http_body_util::Either::Right(http_body_util::StreamBody::new(
+                        futures_util::stream::iter([
+                            Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                                b"one ",
+                            ))),
+                            Ok(hyper::body::Frame::data(Bytes::from_static(b"two"))),
+                        ]),
+                    )),
+                    _ => http_body_util::Either::Left(Full::new(Bytes::from_static(b"fixed body"))),
+                };
+                Ok::<_, Infallible>(Response::new(body))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_whatever_the_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (upstream, accepted) = counting_upstream().await;
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[upstream],
+        "health_check: { interval_ms: 0 }\n",
+    )
+    .await;
+    let addr = gateway.http_addrs[0];
+    let client = client();
+    for path in ["/fixed", "/empty", "/chunked"] {
+        for i in 0..10 {
+            let (status, _, _) = send(
+                &client,
+                request("GET", addr, path, &[("x-user-id", &i.to_string())]),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+    }
+    // Sequential requests: one connection carried all 30.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
