@@ -4,6 +4,7 @@
 # server, client and runtime (gateway/examples/minimal_proxy.rs), both on one thread, behind the
 # same header-keyed workload as bench/proxy.sh. The difference is the cost of the gateway's own
 # work per request. Usage: bench/instructions.sh   (installs valgrind, nginx and wrk if missing)
+# PROFILE_DIR=DIR keeps the callgrind profiles (callgrind_annotate DIR/unitgate.callgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -47,6 +48,7 @@ count() { # name command... -> "name instructions_per_request"
   kill -INT "$pid"; sleep 1; kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   local instructions
   instructions=$(callgrind_annotate "$WORK/$name.out.1" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+  [[ -n ${PROFILE_DIR:-} ]] && mkdir -p "$PROFILE_DIR" && cp "$WORK/$name.out.1" "$PROFILE_DIR/$name.callgrind"
   echo "$name $((instructions / requests))"
 }
 minimal=$(count minimal target/release/examples/minimal_proxy 127.0.0.1:19000 127.0.0.1:19101,127.0.0.1:19102)
