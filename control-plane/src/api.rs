@@ -767,7 +767,10 @@ async fn put_table(cp: &ControlPlane, actor: &str, request: Request<Incoming>) -
             ),
         )
     };
-    if expected != current_version {
+    // This replica's copy of the version in force may lag behind the store's (etcd), never
+    // lead it: an older If-Match is stale for sure; a newer one is for the store's
+    // compare-and-swap to judge.
+    if expected < current_version {
         return Err(stale(current_version));
     }
     let table =

@@ -302,7 +302,9 @@ impl Runner {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(version);
                 }
-                PutOutcome::Stale(_) => continue,
+                // Another writer got there first (with etcd, maybe through another replica,
+                // whose version this replica may not have received yet): wait for it, redo.
+                PutOutcome::Stale(now) => self.cp.store.wait_for_version(now).await,
                 PutOutcome::LockLost => {
                     return Err("the flip lock was lost (lease expired)".into());
                 }

@@ -201,6 +201,17 @@ impl Store {
         self.current_cell().subscribe()
     }
 
+    /// Wait (a few seconds at most) until this replica holds `version` or a newer one: after
+    /// a lost compare-and-swap, the winner's version may still be on its way from etcd.
+    pub async fn wait_for_version(&self, version: u64) {
+        let mut versions = self.subscribe();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            versions.wait_for(|v| *v >= version),
+        )
+        .await;
+    }
+
     /// One stored version.
     pub async fn version(&self, version: u64) -> Result<Option<StoredTable>, StoreError> {
         match self {
