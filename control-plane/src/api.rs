@@ -390,7 +390,7 @@ async fn route(cp: &Arc<ControlPlane>, request: Request<Incoming>) -> Reply {
                     ),
                 );
                 if mutating {
-                    audit_call(cp, &principal.name, endpoint, &params, &reply, None).await;
+                    audit_call(cp, &principal.name, endpoint, &params, &reply).await;
                 }
                 return reply;
             }
@@ -405,7 +405,7 @@ async fn route(cp: &Arc<ControlPlane>, request: Request<Incoming>) -> Reply {
                     HeaderValue::from_static("Bearer realm=\"unitgate-control\""),
                 );
                 if mutating {
-                    audit_call(cp, "-", endpoint, &params, &reply, None).await;
+                    audit_call(cp, "-", endpoint, &params, &reply).await;
                 }
                 return reply;
             }
@@ -425,7 +425,7 @@ async fn route(cp: &Arc<ControlPlane>, request: Request<Incoming>) -> Reply {
     // every other mutating call, and every refusal, is audited here.
     let audited_inside = matches!(op, Op::PutTable | Op::StartFlip) && reply.status().is_success();
     if mutating && op != Op::Plan && !audited_inside {
-        audit_call(cp, &actor, endpoint, &params, &reply, None).await;
+        audit_call(cp, &actor, endpoint, &params, &reply).await;
     }
     reply
 }
@@ -436,7 +436,6 @@ async fn audit_call(
     endpoint: &Endpoint,
     params: &[String],
     reply: &Reply,
-    reason: Option<String>,
 ) {
     let status = reply.status();
     let action = match endpoint.op {
@@ -464,7 +463,7 @@ async fn audit_call(
         status: Some(status.as_u16()),
         version_before: Some(cp.store.current_version()),
         version_after: None,
-        reason,
+        reason: None,
         flip: None,
         detail,
     })
