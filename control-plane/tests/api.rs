@@ -10,13 +10,9 @@ use control_api::{ApiError, Client};
 use control_plane::api::ENDPOINTS;
 use control_plane::auth::{Need, Role};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
-use support::{ControlProcess, Tokens, write_config};
+use support::{ControlProcess, Tokens, file_plane_config, file_store};
 
 const T: Duration = Duration::from_secs(10);
-
-fn file_store(dir: &std::path::Path) -> String {
-    format!("{{ file: {{ dir: {} }} }}", dir.join("store").display())
-}
 
 /// A request each endpoint can take without side effects that outlast the test.
 fn sample(method: &Method, path: &str) -> (String, Option<(bytes::Bytes, &'static str)>) {
@@ -38,13 +34,7 @@ fn sample(method: &Method, path: &str) -> (String, Option<(bytes::Bytes, &'stati
 async fn every_endpoint_answers_every_role_as_documented() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = Tokens::new();
-    let config = write_config(
-        dir.path(),
-        "cp",
-        "127.0.0.1:0",
-        &file_store(dir.path()),
-        &tokens,
-    );
+    let config = file_plane_config(dir.path(), &tokens);
     let cp = ControlProcess::start(&config);
     let anonymous = Client::new(&cp.url, None, None).expect("client");
     let callers: Vec<(&str, Option<Role>, Client)> = vec![
@@ -182,13 +172,7 @@ async fn error_of(reply: control_api::Reply) -> (StatusCode, ApiError) {
 async fn bad_input_gets_a_4xx_naming_the_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = Tokens::new();
-    let config = write_config(
-        dir.path(),
-        "cp",
-        "127.0.0.1:0",
-        &file_store(dir.path()),
-        &tokens,
-    );
+    let config = file_plane_config(dir.path(), &tokens);
     let cp = ControlProcess::start(&config);
     let admin = cp.client(&tokens.admin);
     let json =
@@ -448,13 +432,7 @@ async fn serves_https_and_gateways_follow_it_over_tls() {
     std::fs::write(&cert_path, cert.cert.pem()).expect("cert");
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("key");
     let tokens = Tokens::new();
-    let config = write_config(
-        dir.path(),
-        "cp",
-        "127.0.0.1:0",
-        &file_store(dir.path()),
-        &tokens,
-    );
+    let config = file_plane_config(dir.path(), &tokens);
     let text = std::fs::read_to_string(&config).expect("config")
         + &format!(
             "tls: {{ cert: {}, key: {} }}\n",

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use control_api::{FlipAccepted, FlipState, StepName, StepOutcome, StoredTable};
 use http::Method;
-use support::{
-    ControlProcess, Etcd, Tokens, applied, flip_until, gateway, unit_placement, write_config,
-};
+use support::{ControlProcess, Tokens, applied, flip_until, gateway, unit_placement, write_config};
+use testkit::Etcd;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -24,7 +23,7 @@ fn etcd_store(etcd: &Etcd, prefix: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writes_with_one_if_match_have_one_winner_on_etcd() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
+    let etcd = Etcd::start(dir.path()).await;
     let tokens = Tokens::new();
     let store = etcd_store(&etcd, "/race/");
     let a = ControlProcess::start(&write_config(
@@ -54,7 +53,7 @@ async fn concurrent_writes_with_one_if_match_have_one_winner_on_etcd() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
+    let etcd = Etcd::start(dir.path()).await;
     let tokens = Tokens::new();
     let store = etcd_store(&etcd, "/shared/");
     let mut a = ControlProcess::start(&write_config(

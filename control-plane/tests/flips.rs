@@ -15,7 +15,7 @@ use control_api::{
 use gateway::Gateway;
 use http::{Method, StatusCode};
 use support::{
-    ControlProcess, Tokens, applied, gateway, signal, unit_placement, wait_flip, write_config,
+    ControlProcess, Tokens, applied, file_plane_config, gateway, signal, unit_placement, wait_flip,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -30,11 +30,7 @@ struct Setup {
 async fn setup(gateways: usize) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = Tokens::new();
-    let store = format!(
-        "{{ file: {{ dir: {} }} }}",
-        dir.path().join("store").display()
-    );
-    let config = write_config(dir.path(), "cp", "127.0.0.1:0", &store, &tokens);
+    let config = file_plane_config(dir.path(), &tokens);
     let cp = ControlProcess::start(&config);
     let mut started = Vec::new();
     for (i, region) in ["hz", "sh", "sz"].iter().cycle().take(gateways).enumerate() {

@@ -11,7 +11,7 @@ use control_api::{
     StoredTable,
 };
 use http::Method;
-use support::{ControlProcess, Tokens, flip_until, signal, unit_placement, write_config};
+use support::{ControlProcess, Tokens, file_plane_config, flip_until, signal, unit_placement};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -65,11 +65,7 @@ async fn versions(client: &Client) -> Vec<StoredTable> {
 async fn kill_9_between_flip_steps_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = Tokens::new();
-    let store = format!(
-        "{{ file: {{ dir: {} }} }}",
-        dir.path().join("store").display()
-    );
-    let config = write_config(dir.path(), "cp", "127.0.0.1:0", &store, &tokens);
+    let config = file_plane_config(dir.path(), &tokens);
     let mut cp = ControlProcess::start(&config);
     // (where the flip is when the process dies, how the flip must end)
     let points = [

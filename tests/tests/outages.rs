@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use control_api::{FlipAccepted, StoredTable};
+use control_api::FlipAccepted;
 use http::Method;
 use unitgate_e2e::{System, T, send, users_of};
 
@@ -198,7 +198,7 @@ async fn losing_etcd_loses_no_request_and_no_version() {
     system.converged(&["hz", "sh", "sz"], 3).await;
     // No version lost.
     for v in 1..=3u64 {
-        let stored: StoredTable = operator
+        let stored: control_api::StoredTable = operator
             .get_json(&format!("/v1/table/versions/{v}"), T)
             .await
             .expect("version kept");

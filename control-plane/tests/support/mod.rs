@@ -70,6 +70,16 @@ pub fn write_config(dir: &Path, name: &str, listen: &str, store: &str, tokens: &
     path
 }
 
+/// The `store:` of a file store in `dir`.
+pub fn file_store(dir: &Path) -> String {
+    format!("{{ file: {{ dir: {} }} }}", dir.join("store").display())
+}
+
+/// A config for a control plane on a port the OS picks, with a file store in `dir`.
+pub fn file_plane_config(dir: &Path, tokens: &Tokens) -> PathBuf {
+    write_config(dir, "cp", "127.0.0.1:0", &file_store(dir), tokens)
+}
+
 /// A `unitgate-control` process.
 pub struct ControlProcess {
     child: Child,
@@ -175,127 +185,6 @@ pub fn unit_placement(table: &router_rules::RawTable, unit: &str) -> (String, St
         .find(|u| u.name == unit)
         .expect("unit in table");
     (u.region.clone(), u.state.as_str().to_owned())
-}
-
-/// A real etcd on free loopback ports, with its data in a temp dir.
-pub struct Etcd {
-    child: Child,
-    pub endpoint: String,
-    client_port: u16,
-    peer_port: u16,
-    data: PathBuf,
-}
-
-/// A port that is free now, below the kernel's ephemeral range: a port picked here and bound
-/// a moment later by a child process cannot meanwhile become the local port of some outgoing
-/// connection (which is what a port from `bind(0)`, freed and rebound, risks).
-fn free_port() -> u16 {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let low = 10_000u16.min(ephemeral_low.saturating_sub(1000));
-    loop {
-        let port = low + (std::process::id() as u16 ^ rand_u16()) % (ephemeral_low - low);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn rand_u16() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    hasher.finish() as u16
-}
-
-impl Etcd {
-    pub fn start(dir: &Path) -> Self {
-        let (client_port, peer_port) = (free_port(), free_port());
-        let data = dir.join("etcd-data");
-        let child = Self::spawn(&data, client_port, peer_port);
-        let etcd = Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{client_port}"),
-            client_port,
-            peer_port,
-            data,
-        };
-        etcd.wait_ready();
-        etcd
-    }
-
-    fn spawn(data: &Path, client_port: u16, peer_port: u16) -> Child {
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        Command::new(std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into()))
-            .args(["--name", "test", "--data-dir"])
-            .arg(data)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd starts (apt-get install etcd-server)")
-    }
-
-    /// etcd has no readiness signal but its /health endpoint: ask until it says yes.
-    fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) {
-                use std::io::{Read, Write};
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = stream.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n");
-                let mut answer = String::new();
-                let _ = stream.read_to_string(&mut answer);
-                if answer.contains("\"health\":\"true\"") {
-                    return;
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "etcd did not become healthy"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Start again on the same ports and data.
-    pub fn restart(&mut self) {
-        self.kill9();
-        self.child = Self::spawn(&self.data, self.client_port, self.peer_port);
-        self.wait_ready();
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 /// 20 clients PUT with the same If-Match: one wins, 19 get 409, versions have no gaps, and
