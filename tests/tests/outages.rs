@@ -66,6 +66,18 @@ impl Load {
         }
     }
 
+    /// Stop, and check that it ran and nothing failed.
+    async fn stop_without_failures(self) {
+        let (sent, failed) = self.stop().await;
+        assert!(sent > 50, "load ran: {sent}");
+        assert!(
+            failed.is_empty(),
+            "{} of {sent} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
+
     async fn stop(self) -> (usize, Vec<String>) {
         self.running.store(false, Ordering::Relaxed);
         for task in self.tasks {
@@ -97,14 +109,7 @@ async fn losing_the_control_plane_loses_no_request_and_gateways_converge_when_it
     tokio::time::sleep(Duration::from_millis(300)).await;
     system.kill_control();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let (sent, failed) = load.stop().await;
-    assert!(sent > 50, "load ran: {sent}");
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    load.stop_without_failures().await;
 
     // A gateway restarted while the control plane is down serves its cached table.
     let serving = system.restart_gateway("hz").await;
@@ -165,14 +170,7 @@ async fn losing_etcd_loses_no_request_and_no_version() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     system.etcd.as_mut().expect("etcd").restart().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (sent, failed) = load.stop().await;
-    assert!(sent > 50, "load ran: {sent}");
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    load.stop_without_failures().await;
     // The control plane reconnects: a change goes through (retried while it reconnects).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -199,17 +199,7 @@ impl EtcdStore {
         if !super::file::is_flip_id(id) {
             return Ok(None);
         }
-        let response = self
-            .client
-            .kv_client()
-            .get(self.key(&format!("flips/{id}")), None)
-            .await
-            .map_err(etcd)?;
-        response
-            .kvs()
-            .first()
-            .map(|kv| serde_json::from_slice(kv.value()).map_err(StoreError::from_display))
-            .transpose()
+        get_json(&self.client, self.key(&format!("flips/{id}"))).await
     }
 
     pub(super) async fn flips(&self) -> Result<Vec<FlipRecord>, StoreError> {
@@ -303,21 +293,25 @@ impl EtcdStore {
     }
 }
 
-async fn read_version(
+/// The JSON value under `key`, if there is one.
+async fn get_json<T: serde::de::DeserializeOwned>(
     client: &Client,
-    prefix: &str,
-    version: u64,
-) -> Result<Option<StoredTable>, StoreError> {
-    let response = client
-        .kv_client()
-        .get(format!("{prefix}table/v/{version:020}"), None)
-        .await
-        .map_err(etcd)?;
+    key: String,
+) -> Result<Option<T>, StoreError> {
+    let response = client.kv_client().get(key, None).await.map_err(etcd)?;
     response
         .kvs()
         .first()
         .map(|kv| serde_json::from_slice(kv.value()).map_err(StoreError::from_display))
         .transpose()
+}
+
+async fn read_version(
+    client: &Client,
+    prefix: &str,
+    version: u64,
+) -> Result<Option<StoredTable>, StoreError> {
+    get_json(client, format!("{prefix}table/v/{version:020}")).await
 }
 
 /// Read the version in force and every gateway; returns the etcd revision read at.
