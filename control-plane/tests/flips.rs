@@ -65,6 +65,18 @@ async fn start_flip(
     Ok(accepted.id)
 }
 
+/// Wait until every gateway serves `version`; check `unit`'s (region, state) in it.
+async fn all_serve(gateways: &[Gateway], version: u64, unit: &str, placed: (&str, &str)) {
+    for g in gateways {
+        applied(g, version).await;
+        let table = g.store.current().expect("table");
+        assert_eq!(
+            unit_placement(table.table.raw(), unit),
+            (placed.0.to_owned(), placed.1.to_owned())
+        );
+    }
+}
+
 /// Versions a gateway applied, with the unit's (region, state) in each.
 type AppliedLog = Arc<Mutex<Vec<(u64, (String, String))>>>;
 
@@ -130,14 +142,7 @@ async fn a_planned_flip_reaches_every_gateway_step_by_step() {
         other => panic!("second flip: {other:?}"),
     }
     // The flip waits for the confirmation with the unit frozen everywhere.
-    for g in &s.gateways {
-        applied(g, 2).await;
-        let table = g.store.current().expect("table");
-        assert_eq!(
-            unit_placement(table.table.raw(), "u03"),
-            ("sh".into(), "write_frozen".into())
-        );
-    }
+    all_serve(&s.gateways, 2, "u03", ("sh", "write_frozen")).await;
     assert_eq!(
         signal(&operator, &id, "confirm").await,
         StatusCode::ACCEPTED
@@ -313,13 +318,7 @@ async fn a_failed_replication_check_rolls_everything_back() {
         renumbered, pre.table,
         "the rollback version equals the pre-flip version"
     );
-    for g in &s.gateways {
-        applied(g, 3).await;
-        assert_eq!(
-            unit_placement(g.store.current().expect("table").table.raw(), "u01"),
-            ("hz".into(), "active".into())
-        );
-    }
+    all_serve(&s.gateways, 3, "u01", ("hz", "active")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,13 +343,7 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
     );
     let table: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
     assert_eq!(table.version, 2, "one version");
-    for g in &s.gateways {
-        applied(g, 2).await;
-        assert_eq!(
-            unit_placement(g.store.current().expect("table").table.raw(), "u05"),
-            ("hz".into(), "active".into())
-        );
-    }
+    all_serve(&s.gateways, 2, "u05", ("hz", "active")).await;
     let audit: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
     let end = audit
         .iter()
@@ -385,13 +378,7 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
             .contains("cancelled"),
         "{flip:?}"
     );
-    for g in &s.gateways {
-        applied(g, 4).await;
-        assert_eq!(
-            unit_placement(g.store.current().expect("table").table.raw(), "u06"),
-            ("sz".into(), "active".into())
-        );
-    }
+    all_serve(&s.gateways, 4, "u06", ("sz", "active")).await;
     // An ended flip takes no more signals.
     assert_eq!(signal(&operator, &id, "cancel").await, StatusCode::CONFLICT);
 }
