@@ -13,8 +13,11 @@ use tokio::sync::watch;
 
 /// A port that is free now, below the kernel's ephemeral range: a port picked here and bound
 /// a moment later by a child process cannot meanwhile become the local port of some outgoing
-/// connection (which is what a port from `bind(0)`, freed and rebound, risks).
+/// connection (which is what a port from `bind(0)`, freed and rebound, risks). A port is
+/// handed out once per test process, so tests running side by side never pick the same one
+/// before either has bound it.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -22,7 +25,9 @@ pub fn free_port() -> u16 {
     let low = 10_000u16.min(ephemeral_low.saturating_sub(1000));
     loop {
         let port = low + (std::process::id() as u16 ^ rand_u16()) % (ephemeral_low - low);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
