@@ -329,7 +329,14 @@ async fn proxy(
     };
 
     // Phase 5: pick where it goes.
-    let serving = routed.region.unwrap_or(snapshot.region);
+    let mut serving = routed.region.unwrap_or(snapshot.region);
+    // A gateway with a newer table sent it here: during a flip this gateway may not have that
+    // version yet, and forwarding on by its older table would bounce the request between
+    // regions. The newer table's choice stands.
+    if serving != snapshot.region && hop_in.as_ref().is_some_and(|m| m.version > ctx.version) {
+        serving = snapshot.region;
+        ctx.region = Some(serving);
+    }
     let local_pool = snapshot.pools[snapshot.region][route.service].as_ref();
     let target = if serving != snapshot.region {
         Target::Region(serving)

@@ -507,3 +507,33 @@ async fn p_class_reads_fall_back_when_the_local_pool_is_down() {
     );
     assert_eq!(topo.region("sh").upstreams["item"].count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_behind_serves_what_a_newer_table_sent_it_instead_of_bouncing_it() {
+    // Mid-flip: hz already has version 2 (u03 moved to sz); sz still has version 1 (u03 in sh).
+    let topo = Topology::start_with(|region, t| match region {
+        "hz" => t.replace("version: 1\n", "version: 2\n").replace(
+            "slots: [[3334, 4999]]\n    region: sh\n    standby: sz",
+            "slots: [[3334, 4999]]\n    region: sz\n    standby: sh",
+        ),
+        _ => t,
+    })
+    .await;
+    let (status, _, body) = send(
+        &client(),
+        request(
+            "GET",
+            topo.region("hz").http,
+            "/cart",
+            &[("x-user-id", "4321")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["region"], "sz", "served where the newer table put it");
+    assert_eq!(
+        topo.region("sh").upstreams["cart"].count(),
+        0,
+        "not bounced on to sh"
+    );
+}
