@@ -20,7 +20,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use router_rules::table::RegionIndex;
 use router_rules::{Action, Balance, Class, RequestView};
 use serde_json::json;
@@ -411,58 +411,41 @@ async fn proxy(
             (&snapshot.gateways[region], None)
         }
     };
-    let retryable = is_idempotent(&parts.method) && body.is_end_stream();
-    let mut body = Some(limit_body(body, limits.max_body_bytes));
+    // A connect failure hands the request back untouched, so an idempotent one can go to
+    // another endpoint as it is.
+    let retryable = is_idempotent(&parts.method);
     let table_pool = match target {
         Target::Local(_) => table.regions()[snapshot.region].pool(route.service),
         Target::Region(_) => None,
     };
     let timeouts = shared.config.timeouts;
     let total_deadline = tokio::time::Instant::from_std(ctx.start) + timeouts.total();
-    let path_and_query = parts.uri.path_and_query().cloned();
-    let mut parts = Some(parts);
+    parts.uri = upstream_uri(parts.uri.path_and_query());
+    parts.version = Version::HTTP_11;
+    let mut request = Some(Request::from_parts(
+        parts,
+        limit_body(body, limits.max_body_bytes),
+    ));
     let exchange = async {
-        let mut tried: Vec<usize> = Vec::new();
         let attempts = if retryable {
-            pool.endpoints.len().clamp(1, 3)
+            pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
         } else {
             1
         };
-        loop {
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        for attempt in 0..attempts {
             let index = match (affinity_key, table_pool) {
                 (Some(key), Some(table_pool)) => {
-                    pool.first_healthy(table_pool.affinity_indices(key), &tried)
+                    pool.first_healthy(table_pool.affinity_indices(key), &tried[..attempt])
                 }
-                _ => pool.round_robin(&tried),
+                _ => pool.round_robin(&tried[..attempt]),
             };
-            let Some(index) = index else {
-                return Err(Reply::new(
-                    StatusCode::BAD_GATEWAY,
-                    json!({"error": "no endpoint to forward to", "tried": tried.len()}),
-                ));
+            let (Some(index), Some(upstream_request)) = (index, request.take()) else {
+                break;
             };
-            tried.push(index);
+            tried[attempt] = index;
             let endpoint = &pool.endpoints[index];
             ctx.upstream = Some(endpoint.address.clone());
-            let request_body = match body.take() {
-                Some(b) => b,
-                None => empty(),
-            };
-            // Keep the head for another attempt only while one may follow.
-            let head = if tried.len() < attempts {
-                parts.clone()
-            } else {
-                parts.take()
-            };
-            let Some(mut head) = head else {
-                return Err(Reply::new(
-                    StatusCode::BAD_GATEWAY,
-                    json!({"error": "no endpoint to forward to", "tried": tried.len()}),
-                ));
-            };
-            head.uri = upstream_uri(path_and_query.as_ref());
-            head.version = Version::HTTP_11;
-            let upstream_request = Request::from_parts(head, request_body);
             // One timer per attempt: its read deadline, or the request's total one if sooner.
             let deadline = (tokio::time::Instant::now() + timeouts.read()).min(total_deadline);
             let result = tokio::time::timeout_at(
@@ -475,7 +458,10 @@ async fn proxy(
                     endpoint.health.success();
                     return Ok(response);
                 }
-                Ok(Err(error)) if error.is_connect() => UpstreamFailure::Connect,
+                Ok(Err(error)) if error.is_connect() => {
+                    request = error.into_unsent();
+                    UpstreamFailure::Connect
+                }
                 Ok(Err(error)) => {
                     tracing::debug!(%error, upstream = %endpoint.address, "upstream exchange failed");
                     UpstreamFailure::Other
@@ -488,8 +474,7 @@ async fn proxy(
                 health.eject_after_failures,
                 Duration::from_millis(health.eject_for_ms),
             );
-            let retry = matches!(failure, UpstreamFailure::Connect) && tried.len() < attempts;
-            if !retry {
+            if !matches!(failure, UpstreamFailure::Connect) || attempt + 1 == attempts {
                 return Err(match failure {
                     UpstreamFailure::Timeout => Reply::new(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -502,6 +487,10 @@ async fn proxy(
                 });
             }
         }
+        Err(Reply::new(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
+        ))
     };
     let mut response = exchange.await?;
 
@@ -527,6 +516,13 @@ async fn proxy(
 
 /// Seconds a client is asked to wait before retrying a write to a frozen unit.
 const WRITE_FREEZE_RETRY_S: u64 = 2;
+
+/// Headers the gateway adds to a request at most: host, forwarding, trace context and the
+/// seven `X-Unitgate-*` headers.
+const ADDED_HEADERS: usize = 11;
+
+/// Endpoints an idempotent request is tried on when connections to them fail.
+const MAX_ATTEMPTS: usize = 3;
 
 struct Routed {
     action: Action,
@@ -717,6 +713,8 @@ fn prepare_headers(
 ) {
     let upgrade = is_upgrade(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Room for what this function and `add_unit_headers` add, so the map grows once.
+    parts.headers.reserve(ADDED_HEADERS);
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host.clone());
     }

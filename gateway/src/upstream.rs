@@ -41,16 +41,31 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 /// Why an exchange with an upstream failed.
-#[derive(Debug)]
 pub struct UpstreamError {
-    connect: bool,
+    /// The request, when the connection could not be made: nothing was sent, so it may be
+    /// sent elsewhere as it is.
+    unsent: Option<Request<Body>>,
     message: String,
 }
 
 impl UpstreamError {
     /// The connection could not be made (nothing was sent: safe to try elsewhere).
     pub fn is_connect(&self) -> bool {
-        self.connect
+        self.unsent.is_some()
+    }
+
+    /// The request back, when nothing of it was sent.
+    pub fn into_unsent(self) -> Option<Request<Body>> {
+        self.unsent
+    }
+}
+
+impl std::fmt::Debug for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamError")
+            .field("connect", &self.is_connect())
+            .field("message", &self.message)
+            .finish()
     }
 }
 
@@ -102,23 +117,20 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, endpoint: &Authority) -> Result<SendRequest<Body>, UpstreamError> {
-        let connect_error = |message: String| UpstreamError {
-            connect: true,
-            message,
-        };
+    /// A new connection to `endpoint`; the error says why there is none.
+    async fn connect(&self, endpoint: &Authority) -> Result<SendRequest<Body>, String> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(endpoint.as_str()),
         )
         .await
-        .map_err(|_| connect_error(format!("{endpoint}: connect timed out")))?
-        .map_err(|e| connect_error(format!("{endpoint}: {e}")))?;
+        .map_err(|_| format!("{endpoint}: connect timed out"))?
+        .map_err(|e| format!("{endpoint}: {e}"))?;
         let _ = stream.set_nodelay(true);
         let _ = rustix::net::sockopt::set_socket_keepalive(&stream, true);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| connect_error(format!("{endpoint}: handshake: {e}")))?;
+            .map_err(|e| format!("{endpoint}: handshake: {e}"))?;
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
@@ -165,18 +177,26 @@ impl Upstream {
                     Some(unsent) => request = unsent,
                     None => {
                         return Err(UpstreamError {
-                            connect: false,
+                            unsent: None,
                             message: format!("{endpoint}: {}", error.into_error()),
                         });
                     }
                 },
             }
         }
-        let mut sender = self.pool.connect(endpoint).await?;
+        let mut sender = match self.pool.connect(endpoint).await {
+            Ok(sender) => sender,
+            Err(message) => {
+                return Err(UpstreamError {
+                    unsent: Some(request),
+                    message,
+                });
+            }
+        };
         match sender.send_request(request).await {
             Ok(response) => Ok(self.pooled(endpoint, response, sender)),
             Err(error) => Err(UpstreamError {
-                connect: false,
+                unsent: None,
                 message: format!("{endpoint}: {error}"),
             }),
         }

@@ -86,6 +86,42 @@ async fn idempotent_requests_retry_on_connect_failure_and_dead_endpoints_are_eje
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_with_a_body_is_retried_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = Echo::start("app", "local").await;
+    let (_reserved, dead) = refusing_address();
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[dead, live.addr],
+        "health_check: { interval_ms: 0, eject_after_failures: 100 }\n",
+    )
+    .await;
+    let client = client();
+    // Round robin alternates, so one of the two starts on the dead endpoint.
+    for i in 0..2 {
+        let mut put = request("PUT", gateway.http_addrs[0], "/x", &[("x-user-id", "7")]);
+        *put.body_mut() = Full::new(Bytes::from(format!("payload-{i}")));
+        let (status, _, body) = send(&client, put).await;
+        assert_eq!(status, 200, "PUT {i}: {body}");
+    }
+    let received = live.received();
+    assert_eq!(received.len(), 2);
+    for r in &received {
+        assert_eq!(r.method, "PUT");
+        assert_eq!(r.headers["content-length"], "9", "the body went on whole");
+    }
+    // Each attempt moves the round robin on: at least one of the two met the dead endpoint.
+    let metrics = get_text(&client, gateway.admin_addr, "/metrics").await;
+    let series = format!("unitgate_upstream_errors_total{{endpoint=\"{dead}\",kind=\"connect\"}} ");
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_not_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_reserved, dead) = refusing_address();
