@@ -43,6 +43,7 @@ pub enum HopError {
 }
 
 /// Signs and checks hop markers.
+#[derive(Clone)]
 pub struct HopKey {
     key: hmac::Key,
 }

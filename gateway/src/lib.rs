@@ -16,6 +16,7 @@ pub mod source;
 pub mod store;
 pub mod upgrade;
 pub mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use crate::proxy::Shared;
 use crate::server::ConnTracker;
 use crate::store::TableStore;
 use crate::upstream::Upstream;
+use crate::workers::Workers;
 
 /// Sockets a gateway serves on, bound before it starts (so tests and upgrades can hand them in).
 pub struct Listeners {
@@ -108,7 +110,7 @@ pub struct Gateway {
     /// Address of the admin listener.
     pub admin_addr: SocketAddr,
     admin: Arc<AdminState>,
-    shared: Arc<Shared>,
+    workers: Arc<Workers>,
     stop: watch::Sender<bool>,
     tracker: Arc<ConnTracker>,
     reload: Arc<Notify>,
@@ -166,20 +168,25 @@ impl Gateway {
             );
             tasks.push(source.spawn(&store, stop_rx.clone()));
         }
-        let upstream = Upstream::new(&config.timeouts);
-        upstream::spawn_health_checks(store.clone(), upstream.clone(), config.health_check.clone());
+        upstream::spawn_health_checks(
+            store.clone(),
+            Upstream::new(&config.timeouts),
+            config.health_check.clone(),
+        );
         let stress_header =
             HeaderName::from_bytes(config.stress_test_header.to_ascii_lowercase().as_bytes())
                 .map_err(|e| format!("stress_test_header: {e}"))?;
-        let shared = Arc::new(Shared {
+        let hop = HopKey::new(&config.hop_secret()?);
+        let threads = config.threads;
+        let workers = Arc::new(Workers::start(threads, || Shared {
             store: store.clone(),
-            upstream,
-            hop: HopKey::new(&config.hop_secret()?),
+            upstream: Upstream::new(&config.timeouts),
+            hop: hop.clone(),
             metrics: metrics.clone(),
-            config,
-            stress_header,
+            config: config.clone(),
+            stress_header: stress_header.clone(),
             draining: false.into(),
-        });
+        })?);
         let tracker = Arc::new(ConnTracker::default());
         let admin = Arc::new(AdminState {
             store: store.clone(),
@@ -199,7 +206,7 @@ impl Gateway {
             tasks.push(tokio::spawn(server::serve_proxy(
                 listener,
                 None,
-                shared.clone(),
+                workers.clone(),
                 tracker.clone(),
                 stop_rx.clone(),
             )));
@@ -210,7 +217,7 @@ impl Gateway {
             tasks.push(tokio::spawn(server::serve_proxy(
                 listener,
                 Some(TlsAcceptor::from(tls)),
-                shared.clone(),
+                workers.clone(),
                 tracker.clone(),
                 stop_rx.clone(),
             )));
@@ -223,7 +230,8 @@ impl Gateway {
             stop_rx,
         )));
         tracing::info!(
-            region = shared.config.region,
+            region = config.region,
+            workers = workers.shared().count(),
             http = ?http_addrs,
             https = ?https_addrs,
             admin = %admin_addr,
@@ -237,7 +245,7 @@ impl Gateway {
             https_addrs,
             admin_addr,
             admin,
-            shared,
+            workers,
             stop,
             tracker,
             reload,
@@ -254,7 +262,9 @@ impl Gateway {
     /// of connections that were still open.
     pub async fn shutdown(self, drain: Duration) -> usize {
         self.admin.draining.store(true, Ordering::Relaxed);
-        self.shared.draining.store(true, Ordering::Relaxed);
+        for shared in self.workers.shared() {
+            shared.draining.store(true, Ordering::Relaxed);
+        }
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
@@ -263,6 +273,7 @@ impl Gateway {
         if left > 0 {
             tracing::warn!(connections = left, "drain time over; closing the rest");
         }
+        self.workers.exit().await;
         left
     }
 }

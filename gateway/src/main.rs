@@ -109,16 +109,10 @@ fn init_logging(format: LogFormat) {
 
 fn serve(config: GatewayConfig, upgrade: bool) -> ExitCode {
     init_logging(config.log_format);
-    // One worker: a current-thread runtime, without the work-stealing scheduler's cross-thread
-    // wake-ups. More: a multi-thread runtime with that many workers (0: one per core).
-    let mut runtime = if config.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if config.threads > 1 {
-        runtime.worker_threads(config.threads);
-    }
+    // The main runtime runs the accept loops, the table source, health checks and the admin
+    // listener (and, with one worker, the proxy itself); more workers are threads of their own
+    // (`gateway::workers`).
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -16,6 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{RequestLimits, TlsListen};
 use crate::framing::{FramingWatch, Verdicts, next_verdict};
 use crate::proxy::{self, Conn, Shared};
+use crate::workers::Workers;
 
 /// How long a stopping gateway keeps serving open connections before closing the idle ones.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
@@ -84,19 +85,22 @@ fn http_builder(limits: &RequestLimits, header_timeout: Duration) -> auto::Build
     builder
 }
 
-/// Accept and serve proxy connections on `listener` until `stop` turns true; then ask every
-/// open connection to finish its in-flight requests and close.
+/// Accept proxy connections on `listener` and hand each to a worker, until `stop` turns true;
+/// then every open connection is asked to finish its in-flight requests and close.
 pub async fn serve_proxy(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
+    workers: Arc<Workers>,
     tracker: Arc<ConnTracker>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(http_builder(
-        &shared.config.limits,
-        Duration::from_millis(shared.config.timeouts.client_header_ms),
-    ));
+    let builder = {
+        let config = &workers.next().shared.config;
+        Arc::new(http_builder(
+            &config.limits,
+            Duration::from_millis(config.timeouts.client_header_ms),
+        ))
+    };
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -110,36 +114,73 @@ pub async fn serve_proxy(
             () = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let guard = tracker.opened();
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            match tls {
-                None => {
-                    let (stream, verdicts) = FramingWatch::new(stream);
-                    let conn = Conn::new(peer, false);
-                    serve_connection(&builder, TokioIo::new(stream), shared, conn, verdicts, stop)
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            let (stream, verdicts) = FramingWatch::new(stream);
-                            let conn = Conn::new(peer, true);
-                            let io = TokioIo::new(stream);
-                            serve_connection(&builder, io, shared, conn, verdicts, stop).await
+        let accepted = Accepted {
+            peer,
+            tls: tls.clone(),
+            builder: builder.clone(),
+            guard: tracker.opened(),
+            stop: stop.clone(),
+        };
+        let worker = workers.next();
+        let shared = worker.shared.clone();
+        if worker.is_local {
+            tokio::spawn(accepted.serve(stream, shared));
+            continue;
+        }
+        // The stream moves to the worker's own I/O driver.
+        match stream.into_std() {
+            Ok(stream) => {
+                worker.handle.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => accepted.serve(stream, shared).await,
+                        Err(error) => {
+                            tracing::warn!(%error, %peer, "cannot hand the connection to a worker")
                         }
-                        Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
+                });
+            }
+            Err(error) => tracing::warn!(%error, %peer, "cannot hand the connection to a worker"),
+        }
+    }
+}
+
+/// An accepted connection on its way to a worker.
+struct Accepted {
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    guard: ConnGuard,
+    stop: watch::Receiver<bool>,
+}
+
+impl Accepted {
+    async fn serve(self, stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+        let Self {
+            peer,
+            tls,
+            builder,
+            guard: _guard,
+            stop,
+        } = self;
+        match tls {
+            None => {
+                let (stream, verdicts) = FramingWatch::new(stream);
+                let conn = Conn::new(peer, false);
+                serve_connection(&builder, TokioIo::new(stream), shared, conn, verdicts, stop).await
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let (stream, verdicts) = FramingWatch::new(stream);
+                        let conn = Conn::new(peer, true);
+                        let io = TokioIo::new(stream);
+                        serve_connection(&builder, io, shared, conn, verdicts, stop).await
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             }
-        });
+        }
     }
 }
 

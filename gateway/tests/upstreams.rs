@@ -296,10 +296,11 @@ async fn counting_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::A
 async fn upstream_connections_are_reused_whatever_the_body() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (upstream, accepted) = counting_upstream().await;
+    // One worker: each worker keeps its own upstream connections.
     let gateway = gateway_with_pool(
         dir.path(),
         &[upstream],
-        "health_check: { interval_ms: 0 }\n",
+        "health_check: { interval_ms: 0 }\nthreads: 1\n",
     )
     .await;
     let addr = gateway.http_addrs[0];
