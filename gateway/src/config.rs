@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The most `limits.max_header_count` may be.
+pub const MAX_HEADER_COUNT: usize = 256;
+
 /// Everything a gateway process needs besides the routing table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -413,11 +416,10 @@ impl GatewayConfig {
         {
             problems.push("timeouts: connect_ms, read_ms and total_ms must be above 0".to_owned());
         }
-        if self.limits.max_header_count > crate::framing::MAX_HEADERS {
+        if self.limits.max_header_count > MAX_HEADER_COUNT {
             problems.push(format!(
-                "limits.max_header_count: {} is above the most the gateway reads, {}",
-                self.limits.max_header_count,
-                crate::framing::MAX_HEADERS
+                "limits.max_header_count: {} is above the most the gateway allows, {}",
+                self.limits.max_header_count, MAX_HEADER_COUNT
             ));
         }
         if self.table.poll_interval_ms == 0 {

@@ -30,10 +30,6 @@ pub fn next_verdict(verdicts: &Verdicts) -> bool {
 /// Largest request head followed; beyond it hyper refuses the request anyway.
 const MAX_HEAD: usize = 256 * 1024;
 
-/// Most headers a watched request may have; the gateway's `limits.max_header_count` may not
-/// exceed it, so hyper refuses any request this watcher cannot read.
-pub const MAX_HEADERS: usize = 256;
-
 enum State {
     /// Collecting a request head.
     Head(Vec<u8>),
@@ -87,18 +83,17 @@ impl<I> FramingWatch<I> {
                         }
                     }
                     if head.is_empty()
-                        && let Some(end) = find(bytes, b"\r\n\r\n").map(|i| i + 4)
+                        && let Some(end) = head_end(bytes, 0)
                     {
                         // The whole head is in this read: no copy.
                         self.state = self.after_head(&bytes[..end]);
                         bytes = &bytes[end..];
                         continue;
                     }
-                    let search_from = head.len().saturating_sub(3);
+                    // The line end that ends the head may have begun in an earlier read.
+                    let search_from = head.len().saturating_sub(2);
                     head.extend_from_slice(bytes);
-                    let Some(end) =
-                        find(&head[search_from..], b"\r\n\r\n").map(|i| search_from + i + 4)
-                    else {
+                    let Some(end) = head_end(head, search_from) else {
                         if head.len() > MAX_HEAD {
                             self.state = State::Off;
                         }
@@ -159,35 +154,38 @@ impl<I> FramingWatch<I> {
         if head.starts_with(b"PRI * HTTP/2.0") {
             return State::Off;
         }
-        // Uninitialised: this runs for every request, and filling the array would cost more
-        // than parsing the head.
-        let mut headers =
-            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut []);
-        if !matches!(
-            request.parse_with_uninit_headers(head, &mut headers),
-            Ok(httparse::Status::Complete(_))
-        ) {
-            return State::Off;
+        // Only three header names matter here, so the head is scanned line by line rather
+        // than parsed (hyper parses it, and refuses what is malformed).
+        let mut lines = head
+            .split(|b| *b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+        let mut upgrade = lines
+            .next()
+            .is_some_and(|request_line| request_line.starts_with(b"CONNECT "));
+        let mut has_te = false;
+        let mut length: Option<Option<u64>> = None;
+        for line in lines {
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                has_te = true;
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                length.get_or_insert_with(|| {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                });
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            }
         }
-        let headers = &*request.headers;
-        let named = |name: &'static str| {
-            headers
-                .iter()
-                .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        };
-        let has_te = named("transfer-encoding").next().is_some();
-        let length = named("content-length").next().map(|h| {
-            std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        });
         let smuggling = has_te && length.is_some();
         self.verdicts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(smuggling);
-        let upgrade = named("upgrade").next().is_some() || request.method == Some("CONNECT");
         match (smuggling || upgrade, has_te, length) {
             // hyper closes the connection after a request with both headers; an upgraded
             // connection stops being HTTP/1.
@@ -200,8 +198,19 @@ impl<I> FramingWatch<I> {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Just past the empty line that ends a request head in `bytes`, looking from `from` on. Lines
+/// may end in CRLF or in a bare LF: HTTP/1.1 parsers, hyper's among them, accept both.
+fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(i) = memchr::memchr(b'\n', &bytes[at..]) {
+        let lf = at + i;
+        match &bytes[lf + 1..] {
+            [b'\n', ..] => return Some(lf + 2),
+            [b'\r', b'\n', ..] => return Some(lf + 3),
+            _ => at = lf + 1,
+        }
+    }
+    None
 }
 
 /// Append `bytes` up to and including a LF to `line`; when the line is complete, return it
@@ -306,6 +315,14 @@ mod tests {
             body.len()
         );
         assert_eq!(verdicts(&[stream.as_bytes()]), [false, false]);
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_followed() {
+        let stream = b"GET /a HTTP/1.1\nHost: x\n\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\n";
+        assert_eq!(verdicts(&[stream]), [false, true]);
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(verdicts(&bytes), [false, true]);
     }
 
     #[test]

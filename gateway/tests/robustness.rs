@@ -151,6 +151,9 @@ async fn smuggling_style_framing_is_refused_before_any_upstream() {
         format!("{head}Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"),
         format!("{head}Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
         format!("{head}Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n"),
+        // Bare LF line ends, which HTTP/1.1 parsers may accept.
+        "POST /cart/add HTTP/1.1\nHost: shop\nX-User-Id: 10\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\n\n".to_owned(),
+        format!("{head}Content-Length: 5\r\nTransfer-Encoding: chunked\n\n0\r\n\r\n"),
     ];
     for case in &cases {
         let response = raw_exchange(hz.http, case.as_bytes()).await;
