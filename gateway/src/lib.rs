@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod framing;
+pub mod headers;
 pub mod hop;
 pub mod limits;
 pub mod metrics;

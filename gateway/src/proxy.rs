@@ -26,29 +26,17 @@ use router_rules::{Action, Balance, Class, RequestView};
 use serde_json::json;
 
 use crate::config::GatewayConfig;
-use crate::hop::{HOP_HEADER, HopKey, HopMarker, MAX_HOPS};
+use crate::headers::{
+    RequestHeaders, TRACEPARENT, TraceParent, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_UNITGATE_CLASS,
+    X_UNITGATE_HOP, X_UNITGATE_KEY, X_UNITGATE_REGION, X_UNITGATE_SLOT, X_UNITGATE_STRESS,
+    X_UNITGATE_TABLE_VERSION, X_UNITGATE_UNIT, header_safe, strip_hop_by_hop,
+    strip_internal_headers,
+};
+use crate::hop::{HopKey, HopMarker, MAX_HOPS};
 use crate::limits::Refusal;
 use crate::metrics::{LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
 use crate::upstream::{Body, BoxError, Upstream, empty};
-
-/// Headers the gateway sets for upstreams; any a client sends are removed.
-pub const INTERNAL_PREFIX: &str = "x-unitgate-";
-
-// Header names used on every request, parsed once.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const X_UNITGATE_UNIT: HeaderName = HeaderName::from_static("x-unitgate-unit");
-const X_UNITGATE_SLOT: HeaderName = HeaderName::from_static("x-unitgate-slot");
-const X_UNITGATE_REGION: HeaderName = HeaderName::from_static("x-unitgate-region");
-const X_UNITGATE_CLASS: HeaderName = HeaderName::from_static("x-unitgate-class");
-const X_UNITGATE_TABLE_VERSION: HeaderName = HeaderName::from_static("x-unitgate-table-version");
-const X_UNITGATE_KEY: HeaderName = HeaderName::from_static("x-unitgate-key");
-const X_UNITGATE_STRESS: HeaderName = HeaderName::from_static("x-unitgate-stress");
-const X_UNITGATE_HOP: HeaderName = HeaderName::from_static(HOP_HEADER);
 
 /// What every request handler shares.
 pub struct Shared {
@@ -97,7 +85,7 @@ struct Ctx {
     start: Instant,
     method: Method,
     path: String,
-    trace_id: String,
+    trace: Option<TraceParent>,
     version: u64,
     route: Option<usize>,
     class: Option<Class>,
@@ -169,7 +157,7 @@ pub async fn handle(
         } else {
             String::new()
         },
-        trace_id: String::new(),
+        trace: None,
         version: 0,
         route: None,
         class: None,
@@ -205,16 +193,18 @@ async fn proxy(
     smuggling: bool,
 ) -> Result<Response<Body>, Reply> {
     // Phase 1: limits and framing.
+    let seen = RequestHeaders::of(request.headers(), &shared.stress_header);
     let framing = if smuggling {
-        Err(framing_refusal("both Content-Length and Transfer-Encoding"))
+        Err("both Content-Length and Transfer-Encoding")
     } else {
-        check_framing(request.headers())
+        seen.check_framing()
     };
-    framing.inspect_err(|_| {
+    framing.map_err(|why| {
         shared
             .metrics
             .malformed_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        framing_refusal(why)
     })?;
     let limits = shared.config.limits;
     if request.headers().len() > limits.max_header_count {
@@ -223,7 +213,7 @@ async fn proxy(
             json!({"error": "too many headers", "limit": limits.max_header_count}),
         ));
     }
-    if let Some(length) = content_length(request.headers())
+    if let Some(length) = seen.content_length()
         && length > limits.max_body_bytes
     {
         return Err(Reply::new(
@@ -242,13 +232,19 @@ async fn proxy(
     ctx.version = snapshot.table.version();
     ctx.snapshot = Some(snapshot.clone());
 
-    let trace = TraceParent::from_headers(request.headers());
-    ctx.trace_id = trace.trace_id().to_owned();
-    let hop_in = verify_hop(shared, &request);
+    let trace = TraceParent::continue_or_start(seen.traceparent.as_ref());
+    ctx.trace = Some(trace);
+    let hop_in = seen
+        .hop
+        .as_ref()
+        .and_then(|marker| verify_hop(shared, marker, &request));
     ctx.hops_in = hop_in.as_ref().map_or(0, |m| m.hops);
-    ctx.stress = request.headers().contains_key(&shared.stress_header);
-    strip_internal_headers(request.headers_mut());
-    let on_client_upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+    ctx.stress = seen.stress;
+    if seen.internal {
+        strip_internal_headers(request.headers_mut());
+    }
+    let upgrade = seen.is_upgrade();
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
     // Phase 3: resolve.
     let (mut parts, body) = request.into_parts();
@@ -372,8 +368,7 @@ async fn proxy(
     }
 
     // Phase 6: forward.
-    let host = original_host(&parts);
-    prepare_headers(&mut parts, conn, &trace, host.as_ref());
+    forwarding_headers(&mut parts, &seen, upgrade, conn, &trace);
     let (pool, affinity_key) = match target {
         Target::Local(pool) => {
             add_unit_headers(
@@ -548,58 +543,18 @@ fn limited(refusal: Refusal, scope: &str, name: &str) -> Reply {
     reply
 }
 
-/// Refuse what request smuggling is made of: both `Content-Length` and `Transfer-Encoding`,
-/// disagreeing or malformed `Content-Length`s, and any `Transfer-Encoding` but plain `chunked`.
-fn check_framing(headers: &HeaderMap) -> Result<(), Reply> {
-    let bad = framing_refusal;
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    if let Some(first) = lengths.next() {
-        if !te.is_empty() {
-            return Err(bad("both Content-Length and Transfer-Encoding"));
-        }
-        let first = first.as_bytes();
-        if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
-            return Err(bad("malformed Content-Length"));
-        }
-        if lengths.any(|other| other.as_bytes() != first) {
-            return Err(bad("several Content-Length values"));
-        }
-    }
-    match te.as_slice() {
-        [] => Ok(()),
-        [only] if only.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(()),
-        _ => Err(bad("Transfer-Encoding other than a single \"chunked\"")),
-    }
-}
-
-fn framing_refusal(why: &str) -> Reply {
-    let mut reply = Reply::new(
-        StatusCode::BAD_REQUEST,
-        json!({"error": "ambiguous request framing", "detail": why}),
-    );
-    reply.close = true;
-    reply
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
 fn limit_body(body: Incoming, max: u64) -> Body {
     Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed()
 }
 
-fn verify_hop(shared: &Shared, request: &Request<Incoming>) -> Option<HopMarker> {
-    let value = request.headers().get(&X_UNITGATE_HOP)?;
+fn verify_hop(
+    shared: &Shared,
+    marker: &HeaderValue,
+    request: &Request<Incoming>,
+) -> Option<HopMarker> {
     match shared
         .hop
-        .verify(value, request.method().as_str(), request.uri().path())
+        .verify(marker, request.method().as_str(), request.uri().path())
     {
         Ok(marker) => Some(marker),
         Err(error) => {
@@ -613,114 +568,41 @@ fn verify_hop(shared: &Shared, request: &Request<Incoming>) -> Option<HopMarker>
     }
 }
 
-/// Remove every `X-Unitgate-*` header: only the gateway may set them.
-fn strip_internal_headers(headers: &mut HeaderMap) {
-    let internal: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
-        .cloned()
-        .collect();
-    for name in internal {
-        headers.remove(name);
-    }
+fn framing_refusal(why: &str) -> Reply {
+    let mut reply = Reply::new(
+        StatusCode::BAD_REQUEST,
+        json!({"error": "ambiguous request framing", "detail": why}),
+    );
+    reply.close = true;
+    reply
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
-/// Headers that are hop-by-hop whatever `Connection` says (RFC 9110 7.6.1).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::PROXY_AUTHENTICATE,
-    header::UPGRADE,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-];
-
-/// Remove hop-by-hop headers, keeping `Upgrade` for protocol switches.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One scan of the names finds which fixed hop-by-hop headers are present (most messages
-    // carry at most `Connection`); only those are removed.
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        }
+/// Headers for the next hop: hop-by-hop ones removed, `Host` kept (or made from an HTTP/2
+/// authority), `X-Forwarded-For`/`-Proto` and the trace context set.
+fn forwarding_headers(
+    parts: &mut Parts,
+    seen: &RequestHeaders,
+    upgrade: bool,
+    conn: &Conn,
+    trace: &TraceParent,
+) {
+    if seen.hop_by_hop {
+        strip_hop_by_hop(&mut parts.headers, upgrade);
     }
-    // Headers named by `Connection`, besides the usual tokens that name no header to remove.
-    let mut listed: Vec<HeaderName> = Vec::new();
-    if present[0] {
-        for token in headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-        {
-            let usual = ["keep-alive", "close", "upgrade"]
-                .iter()
-                .any(|u| token.eq_ignore_ascii_case(u));
-            if !usual && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                listed.push(name);
-            }
-        }
-    }
-    for name in listed {
-        headers.remove(name);
-    }
-    for (name, present) in HOP_BY_HOP.iter().zip(present) {
-        let kept = keep_upgrade && (*name == header::UPGRADE || *name == header::CONNECTION);
-        if present && !kept {
-            headers.remove(name);
-        }
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-fn original_host(parts: &Parts) -> Option<HeaderValue> {
-    parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
+    // Room for what this function and `add_unit_headers` add, so the map grows once.
+    parts.headers.reserve(ADDED_HEADERS);
+    if !seen.host
+        && let Some(host) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
-}
-
-fn prepare_headers(
-    parts: &mut Parts,
-    conn: &Conn,
-    trace: &TraceParent,
-    host: Option<&HeaderValue>,
-) {
-    let upgrade = is_upgrade(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    // Room for what this function and `add_unit_headers` add, so the map grows once.
-    parts.headers.reserve(ADDED_HEADERS);
-    if let Some(host) = host {
-        parts.headers.insert(header::HOST, host.clone());
+    {
+        parts.headers.insert(header::HOST, host);
     }
     let forwarded_for = match parts
         .headers
         .get(&X_FORWARDED_FOR)
+        .filter(|_| seen.forwarded_for)
         .map(HeaderValue::as_bytes)
     {
         Some(previous) => {
@@ -733,7 +615,7 @@ fn prepare_headers(
         None => conn.peer_ip.clone(),
     };
     parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
-    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+    if !seen.forwarded_proto {
         parts.headers.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
@@ -769,21 +651,11 @@ fn add_unit_headers(
     }
 }
 
-/// `value` as a header value, percent-encoding bytes a header cannot carry.
-fn header_safe(value: &str) -> HeaderValue {
-    HeaderValue::from_str(value).unwrap_or_else(|_| {
-        let encoded: String = value
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_graphic() && b != b'%' {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
-    })
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 fn upstream_uri(path_and_query: Option<&http::uri::PathAndQuery>) -> Uri {
@@ -831,75 +703,6 @@ impl RequestView for PartsView<'_> {
     }
 }
 
-/// W3C trace context: the trace id is kept across every hop; each gateway is a span.
-struct TraceParent {
-    /// 32 lowercase hex digits.
-    trace_id: [u8; 32],
-    /// 2 lowercase hex digits.
-    flags: [u8; 2],
-}
-
-impl TraceParent {
-    fn from_headers(headers: &HeaderMap) -> Self {
-        let incoming = headers.get(&TRACEPARENT).and_then(|v| {
-            // 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
-            let v = v.as_bytes();
-            let v = v.trim_ascii();
-            let lower_hex = |s: &[u8]| {
-                s.iter()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-            };
-            let ok = v.len() == 55
-                && v.starts_with(b"00-")
-                && v[35] == b'-'
-                && v[52] == b'-'
-                && lower_hex(&v[3..35])
-                && lower_hex(&v[36..52])
-                && lower_hex(&v[53..55])
-                && v[3..35].iter().any(|b| *b != b'0')
-                && v[36..52].iter().any(|b| *b != b'0');
-            ok.then(|| Self {
-                trace_id: v[3..35].try_into().unwrap_or([b'0'; 32]),
-                flags: v[53..55].try_into().unwrap_or(*b"01"),
-            })
-        });
-        incoming.unwrap_or_else(|| {
-            let mut trace_id = [0u8; 32];
-            hex_into(&mut trace_id[..16], fastrand::u64(1..));
-            hex_into(&mut trace_id[16..], fastrand::u64(..));
-            Self {
-                trace_id,
-                flags: *b"01",
-            }
-        })
-    }
-
-    /// The trace id, for logs.
-    fn trace_id(&self) -> &str {
-        std::str::from_utf8(&self.trace_id).unwrap_or_default()
-    }
-
-    /// The `traceparent` to send on: same trace, this gateway's span as parent.
-    fn child(&self) -> HeaderValue {
-        let mut value = [0u8; 55];
-        value[..3].copy_from_slice(b"00-");
-        value[3..35].copy_from_slice(&self.trace_id);
-        value[35] = b'-';
-        hex_into(&mut value[36..52], fastrand::u64(1..));
-        value[52] = b'-';
-        value[53..].copy_from_slice(&self.flags);
-        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
-    }
-}
-
-/// Write `n` as 16 lowercase hex digits into `out`.
-fn hex_into(out: &mut [u8], n: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in out.iter_mut().take(16).enumerate() {
-        *byte = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
-    }
-}
-
 fn finish(shared: &Shared, ctx: &Ctx, conn: &Conn, status: StatusCode) {
     let elapsed = ctx.start.elapsed();
     let snapshot = ctx.snapshot.as_deref();
@@ -939,103 +742,9 @@ fn finish(shared: &Shared, ctx: &Ctx, conn: &Conn, status: StatusCode) {
         upstream = ctx.upstream.as_deref().unwrap_or(""),
         version = ctx.version,
         duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        trace_id = %ctx.trace_id,
+        trace_id = ctx.trace.as_ref().map_or("", TraceParent::trace_id),
         stress = ctx.stress,
         client = %conn.peer,
         "request"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        map
-    }
-
-    #[test]
-    fn framing_checks() {
-        assert!(check_framing(&headers(&[("content-length", "5")])).is_ok());
-        assert!(check_framing(&headers(&[("transfer-encoding", "chunked")])).is_ok());
-        assert!(
-            check_framing(&headers(&[
-                ("content-length", "5"),
-                ("transfer-encoding", "chunked")
-            ]))
-            .is_err()
-        );
-        assert!(
-            check_framing(&headers(&[
-                ("content-length", "5"),
-                ("content-length", "6")
-            ]))
-            .is_err()
-        );
-        assert!(
-            check_framing(&headers(&[
-                ("content-length", "5"),
-                ("content-length", "5")
-            ]))
-            .is_ok()
-        );
-        assert!(check_framing(&headers(&[("content-length", "+5")])).is_err());
-        assert!(check_framing(&headers(&[("transfer-encoding", "xchunked")])).is_err());
-        assert!(check_framing(&headers(&[("transfer-encoding", "gzip, chunked")])).is_err());
-        assert!(
-            check_framing(&headers(&[
-                ("transfer-encoding", "chunked"),
-                ("transfer-encoding", "chunked")
-            ]))
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = headers(&[
-            ("connection", "keep-alive, x-private"),
-            ("keep-alive", "timeout=5"),
-            ("x-private", "1"),
-            ("te", "trailers"),
-            ("x-user-id", "7"),
-        ]);
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(
-            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            ["x-user-id"]
-        );
-        let mut plain = headers(&[("x-user-id", "7"), ("host", "a")]);
-        strip_hop_by_hop(&mut plain, false);
-        assert_eq!(plain.len(), 2);
-        let mut upgrade = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        strip_hop_by_hop(&mut upgrade, true);
-        assert_eq!(upgrade["connection"], "upgrade");
-        assert_eq!(upgrade["upgrade"], "websocket");
-    }
-
-    #[test]
-    fn trace_context_is_kept_or_made() {
-        let kept = TraceParent::from_headers(&headers(&[(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )]));
-        assert_eq!(kept.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(
-            kept.child()
-                .to_str()
-                .unwrap_or_default()
-                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
-        );
-        let made = TraceParent::from_headers(&headers(&[("traceparent", "garbage")]));
-        assert_eq!(made.trace_id().len(), 32);
-        assert!(made.trace_id().bytes().all(|b| b.is_ascii_hexdigit()));
-    }
 }
