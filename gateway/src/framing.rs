@@ -156,15 +156,23 @@ impl<I> FramingWatch<I> {
         }
         // Only three header names matter here, so the head is scanned line by line rather
         // than parsed (hyper parses it, and refuses what is malformed).
-        let mut lines = head
-            .split(|b| *b == b'\n')
-            .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
-        let mut upgrade = lines
-            .next()
-            .is_some_and(|request_line| request_line.starts_with(b"CONNECT "));
+        let mut upgrade = head.starts_with(b"CONNECT ");
         let mut has_te = false;
         let mut length: Option<Option<u64>> = None;
-        for line in lines {
+        let mut line_start = match memchr::memchr(b'\n', head) {
+            Some(lf) => lf + 1,
+            None => head.len(),
+        };
+        while line_start < head.len() {
+            let rest = &head[line_start..];
+            let line_end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let line = &rest[..line_end];
+            line_start += line_end + 1;
+            // Only names starting with these letters matter: skip the rest unread.
+            if !matches!(line.first(), Some(b't' | b'T' | b'c' | b'C' | b'u' | b'U')) {
+                continue;
+            }
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(colon) = memchr::memchr(b':', line) else {
                 continue;
             };
