@@ -122,7 +122,8 @@ impl Gateway {
     /// Load the table (from its source, else from the cache) and start serving. Fails when no
     /// table can be had at all: a gateway without a table would refuse every request.
     pub async fn start(config: GatewayConfig, listeners: Listeners) -> Result<Self, String> {
-        let metrics = Arc::new(Metrics::default());
+        let workers = Workers::count(config.threads);
+        let metrics = Arc::new(Metrics::with_workers(workers));
         let store = Arc::new(TableStore::new(
             &config.region,
             config.cache_dir.clone(),
@@ -178,8 +179,8 @@ impl Gateway {
             HeaderName::from_bytes(config.stress_test_header.to_ascii_lowercase().as_bytes())
                 .map_err(|e| format!("stress_test_header: {e}"))?;
         let hop = HopKey::new(&config.hop_secret()?);
-        let threads = config.threads;
-        let workers = Arc::new(Workers::start(threads, || Shared {
+        let workers = Arc::new(Workers::start(workers, |worker| Shared {
+            worker,
             store: store.clone(),
             upstream: Upstream::new(&config.timeouts),
             hop: hop.clone(),

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Label values (route, unit, region names) are interned into ids when a
 //! table is applied, so the request path counts with integer keys and never formats a string.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,8 +133,7 @@ pub struct RequestLabels {
 pub struct Metrics {
     /// Label value interner.
     pub names: Interner,
-    requests: CounterMap<RequestLabels>,
-    latency: RwLock<HashMap<(NameId, u8), Arc<Histogram>, fnv::FnvBuildHasher>>,
+    shards: Box<[RequestShard]>,
     cross_region: CounterMap<NameId>,
     limited: CounterMap<(u8, NameId, u8)>,
     upstream_errors: CounterMap<(NameId, u8)>,
@@ -172,12 +171,36 @@ pub enum UpstreamFailure {
     Other,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+/// Request counts and latencies of one proxy worker. Each worker counts in a shard of its own
+/// (aligned apart, so two workers never write one cache line) and `render` adds them up.
+#[derive(Debug)]
+#[repr(align(128))]
+struct RequestShard {
+    requests: CounterMap<RequestLabels>,
+    latency: RwLock<HashMap<(NameId, u8), Histogram, fnv::FnvBuildHasher>>,
+}
+
+impl RequestShard {
+    fn new() -> Self {
         Self {
-            names: Interner::default(),
             requests: CounterMap::new(),
             latency: RwLock::new(HashMap::default()),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::with_workers(1)
+    }
+}
+
+impl Metrics {
+    /// Metrics for a gateway with `workers` proxy workers.
+    pub fn with_workers(workers: usize) -> Self {
+        Self {
+            names: Interner::default(),
+            shards: (0..workers.max(1)).map(|_| RequestShard::new()).collect(),
             cross_region: CounterMap::new(),
             limited: CounterMap::new(),
             upstream_errors: CounterMap::new(),
@@ -189,30 +212,28 @@ impl Default for Metrics {
             malformed_requests: AtomicU64::new(0),
         }
     }
-}
 
-impl Metrics {
-    /// Count a finished request.
-    pub fn request(&self, labels: RequestLabels, elapsed: Duration) {
-        self.requests.add(labels, 1);
+    /// Count a request that worker `worker` finished.
+    pub fn request(&self, worker: usize, labels: RequestLabels, elapsed: Duration) {
+        let shard = &self.shards[worker % self.shards.len()];
+        shard.requests.add(labels, 1);
         let key = (labels.route, labels.class);
-        let histogram = self
+        if let Some(histogram) = shard
             .latency
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .cloned();
-        let histogram = match histogram {
-            Some(h) => h,
-            None => self
-                .latency
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key)
-                .or_default()
-                .clone(),
-        };
-        histogram.observe(elapsed);
+        {
+            histogram.observe(elapsed);
+            return;
+        }
+        shard
+            .latency
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .observe(elapsed);
     }
 
     /// Count a request forwarded to another region's gateways.
@@ -285,7 +306,13 @@ impl Metrics {
         );
 
         out.push_str("# HELP unitgate_requests_total Requests by route, class, unit, serving region and status.\n# TYPE unitgate_requests_total counter\n");
-        for (l, n) in self.requests.snapshot() {
+        let mut requests: BTreeMap<RequestLabels, u64> = BTreeMap::new();
+        for shard in &self.shards {
+            for (labels, n) in shard.requests.snapshot() {
+                *requests.entry(labels).or_default() += n;
+            }
+        }
+        for (l, n) in requests {
             let _ = writeln!(
                 out,
                 "unitgate_requests_total{{route=\"{}\",class=\"{}\",unit=\"{}\",region=\"{}\",status=\"{}\",stress=\"{}\"}} {n}",
@@ -298,25 +325,33 @@ impl Metrics {
             );
         }
         out.push_str("# HELP unitgate_request_duration_seconds Time from request head to response head, by route and class.\n# TYPE unitgate_request_duration_seconds histogram\n");
-        let mut latency: Vec<((NameId, u8), Arc<Histogram>)> = self
-            .latency
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        latency.sort_by_key(|(k, _)| *k);
-        for ((route, class), h) in latency {
+        // Per route and class: bucket counts, count, sum of nanoseconds, over every shard.
+        let mut latency: BTreeMap<(NameId, u8), ([u64; BUCKETS.len()], u64, u64)> = BTreeMap::new();
+        for shard in &self.shards {
+            for (key, h) in shard
+                .latency
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                let (buckets, count, sum_ns) = latency.entry(*key).or_default();
+                for (total, bucket) in buckets.iter_mut().zip(&h.buckets) {
+                    *total += bucket.load(Ordering::Relaxed);
+                }
+                *count += h.count.load(Ordering::Relaxed);
+                *sum_ns += h.sum_ns.load(Ordering::Relaxed);
+            }
+        }
+        for ((route, class), (buckets, count, sum_ns)) in latency {
             let labels = format!("route=\"{}\",class=\"{}\"", name(route), char::from(class));
             let mut cumulative = 0;
             for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                cumulative += buckets[i];
                 let _ = writeln!(
                     out,
                     "unitgate_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
                 );
             }
-            let count = h.count.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "unitgate_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
@@ -324,7 +359,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "unitgate_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+                sum_ns as f64 / 1e9
             );
             let _ = writeln!(
                 out,
@@ -379,5 +414,42 @@ impl Metrics {
 
     fn names(&self) -> Vec<Arc<str>> {
         self.names.names()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_worker_shard_is_counted() {
+        let metrics = Metrics::with_workers(2);
+        let route = metrics.names.id("cart");
+        let labels = RequestLabels {
+            route,
+            class: b'C',
+            unit: NONE,
+            region: NONE,
+            status: 200,
+            stress: false,
+        };
+        metrics.request(0, labels, Duration::from_micros(300));
+        metrics.request(1, labels, Duration::from_micros(300));
+        metrics.request(1, labels, Duration::from_millis(20));
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("status=\"200\",stress=\"false\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "unitgate_request_duration_seconds_bucket{route=\"cart\",class=\"C\",le=\"0.0005\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("unitgate_request_duration_seconds_count{route=\"cart\",class=\"C\"} 3"),
+            "{text}"
+        );
     }
 }

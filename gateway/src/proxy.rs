@@ -40,6 +40,8 @@ use crate::upstream::{Body, BoxError, Upstream, empty};
 
 /// What every request handler shares.
 pub struct Shared {
+    /// Which proxy worker this is (`gateway::workers`).
+    pub worker: usize,
     /// The table in force.
     pub store: Arc<TableStore>,
     /// Upstream client.
@@ -97,7 +99,6 @@ struct Ctx {
     forwarded_to: Option<RegionIndex>,
     upstream: Option<Arc<str>>,
     stress: bool,
-    snapshot: Option<Arc<Snapshot>>,
 }
 
 /// A response the gateway makes itself.
@@ -169,10 +170,20 @@ pub async fn handle(
         forwarded_to: None,
         upstream: None,
         stress: false,
-        snapshot: None,
     };
     let http1 = request.version() < Version::HTTP_2;
-    let mut response = match proxy(&shared, &conn, &mut ctx, request, smuggling).await {
+    // The table in force, loaded once: it decides this request from start to end, and the
+    // metrics and the log line name what it decided.
+    let snapshot = shared.store.current();
+    let decided = proxy(
+        &shared,
+        &conn,
+        &mut ctx,
+        snapshot.as_deref(),
+        request,
+        smuggling,
+    );
+    let mut response = match decided.await {
         Ok(response) => response,
         Err(reply) => reply.into_response(),
     };
@@ -181,7 +192,7 @@ pub async fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    finish(&shared, &ctx, &conn, response.status());
+    finish(&shared, &ctx, snapshot.as_deref(), &conn, response.status());
     Ok(response)
 }
 
@@ -189,6 +200,7 @@ async fn proxy(
     shared: &Shared,
     conn: &Conn,
     ctx: &mut Ctx,
+    snapshot: Option<&Snapshot>,
     mut request: Request<Incoming>,
     smuggling: bool,
 ) -> Result<Response<Body>, Reply> {
@@ -222,15 +234,14 @@ async fn proxy(
         ));
     }
 
-    // Phase 2: the table in force, once.
-    let Some(snapshot) = shared.store.current() else {
+    // Phase 2: the table in force (loaded once, by `handle`).
+    let Some(snapshot) = snapshot else {
         return Err(Reply::new(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "no routing table applied yet"}),
         ));
     };
     ctx.version = snapshot.table.version();
-    ctx.snapshot = Some(snapshot.clone());
 
     let trace = TraceParent::continue_or_start(seen.traceparent.as_ref());
     ctx.trace = Some(trace);
@@ -373,7 +384,7 @@ async fn proxy(
         Target::Local(pool) => {
             add_unit_headers(
                 &mut parts.headers,
-                &snapshot,
+                snapshot,
                 &routed,
                 route.class,
                 ctx.stress,
@@ -440,7 +451,9 @@ async fn proxy(
             };
             tried[attempt] = index;
             let endpoint = &pool.endpoints[index];
-            ctx.upstream = Some(endpoint.address.clone());
+            if shared.config.access_log {
+                ctx.upstream = Some(endpoint.address.clone());
+            }
             // One timer per attempt: its read deadline, or the request's total one if sooner.
             let deadline = (tokio::time::Instant::now() + timeouts.read()).min(total_deadline);
             let result = tokio::time::timeout_at(
@@ -703,15 +716,21 @@ impl RequestView for PartsView<'_> {
     }
 }
 
-fn finish(shared: &Shared, ctx: &Ctx, conn: &Conn, status: StatusCode) {
+fn finish(
+    shared: &Shared,
+    ctx: &Ctx,
+    snapshot: Option<&Snapshot>,
+    conn: &Conn,
+    status: StatusCode,
+) {
     let elapsed = ctx.start.elapsed();
-    let snapshot = ctx.snapshot.as_deref();
     let id = |ids: Option<&Vec<u32>>, i: Option<usize>| match (ids, i) {
         (Some(ids), Some(i)) => ids.get(i).copied().unwrap_or(NONE),
         _ => NONE,
     };
     let served_in = ctx.forwarded_to.or(ctx.region);
     shared.metrics.request(
+        shared.worker,
         RequestLabels {
             route: id(snapshot.map(|s| &s.route_ids), ctx.route),
             class: ctx.class.map_or(b'-', |c| c.as_str().as_bytes()[0]),

@@ -36,19 +36,23 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// `count` workers (0: one per core), each with the state `shared` makes. One worker is
-    /// the calling runtime itself; more are threads of their own.
-    pub fn start(count: usize, shared: impl Fn() -> Shared) -> Result<Self, String> {
-        let count = match count {
+    /// How many workers `threads` (the config's) means: 0 is one per core.
+    pub fn count(threads: usize) -> usize {
+        match threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
-        };
+        }
+    }
+
+    /// `count` workers, each with the state `shared` makes for its index. One worker is the
+    /// calling runtime itself; more are threads of their own.
+    pub fn start(count: usize, shared: impl Fn(usize) -> Shared) -> Result<Self, String> {
         let (exit, exit_rx) = watch::channel(false);
-        if count == 1 {
+        if count <= 1 {
             return Ok(Self {
                 workers: vec![Worker {
                     handle: Handle::current(),
-                    shared: Arc::new(shared()),
+                    shared: Arc::new(shared(0)),
                     is_local: true,
                 }],
                 next: AtomicUsize::new(0),
@@ -65,7 +69,7 @@ impl Workers {
                 .map_err(|e| format!("cannot start worker {index}: {e}"))?;
             workers.push(Worker {
                 handle: runtime.handle().clone(),
-                shared: Arc::new(shared()),
+                shared: Arc::new(shared(index)),
                 is_local: false,
             });
             let mut exit_rx = exit_rx.clone();
