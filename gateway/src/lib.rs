@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod coarse_timer;
 pub mod config;
 pub mod demo;
 pub mod framing;
@@ -181,6 +182,7 @@ impl Gateway {
         let hop = HopKey::new(&config.hop_secret()?);
         let workers = Arc::new(Workers::start(workers, |worker| Shared {
             worker,
+            timer: coarse_timer::CoarseTimer::new(),
             store: store.clone(),
             upstream: Upstream::new(&config.timeouts),
             hop: hop.clone(),

@@ -25,6 +25,7 @@ use router_rules::table::RegionIndex;
 use router_rules::{Action, Balance, Class, RequestView};
 use serde_json::json;
 
+use crate::coarse_timer::CoarseTimer;
 use crate::config::GatewayConfig;
 use crate::headers::{
     RequestHeaders, TRACEPARENT, TraceParent, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_UNITGATE_CLASS,
@@ -42,6 +43,8 @@ use crate::upstream::{Body, BoxError, Upstream, empty};
 pub struct Shared {
     /// Which proxy worker this is (`gateway::workers`).
     pub worker: usize,
+    /// The worker's timeouts.
+    pub timer: CoarseTimer,
     /// The table in force.
     pub store: Arc<TableStore>,
     /// Upstream client.
@@ -425,7 +428,7 @@ async fn proxy(
         Target::Region(_) => None,
     };
     let timeouts = shared.config.timeouts;
-    let total_deadline = tokio::time::Instant::from_std(ctx.start) + timeouts.total();
+    let total_deadline = ctx.start + timeouts.total();
     parts.uri = upstream_uri(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
     let mut request = Some(Request::from_parts(
@@ -454,13 +457,21 @@ async fn proxy(
             if shared.config.access_log {
                 ctx.upstream = Some(endpoint.address.clone());
             }
-            // One timer per attempt: its read deadline, or the request's total one if sooner.
-            let deadline = (tokio::time::Instant::now() + timeouts.read()).min(total_deadline);
-            let result = tokio::time::timeout_at(
-                deadline,
-                shared.upstream.send(&endpoint.authority, upstream_request),
-            )
-            .await;
+            // One deadline per attempt: its read deadline, or the request's total one if
+            // sooner. The first attempt starts as the request did (no clock read).
+            let attempt_start = if attempt == 0 {
+                ctx.start
+            } else {
+                Instant::now()
+            };
+            let deadline = (attempt_start + timeouts.read()).min(total_deadline);
+            let result = shared
+                .timer
+                .timeout_at(
+                    deadline,
+                    shared.upstream.send(&endpoint.authority, upstream_request),
+                )
+                .await;
             let failure = match result {
                 Ok(Ok(response)) => {
                     endpoint.health.success();

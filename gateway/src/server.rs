@@ -13,6 +13,7 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
+use crate::coarse_timer::CoarseTimer;
 use crate::config::{RequestLimits, TlsListen};
 use crate::framing::{FramingWatch, Verdicts, next_verdict};
 use crate::proxy::{self, Conn, Shared};
@@ -70,11 +71,16 @@ pub fn tls_config(listen: &TlsListen) -> Result<Arc<rustls::ServerConfig>, Strin
     control_api::tls::server_config(&listen.cert, &listen.key)
 }
 
-fn http_builder(limits: &RequestLimits, header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+/// The HTTP server settings of a worker whose timeouts `timer` keeps.
+pub fn http_builder(
+    limits: &RequestLimits,
+    header_timeout: Duration,
+    timer: CoarseTimer,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(timer)
         .header_read_timeout(header_timeout)
         .max_headers(limits.max_header_count)
         .max_buf_size(limits.max_header_bytes.max(8192));
@@ -94,13 +100,6 @@ pub async fn serve_proxy(
     tracker: Arc<ConnTracker>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = {
-        let config = &workers.next().shared.config;
-        Arc::new(http_builder(
-            &config.limits,
-            Duration::from_millis(config.timeouts.client_header_ms),
-        ))
-    };
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -114,14 +113,14 @@ pub async fn serve_proxy(
             () = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
+        let worker = workers.next();
         let accepted = Accepted {
             peer,
             tls: tls.clone(),
-            builder: builder.clone(),
+            builder: worker.http.clone(),
             guard: tracker.opened(),
             stop: stop.clone(),
         };
-        let worker = workers.next();
         let shared = worker.shared.clone();
         if worker.is_local {
             tokio::spawn(accepted.serve(stream, shared));

@@ -11,20 +11,44 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use std::time::Duration;
+
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::proxy::Shared;
-use crate::server::stopped;
+use crate::server::{self, stopped};
 
 /// One worker: where its connections run, and what its requests share.
 pub struct Worker {
     /// The worker's runtime.
     pub handle: Handle,
-    /// The state its requests share (its own upstream pool among it).
+    /// The state its requests share (its own upstream pool and timeouts among it).
     pub shared: Arc<Shared>,
+    /// Its HTTP server settings (with its timeouts).
+    pub http: Arc<auto::Builder<TokioExecutor>>,
     /// Whether this worker is the runtime that accepts (a single worker).
     pub is_local: bool,
+}
+
+impl Worker {
+    /// A worker running on `handle`; starts its timeouts' sweeper there.
+    fn new(handle: Handle, shared: Shared, is_local: bool) -> Self {
+        handle.spawn(shared.timer.sweeper());
+        let http = server::http_builder(
+            &shared.config.limits,
+            Duration::from_millis(shared.config.timeouts.client_header_ms),
+            shared.timer.clone(),
+        );
+        Self {
+            handle,
+            shared: Arc::new(shared),
+            http: Arc::new(http),
+            is_local,
+        }
+    }
 }
 
 /// The proxy's workers.
@@ -50,11 +74,7 @@ impl Workers {
         let (exit, exit_rx) = watch::channel(false);
         if count <= 1 {
             return Ok(Self {
-                workers: vec![Worker {
-                    handle: Handle::current(),
-                    shared: Arc::new(shared(0)),
-                    is_local: true,
-                }],
+                workers: vec![Worker::new(Handle::current(), shared(0), true)],
                 next: AtomicUsize::new(0),
                 exit,
                 threads: Mutex::new(Vec::new()),
@@ -67,11 +87,7 @@ impl Workers {
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start worker {index}: {e}"))?;
-            workers.push(Worker {
-                handle: runtime.handle().clone(),
-                shared: Arc::new(shared(index)),
-                is_local: false,
-            });
+            workers.push(Worker::new(runtime.handle().clone(), shared(index), false));
             let mut exit_rx = exit_rx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("unitgate-worker-{index}"))

@@ -318,3 +318,99 @@ async fn upstream_connections_are_reused_whatever_the_body() {
     // Sequential requests: one connection carried all 30.
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// An upstream whose response body is eight chunks, 150 ms apart.
+async fn trickling_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|_: Request<Incoming>| async {
+                let chunks = futures_util::stream::unfold(0u8, |i| async move {
+                    if i == 8 {
+                        return None;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                    let frame = hyper::body::Frame::data(Bytes::from(format!("tick{i}\n")));
+                    Some((Ok::<_, Infallible>(frame), i + 1))
+                });
+                Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(chunks)))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// Read until the peer closes; how long that took.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("still open after 10 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_closed_but_slow_bodies_stream_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = trickling_upstream().await;
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[upstream],
+        "health_check: { interval_ms: 0 }\ntimeouts: { client_header_ms: 300 }\n",
+    )
+    .await;
+    let addr = gateway.http_addrs[0];
+
+    // A head that never ends.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\n")
+        .await
+        .expect("write");
+    let waited = until_closed(&mut slow).await;
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "closed too soon: {waited:?}"
+    );
+
+    // A response body that takes 1.2 s, four times the header timeout, arrives whole; then
+    // the idle keep-alive connection is closed.
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\nX-User-Id: 1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("body keeps coming")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed mid-body: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("tick7"), "{text}");
+    let idle = until_closed(&mut client).await;
+    assert!(
+        idle >= std::time::Duration::from_millis(250),
+        "closed too soon: {idle:?}"
+    );
+}
