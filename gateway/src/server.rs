@@ -1,10 +1,14 @@
 //! Listeners, TLS, connection serving and graceful drain.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -200,14 +204,12 @@ async fn serve_connection<I>(
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
-            return;
+    let until_stopped = UntilStopped::new(connection.as_mut(), stopped(&mut stop));
+    if let Some(result) = until_stopped.await {
+        if let Err(error) = result {
+            tracing::debug!(%error, %peer, "connection ended with an error");
         }
-        () = stopped(&mut stop) => {}
+        return;
     }
     // Busy keep-alive connections get `Connection: close` on their next response and end by
     // themselves; only those still open after a moment are closed where they stand.
@@ -219,6 +221,67 @@ async fn serve_connection<I>(
     }
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
+}
+
+pin_project_lite::pin_project! {
+    /// `work`'s output, or `None` once `stop` completes first. `stop` is polled only after it
+    /// woke the task itself: a busy connection's task is woken several times per request, and
+    /// polling the stop signal each time costs more than the rest of the connection's
+    /// bookkeeping.
+    struct UntilStopped<W, S> {
+        #[pin]
+        work: W,
+        #[pin]
+        stop: S,
+        stop_waker: Arc<StopWaker>,
+    }
+}
+
+impl<W, S> UntilStopped<W, S> {
+    fn new(work: W, stop: S) -> Self {
+        Self {
+            work,
+            stop,
+            // Woken to begin with, so the first poll registers with `stop`.
+            stop_waker: Arc::new(StopWaker {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+}
+
+impl<W: Future, S: Future<Output = ()>> Future for UntilStopped<W, S> {
+    type Output = Option<W::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.stop_waker.task.register(cx.waker());
+        if this.stop_waker.woken.swap(false, Ordering::AcqRel) {
+            let waker = Waker::from(this.stop_waker.clone());
+            if this.stop.poll(&mut Context::from_waker(&waker)).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        this.work.poll(cx).map(Some)
+    }
+}
+
+/// Wakes the task of an [`UntilStopped`] and notes that `stop` asked for it.
+struct StopWaker {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for StopWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// Serve the admin endpoints on `listener` until `stop` turns true.
