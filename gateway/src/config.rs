@@ -218,7 +218,8 @@ pub struct Timeouts {
     /// The whole exchange up to the response head, retries included.
     #[serde(default = "default_total_ms")]
     pub total_ms: u64,
-    /// Reading a client's request head.
+    /// Reading a client's request head; also how long a keep-alive connection may sit idle
+    /// between requests.
     #[serde(default = "default_header_read_ms")]
     pub client_header_ms: u64,
     /// On SIGTERM (or after an upgrade), how long in-flight requests may take to finish.
