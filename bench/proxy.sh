@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proxy benchmark: the same header-keyed workload (1,000 distinct user IDs, all owned by units
-# of the entry region) through no proxy, nginx (`hash $http_x_user_id consistent`), HAProxy
-# (`balance hdr(X-User-Id)`), a minimal pingora proxy, a minimal hyper proxy on unitgate's own
+# of the entry region) through no proxy, nginx (`hash $http_x_user_id consistent`), the same
+# nginx adding the nine headers unitgate adds to each request (for reference: the targets are
+# plain nginx and HAProxy), HAProxy (`balance hdr(X-User-Id)`), a minimal pingora proxy, a minimal hyper proxy on unitgate's own
 # server and client (gateway/examples/minimal_proxy.rs, one thread: the floor under unitgate)
 # and unitgate (the three-region example table, key affinity), each with WORKERS worker
 # threads/processes and keep-alive upstreams.
@@ -82,14 +83,18 @@ start_proxy() { # name workers -> sets PROXY_PID
   mkdir -p "$dir/logs"
   case $name in
     none) PROXY_PID=""; return ;;
-    nginx)
+    nginx|nginx-headers)
+      # nginx-headers adds what unitgate adds to every request (values made up where nginx
+      # cannot compute them): the same header work without the routing.
+      local added=""
+      [[ $name == nginx-headers ]] && added='proxy_set_header X-Unitgate-Unit hz-u1; proxy_set_header X-Unitgate-Slot \$http_x_user_id; proxy_set_header X-Unitgate-Region hz; proxy_set_header X-Unitgate-Class C; proxy_set_header X-Unitgate-Table-Version 1; proxy_set_header X-Unitgate-Key \$http_x_user_id; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header traceparent 00-\$request_id-00f067aa0ba902b7-01;'
       cat > "$dir/nginx.conf" <<CONF
 daemon off; worker_processes $workers; error_log $dir/logs/error.log; pid $dir/nginx.pid;
 events { worker_connections 4096; }
 http {
   access_log off; keepalive_requests 1000000;
   upstream origin { hash \$http_x_user_id consistent; server 127.0.0.1:$ORIGIN_A; server 127.0.0.1:$ORIGIN_B; keepalive 256; }
-  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; $added } }
 }
 CONF
       nginx -p "$dir" -c "$dir/nginx.conf" & ;;
@@ -176,7 +181,7 @@ for workers in $WORKER_SETS; do
   results="$WORK/results-$workers"
   : > "$results"
   for round in $(seq 1 "$ROUNDS"); do
-    for name in none nginx haproxy pingora hyper-minimal unitgate; do
+    for name in none nginx nginx-headers haproxy pingora hyper-minimal unitgate; do
       line=$(run_one "$name" "$workers")
       echo "workers=$workers round=$round $line" >&2
       echo "$line" >> "$results"
