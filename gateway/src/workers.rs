@@ -10,7 +10,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-
 use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
