@@ -72,8 +72,9 @@ impl CoarseTimer {
         }
     }
 
-    /// Deadlines armed and not yet dropped (for tests).
-    pub fn armed(&self) -> usize {
+    /// Deadlines armed and not yet dropped.
+    #[cfg(test)]
+    fn armed(&self) -> usize {
         lock(&self.pending).len()
     }
 }

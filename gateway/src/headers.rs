@@ -166,9 +166,12 @@ impl RequestHeaders {
 
 /// Whether a comma-separated header value lists `token` (case-insensitively).
 fn lists_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The comma-separated tokens of a header value, trimmed (none when it is not text).
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value.to_str().unwrap_or_default().split(',').map(str::trim)
 }
 
 /// Remove every `X-Unitgate-*` header: only the gateway may set them.
@@ -205,8 +208,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
                 continue;
             }
-            let tokens = value.to_str().unwrap_or_default().split(',').map(str::trim);
-            for token in tokens {
+            for token in tokens(&value) {
                 let usual = ["keep-alive", "close", "upgrade", "host", ""]
                     .iter()
                     .any(|u| token.eq_ignore_ascii_case(u));

@@ -623,12 +623,11 @@ fn forwarding_headers(
     {
         parts.headers.insert(header::HOST, host);
     }
-    let forwarded_for = match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .filter(|_| seen.forwarded_for)
-        .map(HeaderValue::as_bytes)
-    {
+    let previous = seen
+        .forwarded_for
+        .then(|| parts.headers.get(&X_FORWARDED_FOR))
+        .flatten();
+    let forwarded_for = match previous.map(HeaderValue::as_bytes) {
         Some(previous) => {
             let mut value = Vec::with_capacity(previous.len() + 2 + conn.peer_ip.len());
             value.extend_from_slice(previous);
