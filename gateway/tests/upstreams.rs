@@ -41,14 +41,38 @@ async fn gateway_with_pool(
     Gateway::start(config, listeners).await.expect("gateway")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_requests_retry_on_connect_failure_and_dead_endpoints_are_ejected() {
+/// A gateway whose `app` pool is a dead endpoint (a bound port that refuses connections) and
+/// then a live echo upstream; `health` is the gateway's health-check config.
+struct DeadThenLive {
+    gateway: Gateway,
+    live: Echo,
+    dead: SocketAddr,
+    _reserved: tokio::net::TcpSocket,
+    _dir: tempfile::TempDir,
+}
+
+async fn dead_then_live(health: &str) -> DeadThenLive {
     let dir = tempfile::tempdir().expect("tempdir");
     let live = Echo::start("app", "local").await;
-    let (_reserved, dead) = refusing_address();
-    let gateway = gateway_with_pool(
-        dir.path(),
-        &[dead, live.addr],
+    let (reserved, dead) = refusing_address();
+    let gateway = gateway_with_pool(dir.path(), &[dead, live.addr], health).await;
+    DeadThenLive {
+        gateway,
+        live,
+        dead,
+        _reserved: reserved,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_retry_on_connect_failure_and_dead_endpoints_are_ejected() {
+    let DeadThenLive {
+        gateway,
+        live,
+        dead,
+        ..
+    } = dead_then_live(
         "health_check: { interval_ms: 0, eject_after_failures: 2, eject_for_ms: 600000 }\n",
     )
     .await;
@@ -87,15 +111,12 @@ async fn idempotent_requests_retry_on_connect_failure_and_dead_endpoints_are_eje
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_request_with_a_body_is_retried_whole() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let live = Echo::start("app", "local").await;
-    let (_reserved, dead) = refusing_address();
-    let gateway = gateway_with_pool(
-        dir.path(),
-        &[dead, live.addr],
-        "health_check: { interval_ms: 0, eject_after_failures: 100 }\n",
-    )
-    .await;
+    let DeadThenLive {
+        gateway,
+        live,
+        dead,
+        ..
+    } = dead_then_live("health_check: { interval_ms: 0, eject_after_failures: 100 }\n").await;
     let client = client();
     // Round robin alternates, so one of the two starts on the dead endpoint.
     for i in 0..2 {
