@@ -22,15 +22,20 @@ CONF
 }
 
 # The workload for wrk: 1,000 user IDs whose slots (id mod 10000) fall in hz's units (slots
-# 0-3333), one request each in turn; `done` prints a RESULT line for the scripts.
+# 0-3333), one request each in turn; `done` prints a RESULT line for the scripts. users.lua
+# keeps connections alive; users-close.lua asks for a new connection per request.
 write_workload() {
-  cat > "$1/users.lua" <<'LUA'
+  local name extra
+  for name in users users-close; do
+    extra=""
+    [[ $name == users-close ]] && extra=', ["Connection"] = "close"'
+    cat > "$1/$name.lua" <<LUA
 local ids = {}
 for k = 0, 999 do ids[#ids + 1] = tostring(k * 10000 + (k * 3) % 3334) end
 local i = 0
 request = function()
   i = i + 1
-  return wrk.format("GET", "/cart/items", { ["X-User-Id"] = ids[(i % #ids) + 1] })
+  return wrk.format("GET", "/cart/items", { ["X-User-Id"] = ids[(i % #ids) + 1]$extra })
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -38,6 +43,7 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
 end
 LUA
+  done
 }
 
 # unitgate's table: the three-region example, with hz's cart pool on the origin and key affinity.

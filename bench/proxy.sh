@@ -6,8 +6,9 @@
 # server and client (gateway/examples/minimal_proxy.rs, one thread: the floor under unitgate)
 # and unitgate (the three-region example table, key affinity), each with WORKERS worker
 # threads/processes and keep-alive upstreams.
-# ROUNDS rounds, interleaved; medians and ratios go to docs/BENCHMARKS.md. Then a
-# zero-downtime upgrade of unitgate under the same load.
+# ROUNDS rounds, interleaved; medians and ratios go to docs/BENCHMARKS.md. Then nginx, HAProxy
+# and unitgate with two workers and a new connection per request, and a zero-downtime upgrade
+# of unitgate under the keep-alive load.
 #
 #   bench/proxy.sh                 # 1 and 2 workers, 3 rounds of 10 s
 #   ROUNDS=1 DURATION=5 bench/proxy.sh
@@ -154,14 +155,14 @@ stop_proxy() {
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null || return 0; sleep 0.05; done
 }
 
-run_one() { # name workers -> prints "name rps p50_us p99_us cpu_us_per_req rss_kib errors"
-  local name=$1 workers=$2 port=$PROXY_PORT
+run_one() { # name workers [workload] -> prints "name rps p50_us p99_us cpu_us_per_req rss_kib errors"
+  local name=$1 workers=$2 workload=${3:-users} port=$PROXY_PORT
   start_proxy "$name" "$workers"
   [[ $name == none ]] && port=$ORIGIN_A
-  wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/users.lua" "http://127.0.0.1:$port/" >/dev/null  # warm-up
+  wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/$workload.lua" "http://127.0.0.1:$port/" >/dev/null  # warm-up
   local pids; pids=$( [[ -n ${PROXY_PID:-} ]] && pids_of "$PROXY_PID" )
   local before; before=$(cpu_ticks "$pids")
-  local result; result=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/users.lua" "http://127.0.0.1:$port/" | awk '/^RESULT/')
+  local result; result=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/$workload.lua" "http://127.0.0.1:$port/" | awk '/^RESULT/')
   local after; after=$(cpu_ticks "$pids")
   local rss; rss=$(rss_kib "$pids")
   stop_proxy
@@ -169,6 +170,27 @@ run_one() { # name workers -> prints "name rps p50_us p99_us cpu_us_per_req rss_
   awk -v n="$name" -v r="$requests" -v d="$duration_us" -v c=$((after - before)) -v t="$TICKS" \
       -v p50="$p50" -v p99="$p99" -v rss="$rss" -v e=$((errors + non2xx)) \
       'BEGIN { printf "%s %.0f %d %d %.2f %d %d\n", n, r / (d / 1e6), p50, p99, (c / t * 1e6) / r, rss, e }'
+}
+
+# The markdown table of a results file (a line per run_one), medians over its rounds.
+table() {
+  echo "| target | requests/s | p50 | p99 | proxy CPU per request | CPU vs nginx | CPU vs HAProxy | RSS | errors |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  awk '
+    function median(name, col,   n, i, j, t, v) {
+      n = 0; for (i = 1; i <= rows; i++) if (row_name[i] == name) v[++n] = row[i, col]
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+      return v[int((n + 1) / 2)]
+    }
+    { rows++; row_name[rows] = $1; for (c = 2; c <= 7; c++) row[rows, c] = $c; seen[$1] = 1; if (!(($1) in order)) { order[$1] = ++k; names[k] = $1 } }
+    END {
+      ng = median("nginx", 5); hp = median("haproxy", 5)
+      for (i = 1; i <= k; i++) {
+        n = names[i]; cpu = median(n, 5)
+        if (n == "none") { printf "| %s (wrk to the origin) | %d | %.2f ms | %.2f ms | - | - | - | - | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, median(n, 7); continue }
+        printf "| %s | %d | %.2f ms | %.2f ms | %.1f µs | %.2fx | %.2fx | %.1f MiB | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, cpu, cpu / ng, cpu / hp, median(n, 6) / 1024, median(n, 7)
+      }
+    }' "$1"
 }
 
 REPORT="$WORK/report.md"
@@ -190,26 +212,29 @@ for workers in $WORKER_SETS; do
   {
     echo "### $workers worker thread(s) per proxy"
     echo
-    echo "| target | requests/s | p50 | p99 | proxy CPU per request | CPU vs nginx | CPU vs HAProxy | RSS | errors |"
-    echo "|---|---|---|---|---|---|---|---|---|"
-    awk '
-      function median(name, col,   n, i, j, t, v) {
-        n = 0; for (i = 1; i <= rows; i++) if (row_name[i] == name) v[++n] = row[i, col]
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-        return v[int((n + 1) / 2)]
-      }
-      { rows++; row_name[rows] = $1; for (c = 2; c <= 7; c++) row[rows, c] = $c; seen[$1] = 1; if (!(($1) in order)) { order[$1] = ++k; names[k] = $1 } }
-      END {
-        ng = median("nginx", 5); hp = median("haproxy", 5)
-        for (i = 1; i <= k; i++) {
-          n = names[i]; cpu = median(n, 5)
-          if (n == "none") { printf "| %s (wrk to the origin) | %d | %.2f ms | %.2f ms | - | - | - | - | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, median(n, 7); continue }
-          printf "| %s | %d | %.2f ms | %.2f ms | %.1f µs | %.2fx | %.2fx | %.1f MiB | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, cpu, cpu / ng, cpu / hp, median(n, 6) / 1024, median(n, 7)
-        }
-      }' "$results"
+    table "$results"
     echo
   } >> "$REPORT"
 done
+
+# Short connections: a new connection per request, two workers; the same rounds, interleaved.
+results="$WORK/results-close"
+: > "$results"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in nginx haproxy unitgate; do
+    line=$(run_one "$name" 2 users-close)
+    echo "close round=$round $line" >&2
+    echo "$line" >> "$results"
+  done
+done
+{
+  echo "### Short connections"
+  echo
+  echo "2 worker threads per proxy; every request on a new connection (\`Connection: close\`), so accepting, setting up and closing connections is most of the work."
+  echo
+  table "$results"
+  echo
+} >> "$REPORT"
 
 # Zero-downtime upgrade under load: a new unitgate takes the sockets over mid-run.
 start_proxy unitgate 1

@@ -197,35 +197,31 @@ impl Gateway {
             metrics: metrics.clone(),
             draining: false.into(),
         });
+        let mut http_addrs = Vec::new();
+        let mut https_addrs = Vec::new();
+        let cannot_serve = |e: std::io::Error| format!("listener: {e}");
+        for listener in &listeners.http {
+            http_addrs.push(listener.local_addr().map_err(cannot_serve)?);
+            tasks.extend(
+                workers
+                    .serve(listener, None, &tracker, &stop_rx)
+                    .map_err(cannot_serve)?,
+            );
+        }
+        for (listener, tls) in &listeners.https {
+            https_addrs.push(listener.local_addr().map_err(cannot_serve)?);
+            let acceptor = TlsAcceptor::from(tls.clone());
+            tasks.extend(
+                workers
+                    .serve(listener, Some(&acceptor), &tracker, &stop_rx)
+                    .map_err(cannot_serve)?,
+            );
+        }
         let to_tokio = |l: std::net::TcpListener| {
             l.set_nonblocking(true)
                 .and_then(|()| tokio::net::TcpListener::from_std(l))
                 .map_err(|e| format!("listener: {e}"))
         };
-        let mut http_addrs = Vec::new();
-        let mut https_addrs = Vec::new();
-        for listener in listeners.http {
-            let listener = to_tokio(listener)?;
-            http_addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
-            tasks.push(tokio::spawn(server::serve_proxy(
-                listener,
-                None,
-                workers.clone(),
-                tracker.clone(),
-                stop_rx.clone(),
-            )));
-        }
-        for (listener, tls) in listeners.https {
-            let listener = to_tokio(listener)?;
-            https_addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
-            tasks.push(tokio::spawn(server::serve_proxy(
-                listener,
-                Some(TlsAcceptor::from(tls)),
-                workers.clone(),
-                tracker.clone(),
-                stop_rx.clone(),
-            )));
-        }
         let admin_listener = to_tokio(listeners.admin)?;
         let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
         tasks.push(tokio::spawn(server::serve_admin(

@@ -171,13 +171,15 @@ pub enum UpstreamFailure {
     Other,
 }
 
-/// Request counts and latencies of one proxy worker. Each worker counts in a shard of its own
-/// (aligned apart, so two workers never write one cache line) and `render` adds them up.
+/// Request counts, latencies and open connections of one proxy worker. Each worker counts in
+/// a shard of its own (aligned apart, so two workers never write one cache line) and `render`
+/// adds them up.
 #[derive(Debug)]
 #[repr(align(128))]
 struct RequestShard {
     requests: CounterMap<RequestLabels>,
     latency: RwLock<HashMap<(NameId, u8), Histogram, fnv::FnvBuildHasher>>,
+    connections: AtomicU64,
 }
 
 impl RequestShard {
@@ -185,7 +187,23 @@ impl RequestShard {
         Self {
             requests: CounterMap::new(),
             latency: RwLock::new(HashMap::default()),
+            connections: AtomicU64::new(0),
         }
+    }
+}
+
+/// A connection counted as served by one worker until this drops.
+pub struct ConnectionCount {
+    metrics: Arc<Metrics>,
+    worker: usize,
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.metrics
+            .shard(self.worker)
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -213,9 +231,29 @@ impl Metrics {
         }
     }
 
+    fn shard(&self, worker: usize) -> &RequestShard {
+        &self.shards[worker % self.shards.len()]
+    }
+
+    /// Count a connection as served by worker `worker` while the result lives.
+    pub fn connection(self: &Arc<Self>, worker: usize) -> ConnectionCount {
+        self.shard(worker)
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        ConnectionCount {
+            metrics: self.clone(),
+            worker,
+        }
+    }
+
+    /// Connections worker `worker` serves now.
+    pub fn connections(&self, worker: usize) -> u64 {
+        self.shard(worker).connections.load(Ordering::Relaxed)
+    }
+
     /// Count a request that worker `worker` finished.
     pub fn request(&self, worker: usize, labels: RequestLabels, elapsed: Duration) {
-        let shard = &self.shards[worker % self.shards.len()];
+        let shard = self.shard(worker);
         shard.requests.add(labels, 1);
         let key = (labels.route, labels.class);
         if let Some(histogram) = shard
@@ -305,6 +343,14 @@ impl Metrics {
             self.malformed_requests.load(Ordering::Relaxed),
         );
 
+        out.push_str("# HELP unitgate_worker_connections Client connections each proxy worker serves now.\n# TYPE unitgate_worker_connections gauge\n");
+        for (worker, shard) in self.shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "unitgate_worker_connections{{worker=\"{worker}\"}} {}",
+                shard.connections.load(Ordering::Relaxed)
+            );
+        }
         out.push_str("# HELP unitgate_requests_total Requests by route, class, unit, serving region and status.\n# TYPE unitgate_requests_total counter\n");
         let mut requests: BTreeMap<RequestLabels, u64> = BTreeMap::new();
         for shard in &self.shards {

@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::coarse_timer::CoarseTimer;
 use crate::config::{RequestLimits, TlsListen};
 use crate::framing::{FramingWatch, Verdicts, next_verdict};
+use crate::metrics::ConnectionCount;
 use crate::proxy::{self, Conn, Shared};
 use crate::workers::Workers;
 
@@ -95,12 +96,14 @@ pub fn http_builder(
     builder
 }
 
-/// Accept proxy connections on `listener` and hand each to a worker, until `stop` turns true;
-/// then every open connection is asked to finish its in-flight requests and close.
+/// Accept proxy connections on `listener`, registered with the runtime of worker `by` of
+/// `workers`, and serve them there (or on the worker `Workers::pick` names), until `stop`
+/// turns true; then every open connection is asked to finish its in-flight requests and close.
 pub async fn serve_proxy(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     workers: Arc<Workers>,
+    by: usize,
     tracker: Arc<ConnTracker>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -117,20 +120,20 @@ pub async fn serve_proxy(
             () = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let worker = workers.next();
+        let worker = workers.pick(by);
         let accepted = Accepted {
             peer,
             tls: tls.clone(),
             builder: worker.http.clone(),
-            guard: tracker.opened(),
+            guards: (tracker.opened(), worker.serving()),
             stop: stop.clone(),
         };
         let shared = worker.shared.clone();
-        if worker.is_local {
+        if std::ptr::eq(worker, workers.get(by)) {
             tokio::spawn(accepted.serve(stream, shared));
             continue;
         }
-        // The stream moves to the worker's own I/O driver.
+        // The stream moves to the other worker's own I/O driver.
         match stream.into_std() {
             Ok(stream) => {
                 worker.handle.spawn(async move {
@@ -147,12 +150,13 @@ pub async fn serve_proxy(
     }
 }
 
-/// An accepted connection on its way to a worker.
+/// An accepted connection.
 struct Accepted {
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    guard: ConnGuard,
+    /// Counted as open (for the drain) and in its worker's load while it lives.
+    guards: (ConnGuard, ConnectionCount),
     stop: watch::Receiver<bool>,
 }
 
@@ -162,7 +166,7 @@ impl Accepted {
             peer,
             tls,
             builder,
-            guard: _guard,
+            guards: _guards,
             stop,
         } = self;
         match tls {

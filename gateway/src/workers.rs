@@ -1,13 +1,16 @@
 //! Proxy worker threads, each with a single-threaded runtime of its own, as nginx runs worker
-//! processes: a connection is handed to one worker and lives there, with its requests, its
+//! processes: a connection is accepted by one worker and lives there, with its requests, its
 //! upstream connections (each worker has its own pool) and its timers. Nothing is stolen between
 //! threads, so a request's tasks never wake one another across cores.
 //!
-//! Connections are handed out in turn by the listeners' accept loops, which run on the main
-//! runtime with the table source, health checks and the admin listener. With one worker the
-//! main runtime is the worker.
+//! Every worker accepts on its own registration of each proxy listener, as nginx's workers do:
+//! a new connection stays with whichever worker takes it first, without passing between
+//! threads. Which worker that is depends on who wakes first, so a burst of connections can
+//! land unevenly; a worker that already serves `IMBALANCE` more connections than the least
+//! busy one hands what it accepts to that one instead (as Envoy's connection balancing does).
+//! The main runtime keeps the table source, health checks and the admin listener. With one
+//! worker the main runtime is the worker.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -16,9 +19,11 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::ConnectionCount;
 use crate::proxy::Shared;
-use crate::server::{self, stopped};
+use crate::server::{self, ConnTracker, stopped};
 
 /// One worker: where its connections run, and what its requests share.
 pub struct Worker {
@@ -28,13 +33,11 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// Its HTTP server settings (with its timeouts).
     pub http: Arc<auto::Builder<TokioExecutor>>,
-    /// Whether this worker is the runtime that accepts (a single worker).
-    pub is_local: bool,
 }
 
 impl Worker {
     /// A worker running on `handle`; starts its timeouts' sweeper there.
-    fn new(handle: Handle, shared: Shared, is_local: bool) -> Self {
+    fn new(handle: Handle, shared: Shared) -> Self {
         handle.spawn(shared.timer.sweeper());
         let http = server::http_builder(
             &shared.config.limits,
@@ -45,15 +48,27 @@ impl Worker {
             handle,
             shared: Arc::new(shared),
             http: Arc::new(http),
-            is_local,
         }
     }
+
+    /// Count a connection as this worker's (in its metrics shard) while the result lives.
+    pub fn serving(&self) -> ConnectionCount {
+        self.shared.metrics.connection(self.shared.worker)
+    }
+
+    /// Connections this worker serves now.
+    fn load(&self) -> u64 {
+        self.shared.metrics.connections(self.shared.worker)
+    }
 }
+
+/// How many more connections than the least busy worker a worker serves before it hands new
+/// ones over: enough that the usual jitter of who accepts first costs no hand-over.
+const IMBALANCE: u64 = 2;
 
 /// The proxy's workers.
 pub struct Workers {
     workers: Vec<Worker>,
-    next: AtomicUsize,
     exit: watch::Sender<bool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -73,8 +88,7 @@ impl Workers {
         let (exit, exit_rx) = watch::channel(false);
         if count <= 1 {
             return Ok(Self {
-                workers: vec![Worker::new(Handle::current(), shared(0), true)],
-                next: AtomicUsize::new(0),
+                workers: vec![Worker::new(Handle::current(), shared(0))],
                 exit,
                 threads: Mutex::new(Vec::new()),
             });
@@ -86,7 +100,7 @@ impl Workers {
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start worker {index}: {e}"))?;
-            workers.push(Worker::new(runtime.handle().clone(), shared(index), false));
+            workers.push(Worker::new(runtime.handle().clone(), shared(index)));
             let mut exit_rx = exit_rx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("unitgate-worker-{index}"))
@@ -96,21 +110,58 @@ impl Workers {
         }
         Ok(Self {
             workers,
-            next: AtomicUsize::new(0),
             exit,
             threads: Mutex::new(threads),
         })
     }
 
-    /// The worker for the next connection, in turn.
-    pub fn next(&self) -> &Worker {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+    /// Worker `index`.
+    pub fn get(&self, index: usize) -> &Worker {
         &self.workers[index]
     }
 
     /// Every worker's shared state.
     pub fn shared(&self) -> impl Iterator<Item = &Arc<Shared>> {
         self.workers.iter().map(|w| &w.shared)
+    }
+
+    /// The worker to serve a connection that worker `accepted_by` accepted: itself, unless it
+    /// serves `IMBALANCE` more connections than the least busy worker.
+    pub fn pick(&self, accepted_by: usize) -> &Worker {
+        let own = &self.workers[accepted_by];
+        match self.workers.iter().min_by_key(|w| w.load()) {
+            Some(least) if least.load() + IMBALANCE < own.load() => least,
+            _ => own,
+        }
+    }
+
+    /// Serve the proxy listener `listener` on every worker: each registers a copy of it with
+    /// its own runtime and accepts from it (see `server::serve_proxy`).
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: &std::net::TcpListener,
+        tls: Option<&TlsAcceptor>,
+        tracker: &Arc<ConnTracker>,
+        stop: &watch::Receiver<bool>,
+    ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+        listener.set_nonblocking(true)?;
+        let mut tasks = Vec::with_capacity(self.workers.len());
+        for (index, worker) in self.workers.iter().enumerate() {
+            let listener = {
+                // Registered with the worker's I/O driver, not the caller's.
+                let _runtime = worker.handle.enter();
+                tokio::net::TcpListener::from_std(listener.try_clone()?)?
+            };
+            tasks.push(worker.handle.spawn(server::serve_proxy(
+                listener,
+                tls.cloned(),
+                self.clone(),
+                index,
+                tracker.clone(),
+                stop.clone(),
+            )));
+        }
+        Ok(tasks)
     }
 
     /// End the worker threads; whatever still runs on them is dropped. Waits for them.

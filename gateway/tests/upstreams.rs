@@ -15,32 +15,6 @@ use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A one-region gateway whose `app` pool is `endpoints` (all paths, keyed by X-User-Id).
-async fn gateway_with_pool(
-    dir: &std::path::Path,
-    endpoints: &[SocketAddr],
-    extra: &str,
-) -> Gateway {
-    let pool = endpoints
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let table = format!(
-        "version: 1\nregions: [{{ name: local, pools: {{ app: [{pool}] }} }}]\nunits: [{{ name: u1, center: true, slots: [[0, 9999]], region: local }}]\nroutes: [{{ name: app, match: {{ path_prefix: / }}, service: app, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}]\n"
-    );
-    let table_path = dir.join("table.yaml");
-    std::fs::write(&table_path, table).expect("table");
-    let mut text = format!(
-        "region: local\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ file: {} }}\nhop_secret: {SECRET}\naccess_log: false\n",
-        table_path.display()
-    );
-    text.push_str(extra);
-    let config = gateway::config::GatewayConfig::parse(&text, "test").expect("config");
-    let listeners = loopback_listeners();
-    Gateway::start(config, listeners).await.expect("gateway")
-}
-
 /// A gateway whose `app` pool is a dead endpoint (a bound port that refuses connections) and
 /// then a live echo upstream; `health` is the gateway's health-check config.
 struct DeadThenLive {
@@ -260,18 +234,6 @@ async fn protocol_upgrades_pass_through() {
     let mut echoed = [0u8; 4];
     stream.read_exact(&mut echoed).await.expect("echo");
     assert_eq!(&echoed, b"ping");
-}
-
-async fn get_text(client: &TestClient, addr: SocketAddr, path: &str) -> String {
-    let response = client
-        .request(request("GET", addr, path, &[]))
-        .await
-        .expect("response");
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// An upstream that counts the connections it accepted; `/empty` answers with no body,
