@@ -129,8 +129,14 @@ impl Workers {
     /// serves `IMBALANCE` more connections than the least busy worker.
     pub fn pick(&self, accepted_by: usize) -> &Worker {
         let own = &self.workers[accepted_by];
-        match self.workers.iter().min_by_key(|w| w.load()) {
-            Some(least) if least.load() + IMBALANCE < own.load() => least,
+        let own_load = own.load();
+        match self
+            .workers
+            .iter()
+            .map(|w| (w.load(), w))
+            .min_by_key(|(load, _)| *load)
+        {
+            Some((least, worker)) if least + IMBALANCE < own_load => worker,
             _ => own,
         }
     }
