@@ -120,7 +120,8 @@ pub async fn serve_proxy(
             () = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
-        let worker = workers.pick(by);
+        let target = workers.pick(by);
+        let worker = workers.get(target);
         let accepted = Accepted {
             peer,
             tls: tls.clone(),
@@ -131,7 +132,7 @@ pub async fn serve_proxy(
         let shared = worker.shared.clone();
         // A connection's future holds hyper's whole connection state; boxed, spawning it moves
         // a pointer instead of copying kilobytes several times (-4k instructions a connection).
-        if std::ptr::eq(worker, workers.get(by)) {
+        if target == by {
             tokio::spawn(Box::pin(accepted.serve(stream, shared)));
             continue;
         }

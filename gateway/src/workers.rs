@@ -125,19 +125,20 @@ impl Workers {
         self.workers.iter().map(|w| &w.shared)
     }
 
-    /// The worker to serve a connection that worker `accepted_by` accepted: itself, unless it
-    /// serves `IMBALANCE` more connections than the least busy worker.
-    pub fn pick(&self, accepted_by: usize) -> &Worker {
-        let own = &self.workers[accepted_by];
-        let own_load = own.load();
+    /// The index of the worker to serve a connection that worker `accepted_by` accepted:
+    /// `accepted_by` itself, unless it serves `IMBALANCE` more connections than the least busy
+    /// worker.
+    pub fn pick(&self, accepted_by: usize) -> usize {
+        let own_load = self.workers[accepted_by].load();
         match self
             .workers
             .iter()
-            .map(|w| (w.load(), w))
-            .min_by_key(|(load, _)| *load)
+            .enumerate()
+            .map(|(index, w)| (w.load(), index))
+            .min()
         {
-            Some((least, worker)) if least + IMBALANCE < own_load => worker,
-            _ => own,
+            Some((least_load, least)) if least_load + IMBALANCE < own_load => least,
+            _ => accepted_by,
         }
     }
 
