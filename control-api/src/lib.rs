@@ -15,6 +15,28 @@ pub use client::{Client, ClientError, Reply};
 /// Header carrying a table version: on `GET /v1/table` and `GET /v1/watch` answers.
 pub const VERSION_HEADER: &str = "x-unitgate-table-version";
 
+/// Header carrying a table version's digest ([`table_digest`]) beside [`VERSION_HEADER`].
+pub const DIGEST_HEADER: &str = "x-unitgate-table-digest";
+
+/// Header with which an admin stores a table that moves units without a flip: its value is
+/// the reason, kept on the version and in the audit log.
+pub const FORCE_HEADER: &str = "x-unitgate-force";
+
+/// The digest of a table's canonical content: `sha256:` and the hex SHA-256 of its JSON as
+/// serialised here. A version number names exactly one content; the digest is how the
+/// control plane, the gateways and their caches tell whether they hold the same one.
+pub fn table_digest(table: &RawTable) -> String {
+    // RawTable holds only ordered collections, so its JSON is canonical.
+    let json = serde_json::to_vec(table).unwrap_or_default();
+    let sha = ring::digest::digest(&ring::digest::SHA256, &json);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in sha.as_ref() {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
 /// A stored table version with how it got there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -31,8 +53,58 @@ pub struct StoredTable {
     /// The flip that made this version, if a flip did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flip: Option<String>,
+    /// Set when an admin stored this version although it moves units without a flip
+    /// (`X-Unitgate-Force`): the reason given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced: Option<String>,
+    /// [`table_digest`] of `table`. Versions stored before digests existed have none on
+    /// disk; the store fills it in when it reads them.
+    #[serde(default)]
+    pub digest: String,
     /// The table.
     pub table: RawTable,
+}
+
+impl StoredTable {
+    /// A version to store now: `table` (whose `version` it takes) by `author`, with its digest.
+    pub fn new(
+        table: RawTable,
+        author: &str,
+        reason: Option<String>,
+        flip: Option<String>,
+    ) -> Self {
+        Self {
+            version: table.version,
+            stored_at_ms: now_ms(),
+            author: author.to_owned(),
+            reason,
+            flip,
+            forced: None,
+            digest: table_digest(&table),
+            table,
+        }
+    }
+
+    /// Check the record against itself: its version matches the table's, and its digest
+    /// (filled in when absent) matches the content. `Err` says what does not match.
+    pub fn verified(mut self) -> Result<Self, String> {
+        if self.version != self.table.version {
+            return Err(format!(
+                "the record says version {} but its table says {}",
+                self.version, self.table.version
+            ));
+        }
+        let digest = table_digest(&self.table);
+        if self.digest.is_empty() {
+            self.digest = digest;
+        } else if self.digest != digest {
+            return Err(format!(
+                "its content does not match its digest (recorded {}, content {digest}): it was changed after it was stored",
+                self.digest
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// What a gateway reports after it tried to apply a version.
@@ -45,6 +117,9 @@ pub struct GatewayReport {
     pub region: String,
     /// The version it serves (0: none yet).
     pub applied: u64,
+    /// The digest of the table it serves ([`table_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// The last version it refused, with why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<RejectedVersion>,
@@ -70,13 +145,22 @@ pub struct GatewayStatus {
     pub region: String,
     /// The version it serves.
     pub applied_version: u64,
+    /// The digest of the table it serves, as it reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// It serves a table whose digest differs from the stored version of that number: it
+    /// counts as not serving that version, and is sent the stored one.
+    #[serde(default)]
+    pub diverged: bool,
     /// When it last polled or reported, in milliseconds since the epoch.
     pub last_seen_ms: u64,
     /// The last version it refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<RejectedVersion>,
-    /// Not seen for longer than the control plane's `gateway_stale_after_s`: flips do not
-    /// wait for it, and it is shown so that someone looks.
+    /// Not seen for longer than the control plane's `gateway_stale_after_s` (after a
+    /// control-plane restart, counted from the restart for the gateways that were live):
+    /// flips do not wait for it, and it is shown so that someone looks.
+    #[serde(default)]
     pub stale: bool,
 }
 
@@ -401,11 +485,61 @@ pub struct PlanResult {
     pub next_version: u64,
     /// Every problem (empty when valid).
     pub problems: Vec<ApiProblem>,
+    /// Units whose region or slots the table changes: `PUT /v1/table` refuses it (`422`)
+    /// unless forced; a flip is the way to move a unit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<UnitMove>,
+    /// Why `PUT /v1/table` with this table would be refused, if it would (without
+    /// `X-Unitgate-Force`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub put_refused: Option<String>,
     /// What it changes against the table in force (as `unitctl diff --output json`); absent
     /// when invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<serde_json::Value>")]
     pub diff: Option<serde_json::Value>,
+}
+
+/// A unit that a proposed table moves: to another region, or to other slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnitMove {
+    /// The unit.
+    pub unit: String,
+    /// Its region in force (absent: the unit is new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Its region in the proposed table (absent: the unit is removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Whether its slot ranges change.
+    pub slots_change: bool,
+    /// What to do instead, in words.
+    pub hint: String,
+}
+
+/// Body of `POST /v1/units/{unit}/resolve`: an operator settles a unit whose flip record was
+/// lost (quarantined), stating the state the unit is to have in the region it is in now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// `active` (writes flow again) or `write_frozen`.
+    pub state: router_rules::UnitState,
+    /// Why: kept in the audit log.
+    pub reason: String,
+}
+
+/// Answer to `POST /v1/units/{unit}/resolve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveResult {
+    /// The unit.
+    pub unit: String,
+    /// The version in force afterwards (a new one when the state changed).
+    pub version: u64,
+    /// The lock that was lifted (the quarantined flip), if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted: Option<String>,
 }
 
 /// Answer to `PUT /v1/table`.
@@ -436,6 +570,10 @@ pub struct UnitStatus {
     /// The flip running on it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flip: Option<String>,
+    /// Why no flip may start on it until an operator resolves it (`POST
+    /// /v1/units/{unit}/resolve`), e.g. its flip record was unreadable and quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked: Option<String>,
 }
 
 /// Answer to `GET /v1/status`: units and gateways in one look.

@@ -28,18 +28,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let flips: usize = args.next().map_or(Ok(50), |a| a.parse())?;
 
     let dir = tempfile::tempdir()?;
-    let (operator, gateway_token) = (new_token(), new_token());
+    let operator = new_token();
+    let regions = ["hz", "sh", "sz"];
+    let gateway_tokens: Vec<String> = regions.iter().map(|_| new_token()).collect();
     let table = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/examples/three-regions.yaml");
     let config = dir.path().join("control.yaml");
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\nstore: {{ file: {{ dir: {} }} }}\ninitial_table: {}\ntokens:\n  - {{ name: ops, role: operator, sha256: {} }}\n  - {{ name: gw, role: gateway, sha256: {} }}\n",
+            "listen: 127.0.0.1:0\nstore: {{ file: {{ dir: {} }} }}\ninitial_table: {}\ntokens:\n  - {{ name: ops, role: operator, sha256: {} }}\n{}",
             dir.path().join("store").display(),
             table.display(),
             hash_token(&operator),
-            hash_token(&gateway_token)
+            regions
+                .iter()
+                .zip(&gateway_tokens)
+                .map(|(region, token)| format!(
+                    "  - {{ name: gw-{region}, role: gateway, gateway_id: \"{region}-*\", region: {region}, sha256: {} }}\n",
+                    hash_token(token)
+                ))
+                .collect::<String>()
         ),
     )?;
     let mut child = std::process::Command::new(&control_bin)
@@ -65,14 +74,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut stores = Vec::new();
     for i in 0..gateways {
-        let region = ["hz", "sh", "sz"][i % 3];
+        let region = regions[i % 3];
         let store = Arc::new(TableStore::new(region, None, Arc::new(Metrics::default())));
         let source_config = gateway::config::ControlPlaneSource {
             url: url.clone(),
             token_file: None,
-            token: Some(gateway_token.clone()),
+            token: Some(gateway_tokens[i % 3].clone()),
             ca_file: None,
-            gateway_id: Some(format!("bench-{i}")),
+            gateway_id: Some(format!("{region}-bench-{i}")),
         };
         let source = gateway::source::ControlPlaneSource::new(&source_config, String::new())?;
         source.fetch_now(&store, Duration::from_secs(5)).await?;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use control_api::{
-    ApiError, ApiProblem, AuditEntry, AuditOutcome, FlipAccepted, FlipMode, FlipRecord,
-    FlipRequest, FlipState, GatewayReport, PlanResult, PutResult, Status, StoredTable, UnitStatus,
-    VERSION_HEADER, now_ms,
+    ApiError, ApiProblem, AuditEntry, AuditOutcome, DIGEST_HEADER, FORCE_HEADER, FlipAccepted,
+    FlipMode, FlipRecord, FlipRequest, FlipState, GatewayReport, PlanResult, PutResult,
+    ResolveRequest, ResolveResult, Status, StoredTable, UnitStatus, VERSION_HEADER, now_ms,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -21,10 +21,10 @@ use router_rules::{CompiledTable, RawTable, SourceMap, UnitState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::ControlPlane;
 use crate::auth::{AuthFailure, Need, Principal};
-use crate::flip;
+use crate::registry::Sighting;
 use crate::store::{FlipSignal, PutOutcome};
+use crate::{AppliedCheck, ControlPlane, admission, flip};
 
 /// What an endpoint does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,10 @@ pub enum Op {
     Watch,
     /// `POST /v1/report`.
     Report,
+    /// `POST /v1/units/{unit}/resolve`.
+    ResolveUnit,
+    /// `DELETE /v1/gateways/{id}`.
+    ForgetGateway,
 }
 
 /// One endpoint.
@@ -155,7 +159,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/table",
         Need::Admin,
         Op::PutTable,
-        "Store a table as the next version (If-Match: the version in force) and push it.",
+        "Store a table as the next version (If-Match: the version in force) and push it. A table that moves units to other regions or slots is refused (422) unless an admin forces it with X-Unitgate-Force: <reason>; flips move units.",
         &[200, 400, 409, 413, 422, 428, 503],
     ),
     endpoint(
@@ -199,12 +203,28 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[202, 404, 409, 503],
     ),
     endpoint(
+        Method::POST,
+        "/v1/units/{unit}/resolve",
+        Need::Operate,
+        Op::ResolveUnit,
+        "Settle a unit whose flip could not be recovered: set its state in the region it is in, and lift its lock.",
+        &[200, 400, 404, 409, 413, 422, 503],
+    ),
+    endpoint(
         Method::GET,
         "/v1/gateways",
         Need::Read,
         Op::Gateways,
         "Every gateway seen, with the version it serves.",
         &[200],
+    ),
+    endpoint(
+        Method::DELETE,
+        "/v1/gateways/{id}",
+        Need::Operate,
+        Op::ForgetGateway,
+        "Forget a gateway taken out of service, so that flips stop waiting for it.",
+        &[204, 404, 503],
     ),
     endpoint(
         Method::GET,
@@ -227,8 +247,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "/v1/watch",
         Need::Gateway,
         Op::Watch,
-        "Gateways: long-poll for the next version after ?after=N (200 with the table, or 204 when none came within the hold time).",
-        &[200, 204, 400],
+        "Gateways: long-poll for the next version after ?after=N (200 with the table, or 204 when none came within the hold time). A gateway serving other content than the stored version it names gets the stored one at once.",
+        &[200, 204, 400, 422],
     ),
     endpoint(
         Method::POST,
@@ -236,7 +256,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Need::Gateway,
         Op::Report,
         "Gateways: report the version served and any refused one.",
-        &[204, 400, 413],
+        &[204, 400, 413, 422],
     ),
 ];
 
@@ -423,8 +443,21 @@ async fn route(cp: &Arc<ControlPlane>, request: Request<Incoming>) -> Reply {
     };
     // Table writes and flip steps are audited with the change itself (atomically with it);
     // every other mutating call, and every refusal, is audited here.
-    let audited_inside = matches!(op, Op::PutTable | Op::StartFlip) && reply.status().is_success();
-    if mutating && op != Op::Plan && !audited_inside {
+    let audited_inside =
+        matches!(op, Op::PutTable | Op::StartFlip | Op::ResolveUnit) && reply.status().is_success();
+    // A gateway token used outside its binding, or naming a version never stored, is
+    // audited even on the read-only watch.
+    let gateway_refused = matches!(op, Op::Watch | Op::Report)
+        && matches!(
+            reply.status(),
+            StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY
+        );
+    if gateway_refused {
+        cp.metrics
+            .gateway_reports_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    if (mutating && op != Op::Plan && !audited_inside) || gateway_refused {
         audit_call(cp, &actor, endpoint, &params, &reply).await;
     }
     reply
@@ -444,7 +477,10 @@ async fn audit_call(
         Op::ConfirmFlip => "flip.confirm",
         Op::CancelFlip => "flip.cancel",
         Op::Report => "gateway.report",
+        Op::Watch => "gateway.watch",
         Op::Plan => "table.plan",
+        Op::ResolveUnit => "unit.resolve",
+        Op::ForgetGateway => "gateway.forget",
         _ => endpoint.path,
     };
     let detail = reply_message(reply);
@@ -522,10 +558,12 @@ async fn dispatch(
         Op::ConfirmFlip => signal_flip(cp, param(0), FlipSignal::Confirm).await,
         Op::CancelFlip => signal_flip(cp, param(0), FlipSignal::Cancel).await,
         Op::Gateways => Ok(json(StatusCode::OK, &cp.registry.list())),
+        Op::ForgetGateway => forget_gateway(cp, param(0)).await,
         Op::Status => status(cp).await,
         Op::Audit => audit_log(cp, request.uri().query()).await,
-        Op::Watch => watch(cp, request.uri().query()).await,
-        Op::Report => report(cp, request).await,
+        Op::Watch => watch(cp, principal, request.uri().query()).await,
+        Op::Report => report(cp, principal, request).await,
+        Op::ResolveUnit => resolve_unit(cp, actor, param(0), request).await,
     }
 }
 
@@ -706,11 +744,17 @@ async fn plan(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
                 }
                 None => None,
             };
+            let moves = current
+                .as_ref()
+                .map(|c| admission::unit_moves(&c.table, table.raw()))
+                .unwrap_or_default();
             PlanResult {
                 valid: true,
                 current_version,
                 next_version,
                 problems: Vec::new(),
+                put_refused: (!moves.is_empty()).then(|| admission::refusal(&moves)),
+                moves,
                 diff,
             }
         }
@@ -719,6 +763,8 @@ async fn plan(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
             current_version,
             next_version,
             problems: error.problems.iter().map(ApiProblem::from).collect(),
+            moves: Vec::new(),
+            put_refused: None,
             diff: None,
         },
     };
@@ -749,11 +795,22 @@ fn if_match(request_headers: &http::HeaderMap) -> Result<u64, Refusal> {
 
 async fn put_table(cp: &ControlPlane, actor: &str, request: Request<Incoming>) -> Handled {
     let expected = if_match(request.headers())?;
-    let reason = request
-        .headers()
-        .get("x-unitgate-reason")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header_text = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+    };
+    let reason = header_text("x-unitgate-reason");
+    let forced = header_text(FORCE_HEADER);
+    if forced.as_deref() == Some("") {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad_force",
+            format!("{FORCE_HEADER}: give the reason for moving units without a flip"),
+        ));
+    }
     let (body, json_body) = read_body(cp, request).await?;
     let current = cp.store.current();
     let current_version = current.as_ref().map_or(0, |c| c.version);
@@ -762,7 +819,7 @@ async fn put_table(cp: &ControlPlane, actor: &str, request: Request<Incoming>) -
             StatusCode::CONFLICT,
             "stale_version",
             format!(
-                "If-Match: {expected}, but the version in force is {now}; read it, re-plan and retry"
+                "If-Match: {expected}, but the version in force is {now}: the table was changed since yours was fetched; fetch it again (unitctl table get), redo the edit and retry"
             ),
         )
     };
@@ -781,19 +838,37 @@ async fn put_table(cp: &ControlPlane, actor: &str, request: Request<Incoming>) -
                 &e,
             )
         })?;
-    let version = table.version();
-    let stored = StoredTable {
-        version,
-        stored_at_ms: now_ms(),
-        author: actor.to_owned(),
-        reason: reason.clone(),
-        flip: None,
-        table: table.raw().clone(),
-    };
+    let moves = current
+        .as_ref()
+        .map(|c| admission::unit_moves(&c.table, table.raw()))
+        .unwrap_or_default();
+    if !moves.is_empty() && forced.is_none() {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "moves_units",
+            admission::refusal(&moves),
+        ));
+    }
+    let mut stored = StoredTable::new(table.raw().clone(), actor, reason.clone(), None);
+    let mut detail = None;
+    if let Some(why) = &forced
+        && !moves.is_empty()
+    {
+        stored.forced = Some(why.clone());
+        detail = Some(format!(
+            "forced: moves units without a flip ({}): {why}",
+            admission::summary(&moves)
+        ));
+    }
+    let version = stored.version;
     let audit = AuditEntry {
         at_ms: stored.stored_at_ms,
         actor: actor.to_owned(),
-        action: "table.put".into(),
+        action: if detail.is_some() {
+            "table.put.forced".into()
+        } else {
+            "table.put".into()
+        },
         target: "table".into(),
         outcome: AuditOutcome::Ok,
         status: Some(200),
@@ -801,16 +876,14 @@ async fn put_table(cp: &ControlPlane, actor: &str, request: Request<Incoming>) -
         version_after: Some(version),
         reason,
         flip: None,
-        detail: None,
+        detail,
     };
     match cp
-        .store
-        .put_table(expected, stored, audit, None)
+        .write_version(expected, stored, audit, None)
         .await
         .map_err(unavailable)?
     {
         PutOutcome::Stored(version) => {
-            cp.metrics.table_writes.fetch_add(1, Ordering::Relaxed);
             let mut reply = json(StatusCode::OK, &PutResult { version });
             reply.headers_mut().insert(header::ETAG, etag(version));
             Ok(reply)
@@ -890,6 +963,13 @@ async fn start_flip(
     }
     let id = flip::new_id();
     let Some(lock) = cp.store.lock_unit(unit, &id).await.map_err(unavailable)? else {
+        if let Some(block) = cp.store.unit_block(unit).await.map_err(unavailable)? {
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                "unit_locked",
+                block.describe(),
+            ));
+        }
         let running = cp
             .store
             .flips()
@@ -1020,6 +1100,14 @@ async fn status(cp: &ControlPlane) -> Handled {
             .map(|f| f.id.clone())
     };
     let current = cp.store.current();
+    let mut locked = std::collections::BTreeMap::new();
+    if let Some(t) = &current {
+        for u in &t.table.units {
+            if let Ok(Some(block)) = cp.store.unit_block(&u.name).await {
+                locked.insert(u.name.clone(), block.describe());
+            }
+        }
+    }
     let units = current
         .as_ref()
         .map(|t| {
@@ -1034,6 +1122,7 @@ async fn status(cp: &ControlPlane) -> Handled {
                     center: u.center,
                     slots: u.slots.iter().map(|[a, b]| b.saturating_sub(*a) + 1).sum(),
                     flip: running(&u.name),
+                    locked: locked.get(&u.name).cloned(),
                 })
                 .collect()
         })
@@ -1064,7 +1153,86 @@ async fn audit_log(cp: &ControlPlane, query_string: Option<&str>) -> Handled {
     Ok(json(StatusCode::OK, &entries))
 }
 
-async fn watch(cp: &ControlPlane, query_string: Option<&str>) -> Handled {
+/// Check what a gateway says of itself against its token's binding and the store: `403`
+/// outside the binding, `422` for a version never stored; otherwise the sighting to record.
+async fn admit_gateway(
+    cp: &ControlPlane,
+    principal: Option<&Principal>,
+    id: &str,
+    region: &str,
+    applied: u64,
+    digest: Option<String>,
+) -> Result<Sighting, Refusal> {
+    let binding = principal.and_then(|p| p.binding.as_ref());
+    if let Some(why) = binding.map_or_else(
+        || Some("the token is not bound to any gateway".to_owned()),
+        |b| b.refuses(id, region),
+    ) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "gateway_not_allowed",
+            format!("gateway {id:?} of region {region:?}: {why}"),
+        ));
+    }
+    let diverged = match cp
+        .check_applied(applied, digest.as_deref())
+        .await
+        .map_err(unavailable)?
+    {
+        AppliedCheck::Matches => false,
+        AppliedCheck::Diverged => true,
+        AppliedCheck::NeverStored => {
+            return Err(Refusal::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_version",
+                format!(
+                    "gateway {id:?} claims to serve version {applied}, which was never stored (the version in force is {})",
+                    cp.store.current_version()
+                ),
+            ));
+        }
+    };
+    if diverged {
+        tracing::warn!(
+            gateway = id,
+            applied,
+            digest = digest.as_deref().unwrap_or_default(),
+            "a gateway serves other content than the stored version of that number; sending it the stored one"
+        );
+    }
+    Ok(Sighting {
+        id: id.to_owned(),
+        region: region.to_owned(),
+        applied,
+        digest,
+        diverged,
+        rejected: None,
+    })
+}
+
+/// A table answer for a gateway: the stored version with its number and digest.
+fn table_reply(current: &StoredTable) -> Reply {
+    let mut reply = json(StatusCode::OK, &current.table);
+    reply
+        .headers_mut()
+        .insert(VERSION_HEADER, HeaderValue::from(current.version));
+    if let Ok(digest) = HeaderValue::from_str(&current.digest) {
+        reply.headers_mut().insert(DIGEST_HEADER, digest);
+    }
+    reply
+}
+
+fn is_digest(value: &str) -> bool {
+    value
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+async fn watch(
+    cp: &ControlPlane,
+    principal: Option<&Principal>,
+    query_string: Option<&str>,
+) -> Handled {
     let bad = |m: String| Refusal::new(StatusCode::BAD_REQUEST, "bad_query", m);
     let number = |name: &str, required: bool| -> Result<Option<u64>, Refusal> {
         match query(query_string, name) {
@@ -1091,12 +1259,28 @@ async fn watch(cp: &ControlPlane, query_string: Option<&str>) -> Handled {
     let gateway = name("gateway")?;
     let region = name("region")?;
     let applied = number("applied", false)?.unwrap_or(after);
+    let digest = match query(query_string, "digest") {
+        Some(d) if is_digest(d) => Some(d.to_owned()),
+        Some(d) => {
+            return Err(bad(format!(
+                "digest={d:?}: expected sha256:<64 hex digits>"
+            )));
+        }
+        None => None,
+    };
     let hold = number("timeout_s", false)?
         .unwrap_or(cp.config.watch_hold_s)
         .min(cp.config.watch_hold_s);
-    let status = cp.registry.seen(gateway, region, applied, None);
-    if let Err(error) = cp.store.publish_gateway(&status).await {
-        tracing::warn!(%error, gateway, "cannot share a gateway's status with other replicas");
+    let sighting = admit_gateway(cp, principal, gateway, region, applied, digest).await?;
+    let diverged = sighting.diverged;
+    let status = cp.gateway_seen(sighting).await;
+    if diverged
+        && let Some(current) = cp.store.current()
+        && status.rejected.as_ref().and_then(|r| r.version) != Some(current.version)
+    {
+        // Its copy is not the stored one: the stored table in force replaces it now (unless
+        // the gateway already refused that one, which it reported).
+        return Ok(table_reply(&current));
     }
     let mut versions = cp.store.subscribe();
     cp.metrics.watches_open.fetch_add(1, Ordering::Relaxed);
@@ -1104,18 +1288,16 @@ async fn watch(cp: &ControlPlane, query_string: Option<&str>) -> Handled {
         tokio::time::timeout(Duration::from_secs(hold), versions.wait_for(|v| *v > after)).await;
     cp.metrics.watches_open.fetch_sub(1, Ordering::Relaxed);
     match (newer, cp.store.current()) {
-        (Ok(Ok(_)), Some(current)) if current.version > after => {
-            let mut reply = json(StatusCode::OK, &current.table);
-            reply
-                .headers_mut()
-                .insert(VERSION_HEADER, HeaderValue::from(current.version));
-            Ok(reply)
-        }
+        (Ok(Ok(_)), Some(current)) if current.version > after => Ok(table_reply(&current)),
         _ => Ok(empty(StatusCode::NO_CONTENT)),
     }
 }
 
-async fn report(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
+async fn report(
+    cp: &ControlPlane,
+    principal: Option<&Principal>,
+    request: Request<Incoming>,
+) -> Handled {
     let (body, _) = read_body(cp, request).await?;
     let report: GatewayReport = parse_json_body(&body)?;
     for (field, value) in [("gateway", &report.gateway), ("region", &report.region)] {
@@ -1127,6 +1309,24 @@ async fn report(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
             ));
         }
     }
+    if let Some(digest) = &report.digest
+        && !is_digest(digest)
+    {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("body.digest: {digest:?}: expected sha256:<64 hex digits>"),
+        ));
+    }
+    let mut sighting = admit_gateway(
+        cp,
+        principal,
+        &report.gateway,
+        &report.region,
+        report.applied,
+        report.digest,
+    )
+    .await?;
     if let Some(rejected) = &report.rejected {
         tracing::warn!(
             gateway = report.gateway,
@@ -1135,16 +1335,155 @@ async fn report(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
             "a gateway refused a table version"
         );
     }
-    let status = cp.registry.seen(
-        &report.gateway,
-        &report.region,
-        report.applied,
-        report.rejected,
-    );
-    if let Err(error) = cp.store.publish_gateway(&status).await {
-        tracing::warn!(%error, gateway = report.gateway, "cannot share a gateway's status with other replicas");
-    }
+    sighting.rejected = report.rejected;
+    cp.gateway_seen(sighting).await;
     Ok(empty(StatusCode::NO_CONTENT))
+}
+
+async fn forget_gateway(cp: &ControlPlane, id: &str) -> Handled {
+    if !cp.registry.forget(id) {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "unknown_gateway",
+            format!("no gateway {id:?} in the fleet"),
+        ));
+    }
+    cp.store
+        .forget_gateway(id, &cp.registry)
+        .await
+        .map_err(unavailable)?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+async fn resolve_unit(
+    cp: &ControlPlane,
+    actor: &str,
+    unit: &str,
+    request: Request<Incoming>,
+) -> Handled {
+    let (body, _) = read_body(cp, request).await?;
+    let ask: ResolveRequest = parse_json_body(&body)?;
+    if ask.reason.trim().is_empty() {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "body.reason: say why (it goes to the audit log)",
+        ));
+    }
+    let current = cp
+        .store
+        .current()
+        .ok_or_else(|| Refusal::new(StatusCode::CONFLICT, "no_table", "no table stored yet"))?;
+    let Some(placed) = current.table.units.iter().find(|u| u.name == unit) else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "unknown_unit",
+            format!("unit {unit:?} is not in the table"),
+        ));
+    };
+    let block = cp.store.unit_block(unit).await.map_err(unavailable)?;
+    // Settle the unit under its own lock, so that no flip starts half-way through.
+    let holder = format!("resolve-{}", flip::new_id());
+    if let Some(block) = &block {
+        cp.store
+            .lift_block(&block.unit)
+            .await
+            .map_err(unavailable)?;
+    }
+    let Some(lock) = cp
+        .store
+        .lock_unit(unit, &holder)
+        .await
+        .map_err(unavailable)?
+    else {
+        return Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "flip_in_progress",
+            format!(
+                "a flip of unit {unit} is running; cancel it instead (POST /v1/flips/{{id}}/cancel)"
+            ),
+        ));
+    };
+    let lifted = block.as_ref().map(|b| b.flip.clone());
+    let mut version = current.version;
+    if placed.state != ask.state {
+        let table = flip::with_placement(
+            &current.table,
+            unit,
+            &placed.region,
+            ask.state,
+            current.version + 1,
+        )
+        .map_err(|m| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_table", m))?;
+        let stored = StoredTable::new(table, actor, Some(ask.reason.clone()), None);
+        let audit = AuditEntry {
+            at_ms: stored.stored_at_ms,
+            actor: actor.to_owned(),
+            action: "unit.resolve".into(),
+            target: unit.to_owned(),
+            outcome: AuditOutcome::Ok,
+            status: Some(200),
+            version_before: Some(current.version),
+            version_after: Some(stored.version),
+            reason: Some(ask.reason.clone()),
+            flip: lifted.clone(),
+            detail: Some(format!(
+                "unit {unit} set {} in {}{}",
+                ask.state.as_str(),
+                placed.region,
+                lifted
+                    .as_ref()
+                    .map(|f| format!("; lock of lost flip {f} lifted"))
+                    .unwrap_or_default()
+            )),
+        };
+        match cp
+            .write_version(current.version, stored, audit, lock.fence())
+            .await
+            .map_err(unavailable)?
+        {
+            PutOutcome::Stored(v) => version = v,
+            PutOutcome::Stale(_) | PutOutcome::LockLost => {
+                return Err(Refusal::new(
+                    StatusCode::CONFLICT,
+                    "stale_version",
+                    "the table changed meanwhile; resolve again",
+                ));
+            }
+        }
+    } else {
+        cp.audit(AuditEntry {
+            at_ms: now_ms(),
+            actor: actor.to_owned(),
+            action: "unit.resolve".into(),
+            target: unit.to_owned(),
+            outcome: AuditOutcome::Ok,
+            status: Some(200),
+            version_before: Some(current.version),
+            version_after: None,
+            reason: Some(ask.reason.clone()),
+            flip: lifted.clone(),
+            detail: Some(format!(
+                "unit {unit} already {} in {}{}",
+                ask.state.as_str(),
+                placed.region,
+                lifted
+                    .as_ref()
+                    .map(|f| format!("; lock of lost flip {f} lifted"))
+                    .unwrap_or_default()
+            )),
+        })
+        .await;
+    }
+    drop(lock);
+    Ok(json(
+        StatusCode::OK,
+        &ResolveResult {
+            unit: unit.to_owned(),
+            version,
+            lifted,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -83,6 +83,58 @@ pub struct Principal {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// For a `gateway` token: the gateways it may speak for.
+    pub binding: Option<GatewayBinding>,
+}
+
+/// The gateways one `gateway` token may speak for: ids matching a pattern, in one region. A
+/// stolen gateway token cannot claim to be a gateway of another region, nor count towards
+/// another region's convergence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayBinding {
+    /// A gateway id, or a pattern where `*` stands for any run of characters (`hz-*`).
+    pub id_pattern: String,
+    /// The region.
+    pub region: String,
+}
+
+impl GatewayBinding {
+    /// Why a gateway `id` of `region` may not use this token, if it may not.
+    pub fn refuses(&self, id: &str, region: &str) -> Option<String> {
+        if region != self.region {
+            return Some(format!(
+                "this token is bound to region {:?}, not {region:?}",
+                self.region
+            ));
+        }
+        if !glob_matches(&self.id_pattern, id) {
+            return Some(format!(
+                "this token is bound to gateway ids {:?}, which {id:?} does not match",
+                self.id_pattern
+            ));
+        }
+        None
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters.
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// The tokens the control plane accepts, by digest.
@@ -160,9 +212,32 @@ impl Tokens {
                 }
                 _ => return Err(format!("{at}: give exactly one of sha256 or token_file")),
             };
+            let binding = match (config.role, &config.gateway_id, &config.region) {
+                (Role::Gateway, Some(id), Some(region))
+                    if !id.trim().is_empty() && !region.trim().is_empty() =>
+                {
+                    Some(GatewayBinding {
+                        id_pattern: id.clone(),
+                        region: region.clone(),
+                    })
+                }
+                (Role::Gateway, _, _) => {
+                    return Err(format!(
+                        "{at}: a gateway token must name the gateway_id (or a pattern such as hz-*) and the region it speaks for"
+                    ));
+                }
+                (_, None, None) => None,
+                (role, _, _) => {
+                    return Err(format!(
+                        "{at}: gateway_id and region bind gateway tokens only; this token's role is {}",
+                        role.as_str()
+                    ));
+                }
+            };
             let principal = Principal {
                 name: config.name.clone(),
                 role: config.role,
+                binding,
             };
             if by_digest.insert(digest, principal).is_some() {
                 return Err(format!("{at}: the same token is configured twice"));
@@ -174,9 +249,11 @@ impl Tokens {
     /// Who holds the token in an `Authorization` header value.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<&Principal, AuthFailure> {
         let value = authorization.ok_or(AuthFailure::Missing)?;
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
         let token = value
-            .strip_prefix(b"Bearer ")
-            .and_then(|t| std::str::from_utf8(t).ok())
+            .split_at_checked(7)
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
+            .and_then(|(_, t)| std::str::from_utf8(t).ok())
             .map(str::trim)
             .ok_or(AuthFailure::Missing)?;
         // Short tokens are refused before any lookup: a config can only hold digests, so this
@@ -214,6 +291,53 @@ mod tests {
             role,
             sha256: Some(sha256),
             token_file: None,
+            gateway_id: None,
+            region: None,
+        }
+    }
+
+    #[test]
+    fn gateway_tokens_are_bound_to_ids_and_a_region() {
+        let token = new_token();
+        let unbound = Tokens::load(&[config("gw", Role::Gateway, hash_token(&token))])
+            .expect_err("a gateway token needs a binding");
+        assert!(unbound.contains("gateway_id"), "{unbound}");
+        let tokens = Tokens::load(&[TokenConfig {
+            gateway_id: Some("hz-*".into()),
+            region: Some("hz".into()),
+            ..config("gw", Role::Gateway, hash_token(&token))
+        }])
+        .expect("bound");
+        let who = tokens
+            .authenticate(Some(format!("bearer {token}").as_bytes()))
+            .expect("the scheme is case-insensitive");
+        let binding = who.binding.as_ref().expect("binding");
+        assert_eq!(binding.refuses("hz-gw-1", "hz"), None);
+        assert!(binding.refuses("sh-gw-1", "hz").is_some());
+        assert!(binding.refuses("hz-gw-1", "sh").is_some());
+        let viewer = Tokens::load(&[TokenConfig {
+            region: Some("hz".into()),
+            ..config("v", Role::Viewer, hash_token(&token))
+        }])
+        .expect_err("only gateway tokens are bound");
+        assert!(viewer.contains("role is viewer"), "{viewer}");
+    }
+
+    #[test]
+    fn globs() {
+        for (pattern, text, matches) in [
+            ("hz-*", "hz-1", true),
+            ("hz-*", "hz-", true),
+            ("hz-*", "sh-1", false),
+            ("hz-1", "hz-1", true),
+            ("hz-1", "hz-12", false),
+            ("*", "", true),
+            ("*-gw-*", "hz-gw-3", true),
+            ("*-gw-*", "hz-gx-3", false),
+            ("a*a", "a", false),
+            ("a*a", "aa", true),
+        ] {
+            assert_eq!(glob_matches(pattern, text), matches, "{pattern} ~ {text}");
         }
     }
 
@@ -264,6 +388,8 @@ mod tests {
             role: Role::Gateway,
             sha256: None,
             token_file: Some(file),
+            gateway_id: Some("*".into()),
+            region: Some("hz".into()),
         }])
         .expect_err("refused");
         assert!(short.contains("at least 32"), "{short}");

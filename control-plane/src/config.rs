@@ -1,6 +1,7 @@
 //! The control plane's configuration file (YAML). Unknown fields are errors, and every error
 //! names its line and column.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -25,9 +26,15 @@ pub struct ControlConfig {
     pub initial_table: Option<PathBuf>,
     /// API tokens. At least one; each at least 32 characters.
     pub tokens: Vec<TokenConfig>,
-    /// A gateway not heard from for this long is stale: flips stop waiting for it.
+    /// A gateway not heard from for this long is stale: flips stop waiting for it. Keep it
+    /// well above `watch_hold_s` and the gateways' longest reconnect back-off (5 s).
     #[serde(default = "default_stale_s")]
     pub gateway_stale_after_s: u64,
+    /// The fewest gateways of a region that must serve a version before a flip step goes on,
+    /// by region (e.g. `{hz: 2, sh: 2}`): a step never finishes with a region's gateways
+    /// unaccounted for, even when the control plane knows none of them.
+    #[serde(default)]
+    pub min_gateways: BTreeMap<String, u32>,
     /// Longest a watch request is held open before it is answered `204`.
     #[serde(default = "default_watch_hold_s")]
     pub watch_hold_s: u64,
@@ -108,6 +115,14 @@ pub struct TokenConfig {
     /// A file holding the token (e.g. a mounted secret); read at start, kept only as a hash.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// `gateway` tokens: the gateway id, or a pattern with `*` (`hz-*`), the token may speak
+    /// for. Required for that role.
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+    /// `gateway` tokens: the region of the gateways the token may speak for. Required for
+    /// that role.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 impl ControlConfig {

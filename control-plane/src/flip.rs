@@ -262,14 +262,12 @@ impl Runner {
             router_rules::validate(table.clone(), None)
                 .map_err(|e| format!("the {name} table is invalid: {}", e.render("table")))?;
             let reason = format!("flip {} ({name}): {}", self.flip.id, self.flip.reason);
-            let stored = StoredTable {
-                version,
-                stored_at_ms: now_ms(),
-                author: self.flip.actor.clone(),
-                reason: Some(reason.clone()),
-                flip: Some(self.flip.id.clone()),
+            let stored = StoredTable::new(
                 table,
-            };
+                &self.flip.actor,
+                Some(reason),
+                Some(self.flip.id.clone()),
+            );
             let audit = AuditEntry {
                 at_ms: stored.stored_at_ms,
                 actor: self.flip.actor.clone(),
@@ -290,18 +288,11 @@ impl Runner {
             };
             match self
                 .cp
-                .store
-                .put_table(current.version, stored, audit, self.lock.fence())
+                .write_version(current.version, stored, audit, self.lock.fence())
                 .await
                 .map_err(|e| e.to_string())?
             {
-                PutOutcome::Stored(version) => {
-                    self.cp
-                        .metrics
-                        .table_writes
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(version);
-                }
+                PutOutcome::Stored(version) => return Ok(version),
                 // Another writer got there first (with etcd, maybe through another replica,
                 // whose version this replica may not have received yet): wait for it, redo.
                 PutOutcome::Stale(now) => self.cp.store.wait_for_version(now).await,
@@ -349,7 +340,7 @@ impl Runner {
         }
         let timeout = self.converge_timeout();
         let result = tokio::select! {
-            result = self.cp.registry.wait_converged(version, timeout) => result,
+            result = self.cp.wait_converged(version, timeout) => result,
             why = self.until_cancelled() => Err(NotConverged::Aborted(why)),
         };
         match result {
@@ -522,7 +513,6 @@ impl Runner {
                 self.begin(StepName::ConvergeRollback).await;
                 let result = self
                     .cp
-                    .registry
                     .wait_converged(version, self.converge_timeout())
                     .await;
                 match result {

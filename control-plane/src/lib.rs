@@ -4,6 +4,7 @@
 //! and the `unitctl` dry-run use.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -14,19 +15,20 @@ pub mod registry;
 pub mod server;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use control_api::{AuditEntry, AuditOutcome, FlipState, StoredTable, now_ms};
+use control_api::{AuditEntry, AuditOutcome, FlipState, GatewayStatus, StoredTable, now_ms};
 use tokio::sync::Notify;
 
 use crate::auth::Tokens;
 use crate::config::ControlConfig;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::store::Store;
+use crate::registry::{NotConverged, Registry, Sighting};
+use crate::store::{PutOutcome, Store, StoreError, UnitBlock, UnreadableFlip};
 
 /// One control-plane replica: its store, the gateways it knows, its tokens.
 pub struct ControlPlane {
@@ -44,6 +46,19 @@ pub struct ControlPlane {
     pub metrics: Metrics,
     /// Wakes a flip runner of this replica when an operator signals it.
     wakeups: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Digests of stored versions (they never change), to check gateways' reports cheaply.
+    digests: Mutex<BTreeMap<u64, String>>,
+}
+
+/// What a gateway's claim to serve a version turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppliedCheck {
+    /// The stored content (or no digest was given to compare).
+    Matches,
+    /// Another content under that version number.
+    Diverged,
+    /// No such version was ever stored.
+    NeverStored,
 }
 
 impl ControlPlane {
@@ -58,6 +73,9 @@ impl ControlPlane {
         let store = Store::open(&config.store, &replica, registry.clone())
             .await
             .map_err(|e| e.to_string())?;
+        // The fleet recorded before this start: those live then are waited for until they
+        // report (or go stale), so a flip right after a restart cannot skip them.
+        registry.restore(store.fleet().await.map_err(|e| e.to_string())?);
         let cp = Arc::new(Self {
             store,
             registry,
@@ -65,12 +83,27 @@ impl ControlPlane {
             replica,
             metrics: Metrics::default(),
             wakeups: Mutex::new(HashMap::new()),
+            digests: Mutex::new(BTreeMap::new()),
             config,
         });
         if let Some(path) = cp.config.initial_table.clone() {
             cp.seed(&path).await?;
         }
         cp.recover_flips().await;
+        if !cp.store.is_shared() {
+            // The file store records the fleet's versions and heartbeats once a second.
+            let weak = Arc::downgrade(&cp);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(cp) = weak.upgrade() else { return };
+                    if let Err(error) = cp.store.persist_fleet(&cp.registry).await {
+                        tracing::warn!(%error, "cannot record the fleet");
+                    }
+                }
+            });
+        }
         if cp.store.is_shared() {
             // Another replica may die mid-flip at any time: look for orphans continuously.
             let weak = Arc::downgrade(&cp);
@@ -101,14 +134,12 @@ impl ControlPlane {
         }
         .map_err(|e| e.render(&path.display().to_string()))?;
         let version = table.version();
-        let stored = StoredTable {
-            version,
-            stored_at_ms: now_ms(),
-            author: "initial_table".into(),
-            reason: Some(format!("seeded from {}", path.display())),
-            flip: None,
-            table: table.raw().clone(),
-        };
+        let stored = StoredTable::new(
+            table.raw().clone(),
+            "initial_table",
+            Some(format!("seeded from {}", path.display())),
+            None,
+        );
         let audit = AuditEntry {
             at_ms: stored.stored_at_ms,
             actor: "initial_table".into(),
@@ -123,17 +154,175 @@ impl ControlPlane {
             detail: None,
         };
         // Another replica may seed at the same moment; either copy is the same table.
-        self.store
-            .put_table(0, stored, audit, None)
+        self.write_version(0, stored, audit, None)
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
     }
 
-    /// Take over every running flip whose lock nobody holds (its runner is gone).
+    /// Store `stored` as the version after `expected`, with the audit entry that records it,
+    /// as one change; `fence`: a flip lock that must still be held. The one way a version is
+    /// written.
+    pub async fn write_version(
+        &self,
+        expected: u64,
+        stored: StoredTable,
+        audit: AuditEntry,
+        fence: Option<(String, String)>,
+    ) -> Result<PutOutcome, StoreError> {
+        let digest = stored.digest.clone();
+        let outcome = self.store.put_table(expected, stored, audit, fence).await?;
+        if let PutOutcome::Stored(version) = outcome {
+            self.metrics.table_writes.fetch_add(1, Ordering::Relaxed);
+            self.digests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(version, digest);
+        }
+        Ok(outcome)
+    }
+
+    /// Whether version `applied` with `digest` is what the store holds under that number.
+    pub async fn check_applied(
+        &self,
+        applied: u64,
+        digest: Option<&str>,
+    ) -> Result<AppliedCheck, StoreError> {
+        if applied == 0 {
+            return Ok(AppliedCheck::Matches);
+        }
+        let known = self
+            .digests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&applied)
+            .cloned();
+        let stored_digest = match known {
+            Some(digest) => digest,
+            None => {
+                // This replica's copy may lag the store (etcd): ask the store itself.
+                let Some(stored) = self.store.version(applied).await? else {
+                    return Ok(AppliedCheck::NeverStored);
+                };
+                self.digests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(applied, stored.digest.clone());
+                stored.digest
+            }
+        };
+        Ok(match digest {
+            Some(digest) if digest != stored_digest => AppliedCheck::Diverged,
+            _ => AppliedCheck::Matches,
+        })
+    }
+
+    /// A gateway was heard from: record it in the fleet (and in the store).
+    pub async fn gateway_seen(&self, sighting: Sighting) -> GatewayStatus {
+        let id = sighting.id.clone();
+        let (status, new) = self.registry.seen(sighting);
+        if let Err(error) = self
+            .store
+            .record_gateway(&status, new, &self.registry)
+            .await
+        {
+            tracing::warn!(%error, gateway = id, "cannot record a gateway in the store");
+        }
+        status
+    }
+
+    /// Wait until every expected gateway (and each region's `min_gateways`) serves `version`.
+    pub async fn wait_converged(
+        &self,
+        version: u64,
+        timeout: Duration,
+    ) -> Result<usize, NotConverged> {
+        if let Err(error) = self.store.refresh_fleet(&self.registry).await {
+            // Not knowing the fleet is a reason to wait, never to finish early: the registry
+            // still holds everyone this replica knew of.
+            tracing::warn!(%error, "cannot re-read the fleet; waiting on what this replica knows");
+        }
+        self.registry
+            .wait_converged(version, &self.config.min_gateways, timeout)
+            .await
+    }
+
+    /// Set an unreadable flip record aside, block its unit (when it can be told) until an
+    /// operator resolves it, and say so in the log, the audit log and the metrics.
+    async fn quarantine(&self, bad: &UnreadableFlip) {
+        let unit = self.unit_of_flip(bad).await;
+        let block = unit.map(|unit| UnitBlock {
+            unit,
+            flip: bad.id.clone(),
+            reason: format!(
+                "its record was unreadable and was quarantined: {}",
+                bad.error
+            ),
+            at_ms: now_ms(),
+        });
+        if let Err(error) = self.store.quarantine_flip(bad, block.as_ref()).await {
+            tracing::error!(%error, flip = bad.id, "cannot quarantine an unreadable flip record");
+            return;
+        }
+        self.metrics
+            .flips_quarantined
+            .fetch_add(1, Ordering::Relaxed);
+        let detail = match &block {
+            Some(block) => format!(
+                "unreadable flip record quarantined ({}); unit {} stays locked against flips until resolved",
+                bad.error, block.unit
+            ),
+            None => format!(
+                "unreadable flip record quarantined ({}); its unit could not be told: check units left write_frozen",
+                bad.error
+            ),
+        };
+        tracing::error!(flip = bad.id, %detail, "flip record quarantined");
+        self.audit(AuditEntry {
+            at_ms: now_ms(),
+            actor: self.replica.clone(),
+            action: "flip.quarantine".into(),
+            target: block
+                .as_ref()
+                .map_or_else(|| bad.id.clone(), |b| b.unit.clone()),
+            outcome: AuditOutcome::Failed,
+            status: None,
+            version_before: Some(self.store.current_version()),
+            version_after: None,
+            reason: None,
+            flip: Some(bad.id.clone()),
+            detail: Some(detail),
+        })
+        .await;
+    }
+
+    /// The unit of a flip whose record is unreadable: from its `flip.start` audit entry, else
+    /// from the record's own text.
+    async fn unit_of_flip(&self, bad: &UnreadableFlip) -> Option<String> {
+        if let Ok(entries) = self.store.audit_log().await
+            && let Some(start) = entries
+                .iter()
+                .find(|e| e.action == "flip.start" && e.flip.as_deref() == Some(&bad.id))
+        {
+            return Some(start.target.clone());
+        }
+        let after = bad.text.split("\"unit\"").nth(1)?;
+        let value = after.trim_start().strip_prefix(':')?.trim_start();
+        let value = value.strip_prefix('"')?;
+        let unit = &value[..value.find('"')?];
+        crate::store::is_file_name(unit).then(|| unit.to_owned())
+    }
+
+    /// Take over every running flip whose lock nobody holds (its runner is gone); quarantine
+    /// the records that cannot be read, so that one bad record stops nothing else.
     async fn recover_flips(self: &Arc<Self>) {
-        let flips = match self.store.flips().await {
-            Ok(flips) => flips,
+        let flips = match self.store.flip_records().await {
+            Ok((flips, unreadable)) => {
+                for bad in &unreadable {
+                    self.quarantine(bad).await;
+                }
+                flips
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot list flips to recover");
                 return;

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub flips_failed: AtomicU64,
     /// Audit appends that failed.
     pub audit_errors: AtomicU64,
+    /// Unreadable flip records set aside.
+    pub flips_quarantined: AtomicU64,
+    /// Gateway watches and reports refused: the token's binding, or a version never stored.
+    pub gateway_reports_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -68,16 +72,20 @@ pub fn render(cp: &ControlPlane) -> String {
     };
     gauge(
         "unitgate_control_gateways",
-        "Gateways seen, by state: current (serving the version in force), behind, stale (not heard from).",
+        "Gateways seen, by state: current (serving the version in force), behind, diverged (serving other content under a stored version number), stale (not heard from).",
         "gauge",
         &[
             (
                 "{state=\"current\"}".into(),
-                count(&|g| !g.stale && g.applied_version >= version),
+                count(&|g| !g.stale && !g.diverged && g.applied_version >= version),
             ),
             (
                 "{state=\"behind\"}".into(),
-                count(&|g| !g.stale && g.applied_version < version),
+                count(&|g| !g.stale && !g.diverged && g.applied_version < version),
+            ),
+            (
+                "{state=\"diverged\"}".into(),
+                count(&|g| !g.stale && g.diverged),
             ),
             ("{state=\"stale\"}".into(), count(&|g| g.stale)),
         ],
@@ -130,6 +138,18 @@ pub fn render(cp: &ControlPlane) -> String {
         &(1..=5)
             .map(|c| (format!("{{class=\"{c}xx\"}}"), load(&m.responses[c])))
             .collect::<Vec<_>>(),
+    );
+    gauge(
+        "unitgate_control_flips_quarantined_total",
+        "Unreadable flip records set aside at recovery; their units stay locked until resolved.",
+        "counter",
+        &[(String::new(), load(&m.flips_quarantined))],
+    );
+    gauge(
+        "unitgate_control_gateway_reports_refused_total",
+        "Gateway watches and reports refused: outside the token's binding, or naming a version never stored.",
+        "counter",
+        &[(String::new(), load(&m.gateway_reports_refused))],
     );
     gauge(
         "unitgate_control_audit_errors_total",

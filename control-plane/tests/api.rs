@@ -21,7 +21,7 @@ fn sample(method: &Method, path: &str) -> (String, Option<(bytes::Bytes, &'stati
         .replace("{unit}", "u01")
         .replace("{id}", "f0-none");
     let path = if path == "/v1/watch" {
-        "/v1/watch?after=0&gateway=matrix&region=hz&timeout_s=0".to_owned()
+        "/v1/watch?after=0&gateway=hz-matrix&region=hz&timeout_s=0".to_owned()
     } else {
         path
     };
@@ -51,7 +51,11 @@ async fn every_endpoint_answers_every_role_as_documented() {
             cp.client(&tokens.operator),
         ),
         ("admin", Some(Role::Admin), cp.client(&tokens.admin)),
-        ("gateway", Some(Role::Gateway), cp.client(&tokens.gateway)),
+        (
+            "gateway",
+            Some(Role::Gateway),
+            cp.client(tokens.gateway("hz")),
+        ),
     ];
     let document: serde_json::Value = cp
         .client(&tokens.viewer)
@@ -465,7 +469,7 @@ async fn serves_https_and_gateways_follow_it_over_tls() {
     // A gateway follows it over TLS.
     let text = format!(
         "region: hz\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ control_plane: {{ url: \"{url}\", token: \"{}\", ca_file: {} }} }}\nhop_secret: {}\nhealth_check: {{ interval_ms: 0 }}\naccess_log: false\n",
-        tokens.gateway,
+        tokens.gateway("hz"),
         cert_path.display(),
         support::HOP_SECRET
     );

@@ -75,7 +75,7 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
         gateway(
             "hz",
             &b.url,
-            &tokens.gateway,
+            tokens.gateway("hz"),
             &dir.path().join("c0"),
             "hz-b",
         )
@@ -83,7 +83,7 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
         gateway(
             "sh",
             &b.url,
-            &tokens.gateway,
+            tokens.gateway("sh"),
             &dir.path().join("c1"),
             "sh-b",
         )
@@ -91,7 +91,7 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
         gateway(
             "sz",
             &a.url,
-            &tokens.gateway,
+            tokens.gateway("sz"),
             &dir.path().join("c2"),
             "sz-a",
         )

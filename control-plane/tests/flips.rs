@@ -39,7 +39,7 @@ async fn setup(gateways: usize) -> Setup {
             gateway(
                 region,
                 &cp.url,
-                &tokens.gateway,
+                tokens.gateway(region),
                 &cache,
                 &format!("{region}-{i}"),
             )
@@ -398,7 +398,7 @@ async fn gateways_keep_serving_through_a_control_plane_outage_and_converge_after
     s.cp.kill9();
     // A gateway restarted while the control plane is down starts from its cache.
     let cache = s.dir.path().join("cache-0");
-    let restarted = gateway("hz", &s.cp.url, &s.tokens.gateway, &cache, "hz-0").await;
+    let restarted = gateway("hz", &s.cp.url, s.tokens.gateway("hz"), &cache, "hz-0").await;
     assert_eq!(
         restarted
             .store

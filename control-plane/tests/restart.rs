@@ -23,9 +23,10 @@ async fn report(gateway: &Client, applied: u64) {
             &[],
             Some((
                 serde_json::to_vec(&GatewayReport {
-                    gateway: "slow-gw".into(),
+                    gateway: "hz-slow".into(),
                     region: "hz".into(),
                     applied,
+                    digest: None,
                     rejected: None,
                 })
                 .expect("json")
@@ -76,7 +77,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
     ];
     for (round, (kill_at, ending)) in points.into_iter().enumerate() {
         let operator = cp.client(&tokens.operator);
-        let gateway = cp.client(&tokens.gateway);
+        let gateway = cp.client(tokens.gateway("hz"));
         let before: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
         // Every round but the last rolls back, so the unit starts in hz each time.
         let (from, to) = ("hz", "sh");

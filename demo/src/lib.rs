@@ -67,8 +67,9 @@ pub struct Tokens {
     pub operator: String,
     /// `viewer`: reads.
     pub viewer: String,
-    /// `gateway`: what the demo's gateways use.
-    pub gateway: String,
+    /// `gateway`: what the demo's gateways use, one per region (each bound to its region's
+    /// gateway).
+    pub gateways: Vec<(String, String)>,
 }
 
 /// The running demo.
@@ -170,18 +171,26 @@ pub async fn start(dir: &Path, wan_delay: Duration, layout: &Layout) -> Result<D
         admin: new_token(),
         operator: new_token(),
         viewer: new_token(),
-        gateway: new_token(),
+        gateways: bound
+            .iter()
+            .map(|(region, _, _)| ((*region).to_owned(), new_token()))
+            .collect(),
     };
-    let control_text = format!(
-        "listen: 127.0.0.1:{}\nstore: {{ file: {{ dir: \"{}\" }} }}\ninitial_table: \"{}\"\nreplica: demo\ntokens:\n  - {{ name: demo-admin, role: admin, sha256: {} }}\n  - {{ name: demo-operator, role: operator, sha256: {} }}\n  - {{ name: demo-viewer, role: viewer, sha256: {} }}\n  - {{ name: demo-gateways, role: gateway, sha256: {} }}\n",
+    let mut control_text = format!(
+        "listen: 127.0.0.1:{}\nstore: {{ file: {{ dir: \"{}\" }} }}\ninitial_table: \"{}\"\nreplica: demo\ntokens:\n  - {{ name: demo-admin, role: admin, sha256: {} }}\n  - {{ name: demo-operator, role: operator, sha256: {} }}\n  - {{ name: demo-viewer, role: viewer, sha256: {} }}\n",
         layout.control,
         dir.join("store").display(),
         table_path.display(),
         hash_token(&tokens.admin),
         hash_token(&tokens.operator),
         hash_token(&tokens.viewer),
-        hash_token(&tokens.gateway),
     );
+    for (region, token) in &tokens.gateways {
+        control_text.push_str(&format!(
+            "  - {{ name: demo-gateway-{region}, role: gateway, gateway_id: demo-{region}, region: {region}, sha256: {} }}\n",
+            hash_token(token)
+        ));
+    }
     let control_config = ControlConfig::parse(&control_text, "demo control plane")?;
     let control_listener = std::net::TcpListener::bind(loopback(layout.control)).map_err(|e| {
         format!(
@@ -195,8 +204,15 @@ pub async fn start(dir: &Path, wan_delay: Duration, layout: &Layout) -> Result<D
     write_private(
         &dir.join("tokens"),
         &format!(
-            "admin {}\noperator {}\nviewer {}\ngateway {}\n",
-            tokens.admin, tokens.operator, tokens.viewer, tokens.gateway
+            "admin {}\noperator {}\nviewer {}\n{}",
+            tokens.admin,
+            tokens.operator,
+            tokens.viewer,
+            tokens
+                .gateways
+                .iter()
+                .map(|(region, token)| format!("gateway-{region} {token}\n"))
+                .collect::<String>()
         ),
     )?;
     write_private(
@@ -219,7 +235,12 @@ pub async fn start(dir: &Path, wan_delay: Duration, layout: &Layout) -> Result<D
             "region: {region}\nlisten: {{ http: [\"{}\"] }}\nadmin: {{ listen: \"{}\" }}\ntable: {{ control_plane: {{ url: \"{control_url}\", token: \"{}\", gateway_id: demo-{region} }} }}\ncache_dir: \"{}\"\nhop_secret: \"{secret}\"\n",
             http.local_addr().map_err(|e| e.to_string())?,
             admin.local_addr().map_err(|e| e.to_string())?,
-            tokens.gateway,
+            tokens
+                .gateways
+                .iter()
+                .find(|(r, _)| r == region)
+                .map(|(_, token)| token.as_str())
+                .unwrap_or_default(),
             dir.join(format!("cache-{region}")).display(),
         );
         let config = GatewayConfig::parse(&text, "demo gateway")?;
@@ -327,13 +348,15 @@ pub fn tour(demo: &Demo, wan_delay: Duration) -> String {
     }
     let t = &demo.tokens;
     out.push_str(&format!(
-        "\nTokens (also in {}):\n  admin     {}\n  operator  {}\n  viewer    {}\n  gateway   {}\n",
+        "\nTokens (also in {}):\n  admin     {}\n  operator  {}\n  viewer    {}\n",
         demo.dir.join("tokens").display(),
         t.admin,
         t.operator,
         t.viewer,
-        t.gateway
     ));
+    for (region, token) in &t.gateways {
+        out.push_str(&format!("  gateway   {token} ({region})\n"));
+    }
     let (hz, sh, sz) = (gateway_of("hz"), gateway_of("sh"), gateway_of("sz"));
     let hz_admin = demo
         .gateways

@@ -47,6 +47,10 @@ pub struct GatewayConfig {
     /// Worker threads; 0 means one per core.
     #[serde(default)]
     pub threads: usize,
+    /// Serve a table cache whose content does not match its digest (`--accept-cache-as-is`);
+    /// never set from the file.
+    #[serde(skip)]
+    pub accept_cache_as_is: bool,
     /// One access-log line per request.
     #[serde(default = "yes")]
     pub access_log: bool,

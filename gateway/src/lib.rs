@@ -36,7 +36,7 @@ use crate::hop::HopKey;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::server::ConnTracker;
-use crate::store::TableStore;
+use crate::store::{CacheRefusal, TableStore};
 use crate::upstream::Upstream;
 use crate::workers::Workers;
 
@@ -75,8 +75,8 @@ impl Listeners {
 }
 
 /// Serve the cached table when the table source has none to give; fail when there is none.
-fn start_from_cache(store: &TableStore, why: &str) -> Result<(), String> {
-    match store.restore_from_cache() {
+fn start_from_cache(store: &TableStore, why: &str, accept_as_is: bool) -> Result<(), CacheRefusal> {
+    match store.restore_from_cache(accept_as_is) {
         Ok(version) => {
             tracing::warn!(
                 version,
@@ -85,9 +85,10 @@ fn start_from_cache(store: &TableStore, why: &str) -> Result<(), String> {
             );
             Ok(())
         }
-        Err(cache) => Err(format!(
+        Err(CacheRefusal::Unusable(cache)) => Err(CacheRefusal::Unusable(format!(
             "no routing table to serve:\n  source: {why}\n  cache: {cache}"
-        )),
+        ))),
+        Err(tampered) => Err(tampered),
     }
 }
 
@@ -140,7 +141,8 @@ impl Gateway {
                 Err(unreadable) => Err(unreadable),
             };
             if let Err(why) = from_source {
-                start_from_cache(&store, &why)?;
+                start_from_cache(&store, &why, config.accept_cache_as_is)
+                    .map_err(|e| e.to_string())?;
             }
             source::watch_file(
                 &store,
@@ -162,7 +164,16 @@ impl Gateway {
             );
             let source = source::ControlPlaneSource::new(control, default_id)?;
             if let Err(why) = source.fetch_now(&store, Duration::from_secs(3)).await {
-                start_from_cache(&store, &why)?;
+                match start_from_cache(&store, &why, config.accept_cache_as_is) {
+                    Ok(()) => {}
+                    Err(CacheRefusal::Tampered(cache)) => {
+                        // A cache that is not what was saved is never served: wait for the
+                        // control plane instead.
+                        tracing::error!(%cache, source = %why, "the table cache was refused; waiting for the control plane");
+                        source.fetch_until_served(&store).await;
+                    }
+                    Err(unusable) => return Err(unusable.to_string()),
+                }
             }
             tracing::info!(
                 gateway = source.gateway_id(),

@@ -21,6 +21,11 @@ struct Cli {
     /// `upgrade_socket` (zero-downtime upgrade); it drains and exits once this one serves.
     #[arg(long)]
     upgrade: bool,
+    /// Serve the table cache even when its content does not match the digest it was saved
+    /// with (it was changed by hand); by default such a cache is refused and the gateway
+    /// waits for the control plane.
+    #[arg(long)]
+    accept_cache_as_is: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -38,7 +43,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let config = match GatewayConfig::load(&path) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            config.accept_cache_as_is = cli.accept_cache_as_is;
+            config
+        }
         Err(error) => {
             eprintln!("{error}");
             return ExitCode::from(2);

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use crate::store::TableStore;
+use crate::store::{SameVersion, TableStore};
 
 /// Whether `path` holds JSON (by extension); YAML otherwise.
 pub fn is_json(path: &Path) -> bool {
@@ -100,12 +100,36 @@ impl ControlPlaneSource {
     }
 
     fn watch_path(&self, store: &TableStore, after: u64, hold_s: u64) -> String {
-        let applied = store.current().map_or(0, |s| s.table.version());
+        let current = store.current();
+        let applied = current.as_ref().map_or(0, |s| s.table.version());
+        let digest = current
+            .as_ref()
+            .map(|s| format!("&digest={}", s.digest))
+            .unwrap_or_default();
         format!(
-            "/v1/watch?after={after}&applied={applied}&gateway={}&region={}&timeout_s={hold_s}",
+            "/v1/watch?after={after}&applied={applied}{digest}&gateway={}&region={}&timeout_s={hold_s}",
             self.gateway,
             store.region()
         )
+    }
+
+    /// Ask for the version in force until one is applied, with the usual back-off: for a
+    /// gateway that has nothing it may serve meanwhile.
+    pub async fn fetch_until_served(&self, store: &TableStore) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.fetch_now(store, Duration::from_secs(5)).await {
+                Ok(version) => {
+                    tracing::info!(version, "table received from the control plane");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "still no table from the control plane");
+                    tokio::time::sleep(backoff.mul_f64(0.8 + fastrand::f64() * 0.4)).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
     }
 
     /// Ask once for the version in force, without waiting; apply it. `Err` says why no table
@@ -123,7 +147,7 @@ impl ControlPlaneSource {
             .await
             .map_err(|e| e.to_string())?;
         match reply.status {
-            http::StatusCode::OK => self.apply(store, &reply.body).await,
+            http::StatusCode::OK => self.apply(store, &reply).await,
             http::StatusCode::NO_CONTENT => Err(format!(
                 "{}: the control plane holds no table yet",
                 self.client.server()
@@ -132,10 +156,35 @@ impl ControlPlaneSource {
         }
     }
 
-    /// Apply a table body; report a refusal to the control plane.
-    async fn apply(&self, store: &TableStore, body: &[u8]) -> Result<u64, String> {
-        let text = String::from_utf8_lossy(body);
-        match store.load_text(&text, true, &self.origin) {
+    /// Apply a table answer; report a refusal to the control plane. The control plane names
+    /// each version's content, so its table replaces one of the same version that differs.
+    async fn apply(&self, store: &TableStore, reply: &control_api::Reply) -> Result<u64, String> {
+        let text = String::from_utf8_lossy(&reply.body);
+        let digest = reply
+            .headers
+            .get(control_api::DIGEST_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let applied = match router_rules::load_json(&text) {
+            Ok(table) => match digest {
+                Some(digest) if control_api::table_digest(table.raw()) != digest => {
+                    Err(store.reject(
+                        Some(table.version()),
+                        &self.origin,
+                        format!(
+                            "{}: the table does not match the digest the control plane sent with it ({digest})",
+                            self.origin
+                        ),
+                    ))
+                }
+                _ => store.apply_with(table, &self.origin, SameVersion::Replace),
+            },
+            Err(error) => Err(store.reject(
+                None,
+                &self.origin,
+                error.render(&self.origin).trim_end().to_owned(),
+            )),
+        };
+        match applied {
             Ok(version) => Ok(version),
             Err(rejection) => {
                 self.report(store, Some(&rejection)).await;
@@ -145,10 +194,12 @@ impl ControlPlaneSource {
     }
 
     async fn report(&self, store: &TableStore, rejection: Option<&crate::store::Rejection>) {
+        let current = store.current();
         let report = control_api::GatewayReport {
             gateway: self.gateway.clone(),
             region: store.region().to_owned(),
-            applied: store.current().map_or(0, |s| s.table.version()),
+            applied: current.as_ref().map_or(0, |s| s.table.version()),
+            digest: current.as_ref().map(|s| s.digest.clone()),
             rejected: rejection.map(|r| control_api::RejectedVersion {
                 version: r.version,
                 error: r.error.clone(),
@@ -224,7 +275,7 @@ impl ControlPlaneSource {
                         if let Some(offered) = offered {
                             seen = seen.max(offered);
                         }
-                        let _ = self.apply(&strong, &reply.body).await;
+                        let _ = self.apply(&strong, &reply).await;
                         Ok(())
                     }
                     Ok(reply) if reply.status == http::StatusCode::NO_CONTENT => Ok(()),

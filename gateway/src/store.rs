@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub region: RegionIndex,
     /// Where the table came from (`file:/etc/...`, `cache:...`, `control-plane:...`).
     pub origin: String,
+    /// The digest of the table's content ([`control_api::table_digest`]): what the gateway
+    /// reports beside the version, so that two contents under one number are told apart.
+    pub digest: String,
     /// When it was applied.
     pub applied_at: SystemTime,
     /// Pools by region, then by service (see [`CompiledTable::services`]).
@@ -183,7 +186,39 @@ pub struct Rejection {
 struct CacheFile {
     origin: String,
     saved_at_s: u64,
+    /// The digest of `table` when it was saved: a cache changed afterwards (by hand, by a
+    /// bad disk) no longer matches it and is not served. Caches written before digests
+    /// existed have none.
+    #[serde(default)]
+    digest: Option<String>,
     table: RawTable,
+}
+
+/// Why the cached table was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheRefusal {
+    /// No cache, or it cannot be read or used.
+    Unusable(String),
+    /// Its content does not match its digest: changed after it was saved.
+    Tampered(String),
+}
+
+impl std::fmt::Display for CacheRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheRefusal::Unusable(why) | CacheRefusal::Tampered(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Whether a table may replace one of the same version number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameVersion {
+    /// No: versions only grow (files, caches).
+    Refuse,
+    /// Yes when the content differs: the control plane names each version's content, so its
+    /// copy replaces a diverged one.
+    Replace,
 }
 
 const CACHE_FILE: &str = "table.json";
@@ -259,6 +294,16 @@ impl TableStore {
     /// Apply a validated table, unless it may not succeed the one in force. Persists it to
     /// the cache before it takes effect.
     pub fn apply(&self, table: CompiledTable, origin: &str) -> Result<u64, Rejection> {
+        self.apply_with(table, origin, SameVersion::Refuse)
+    }
+
+    /// [`TableStore::apply`], saying whether a table of the version in force may replace it.
+    pub fn apply_with(
+        &self,
+        table: CompiledTable,
+        origin: &str,
+        same_version: SameVersion,
+    ) -> Result<u64, Rejection> {
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let version = table.version();
         let Some(region) = table.region_index(&self.region) else {
@@ -281,7 +326,17 @@ impl TableStore {
             // The same table again (a re-push, a touched file): nothing to do.
             return Ok(version);
         }
-        if let Some(current) = current
+        let replaces = same_version == SameVersion::Replace
+            && current
+                .as_ref()
+                .is_some_and(|c| c.table.version() == version);
+        if replaces {
+            tracing::warn!(
+                version,
+                origin,
+                "the table in force differs from the control plane's version {version}; replacing it with the stored one"
+            );
+        } else if let Some(current) = current
             && let Err(error) = router_rules::check_successor(&current.table, &table)
         {
             return Err(self.reject(
@@ -290,8 +345,9 @@ impl TableStore {
                 error.render(origin).trim_end().to_owned(),
             ));
         }
-        self.persist(&table, origin);
-        let snapshot = self.build(table, region, origin);
+        let digest = control_api::table_digest(table.raw());
+        self.persist(&table, &digest, origin);
+        let snapshot = self.build(table, region, origin, digest);
         self.current.store(Some(Arc::new(snapshot)));
         self.metrics.table_version.store(version, Ordering::Relaxed);
         self.metrics.table_swaps.fetch_add(1, Ordering::Relaxed);
@@ -314,26 +370,52 @@ impl TableStore {
         rejection
     }
 
-    /// Apply the cached table, if there is one.
-    pub fn restore_from_cache(&self) -> Result<u64, String> {
-        let dir = self.cache_dir.as_ref().ok_or("no cache_dir configured")?;
+    /// Apply the cached table, if there is one. A cache whose content does not match its
+    /// digest is refused unless `accept_as_is` (then it is served, and the log says so).
+    pub fn restore_from_cache(&self, accept_as_is: bool) -> Result<u64, CacheRefusal> {
+        let unusable = CacheRefusal::Unusable;
+        let dir = self
+            .cache_dir
+            .as_ref()
+            .ok_or_else(|| unusable("no cache_dir configured".into()))?;
         let path = dir.join(CACHE_FILE);
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let at = path.display();
+        let text = std::fs::read_to_string(&path).map_err(|e| unusable(format!("{at}: {e}")))?;
         let cached: CacheFile =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_json::from_str(&text).map_err(|e| unusable(format!("{at}: {e}")))?;
+        let digest = control_api::table_digest(&cached.table);
+        match &cached.digest {
+            Some(saved) if *saved != digest => {
+                let why = format!(
+                    "{at}: the cached table (version {}) does not match the digest it was saved with ({saved}; its content now has {digest}): it was changed after it was saved",
+                    cached.table.version
+                );
+                if !accept_as_is {
+                    return Err(CacheRefusal::Tampered(format!(
+                        "{why}; not serving it (start with --accept-cache-as-is to serve it anyway)"
+                    )));
+                }
+                tracing::warn!(%why, "serving the cached table as it is (--accept-cache-as-is)");
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(path = %at, "the cached table has no digest (written by an older gateway); serving it");
+            }
+        }
         let table = router_rules::validate(cached.table, None)
-            .map_err(|e| e.render(&path.display().to_string()))?;
-        let origin = format!("cache:{} (saved from {})", path.display(), cached.origin);
-        self.apply(table, &origin).map_err(|r| r.error)
+            .map_err(|e| unusable(e.render(&at.to_string())))?;
+        let origin = format!("cache:{at} (saved from {})", cached.origin);
+        self.apply(table, &origin)
+            .map_err(|r| CacheRefusal::Unusable(r.error))
     }
 
     /// Write the table to the cache atomically: temp file, fsync, rename, fsync the directory.
-    fn persist(&self, table: &CompiledTable, origin: &str) {
+    fn persist(&self, table: &CompiledTable, digest: &str, origin: &str) {
         let Some(dir) = &self.cache_dir else { return };
         let file = CacheFile {
             origin: origin.to_owned(),
             saved_at_s: now_ms() / 1000,
+            digest: Some(digest.to_owned()),
             table: table.raw().clone(),
         };
         if let Err(error) = write_atomically(dir, CACHE_FILE, &file) {
@@ -376,7 +458,13 @@ impl TableStore {
         }
     }
 
-    fn build(&self, table: CompiledTable, region: RegionIndex, origin: &str) -> Snapshot {
+    fn build(
+        &self,
+        table: CompiledTable,
+        region: RegionIndex,
+        origin: &str,
+        digest: String,
+    ) -> Snapshot {
         let names = &self.metrics.names;
         let pools = table
             .regions()
@@ -398,6 +486,7 @@ impl TableStore {
         Snapshot {
             region,
             origin: origin.to_owned(),
+            digest,
             applied_at: SystemTime::now(),
             pools,
             gateways,

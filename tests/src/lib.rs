@@ -59,8 +59,8 @@ pub struct Tokens {
     pub admin: String,
     /// Operator.
     pub operator: String,
-    /// Gateway.
-    pub gateway: String,
+    /// Gateway tokens by region, each bound to `<region>-*`.
+    pub gateways: BTreeMap<String, String>,
 }
 
 /// A gateway process and where it listens.
@@ -118,7 +118,10 @@ impl System {
         let tokens = Tokens {
             admin: new_token(),
             operator: new_token(),
-            gateway: new_token(),
+            gateways: REGIONS
+                .iter()
+                .map(|r| ((*r).to_owned(), new_token()))
+                .collect(),
         };
         let mut table = example_table();
         let mut upstreams = BTreeMap::new();
@@ -182,11 +185,18 @@ impl System {
         std::fs::write(
             &control_config,
             format!(
-                "listen: \"{control_addr}\"\nstore: {store}\ninitial_table: \"{}\"\nreplica: e2e\nwatch_hold_s: 5\ngateway_stale_after_s: 12\ntokens:\n  - {{ name: e2e-admin, role: admin, sha256: {} }}\n  - {{ name: e2e-operator, role: operator, sha256: {} }}\n  - {{ name: e2e-gateways, role: gateway, sha256: {} }}\n",
+                "listen: \"{control_addr}\"\nstore: {store}\ninitial_table: \"{}\"\nreplica: e2e\nwatch_hold_s: 5\ngateway_stale_after_s: 12\ntokens:\n  - {{ name: e2e-admin, role: admin, sha256: {} }}\n  - {{ name: e2e-operator, role: operator, sha256: {} }}\n{}",
                 table_path.display(),
                 hash_token(&tokens.admin),
                 hash_token(&tokens.operator),
-                hash_token(&tokens.gateway),
+                tokens
+                    .gateways
+                    .iter()
+                    .map(|(region, token)| format!(
+                        "  - {{ name: e2e-gateway-{region}, role: gateway, gateway_id: \"{region}-*\", region: {region}, sha256: {} }}\n",
+                        hash_token(token)
+                    ))
+                    .collect::<String>(),
             ),
         )
         .expect("write control config");
@@ -199,7 +209,7 @@ impl System {
                 &config,
                 format!(
                     "region: {region}\nlisten: {{ http: [\"{http}\"] }}\nadmin: {{ listen: \"{admin}\" }}\ntable: {{ control_plane: {{ url: \"http://{control_addr}\", token: \"{}\", gateway_id: {region}-gw }} }}\ncache_dir: \"{}\"\nhop_secret: \"{HOP_SECRET}\"\nlog_format: json\naccess_log: true\nhealth_check: {{ interval_ms: 500, timeout_ms: 200 }}\ntimeouts: {{ connect_ms: 300, drain_s: 2 }}\n",
-                    tokens.gateway,
+                    tokens.gateways[region],
                     dir.path().join(format!("cache-{region}")).display(),
                 ),
             )

@@ -6,7 +6,9 @@
 //! <prefix>audit/<ms:013>-<replica>-<n:08>   the audit log, ordered by key
 //! <prefix>flips/<id>               flip records
 //! <prefix>signals/<id>/<signal>    confirm/cancel sent to a running flip
-//! <prefix>locks/<unit>             the unit's flip lock: the flip id, on a lease
+//! <prefix>locks/<unit>             the unit's flip lock: the flip id, on a lease; or,
+//!                                  without a lease, a UnitBlock until resolved
+//! <prefix>quarantine/flips/<id>    flip records that could not be read, moved aside
 //! <prefix>gateways/<id>            what some replica last heard from a gateway
 //! ```
 //!
@@ -27,7 +29,7 @@ use etcd_client::{
 };
 use tokio::sync::Notify;
 
-use super::{Current, FlipSignal, FlipSignals, PutOutcome, StoreError};
+use super::{Current, FlipSignal, FlipSignals, PutOutcome, StoreError, UnitBlock, UnreadableFlip};
 use crate::registry::Registry;
 
 fn etcd(error: etcd_client::Error) -> StoreError {
@@ -75,6 +77,7 @@ impl EtcdStore {
             current: Arc::new(Current::default()),
             audit_seq: AtomicU64::new(0),
         };
+        store.check_history().await?;
         store.reload(&registry).await?;
         tokio::spawn(follow(
             store.client.clone(),
@@ -87,6 +90,107 @@ impl EtcdStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
+    }
+
+    /// Refuse a history with a hole (see [`super::check_history`]).
+    async fn check_history(&self) -> Result<(), StoreError> {
+        let base = self.key("table/v/");
+        let response = self
+            .client
+            .kv_client()
+            .get(
+                base.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(etcd)?;
+        let mut versions: Vec<u64> = response
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&base)?.parse().ok())
+            .collect();
+        versions.sort_unstable();
+        let audit = self.audit_log().await?;
+        super::check_history(&base, &versions, &audit)
+    }
+
+    pub(super) async fn fleet(&self) -> Result<Vec<GatewayStatus>, StoreError> {
+        self.list("gateways/").await
+    }
+
+    pub(super) async fn forget_gateway(&self, id: &str) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .delete(self.key(&format!("gateways/{id}")), None)
+            .await
+            .map_err(etcd)?;
+        Ok(())
+    }
+
+    pub(super) async fn quarantine_flip(
+        &self,
+        bad: &UnreadableFlip,
+        block: Option<&UnitBlock>,
+    ) -> Result<(), StoreError> {
+        let flip_key = self.key(&format!("flips/{}", bad.id));
+        let mut kv = self.client.kv_client();
+        let raw = kv
+            .get(flip_key.clone(), None)
+            .await
+            .map_err(etcd)?
+            .kvs()
+            .first()
+            .map(|kv| kv.value().to_vec())
+            .unwrap_or_default();
+        let mut ops = vec![
+            TxnOp::put(self.key(&format!("quarantine/flips/{}", bad.id)), raw, None),
+            TxnOp::delete(flip_key, None),
+        ];
+        if let Some(block) = block {
+            // Without a lease: the block outlives every replica, until an operator lifts it.
+            ops.push(TxnOp::put(
+                self.key(&format!("locks/{}", block.unit)),
+                serde_json::to_vec(block).map_err(StoreError::from_display)?,
+                None,
+            ));
+        }
+        kv.txn(Txn::new().and_then(ops)).await.map_err(etcd)?;
+        Ok(())
+    }
+
+    pub(super) async fn unit_block(&self, unit: &str) -> Result<Option<UnitBlock>, StoreError> {
+        let response = self
+            .client
+            .kv_client()
+            .get(self.key(&format!("locks/{unit}")), None)
+            .await
+            .map_err(etcd)?;
+        Ok(response
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+    }
+
+    pub(super) async fn lift_block(&self, unit: &str) -> Result<Option<UnitBlock>, StoreError> {
+        let key = self.key(&format!("locks/{unit}"));
+        let mut kv = self.client.kv_client();
+        let response = kv.get(key.clone(), None).await.map_err(etcd)?;
+        let Some(current) = response.kvs().first() else {
+            return Ok(None);
+        };
+        let Ok(block) = serde_json::from_slice::<UnitBlock>(current.value()) else {
+            return Ok(None);
+        };
+        // Only the block itself: a flip's lease lock taken meanwhile stays.
+        let txn = Txn::new()
+            .when(vec![Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                current.value().to_vec(),
+            )])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        let lifted = kv.txn(txn).await.map_err(etcd)?.succeeded();
+        Ok(lifted.then_some(block))
     }
 
     async fn reload(&self, registry: &Registry) -> Result<i64, StoreError> {
@@ -202,10 +306,30 @@ impl EtcdStore {
         get_json(&self.client, self.key(&format!("flips/{id}"))).await
     }
 
-    pub(super) async fn flips(&self) -> Result<Vec<FlipRecord>, StoreError> {
-        let mut flips: Vec<FlipRecord> = self.list("flips/").await?;
+    pub(super) async fn flips(&self) -> Result<(Vec<FlipRecord>, Vec<UnreadableFlip>), StoreError> {
+        let base = self.key("flips/");
+        let response = self
+            .client
+            .kv_client()
+            .get(base.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd)?;
+        let mut flips = Vec::new();
+        let mut unreadable = Vec::new();
+        for kv in response.kvs() {
+            let key = kv.key_str().unwrap_or_default();
+            match serde_json::from_slice::<FlipRecord>(kv.value()) {
+                Ok(flip) => flips.push(flip),
+                Err(e) => unreadable.push(UnreadableFlip::new(
+                    key.strip_prefix(&base).unwrap_or(key),
+                    &key,
+                    e,
+                    kv.value(),
+                )),
+            }
+        }
         flips.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-        Ok(flips)
+        Ok((flips, unreadable))
     }
 
     pub(super) async fn signal_flip(&self, id: &str, signal: FlipSignal) -> Result<(), StoreError> {
@@ -311,7 +435,15 @@ async fn read_version(
     prefix: &str,
     version: u64,
 ) -> Result<Option<StoredTable>, StoreError> {
-    get_json(client, format!("{prefix}table/v/{version:020}")).await
+    let key = format!("{prefix}table/v/{version:020}");
+    get_json::<StoredTable>(client, key.clone())
+        .await?
+        .map(|stored| {
+            stored
+                .verified()
+                .map_err(|e| StoreError(format!("{key}: {e}")))
+        })
+        .transpose()
 }
 
 /// Read the version in force and every gateway; returns the etcd revision read at.

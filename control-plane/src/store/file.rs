@@ -3,6 +3,9 @@
 //! ```text
 //! dir/tables/v00000000000000000007.json   one file per version (StoredTable)
 //! dir/flips/<id>.json                     one file per flip (FlipRecord)
+//! dir/flips/quarantine/<id>.json          flip records that could not be read, moved aside
+//! dir/blocks/<unit>.json                  a unit no flip may start on until it is resolved
+//! dir/gateways.json                       the fleet: every gateway heard of
 //! dir/audit.jsonl                         the audit log, one JSON object per line
 //! ```
 //!
@@ -18,12 +21,15 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use control_api::{AuditEntry, AuditOutcome, FlipRecord, StoredTable};
+use control_api::{AuditEntry, AuditOutcome, FlipRecord, GatewayStatus, StoredTable};
 
-use super::{Current, FlipSignal, FlipSignals, PutOutcome, StoreError};
+use super::{Current, FlipSignal, FlipSignals, PutOutcome, StoreError, UnitBlock, UnreadableFlip};
 
 const TABLES: &str = "tables";
 const FLIPS: &str = "flips";
+const QUARANTINE: &str = "flips/quarantine";
+const BLOCKS: &str = "blocks";
+const FLEET: &str = "gateways.json";
 const AUDIT: &str = "audit.jsonl";
 
 /// The file store.
@@ -48,7 +54,7 @@ fn version_file(version: u64) -> String {
 impl FileStore {
     /// Open (and create if needed) the store in `dir`, repairing what a crash left.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        for sub in [TABLES, FLIPS] {
+        for sub in [TABLES, FLIPS, QUARANTINE, BLOCKS] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
             remove_temp_files(&path)?;
@@ -102,12 +108,91 @@ impl FileStore {
             store.append_audit_line(&entry)?;
             entries.push(entry);
         }
+        super::check_history(&dir.join(TABLES).display().to_string(), &versions, &entries)?;
         if let Some(&latest) = versions.last()
             && let Some(stored) = store.version(latest)?
         {
             store.current.offer(Arc::new(stored));
         }
+        // Units blocked by a quarantined flip stay locked across restarts.
+        for block in store.blocks()? {
+            store
+                .locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(block.unit);
+        }
         Ok(store)
+    }
+
+    fn blocks(&self) -> Result<Vec<UnitBlock>, StoreError> {
+        let dir = self.dir.join(BLOCKS);
+        let mut blocks = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let path = entry.map_err(|e| io(&dir, e))?.path();
+            if path.extension().is_some_and(|e| e == "json")
+                && let Some(block) = read_json::<UnitBlock>(&path)?
+            {
+                blocks.push(block);
+            }
+        }
+        Ok(blocks)
+    }
+
+    fn block_file(unit: &str) -> String {
+        format!("{unit}.json")
+    }
+
+    pub(super) fn unit_block(&self, unit: &str) -> Result<Option<UnitBlock>, StoreError> {
+        if !super::is_file_name(unit) {
+            return Ok(None);
+        }
+        read_json(&self.dir.join(BLOCKS).join(Self::block_file(unit)))
+    }
+
+    pub(super) fn quarantine_flip(
+        &self,
+        bad: &UnreadableFlip,
+        block: Option<&UnitBlock>,
+    ) -> Result<(), StoreError> {
+        if let Some(block) = block {
+            write_atomically(
+                &self.dir.join(BLOCKS),
+                &Self::block_file(&block.unit),
+                block,
+            )?;
+            self.locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(block.unit.clone());
+        }
+        let from = self.dir.join(FLIPS).join(format!("{}.json", bad.id));
+        let to = self.dir.join(QUARANTINE).join(format!("{}.json", bad.id));
+        fs::rename(&from, &to).map_err(|e| io(&from, e))?;
+        sync_dir(&self.dir.join(FLIPS))?;
+        sync_dir(&self.dir.join(QUARANTINE))
+    }
+
+    pub(super) fn lift_block(&self, unit: &str) -> Result<Option<UnitBlock>, StoreError> {
+        let Some(block) = self.unit_block(unit)? else {
+            return Ok(None);
+        };
+        let path = self.dir.join(BLOCKS).join(Self::block_file(unit));
+        fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        sync_dir(&self.dir.join(BLOCKS))?;
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(unit);
+        Ok(Some(block))
+    }
+
+    pub(super) fn fleet(&self) -> Result<Vec<GatewayStatus>, StoreError> {
+        Ok(read_json(&self.dir.join(FLEET))?.unwrap_or_default())
+    }
+
+    pub(super) fn save_fleet(&self, fleet: &[GatewayStatus]) -> Result<(), StoreError> {
+        write_atomically(&self.dir, FLEET, &fleet)
     }
 
     fn stored_versions(&self) -> Result<Vec<u64>, StoreError> {
@@ -131,7 +216,13 @@ impl FileStore {
 
     pub(super) fn version(&self, version: u64) -> Result<Option<StoredTable>, StoreError> {
         let path = self.dir.join(TABLES).join(version_file(version));
-        read_json(&path)
+        read_json::<StoredTable>(&path)?
+            .map(|stored| {
+                stored
+                    .verified()
+                    .map_err(|e| StoreError(format!("{}: {e}", path.display())))
+            })
+            .transpose()
     }
 
     pub(super) async fn put_table(
@@ -184,19 +275,31 @@ impl FileStore {
         read_json(&self.dir.join(FLIPS).join(format!("{id}.json")))
     }
 
-    pub(super) fn flips(&self) -> Result<Vec<FlipRecord>, StoreError> {
+    pub(super) fn flips(&self) -> Result<(Vec<FlipRecord>, Vec<UnreadableFlip>), StoreError> {
         let dir = self.dir.join(FLIPS);
         let mut flips = Vec::new();
+        let mut unreadable = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
             let path = entry.map_err(|e| io(&dir, e))?.path();
-            if path.extension().is_some_and(|e| e == "json")
-                && let Some(flip) = read_json::<FlipRecord>(&path)?
-            {
-                flips.push(flip);
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            // One bad record must not hide the others: it is set aside for quarantine.
+            match fs::read(&path) {
+                Ok(bytes) => match serde_json::from_slice::<FlipRecord>(&bytes) {
+                    Ok(flip) => flips.push(flip),
+                    Err(e) => unreadable.push(UnreadableFlip::new(id, &path, e, &bytes)),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => unreadable.push(UnreadableFlip::new(id, &path, e, &[])),
             }
         }
         flips.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-        Ok(flips)
+        Ok((flips, unreadable))
     }
 
     pub(super) fn signal_flip(&self, id: &str, signal: FlipSignal) {
@@ -229,7 +332,7 @@ impl FileStore {
 
 /// Flip ids are generated (`f` + digits and hex), so one can name a file safely.
 pub fn is_flip_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    id.len() <= 64 && !id.contains('_') && super::is_file_name(id)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
@@ -309,6 +412,10 @@ fn write_atomically<T: serde::Serialize>(
     drop(file);
     let path = dir.join(name);
     fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io(dir, e))

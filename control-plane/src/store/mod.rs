@@ -9,7 +9,8 @@ pub mod etcd;
 
 use std::sync::{Arc, RwLock};
 
-use control_api::{AuditEntry, FlipRecord, GatewayStatus, StoredTable};
+use control_api::{AuditEntry, AuditOutcome, FlipRecord, GatewayStatus, StoredTable};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::StoreConfig;
@@ -25,6 +26,104 @@ impl StoreError {
     pub fn from_display(error: impl std::fmt::Display) -> Self {
         Self(error.to_string())
     }
+}
+
+/// Whether `name` (a unit or flip id) can name a file or key: letters, digits, `-`, `_`.
+pub fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A unit no flip may start on until an operator resolves it: its flip record was lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitBlock {
+    /// The unit.
+    pub unit: String,
+    /// The flip whose record was lost.
+    pub flip: String,
+    /// What happened, for the operator.
+    pub reason: String,
+    /// When, in milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+impl UnitBlock {
+    /// The sentence API answers and the status show.
+    pub fn describe(&self) -> String {
+        format!(
+            "flip {} of unit {} could not be recovered ({}); resolve the unit with `unitctl flip-resolve {} --state active|write_frozen` (POST /v1/units/{}/resolve)",
+            self.flip, self.unit, self.reason, self.unit, self.unit
+        )
+    }
+}
+
+/// A flip record that could not be read.
+#[derive(Debug, Clone)]
+pub struct UnreadableFlip {
+    /// Its id (the file or key name).
+    pub id: String,
+    /// Why it could not be read.
+    pub error: String,
+    /// Its first bytes, as text, to find its unit in.
+    pub text: String,
+}
+
+impl UnreadableFlip {
+    fn new(
+        id: &str,
+        at: &dyn std::fmt::Debug,
+        error: impl std::fmt::Display,
+        bytes: &[u8],
+    ) -> Self {
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned();
+        Self {
+            id: id.to_owned(),
+            error: format!("{at:?}: {error}"),
+            text,
+        }
+    }
+}
+
+/// Refuse to serve a store whose version history has a hole: a version missing between two
+/// stored ones, or one the audit log records as stored that is not there (a file deleted, a
+/// backup restored over newer state). Serving it would reuse that version number for other
+/// content, while gateways may still serve the old one.
+pub fn check_history(place: &str, stored: &[u64], audit: &[AuditEntry]) -> Result<(), StoreError> {
+    let recover = "restore it from a backup of the store; the control plane will not number a new version with it while it is missing";
+    for pair in stored.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(StoreError(format!(
+                "{place}: version {} is missing (versions {} and {} are stored): {recover}",
+                pair[0] + 1,
+                pair[0],
+                pair[1]
+            )));
+        }
+    }
+    for entry in audit {
+        let Some(version) = entry.version_after else {
+            continue;
+        };
+        if entry.outcome == AuditOutcome::Ok && stored.binary_search(&version).is_err() {
+            let newest = stored.last().copied().unwrap_or(0);
+            return Err(StoreError(format!(
+                "{place}: version {version} is missing: the audit log records it as stored ({} by {} at {} ms), but the store holds {}: {recover}",
+                entry.action,
+                entry.actor,
+                entry.at_ms,
+                if newest == 0 {
+                    "no version".to_owned()
+                } else {
+                    format!("versions up to {newest}")
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// How a compare-and-swap table write ended.
@@ -273,12 +372,48 @@ impl Store {
         }
     }
 
-    /// Every flip, oldest first.
+    /// Every readable flip, oldest first (unreadable ones are quarantined by the recovery).
     pub async fn flips(&self) -> Result<Vec<FlipRecord>, StoreError> {
+        Ok(self.flip_records().await?.0)
+    }
+
+    /// Every flip, oldest first, and the records that could not be read.
+    pub async fn flip_records(&self) -> Result<(Vec<FlipRecord>, Vec<UnreadableFlip>), StoreError> {
         match self {
             Store::File(s) => s.flips(),
             #[cfg(feature = "etcd")]
             Store::Etcd(s) => s.flips().await,
+        }
+    }
+
+    /// Move an unreadable flip record aside and, when its unit is known, block the unit.
+    pub async fn quarantine_flip(
+        &self,
+        bad: &UnreadableFlip,
+        block: Option<&UnitBlock>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::File(s) => s.quarantine_flip(bad, block),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.quarantine_flip(bad, block).await,
+        }
+    }
+
+    /// Why no flip may start on `unit` until it is resolved, if so.
+    pub async fn unit_block(&self, unit: &str) -> Result<Option<UnitBlock>, StoreError> {
+        match self {
+            Store::File(s) => s.unit_block(unit),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.unit_block(unit).await,
+        }
+    }
+
+    /// Lift `unit`'s block; the block lifted, if there was one.
+    pub async fn lift_block(&self, unit: &str) -> Result<Option<UnitBlock>, StoreError> {
+        match self {
+            Store::File(s) => s.lift_block(unit),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.lift_block(unit).await,
         }
     }
 
@@ -322,16 +457,74 @@ impl Store {
         }
     }
 
-    /// Share what this replica learned of a gateway with the other replicas.
-    pub async fn publish_gateway(&self, status: &GatewayStatus) -> Result<(), StoreError> {
+    /// The fleet as the store recorded it (before this process started, or by other
+    /// replicas).
+    pub async fn fleet(&self) -> Result<Vec<GatewayStatus>, StoreError> {
         match self {
-            // One replica: the registry in this process is the whole truth.
-            Store::File(_) => {
-                let _ = status;
+            Store::File(s) => s.fleet(),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.fleet().await,
+        }
+    }
+
+    /// Record what this replica learned of a gateway. etcd: at once, so that every replica
+    /// waits for it. File: a gateway new to the fleet at once; other changes when
+    /// [`Store::persist_fleet`] next runs (a restart then finds the gateway with an older
+    /// version, which only makes a flip wait for its report).
+    pub async fn record_gateway(
+        &self,
+        status: &GatewayStatus,
+        new: bool,
+        registry: &Registry,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::File(_) if new => self.persist_fleet(registry).await,
+            Store::File(_) => Ok(()),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => {
+                let _ = (new, registry);
+                s.publish_gateway(status).await
+            }
+        }
+    }
+
+    /// Write the fleet if it changed (file store; etcd records each change as it comes).
+    pub async fn persist_fleet(&self, registry: &Registry) -> Result<(), StoreError> {
+        match self {
+            Store::File(s) => match registry.take_changed() {
+                Some(fleet) => s.save_fleet(&fleet),
+                None => Ok(()),
+            },
+            #[cfg(feature = "etcd")]
+            Store::Etcd(_) => Ok(()),
+        }
+    }
+
+    /// Bring the registry up to what every replica recorded (etcd: one read, so that a step
+    /// does not miss a gateway whose news is still on its way through this replica's watch).
+    pub async fn refresh_fleet(&self, registry: &Registry) -> Result<(), StoreError> {
+        match self {
+            Store::File(_) => Ok(()),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => {
+                for status in s.fleet().await? {
+                    registry.merge(status);
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// Remove a gateway from the recorded fleet.
+    pub async fn forget_gateway(&self, id: &str, registry: &Registry) -> Result<(), StoreError> {
+        match self {
+            Store::File(s) => {
+                let _ = id;
+                let _ = registry.take_changed();
+                s.save_fleet(&registry.list())
+            }
             #[cfg(feature = "etcd")]
-            Store::Etcd(s) => s.publish_gateway(status).await,
+            Store::Etcd(s) => s.forget_gateway(id).await,
         }
     }
 

@@ -17,13 +17,15 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const HOP_SECRET: &str = "test-hop-secret-0123456789abcdef0123";
 
-/// One token per role.
+pub const REGIONS: [&str; 3] = ["hz", "sh", "sz"];
+
+/// One token per role; gateway tokens one per region, bound to the ids `<region>-*`.
 #[derive(Clone)]
 pub struct Tokens {
     pub admin: String,
     pub operator: String,
     pub viewer: String,
-    pub gateway: String,
+    pub gateways: Vec<(String, String)>,
 }
 
 impl Tokens {
@@ -32,16 +34,28 @@ impl Tokens {
             admin: new_token(),
             operator: new_token(),
             viewer: new_token(),
-            gateway: new_token(),
+            gateways: REGIONS
+                .iter()
+                .map(|r| ((*r).to_owned(), new_token()))
+                .collect(),
         }
     }
 
+    /// The gateway token of `region`.
+    pub fn gateway(&self, region: &str) -> &str {
+        &self
+            .gateways
+            .iter()
+            .find(|(r, _)| r == region)
+            .expect("a region with a gateway token")
+            .1
+    }
+
     fn yaml(&self) -> String {
-        [
+        let mut out: String = [
             ("root", "admin", &self.admin),
             ("ops", "operator", &self.operator),
             ("watcher", "viewer", &self.viewer),
-            ("gw", "gateway", &self.gateway),
         ]
         .iter()
         .map(|(name, role, token)| {
@@ -50,7 +64,14 @@ impl Tokens {
                 hash_token(token)
             )
         })
-        .collect()
+        .collect();
+        for (region, token) in &self.gateways {
+            out.push_str(&format!(
+                "  - {{ name: gw-{region}, role: gateway, gateway_id: \"{region}-*\", region: {region}, sha256: {} }}\n",
+                hash_token(token)
+            ));
+        }
+        out
     }
 }
 
@@ -60,9 +81,28 @@ pub fn example_table_path() -> PathBuf {
 
 /// A config for a control plane on `listen` with `store` (a YAML flow mapping).
 pub fn write_config(dir: &Path, name: &str, listen: &str, store: &str, tokens: &Tokens) -> PathBuf {
+    write_config_with(
+        dir,
+        name,
+        listen,
+        store,
+        tokens,
+        "gateway_stale_after_s: 6\n",
+    )
+}
+
+/// [`write_config`] with more settings (YAML lines).
+pub fn write_config_with(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    store: &str,
+    tokens: &Tokens,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     let text = format!(
-        "listen: {listen}\nstore: {store}\ninitial_table: {}\nreplica: {name}\nwatch_hold_s: 2\ngateway_stale_after_s: 6\nmax_body_bytes: 65536\ntokens:\n{}",
+        "listen: {listen}\nstore: {store}\ninitial_table: {}\nreplica: {name}\nwatch_hold_s: 2\nmax_body_bytes: 65536\n{extra}tokens:\n{}",
         example_table_path().display(),
         tokens.yaml()
     );
