@@ -188,3 +188,82 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
     assert_eq!(via_a.version, 6);
     applied(&gateways[2], 6).await;
 }
+
+/// A flip through replica A right after gateways connected to replica B waits for them: A
+/// reads the fleet from etcd before each wait instead of trusting what its own watch has
+/// delivered so far. Each round adds three gateways that A has never heard of.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flip_through_one_replica_waits_for_gateways_that_just_connected_to_the_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path()).await;
+    let tokens = Tokens::new();
+    let store = etcd_store(&etcd, "/fresh/");
+    let a = ControlProcess::start(&write_config(
+        dir.path(),
+        "a",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    let b = ControlProcess::start(&write_config(
+        dir.path(),
+        "b",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    let via_a = a.client(&tokens.operator);
+    let mut gateways = Vec::new();
+    for round in 0..10 {
+        for region in ["hz", "sh", "sz"] {
+            gateways.push(
+                gateway(
+                    region,
+                    &b.url,
+                    tokens.gateway(region),
+                    &dir.path().join(format!("cache-{region}-{round}")),
+                    &format!("{region}-r{round}"),
+                )
+                .await,
+            );
+        }
+        // Gateway::start returns once the gateway fetched the table through B: it is
+        // connected, and B has recorded it. The flip goes through A at once.
+        let current: StoredTable = via_a.get_json("/v1/table", T).await.expect("table");
+        let to = if unit_placement(&current.table, "u04").0 == "sh" {
+            "sz"
+        } else {
+            "sh"
+        };
+        let accepted: FlipAccepted = via_a
+            .send_json(
+                Method::POST,
+                "/v1/units/u04/flip",
+                &serde_json::json!({"to": to, "mode": "planned", "reason": format!("round {round}")}),
+                T,
+            )
+            .await
+            .expect("flip");
+        let done = flip_until(&via_a, &accepted.id, "flip ended", |f| f.state.is_final()).await;
+        assert_eq!(done.state, FlipState::Succeeded, "round {round}: {done:?}");
+        let expected = gateways.len();
+        for step in done.steps.iter().filter(|s| {
+            matches!(
+                s.name,
+                StepName::ConvergeFreeze | StepName::ConvergeSwitch | StepName::ConvergeUnfreeze
+            )
+        }) {
+            let version = step.version.expect("a converge step names its version");
+            assert_eq!(
+                step.detail.as_deref(),
+                Some(format!("{expected} live gateway(s) serve version {version}").as_str()),
+                "round {round}: {} waited for every gateway, those connected to B included",
+                step.name
+            );
+        }
+        let last = done.steps.last().and_then(|s| s.version).expect("version");
+        for g in &gateways {
+            applied(g, last).await;
+        }
+    }
+}

@@ -530,10 +530,14 @@ async fn follow_once(
         }
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
+            let key = kv.key_str().unwrap_or_default();
             if event.event_type() != EventType::Put {
+                // A gateway forgotten through another replica is forgotten here too.
+                if let Some(id) = key.strip_prefix(&gateways) {
+                    registry.forget(id);
+                }
                 continue;
             }
-            let key = kv.key_str().unwrap_or_default();
             if key == current_key {
                 if let Some(version) = kv.value_str().ok().and_then(|v| v.parse::<u64>().ok())
                     && let Some(table) = read_version(client, prefix, version).await?
