@@ -260,9 +260,13 @@ impl ControlPlane {
             ),
             at_ms: now_ms(),
         });
-        if let Err(error) = self.store.quarantine_flip(bad, block.as_ref()).await {
-            tracing::error!(%error, flip = bad.id, "cannot quarantine an unreadable flip record");
-            return;
+        match self.store.quarantine_flip(bad, block.as_ref()).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::error!(%error, flip = bad.id, "cannot quarantine an unreadable flip record");
+                return;
+            }
         }
         self.metrics
             .flips_quarantined

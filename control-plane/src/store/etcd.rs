@@ -131,8 +131,9 @@ impl EtcdStore {
         &self,
         bad: &UnreadableFlip,
         block: Option<&UnitBlock>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let flip_key = self.key(&format!("flips/{}", bad.id));
+        let flip_key_for_compare = flip_key.clone();
         let mut kv = self.client.kv_client();
         let raw = kv
             .get(flip_key.clone(), None)
@@ -154,8 +155,15 @@ impl EtcdStore {
                 None,
             ));
         }
-        kv.txn(Txn::new().and_then(ops)).await.map_err(etcd)?;
-        Ok(())
+        // Every replica recovers flips: only the one that still finds the record moves it.
+        let txn = Txn::new()
+            .when(vec![Compare::version(
+                flip_key_for_compare,
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then(ops);
+        Ok(kv.txn(txn).await.map_err(etcd)?.succeeded())
     }
 
     pub(super) async fn unit_block(&self, unit: &str) -> Result<Option<UnitBlock>, StoreError> {
@@ -322,7 +330,7 @@ impl EtcdStore {
                 Ok(flip) => flips.push(flip),
                 Err(e) => unreadable.push(UnreadableFlip::new(
                     key.strip_prefix(&base).unwrap_or(key),
-                    &key,
+                    key,
                     e,
                     kv.value(),
                 )),

@@ -154,7 +154,7 @@ impl FileStore {
         &self,
         bad: &UnreadableFlip,
         block: Option<&UnitBlock>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if let Some(block) = block {
             write_atomically(
                 &self.dir.join(BLOCKS),
@@ -170,7 +170,8 @@ impl FileStore {
         let to = self.dir.join(QUARANTINE).join(format!("{}.json", bad.id));
         fs::rename(&from, &to).map_err(|e| io(&from, e))?;
         sync_dir(&self.dir.join(FLIPS))?;
-        sync_dir(&self.dir.join(QUARANTINE))
+        sync_dir(&self.dir.join(QUARANTINE))?;
+        Ok(true)
     }
 
     pub(super) fn lift_block(&self, unit: &str) -> Result<Option<UnitBlock>, StoreError> {
@@ -289,13 +290,14 @@ impl FileStore {
                 continue;
             };
             // One bad record must not hide the others: it is set aside for quarantine.
+            let at = path.display().to_string();
             match fs::read(&path) {
                 Ok(bytes) => match serde_json::from_slice::<FlipRecord>(&bytes) {
                     Ok(flip) => flips.push(flip),
-                    Err(e) => unreadable.push(UnreadableFlip::new(id, &path, e, &bytes)),
+                    Err(e) => unreadable.push(UnreadableFlip::new(id, &at, e, &bytes)),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => unreadable.push(UnreadableFlip::new(id, &path, e, &[])),
+                Err(e) => unreadable.push(UnreadableFlip::new(id, &at, e, &[])),
             }
         }
         flips.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));

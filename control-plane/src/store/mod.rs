@@ -73,16 +73,11 @@ pub struct UnreadableFlip {
 }
 
 impl UnreadableFlip {
-    fn new(
-        id: &str,
-        at: &dyn std::fmt::Debug,
-        error: impl std::fmt::Display,
-        bytes: &[u8],
-    ) -> Self {
+    fn new(id: &str, at: &str, error: impl std::fmt::Display, bytes: &[u8]) -> Self {
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned();
         Self {
             id: id.to_owned(),
-            error: format!("{at:?}: {error}"),
+            error: format!("{at}: {error}"),
             text,
         }
     }
@@ -387,11 +382,12 @@ impl Store {
     }
 
     /// Move an unreadable flip record aside and, when its unit is known, block the unit.
+    /// `false` when another replica did it first.
     pub async fn quarantine_flip(
         &self,
         bad: &UnreadableFlip,
         block: Option<&UnitBlock>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         match self {
             Store::File(s) => s.quarantine_flip(bad, block),
             #[cfg(feature = "etcd")]
