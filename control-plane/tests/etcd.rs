@@ -267,3 +267,116 @@ async fn a_flip_through_one_replica_waits_for_gateways_that_just_connected_to_th
         }
     }
 }
+
+/// An unreadable flip record in etcd is set aside by the replica that recovers flips; its
+/// unit stays locked until an operator resolves it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_flip_record_on_etcd_is_quarantined_and_its_unit_locked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path()).await;
+    let tokens = Tokens::new();
+    let store = etcd_store(&etcd, "/quarantine/");
+    let mut a = ControlProcess::start(&write_config(
+        dir.path(),
+        "a",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    let via_a = a.client(&tokens.operator);
+    let accepted: FlipAccepted = via_a
+        .send_json(
+            Method::POST,
+            "/v1/units/u03/flip",
+            &serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true, "timeout_s": 600}}),
+            T,
+        )
+        .await
+        .expect("flip");
+    flip_until(&via_a, &accepted.id, "held at replication", |f| {
+        f.steps
+            .last()
+            .is_some_and(|s| s.name == StepName::Replication && s.outcome == StepOutcome::Running)
+    })
+    .await;
+    a.kill9();
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .expect("etcd");
+    client
+        .put(
+            format!("/quarantine/flips/{}", accepted.id),
+            "{\"id\": \"cut off",
+            None,
+        )
+        .await
+        .expect("put");
+
+    let b = ControlProcess::start(&write_config(
+        dir.path(),
+        "b",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    let via_b = b.client(&tokens.operator);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let locked = loop {
+        let status: control_api::Status = via_b.get_json("/v1/status", T).await.expect("status");
+        let u03 = status
+            .units
+            .into_iter()
+            .find(|u| u.name == "u03")
+            .expect("u03");
+        if let Some(locked) = u03.locked {
+            break locked;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "u03 was never locked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(locked.contains(&accepted.id), "{locked}");
+    let flips: Vec<control_api::FlipRecord> = via_b.get_json("/v1/flips", T).await.expect("flips");
+    assert!(flips.iter().all(|f| f.id != accepted.id));
+    let refused = via_b
+        .send(
+            Method::POST,
+            "/v1/units/u03/flip",
+            &[],
+            Some((
+                serde_json::to_vec(
+                    &serde_json::json!({"to": "sz", "mode": "planned", "reason": "again"}),
+                )
+                .expect("json")
+                .into(),
+                "application/json",
+            )),
+            T,
+        )
+        .await
+        .expect("answered");
+    assert_eq!(refused.status, http::StatusCode::CONFLICT);
+    let resolved: control_api::ResolveResult = via_b
+        .send_json(
+            Method::POST,
+            "/v1/units/u03/resolve",
+            &serde_json::json!({"state": "active", "reason": "checked"}),
+            T,
+        )
+        .await
+        .expect("resolved");
+    assert_eq!(resolved.lifted.as_deref(), Some(accepted.id.as_str()));
+    let again: FlipAccepted = via_b
+        .send_json(
+            Method::POST,
+            "/v1/units/u03/flip",
+            &serde_json::json!({"to": "sz", "mode": "planned", "reason": "after resolve"}),
+            T,
+        )
+        .await
+        .expect("a flip starts again");
+    let done = flip_until(&via_b, &again.id, "ended", |f| f.state.is_final()).await;
+    assert_eq!(done.state, FlipState::Succeeded, "{done:?}");
+}

@@ -582,3 +582,76 @@ async fn a_table_write_cannot_move_units_unless_forced() {
         "{entry:?}"
     );
 }
+
+/// `min_gateways` holds a step even when the control plane knows no gateway of a region: a
+/// flip then rolls back, naming the region short of gateways.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_short_of_its_min_gateways_holds_the_flip_and_it_rolls_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let config = support::write_config_with(
+        dir.path(),
+        "cp",
+        "127.0.0.1:0",
+        &file_store(dir.path()),
+        &tokens,
+        "gateway_stale_after_s: 6\nmin_gateways: { hz: 1 }\n",
+    );
+    let cp = ControlProcess::start(&config);
+    let operator = cp.client(&tokens.operator);
+    let reply = flip(
+        &operator,
+        "u03",
+        serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "converge_timeout_s": 1}),
+    )
+    .await;
+    let accepted: control_api::FlipAccepted = reply.json().expect("accepted");
+    let done = flip_until(&operator, &accepted.id, "flip ended", |f| {
+        f.state.is_final()
+    })
+    .await;
+    assert_eq!(done.state, FlipState::RolledBack, "{done:?}");
+    let failed = done
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::ConvergeFreeze)
+        .expect("converge_freeze");
+    assert!(
+        failed
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("region hz has 0 of the 1 gateway(s) it needs"),
+        "{failed:?}"
+    );
+    // A gateway of hz reporting the freeze version is what the step needed.
+    let hz = cp.client(tokens.gateway("hz"));
+    let current: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+    post_report(&hz, "hz-1", "hz", current.version, Some(&current.digest)).await;
+    let reply = flip(
+        &operator,
+        "u03",
+        serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}}),
+    )
+    .await;
+    let accepted: control_api::FlipAccepted = reply.json().expect("accepted");
+    let held = flip_until(&operator, &accepted.id, "waiting for hz", |f| {
+        f.steps.last().is_some_and(|s| {
+            s.name == StepName::ConvergeFreeze && s.outcome == StepOutcome::Running
+        })
+    })
+    .await;
+    let freeze = held
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Freeze)
+        .and_then(|s| s.version)
+        .expect("freeze version");
+    post_report(&hz, "hz-1", "hz", freeze, None).await;
+    flip_until(&operator, &accepted.id, "replication", |f| {
+        f.steps
+            .last()
+            .is_some_and(|s| s.name == StepName::Replication)
+    })
+    .await;
+}
