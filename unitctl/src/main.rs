@@ -55,6 +55,14 @@ enum Command {
         /// Flip id.
         id: String,
     },
+    /// Control plane: settle a unit whose flip record was lost: set its state in the region
+    /// it is in now and lift the lock that blocks new flips on it.
+    FlipResolve(remote::ResolveArgs),
+    /// Control plane: forget a gateway taken out of service (flips stop waiting for it).
+    GatewayForget {
+        /// Gateway id.
+        id: String,
+    },
     /// Control plane: show a flip's steps (--wait: follow it to its end).
     FlipShow {
         /// Flip id.
@@ -130,6 +138,10 @@ fn main() -> ExitCode {
         Command::Flip(args) => remote::run(&cli.server, remote::Remote::Flip(args)),
         Command::FlipConfirm { id } => remote::run(&cli.server, remote::Remote::Confirm { id }),
         Command::FlipCancel { id } => remote::run(&cli.server, remote::Remote::Cancel { id }),
+        Command::FlipResolve(args) => remote::run(&cli.server, remote::Remote::Resolve(args)),
+        Command::GatewayForget { id } => {
+            remote::run(&cli.server, remote::Remote::ForgetGateway { id })
+        }
         Command::FlipShow { id, wait, output } => {
             remote::run(&cli.server, remote::Remote::Show { id, wait, output })
         }

@@ -2,12 +2,13 @@
 //! `UNITGATE_TOKEN`).
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use control_api::{
-    AuditEntry, Client, ClientError, FlipAccepted, FlipMode, FlipRecord, FlipRequest, FlipState,
-    FlipStep, PlanResult, PutResult, ReplicationCheck, Status, StepOutcome, StoredTable, now_ms,
+    AuditEntry, Client, ClientError, FORCE_HEADER, FlipAccepted, FlipMode, FlipRecord, FlipRequest,
+    FlipState, FlipStep, PlanResult, PutResult, ReplicationCheck, ResolveRequest, ResolveResult,
+    Status, StepOutcome, StoredTable, now_ms,
 };
 use http::{HeaderName, HeaderValue, Method};
 
@@ -46,7 +47,9 @@ impl Server {
 /// `unitctl table ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum TableCommand {
-    /// Print the table in force (YAML-compatible JSON) with its version.
+    /// Print the table in force (YAML-compatible JSON). Its `version` field is the version
+    /// fetched: `table apply` of an edited copy sends it as `If-Match`, so an edit of a version
+    /// that has since been replaced is refused instead of undoing the change made meanwhile.
     Get {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -60,17 +63,66 @@ pub enum TableCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Show the plan for FILE, ask, then store it as the next version.
-    Apply {
-        /// The proposed table.
-        file: PathBuf,
-        /// Do not ask.
-        #[arg(long)]
-        yes: bool,
-        /// Why: kept in the audit log.
-        #[arg(long)]
-        reason: Option<String>,
-    },
+    /// Show the plan for FILE, ask, then store it as the next version. FILE's own `version`
+    /// (the version it was fetched as, by `table get`) is sent as `If-Match`: if the table
+    /// changed since, the control plane refuses it (409).
+    Apply(ApplyArgs),
+}
+
+/// `unitctl table apply ...`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The proposed table.
+    file: PathBuf,
+    /// Do not ask.
+    #[arg(long)]
+    yes: bool,
+    /// Why: kept in the audit log.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Admins: store it even though it moves units to other regions or slots without a flip
+    /// (sent as `X-Unitgate-Force: REASON`, kept on the version and in the audit log).
+    #[arg(long, value_name = "REASON")]
+    force_moves: Option<String>,
+    /// The version FILE is an edit of, sent as `If-Match` instead of FILE's own `version`
+    /// (e.g. to store an old version's content again on top of VERSION).
+    #[arg(long, value_name = "VERSION")]
+    base: Option<u64>,
+}
+
+/// `unitctl flip-resolve ...`.
+#[derive(Debug, clap::Args)]
+pub struct ResolveArgs {
+    /// The unit.
+    unit: String,
+    /// The state the unit is to have, in the region it is in now.
+    #[arg(long, value_enum)]
+    state: ResolveState,
+    /// Why: kept in the audit log.
+    #[arg(long)]
+    reason: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// The state `flip-resolve` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResolveState {
+    /// Reads and writes flow.
+    Active,
+    /// Writes are refused (503); reads flow.
+    #[value(name = "write_frozen", alias = "write-frozen")]
+    WriteFrozen,
+}
+
+impl From<ResolveState> for router_rules::UnitState {
+    fn from(state: ResolveState) -> Self {
+        match state {
+            ResolveState::Active => router_rules::UnitState::Active,
+            ResolveState::WriteFrozen => router_rules::UnitState::WriteFrozen,
+        }
+    }
 }
 
 /// `unitctl flip ...`.
@@ -118,10 +170,10 @@ pub fn run(server: &Server, command: Remote) -> Result<u8, Failure> {
             Remote::Table(TableCommand::Plan { file, output }) => {
                 plan(&client, &file, output).await
             }
-            Remote::Table(TableCommand::Apply { file, yes, reason }) => {
-                apply(&client, &file, yes, reason).await
-            }
+            Remote::Table(TableCommand::Apply(args)) => apply(&client, args).await,
             Remote::Flip(args) => flip(&client, args).await,
+            Remote::Resolve(args) => resolve(&client, args).await,
+            Remote::ForgetGateway { id } => forget_gateway(&client, &id).await,
             Remote::Confirm { id } => signal(&client, &id, "confirm").await,
             Remote::Cancel { id } => signal(&client, &id, "cancel").await,
             Remote::Audit { limit, output } => audit(&client, limit, output).await,
@@ -142,6 +194,13 @@ pub enum Remote {
     Table(TableCommand),
     /// Start a flip.
     Flip(FlipArgs),
+    /// Settle a unit whose flip record was lost: set its state, lift its lock.
+    Resolve(ResolveArgs),
+    /// Forget a gateway taken out of service.
+    ForgetGateway {
+        /// Gateway id.
+        id: String,
+    },
     /// Confirm a flip's replication.
     Confirm {
         /// Flip id.
@@ -235,17 +294,27 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
         } else {
             unit.name.clone()
         };
+        let flip = match (&unit.flip, &unit.locked) {
+            (Some(flip), _) => flip.clone(),
+            (None, Some(why)) => format!("LOCKED: {why}"),
+            (None, None) => String::new(),
+        };
         println!(
-            "{:<8} {:<8} {:<13} {:<8} {:>6}  {}",
+            "{:<8} {:<8} {:<13} {:<8} {:>6}  {flip}",
             name,
             unit.region,
             unit.state,
             unit.standby.as_deref().unwrap_or("-"),
             unit.slots,
-            unit.flip.as_deref().unwrap_or("")
         );
     }
-    println!("(* center unit)\n");
+    println!("(* center unit)");
+    if status.units.iter().any(|u| u.locked.is_some()) {
+        println!(
+            "LOCKED: no flip may start on the unit until it is settled: unitctl flip-resolve UNIT --state active|write_frozen --reason TEXT"
+        );
+    }
+    println!();
     if status.gateways.is_empty() {
         println!("no gateway has connected yet");
         return Ok(0);
@@ -282,21 +351,28 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
 }
 
 async fn table_get(client: &Client, output: Output) -> Result<u8, Failure> {
-    let stored: StoredTable = client
+    let mut stored: StoredTable = client
         .get_json("/v1/table", TIMEOUT)
         .await
         .map_err(failed)?;
+    // The table records the version it was fetched as: `table apply` sends it as If-Match.
+    stored.table.version = stored.version;
     match output {
         Output::Json => print_json(&stored)?,
         Output::Text => {
             eprintln!(
-                "# version {} stored by {}{}",
+                "# version {} stored by {}{}{}",
                 stored.version,
                 stored.author,
                 stored
                     .reason
                     .as_deref()
                     .map(|r| format!(": {r}"))
+                    .unwrap_or_default(),
+                stored
+                    .forced
+                    .as_deref()
+                    .map(|r| format!(" (forced, moving units without a flip: {r})"))
                     .unwrap_or_default()
             );
             print_json(&stored.table)?;
@@ -305,28 +381,51 @@ async fn table_get(client: &Client, output: Output) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn body_of(file: &std::path::Path) -> Result<(bytes::Bytes, &'static str), Failure> {
-    let text = table_file::read(file)?;
-    let json = file
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    Ok((
-        text.into(),
-        if json {
-            "application/json"
-        } else {
-            "application/yaml"
-        },
-    ))
+/// A table file as `plan` and `apply` send it.
+struct TableFile {
+    text: String,
+    json: bool,
+    /// The `version` it records: the version it was fetched as (`table get`), when it parses.
+    version: Option<u64>,
 }
 
-async fn request_plan(client: &Client, file: &std::path::Path) -> Result<PlanResult, Failure> {
+impl TableFile {
+    fn read(file: &Path) -> Result<Self, Failure> {
+        let text = table_file::read(file)?;
+        let json = file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let version = if json {
+            router_rules::parse_json(&text).ok().map(|t| t.version)
+        } else {
+            router_rules::parse_yaml(&text).ok().map(|(t, _)| t.version)
+        };
+        Ok(Self {
+            text,
+            json,
+            version,
+        })
+    }
+
+    fn body(&self) -> (bytes::Bytes, &'static str) {
+        (
+            self.text.clone().into(),
+            if self.json {
+                "application/json"
+            } else {
+                "application/yaml"
+            },
+        )
+    }
+}
+
+async fn request_plan(client: &Client, table: &TableFile) -> Result<PlanResult, Failure> {
     client
         .send(
             Method::POST,
             "/v1/table/plan",
             &[],
-            Some(body_of(file)?),
+            Some(table.body()),
             TIMEOUT,
         )
         .await
@@ -335,7 +434,17 @@ async fn request_plan(client: &Client, file: &std::path::Path) -> Result<PlanRes
         .map_err(failed)
 }
 
-fn print_plan(file: &std::path::Path, plan: &PlanResult) {
+/// What to do about a file that is an edit of a version no longer in force.
+fn stale_hint(file: &Path) -> String {
+    format!(
+        "fetch the table in force again (unitctl table get > {}), redo the edit on it, then apply",
+        file.display()
+    )
+}
+
+/// Print the plan for `file`, an edit of version `base`; `forced`: applied with
+/// `--force-moves`.
+fn print_plan(file: &Path, plan: &PlanResult, base: Option<u64>, forced: bool) {
     let shown = file.display();
     if !plan.valid {
         println!("{shown}: refused ({} problems)", plan.problems.len());
@@ -352,7 +461,35 @@ fn print_plan(file: &std::path::Path, plan: &PlanResult) {
         "{shown}: valid; would be stored as version {} (in force: {})",
         plan.next_version, plan.current_version
     );
-    let Some(diff) = &plan.diff else { return };
+    if let Some(base) = base.filter(|&b| b != plan.current_version) {
+        println!(
+            "  STALE: it is an edit of version {base}, but version {} is in force: an apply would be refused (409 stale_version); {}",
+            plan.current_version,
+            stale_hint(file)
+        );
+    }
+    if let Some(diff) = &plan.diff {
+        print_diff(diff);
+    }
+    if !plan.moves.is_empty() {
+        println!("  moves {} unit(s) without a flip:", plan.moves.len());
+        for m in &plan.moves {
+            println!("    unit {}: {}", m.unit, m.hint);
+        }
+    }
+    match (&plan.put_refused, plan.moves.is_empty()) {
+        (Some(_), false) if forced => println!(
+            "  --force-moves: to be stored although it moves units without a flip (admins only; the version and the audit log record it as forced)"
+        ),
+        (Some(_), false) => println!(
+            "  an apply would be REFUSED (422 moves_units): move units with flips (unitctl flip UNIT --to REGION), or, as an admin, store it anyway with --force-moves REASON"
+        ),
+        (Some(why), true) => println!("  an apply would be REFUSED: {why}"),
+        (None, _) => {}
+    }
+}
+
+fn print_diff(diff: &serde_json::Value) {
     let share = |key: &str| diff[key].as_f64().unwrap_or_default() * 100.0;
     println!(
         "  slots changing unit: {} ({:.2}%), changing region: {} ({:.2}%)",
@@ -408,34 +545,75 @@ fn print_plan(file: &std::path::Path, plan: &PlanResult) {
     }
 }
 
-async fn plan(client: &Client, file: &std::path::Path, output: Output) -> Result<u8, Failure> {
-    let plan = request_plan(client, file).await?;
+async fn plan(client: &Client, file: &Path, output: Output) -> Result<u8, Failure> {
+    let table = TableFile::read(file)?;
+    let plan = request_plan(client, &table).await?;
     if output == Output::Json {
         print_json(&plan)?;
     } else {
-        print_plan(file, &plan);
+        print_plan(file, &plan, table.version, false);
     }
     Ok(if plan.valid { 0 } else { EXIT_FINDING })
 }
 
-async fn apply(
-    client: &Client,
-    file: &std::path::Path,
-    yes: bool,
-    reason: Option<String>,
-) -> Result<u8, Failure> {
-    let plan = request_plan(client, file).await?;
-    print_plan(file, &plan);
+/// A header value from an operator's text, or an input error naming the flag.
+fn header_text(flag: &str, text: &str) -> Result<HeaderValue, Failure> {
+    // Printable ASCII only: the control plane reads these headers as text, and would take a
+    // value it cannot read as absent.
+    HeaderValue::from_str(text).map_err(|_| {
+        Failure::input(format!(
+            "{flag}: use printable ASCII (it is sent in an HTTP header)"
+        ))
+    })
+}
+
+async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
+    let file = args.file.as_path();
+    let table = TableFile::read(file)?;
+    let base = args.base.or(table.version);
+    let plan = request_plan(client, &table).await?;
+    print_plan(file, &plan, base, args.force_moves.is_some());
     if !plan.valid {
         return Ok(EXIT_FINDING);
     }
-    if !yes {
+    let Some(base) = base else {
+        return Err(Failure::input(format!(
+            "{}: no version to apply it against: give --base VERSION",
+            file.display()
+        )));
+    };
+    let forcing = args.force_moves.is_some() && !plan.moves.is_empty();
+    if args.force_moves.is_some() && plan.moves.is_empty() {
+        println!("  (--force-moves has nothing to force: the table moves no unit)");
+    }
+    let mut headers = vec![(HeaderName::from_static("if-match"), HeaderValue::from(base))];
+    if let Some(reason) = args.reason {
+        headers.push((
+            HeaderName::from_static("x-unitgate-reason"),
+            header_text("--reason", &reason)?,
+        ));
+    }
+    if let Some(why) = args.force_moves {
+        headers.push((
+            HeaderName::from_static(FORCE_HEADER),
+            header_text("--force-moves", &why)?,
+        ));
+    }
+    if !args.yes {
         if !std::io::stdin().is_terminal() {
             return Err(Failure::input(
                 "not applied: confirm with --yes when not at a terminal",
             ));
         }
-        print!("Store it as version {}? [y/N] ", plan.next_version);
+        print!(
+            "Store it as version {}{}? [y/N] ",
+            plan.next_version,
+            if forcing {
+                ", moving units without a flip"
+            } else {
+                ""
+            }
+        );
         let _ = std::io::stdout().flush();
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
@@ -444,30 +622,56 @@ async fn apply(
             return Ok(EXIT_FINDING);
         }
     }
-    let mut headers = vec![(
-        HeaderName::from_static("if-match"),
-        HeaderValue::from(plan.current_version),
-    )];
-    if let Some(reason) = reason.and_then(|r| HeaderValue::try_from(r).ok()) {
-        headers.push((HeaderName::from_static("x-unitgate-reason"), reason));
-    }
-    let stored: PutResult = client
+    let reply = client
         .send(
             Method::PUT,
             "/v1/table",
             &headers,
-            Some(body_of(file)?),
+            Some(table.body()),
             TIMEOUT,
         )
         .await
-        .map_err(failed)?
-        .json()
         .map_err(failed)?;
+    let stored: PutResult = match reply.json() {
+        Ok(stored) => stored,
+        Err(error) => return Err(put_refused(file, base, error)),
+    };
     println!(
-        "stored as version {}; gateways are picking it up (unitctl status)",
-        stored.version
+        "stored as version {}{}; gateways are picking it up (unitctl status)",
+        stored.version,
+        if forcing {
+            " (forced: it moves units without a flip)"
+        } else {
+            ""
+        }
     );
     Ok(0)
+}
+
+/// A refused `PUT /v1/table`, with what to do about it.
+fn put_refused(file: &Path, base: u64, error: ClientError) -> Failure {
+    let code = match &error {
+        ClientError::Api { error, .. } => error.error.clone(),
+        _ => String::new(),
+    };
+    let mut failure = failed(error);
+    let hint = match code.as_str() {
+        "stale_version" => Some(format!(
+            "{} is an edit of version {base}, which is no longer in force; {}",
+            file.display(),
+            stale_hint(file)
+        )),
+        "moves_units" => Some(
+            "move units with flips (unitctl flip UNIT --to REGION); to store it anyway, an admin adds --force-moves REASON"
+                .to_owned(),
+        ),
+        _ => None,
+    };
+    failure.message = format!("not applied: {}", failure.message);
+    if let Some(hint) = hint {
+        failure.message.push_str(&format!("\nhint: {hint}"));
+    }
+    failure
 }
 
 fn step_line(step: &FlipStep) -> String {
@@ -623,6 +827,99 @@ async fn signal(client: &Client, id: &str, what: &str) -> Result<u8, Failure> {
         return Err(failed(reply.api_error()));
     }
     println!("flip {id}: {what} sent");
+    Ok(0)
+}
+
+/// `name` as one segment of an API path: the API's unit and gateway names are letters,
+/// digits and `- _ . : @`.
+fn segment<'a>(what: &str, name: &'a str) -> Result<&'a str, Failure> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(Failure::input(format!(
+            "{what} {name:?}: use letters, digits and - _ . : @"
+        )))
+    }
+}
+
+/// `unitctl flip-resolve UNIT --state S --reason R`: settle a unit whose flip record was lost.
+async fn resolve(client: &Client, args: ResolveArgs) -> Result<u8, Failure> {
+    let unit = segment("unit", &args.unit)?;
+    // What stood before, to say what changed.
+    let before: Status = client
+        .get_json("/v1/status", TIMEOUT)
+        .await
+        .map_err(failed)?;
+    let was = before.units.iter().find(|u| u.name == unit);
+    let state: router_rules::UnitState = args.state.into();
+    let request = ResolveRequest {
+        state,
+        reason: args.reason,
+    };
+    let result: ResolveResult = client
+        .send_json(
+            Method::POST,
+            &format!("/v1/units/{unit}/resolve"),
+            &request,
+            TIMEOUT,
+        )
+        .await
+        .map_err(failed)?;
+    if args.output == Output::Json {
+        print_json(&result)?;
+        return Ok(0);
+    }
+    let region = was.map(|u| u.region.as_str()).unwrap_or("its region");
+    // The control plane stores a version exactly when the state changes.
+    let changed = was.map_or(result.version > before.version, |u| {
+        u.state != state.as_str()
+    });
+    if changed {
+        println!(
+            "unit {unit}: {} -> {} in {region}: stored as version {}",
+            was.map(|u| u.state.as_str()).unwrap_or("?"),
+            state.as_str(),
+            result.version
+        );
+    } else {
+        println!(
+            "unit {unit}: already {} in {region}: no new version (version {} in force)",
+            state.as_str(),
+            result.version
+        );
+    }
+    match &result.lifted {
+        Some(flip) => {
+            println!("lifted the lock of lost flip {flip}: flips of {unit} may start again")
+        }
+        None => println!("no lock was held on {unit}"),
+    }
+    Ok(0)
+}
+
+/// `unitctl gateway-forget ID`: drop a gateway taken out of service from the fleet.
+async fn forget_gateway(client: &Client, id: &str) -> Result<u8, Failure> {
+    let id = segment("gateway", id)?;
+    let reply = client
+        .send(
+            Method::DELETE,
+            &format!("/v1/gateways/{id}"),
+            &[],
+            None,
+            TIMEOUT,
+        )
+        .await
+        .map_err(failed)?;
+    if !reply.status.is_success() {
+        return Err(failed(reply.api_error()));
+    }
+    println!(
+        "gateway {id} forgotten: flips no longer wait for it (if it is still running, it is back at its next poll)"
+    );
     Ok(0)
 }
 

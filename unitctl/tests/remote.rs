@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use control_plane::ControlPlane;
 use control_plane::auth::{hash_token, new_token};
@@ -19,18 +20,27 @@ struct Plane {
     server: Server,
     operator: String,
     admin: String,
+    /// A gateway token bound to the gateways `hz-*` of region hz.
+    gateway: String,
     path: PathBuf,
 }
 
 async fn plane() -> Plane {
+    plane_with_store(|_| {}).await
+}
+
+/// A control plane whose file store directory `seed` has filled in before it opens.
+async fn plane_with_store(seed: impl FnOnce(&Path)) -> Plane {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (operator, admin) = (new_token(), new_token());
+    seed(&dir.path().join("store"));
+    let (operator, admin, gateway) = (new_token(), new_token(), new_token());
     let text = format!(
-        "listen: 127.0.0.1:0\nstore: {{ file: {{ dir: {} }} }}\ninitial_table: {}\ntokens:\n  - {{ name: ops, role: operator, sha256: {} }}\n  - {{ name: root, role: admin, sha256: {} }}\n",
+        "listen: 127.0.0.1:0\nstore: {{ file: {{ dir: {} }} }}\ninitial_table: {}\ntokens:\n  - {{ name: ops, role: operator, sha256: {} }}\n  - {{ name: root, role: admin, sha256: {} }}\n  - {{ name: gw-hz, role: gateway, gateway_id: \"hz-*\", region: hz, sha256: {} }}\n",
         dir.path().join("store").display(),
         example().display(),
         hash_token(&operator),
-        hash_token(&admin)
+        hash_token(&admin),
+        hash_token(&gateway)
     );
     let config = ControlConfig::parse(&text, "test").expect("config");
     let cp = ControlPlane::open(config).await.expect("control plane");
@@ -43,6 +53,7 @@ async fn plane() -> Plane {
         server,
         operator,
         admin,
+        gateway,
     }
 }
 
@@ -60,6 +71,37 @@ impl Plane {
             .await
             .expect("joined")
     }
+}
+
+impl Plane {
+    /// An API client with `token`, for what the tests check behind unitctl's back.
+    fn client(&self, token: &str) -> control_api::Client {
+        control_api::Client::new(&format!("http://{}", self.server.addr), Some(token), None)
+            .expect("client")
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.client(&self.operator)
+            .get_json(path, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    async fn status(&self) -> control_api::Status {
+        self.get("/v1/status").await
+    }
+
+    async fn table(&self) -> control_api::StoredTable {
+        self.get("/v1/table").await
+    }
+}
+
+fn unit<'s>(status: &'s control_api::Status, name: &str) -> &'s control_api::UnitStatus {
+    status
+        .units
+        .iter()
+        .find(|u| u.name == name)
+        .unwrap_or_else(|| panic!("unit {name} in {status:?}"))
 }
 
 fn text(output: &Output) -> String {
@@ -130,23 +172,37 @@ async fn status_plan_apply_flip_and_audit() {
         text(&out)
     );
 
-    // Apply: an operator may not; an admin must confirm (no terminal here: --yes).
+    // Apply (a change that moves no unit: a standby): an operator may not; an admin must
+    // confirm (no terminal here: --yes).
+    let edited = write(
+        &p.path,
+        "edited.yaml",
+        &example.replace(
+            "slots: [[6667, 8333]]\n    region: sz\n    standby: hz",
+            "slots: [[6667, 8333]]\n    region: sz\n    standby: sh",
+        ),
+    );
     let out = p
-        .unitctl(&p.operator, &["table", "apply", &moved, "--yes"])
+        .unitctl(&p.operator, &["table", "apply", &edited, "--yes"])
         .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("403"), "{}", text(&out));
-    let out = p.unitctl(&p.admin, &["table", "apply", &moved]).await;
+    let out = p.unitctl(&p.admin, &["table", "apply", &edited]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--yes"), "{}", text(&out));
     let out = p
         .unitctl(
             &p.admin,
-            &["table", "apply", &moved, "--yes", "--reason", "rebalance"],
+            &["table", "apply", &edited, "--yes", "--reason", "rebalance"],
         )
         .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("stored as version 2"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("REFUSED"),
+        "nothing moves: {}",
+        text(&out)
+    );
 
     // A planned flip, followed step by step.
     let out = p
@@ -205,6 +261,410 @@ async fn status_plan_apply_flip_and_audit() {
     );
     let out = p.unitctl(&p.operator, &["status"]).await;
     assert!(text(&out).contains("table version 6"), "{}", text(&out));
+}
+
+/// Set the standby of unit `name` in a table fetched as JSON: an edit that moves no unit.
+fn with_standby(table: &serde_json::Value, name: &str, standby: &str) -> String {
+    let mut table = table.clone();
+    let units = table["units"].as_array_mut().expect("units");
+    let unit = units
+        .iter_mut()
+        .find(|u| u["name"] == name)
+        .unwrap_or_else(|| panic!("unit {name}"));
+    unit["standby"] = standby.into();
+    serde_json::to_string_pretty(&table).expect("JSON")
+}
+
+/// `table get` writes the version it fetched into the table; `table apply` sends that version
+/// as If-Match, so an edit of a version that a flip replaced meanwhile is refused (409), with
+/// what to do, and changes nothing; the same edit redone on a fresh `table get` is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_of_a_replaced_version_is_refused_as_stale() {
+    let p = plane().await;
+    let out = p.unitctl(&p.operator, &["table", "get"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let fetched: serde_json::Value = serde_json::from_slice(&out.stdout).expect("table JSON");
+    assert_eq!(fetched["version"], 1, "{fetched}");
+    let old = write(&p.path, "old.json", &with_standby(&fetched, "u05", "sh"));
+
+    // Meanwhile, a flip stores new versions.
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip", "u03", "--to", "sz", "--delay-s", "0", "--wait"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let in_force = p.status().await.version;
+    assert!(in_force > 1, "the flip stored versions");
+
+    // The plan says the file is stale; the apply is refused and changes nothing.
+    let out = p.unitctl(&p.operator, &["table", "plan", &old]).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "STALE: it is an edit of version 1, but version {in_force} is in force"
+        )) && shown.contains("409"),
+        "{shown}"
+    );
+    let out = p
+        .unitctl(
+            &p.admin,
+            &["table", "apply", &old, "--yes", "--reason", "late"],
+        )
+        .await;
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("not applied: 409"), "{shown}");
+    assert!(
+        shown.contains(&format!("hint: {old} is an edit of version 1"))
+            && shown.contains(&format!("unitctl table get > {old}")),
+        "{shown}"
+    );
+    let status = p.status().await;
+    assert_eq!(status.version, in_force, "nothing stored");
+    assert_eq!(unit(&status, "u03").region, "sz", "the flip stands");
+    assert_eq!(unit(&status, "u05").standby.as_deref(), Some("hz"));
+
+    // Fetched again and redone, the edit is stored on top of the flip.
+    let out = p.unitctl(&p.operator, &["table", "get"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let fetched: serde_json::Value = serde_json::from_slice(&out.stdout).expect("table JSON");
+    assert_eq!(fetched["version"], in_force, "{fetched}");
+    let redone = write(&p.path, "redone.json", &with_standby(&fetched, "u05", "sh"));
+    let out = p
+        .unitctl(&p.admin, &["table", "apply", &redone, "--yes"])
+        .await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(!shown.contains("STALE"), "{shown}");
+    assert!(
+        shown.contains(&format!("stored as version {}", in_force + 1)),
+        "{shown}"
+    );
+    let status = p.status().await;
+    assert_eq!(status.version, in_force + 1);
+    assert_eq!(unit(&status, "u03").region, "sz", "the flip is kept");
+    assert_eq!(unit(&status, "u05").standby.as_deref(), Some("sh"));
+}
+
+/// A table that moves a unit to another region: the plan names the unit and says an apply
+/// would be refused; the apply is refused (422) and changes nothing; with --force-moves it is
+/// stored, marked forced on the version and in the audit log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_that_moves_a_unit_is_refused_unless_forced() {
+    let p = plane().await;
+    let example = std::fs::read_to_string(example()).expect("example");
+    let moved = write(
+        &p.path,
+        "moved.yaml",
+        &example.replace(
+            "slots: [[1667, 3333]]\n    region: hz\n    standby: sh",
+            "slots: [[1667, 3333]]\n    region: sh\n    standby: hz",
+        ),
+    );
+
+    let out = p.unitctl(&p.operator, &["table", "plan", &moved]).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("moves 1 unit(s) without a flip"), "{shown}");
+    assert!(
+        shown.contains("unit u02: moves hz -> sh: use a flip (unitctl flip u02 --to sh"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("an apply would be REFUSED (422 moves_units)")
+            && shown.contains("--force-moves REASON"),
+        "{shown}"
+    );
+    let out = p
+        .unitctl(&p.operator, &["table", "plan", &moved, "--output", "json"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: control_api::PlanResult = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(plan.moves.len(), 1, "{:?}", plan.moves);
+    assert_eq!(plan.moves[0].unit, "u02");
+    assert_eq!(plan.moves[0].from.as_deref(), Some("hz"));
+    assert_eq!(plan.moves[0].to.as_deref(), Some("sh"));
+    assert!(!plan.moves[0].slots_change);
+    assert!(
+        plan.put_refused
+            .as_deref()
+            .is_some_and(|r| r.contains("u02")),
+        "{:?}",
+        plan.put_refused
+    );
+
+    // Without --force-moves: refused, nothing stored.
+    let out = p
+        .unitctl(&p.admin, &["table", "apply", &moved, "--yes"])
+        .await;
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("not applied: 422"), "{shown}");
+    assert!(shown.contains("unit u02: moves hz -> sh"), "{shown}");
+    assert!(
+        shown.contains("hint: move units with flips")
+            && shown.contains("an admin adds --force-moves REASON"),
+        "{shown}"
+    );
+    let stored = p.table().await;
+    assert_eq!(stored.version, 1, "nothing stored");
+    assert_eq!(stored.forced, None);
+    assert_eq!(unit(&p.status().await, "u02").region, "hz");
+
+    // With it: stored, and marked.
+    let out = p
+        .unitctl(
+            &p.admin,
+            &["table", "apply", &moved, "--yes", "--force-moves", "drill"],
+        )
+        .await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("stored as version 2 (forced: it moves units without a flip)"),
+        "{shown}"
+    );
+    let stored = p.table().await;
+    assert_eq!(stored.version, 2);
+    assert_eq!(stored.forced.as_deref(), Some("drill"));
+    assert_eq!(unit(&p.status().await, "u02").region, "sh");
+    let audit: Vec<control_api::AuditEntry> = p.get("/v1/audit").await;
+    let forced: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "table.put.forced")
+        .collect();
+    assert_eq!(forced.len(), 1, "{audit:#?}");
+    assert_eq!(forced[0].actor, "root");
+    assert_eq!(forced[0].outcome, control_api::AuditOutcome::Ok);
+    assert_eq!(forced[0].version_after, Some(2));
+    assert!(
+        forced[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("drill")),
+        "{:?}",
+        forced[0]
+    );
+    assert!(
+        audit.iter().any(|e| e.action == "table.put"
+            && e.outcome == control_api::AuditOutcome::Refused
+            && e.status == Some(422)),
+        "the refused apply is audited: {audit:#?}"
+    );
+    let out = p.unitctl(&p.operator, &["table", "get"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("(forced, moving units without a flip: drill)"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `flip-resolve` on a unit with no lock sets its state in its region (a new version when
+/// the state changes, none when it does not) and says that no lock was held.
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_resolve_sets_the_state_of_an_unlocked_unit() {
+    let p = plane().await;
+    async fn resolve(p: &Plane, state: &str) -> Output {
+        p.unitctl(
+            &p.operator,
+            &["flip-resolve", "u03", "--state", state, "--reason", "drill"],
+        )
+        .await
+    }
+    let out = resolve(&p, "write_frozen").await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("unit u03: active -> write_frozen in sh: stored as version 2"),
+        "{shown}"
+    );
+    assert!(shown.contains("no lock was held on u03"), "{shown}");
+    let status = p.status().await;
+    assert_eq!(status.version, 2);
+    let u03 = unit(&status, "u03");
+    assert_eq!(
+        (u03.region.as_str(), u03.state.as_str()),
+        ("sh", "write_frozen")
+    );
+    assert_eq!(u03.locked, None);
+    let out = p.unitctl(&p.operator, &["status"]).await;
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.starts_with("u03 ") && l.contains("write_frozen")),
+        "{}",
+        text(&out)
+    );
+
+    // The same state again: nothing to store.
+    let out = resolve(&p, "write_frozen").await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("unit u03: already write_frozen in sh: no new version (version 2 in force)"),
+        "{shown}"
+    );
+    assert_eq!(p.status().await.version, 2);
+
+    let out = resolve(&p, "active").await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("unit u03: write_frozen -> active in sh: stored as version 3"),
+        "{shown}"
+    );
+    let status = p.status().await;
+    assert_eq!(status.version, 3);
+    assert_eq!(unit(&status, "u03").state, "active");
+    let audit: Vec<control_api::AuditEntry> = p.get("/v1/audit").await;
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == "unit.resolve" && e.target == "u03")
+            .count(),
+        3,
+        "{audit:#?}"
+    );
+
+    // An unknown unit, and no reason.
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip-resolve", "u99", "--state", "active", "--reason", "x"],
+        )
+        .await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("404"), "{}", text(&out));
+    let out = p
+        .unitctl(&p.operator, &["flip-resolve", "u03", "--state", "active"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--reason"), "{}", text(&out));
+}
+
+/// A unit whose flip record was torn (and quarantined at start) is locked: `status` says so
+/// and no flip starts on it; `flip-resolve` lifts the lock, says which, and flips work again.
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_resolve_lifts_the_lock_of_a_lost_flip() {
+    let p = plane_with_store(|store| {
+        let flips = store.join("flips");
+        std::fs::create_dir_all(&flips).expect("flips dir");
+        std::fs::write(
+            flips.join("ftorn.json"),
+            r#"{"id": "ftorn", "unit": "u04", "from": "sh", "to": "sz", "mode": "plan"#,
+        )
+        .expect("torn record");
+    })
+    .await;
+    let status = p.status().await;
+    assert!(
+        unit(&status, "u04").locked.is_some(),
+        "the torn record locks u04: {status:?}"
+    );
+    let out = p.unitctl(&p.operator, &["status"]).await;
+    let shown = text(&out);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("u04 ") && l.contains("LOCKED: ")),
+        "{shown}"
+    );
+    assert!(shown.contains("unitctl flip-resolve UNIT"), "{shown}");
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip", "u04", "--to", "sz", "--delay-s", "0", "--wait"],
+        )
+        .await;
+    assert!(
+        !out.status.success() && text(&out).contains("409"),
+        "a locked unit does not flip: {}",
+        text(&out)
+    );
+
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "flip-resolve",
+                "u04",
+                "--state",
+                "active",
+                "--reason",
+                "data checked",
+            ],
+        )
+        .await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("unit u04: already active in sh: no new version (version 1 in force)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("lifted the lock of lost flip ftorn"),
+        "{shown}"
+    );
+    assert_eq!(unit(&p.status().await, "u04").locked, None);
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip", "u04", "--to", "sz", "--delay-s", "0", "--wait"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(unit(&p.status().await, "u04").region, "sz");
+}
+
+/// `gateway-forget` drops a gateway from the fleet; an unknown one is a 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_forget_drops_a_gateway() {
+    let p = plane().await;
+    let report = control_api::GatewayReport {
+        gateway: "hz-1".into(),
+        region: "hz".into(),
+        applied: 1,
+        digest: None,
+        rejected: None,
+    };
+    let reply = p
+        .client(&p.gateway)
+        .send(
+            http::Method::POST,
+            "/v1/report",
+            &[],
+            Some((
+                serde_json::to_vec(&report).expect("JSON").into(),
+                "application/json",
+            )),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("report");
+    assert!(reply.status.is_success(), "{reply:?}");
+    let out = p.unitctl(&p.operator, &["status"]).await;
+    assert!(text(&out).contains("hz-1"), "{}", text(&out));
+
+    let out = p.unitctl(&p.operator, &["gateway-forget", "hz-1"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("gateway hz-1 forgotten"),
+        "{}",
+        text(&out)
+    );
+    assert!(p.status().await.gateways.is_empty());
+    let gateways: Vec<control_api::GatewayStatus> = p.get("/v1/gateways").await;
+    assert!(gateways.is_empty(), "{gateways:?}");
+
+    let out = p.unitctl(&p.operator, &["gateway-forget", "hz-1"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("404"), "{}", text(&out));
+    let out = p.unitctl(&p.operator, &["gateway-forget", "hz/1"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
 #[test]
