@@ -174,10 +174,21 @@ fn default_poll_ms() -> u64 {
     1000
 }
 
-/// Request size limits.
+/// Request size and connection limits.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLimits {
+    /// Most client connections open at once, over every proxy listener; further ones are
+    /// closed as soon as they are accepted. 0: as many as the process's file-descriptor limit
+    /// allows, less a reserve for upstream connections, the admin listener and the table
+    /// source.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Most client connections open at once from one IP address (0: no per-address limit).
+    /// Behind a load balancer that does not pass client addresses, every connection comes
+    /// from the balancer: raise it or set 0 there.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// Most headers in a request.
     #[serde(default = "default_max_headers")]
     pub max_header_count: usize,
@@ -192,6 +203,9 @@ pub struct RequestLimits {
 fn default_max_headers() -> usize {
     100
 }
+fn default_max_connections_per_ip() -> usize {
+    1024
+}
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
@@ -202,6 +216,8 @@ fn default_max_body() -> u64 {
 impl Default for RequestLimits {
     fn default() -> Self {
         Self {
+            max_connections: 0,
+            max_connections_per_ip: default_max_connections_per_ip(),
             max_header_count: default_max_headers(),
             max_header_bytes: default_max_header_bytes(),
             max_body_bytes: default_max_body(),
@@ -222,10 +238,13 @@ pub struct Timeouts {
     /// The whole exchange up to the response head, retries included.
     #[serde(default = "default_total_ms")]
     pub total_ms: u64,
-    /// Reading a client's request head; also how long a keep-alive connection may sit idle
-    /// between requests.
+    /// Reading a client's request head; also how long a new connection may wait for its
+    /// first byte, and a keep-alive connection may sit idle between requests.
     #[serde(default = "default_header_read_ms")]
     pub client_header_ms: u64,
+    /// A client's TLS handshake.
+    #[serde(default = "default_tls_handshake_ms")]
+    pub tls_handshake_ms: u64,
     /// On SIGTERM (or after an upgrade), how long in-flight requests may take to finish.
     #[serde(default = "default_drain_s")]
     pub drain_s: u64,
@@ -246,6 +265,9 @@ fn default_header_read_ms() -> u64 {
 fn default_drain_s() -> u64 {
     30
 }
+fn default_tls_handshake_ms() -> u64 {
+    10_000
+}
 
 impl Default for Timeouts {
     fn default() -> Self {
@@ -254,6 +276,7 @@ impl Default for Timeouts {
             read_ms: default_read_ms(),
             total_ms: default_total_ms(),
             client_header_ms: default_header_read_ms(),
+            tls_handshake_ms: default_tls_handshake_ms(),
             drain_s: default_drain_s(),
         }
     }
@@ -275,6 +298,14 @@ impl Timeouts {
     /// Drain time.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_s)
+    }
+    /// Client head (and first byte, and keep-alive idle) timeout.
+    pub fn client_header(&self) -> Duration {
+        Duration::from_millis(self.client_header_ms)
+    }
+    /// Client TLS handshake timeout.
+    pub fn tls_handshake(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_ms)
     }
 }
 

@@ -10,21 +10,48 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Verdicts in request order: `true` for a request with both framing headers.
-pub type Verdicts = Arc<Mutex<VecDeque<bool>>>;
+/// What the watch of one connection shares with the requests served on it.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// Verdicts in request order: `true` for a request with both framing headers.
+    verdicts: Mutex<VecDeque<bool>>,
+    /// The connection became a tunnel (the upstream switched protocols): what follows is no
+    /// longer HTTP/1 requests.
+    tunnel: AtomicBool,
+    /// The client has sent something.
+    read_any: AtomicBool,
+}
 
-/// Take the verdict for the next request on a connection (`false` when not watched).
-pub fn next_verdict(verdicts: &Verdicts) -> bool {
-    verdicts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop_front()
-        .unwrap_or(false)
+/// The shared side of a [`FramingWatch`].
+pub type Verdicts = Arc<Watched>;
+
+impl Watched {
+    /// Take the verdict for the next request on the connection (`false` when not watched).
+    pub fn next_verdict(&self) -> bool {
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+            .unwrap_or(false)
+    }
+
+    /// The connection is a tunnel from now on: stop reading it as requests. Until this is
+    /// called every request on the connection is watched, also after an `Upgrade` or a
+    /// `CONNECT` that was refused (their next bytes are the next request).
+    pub fn tunnel_established(&self) {
+        self.tunnel.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the client has sent any byte yet.
+    pub fn read_any(&self) -> bool {
+        self.read_any.load(Ordering::Relaxed)
+    }
 }
 
 /// Largest request head followed; beyond it hyper refuses the request anyway.
@@ -41,7 +68,7 @@ enum State {
     ChunkData(u64),
     /// Reading trailer lines after the last chunk, up to an empty line.
     Trailer(Vec<u8>),
-    /// Not HTTP/1 requests any more (HTTP/2, an upgrade, or a head hyper will refuse).
+    /// Not HTTP/1 requests any more (HTTP/2, a tunnel, or a head hyper will refuse).
     Off,
 }
 
@@ -67,6 +94,10 @@ impl<I> FramingWatch<I> {
     }
 
     fn feed(&mut self, mut bytes: &[u8]) {
+        if self.verdicts.tunnel.load(Ordering::Relaxed) {
+            self.state = State::Off;
+            return;
+        }
         while !bytes.is_empty() {
             match &mut self.state {
                 State::Off => return,
@@ -154,9 +185,10 @@ impl<I> FramingWatch<I> {
         if head.starts_with(b"PRI * HTTP/2.0") {
             return State::Off;
         }
-        // Only three header names matter here, so the head is scanned line by line rather
-        // than parsed (hyper parses it, and refuses what is malformed).
-        let mut upgrade = head.starts_with(b"CONNECT ");
+        // Only two header names matter here, so the head is scanned line by line rather than
+        // parsed (hyper parses it, and refuses what is malformed). An `Upgrade` or a `CONNECT`
+        // changes nothing here: until the proxy says a tunnel was established, what follows
+        // is the next request.
         let mut has_te = false;
         let mut length: Option<Option<u64>> = None;
         let mut line_start = match memchr::memchr(b'\n', head) {
@@ -169,7 +201,7 @@ impl<I> FramingWatch<I> {
             let line = &rest[..line_end];
             line_start += line_end + 1;
             // Only names starting with these letters matter: skip the rest unread.
-            if !matches!(line.first(), Some(b't' | b'T' | b'c' | b'C' | b'u' | b'U')) {
+            if !matches!(line.first(), Some(b't' | b'T' | b'c' | b'C')) {
                 continue;
             }
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -185,18 +217,16 @@ impl<I> FramingWatch<I> {
                         .ok()
                         .and_then(|v| v.trim().parse::<u64>().ok())
                 });
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
             }
         }
         let smuggling = has_te && length.is_some();
         self.verdicts
+            .verdicts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(smuggling);
-        match (smuggling || upgrade, has_te, length) {
-            // hyper closes the connection after a request with both headers; an upgraded
-            // connection stops being HTTP/1.
+        match (smuggling, has_te, length) {
+            // The proxy refuses a request with both headers and closes the connection.
             (true, _, _) => State::Off,
             (false, true, _) => State::ChunkSize(Vec::new()),
             (false, false, Some(Some(n))) if n > 0 => State::Fixed(n),
@@ -255,9 +285,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll
-            && !matches!(this.state, State::Off)
+            && buf.filled().len() > before
         {
-            this.feed(&buf.filled()[before..]);
+            if !this.verdicts.read_any.load(Ordering::Relaxed) {
+                this.verdicts.read_any.store(true, Ordering::Relaxed);
+            }
+            if !matches!(this.state, State::Off) {
+                this.feed(&buf.filled()[before..]);
+            }
         }
         poll
     }
@@ -302,8 +337,25 @@ mod tests {
         for chunk in chunks {
             watch.feed(chunk);
         }
-        let list = verdicts.lock().expect("lock");
+        let list = verdicts.verdicts.lock().expect("lock");
         list.iter().copied().collect()
+    }
+
+    #[test]
+    fn requests_after_an_upgrade_that_did_not_happen_are_watched() {
+        let stream = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(verdicts(&[stream]), [false, true]);
+        let refused_connect = b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(verdicts(&[refused_connect]), [false, true]);
+    }
+
+    #[test]
+    fn a_tunnel_is_not_read_as_requests() {
+        let (mut watch, verdicts) = FramingWatch::new(());
+        watch.feed(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        verdicts.tunnel_established();
+        watch.feed(b"POST /b HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(verdicts.verdicts.lock().expect("lock").len(), 1);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod throttle;
 pub mod upgrade;
 pub mod upstream;
 pub mod workers;
@@ -202,7 +203,15 @@ impl Gateway {
             stress_header: stress_header.clone(),
             draining: false.into(),
         })?);
-        let tracker = Arc::new(ConnTracker::default());
+        let tracker = Arc::new(ConnTracker::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ));
+        tracing::info!(
+            max_connections = tracker.max(),
+            max_connections_per_ip = config.limits.max_connections_per_ip,
+            "client connection limits"
+        );
         let admin = Arc::new(AdminState {
             store: store.clone(),
             metrics: metrics.clone(),

@@ -103,8 +103,15 @@ fn check(config: &GatewayConfig) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rustls warns about what a client sent in its handshake (an IP address as the server
+    // name, say), once per connection: clients must not be able to fill the log. Failed
+    // handshakes are counted in `unitgate_client_connections_closed_total` instead.
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(asked) if asked.contains("rustls") => asked,
+        Ok(asked) => format!("{asked},rustls=error"),
+        Err(_) => "info,rustls=error".to_owned(),
+    };
+    let filter = tracing_subscriber::EnvFilter::new(directives);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

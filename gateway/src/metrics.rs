@@ -149,6 +149,84 @@ pub struct Metrics {
     pub hop_rejected: AtomicU64,
     /// Requests refused before routing for unsafe framing or size.
     pub malformed_requests: AtomicU64,
+    /// Client connection events, by [`ClientEvent`].
+    client_events: [AtomicU64; ClientEvent::ALL.len()],
+}
+
+/// Something a client did (or did not do) to a connection or a request body, counted without
+/// blaming any upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Accepting a connection failed (out of file descriptors, most often).
+    AcceptError,
+    /// Refused: `max_connections` reached.
+    RefusedTotal,
+    /// Refused: `max_connections_per_ip` reached.
+    RefusedPerIp,
+    /// Closed: no byte within `client_header_ms`.
+    NoFirstByte,
+    /// The TLS handshake failed.
+    TlsHandshakeFailed,
+    /// The TLS handshake took longer than `tls_handshake_ms`.
+    TlsHandshakeTimeout,
+    /// A request body with broken framing (a bad chunk).
+    BodyMalformed,
+    /// A request body cut off by the client.
+    BodyAborted,
+    /// A request body still arriving when the upstream's time ran out.
+    BodySlow,
+    /// A request body over `max_body_bytes`.
+    BodyTooLarge,
+}
+
+impl ClientEvent {
+    const ALL: [ClientEvent; 10] = [
+        ClientEvent::AcceptError,
+        ClientEvent::RefusedTotal,
+        ClientEvent::RefusedPerIp,
+        ClientEvent::NoFirstByte,
+        ClientEvent::TlsHandshakeFailed,
+        ClientEvent::TlsHandshakeTimeout,
+        ClientEvent::BodyMalformed,
+        ClientEvent::BodyAborted,
+        ClientEvent::BodySlow,
+        ClientEvent::BodyTooLarge,
+    ];
+
+    /// The metric and label it is counted under.
+    fn series(self) -> (&'static str, &'static str) {
+        match self {
+            ClientEvent::AcceptError => ("unitgate_accept_errors_total", ""),
+            ClientEvent::RefusedTotal => (
+                "unitgate_connections_refused_total",
+                "reason=\"max_connections\"",
+            ),
+            ClientEvent::RefusedPerIp => (
+                "unitgate_connections_refused_total",
+                "reason=\"max_connections_per_ip\"",
+            ),
+            ClientEvent::NoFirstByte => (
+                "unitgate_client_connections_closed_total",
+                "reason=\"no_first_byte\"",
+            ),
+            ClientEvent::TlsHandshakeFailed => (
+                "unitgate_client_connections_closed_total",
+                "reason=\"tls_handshake_failed\"",
+            ),
+            ClientEvent::TlsHandshakeTimeout => (
+                "unitgate_client_connections_closed_total",
+                "reason=\"tls_handshake_timeout\"",
+            ),
+            ClientEvent::BodyMalformed => {
+                ("unitgate_client_body_errors_total", "kind=\"malformed\"")
+            }
+            ClientEvent::BodyAborted => ("unitgate_client_body_errors_total", "kind=\"aborted\""),
+            ClientEvent::BodySlow => ("unitgate_client_body_errors_total", "kind=\"slow\""),
+            ClientEvent::BodyTooLarge => {
+                ("unitgate_client_body_errors_total", "kind=\"too_large\"")
+            }
+        }
+    }
 }
 
 /// What kind of limit refused a request, for the `limited` counter.
@@ -228,7 +306,13 @@ impl Metrics {
             cache_write_errors: AtomicU64::new(0),
             hop_rejected: AtomicU64::new(0),
             malformed_requests: AtomicU64::new(0),
+            client_events: Default::default(),
         }
+    }
+
+    /// Count a client event.
+    pub fn client_event(&self, event: ClientEvent) {
+        self.client_events[event as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn shard(&self, worker: usize) -> &RequestShard {
@@ -342,6 +426,33 @@ impl Metrics {
             "Requests refused before routing (unsafe framing, size).",
             self.malformed_requests.load(Ordering::Relaxed),
         );
+
+        let mut last = "";
+        for event in ClientEvent::ALL {
+            let (metric, label) = event.series();
+            if metric != last {
+                let help = match metric {
+                    "unitgate_accept_errors_total" => "Failed accepts of client connections.",
+                    "unitgate_connections_refused_total" => {
+                        "Client connections closed at accept: a connection limit was reached."
+                    }
+                    "unitgate_client_connections_closed_total" => {
+                        "Client connections closed before a request: silent, or a failed or slow TLS handshake."
+                    }
+                    _ => {
+                        "Request bodies that failed on the client's side; never counted against upstreams."
+                    }
+                };
+                let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+                last = metric;
+            }
+            let value = self.client_events[event as usize].load(Ordering::Relaxed);
+            if label.is_empty() {
+                let _ = writeln!(out, "{metric} {value}");
+            } else {
+                let _ = writeln!(out, "{metric}{{{label}}} {value}");
+            }
+        }
 
         out.push_str("# HELP unitgate_worker_connections Client connections each proxy worker serves now.\n# TYPE unitgate_worker_connections gauge\n");
         for (worker, shard) in self.shards.iter().enumerate() {

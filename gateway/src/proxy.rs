@@ -27,6 +27,7 @@ use serde_json::json;
 
 use crate::coarse_timer::CoarseTimer;
 use crate::config::GatewayConfig;
+use crate::framing::Verdicts;
 use crate::headers::{
     RequestHeaders, TRACEPARENT, TraceParent, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_UNITGATE_CLASS,
     X_UNITGATE_HOP, X_UNITGATE_KEY, X_UNITGATE_REGION, X_UNITGATE_SLOT, X_UNITGATE_STRESS,
@@ -37,6 +38,7 @@ use crate::hop::{HopKey, HopMarker, MAX_HOPS};
 use crate::limits::Refusal;
 use crate::metrics::{LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
+use crate::throttle::LogThrottle;
 use crate::upstream::{Body, BoxError, Upstream, empty};
 
 /// What every request handler shares.
@@ -71,16 +73,19 @@ pub struct Conn {
     pub peer_ip: HeaderValue,
     /// Whether it is TLS.
     pub tls: bool,
+    /// The connection's framing watch: told when the connection becomes a tunnel.
+    pub watch: Verdicts,
 }
 
 impl Conn {
-    /// A connection from `peer`.
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+    /// A connection from `peer`, watched by `watch`.
+    pub fn new(peer: SocketAddr, tls: bool, watch: Verdicts) -> Self {
         Self {
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             tls,
+            watch,
         }
     }
 }
@@ -518,6 +523,8 @@ async fn proxy(
         && let Some(on_client_upgrade) = on_client_upgrade
     {
         let on_upstream_upgrade = hyper::upgrade::on(&mut response);
+        // From here on the client's bytes are tunnel data, not requests.
+        conn.watch.tunnel_established();
         tokio::spawn(async move {
             if let (Ok(client), Ok(upstream)) = (on_client_upgrade.await, on_upstream_upgrade.await)
             {
@@ -532,6 +539,9 @@ async fn proxy(
     strip_hop_by_hop(response.headers_mut(), false);
     Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
 }
+
+/// Forged or stale hop markers, for the log.
+static HOP_REJECTED: LogThrottle = LogThrottle::new();
 
 /// Seconds a client is asked to wait before retrying a write to a frozen unit.
 const WRITE_FREEZE_RETRY_S: u64 = 2;
@@ -586,7 +596,11 @@ fn verify_hop(
                 .metrics
                 .hop_rejected
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(%error, "hop marker ignored");
+            // Any client can send a forged marker with every request: count each, log a line
+            // a second at most.
+            if let Some(count) = HOP_REJECTED.occurred() {
+                tracing::warn!(%error, count, "hop marker ignored (count: since the last such line)");
+            }
             None
         }
     }

@@ -1,12 +1,13 @@
 //! Listeners, TLS, connection serving and graceful drain.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use hyper::service::service_fn;
@@ -19,25 +20,100 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{self, AdminState};
 use crate::coarse_timer::CoarseTimer;
 use crate::config::{RequestLimits, TlsListen};
-use crate::framing::{FramingWatch, Verdicts, next_verdict};
-use crate::metrics::ConnectionCount;
+use crate::framing::{FramingWatch, Verdicts};
+use crate::metrics::{ClientEvent, ConnectionCount};
 use crate::proxy::{self, Conn, Shared};
+use crate::throttle::LogThrottle;
 use crate::workers::Workers;
 
 /// How long a stopping gateway keeps serving open connections before closing the idle ones.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
-/// Counts open connections, so a drain can wait for the last one.
-#[derive(Default)]
+/// File descriptors kept free of client connections when `max_connections` is derived from
+/// the process's limit: for upstream connections, the admin listener, the table source.
+const FD_RESERVE: usize = 256;
+
+/// Counts open client connections, so a drain can wait for the last one, and holds them to
+/// `max_connections` overall and `max_connections_per_ip` per client address.
 pub struct ConnTracker {
     open: AtomicUsize,
     closed: Notify,
+    max: usize,
+    max_per_ip: usize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `max_connections`.
+    Total,
+    /// `max_connections_per_ip`.
+    PerIp,
+}
+
+impl Default for ConnTracker {
+    fn default() -> Self {
+        Self::new(0, 0)
+    }
 }
 
 impl ConnTracker {
-    fn opened(self: &Arc<Self>) -> ConnGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        ConnGuard(self.clone())
+    /// A tracker admitting `max` connections (0: as the file-descriptor limit allows) and
+    /// `max_per_ip` from one address (0: any number).
+    pub fn new(max: usize, max_per_ip: usize) -> Self {
+        let max = if max == 0 {
+            fd_limit().map_or(usize::MAX, |n| n.saturating_sub(FD_RESERVE).max(16))
+        } else {
+            max
+        };
+        Self {
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+            max,
+            max_per_ip,
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The most connections admitted at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Count a new connection from `ip`, unless a limit is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Full> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.release(None);
+            return Err(Full::Total);
+        }
+        if self.max_per_ip == 0 {
+            return Ok(ConnGuard(self.clone(), None));
+        }
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_ip.entry(ip).or_default();
+        if *count >= self.max_per_ip {
+            drop(per_ip);
+            self.release(None);
+            return Err(Full::PerIp);
+        }
+        *count += 1;
+        Ok(ConnGuard(self.clone(), Some(ip)))
+    }
+
+    fn release(&self, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.closed.notify_waiters();
+        }
     }
 
     /// Open connections now.
@@ -61,15 +137,26 @@ impl ConnTracker {
     }
 }
 
-struct ConnGuard(Arc<ConnTracker>);
+/// An admitted connection, counted until dropped.
+pub struct ConnGuard(Arc<ConnTracker>, Option<IpAddr>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.notify_waiters();
-        }
+        self.0.release(self.1);
     }
 }
+
+/// The process's file-descriptor limit (soft).
+fn fd_limit() -> Option<usize> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+/// Accept errors (out of file descriptors, most often): logged once a second with a count.
+static ACCEPT_ERRORS: LogThrottle = LogThrottle::new();
+/// Connections refused by a limit: logged once a second with a count.
+static REFUSED: LogThrottle = LogThrottle::new();
 
 /// A TLS server config for `listen`: HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_config(listen: &TlsListen) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -107,17 +194,42 @@ pub async fn serve_proxy(
     tracker: Arc<ConnTracker>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Out of file descriptors, accept fails at once for as long as it lasts: back off (up to a
+    // second) instead of spinning, and log once a second.
+    let mut backoff = Duration::from_millis(5);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff = Duration::from_millis(5);
+                    accepted
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    workers.get(by).shared.metrics.client_event(ClientEvent::AcceptError);
+                    if let Some(count) = ACCEPT_ERRORS.occurred() {
+                        tracing::warn!(%error, count, "accept failed (count: since the last such line)");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
             () = stopped(&mut stop) => return,
+        };
+        let guard = match tracker.admit(peer.ip()) {
+            Ok(guard) => guard,
+            Err(full) => {
+                // Closed at once: the client learns now, and the descriptor is free again.
+                drop(stream);
+                workers.get(by).shared.metrics.client_event(match full {
+                    Full::Total => ClientEvent::RefusedTotal,
+                    Full::PerIp => ClientEvent::RefusedPerIp,
+                });
+                if let Some(count) = REFUSED.occurred() {
+                    tracing::warn!(?full, %peer, count, "connection refused: limit reached (count: since the last such line)");
+                }
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let target = workers.pick(by);
@@ -126,7 +238,7 @@ pub async fn serve_proxy(
             peer,
             tls: tls.clone(),
             builder: worker.http.clone(),
-            guards: (tracker.opened(), worker.serving()),
+            guards: (guard, worker.serving()),
             stop: stop.clone(),
         };
         let shared = worker.shared.clone();
@@ -175,19 +287,29 @@ impl Accepted {
         match tls {
             None => {
                 let (stream, verdicts) = FramingWatch::new(stream);
-                let conn = Conn::new(peer, false);
+                let conn = Conn::new(peer, false, verdicts.clone());
                 serve_connection(&builder, TokioIo::new(stream), shared, conn, verdicts, stop).await
             }
             Some(acceptor) => {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                let deadline = Instant::now() + shared.config.timeouts.tls_handshake();
+                let handshake = shared.timer.timeout_at(deadline, acceptor.accept(stream));
+                match handshake.await {
                     Ok(Ok(stream)) => {
                         let (stream, verdicts) = FramingWatch::new(stream);
-                        let conn = Conn::new(peer, true);
+                        let conn = Conn::new(peer, true, verdicts.clone());
                         let io = TokioIo::new(stream);
                         serve_connection(&builder, io, shared, conn, verdicts, stop).await
                     }
-                    Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(error)) => {
+                        shared.metrics.client_event(ClientEvent::TlsHandshakeFailed);
+                        tracing::debug!(%error, %peer, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        shared
+                            .metrics
+                            .client_event(ClientEvent::TlsHandshakeTimeout);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
                 }
             }
         }
@@ -205,14 +327,35 @@ async fn serve_connection<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let timer = shared.timer.clone();
+    let first_byte = Instant::now() + shared.config.timeouts.client_header();
+    let metrics = shared.metrics.clone();
+    let watched = verdicts.clone();
     let service = service_fn(move |request| {
-        let smuggling = next_verdict(&verdicts);
+        let smuggling = verdicts.next_verdict();
         proxy::handle(shared.clone(), conn.clone(), request, smuggling)
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let until_stopped = UntilStopped::new(connection.as_mut(), stopped(&mut stop));
-    if let Some(result) = until_stopped.await {
+    tokio::pin!(until_stopped);
+    // A connection that never sends a byte is closed after `client_header_ms`: hyper's head
+    // timeout starts only with the first byte, and a silent connection would otherwise hold
+    // its descriptor and memory for ever.
+    let early = tokio::select! {
+        biased;
+        ended = until_stopped.as_mut() => Some(ended),
+        () = timer.deadline(first_byte) => None,
+    };
+    let ended = match early {
+        Some(ended) => ended,
+        None if !watched.read_any() => {
+            metrics.client_event(ClientEvent::NoFirstByte);
+            return;
+        }
+        None => until_stopped.as_mut().await,
+    };
+    if let Some(result) = ended {
         if let Err(error) = result {
             tracing::debug!(%error, %peer, "connection ended with an error");
         }

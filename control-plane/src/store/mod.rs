@@ -55,7 +55,7 @@ impl UnitBlock {
     /// The sentence API answers and the status show.
     pub fn describe(&self) -> String {
         format!(
-            "flip {} of unit {} could not be recovered ({}); resolve the unit with `unitctl flip-resolve {} --state active|write_frozen` (POST /v1/units/{}/resolve)",
+            "flip {} of unit {} could not be recovered ({}); resolve the unit with `unitctl flip-resolve {} --state active|write_frozen --reason \"...\"` (POST /v1/units/{}/resolve)",
             self.flip, self.unit, self.reason, self.unit, self.unit
         )
     }
@@ -474,8 +474,12 @@ impl Store {
         registry: &Registry,
     ) -> Result<(), StoreError> {
         match self {
+            // One replica: the registry in this process holds `status` already.
             Store::File(_) if new => self.persist_fleet(registry).await,
-            Store::File(_) => Ok(()),
+            Store::File(_) => {
+                let _ = status;
+                Ok(())
+            }
             #[cfg(feature = "etcd")]
             Store::Etcd(s) => {
                 let _ = (new, registry);
@@ -500,7 +504,11 @@ impl Store {
     /// does not miss a gateway whose news is still on its way through this replica's watch).
     pub async fn refresh_fleet(&self, registry: &Registry) -> Result<(), StoreError> {
         match self {
-            Store::File(_) => Ok(()),
+            // One replica: the registry in this process is the whole fleet.
+            Store::File(_) => {
+                let _ = registry;
+                Ok(())
+            }
             #[cfg(feature = "etcd")]
             Store::Etcd(s) => {
                 for status in s.fleet().await? {
