@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use router_rules::table::RegionIndex;
 use router_rules::{Action, Balance, Class, RequestView};
 use serde_json::json;
 
+use crate::client_body::{BodyFault, BodyState, ClientBody};
 use crate::coarse_timer::CoarseTimer;
 use crate::config::GatewayConfig;
 use crate::framing::Verdicts;
@@ -36,7 +37,7 @@ use crate::headers::{
 };
 use crate::hop::{HopKey, HopMarker, MAX_HOPS};
 use crate::limits::Refusal;
-use crate::metrics::{LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
+use crate::metrics::{ClientEvent, LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
 use crate::throttle::LogThrottle;
 use crate::upstream::{Body, BoxError, Upstream, empty};
@@ -436,10 +437,8 @@ async fn proxy(
     let total_deadline = ctx.start + timeouts.total();
     parts.uri = upstream_uri(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
-    let mut request = Some(Request::from_parts(
-        parts,
-        limit_body(body, limits.max_body_bytes),
-    ));
+    let (client_body, body_state) = ClientBody::new(body, limits.max_body_bytes);
+    let mut request = Some(Request::from_parts(parts, client_body.boxed()));
     let exchange = async {
         let attempts = if retryable {
             pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
@@ -492,6 +491,9 @@ async fn proxy(
                 }
                 Err(_) => UpstreamFailure::Timeout,
             };
+            if let Some(reply) = client_fault(&shared.metrics, &body_state, failure) {
+                return Err(reply);
+            }
             shared.metrics.upstream_error(endpoint.id, failure);
             let health = &shared.config.health_check;
             endpoint.health.failure(
@@ -577,8 +579,35 @@ fn limited(refusal: Refusal, scope: &str, name: &str) -> Reply {
     reply
 }
 
-fn limit_body(body: Incoming, max: u64) -> Body {
-    Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed()
+/// The answer when an exchange failed through the client's own doing — a broken, cut-off or
+/// oversize body, or one still arriving when the upstream's time ran out — counted as the
+/// client's and never against the upstream.
+fn client_fault(metrics: &Metrics, body: &BodyState, failure: UpstreamFailure) -> Option<Reply> {
+    let (event, status, error) = match body.fault() {
+        Some(fault) => (
+            fault.event(),
+            match fault {
+                BodyFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyFault::Malformed | BodyFault::Aborted => StatusCode::BAD_REQUEST,
+            },
+            match fault {
+                BodyFault::TooLarge => "request body too large",
+                BodyFault::Malformed => "malformed request body",
+                BodyFault::Aborted => "request body cut off by the client",
+            },
+        ),
+        None if matches!(failure, UpstreamFailure::Timeout) && !body.done() => (
+            ClientEvent::BodySlow,
+            StatusCode::REQUEST_TIMEOUT,
+            "request body too slow",
+        ),
+        None => return None,
+    };
+    metrics.client_event(event);
+    let mut reply = Reply::new(status, json!({ "error": error }));
+    // What is left of the body on the connection cannot be trusted as the next request.
+    reply.close = true;
+    Some(reply)
 }
 
 fn verify_hop(

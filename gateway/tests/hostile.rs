@@ -1,0 +1,315 @@
+//! Hostile clients at the edge: they cannot eject healthy upstreams, hold connections open
+//! without a word, exhaust the gateway's connections, or slip past the framing checks.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(5);
+
+/// Everything the gateway sends on `stream` until it closes it (or `T` passes: a failure).
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(T, stream.read_to_end(&mut all))
+        .await
+        .expect("the gateway closed the connection")
+        .ok();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Send `bytes` on a fresh connection and read what comes back until the gateway closes.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    read_until_closed(&mut stream).await
+}
+
+/// The value of a metric line `name` (labels included) on the admin listener.
+async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let text = get_text(&client(), admin, "/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_broken_body_never_counts_against_the_upstream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = Echo::start("app", "local").await;
+    // One failure would eject the endpoint: a client's fault must not count as one.
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[echo.addr],
+        "health_check: { interval_ms: 0, eject_after_failures: 1, eject_for_ms: 600000 }\ntimeouts: { read_ms: 300 }\nlimits: { max_body_bytes: 1024 }\n",
+    )
+    .await;
+    let addr = gateway.http_addrs[0];
+    let head = "POST /orders HTTP/1.1\r\nHost: shop\r\nX-User-Id: 7\r\n";
+    // A malformed chunk size.
+    let bad_chunk = exchange(
+        addr,
+        format!("{head}Transfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(bad_chunk.starts_with("HTTP/1.1 400"), "{bad_chunk}");
+    // A chunked body over the limit (20 KB against 1 KB).
+    let mut big = format!("{head}Transfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..20 {
+        big.push_str(&format!("400\r\n{}\r\n", "x".repeat(1024)));
+    }
+    big.push_str("0\r\n\r\n");
+    let too_large = exchange(addr, big.as_bytes()).await;
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    // A body that stops coming: the upstream's time runs out while the body is incomplete.
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(format!("{head}Content-Length: 10\r\n\r\nab").as_bytes())
+        .await
+        .expect("write");
+    let slow = read_until_closed(&mut slow).await;
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    // A body cut off: the client closes its side half-way.
+    let mut aborted = TcpStream::connect(addr).await.expect("connect");
+    aborted
+        .write_all(format!("{head}Content-Length: 100\r\n\r\nonly ten b").as_bytes())
+        .await
+        .expect("write");
+    aborted.shutdown().await.expect("half-close");
+    let _ = read_until_closed(&mut aborted).await;
+
+    let admin = gateway.admin_addr;
+    assert_eq!(
+        metric(
+            admin,
+            "unitgate_client_body_errors_total{kind=\"malformed\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "unitgate_client_body_errors_total{kind=\"too_large\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(admin, "unitgate_client_body_errors_total{kind=\"slow\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(admin, "unitgate_client_body_errors_total{kind=\"aborted\"}").await,
+        Some(1.0)
+    );
+    let metrics = get_text(&client(), admin, "/metrics").await;
+    assert!(
+        !metrics.contains("unitgate_upstream_errors_total{"),
+        "no upstream error was counted:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "unitgate_upstream_healthy{{region=\"local\",service=\"app\",endpoint=\"{}\"}} 1",
+            echo.addr
+        )),
+        "{metrics}"
+    );
+    // And a good request still goes through.
+    let (status, _, _) = send(
+        &client(),
+        request("POST", addr, "/orders", &[("x-user-id", "7")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = Echo::start("app", "local").await;
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[echo.addr],
+        "timeouts: { client_header_ms: 200 }\n",
+    )
+    .await;
+    let mut silent = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    assert_eq!(read_until_closed(&mut silent).await, "");
+    assert_eq!(
+        metric(
+            gateway.admin_addr,
+            "unitgate_client_connections_closed_total{reason=\"no_first_byte\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    // A connection that has spoken is not cut by that deadline: its request is answered.
+    let (status, _, _) = send(
+        &client(),
+        request("GET", gateway.http_addrs[0], "/x", &[("x-user-id", "1")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_connections_are_closed() {
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("key");
+    let echo = Echo::start("app", "local").await;
+    let table_path = dir.path().join("table.yaml");
+    let table = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/minimal.yaml"),
+    )
+    .expect("minimal")
+    .replace("127.0.0.1:9000", &echo.addr.to_string());
+    std::fs::write(&table_path, table).expect("table");
+    let mut config = gateway_config("local", &table_path, &dir.path().join("cache"));
+    config.listen.http.clear();
+    config.timeouts.client_header_ms = 200;
+    config.timeouts.tls_handshake_ms = 200;
+    let tls = gateway::config::TlsListen {
+        address: "127.0.0.1:0".parse().expect("addr"),
+        cert: cert_path,
+        key: key_path,
+    };
+    let listeners = gateway::Listeners {
+        http: vec![],
+        https: vec![(
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+            gateway::server::tls_config(&tls).expect("tls"),
+        )],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    };
+    let gateway = gateway::Gateway::start(config, listeners)
+        .await
+        .expect("starts");
+    let addr = gateway.https_addrs[0];
+
+    // No handshake at all.
+    let mut no_hello = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(read_until_closed(&mut no_hello).await, "");
+    assert_eq!(
+        metric(
+            gateway.admin_addr,
+            "unitgate_client_connections_closed_total{reason=\"tls_handshake_timeout\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    // A handshake, then nothing.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.cert.der().to_vec()))
+        .expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(read_until_closed(&mut tls).await, "");
+    assert_eq!(
+        metric(
+            gateway.admin_addr,
+            "unitgate_client_connections_closed_total{reason=\"no_first_byte\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_address_are_capped_and_the_admin_still_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = Echo::start("app", "local").await;
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[echo.addr],
+        "limits: { max_connections_per_ip: 2 }\ntimeouts: { client_header_ms: 60000 }\n",
+    )
+    .await;
+    let addr = gateway.http_addrs[0];
+    let held = [
+        TcpStream::connect(addr).await.expect("connect"),
+        TcpStream::connect(addr).await.expect("connect"),
+    ];
+    // The third from the same address is closed as soon as it is accepted.
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    let _ = third
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\n\r\n")
+        .await;
+    let answer = read_until_closed(&mut third).await;
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        metric(
+            gateway.admin_addr,
+            "unitgate_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        )
+        .await,
+        Some(1.0),
+        "the admin listener answers while the proxy is full"
+    );
+    // One closed, there is room again (once the gateway has seen it go).
+    drop(held);
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        if read_until_closed(&mut stream)
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no room came back");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_framing_check_covers_requests_after_an_upgrade_that_did_not_happen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = Echo::start("app", "local").await;
+    let gateway = gateway_with_pool(dir.path(), &[echo.addr], "").await;
+    let addr = gateway.http_addrs[0];
+    let smuggled = "POST /b HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    // The upstream answers 200, not 101: the connection stays HTTP/1.
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n{smuggled}"
+    );
+    let answer = exchange(addr, upgrade.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert_eq!(
+        echo.count(),
+        1,
+        "only the upgrade request reached the upstream"
+    );
+    // A CONNECT the gateway refuses.
+    let connect = format!("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n{smuggled}");
+    let answer = exchange(addr, connect.as_bytes()).await;
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+    assert_eq!(echo.count(), 1, "{answer}");
+}
