@@ -91,12 +91,17 @@ impl ControlPlane {
         }
         cp.recover_flips().await;
         if !cp.store.is_shared() {
-            // The file store records the fleet's versions and heartbeats once a second.
+            // The file store records the fleet when a gateway's version changes (coalesced:
+            // one write for any number of reports meanwhile), and heartbeats once a second.
             let weak = Arc::downgrade(&cp);
+            let registry = cp.registry.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
-                    tick.tick().await;
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = registry.material_change() => {}
+                    }
                     let Some(cp) = weak.upgrade() else { return };
                     if let Err(error) = cp.store.persist_fleet(&cp.registry).await {
                         tracing::warn!(%error, "cannot record the fleet");

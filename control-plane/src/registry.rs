@@ -24,6 +24,8 @@ pub struct Registry {
     stale_after_ms: u64,
     /// Something changed since the fleet was last persisted.
     dirty: AtomicBool,
+    /// Something a restart must not lose changed (a version applied, a region): persist soon.
+    material: tokio::sync::Notify,
 }
 
 struct Known {
@@ -107,7 +109,13 @@ impl Registry {
             changed: watch::channel(0).0,
             stale_after_ms: u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
             dirty: AtomicBool::new(false),
+            material: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves when something a restart must not lose changed since the last call.
+    pub async fn material_change(&self) {
+        self.material.notified().await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Known>> {
@@ -160,6 +168,10 @@ impl Registry {
             }
         });
         let entry = &mut known.status;
+        let material = new
+            || entry.region != sighting.region
+            || entry.applied_version != sighting.applied
+            || entry.diverged != sighting.diverged;
         entry.region = sighting.region;
         entry.applied_version = sighting.applied;
         entry.digest = sighting.digest;
@@ -171,6 +183,9 @@ impl Registry {
         let status = entry.clone();
         drop(gateways);
         self.dirty.store(true, Ordering::Relaxed);
+        if material {
+            self.material.notify_one();
+        }
         self.changed.send_modify(|n| *n += 1);
         (status, new)
     }

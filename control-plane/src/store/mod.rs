@@ -465,8 +465,8 @@ impl Store {
 
     /// Record what this replica learned of a gateway. etcd: at once, so that every replica
     /// waits for it. File: a gateway new to the fleet at once; other changes when
-    /// [`Store::persist_fleet`] next runs (a restart then finds the gateway with an older
-    /// version, which only makes a flip wait for its report).
+    /// [`Store::persist_fleet`] next runs, woken by the change (a restart in between finds the
+    /// gateway with an older version, which only makes a flip wait for its report).
     pub async fn record_gateway(
         &self,
         status: &GatewayStatus,
