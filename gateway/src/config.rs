@@ -65,6 +65,11 @@ pub struct GatewayConfig {
     /// tagged to upstreams and counted apart.
     #[serde(default = "default_stress_header")]
     pub stress_test_header: String,
+    /// Proxies in front of the gateway (CIDRs, e.g. a load balancer's `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` and `X-Forwarded-Proto` are kept (and appended to). From any other
+    /// peer they are replaced: a client cannot claim another address or `https`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 fn yes() -> bool {

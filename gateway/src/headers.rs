@@ -78,8 +78,11 @@ pub struct RequestHeaders {
     /// `Upgrade` is there, and `Connection` lists `upgrade`.
     upgrade: bool,
     connection_upgrade: bool,
-    /// `Host` is there.
-    pub host: bool,
+    /// The first `Host`, and how many there are.
+    pub host: Option<HeaderValue>,
+    pub hosts: usize,
+    /// How many `Cookie` headers there are.
+    pub cookies: usize,
     /// `X-Forwarded-For` / `X-Forwarded-Proto` are there.
     pub forwarded_for: bool,
     pub forwarded_proto: bool,
@@ -101,7 +104,12 @@ impl RequestHeaders {
                     && value.as_bytes().eq_ignore_ascii_case(b"chunked");
                 seen.hop_by_hop = true;
             } else if *name == header::HOST {
-                seen.host = true;
+                seen.hosts += 1;
+                if seen.host.is_none() {
+                    seen.host = Some(value.clone());
+                }
+            } else if *name == header::COOKIE {
+                seen.cookies += 1;
             } else if *name == header::CONNECTION {
                 seen.hop_by_hop = true;
                 seen.connection_upgrade |= lists_token(value, "upgrade");
@@ -162,6 +170,69 @@ impl RequestHeaders {
     pub fn is_upgrade(&self) -> bool {
         self.upgrade && self.connection_upgrade
     }
+}
+
+/// The methods the gateway forwards. Methods are case-sensitive tokens (RFC 9110 9.1): `get`
+/// is not `GET`, and an extension method no upstream here is known to serve is refused rather
+/// than guessed at.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Check a request's method, and its `Host` against RFC 9112 section 3.2 (HTTP/1) and RFC
+/// 9113 section 8.3.1 (HTTP/2): exactly one valid `Host` in HTTP/1.1, no user info, and an
+/// HTTP/2 `:authority` that agrees with any `Host`. The error is the status and what is
+/// wrong.
+pub fn check_request_line(
+    method: &http::Method,
+    version: http::Version,
+    uri: &http::Uri,
+    seen: &RequestHeaders,
+) -> Result<(), (http::StatusCode, &'static str)> {
+    use http::StatusCode;
+    let method = method.as_str();
+    if !METHODS.contains(&method) {
+        return Err(if method.len() > 16 {
+            (StatusCode::BAD_REQUEST, "method too long")
+        } else {
+            (StatusCode::NOT_IMPLEMENTED, "method not implemented")
+        });
+    }
+    let authority = uri.authority();
+    if authority.is_some_and(|a| a.as_str().contains('@')) {
+        return Err((StatusCode::BAD_REQUEST, "user info in the request target"));
+    }
+    if seen.hosts > 1 {
+        return Err((StatusCode::BAD_REQUEST, "several Host headers"));
+    }
+    let host = match &seen.host {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|h| !h.contains('@'))
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .ok_or((StatusCode::BAD_REQUEST, "invalid Host"))?,
+        ),
+        None => None,
+    };
+    match version {
+        http::Version::HTTP_2 | http::Version::HTTP_3 => {
+            if let (Some(authority), Some(host)) = (authority, &host)
+                && authority != host
+            {
+                return Err((StatusCode::BAD_REQUEST, ":authority and Host disagree"));
+            }
+            if authority.is_none() && host.is_none() {
+                return Err((StatusCode::BAD_REQUEST, "no :authority and no Host"));
+            }
+        }
+        http::Version::HTTP_11 if host.is_none() => {
+            return Err((StatusCode::BAD_REQUEST, "missing Host"));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitively).
@@ -378,7 +449,7 @@ mod tests {
             ]),
             &HeaderName::from_static("x-load-test"),
         );
-        assert!(seen.host && seen.hop_by_hop && seen.internal && seen.stress);
+        assert!(seen.host.is_some() && seen.hop_by_hop && seen.internal && seen.stress);
         assert!(seen.is_upgrade());
         assert!(seen.forwarded_for && !seen.forwarded_proto);
         assert_eq!(

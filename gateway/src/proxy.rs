@@ -32,7 +32,7 @@ use crate::framing::Verdicts;
 use crate::headers::{
     RequestHeaders, TRACEPARENT, TraceParent, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_UNITGATE_CLASS,
     X_UNITGATE_HOP, X_UNITGATE_KEY, X_UNITGATE_REGION, X_UNITGATE_SLOT, X_UNITGATE_STRESS,
-    X_UNITGATE_TABLE_VERSION, X_UNITGATE_UNIT, header_safe, strip_hop_by_hop,
+    X_UNITGATE_TABLE_VERSION, X_UNITGATE_UNIT, check_request_line, header_safe, strip_hop_by_hop,
     strip_internal_headers,
 };
 use crate::hop::{HopKey, HopMarker, MAX_HOPS};
@@ -76,17 +76,24 @@ pub struct Conn {
     pub tls: bool,
     /// The connection's framing watch: told when the connection becomes a tunnel.
     pub watch: Verdicts,
+    /// The peer is one of `trusted_proxies`: its `X-Forwarded-*` headers are kept.
+    pub trusted_proxy: bool,
 }
 
 impl Conn {
-    /// A connection from `peer`, watched by `watch`.
-    pub fn new(peer: SocketAddr, tls: bool, watch: Verdicts) -> Self {
+    /// A connection from `peer`, watched by `watch`; `config` says whether it is a trusted
+    /// proxy.
+    pub fn new(peer: SocketAddr, tls: bool, watch: Verdicts, config: &GatewayConfig) -> Self {
         Self {
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             tls,
             watch,
+            trusted_proxy: config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer.ip())),
         }
     }
 }
@@ -227,6 +234,18 @@ async fn proxy(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         framing_refusal(why)
     })?;
+    check_request_line(request.method(), request.version(), request.uri(), &seen).map_err(
+        |(status, why)| {
+            shared
+                .metrics
+                .malformed_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Reply::new(status, json!({"error": why}))
+        },
+    )?;
+    if seen.cookies > 1 && request.version() >= Version::HTTP_2 {
+        join_cookies(request.headers_mut());
+    }
     let limits = shared.config.limits;
     if request.headers().len() > limits.max_header_count {
         return Err(Reply::new(
@@ -388,7 +407,8 @@ async fn proxy(
     }
 
     // Phase 6: forward.
-    forwarding_headers(&mut parts, &seen, upgrade, conn, &trace);
+    let trusted = conn.trusted_proxy || hop_in.is_some();
+    forwarding_headers(&mut parts, &seen, upgrade, conn, trusted, &trace);
     let (pool, affinity_key) = match target {
         Target::Local(pool) => {
             add_unit_headers(
@@ -644,13 +664,16 @@ fn framing_refusal(why: &str) -> Reply {
     reply
 }
 
-/// Headers for the next hop: hop-by-hop ones removed, `Host` kept (or made from an HTTP/2
-/// authority), `X-Forwarded-For`/`-Proto` and the trace context set.
+/// Headers for the next hop: hop-by-hop ones removed, `Host` the authority the request was
+/// routed by (an absolute-form target's or HTTP/2's `:authority` replaces it),
+/// `X-Forwarded-For`/`-Proto` and the trace context set. The client's `X-Forwarded-*` are
+/// kept only from a `trusted` peer (a configured proxy, or another gateway's hop).
 fn forwarding_headers(
     parts: &mut Parts,
     seen: &RequestHeaders,
     upgrade: bool,
     conn: &Conn,
+    trusted: bool,
     trace: &TraceParent,
 ) {
     if seen.hop_by_hop {
@@ -658,16 +681,14 @@ fn forwarding_headers(
     }
     // Room for what this function and `add_unit_headers` add, so the map grows once.
     parts.headers.reserve(ADDED_HEADERS);
-    if !seen.host
-        && let Some(host) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    if let Some(host) = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         parts.headers.insert(header::HOST, host);
     }
-    let previous = seen
-        .forwarded_for
+    let previous = (trusted && seen.forwarded_for)
         .then(|| parts.headers.get(&X_FORWARDED_FOR))
         .flatten();
     let forwarded_for = match previous.map(HeaderValue::as_bytes) {
@@ -681,7 +702,7 @@ fn forwarding_headers(
         None => conn.peer_ip.clone(),
     };
     parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
-    if !seen.forwarded_proto {
+    if !(trusted && seen.forwarded_proto) {
         parts.headers.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
@@ -714,6 +735,21 @@ fn add_unit_headers(
     }
     if stress {
         headers.insert(X_UNITGATE_STRESS, HeaderValue::from_static("1"));
+    }
+}
+
+/// HTTP/2 may split `Cookie` into several fields; an HTTP/1 upstream (and the routing key's
+/// cookie lookup) expects one, joined with `"; "` (RFC 9113 section 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
     }
 }
 

@@ -287,7 +287,7 @@ impl Accepted {
         match tls {
             None => {
                 let (stream, verdicts) = FramingWatch::new(stream);
-                let conn = Conn::new(peer, false, verdicts.clone());
+                let conn = Conn::new(peer, false, verdicts.clone(), &shared.config);
                 serve_connection(&builder, TokioIo::new(stream), shared, conn, verdicts, stop).await
             }
             Some(acceptor) => {
@@ -296,7 +296,7 @@ impl Accepted {
                 match handshake.await {
                     Ok(Ok(stream)) => {
                         let (stream, verdicts) = FramingWatch::new(stream);
-                        let conn = Conn::new(peer, true, verdicts.clone());
+                        let conn = Conn::new(peer, true, verdicts.clone(), &shared.config);
                         let io = TokioIo::new(stream);
                         serve_connection(&builder, io, shared, conn, verdicts, stop).await
                     }

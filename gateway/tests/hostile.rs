@@ -313,3 +313,118 @@ async fn the_framing_check_covers_requests_after_an_upgrade_that_did_not_happen(
     assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
     assert_eq!(echo.count(), 1, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_method_are_checked_before_routing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = Echo::start("app", "local").await;
+    let gateway = gateway_with_pool(dir.path(), &[echo.addr], "").await;
+    let addr = gateway.http_addrs[0];
+    let rest = "X-User-Id: 1\r\nConnection: close\r\n\r\n";
+    for (head, status) in [
+        ("GET /x HTTP/1.1\r\n", "400"),
+        ("GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n", "400"),
+        ("GET /x HTTP/1.1\r\nHost: a b\r\n", "400"),
+        ("GET /x HTTP/1.1\r\nHost: user@a\r\n", "400"),
+        ("GET http://user@a/x HTTP/1.1\r\nHost: a\r\n", "400"),
+        ("get /x HTTP/1.1\r\nHost: a\r\n", "501"),
+        ("BREW /x HTTP/1.1\r\nHost: a\r\n", "501"),
+        (
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ /x HTTP/1.1\r\nHost: a\r\n",
+            "400",
+        ),
+    ] {
+        let answer = exchange(addr, format!("{head}{rest}").as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {answer}"
+        );
+    }
+    assert_eq!(echo.count(), 0, "none of them reached the upstream");
+    // Absolute form: the target's authority is the Host, whatever Host says.
+    let answer = exchange(
+        addr,
+        format!("GET http://real.example/x HTTP/1.1\r\nHost: other.example\r\n{rest}").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // HTTP/1.0 may leave Host out.
+    let answer = exchange(addr, format!("GET /x HTTP/1.0\r\n{rest}").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let received = echo.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].headers["host"], "real.example");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_must_agree_with_host_and_cookies_are_joined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = Echo::start("app", "local").await;
+    let gateway = gateway_with_pool(dir.path(), &[echo.addr], "").await;
+    let tcp = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(connection);
+    let request = |host: Option<&str>, cookies: &[&str]| {
+        let mut builder = http::Request::get("http://shop.example/x").header("x-user-id", "1");
+        if let Some(host) = host {
+            builder = builder.header("host", host);
+        }
+        for cookie in cookies {
+            builder = builder.header("cookie", *cookie);
+        }
+        builder
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request")
+    };
+    let refused = sender
+        .send_request(request(Some("internal.example"), &[]))
+        .await
+        .expect("answered");
+    assert_eq!(refused.status(), 400);
+    assert_eq!(echo.count(), 0);
+    let joined = sender
+        .send_request(request(Some("shop.example"), &["a=1", "b=2"]))
+        .await
+        .expect("answered");
+    assert_eq!(joined.status(), 200);
+    let received = echo.received();
+    assert_eq!(received[0].headers["cookie"], "a=1; b=2");
+    assert_eq!(received[0].headers["host"], "shop.example");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
+    let spoof = [
+        ("x-user-id", "1"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+    ];
+    for (extra, forwarded_for, proto) in [
+        ("", "127.0.0.1", "http"),
+        (
+            "trusted_proxies: [\"127.0.0.0/8\"]\n",
+            "6.6.6.6, 127.0.0.1",
+            "https",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let echo = Echo::start("app", "local").await;
+        let gateway = gateway_with_pool(dir.path(), &[echo.addr], extra).await;
+        let (status, _, _) = send(
+            &client(),
+            request("GET", gateway.http_addrs[0], "/x", &spoof),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let headers = &echo.received()[0].headers;
+        assert_eq!(headers["x-forwarded-for"], forwarded_for, "{extra}");
+        assert_eq!(headers["x-forwarded-proto"], proto, "{extra}");
+    }
+}
