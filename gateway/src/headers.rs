@@ -305,19 +305,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// `value` as a header value, percent-encoding bytes a header cannot carry.
 pub fn header_safe(value: &str) -> HeaderValue {
-    HeaderValue::from_str(value).unwrap_or_else(|_| {
-        let encoded: String = value
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_graphic() && b != b'%' {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
-    })
+    // `%` is always encoded, so a key's header value names exactly one key: a literal `%00`
+    // is `%2500`, a decoded NUL `%00`.
+    let plain = |b: &u8| b.is_ascii_graphic() && *b != b'%';
+    if value.bytes().all(|b| plain(&b))
+        && let Ok(header) = HeaderValue::from_str(value)
+    {
+        return header;
+    }
+    let mut encoded = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if plain(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// W3C trace context: the trace id is kept across every hop; each gateway is a span.
@@ -394,6 +398,24 @@ fn hex_into(out: &mut [u8], n: u64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_key_header_names_exactly_one_key() {
+        let cases = [
+            ("4321", "4321"),
+            ("%00", "%2500"),
+            ("\u{0}", "%00"),
+            ("a b", "a%20b"),
+            ("j\u{fc}rgen", "j%C3%BCrgen"),
+        ];
+        for (key, header) in cases {
+            assert_eq!(
+                super::header_safe(key).to_str().ok(),
+                Some(header),
+                "{key:?}"
+            );
+        }
+    }
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

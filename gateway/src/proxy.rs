@@ -298,6 +298,9 @@ async fn proxy(
             fallback: decision.fallback_region.map(|r| r.index),
             slot: decision.slot,
             key: decision.key.as_ref().map(|k| k.as_str().to_owned()),
+            invalid_key: decision
+                .key_error
+                .map(|e| (e, decision.key_source.map(ToString::to_string))),
         }
     };
     let table = &snapshot.table;
@@ -324,6 +327,16 @@ async fn proxy(
             return Err(Reply::new(
                 StatusCode::BAD_REQUEST,
                 json!({"error": "missing routing key", "route": &*route.name, "tried": route.key_sources.iter().map(ToString::to_string).collect::<Vec<_>>(), "table_version": ctx.version}),
+            ));
+        }
+        (Action::InvalidKey, Some(_)) => {
+            let (error, source) = routed
+                .invalid_key
+                .clone()
+                .unwrap_or((router_rules::KeyError::Undecodable, None));
+            return Err(Reply::new(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid routing key", "reason": error.as_str(), "detail": error.message(), "source": source, "table_version": ctx.version}),
             ));
         }
         (Action::WriteFrozen, Some(_)) => {
@@ -583,6 +596,8 @@ struct Routed {
     fallback: Option<RegionIndex>,
     slot: Option<u32>,
     key: Option<String>,
+    /// Why the key found cannot be used, and where it was found.
+    invalid_key: Option<(router_rules::KeyError, Option<String>)>,
 }
 
 enum Target<'s> {

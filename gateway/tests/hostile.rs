@@ -428,3 +428,25 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
         assert_eq!(headers["x-forwarded-proto"], proto, "{extra}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_keys_are_one_length_and_unambiguous() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = Echo::start("app", "local").await;
+    let gateway = gateway_with_pool(dir.path(), &[echo.addr], "").await;
+    let addr = gateway.http_addrs[0];
+    let long = "7".repeat(200);
+    for (head, why) in [
+        (format!("X-User-Id: {long}\r\n"), "too_long"),
+        ("X-User-Id: 1\r\nX-User-Id: 2\r\n".to_owned(), "ambiguous"),
+    ] {
+        let answer = exchange(
+            addr,
+            format!("GET /x HTTP/1.1\r\nHost: a\r\n{head}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains(why), "{answer}");
+    }
+    assert_eq!(echo.count(), 0);
+}

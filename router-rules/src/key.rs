@@ -1,8 +1,11 @@
 //! Routing key extraction: header, cookie, query parameter, path segment, JWT claim.
 //!
 //! Extraction never allocates. A key that must be decoded (percent-escapes, JWT claims) is
-//! copied into a fixed inline buffer; a decoded key longer than [`MAX_DECODED_KEY_LEN`] does
-//! not count as found.
+//! copied into a fixed inline buffer. A key that is there but cannot be used is an error, not
+//! a missing key: longer than [`MAX_KEY_LEN`] bytes once decoded (whatever its source), not
+//! decodable, or ambiguous — its source given twice (two `X-User-Id` headers, two `uid`
+//! cookies or query parameters), where the gateway would route by one while the upstream
+//! may read another.
 
 use std::fmt;
 
@@ -13,8 +16,59 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use crate::raw::RawKeySource;
 use crate::request::RequestView;
 
-/// Longest key that can be decoded (from a JWT claim or a percent-encoded value), in bytes.
-pub const MAX_DECODED_KEY_LEN: usize = 128;
+/// Longest routing key, in bytes after decoding, from any source.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// Why a key that is present cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// Longer than [`MAX_KEY_LEN`] bytes once decoded.
+    TooLong,
+    /// Bad percent-encoding, or not UTF-8 once decoded.
+    Undecodable,
+    /// The source appears more than once.
+    Ambiguous,
+}
+
+impl KeyError {
+    /// `too_long`, `undecodable`, `ambiguous`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyError::TooLong => "too_long",
+            KeyError::Undecodable => "undecodable",
+            KeyError::Ambiguous => "ambiguous",
+        }
+    }
+
+    /// What is wrong, for the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            KeyError::TooLong => "the routing key is longer than 128 bytes",
+            KeyError::Undecodable => "the routing key is not valid percent-encoded UTF-8",
+            KeyError::Ambiguous => "the routing key is given more than once",
+        }
+    }
+}
+
+/// What a key source found: nothing, a key, or a key that cannot be used.
+pub type Extracted<'r> = Result<Option<RoutingKey<'r>>, KeyError>;
+
+/// A found key, checked against [`MAX_KEY_LEN`].
+fn borrowed(value: &str) -> Extracted<'_> {
+    if value.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong);
+    }
+    Ok(Some(RoutingKey::Borrowed(value)))
+}
+
+/// The one item `items` yields, if any; two or more are ambiguous.
+fn only<T>(mut items: impl Iterator<Item = T>) -> Result<Option<T>, KeyError> {
+    match (items.next(), items.next()) {
+        (first, None) => Ok(first),
+        (Some(_), Some(_)) => Err(KeyError::Ambiguous),
+        (None, Some(_)) => Ok(None),
+    }
+}
 
 /// Longest JWT payload read, in bytes after base64 decoding.
 pub const MAX_JWT_PAYLOAD_LEN: usize = 4096;
@@ -46,33 +100,55 @@ impl KeySource {
         }
     }
 
-    /// The key this source finds in `request`, if any. Empty values do not count.
-    pub fn extract<'r, R: RequestView>(&self, request: &'r R) -> Option<RoutingKey<'r>> {
+    /// The key this source finds in `request`: none (empty values do not count), one, or
+    /// one that cannot be used ([`KeyError`]).
+    pub fn extract<'r, R: RequestView>(&self, request: &'r R) -> Extracted<'r> {
         match self {
-            KeySource::Header(name) => request
-                .header(name)
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(RoutingKey::Borrowed),
-            KeySource::Cookie(name) => request
-                .header_values("cookie")
-                .find_map(|line| cookie_value(line, name))
-                .map(RoutingKey::Borrowed),
-            KeySource::Query(name) => {
-                query_value(request.query()?, name).and_then(decode_component)
+            KeySource::Header(name) => {
+                let values = request
+                    .header_values(name)
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty());
+                match only(values)? {
+                    Some(value) => borrowed(value),
+                    None => Ok(None),
+                }
             }
+            KeySource::Cookie(name) => {
+                let values = request
+                    .header_values("cookie")
+                    .flat_map(|line| cookie_values(line, name));
+                match only(values)? {
+                    Some(value) => borrowed(value),
+                    None => Ok(None),
+                }
+            }
+            KeySource::Query(name) => match request.query() {
+                Some(query) => match only(query_values(query, name))? {
+                    Some(value) => decode_component(value),
+                    None => Ok(None),
+                },
+                None => Ok(None),
+            },
             KeySource::PathSegment(n) => {
-                let index = usize::try_from(*n).ok()?.checked_sub(1)?;
-                let segment = request
+                let Some(index) = usize::try_from(*n).ok().and_then(|n| n.checked_sub(1)) else {
+                    return Ok(None);
+                };
+                match request
                     .path()
                     .split('/')
                     .filter(|s| !s.is_empty())
-                    .nth(index)?;
-                decode_component(segment)
+                    .nth(index)
+                {
+                    Some(segment) => decode_component(segment),
+                    None => Ok(None),
+                }
             }
             KeySource::JwtClaim(claim) => {
-                let token = bearer_token(request.header("authorization")?)?;
-                jwt_claim(token, claim).map(RoutingKey::Decoded)
+                match request.header("authorization").and_then(bearer_token) {
+                    Some(token) => Ok(jwt_claim(token, claim)?.map(RoutingKey::Decoded)),
+                    None => Ok(None),
+                }
             }
         }
     }
@@ -122,18 +198,18 @@ impl PartialEq for RoutingKey<'_> {
     }
 }
 
-/// A decoded key of at most [`MAX_DECODED_KEY_LEN`] bytes of UTF-8, stored inline.
+/// A decoded key of at most [`MAX_KEY_LEN`] bytes of UTF-8, stored inline.
 #[derive(Clone, Copy)]
 pub struct DecodedKey {
     len: u8,
-    bytes: [u8; MAX_DECODED_KEY_LEN],
+    bytes: [u8; MAX_KEY_LEN],
 }
 
 impl DecodedKey {
     fn empty() -> Self {
         Self {
             len: 0,
-            bytes: [0; MAX_DECODED_KEY_LEN],
+            bytes: [0; MAX_KEY_LEN],
         }
     }
 
@@ -167,9 +243,12 @@ impl fmt::Write for DecodedKey {
     }
 }
 
-/// The value of cookie `name` in one `Cookie` header line (`a=1; b=2`).
-fn cookie_value<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    line.split(';').find_map(|pair| {
+/// The values of cookie `name` in one `Cookie` header line (`a=1; b=2`).
+fn cookie_values<'a, 'n>(
+    line: &'a str,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    line.split(';').filter_map(move |pair| {
         let (n, v) = pair.split_once('=')?;
         if n.trim() != name {
             return None;
@@ -183,18 +262,21 @@ fn cookie_value<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The raw (still encoded) value of the first non-empty parameter `name` in a query string.
-fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
+/// The raw (still encoded) non-empty values of parameter `name` in a query string.
+fn query_values<'a, 'n>(
+    query: &'a str,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    query.split('&').filter_map(move |pair| {
         let (n, v) = pair.split_once('=')?;
         (n == name && !v.is_empty()).then_some(v)
     })
 }
 
 /// Percent-decode `raw` (and `+` as space) when it needs it; borrow it when it does not.
-fn decode_component(raw: &str) -> Option<RoutingKey<'_>> {
+fn decode_component(raw: &str) -> Extracted<'_> {
     if !raw.contains(['%', '+']) {
-        return Some(RoutingKey::Borrowed(raw));
+        return borrowed(raw);
     }
     let mut key = DecodedKey::empty();
     let mut bytes = raw.bytes();
@@ -202,16 +284,22 @@ fn decode_component(raw: &str) -> Option<RoutingKey<'_>> {
         let decoded = match b {
             b'+' => b' ',
             b'%' => {
-                let hi = hex_value(bytes.next()?)?;
-                let lo = hex_value(bytes.next()?)?;
+                let mut hex = || {
+                    bytes
+                        .next()
+                        .and_then(hex_value)
+                        .ok_or(KeyError::Undecodable)
+                };
+                let hi = hex()?;
+                let lo = hex()?;
                 hi << 4 | lo
             }
             other => other,
         };
-        key.push(decoded)?;
+        key.push(decoded).ok_or(KeyError::TooLong)?;
     }
-    std::str::from_utf8(&key.bytes[..usize::from(key.len)]).ok()?;
-    (key.len > 0).then_some(RoutingKey::Decoded(key))
+    std::str::from_utf8(&key.bytes[..usize::from(key.len)]).map_err(|_| KeyError::Undecodable)?;
+    Ok((key.len > 0).then_some(RoutingKey::Decoded(key)))
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -238,19 +326,32 @@ const JWT_BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// The claim `claim` of a JWT's payload, as a string (numbers are written in decimal).
-fn jwt_claim(token: &str, claim: &str) -> Option<DecodedKey> {
+/// The claim `claim` of a JWT's payload, as a string (numbers are written in decimal). A
+/// token that is not a JWT has no claim; a claim too long for a key is [`KeyError::TooLong`].
+fn jwt_claim(token: &str, claim: &str) -> Result<Option<DecodedKey>, KeyError> {
     let mut parts = token.split('.');
-    let (_header, payload) = (parts.next()?, parts.next()?);
-    parts.next()?; // a JWS has a third (signature) part
+    let (Some(_header), Some(payload), Some(_signature)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Ok(None);
+    };
     let mut buf = [0u8; MAX_JWT_PAYLOAD_LEN];
     if payload.len() / 4 * 3 > MAX_JWT_PAYLOAD_LEN {
-        return None;
+        return Ok(None);
     }
-    let len = JWT_BASE64.decode_slice(payload, &mut buf).ok()?;
+    let Ok(len) = JWT_BASE64.decode_slice(payload, &mut buf) else {
+        return Ok(None);
+    };
     let mut de = serde_json::Deserializer::from_slice(&buf[..len]);
-    ClaimSeed { claim }.deserialize(&mut de).ok().flatten()
+    ClaimSeed { claim }
+        .deserialize(&mut de)
+        .ok()
+        .flatten()
+        .transpose()
 }
+
+/// A claim's value: usable as a key, or too long for one.
+type Claim = Option<Result<DecodedKey, KeyError>>;
 
 /// Finds one claim in a JSON object without building the object.
 struct ClaimSeed<'c> {
@@ -258,7 +359,7 @@ struct ClaimSeed<'c> {
 }
 
 impl<'de> DeserializeSeed<'de> for ClaimSeed<'_> {
-    type Value = Option<DecodedKey>;
+    type Value = Claim;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -266,7 +367,7 @@ impl<'de> DeserializeSeed<'de> for ClaimSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for ClaimSeed<'_> {
-    type Value = Option<DecodedKey>;
+    type Value = Claim;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JWT claims object")
@@ -312,7 +413,7 @@ impl Visitor<'_> for KeyIs<'_> {
 struct ClaimValue;
 
 impl<'de> DeserializeSeed<'de> for ClaimValue {
-    type Value = Option<DecodedKey>;
+    type Value = Claim;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -320,28 +421,31 @@ impl<'de> DeserializeSeed<'de> for ClaimValue {
 }
 
 impl<'de> Visitor<'de> for ClaimValue {
-    type Value = Option<DecodedKey>;
+    type Value = Claim;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string or integer claim")
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(DecodedKey::from_str(v).filter(|k| k.len > 0))
+        if v.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(DecodedKey::from_str(v).ok_or(KeyError::TooLong)))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
         let mut key = DecodedKey::empty();
         Ok(fmt::Write::write_fmt(&mut key, format_args!("{v}"))
             .ok()
-            .map(|()| key))
+            .map(|()| Ok(key)))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
         let mut key = DecodedKey::empty();
         Ok(fmt::Write::write_fmt(&mut key, format_args!("{v}"))
             .ok()
-            .map(|()| key))
+            .map(|()| Ok(key)))
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
@@ -375,7 +479,78 @@ mod tests {
     fn key(source: &RawKeySource, request: &SimpleRequest) -> Option<String> {
         KeySource::from_raw(source)
             .extract(request)
+            .expect("a usable key or none")
             .map(|k| k.as_str().to_owned())
+    }
+
+    fn error(source: &RawKeySource, request: &SimpleRequest) -> KeyError {
+        KeySource::from_raw(source)
+            .extract(request)
+            .expect_err("an unusable key")
+    }
+
+    #[test]
+    fn one_length_limit_for_every_source_after_decoding() {
+        let long = "a".repeat(MAX_KEY_LEN + 1);
+        let header = SimpleRequest::new("GET", "/").with_header("x-user-id", &long);
+        assert_eq!(
+            error(&RawKeySource::Header("x-user-id".into()), &header),
+            KeyError::TooLong
+        );
+        let cookie = SimpleRequest::new("GET", "/").with_header("cookie", &format!("uid={long}"));
+        assert_eq!(
+            error(&RawKeySource::Cookie("uid".into()), &cookie),
+            KeyError::TooLong
+        );
+        let plain = SimpleRequest::new("GET", &format!("/x?uid={long}"));
+        assert_eq!(
+            error(&RawKeySource::Query("uid".into()), &plain),
+            KeyError::TooLong
+        );
+        // 128 bytes once decoded is fine, whatever it took to write them.
+        let encoded = format!("/x?uid=%41{}", "a".repeat(MAX_KEY_LEN - 1));
+        assert_eq!(
+            key(
+                &RawKeySource::Query("uid".into()),
+                &SimpleRequest::new("GET", &encoded)
+            )
+            .map(|k| k.len()),
+            Some(MAX_KEY_LEN)
+        );
+        let jwt_long = SimpleRequest::new("GET", "/")
+            .with_header("authorization", &jwt(&format!(r#"{{"sub":"{long}"}}"#)));
+        assert_eq!(
+            error(&RawKeySource::JwtClaim("sub".into()), &jwt_long),
+            KeyError::TooLong
+        );
+    }
+
+    #[test]
+    fn a_source_given_twice_is_ambiguous() {
+        let mut two_headers = SimpleRequest::new("GET", "/");
+        two_headers.add_header("x-user-id", "1");
+        two_headers.add_header("x-user-id", "2");
+        assert_eq!(
+            error(&RawKeySource::Header("x-user-id".into()), &two_headers),
+            KeyError::Ambiguous
+        );
+        let mut two_cookies = SimpleRequest::new("GET", "/");
+        two_cookies.add_header("cookie", "uid=1");
+        two_cookies.add_header("cookie", "a=b; uid=2");
+        assert_eq!(
+            error(&RawKeySource::Cookie("uid".into()), &two_cookies),
+            KeyError::Ambiguous
+        );
+        let one_line = SimpleRequest::new("GET", "/").with_header("cookie", "uid=1; uid=2");
+        assert_eq!(
+            error(&RawKeySource::Cookie("uid".into()), &one_line),
+            KeyError::Ambiguous
+        );
+        let query = SimpleRequest::new("GET", "/x?uid=1&uid=2");
+        assert_eq!(
+            error(&RawKeySource::Query("uid".into()), &query),
+            KeyError::Ambiguous
+        );
     }
 
     fn jwt(payload: &str) -> String {
@@ -412,20 +587,23 @@ mod tests {
 
     #[test]
     fn query_values_are_decoded() {
-        let r = SimpleRequest::new("GET", "/x?a=1&uid=j%C3%BCrgen+x&uid=2");
+        let r = SimpleRequest::new("GET", "/x?a=1&uid=j%C3%BCrgen+x&uid=");
         assert_eq!(
             key(&RawKeySource::Query("uid".into()), &r),
             Some("jürgen x".into())
         );
         let bad = SimpleRequest::new("GET", "/x?uid=%ZZ");
-        assert_eq!(key(&RawKeySource::Query("uid".into()), &bad), None);
-        let long = format!("/x?uid=%41{}", "a".repeat(MAX_DECODED_KEY_LEN));
         assert_eq!(
-            key(
+            error(&RawKeySource::Query("uid".into()), &bad),
+            KeyError::Undecodable
+        );
+        let long = format!("/x?uid=%41{}", "a".repeat(MAX_KEY_LEN));
+        assert_eq!(
+            error(
                 &RawKeySource::Query("uid".into()),
                 &SimpleRequest::new("GET", &long)
             ),
-            None
+            KeyError::TooLong
         );
     }
 

@@ -22,7 +22,7 @@ pub mod validate;
 
 pub use diff::{TableDiff, diff};
 pub use error::{Location, Problem, TableError};
-pub use key::{KeySource, RoutingKey};
+pub use key::{KeyError, KeySource, RoutingKey};
 pub use raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
 pub use report::DecisionReport;
 pub use request::{RequestView, SimpleRequest};

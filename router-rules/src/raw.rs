@@ -20,7 +20,8 @@ pub struct RawTable {
     #[serde(default)]
     pub slots: RawSlots,
     /// HTTP methods that count as writes (subject to write-freeze and sent to the center for
-    /// P-class routes). When absent, every method except GET, HEAD and OPTIONS is a write.
+    /// P-class routes). When absent, every method except the safe ones (GET, HEAD, OPTIONS, TRACE) is a
+    /// write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_methods: Option<Vec<String>>,
     /// Regions (data centers), with their gateways and upstream pools.

@@ -12,7 +12,7 @@ use crate::table::{Action, CompiledTable, Decision};
 pub struct DecisionReport {
     /// Version of the table that decided.
     pub table_version: u64,
-    /// `forward`, `write_frozen`, `missing_key` or `no_route`.
+    /// `forward`, `write_frozen`, `missing_key`, `invalid_key` or `no_route`.
     pub action: &'static str,
     /// Matched route name.
     pub route: Option<String>,
@@ -28,6 +28,9 @@ pub struct DecisionReport {
     pub key: Option<String>,
     /// Where the key came from, e.g. `header:x-user-id`.
     pub key_source: Option<String>,
+    /// Why the key found cannot be used (`invalid_key`): `too_long`, `undecodable`,
+    /// `ambiguous`.
+    pub key_error: Option<&'static str>,
     /// Key sources tried, in order (C-class).
     pub key_sources_tried: Vec<String>,
     /// Slot of the key.
@@ -83,6 +86,7 @@ impl DecisionReport {
             method: method.to_owned(),
             is_write: decision.is_write,
             key_source: decision.key_source.map(ToString::to_string),
+            key_error: decision.key_error.map(|e| e.as_str()),
             key_sources_tried: match route {
                 Some(r) if r.class == Class::C => {
                     r.key_sources.iter().map(ToString::to_string).collect()

@@ -6,7 +6,7 @@
 
 use fnv::FnvHashMap;
 
-use crate::key::{KeySource, RoutingKey};
+use crate::key::{KeyError, KeySource, RoutingKey};
 use crate::raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
 use crate::request::RequestView;
 use crate::slot::{fnv1a_64, slot_of};
@@ -344,6 +344,8 @@ pub enum Action {
     WriteFrozen,
     /// No key and the route's policy is `reject`: `400`.
     MissingKey,
+    /// A key is there but cannot be used (too long, undecodable, given twice): `400`.
+    InvalidKey,
     /// No route matches: `404`.
     NoRoute,
 }
@@ -355,6 +357,7 @@ impl Action {
             Action::Forward => "forward",
             Action::WriteFrozen => "write_frozen",
             Action::MissingKey => "missing_key",
+            Action::InvalidKey => "invalid_key",
             Action::NoRoute => "no_route",
         }
     }
@@ -371,8 +374,10 @@ pub struct Decision<'t, 'r> {
     pub is_write: bool,
     /// The routing key (C-class, when found).
     pub key: Option<RoutingKey<'r>>,
-    /// Where the key came from.
+    /// Where the key came from (or the unusable key, for `InvalidKey`).
     pub key_source: Option<&'t KeySource>,
+    /// Why the key found cannot be used (`InvalidKey`).
+    pub key_error: Option<KeyError>,
     /// The key's slot.
     pub slot: Option<u32>,
     /// Whether the key is pinned to its unit by an allow-list.
@@ -476,7 +481,9 @@ impl CompiledTable {
     pub fn is_write(&self, method: &str) -> bool {
         match &self.write_methods {
             Some(methods) => methods.iter().any(|m| **m == *method),
-            None => !matches!(method, "GET" | "HEAD" | "OPTIONS"),
+            // The safe methods of RFC 9110 section 9.2.1, matched exactly (methods are
+            // case-sensitive; the gateway refuses any other spelling before routing).
+            None => !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"),
         }
     }
 
@@ -529,6 +536,7 @@ impl CompiledTable {
             is_write,
             key: None,
             key_source: None,
+            key_error: None,
             slot: None,
             pinned: false,
             unit: None,
@@ -552,12 +560,16 @@ impl CompiledTable {
                 }
             }
             Class::C => {
-                let found = route
-                    .key_sources
-                    .iter()
-                    .find_map(|source| source.extract(request).map(|key| (key, source)));
+                let found = route.key_sources.iter().find_map(|source| {
+                    source.extract(request).transpose().map(|key| (key, source))
+                });
                 match found {
-                    Some((key, source)) => {
+                    Some((Err(error), source)) => {
+                        decision.action = Action::InvalidKey;
+                        decision.key_source = Some(source);
+                        decision.key_error = Some(error);
+                    }
+                    Some((Ok(key), source)) => {
                         let (unit, slot, pinned) = self.unit_of_key(key.as_str());
                         decision.key = Some(key);
                         decision.key_source = Some(source);

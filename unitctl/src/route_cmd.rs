@@ -139,7 +139,7 @@ pub fn place_key(
     if let Some(source) = route
         .key_sources
         .iter()
-        .find(|s| s.extract(request).is_some())
+        .find(|s| !matches!(s.extract(request), Ok(None)))
     {
         notes.push(format!(
             "--user not used: the request already carries a key in {source}"
@@ -328,6 +328,11 @@ fn explain(
         a if a == Action::MissingKey.as_str() => {
             "missing_key: the route's policy is reject, the gateway answers 400".to_owned()
         }
+        a if a == Action::InvalidKey.as_str() => format!(
+            "invalid_key: the key in {} is {}, the gateway answers 400",
+            report.key_source.as_deref().unwrap_or("?"),
+            report.key_error.unwrap_or("unusable").replace('_', " ")
+        ),
         other => other.to_owned(),
     };
     line("action", action);
