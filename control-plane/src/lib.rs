@@ -176,7 +176,10 @@ impl ControlPlane {
         fence: Option<(String, String)>,
     ) -> Result<PutOutcome, StoreError> {
         let digest = stored.digest.clone();
-        let outcome = self.store.put_table(expected, stored, audit, fence).await?;
+        let outcome = self
+            .store
+            .put_table(expected, stored, capped(audit), fence)
+            .await?;
         if let PutOutcome::Stored(version) = outcome {
             self.metrics.table_writes.fetch_add(1, Ordering::Relaxed);
             self.digests
@@ -359,6 +362,7 @@ impl ControlPlane {
 
     /// Append to the audit log; a failure is logged (and counted), never hidden.
     pub async fn audit(&self, entry: AuditEntry) {
+        let entry = capped(entry);
         if let Err(error) = self.store.audit(entry.clone()).await {
             self.metrics
                 .audit_errors
@@ -397,4 +401,32 @@ impl ControlPlane {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
     }
+}
+
+/// Longest text kept in one field of an audit entry, in bytes.
+const MAX_AUDIT_FIELD: usize = 1024;
+
+/// `entry` with every text field cut to [`MAX_AUDIT_FIELD`] bytes: what a caller sends (a unit
+/// name in a path, a reason header) must not grow the audit log by megabytes per call.
+fn capped(mut entry: AuditEntry) -> AuditEntry {
+    fn cap(text: &mut String) {
+        if text.len() > MAX_AUDIT_FIELD {
+            let mut end = MAX_AUDIT_FIELD;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = text.len() - end;
+            text.truncate(end);
+            text.push_str(&format!("... ({cut} bytes cut)"));
+        }
+    }
+    cap(&mut entry.actor);
+    cap(&mut entry.action);
+    cap(&mut entry.target);
+    for field in [&mut entry.reason, &mut entry.flip, &mut entry.detail] {
+        if let Some(text) = field {
+            cap(text);
+        }
+    }
+    entry
 }

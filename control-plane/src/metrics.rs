@@ -28,6 +28,8 @@ pub struct Metrics {
     pub flips_quarantined: AtomicU64,
     /// Gateway watches and reports refused: the token's binding, or a version never stored.
     pub gateway_reports_refused: AtomicU64,
+    /// Calls refused for a missing or unknown token (counted, not audited one by one).
+    pub unauthenticated: AtomicU64,
 }
 
 impl Metrics {
@@ -150,6 +152,12 @@ pub fn render(cp: &ControlPlane) -> String {
         "Gateway watches and reports refused: outside the token's binding, or naming a version never stored.",
         "counter",
         &[(String::new(), load(&m.gateway_reports_refused))],
+    );
+    gauge(
+        "unitgate_control_unauthenticated_total",
+        "Calls refused for a missing or unknown token; logged once a second with a count, not audited one by one.",
+        "counter",
+        &[(String::new(), load(&m.unauthenticated))],
     );
     gauge(
         "unitgate_control_audit_errors_total",

@@ -655,3 +655,58 @@ async fn a_region_short_of_its_min_gateways_holds_the_flip_and_it_rolls_back() {
     })
     .await;
 }
+
+/// Refusals before authentication are counted, not written to the audit log one fsynced line
+/// each; what a caller sends is capped in the audit log.
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_calls_do_not_grow_the_audit_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let cp = ControlProcess::start(&file_plane_config(dir.path(), &tokens));
+    let audit_path = dir.path().join("store/audit.jsonl");
+    let before = std::fs::metadata(&audit_path).expect("audit log").len();
+    let anonymous = Client::new(&cp.url, None, None).expect("client");
+    let long_unit = "u".repeat(60_000);
+    for _ in 0..300 {
+        let reply = anonymous
+            .send(
+                Method::POST,
+                &format!("/v1/units/{long_unit}/flip"),
+                &[],
+                None,
+                T,
+            )
+            .await
+            .expect("answered");
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        std::fs::metadata(&audit_path).expect("audit log").len(),
+        before,
+        "no audit line for calls without a valid token"
+    );
+    // An operator's refused call is audited, its target cut to a bounded length.
+    let reply = cp
+        .client(&tokens.viewer)
+        .send(
+            Method::POST,
+            &format!("/v1/units/{long_unit}/flip"),
+            &[],
+            None,
+            T,
+        )
+        .await
+        .expect("answered");
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let entry = audit(&cp.client(&tokens.viewer))
+        .await
+        .pop()
+        .expect("audited");
+    assert_eq!(entry.status, Some(403));
+    assert!(entry.target.len() < 1100, "{}", entry.target.len());
+    assert!(
+        entry.target.ends_with("bytes cut)"),
+        "{}",
+        &entry.target[1000..]
+    );
+}

@@ -17,7 +17,6 @@ pub mod proxy;
 pub mod server;
 pub mod source;
 pub mod store;
-pub mod throttle;
 pub mod upgrade;
 pub mod upstream;
 pub mod workers;

@@ -39,8 +39,8 @@ use crate::hop::{HopKey, HopMarker, MAX_HOPS};
 use crate::limits::Refusal;
 use crate::metrics::{ClientEvent, LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
-use crate::throttle::LogThrottle;
 use crate::upstream::{Body, BoxError, Upstream, empty};
+use control_api::throttle::LogThrottle;
 
 /// What every request handler shares.
 pub struct Shared {

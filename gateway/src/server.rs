@@ -23,8 +23,8 @@ use crate::config::{RequestLimits, TlsListen};
 use crate::framing::{FramingWatch, Verdicts};
 use crate::metrics::{ClientEvent, ConnectionCount};
 use crate::proxy::{self, Conn, Shared};
-use crate::throttle::LogThrottle;
 use crate::workers::Workers;
+use control_api::throttle::LogThrottle;
 
 /// How long a stopping gateway keeps serving open connections before closing the idle ones.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);

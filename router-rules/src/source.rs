@@ -20,6 +20,9 @@ pub struct SourceMap {
     /// Mapping keys, by the path of the value they introduce, in document order: an unknown
     /// field is reported at its key, which has no value node of its own.
     keys: Vec<(String, Location)>,
+    /// Where each path's first node is in `nodes`: a problem is located in constant time,
+    /// however many nodes and problems there are.
+    index: std::collections::HashMap<String, usize>,
 }
 
 impl SourceMap {
@@ -73,7 +76,11 @@ impl SourceMap {
                 _ => {}
             }
         }
-        Self { nodes, keys }
+        let mut index = std::collections::HashMap::with_capacity(nodes.len());
+        for (i, (path, _)) in nodes.iter().enumerate() {
+            index.entry(path.clone()).or_insert(i);
+        }
+        Self { nodes, keys, index }
     }
 
     /// Where the node at `path` starts; for a path that is not in the document (a missing
@@ -81,8 +88,8 @@ impl SourceMap {
     pub fn locate(&self, path: &str) -> Option<Location> {
         let mut path = path;
         loop {
-            if let Some((_, location)) = self.nodes.iter().find(|(p, _)| p == path) {
-                return Some(*location);
+            if let Some(&i) = self.index.get(path) {
+                return Some(self.nodes[i].1);
             }
             if path.is_empty() {
                 return None;

@@ -2,7 +2,7 @@
 //!
 //! Every check runs and every problem is collected, so an operator fixes a table in one pass.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use fnv::FnvHashMap;
@@ -17,10 +17,24 @@ use crate::table::{
 
 /// Largest slot space accepted.
 pub const MAX_SLOT_COUNT: u32 = 1_000_000;
-/// Most units a table may have (unit indices are 16-bit in the slot map).
-pub const MAX_UNITS: usize = 65_535;
+/// Most units a table may have.
+pub const MAX_UNITS: usize = 10_000;
 /// Most routes a table may have.
-pub const MAX_ROUTES: usize = 65_535;
+pub const MAX_ROUTES: usize = 4_096;
+/// Most regions a table may have.
+pub const MAX_REGIONS: usize = 256;
+/// Most pools (services) a region may have.
+pub const MAX_POOLS: usize = 1_024;
+/// Most endpoints a pool may have, and gateways a region may list.
+pub const MAX_ENDPOINTS: usize = 1_024;
+/// Most slot ranges a unit may have.
+pub const MAX_SLOT_RANGES: usize = 10_000;
+/// Most pinned keys a table may have, over every unit.
+pub const MAX_PINNED_KEYS: usize = 100_000;
+/// Most key sources a route, and methods a list, may have.
+pub const MAX_LIST: usize = 64;
+/// Most problems listed; past it, one last problem says how many more were found.
+pub const MAX_PROBLEMS: usize = 100;
 
 const NAME_RULE: &str = "names use lowercase letters, digits, '-' and '_', start with a letter or digit, and have 1 to 64 characters";
 
@@ -28,12 +42,17 @@ const NAME_RULE: &str = "names use lowercase letters, digits, '-' and '_', start
 /// each problem carries its line and column.
 pub fn validate(raw: RawTable, source: Option<&SourceMap>) -> Result<CompiledTable, TableError> {
     let mut v = Validator::default();
-    let compiled = v.compile(raw);
+    let compiled = if v.check_sizes(&raw) {
+        v.compile(raw)
+    } else {
+        None
+    };
     if v.problems.is_empty()
         && let Some(table) = compiled
     {
         return Ok(table);
     }
+    let dropped = v.dropped;
     let mut problems = v.problems;
     if let Some(source) = source {
         for problem in &mut problems {
@@ -46,6 +65,12 @@ pub fn validate(raw: RawTable, source: Option<&SourceMap>) -> Result<CompiledTab
     }
     if problems.is_empty() {
         problems.push(Problem::at("", "table could not be compiled"));
+    }
+    if dropped > 0 {
+        problems.push(Problem::at(
+            "",
+            format!("and {dropped} more problem(s); only the first {MAX_PROBLEMS} are listed"),
+        ));
     }
     Err(TableError { problems })
 }
@@ -92,11 +117,125 @@ pub fn check_successor(current: &CompiledTable, next: &CompiledTable) -> Result<
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+    /// Problems found past [`MAX_PROBLEMS`], counted only.
+    dropped: usize,
 }
 
 impl Validator {
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem::at(path, message));
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(Problem::at(path, message));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Problems found so far, listed or not.
+    fn found(&self) -> usize {
+        self.problems.len() + self.dropped
+    }
+
+    /// Check every collection against its limit before looking inside any: a hostile or
+    /// broken table of 100,000 endpoints is refused in time proportional to its size, with one
+    /// problem per collection over its limit. `false` when any is.
+    fn check_sizes(&mut self, raw: &RawTable) -> bool {
+        let before = self.found();
+        let over = |v: &mut Self, path: String, what: &str, n: usize, max: usize| {
+            if n > max {
+                v.problem(path, format!("{n} {what}; at most {max} are allowed"));
+            }
+        };
+        over(
+            self,
+            "regions".into(),
+            "regions",
+            raw.regions.len(),
+            MAX_REGIONS,
+        );
+        over(self, "units".into(), "units", raw.units.len(), MAX_UNITS);
+        over(
+            self,
+            "routes".into(),
+            "routes",
+            raw.routes.len(),
+            MAX_ROUTES,
+        );
+        if let Some(methods) = &raw.write_methods {
+            over(
+                self,
+                "write_methods".into(),
+                "methods",
+                methods.len(),
+                MAX_LIST,
+            );
+        }
+        for (i, region) in raw.regions.iter().enumerate() {
+            let path = format!("regions[{i}]");
+            over(
+                self,
+                format!("{path}.pools"),
+                "pools",
+                region.pools.len(),
+                MAX_POOLS,
+            );
+            let gateways = region.gateways.len();
+            over(
+                self,
+                format!("{path}.gateways"),
+                "gateways",
+                gateways,
+                MAX_ENDPOINTS,
+            );
+            for (service, endpoints) in region.pools.iter().take(MAX_POOLS) {
+                let n = endpoints.len();
+                over(
+                    self,
+                    format!("{path}.pools.{service}"),
+                    "endpoints",
+                    n,
+                    MAX_ENDPOINTS,
+                );
+            }
+        }
+        let mut pinned = 0usize;
+        for (u, unit) in raw.units.iter().enumerate() {
+            let ranges = unit.slots.len();
+            over(
+                self,
+                format!("units[{u}].slots"),
+                "slot ranges",
+                ranges,
+                MAX_SLOT_RANGES,
+            );
+            pinned = pinned.saturating_add(unit.pinned_keys.len());
+        }
+        over(
+            self,
+            "units".into(),
+            "pinned keys in all",
+            pinned,
+            MAX_PINNED_KEYS,
+        );
+        for (r, route) in raw.routes.iter().enumerate() {
+            over(
+                self,
+                format!("routes[{r}].key"),
+                "key sources",
+                route.key.len(),
+                MAX_LIST,
+            );
+            if let Some(methods) = &route.matcher.methods {
+                let n = methods.len();
+                over(
+                    self,
+                    format!("routes[{r}].match.methods"),
+                    "methods",
+                    n,
+                    MAX_LIST,
+                );
+            }
+        }
+        self.found() == before
     }
 
     /// Check and build; `None` when something was too broken to build at all.
@@ -159,13 +298,14 @@ impl Validator {
                 "method list is empty; list at least one method, or leave the field out",
             );
         }
+        let mut seen = HashSet::new();
         for (i, method) in methods.iter().enumerate() {
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
                 self.problem(
                     format!("{path}[{i}]"),
                     format!("invalid method {method:?}: methods are uppercase letters, e.g. GET, POST, PUT, PATCH, DELETE"),
                 );
-            } else if methods[..i].contains(method) {
+            } else if !seen.insert(method) {
                 self.problem(
                     format!("{path}[{i}]"),
                     format!("method {method} is listed twice"),
@@ -200,13 +340,14 @@ impl Validator {
                     format!("region {:?} lists no gateways; with several regions each needs at least one `host:port` so requests for its units can be forwarded to it", region.name),
                 );
             }
+            let mut seen = HashSet::new();
             for (g, gateway) in region.gateways.iter().enumerate() {
                 if let Err(why) = check_host_port(gateway) {
                     self.problem(
                         format!("{path}.gateways[{g}]"),
                         format!("invalid gateway address {gateway:?}: {why}"),
                     );
-                } else if region.gateways[..g].contains(gateway) {
+                } else if !seen.insert(gateway) {
                     self.problem(
                         format!("{path}.gateways[{g}]"),
                         format!("gateway {gateway} is listed twice"),
@@ -219,13 +360,14 @@ impl Validator {
                 if endpoints.is_empty() {
                     self.problem(&pool_path, format!("pool for service {service:?} is empty; list at least one `host:port` endpoint"));
                 }
+                let mut seen = HashSet::new();
                 for (e, endpoint) in endpoints.iter().enumerate() {
                     if let Err(why) = check_host_port(endpoint) {
                         self.problem(
                             format!("{pool_path}[{e}]"),
                             format!("invalid endpoint {endpoint:?}: {why}"),
                         );
-                    } else if endpoints[..e].contains(endpoint) {
+                    } else if !seen.insert(endpoint) {
                         self.problem(
                             format!("{pool_path}[{e}]"),
                             format!("endpoint {endpoint} is listed twice"),
@@ -448,7 +590,7 @@ impl Validator {
             }
         }
         ranges.sort_unstable();
-        let before = self.problems.len();
+        let before = self.found();
         // Next slot not yet covered, and the range that covered the slot before it.
         let mut next: u64 = 0;
         let mut previous: Option<(u32, u32, usize, usize)> = None;
@@ -490,7 +632,7 @@ impl Validator {
                 ),
             );
         }
-        if self.problems.len() > before || raw.units.len() > MAX_UNITS {
+        if self.found() > before || raw.units.len() > MAX_UNITS {
             return None;
         }
         let mut map = vec![0u16; count as usize].into_boxed_slice();
@@ -696,11 +838,14 @@ impl Validator {
                         "C-class route without key sources: list where the routing key comes from (header, cookie, query, path_segment, jwt_claim)",
                     );
                 }
+                let mut seen = Vec::with_capacity(route.key.len());
                 for (k, source) in route.key.iter().enumerate() {
                     self.check_key_source(&format!("{path}.key[{k}]"), source);
-                    if route.key[..k].contains(source) {
+                    // At most MAX_LIST sources (checked first): a list is fine here.
+                    if seen.contains(&source) {
                         self.problem(format!("{path}.key[{k}]"), "key source is listed twice");
                     }
+                    seen.push(source);
                 }
             }
             Class::P => {

@@ -288,3 +288,40 @@ fn successors_must_grow_and_keep_the_slot_space() {
     let next = load(&support::three_regions_yaml().replace("version: 1", "version: 2"));
     assert!(router_rules::check_successor(&current, &next).is_ok());
 }
+
+/// A hostile table is refused by its sizes, before any item is looked at, and a broken one
+/// lists its first problems and a count, not one line per problem.
+#[test]
+fn oversize_tables_and_problem_floods_are_bounded() {
+    let endpoints: Vec<String> = (0..120_000)
+        .map(|i| format!("\"10.{}.{}.{}:80\"", i / 65536, (i / 256) % 256, i % 256))
+        .collect();
+    let yaml = format!(
+        "version: 1\nregions: [{{ name: r, pools: {{ app: [{}] }} }}]\nunits: [{{ name: u, center: true, slots: [[0, 9999]], region: r }}]\nroutes: [{{ name: a, match: {{ path_prefix: / }}, service: app, class: P }}]\n",
+        endpoints.join(", ")
+    );
+    let error = router_rules::load_yaml(&yaml).expect_err("too many endpoints");
+    assert_eq!(error.problems.len(), 1, "{:?}", error.problems);
+    assert!(
+        error.problems[0]
+            .message
+            .contains("120000 endpoints; at most 1024"),
+        "{:?}",
+        error.problems[0]
+    );
+    // 500 invalid endpoints, within the size limit: the first 100, then how many more.
+    let bad: Vec<String> = (0..1000).map(|i| format!("\"bad host {i}\"")).collect();
+    let yaml = format!(
+        "version: 1\nregions: [{{ name: r, pools: {{ app: [{}] }} }}]\nunits: [{{ name: u, center: true, slots: [[0, 9999]], region: r }}]\nroutes: [{{ name: a, match: {{ path_prefix: / }}, service: app, class: P }}]\n",
+        bad.join(", ")
+    );
+    let error = router_rules::load_yaml(&yaml).expect_err("bad endpoints");
+    assert_eq!(error.problems.len(), 101);
+    assert!(
+        error.problems[100]
+            .message
+            .contains("and 900 more problem(s)"),
+        "{:?}",
+        error.problems[100]
+    );
+}
