@@ -423,10 +423,11 @@ fn capped(mut entry: AuditEntry) -> AuditEntry {
     cap(&mut entry.actor);
     cap(&mut entry.action);
     cap(&mut entry.target);
-    for field in [&mut entry.reason, &mut entry.flip, &mut entry.detail] {
-        if let Some(text) = field {
-            cap(text);
-        }
+    for text in [&mut entry.reason, &mut entry.flip, &mut entry.detail]
+        .into_iter()
+        .flatten()
+    {
+        cap(text);
     }
     entry
 }
