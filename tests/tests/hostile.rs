@@ -123,3 +123,51 @@ async fn hostile_clients_change_nothing() {
         );
     }
 }
+
+/// What a client can trigger on every request — here a forged hop marker — is counted every
+/// time and logged at most once a second, with a count: a flood of forgeries is not a flood of
+/// log lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_markers_are_counted_each_and_logged_once_a_second() {
+    let system = System::start(Default::default()).await;
+    let hz = system.gateway_client("hz");
+    let user = &users_of("u01", 1)[0];
+    let forged = 300;
+    for _ in 0..forged {
+        let outcome = send(
+            &hz,
+            Method::GET,
+            "/cart",
+            &[("x-user-id", user), ("x-unitgate-hop", "v1.hz.1.1.forged")],
+        )
+        .await;
+        assert_eq!(outcome.status, 200);
+    }
+    let admin = control_api::Client::new(
+        &format!("http://{}", system.gateways["hz"].admin),
+        None,
+        None,
+    )
+    .expect("admin client");
+    let metrics = admin
+        .send(Method::GET, "/metrics", &[], None, Duration::from_secs(5))
+        .await
+        .expect("metrics");
+    let counted = String::from_utf8_lossy(&metrics.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("unitgate_hop_markers_rejected_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(counted, Some(forged));
+    let lines: Vec<String> = system.gateways["hz"]
+        .process
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("hop marker ignored"))
+        .collect();
+    // One line a second at most; the requests above take a few seconds at the very most.
+    assert!(
+        !lines.is_empty() && lines.len() <= 10,
+        "{} lines for {forged} forged markers",
+        lines.len()
+    );
+}
