@@ -752,6 +752,13 @@ async fn off_thread<T: Send + 'static>(
 
 async fn plan(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
     let (body, json_body) = read_body(cp, request).await?;
+    if body.trim_ascii().is_empty() {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+            "the request body is empty: send the proposed table (YAML, or JSON with Content-Type: application/json)",
+        ));
+    }
     let current = cp.store.current();
     let result = off_thread(move || plan_result(&body, json_body, current)).await??;
     Ok(json(StatusCode::OK, &result))
