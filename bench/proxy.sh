@@ -30,7 +30,10 @@ if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release -q --bin unitgate --example minimal_proxy
-cargo build --release -q -p pingora-proxy-bench
+# The pingora peer is its own workspace (it needs cmake, which the main workspace must not):
+# its own lock file and target dir, named here so that CARGO_TARGET_DIR cannot move the binary.
+cargo build --release -q --manifest-path bench/pingora-proxy/Cargo.toml --target-dir bench/pingora-proxy/target
+PINGORA_BIN=bench/pingora-proxy/target/release/pingora-proxy-bench
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -50,7 +53,7 @@ start_origin "$WORK"
 PIDS+=("$ORIGIN_PID")
 write_workload "$WORK"
 write_table "$WORK"
-target/release/unitctl validate "$WORK/table.yaml" >/dev/null 2>&1 || cargo run --release -q -p unitctl -- validate "$WORK/table.yaml"
+target/release/unitctl validate "$WORK/table.yaml" >/dev/null 2>&1 || cargo run --release -q --bin unitctl -- validate "$WORK/table.yaml"
 
 pids_of() { # a process and its children
   echo "$1"; pgrep -P "$1" || true
@@ -125,7 +128,7 @@ CONF
       target/release/examples/minimal_proxy "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" >"$dir/logs/out" 2>&1 & ;;
     pingora)
       printf 'version: 1\nthreads: %s\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' "$workers" > "$dir/conf.yaml"
-      target/release/pingora-proxy-bench "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" -c "$dir/conf.yaml" >"$dir/logs/out" 2>&1 & ;;
+      "$PINGORA_BIN" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" -c "$dir/conf.yaml" >"$dir/logs/out" 2>&1 & ;;
     unitgate)
       cat > "$dir/gateway.yaml" <<CONF
 region: hz
