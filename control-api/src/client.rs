@@ -100,6 +100,35 @@ impl Reply {
     }
 }
 
+/// The certificates an https server's chain is verified against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trust<'a> {
+    /// The system's trust store (on Linux the OpenSSL store, or `SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR` when set).
+    pub system: bool,
+    /// PEM certificates to trust as well, e.g. a private CA.
+    pub ca_file: Option<&'a Path>,
+}
+
+impl<'a> Trust<'a> {
+    /// The system's store and, when given, `ca_file` too: a private CA added to the public ones.
+    pub fn system_and(ca_file: Option<&'a Path>) -> Self {
+        Self {
+            system: true,
+            ca_file,
+        }
+    }
+
+    /// `ca_file` alone when given (a private CA, trusted instead of the public ones); the
+    /// system's store otherwise.
+    pub fn only(ca_file: Option<&'a Path>) -> Self {
+        Self {
+            system: ca_file.is_none(),
+            ca_file,
+        }
+    }
+}
+
 /// A client for one control-plane server.
 #[derive(Clone)]
 pub struct Client {
@@ -113,12 +142,23 @@ pub struct Client {
 
 impl Client {
     /// A client for `server` (`http://host:port` or `https://host:port`) authenticating with
-    /// `token` (none: no `Authorization` header). HTTPS needs `ca_file`, the PEM certificates
-    /// to trust.
+    /// `token` (none: no `Authorization` header). An https server is verified against
+    /// `ca_file`, the PEM certificates to trust, when given, and against the system's trust
+    /// store otherwise ([`Trust::only`]).
     pub fn new(
         server: &str,
         token: Option<&str>,
         ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        Self::with_trust(server, token, Trust::only(ca_file))
+    }
+
+    /// A client for `server` authenticating with `token`, verifying an https server against
+    /// the certificates `trust` names.
+    pub fn with_trust(
+        server: &str,
+        token: Option<&str>,
+        trust: Trust<'_>,
     ) -> Result<Self, ClientError> {
         let setup = |m: String| ClientError::Setup(m);
         let uri: Uri = server
@@ -140,12 +180,7 @@ impl Client {
         let host = authority.host().trim_matches(['[', ']']).to_owned();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let ca_file = ca_file.ok_or_else(|| {
-                setup(format!(
-                    "server URL {server:?}: https needs a CA file to trust (--ca)"
-                ))
-            })?;
-            Some(tls_connector(ca_file, &host)?)
+            Some(tls_connector(trust, &host)?)
         } else {
             None
         };
@@ -299,15 +334,35 @@ where
 }
 
 fn tls_connector(
-    ca_file: &Path,
+    trust: Trust<'_>,
     host: &str,
 ) -> Result<(TlsConnector, ServerName<'static>), ClientError> {
     let setup = |m: String| ClientError::Setup(m);
     let mut roots = rustls::RootCertStore::empty();
-    for cert in crate::tls::certificates(ca_file).map_err(setup)? {
-        roots
-            .add(cert)
-            .map_err(|e| setup(format!("{}: {e}", ca_file.display())))?;
+    let mut system_errors = Vec::new();
+    if trust.system {
+        // SSL_CERT_FILE and SSL_CERT_DIR, when set, stand for the system's store (as for
+        // OpenSSL). Certificates that do not parse are skipped, as other TLS clients do.
+        let found = rustls_native_certs::load_native_certs();
+        system_errors = found.errors.iter().map(ToString::to_string).collect();
+        roots.add_parsable_certificates(found.certs);
+    }
+    if let Some(ca_file) = trust.ca_file {
+        for cert in crate::tls::certificates(ca_file).map_err(setup)? {
+            roots
+                .add(cert)
+                .map_err(|e| setup(format!("{}: {e}", ca_file.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        let why = if system_errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", system_errors.join("; "))
+        };
+        return Err(setup(format!(
+            "https: no certificate to trust: none found in the system's trust store{why}; give the CA's PEM file"
+        )));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)

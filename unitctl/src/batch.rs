@@ -99,9 +99,15 @@ pub fn run(
         let decision = table.resolve(&request, region);
         if each {
             let report = DecisionReport::new(table, &decision, &request.method);
-            serde_json::to_writer(&mut out, &report)
-                .map_err(|e| Failure::input(format!("cannot write JSON: {e}")))?;
-            writeln!(out).map_err(|e| Failure::input(format!("stdout: {e}")))?;
+            if let Err(error) = serde_json::to_writer(&mut out, &report) {
+                match error.io_error_kind() {
+                    Some(kind) => crate::out::gone(&kind.into()),
+                    None => return Err(Failure::input(format!("cannot write JSON: {error}"))),
+                }
+            }
+            if let Err(error) = writeln!(out) {
+                crate::out::gone(&error);
+            }
             continue;
         }
         let unit = decision.unit.map(|u| u.index);
@@ -110,8 +116,9 @@ pub fn run(
             .entry((decision.action.as_str(), unit, region))
             .or_default() += 1;
     }
-    out.flush()
-        .map_err(|e| Failure::input(format!("stdout: {e}")))?;
+    if let Err(error) = out.flush() {
+        crate::out::gone(&error);
+    }
     drop(out);
     if each {
         return Ok(0);
@@ -119,7 +126,7 @@ pub fn run(
     let summary = summarise(table, &counts);
     match output {
         Output::Json => print_json(&summary)?,
-        Output::Text => print!("{}", render(&summary)),
+        Output::Text => out!("{}", render(&summary)),
     }
     Ok(0)
 }

@@ -65,7 +65,7 @@ pub fn run(args: &DiffArgs) -> Result<u8, Failure> {
     };
     match args.output {
         Output::Json => print_json(&report)?,
-        Output::Text => print!("{}", render(&report)),
+        Output::Text => out!("{}", render(&report)),
     }
     Ok(if changed { EXIT_FINDING } else { 0 })
 }

@@ -1,8 +1,11 @@
 //! `unitctl`: validate routing tables, dry-run routing decisions, and see what a change moves.
 //!
-//! Exit codes: 0 ok, 1 a finding (invalid table, differences), 2 usage or input error.
+//! Exit codes: see [`EXIT_CODES`].
 
 #![forbid(unsafe_code)]
+
+#[macro_use]
+mod out;
 
 mod batch;
 mod diff_cmd;
@@ -10,13 +13,25 @@ mod remote;
 mod route_cmd;
 mod table_file;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// What each exit code means, as `unitctl --help` shows it.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  a finding or a failure: an invalid table, a difference (diff), an apply not confirmed,
+     a flip that did not succeed, a request the control plane refused (400, 404, 409, 422,
+     5xx, ...), its message on stderr
+  2  bad usage or input: arguments, an unreadable file, no server or token given
+  3  the control plane could not be reached: no connection, TLS refused, no answer in time
+  4  the control plane refused the token (401) or its role (403)";
+
 /// Operator CLI for unitgate routing tables.
 #[derive(Debug, Parser)]
-#[command(name = "unitctl", version, about, long_about = None)]
+#[command(name = "unitctl", version, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,11 +64,17 @@ enum Command {
     FlipConfirm {
         /// Flip id.
         id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Control plane: cancel a running flip (it rolls back).
     FlipCancel {
         /// Flip id.
         id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Control plane: settle a unit whose flip record was lost: set its state in the region
     /// it is in now and lift the lock that blocks new flips on it.
@@ -62,6 +83,9 @@ enum Command {
     GatewayForget {
         /// Gateway id.
         id: String,
+        /// Output format (json: `{"gateway": ID, "forgotten": true}`).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Control plane: show a flip's steps (--wait: follow it to its end).
     FlipShow {
@@ -104,10 +128,14 @@ pub enum Output {
     Json,
 }
 
-/// Exit code for a finding (invalid table, a difference).
+/// Exit code for a finding (invalid table, a difference) or a failed or refused operation.
 pub const EXIT_FINDING: u8 = 1;
 /// Exit code for bad usage or unreadable input.
 pub const EXIT_INPUT: u8 = 2;
+/// Exit code for a control plane that could not be reached (or did not answer in time).
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code for a control plane that refused the token (401) or its role (403).
+pub const EXIT_AUTH: u8 = 4;
 
 /// An error that ends the command with a given exit code and message.
 #[derive(Debug)]
@@ -117,6 +145,14 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure that exits with `code`.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
     /// Bad usage or unreadable input (exit 2).
     pub fn input(message: impl Into<String>) -> Self {
         Self {
@@ -136,11 +172,15 @@ fn main() -> ExitCode {
         Command::Status { output } => remote::run(&cli.server, remote::Remote::Status { output }),
         Command::Table(command) => remote::run(&cli.server, remote::Remote::Table(command)),
         Command::Flip(args) => remote::run(&cli.server, remote::Remote::Flip(args)),
-        Command::FlipConfirm { id } => remote::run(&cli.server, remote::Remote::Confirm { id }),
-        Command::FlipCancel { id } => remote::run(&cli.server, remote::Remote::Cancel { id }),
+        Command::FlipConfirm { id, output } => {
+            remote::run(&cli.server, remote::Remote::Confirm { id, output })
+        }
+        Command::FlipCancel { id, output } => {
+            remote::run(&cli.server, remote::Remote::Cancel { id, output })
+        }
         Command::FlipResolve(args) => remote::run(&cli.server, remote::Remote::Resolve(args)),
-        Command::GatewayForget { id } => {
-            remote::run(&cli.server, remote::Remote::ForgetGateway { id })
+        Command::GatewayForget { id, output } => {
+            remote::run(&cli.server, remote::Remote::ForgetGateway { id, output })
         }
         Command::FlipShow { id, wait, output } => {
             remote::run(&cli.server, remote::Remote::Show { id, wait, output })
@@ -152,10 +192,13 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprint!("{}", failure.message);
-            if !failure.message.ends_with('\n') {
-                eprintln!();
-            }
+            // A closed stderr is no reason to panic: the exit code still tells.
+            let newline = if failure.message.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            let _ = write!(std::io::stderr(), "{}{newline}", failure.message);
             ExitCode::from(failure.code)
         }
     }
@@ -170,7 +213,7 @@ fn validate(args: &ValidateArgs) -> Result<u8, Failure> {
         match table_file::load(path, &text) {
             Ok(table) => {
                 if args.output == Output::Text {
-                    println!(
+                    outln!(
                         "{shown}: ok (version {}, {} regions, {} units, {} routes)",
                         table.version(),
                         table.regions().len(),
@@ -185,7 +228,7 @@ fn validate(args: &ValidateArgs) -> Result<u8, Failure> {
             Err(error) => {
                 code = EXIT_FINDING;
                 if args.output == Output::Text {
-                    print!("{}", error.render(&shown));
+                    out!("{}", error.render(&shown));
                 }
                 reports.push(
                     serde_json::json!({"file": shown, "valid": false, "problems": error.problems}),
@@ -203,6 +246,6 @@ fn validate(args: &ValidateArgs) -> Result<u8, Failure> {
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Failure::input(format!("cannot write JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }

@@ -1,18 +1,22 @@
-//! Remote commands: talk to the control plane (`--server`, `--token`, or `UNITGATE_SERVER`,
-//! `UNITGATE_TOKEN`).
+//! Remote commands: talk to the control plane (`--server`, `--token-file` or `--token`, or
+//! `UNITGATE_SERVER`, `UNITGATE_TOKEN_FILE` or `UNITGATE_TOKEN`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use comfy_table::{CellAlignment, Table};
+use control_api::client::Trust;
 use control_api::{
-    AuditEntry, Client, ClientError, FORCE_HEADER, FlipAccepted, FlipMode, FlipRecord, FlipRequest,
-    FlipState, FlipStep, PlanResult, PutResult, ReplicationCheck, ResolveRequest, ResolveResult,
-    Status, StepOutcome, StoredTable, now_ms,
+    AuditEntry, AuditOutcome, Client, ClientError, FORCE_HEADER, FlipAccepted, FlipMode,
+    FlipRecord, FlipRequest, FlipState, FlipStep, PlanResult, PutResult, ReplicationCheck,
+    ResolveRequest, ResolveResult, Status, StepOutcome, StoredTable, now_ms,
 };
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::{EXIT_FINDING, Failure, Output, print_json, table_file};
+use crate::{
+    EXIT_AUTH, EXIT_FINDING, EXIT_INPUT, EXIT_UNREACHABLE, Failure, Output, print_json, table_file,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -22,25 +26,74 @@ pub struct Server {
     /// Control-plane URL.
     #[arg(long, env = "UNITGATE_SERVER", global = true)]
     server: Option<String>,
-    /// API token.
-    #[arg(long, env = "UNITGATE_TOKEN", global = true, hide_env_values = true)]
+    /// API token, or UNITGATE_TOKEN (prefer --token-file: it keeps the token out of the
+    /// process list).
+    #[arg(long, global = true, conflicts_with = "token_file")]
     token: Option<String>,
-    /// PEM certificates to trust for an https:// server.
-    #[arg(long, global = true)]
+    /// A file holding the API token, or UNITGATE_TOKEN_FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM certificates to trust for an https:// server besides the system's trust store,
+    /// e.g. a private CA.
+    #[arg(long, env = "UNITGATE_CA", global = true, value_name = "FILE")]
     ca: Option<PathBuf>,
 }
 
+/// A variable of the environment, when set and not empty.
+fn env_var(name: &str) -> Result<Option<String>, Failure> {
+    match std::env::var(name) {
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Failure::input(format!("{name}: not valid UTF-8")))
+        }
+    }
+}
+
+/// The token in `file` (surrounding whitespace, such as a final newline, removed).
+fn read_token(file: &Path, from: &str) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::input(format!("{from}: {}: {e}", file.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Failure::input(format!(
+            "{from}: {}: holds no token",
+            file.display()
+        )));
+    }
+    Ok(token.to_owned())
+}
+
 impl Server {
+    /// The token: `--token`, `--token-file`, then `UNITGATE_TOKEN` or `UNITGATE_TOKEN_FILE`
+    /// (not both).
+    fn token(&self) -> Result<String, Failure> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        if let Some(file) = &self.token_file {
+            return read_token(file, "--token-file");
+        }
+        match (env_var("UNITGATE_TOKEN")?, env_var("UNITGATE_TOKEN_FILE")?) {
+            (Some(_), Some(_)) => Err(Failure::input(
+                "both UNITGATE_TOKEN and UNITGATE_TOKEN_FILE are set: unset one (or give --token-file FILE)",
+            )),
+            (Some(token), None) => Ok(token),
+            (None, Some(file)) => read_token(Path::new(&file), "UNITGATE_TOKEN_FILE"),
+            (None, None) => Err(Failure::input(
+                "no token: give --token-file FILE (or --token) or set UNITGATE_TOKEN_FILE (or UNITGATE_TOKEN)",
+            )),
+        }
+    }
+
     fn client(&self) -> Result<Client, Failure> {
         let server = self.server.as_deref().ok_or_else(|| {
             Failure::input("no control plane: give --server URL or set UNITGATE_SERVER")
         })?;
-        let token = self
-            .token
-            .as_deref()
-            .ok_or_else(|| Failure::input("no token: give --token or set UNITGATE_TOKEN"))?;
-        Client::new(server, Some(token), self.ca.as_deref())
-            .map_err(|e| Failure::input(e.to_string()))
+        let token = self.token()?;
+        Client::with_trust(server, Some(&token), Trust::system_and(self.ca.as_deref()))
+            .map_err(failed)
     }
 }
 
@@ -88,6 +141,10 @@ pub struct ApplyArgs {
     /// (e.g. to store an old version's content again on top of VERSION).
     #[arg(long, value_name = "VERSION")]
     base: Option<u64>,
+    /// Output format (json: `{"plan": ..., "stored": {"version": N}}`, `stored` absent when
+    /// nothing was stored).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// `unitctl flip-resolve ...`.
@@ -154,6 +211,10 @@ pub struct FlipArgs {
     /// Follow the flip, a line per step, until it ends (exit 1 unless it succeeded).
     #[arg(long)]
     wait: bool,
+    /// Output format (json: the flip as accepted, `{"id", "location"}`; with --wait the flip's
+    /// record once it ended, as `flip-show --output json` prints it).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// Run a remote command.
@@ -173,9 +234,9 @@ pub fn run(server: &Server, command: Remote) -> Result<u8, Failure> {
             Remote::Table(TableCommand::Apply(args)) => apply(&client, args).await,
             Remote::Flip(args) => flip(&client, args).await,
             Remote::Resolve(args) => resolve(&client, args).await,
-            Remote::ForgetGateway { id } => forget_gateway(&client, &id).await,
-            Remote::Confirm { id } => signal(&client, &id, "confirm").await,
-            Remote::Cancel { id } => signal(&client, &id, "cancel").await,
+            Remote::ForgetGateway { id, output } => forget_gateway(&client, &id, output).await,
+            Remote::Confirm { id, output } => signal(&client, &id, "confirm", output).await,
+            Remote::Cancel { id, output } => signal(&client, &id, "cancel", output).await,
             Remote::Audit { limit, output } => audit(&client, limit, output).await,
             Remote::Show { id, wait, output } => show(&client, &id, wait, output).await,
         }
@@ -200,16 +261,22 @@ pub enum Remote {
     ForgetGateway {
         /// Gateway id.
         id: String,
+        /// Output format.
+        output: Output,
     },
     /// Confirm a flip's replication.
     Confirm {
         /// Flip id.
         id: String,
+        /// Output format.
+        output: Output,
     },
     /// Cancel a flip.
     Cancel {
         /// Flip id.
         id: String,
+        /// Output format.
+        output: Output,
     },
     /// One flip.
     Show {
@@ -229,7 +296,22 @@ pub enum Remote {
     },
 }
 
+/// The exit code for a request that got `error`: see [`crate::EXIT_CODES`].
+fn exit_code(error: &ClientError) -> u8 {
+    match error {
+        ClientError::Setup(_) => EXIT_INPUT,
+        ClientError::Transport { .. } | ClientError::Timeout { .. } => EXIT_UNREACHABLE,
+        ClientError::Api { status, .. } | ClientError::Decode { status, .. }
+            if matches!(*status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) =>
+        {
+            EXIT_AUTH
+        }
+        ClientError::Api { .. } | ClientError::Decode { .. } => EXIT_FINDING,
+    }
+}
+
 fn failed(error: ClientError) -> Failure {
+    let code = exit_code(&error);
     let mut message = error.to_string();
     if let ClientError::Api { error, .. } = &error {
         for problem in &error.problems {
@@ -240,10 +322,15 @@ fn failed(error: ClientError) -> Failure {
             message.push_str(&format!("\n  {at}{}: {}", problem.path, problem.message));
         }
     }
-    Failure::input(message)
+    if matches!(&error, ClientError::Api { status, .. } if *status == StatusCode::UNAUTHORIZED) {
+        message.push_str(
+            "\nhint: check the token (--token-file, UNITGATE_TOKEN_FILE, --token, UNITGATE_TOKEN)",
+        );
+    }
+    Failure::new(code, message)
 }
 
-/// `YYYY-MM-DD HH:MM:SS` in UTC for milliseconds since the epoch.
+/// `YYYY-MM-DD HH:MM:SS UTC` for milliseconds since the epoch.
 fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rest) = (secs / 86_400, secs % 86_400);
@@ -258,7 +345,7 @@ fn utc(ms: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
         rest / 3600,
         rest / 60 % 60,
         rest % 60
@@ -274,6 +361,27 @@ fn ago(ms: u64) -> String {
     }
 }
 
+/// A table for people: a header row and aligned columns, two spaces apart, no borders; the
+/// columns numbered in `right` aligned to the right (numbers).
+fn grid(header: &[&str], right: &[usize]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_header(header.to_vec());
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, 2));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+}
+
+/// Print `table` (without the spaces that pad its last column).
+fn print_grid(table: &Table) {
+    outln!("{}", table.trim_fmt());
+}
+
 async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
     let status: Status = client
         .get_json("/v1/status", TIMEOUT)
@@ -283,10 +391,10 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
         print_json(&status)?;
         return Ok(0);
     }
-    println!("table version {}\n", status.version);
-    println!(
-        "{:<8} {:<8} {:<13} {:<8} {:>6}  FLIP",
-        "UNIT", "REGION", "STATE", "STANDBY", "SLOTS"
+    outln!("table version {}\n", status.version);
+    let mut units = grid(
+        &["UNIT", "REGION", "STATE", "STANDBY", "SLOTS", "FLIP"],
+        &[4],
     );
     for unit in &status.units {
         let name = if unit.center {
@@ -299,30 +407,28 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
             (None, Some(why)) => format!("LOCKED: {why}"),
             (None, None) => String::new(),
         };
-        println!(
-            "{:<8} {:<8} {:<13} {:<8} {:>6}  {flip}",
+        units.add_row(vec![
             name,
-            unit.region,
-            unit.state,
-            unit.standby.as_deref().unwrap_or("-"),
-            unit.slots,
-        );
+            unit.region.clone(),
+            unit.state.clone(),
+            unit.standby.clone().unwrap_or_else(|| "-".to_owned()),
+            unit.slots.to_string(),
+            flip,
+        ]);
     }
-    println!("(* center unit)");
+    print_grid(&units);
+    outln!("(* center unit)");
     if status.units.iter().any(|u| u.locked.is_some()) {
-        println!(
+        outln!(
             "LOCKED: no flip may start on the unit until it is settled: unitctl flip-resolve UNIT --state active|write_frozen --reason TEXT"
         );
     }
-    println!();
+    outln!();
     if status.gateways.is_empty() {
-        println!("no gateway has connected yet");
+        outln!("no gateway has connected yet");
         return Ok(0);
     }
-    println!(
-        "{:<28} {:<8} {:>8}  {:<10} STATE",
-        "GATEWAY", "REGION", "VERSION", "SEEN"
-    );
+    let mut gateways = grid(&["GATEWAY", "REGION", "VERSION", "SEEN", "STATE"], &[2]);
     for gateway in &status.gateways {
         let state = if gateway.stale {
             "stale".to_owned()
@@ -339,14 +445,15 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
             ),
             _ => state,
         };
-        println!(
-            "{:<28} {:<8} {:>8}  {:<10} {state}",
-            gateway.id,
-            gateway.region,
-            gateway.applied_version,
-            ago(gateway.last_seen_ms)
-        );
+        gateways.add_row(vec![
+            gateway.id.clone(),
+            gateway.region.clone(),
+            gateway.applied_version.to_string(),
+            ago(gateway.last_seen_ms),
+            state,
+        ]);
     }
+    print_grid(&gateways);
     Ok(0)
 }
 
@@ -442,56 +549,72 @@ fn stale_hint(file: &Path) -> String {
     )
 }
 
-/// Print the plan for `file`, an edit of version `base`; `forced`: applied with
+/// Append a line to a `String`.
+macro_rules! push_line {
+    ($text:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($text, $($arg)*);
+    }};
+}
+
+/// The plan for `file`, an edit of version `base`, for people; `forced`: applied with
 /// `--force-moves`.
-fn print_plan(file: &Path, plan: &PlanResult, base: Option<u64>, forced: bool) {
+fn plan_text(file: &Path, plan: &PlanResult, base: Option<u64>, forced: bool) -> String {
+    let mut text = String::new();
     let shown = file.display();
     if !plan.valid {
-        println!("{shown}: refused ({} problems)", plan.problems.len());
+        push_line!(text, "{shown}: refused ({} problems)", plan.problems.len());
         for p in &plan.problems {
             let at = match (p.line, p.column) {
                 (Some(line), Some(column)) => format!("{line}:{column}: "),
                 _ => String::new(),
             };
-            println!("  {shown}:{at}{}: {}", p.path, p.message);
+            push_line!(text, "  {shown}:{at}{}: {}", p.path, p.message);
         }
-        return;
+        return text;
     }
-    println!(
+    push_line!(
+        text,
         "{shown}: valid; would be stored as version {} (in force: {})",
-        plan.next_version, plan.current_version
+        plan.next_version,
+        plan.current_version
     );
     if let Some(base) = base.filter(|&b| b != plan.current_version) {
-        println!(
+        push_line!(
+            text,
             "  STALE: it is an edit of version {base}, but version {} is in force: an apply would be refused (409 stale_version); {}",
             plan.current_version,
             stale_hint(file)
         );
     }
     if let Some(diff) = &plan.diff {
-        print_diff(diff);
+        diff_text(&mut text, diff);
     }
     if !plan.moves.is_empty() {
-        println!("  moves {} unit(s) without a flip:", plan.moves.len());
+        push_line!(text, "  moves {} unit(s) without a flip:", plan.moves.len());
         for m in &plan.moves {
-            println!("    unit {}: {}", m.unit, m.hint);
+            push_line!(text, "    unit {}: {}", m.unit, m.hint);
         }
     }
     match (&plan.put_refused, plan.moves.is_empty()) {
-        (Some(_), false) if forced => println!(
+        (Some(_), false) if forced => push_line!(
+            text,
             "  --force-moves: to be stored although it moves units without a flip (admins only; the version and the audit log record it as forced)"
         ),
-        (Some(_), false) => println!(
+        (Some(_), false) => push_line!(
+            text,
             "  an apply would be REFUSED (422 moves_units): move units with flips (unitctl flip UNIT --to REGION), or, as an admin, store it anyway with --force-moves REASON"
         ),
-        (Some(why), true) => println!("  an apply would be REFUSED: {why}"),
+        (Some(why), true) => push_line!(text, "  an apply would be REFUSED: {why}"),
         (None, _) => {}
     }
+    text
 }
 
-fn print_diff(diff: &serde_json::Value) {
+fn diff_text(text: &mut String, diff: &serde_json::Value) {
     let share = |key: &str| diff[key].as_f64().unwrap_or_default() * 100.0;
-    println!(
+    push_line!(
+        text,
         "  slots changing unit: {} ({:.2}%), changing region: {} ({:.2}%)",
         diff["slots_changing_unit"],
         share("share_changing_unit"),
@@ -523,7 +646,8 @@ fn print_diff(diff: &serde_json::Value) {
         for field in unit["fields"].as_array().into_iter().flatten() {
             what.push(field.as_str().unwrap_or_default().to_owned());
         }
-        println!(
+        push_line!(
+            text,
             "  unit {} {}: {}",
             unit["unit"].as_str().unwrap_or_default(),
             unit["change"].as_str().unwrap_or_default(),
@@ -532,7 +656,8 @@ fn print_diff(diff: &serde_json::Value) {
     }
     for kind in ["regions", "routes"] {
         for change in diff[kind].as_array().into_iter().flatten() {
-            println!(
+            push_line!(
+                text,
                 "  {} {} {}",
                 kind.trim_end_matches('s'),
                 change["name"].as_str().unwrap_or_default(),
@@ -541,7 +666,7 @@ fn print_diff(diff: &serde_json::Value) {
         }
     }
     for setting in diff["settings"].as_array().into_iter().flatten() {
-        println!("  setting {}", setting.as_str().unwrap_or_default());
+        push_line!(text, "  setting {}", setting.as_str().unwrap_or_default());
     }
 }
 
@@ -551,7 +676,7 @@ async fn plan(client: &Client, file: &Path, output: Output) -> Result<u8, Failur
     if output == Output::Json {
         print_json(&plan)?;
     } else {
-        print_plan(file, &plan, table.version, false);
+        out!("{}", plan_text(file, &plan, table.version, false));
     }
     Ok(if plan.valid { 0 } else { EXIT_FINDING })
 }
@@ -567,13 +692,42 @@ fn header_text(flag: &str, text: &str) -> Result<HeaderValue, Failure> {
     })
 }
 
+/// What `table apply --output json` prints: the plan, and the version stored when one was.
+#[derive(Debug, serde::Serialize)]
+struct ApplyReport<'a> {
+    plan: &'a PlanResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<PutResult>,
+}
+
+/// Text for people: on stdout, or on stderr when stdout carries JSON.
+fn note(output: Output, text: &str) {
+    match output {
+        Output::Text => out!("{text}"),
+        Output::Json => {
+            let _ = write!(std::io::stderr(), "{text}");
+        }
+    }
+}
+
 async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
     let file = args.file.as_path();
+    let output = args.output;
     let table = TableFile::read(file)?;
     let base = args.base.or(table.version);
     let plan = request_plan(client, &table).await?;
-    print_plan(file, &plan, base, args.force_moves.is_some());
+    let shown_plan = plan_text(file, &plan, base, args.force_moves.is_some());
+    // With JSON on stdout, the plan is shown (on stderr) only to someone asked to confirm it.
+    if output == Output::Text {
+        out!("{shown_plan}");
+    }
     if !plan.valid {
+        if output == Output::Json {
+            print_json(&ApplyReport {
+                plan: &plan,
+                stored: None,
+            })?;
+        }
         return Ok(EXIT_FINDING);
     }
     let Some(base) = base else {
@@ -584,7 +738,10 @@ async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
     };
     let forcing = args.force_moves.is_some() && !plan.moves.is_empty();
     if args.force_moves.is_some() && plan.moves.is_empty() {
-        println!("  (--force-moves has nothing to force: the table moves no unit)");
+        note(
+            output,
+            "  (--force-moves has nothing to force: the table moves no unit)\n",
+        );
     }
     let mut headers = vec![(HeaderName::from_static("if-match"), HeaderValue::from(base))];
     if let Some(reason) = args.reason {
@@ -605,20 +762,28 @@ async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
                 "not applied: confirm with --yes when not at a terminal",
             ));
         }
-        print!(
-            "Store it as version {}{}? [y/N] ",
-            plan.next_version,
-            if forcing {
-                ", moving units without a flip"
-            } else {
-                ""
-            }
+        if output == Output::Json {
+            note(output, &shown_plan);
+        }
+        note(
+            output,
+            &format!(
+                "Store it as version {}{}? [y/N] ",
+                plan.next_version,
+                if forcing {
+                    ", moving units without a flip"
+                } else {
+                    ""
+                }
+            ),
         );
-        let _ = std::io::stdout().flush();
+        if output == Output::Text {
+            crate::out::flush();
+        }
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("not applied");
+            note(output, "not applied\n");
             return Ok(EXIT_FINDING);
         }
     }
@@ -636,7 +801,14 @@ async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
         Ok(stored) => stored,
         Err(error) => return Err(put_refused(file, base, error)),
     };
-    println!(
+    if output == Output::Json {
+        print_json(&ApplyReport {
+            plan: &plan,
+            stored: Some(stored),
+        })?;
+        return Ok(0);
+    }
+    outln!(
         "stored as version {}{}; gateways are picking it up (unitctl status)",
         stored.version,
         if forcing {
@@ -734,7 +906,14 @@ async fn flip(client: &Client, args: FlipArgs) -> Result<u8, Failure> {
         )
         .await
         .map_err(failed)?;
-    println!(
+    if args.output == Output::Json {
+        if !args.wait {
+            print_json(&accepted)?;
+            return Ok(0);
+        }
+        return follow(client, &accepted.id, Output::Json).await;
+    }
+    outln!(
         "flip {} started: unit {} -> {} ({})",
         accepted.id,
         args.unit,
@@ -746,14 +925,15 @@ async fn flip(client: &Client, args: FlipArgs) -> Result<u8, Failure> {
         }
     );
     if !args.wait {
-        println!("follow it: unitctl flip-show {}", accepted.id);
+        outln!("follow it: unitctl flip-show {}", accepted.id);
         return Ok(0);
     }
-    follow(client, &accepted.id).await
+    follow(client, &accepted.id, Output::Text).await
 }
 
-/// Print a line when each step starts and when it ends, until the flip ends.
-async fn follow(client: &Client, id: &str) -> Result<u8, Failure> {
+/// Print a line when each step starts and when it ends, until the flip ends (`Output::Json`:
+/// print nothing until then, then the flip's record); exit 1 unless it succeeded.
+async fn follow(client: &Client, id: &str, output: Output) -> Result<u8, Failure> {
     // Per step index: the outcome last printed.
     let mut shown: Vec<StepOutcome> = Vec::new();
     loop {
@@ -761,6 +941,19 @@ async fn follow(client: &Client, id: &str) -> Result<u8, Failure> {
             .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
             .await
             .map_err(failed)?;
+        let succeeded = if flip.state == FlipState::Succeeded {
+            0
+        } else {
+            EXIT_FINDING
+        };
+        if output == Output::Json {
+            if flip.state.is_final() {
+                print_json(&flip)?;
+                return Ok(succeeded);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         for (i, step) in flip.steps.iter().enumerate() {
             if shown.get(i) == Some(&step.outcome) {
                 continue;
@@ -777,7 +970,7 @@ async fn follow(client: &Client, id: &str) -> Result<u8, Failure> {
                     | control_api::StepName::ConvergeRollback
             );
             if step.outcome != StepOutcome::Running || waits {
-                println!("{}", step_line(step));
+                outln!("{}", step_line(step));
             }
             let awaits_confirmation = step.outcome == StepOutcome::Running
                 && step.name == control_api::StepName::Replication
@@ -786,9 +979,7 @@ async fn follow(client: &Client, id: &str) -> Result<u8, Failure> {
                     .as_ref()
                     .is_some_and(|c| c.confirm == Some(true));
             if awaits_confirmation {
-                println!(
-                    "  waiting for: unitctl flip-confirm {id}   (or unitctl flip-cancel {id})"
-                );
+                outln!("  waiting for: unitctl flip-confirm {id}   (or unitctl flip-cancel {id})");
             }
             if i < shown.len() {
                 shown[i] = step.outcome;
@@ -797,22 +988,19 @@ async fn follow(client: &Client, id: &str) -> Result<u8, Failure> {
             }
         }
         if flip.state.is_final() {
-            println!("flip {id}: {}", flip.state.as_str());
+            outln!("flip {id}: {}", flip.state.as_str());
             if let Some(error) = &flip.error {
-                println!("  {error}");
+                outln!("  {error}");
             }
-            return Ok(if flip.state == FlipState::Succeeded {
-                0
-            } else {
-                EXIT_FINDING
-            });
+            return Ok(succeeded);
         }
         // Flip records have no push channel: poll, like an operator refreshing a page.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn signal(client: &Client, id: &str, what: &str) -> Result<u8, Failure> {
+async fn signal(client: &Client, id: &str, what: &str, output: Output) -> Result<u8, Failure> {
+    let id = segment("flip", id)?;
     let reply = client
         .send(
             Method::POST,
@@ -823,10 +1011,13 @@ async fn signal(client: &Client, id: &str, what: &str) -> Result<u8, Failure> {
         )
         .await
         .map_err(failed)?;
-    if !reply.status.is_success() {
-        return Err(failed(reply.api_error()));
+    // The control plane's answer: `{"id": ID, "signal": "confirm"|"cancel"}`.
+    let answer: serde_json::Value = reply.json().map_err(failed)?;
+    if output == Output::Json {
+        print_json(&answer)?;
+    } else {
+        outln!("flip {id}: {what} sent");
     }
-    println!("flip {id}: {what} sent");
     Ok(0)
 }
 
@@ -879,14 +1070,14 @@ async fn resolve(client: &Client, args: ResolveArgs) -> Result<u8, Failure> {
         u.state != state.as_str()
     });
     if changed {
-        println!(
+        outln!(
             "unit {unit}: {} -> {} in {region}: stored as version {}",
             was.map(|u| u.state.as_str()).unwrap_or("?"),
             state.as_str(),
             result.version
         );
     } else {
-        println!(
+        outln!(
             "unit {unit}: already {} in {region}: no new version (version {} in force)",
             state.as_str(),
             result.version
@@ -894,15 +1085,15 @@ async fn resolve(client: &Client, args: ResolveArgs) -> Result<u8, Failure> {
     }
     match &result.lifted {
         Some(flip) => {
-            println!("lifted the lock of lost flip {flip}: flips of {unit} may start again")
+            outln!("lifted the lock of lost flip {flip}: flips of {unit} may start again")
         }
-        None => println!("no lock was held on {unit}"),
+        None => outln!("no lock was held on {unit}"),
     }
     Ok(0)
 }
 
 /// `unitctl gateway-forget ID`: drop a gateway taken out of service from the fleet.
-async fn forget_gateway(client: &Client, id: &str) -> Result<u8, Failure> {
+async fn forget_gateway(client: &Client, id: &str, output: Output) -> Result<u8, Failure> {
     let id = segment("gateway", id)?;
     let reply = client
         .send(
@@ -917,7 +1108,12 @@ async fn forget_gateway(client: &Client, id: &str) -> Result<u8, Failure> {
     if !reply.status.is_success() {
         return Err(failed(reply.api_error()));
     }
-    println!(
+    if output == Output::Json {
+        // The control plane answers 204 without a body.
+        print_json(&serde_json::json!({ "gateway": id, "forgotten": true }))?;
+        return Ok(0);
+    }
+    outln!(
         "gateway {id} forgotten: flips no longer wait for it (if it is still running, it is back at its next poll)"
     );
     Ok(0)
@@ -926,7 +1122,7 @@ async fn forget_gateway(client: &Client, id: &str) -> Result<u8, Failure> {
 /// `unitctl flip-show ID`: the flip's steps so far (and follow it with `--wait`).
 async fn show(client: &Client, id: &str, wait: bool, output: Output) -> Result<u8, Failure> {
     if wait {
-        return follow(client, id).await;
+        return follow(client, id, output).await;
     }
     let flip: FlipRecord = client
         .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
@@ -935,7 +1131,7 @@ async fn show(client: &Client, id: &str, wait: bool, output: Output) -> Result<u
     if output == Output::Json {
         print_json(&flip)?;
     } else {
-        println!(
+        outln!(
             "flip {}: unit {} {} -> {} ({:?}) by {}: {}",
             flip.id,
             flip.unit,
@@ -946,10 +1142,10 @@ async fn show(client: &Client, id: &str, wait: bool, output: Output) -> Result<u
             flip.state.as_str()
         );
         for step in &flip.steps {
-            println!("{}", step_line(step));
+            outln!("{}", step_line(step));
         }
         if let Some(error) = &flip.error {
-            println!("  {error}");
+            outln!("  {error}");
         }
     }
     Ok(0)
@@ -965,27 +1161,36 @@ async fn audit(client: &Client, limit: Option<usize>, output: Output) -> Result<
         print_json(&entries)?;
         return Ok(0);
     }
+    let mut table = grid(
+        &[
+            "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "STATUS", "VERSION", "REASON", "DETAIL",
+        ],
+        &[5],
+    );
     for e in &entries {
         let versions = match (e.version_before, e.version_after) {
             (Some(a), Some(b)) => format!("v{a}->v{b}"),
             (Some(a), None) => format!("v{a}"),
             _ => String::new(),
         };
-        println!(
-            "{} {:<10} {:<14} {:<10} {:<8} {:<9} {}{}",
+        let outcome = match e.outcome {
+            AuditOutcome::Ok => "ok",
+            AuditOutcome::Refused => "refused",
+            AuditOutcome::Failed => "failed",
+        };
+        table.add_row(vec![
             utc(e.at_ms),
-            e.actor,
-            e.action,
-            e.target,
-            format!("{:?}", e.outcome).to_lowercase(),
+            e.actor.clone(),
+            e.action.clone(),
+            e.target.clone(),
+            outcome.to_owned(),
+            e.status.map(|s| s.to_string()).unwrap_or_default(),
             versions,
-            e.reason
-                .as_deref()
-                .map(|r| format!("[{r}] "))
-                .unwrap_or_default(),
-            e.detail.as_deref().unwrap_or_default()
-        );
+            e.reason.clone().unwrap_or_default(),
+            e.detail.clone().unwrap_or_default(),
+        ]);
     }
+    print_grid(&table);
     Ok(0)
 }
 
@@ -993,8 +1198,8 @@ async fn audit(client: &Client, limit: Option<usize>, output: Output) -> Result<
 mod tests {
     #[test]
     fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(super::utc(1_795_752_217_747), "2026-11-27 04:03:37");
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_752_217_747), "2026-11-27 04:03:37 UTC");
     }
 }

@@ -64,7 +64,7 @@ pub fn run(args: &RouteArgs) -> Result<u8, Failure> {
     let report = DecisionReport::new(&table, &decision, &request.method);
     match args.output {
         Output::Json => print_json(&report)?,
-        Output::Text => print!("{}", explain(&table, &request, &report, &notes)),
+        Output::Text => out!("{}", explain(&table, &request, &report, &notes)),
     }
     Ok(0)
 }

@@ -425,3 +425,53 @@ fn batch_each_prints_every_decision_as_json_lines() {
         (Some("P"), Some("hz"), Some("sz"))
     );
 }
+
+/// A reader that stops reading early (`unitctl schema | head`) ends unitctl quietly: exit 0,
+/// no panic on stderr.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    // The read end closed before unitctl writes a byte: its first write fails.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_unitctl"))
+        .arg("schema")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("unitctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+
+    // A reader that takes a few bytes, then goes, while unitctl still has much to write (more
+    // than a pipe holds).
+    let users: String = (0..20_000).map(|u| format!("{u}\n")).collect();
+    let input = temp_file("users.txt", &users);
+    for args in [
+        vec!["schema"],
+        vec![
+            "route",
+            "--table",
+            &example(),
+            "--batch",
+            input.to_str().expect("path"),
+            "--each",
+        ],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unitctl"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unitctl runs");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut first = [0u8; 16];
+        std::io::Read::read_exact(&mut stdout, &mut first).expect("a few bytes");
+        drop(stdout);
+        let out = child.wait_with_output().expect("unitctl ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

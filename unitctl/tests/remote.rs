@@ -31,6 +31,12 @@ async fn plane() -> Plane {
 
 /// A control plane whose file store directory `seed` has filled in before it opens.
 async fn plane_with_store(seed: impl FnOnce(&Path)) -> Plane {
+    plane_with(seed, None).await
+}
+
+/// A control plane whose store `seed` filled in, serving https with the PEM certificate and
+/// key `tls` when given.
+async fn plane_with(seed: impl FnOnce(&Path), tls: Option<(&Path, &Path)>) -> Plane {
     let dir = tempfile::tempdir().expect("tempdir");
     seed(&dir.path().join("store"));
     let (operator, admin, gateway) = (new_token(), new_token(), new_token());
@@ -45,7 +51,8 @@ async fn plane_with_store(seed: impl FnOnce(&Path)) -> Plane {
     let config = ControlConfig::parse(&text, "test").expect("config");
     let cp = ControlPlane::open(config).await.expect("control plane");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let server = Server::start(cp.clone(), listener, None).expect("serve");
+    let tls = tls.map(|(cert, key)| control_api::tls::server_config(cert, key).expect("TLS"));
+    let server = Server::start(cp.clone(), listener, tls).expect("serve");
     Plane {
         path: dir.path().to_owned(),
         _dir: dir,
@@ -61,15 +68,11 @@ impl Plane {
     /// Run unitctl (blocking, off the runtime's threads) with the server and `token` in the
     /// environment, as `source .unitgate-demo/env` would set them.
     async fn unitctl(&self, token: &str, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_unitctl"));
+        let mut command = unitctl_command(args);
         command
-            .args(args)
             .env("UNITGATE_SERVER", format!("http://{}", self.server.addr))
-            .env("UNITGATE_TOKEN", token)
-            .stdin(Stdio::null());
-        tokio::task::spawn_blocking(move || command.output().expect("unitctl runs"))
-            .await
-            .expect("joined")
+            .env("UNITGATE_TOKEN", token);
+        run(command).await
     }
 }
 
@@ -94,6 +97,28 @@ impl Plane {
     async fn table(&self) -> control_api::StoredTable {
         self.get("/v1/table").await
     }
+}
+
+/// `unitctl ARGS` with no server, token or CA from the test's own environment.
+fn unitctl_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_unitctl"));
+    command.args(args).stdin(Stdio::null());
+    for name in [
+        "UNITGATE_SERVER",
+        "UNITGATE_TOKEN",
+        "UNITGATE_TOKEN_FILE",
+        "UNITGATE_CA",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// Run `command` to its end, off the runtime's threads.
+async fn run(mut command: Command) -> Output {
+    tokio::task::spawn_blocking(move || command.output().expect("unitctl runs"))
+        .await
+        .expect("joined")
 }
 
 fn unit<'s>(status: &'s control_api::Status, name: &str) -> &'s control_api::UnitStatus {
@@ -185,7 +210,7 @@ async fn status_plan_apply_flip_and_audit() {
     let out = p
         .unitctl(&p.operator, &["table", "apply", &edited, "--yes"])
         .await;
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(4), "a role refused: {}", text(&out));
     assert!(text(&out).contains("403"), "{}", text(&out));
     let out = p.unitctl(&p.admin, &["table", "apply", &edited]).await;
     assert_eq!(out.status.code(), Some(2));
@@ -252,7 +277,7 @@ async fn status_plan_apply_flip_and_audit() {
     let out = p.unitctl(&p.operator, &["audit"]).await;
     let shown = text(&out);
     assert!(
-        shown.contains("table.put") && shown.contains("[rebalance]"),
+        shown.contains("table.put") && shown.contains("rebalance"),
         "{shown}"
     );
     assert!(
@@ -673,6 +698,7 @@ fn remote_commands_need_a_server_and_a_token() {
         .arg("status")
         .env_remove("UNITGATE_SERVER")
         .env_remove("UNITGATE_TOKEN")
+        .env_remove("UNITGATE_TOKEN_FILE")
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
@@ -680,7 +706,449 @@ fn remote_commands_need_a_server_and_a_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_unitctl"))
         .args(["status", "--server", "http://127.0.0.1:1"])
         .env_remove("UNITGATE_TOKEN")
+        .env_remove("UNITGATE_TOKEN_FILE")
         .output()
         .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("UNITGATE_TOKEN"), "{}", text(&out));
+}
+
+/// stdout as JSON of type `T`: the whole of it, nothing else beside.
+fn parse<T: serde::de::DeserializeOwned>(output: &Output) -> T {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not the JSON expected ({e}): {}", text(output)))
+}
+
+/// Report gateway `id` of region hz to the control plane, as a gateway would.
+async fn report_gateway(p: &Plane, id: &str) {
+    let report = control_api::GatewayReport {
+        gateway: id.into(),
+        region: "hz".into(),
+        applied: 1,
+        digest: None,
+        rejected: None,
+    };
+    let reply = p
+        .client(&p.gateway)
+        .send(
+            http::Method::POST,
+            "/v1/report",
+            &[],
+            Some((
+                serde_json::to_vec(&report).expect("JSON").into(),
+                "application/json",
+            )),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("report");
+    assert!(reply.status.is_success(), "{reply:?}");
+}
+
+/// `--output json` of the commands that change things: stdout is the control plane's answer
+/// (or the documented object) and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_output_of_flips_signals_apply_resolve_and_forget() {
+    let p = plane().await;
+
+    // A flip that waits for a confirmation: accepted, confirmed, followed to its end.
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip", "u03", "--to", "sz", "--confirm", "--output", "json"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let accepted: control_api::FlipAccepted = parse(&out);
+    assert!(accepted.location.contains(&accepted.id), "{accepted:?}");
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip-confirm", &accepted.id, "--output", "json"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: serde_json::Value = parse(&out);
+    assert_eq!(answer["id"], accepted.id.as_str(), "{answer}");
+    assert_eq!(answer["signal"], "confirm", "{answer}");
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip-show", &accepted.id, "--wait", "--output", "json"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let record: control_api::FlipRecord = parse(&out);
+    assert_eq!(
+        record.state,
+        control_api::FlipState::Succeeded,
+        "{record:?}"
+    );
+
+    // --wait: the flip's record once it ended.
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "flip",
+                "u04",
+                "--to",
+                "hz",
+                "--emergency",
+                "--wait",
+                "--output",
+                "json",
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let record: control_api::FlipRecord = parse(&out);
+    assert_eq!(
+        (record.unit.as_str(), record.to.as_str(), record.state),
+        ("u04", "hz", control_api::FlipState::Succeeded),
+        "{record:?}"
+    );
+
+    // A cancelled flip rolls back: its record says so, and the exit code is 1.
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip", "u05", "--to", "hz", "--confirm", "--output", "json"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let accepted: control_api::FlipAccepted = parse(&out);
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip-cancel", &accepted.id, "--output", "json"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: serde_json::Value = parse(&out);
+    assert_eq!(answer["signal"], "cancel", "{answer}");
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip-show", &accepted.id, "--wait", "--output", "json"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let record: control_api::FlipRecord = parse(&out);
+    assert_eq!(
+        record.state,
+        control_api::FlipState::RolledBack,
+        "{record:?}"
+    );
+    assert_eq!(unit(&p.status().await, "u05").region, "sz");
+
+    // table apply: the plan and the version stored; an invalid table: the plan alone, exit 1.
+    let out = p.unitctl(&p.operator, &["table", "get"]).await;
+    let fetched: serde_json::Value = parse(&out);
+    let edited = write(&p.path, "edited.json", &with_standby(&fetched, "u06", "sh"));
+    let out = p
+        .unitctl(
+            &p.admin,
+            &["table", "apply", &edited, "--yes", "--output", "json"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let applied: serde_json::Value = parse(&out);
+    let in_force = p.status().await.version;
+    assert_eq!(applied["stored"]["version"], in_force, "{applied}");
+    let plan: control_api::PlanResult =
+        serde_json::from_value(applied["plan"].clone()).expect("the plan");
+    assert!(plan.valid && plan.next_version == in_force, "{plan:?}");
+    let example = std::fs::read_to_string(example()).expect("example");
+    let broken = write(
+        &p.path,
+        "broken.yaml",
+        &example.replace(
+            "region: sz\n    standby: hz",
+            "region: mars\n    standby: hz",
+        ),
+    );
+    let out = p
+        .unitctl(
+            &p.admin,
+            &["table", "apply", &broken, "--yes", "--output", "json"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let refused: serde_json::Value = parse(&out);
+    assert_eq!(refused["plan"]["valid"], false, "{refused}");
+    assert!(refused.get("stored").is_none(), "{refused}");
+    assert_eq!(p.status().await.version, in_force, "nothing stored");
+
+    // flip-resolve and gateway-forget.
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "flip-resolve",
+                "u02",
+                "--state",
+                "write_frozen",
+                "--reason",
+                "drill",
+                "--output",
+                "json",
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let resolved: control_api::ResolveResult = parse(&out);
+    assert_eq!(
+        (resolved.unit.as_str(), resolved.version),
+        ("u02", in_force + 1)
+    );
+    report_gateway(&p, "hz-1").await;
+    let out = p
+        .unitctl(&p.operator, &["gateway-forget", "hz-1", "--output", "json"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let forgotten: serde_json::Value = parse(&out);
+    assert_eq!(
+        forgotten,
+        serde_json::json!({"gateway": "hz-1", "forgotten": true})
+    );
+
+    // status and audit, for completeness.
+    let out = p
+        .unitctl(&p.operator, &["status", "--output", "json"])
+        .await;
+    let status: control_api::Status = parse(&out);
+    assert_eq!(status.version, in_force + 1);
+    let out = p.unitctl(&p.operator, &["audit", "--output", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let audit: Vec<control_api::AuditEntry> = parse(&out);
+    assert!(
+        audit.iter().any(|e| e.action == "flip.cancel"),
+        "{audit:#?}"
+    );
+}
+
+/// The byte column at which `name` starts in `header`.
+fn column(header: &str, name: &str) -> usize {
+    header
+        .find(name)
+        .unwrap_or_else(|| panic!("column {name} in {header:?}"))
+}
+
+/// `line` has a value starting exactly at byte column `at`.
+fn starts_at(line: &str, at: usize) -> bool {
+    line.len() > at && line.as_bytes()[at] != b' ' && (at == 0 || line.as_bytes()[at - 1] == b' ')
+}
+
+/// `audit` is a table: a header row, columns aligned, times in UTC; `status` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_and_status_are_aligned_tables() {
+    let p = plane().await;
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "flip-resolve",
+                "u03",
+                "--state",
+                "write_frozen",
+                "--reason",
+                "a reason with spaces",
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.unitctl("not-a-token", &["status"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let out = p.unitctl(&p.operator, &["gateway-forget", "nobody"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    let out = p.unitctl(&p.operator, &["audit"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = shown.lines();
+    let header = lines.next().expect("a header row");
+    assert!(header.starts_with("TIME "), "{shown}");
+    let columns: Vec<usize> = ["ACTOR", "ACTION", "TARGET", "OUTCOME"]
+        .iter()
+        .map(|name| column(header, name))
+        .collect();
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.len() >= 2, "{shown}");
+    for row in &rows {
+        let time = &row[..column(header, "ACTOR")];
+        assert!(
+            time.trim_end().ends_with(" UTC") && time.starts_with("20"),
+            "{row:?} in {shown}"
+        );
+        for &at in &columns {
+            assert!(starts_at(row, at), "column at {at} of {row:?} in\n{shown}");
+        }
+    }
+    let resolve = rows
+        .iter()
+        .find(|r| r.contains("unit.resolve"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(resolve.contains("a reason with spaces"), "{shown}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("gateway.forget") && r.contains("refused") && r.contains("404")),
+        "{shown}"
+    );
+
+    let out = p.unitctl(&p.operator, &["status"]).await;
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let header = shown
+        .lines()
+        .find(|l| l.starts_with("UNIT "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    let region = column(header, "REGION");
+    let units: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with('u') && l.len() > 2)
+        .collect();
+    assert_eq!(units.len(), 6, "{shown}");
+    for row in units {
+        assert!(starts_at(row, region), "{row:?} in\n{shown}");
+        assert_eq!(row, row.trim_end(), "no trailing spaces");
+    }
+}
+
+/// Exit codes: a refused token 4, a refused role 4, a server nothing listens on 3, a refusal
+/// of the request itself 1, bad usage 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_codes_tell_refused_tokens_and_unreachable_servers() {
+    let p = plane().await;
+    let out = p.unitctl("not-a-token", &["status"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("401") && text(&out).contains("hint: check the token"),
+        "{}",
+        text(&out)
+    );
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["table", "apply", "/nonexistent.yaml", "--yes"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = p
+        .unitctl(&p.operator, &["flip-show", "fnothing-0000"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "404: {}", text(&out));
+    assert!(text(&out).contains("404"), "{}", text(&out));
+
+    // A port that nothing listens on any more.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = listener.local_addr().expect("addr");
+    drop(listener);
+    let mut command = unitctl_command(&["status", "--output", "json"]);
+    command
+        .env("UNITGATE_SERVER", format!("http://{gone}"))
+        .env("UNITGATE_TOKEN", &p.operator);
+    let out = run(command).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("cannot connect"), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "nothing on stdout: {}", text(&out));
+}
+
+/// The token from a file: `UNITGATE_TOKEN_FILE` or `--token-file` (a final newline is no
+/// part of it); a flag beats the environment; both variables at once is a usage error.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_comes_from_a_file() {
+    let p = plane().await;
+    let server = format!("http://{}", p.server.addr);
+    let good = write(&p.path, "operator.token", &format!("{}\n", p.operator));
+    let bad = write(&p.path, "bad.token", "not-a-token\n");
+    let with = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = unitctl_command(args);
+        command.env("UNITGATE_SERVER", &server);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        run(command)
+    };
+
+    let out = with(&["status"], &[("UNITGATE_TOKEN_FILE", &good)]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("table version 1"), "{}", text(&out));
+    let out = with(&["status", "--token-file", &good], &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = with(
+        &["status", "--token-file", &good],
+        &[("UNITGATE_TOKEN", "not-a-token")],
+    )
+    .await;
+    assert!(out.status.success(), "the flag wins: {}", text(&out));
+    let out = with(&["status"], &[("UNITGATE_TOKEN_FILE", &bad)]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let out = with(
+        &["status"],
+        &[
+            ("UNITGATE_TOKEN_FILE", &good),
+            ("UNITGATE_TOKEN", &p.operator),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("both UNITGATE_TOKEN and UNITGATE_TOKEN_FILE"),
+        "{}",
+        text(&out)
+    );
+    let missing = p.path.join("missing.token").display().to_string();
+    let out = with(&["status", "--token-file", &missing], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("missing.token"), "{}", text(&out));
+    let out = with(
+        &["status", "--token-file", &good, "--token", &p.operator],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// An https control plane is verified against the system's trust store (here
+/// `SSL_CERT_FILE`, which stands for it) without --ca; `--ca` or `UNITGATE_CA` adds a
+/// private CA to it; a certificate nobody trusts is refused (exit 3).
+#[tokio::test(flavor = "multi_thread")]
+async fn https_is_verified_against_the_trust_store_and_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("key");
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let other_path = dir.path().join("other.pem");
+    std::fs::write(&other_path, other.cert.pem()).expect("cert");
+    let p = plane_with(|_| {}, Some((&cert_path, &key_path))).await;
+    let url = format!("https://localhost:{}", p.server.addr.port());
+    let with = |system: &Path, args: &[&str], env: &[(&str, &Path)]| {
+        let mut command = unitctl_command(args);
+        command
+            .env("UNITGATE_SERVER", &url)
+            .env("UNITGATE_TOKEN", &p.operator)
+            .env("SSL_CERT_FILE", system)
+            .env_remove("SSL_CERT_DIR");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        run(command)
+    };
+
+    let out = with(&cert_path, &["status"], &[]).await;
+    assert!(
+        out.status.success(),
+        "trusted by the system: {}",
+        text(&out)
+    );
+    let out = with(&other_path, &["status"], &[]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("TLS"), "{}", text(&out));
+    let ca = cert_path.display().to_string();
+    let out = with(&other_path, &["status", "--ca", &ca], &[]).await;
+    assert!(out.status.success(), "--ca: {}", text(&out));
+    let out = with(&other_path, &["status"], &[("UNITGATE_CA", &cert_path)]).await;
+    assert!(out.status.success(), "UNITGATE_CA: {}", text(&out));
 }
