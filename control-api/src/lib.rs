@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod logging;
 pub mod throttle;
 pub mod tls;
 

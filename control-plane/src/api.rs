@@ -1376,7 +1376,7 @@ async fn report(
     if let Some(rejected) = &report.rejected {
         tracing::warn!(
             gateway = report.gateway,
-            version = ?rejected.version,
+            version = rejected.version,
             error = rejected.error,
             "a gateway refused a table version"
         );

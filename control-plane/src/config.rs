@@ -45,6 +45,9 @@ pub struct ControlConfig {
     /// process id.
     #[serde(default)]
     pub replica: Option<String>,
+    /// `text` (default) or `json`, one object per line.
+    #[serde(default)]
+    pub log_format: control_api::logging::LogFormat,
 }
 
 fn default_listen() -> SocketAddr {
@@ -148,6 +151,26 @@ impl ControlConfig {
             ));
         }
         Ok(config)
+    }
+
+    /// Read and validate `initial_table` (YAML, or JSON by its extension), if one is given.
+    pub fn initial_table(&self) -> Result<Option<router_rules::CompiledTable>, String> {
+        let Some(path) = &self.initial_table else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("initial_table: {}: {e}", path.display()))?;
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let table = if json {
+            router_rules::load_json(&text)
+        } else {
+            router_rules::load_yaml(&text)
+        };
+        table
+            .map(Some)
+            .map_err(|e| e.render(&path.display().to_string()))
     }
 
     /// The replica name.

@@ -569,8 +569,8 @@ impl Runner {
         tracing::info!(
             flip = self.flip.id,
             unit = self.flip.unit,
-            ?state,
-            ?error,
+            state = state.as_str(),
+            error,
             "flip ended"
         );
     }

@@ -16,7 +16,6 @@ pub mod server;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,9 +85,7 @@ impl ControlPlane {
             digests: Mutex::new(BTreeMap::new()),
             config,
         });
-        if let Some(path) = cp.config.initial_table.clone() {
-            cp.seed(&path).await?;
-        }
+        cp.seed().await?;
         cp.recover_flips().await;
         if !cp.store.is_shared() {
             // The file store records the fleet when a gateway's version changes (coalesced:
@@ -124,20 +121,15 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    /// Store `path` as the first version when the store holds none.
-    async fn seed(&self, path: &Path) -> Result<(), String> {
+    /// Store the configured `initial_table` as the first version when the store holds none.
+    async fn seed(&self) -> Result<(), String> {
         if self.store.current().is_some() {
             return Ok(());
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("initial_table: {}: {e}", path.display()))?;
-        let json = path.extension().is_some_and(|e| e == "json");
-        let table = if json {
-            router_rules::load_json(&text)
-        } else {
-            router_rules::load_yaml(&text)
-        }
-        .map_err(|e| e.render(&path.display().to_string()))?;
+        let Some(table) = self.config.initial_table()? else {
+            return Ok(());
+        };
+        let path = self.config.initial_table.clone().unwrap_or_default();
         let version = table.version();
         let stored = StoredTable::new(
             table.raw().clone(),
@@ -367,7 +359,11 @@ impl ControlPlane {
             self.metrics
                 .audit_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(%error, ?entry, "cannot append to the audit log");
+            tracing::error!(
+                %error,
+                entry = serde_json::to_string(&entry).unwrap_or_default(),
+                "cannot append to the audit log"
+            );
         }
     }
 

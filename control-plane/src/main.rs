@@ -13,8 +13,8 @@ use control_plane::server::{Server, tls_config};
 #[derive(Debug, Parser)]
 #[command(name = "unitgate-control", version, about)]
 struct Cli {
-    /// Configuration file (YAML).
-    #[arg(long, short)]
+    /// Configuration file (YAML). Accepted before or after the command.
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,13 +32,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
         Some(Command::HashToken) => hash_token(),
         Some(Command::NewToken) => {
@@ -49,18 +42,18 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Some(Command::Check) => match load(cli.config) {
-            Ok(config) => match control_plane::auth::Tokens::load(&config.tokens) {
-                Ok(_) => {
-                    println!("configuration ok");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            },
+        Some(Command::Check) => match load(cli.config).and_then(check) {
+            Ok(()) => {
+                println!("configuration ok");
+                ExitCode::SUCCESS
+            }
             Err(e) => fail(&e),
         },
         None => match load(cli.config) {
-            Ok(config) => run(config),
+            Ok(config) => {
+                control_api::logging::init(config.log_format);
+                run(config)
+            }
             Err(e) => fail(&e),
         },
     }
@@ -74,6 +67,16 @@ fn fail(message: &str) -> ExitCode {
 fn load(path: Option<PathBuf>) -> Result<ControlConfig, String> {
     let path = path.ok_or("--config FILE is required")?;
     ControlConfig::load(&path)
+}
+
+/// Everything `check` can know without starting: tokens, TLS files, the initial table.
+fn check(config: ControlConfig) -> Result<(), String> {
+    control_plane::auth::Tokens::load(&config.tokens)?;
+    if let Some(tls) = &config.tls {
+        tls_config(tls)?;
+    }
+    config.initial_table()?;
+    Ok(())
 }
 
 fn hash_token() -> ExitCode {

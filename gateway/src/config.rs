@@ -361,16 +361,7 @@ impl Default for HealthCheck {
     }
 }
 
-/// Log format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use control_api::logging::LogFormat;
 
 /// The least hop-secret length, in bytes.
 pub const MIN_HOP_SECRET_LEN: usize = 32;

@@ -252,8 +252,8 @@ impl Gateway {
         tracing::info!(
             region = config.region,
             workers = workers.shared().count(),
-            http = ?http_addrs,
-            https = ?https_addrs,
+            http = %join(&http_addrs),
+            https = %join(&https_addrs),
             admin = %admin_addr,
             version = store.current().map(|s| s.table.version()),
             "gateway serving"
@@ -296,4 +296,13 @@ impl Gateway {
         self.workers.exit().await;
         left
     }
+}
+
+/// Addresses as one text field for the log (`127.0.0.1:8001 127.0.0.1:8443`).
+fn join(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

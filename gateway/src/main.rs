@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gateway::config::{GatewayConfig, LogFormat};
+use gateway::config::GatewayConfig;
 use gateway::{Gateway, Listeners, upgrade};
 
 #[global_allocator]
@@ -102,28 +102,8 @@ fn check(config: &GatewayConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_logging(format: LogFormat) {
-    // rustls warns about what a client sent in its handshake (an IP address as the server
-    // name, say), once per connection: clients must not be able to fill the log. Failed
-    // handshakes are counted in `unitgate_client_connections_closed_total` instead.
-    let directives = match std::env::var("RUST_LOG") {
-        Ok(asked) if asked.contains("rustls") => asked,
-        Ok(asked) => format!("{asked},rustls=error"),
-        Err(_) => "info,rustls=error".to_owned(),
-    };
-    let filter = tracing_subscriber::EnvFilter::new(directives);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn serve(config: GatewayConfig, upgrade: bool) -> ExitCode {
-    init_logging(config.log_format);
+    control_api::logging::init(config.log_format);
     // The main runtime runs the accept loops, the table source, health checks and the admin
     // listener (and, with one worker, the proxy itself); more workers are threads of their own
     // (`gateway::workers`).

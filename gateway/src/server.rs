@@ -52,6 +52,16 @@ pub enum Full {
     PerIp,
 }
 
+impl Full {
+    /// The setting that refused it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Full::Total => "max_connections",
+            Full::PerIp => "max_connections_per_ip",
+        }
+    }
+}
+
 impl Default for ConnTracker {
     fn default() -> Self {
         Self::new(0, 0)
@@ -226,7 +236,7 @@ pub async fn serve_proxy(
                     Full::PerIp => ClientEvent::RefusedPerIp,
                 });
                 if let Some(count) = REFUSED.occurred() {
-                    tracing::warn!(?full, %peer, count, "connection refused: limit reached (count: since the last such line)");
+                    tracing::warn!(limit = full.as_str(), %peer, count, "connection refused: limit reached (count: since the last such line)");
                 }
                 continue;
             }

@@ -57,7 +57,7 @@ pub fn watch_file(store: &Arc<TableStore>, path: PathBuf, interval: Duration, re
                 }
                 Ok(Err(_)) => {}
                 Err(error) => {
-                    tracing::error!(%error, ?current, "table file unreadable; the table in force stays")
+                    tracing::error!(%error, current, "table file unreadable; the table in force stays")
                 }
             }
         }

@@ -358,7 +358,7 @@ impl TableStore {
 
     /// Record a refused table.
     pub fn reject(&self, version: Option<u64>, origin: &str, error: String) -> Rejection {
-        tracing::error!(?version, origin, %error, "routing table refused; the table in force stays");
+        tracing::error!(version, origin, %error, "routing table refused; the table in force stays");
         self.metrics.tables_rejected.fetch_add(1, Ordering::Relaxed);
         let rejection = Rejection {
             version,
