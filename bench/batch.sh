@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-1000000}
-cargo build --release -q -p unitctl
+cargo build --release -q --bin unitctl
 ids=$(mktemp)
 trap 'rm -f "$ids"' EXIT
 awk -v n="$count" 'BEGIN { srand(1); for (i = 0; i < n; i++) { if (i % 2) print int(rand() * 1e9); else print "user-" i } }' > "$ids"
