@@ -1451,8 +1451,31 @@ async fn resolve_unit(
         ));
     };
     let lifted = block.as_ref().map(|b| b.flip.clone());
+    let changes = placed.state != ask.state;
+    let mut audit = AuditEntry {
+        at_ms: now_ms(),
+        actor: actor.to_owned(),
+        action: "unit.resolve".into(),
+        target: unit.to_owned(),
+        outcome: AuditOutcome::Ok,
+        status: Some(200),
+        version_before: Some(current.version),
+        version_after: None,
+        reason: Some(ask.reason.clone()),
+        flip: lifted.clone(),
+        detail: Some(format!(
+            "unit {unit} {} {} in {}{}",
+            if changes { "set" } else { "already" },
+            ask.state.as_str(),
+            placed.region,
+            lifted
+                .as_ref()
+                .map(|f| format!("; lock of lost flip {f} lifted"))
+                .unwrap_or_default()
+        )),
+    };
     let mut version = current.version;
-    if placed.state != ask.state {
+    if changes {
         let table = flip::with_placement(
             &current.table,
             unit,
@@ -1462,27 +1485,8 @@ async fn resolve_unit(
         )
         .map_err(|m| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_table", m))?;
         let stored = StoredTable::new(table, actor, Some(ask.reason.clone()), None);
-        let audit = AuditEntry {
-            at_ms: stored.stored_at_ms,
-            actor: actor.to_owned(),
-            action: "unit.resolve".into(),
-            target: unit.to_owned(),
-            outcome: AuditOutcome::Ok,
-            status: Some(200),
-            version_before: Some(current.version),
-            version_after: Some(stored.version),
-            reason: Some(ask.reason.clone()),
-            flip: lifted.clone(),
-            detail: Some(format!(
-                "unit {unit} set {} in {}{}",
-                ask.state.as_str(),
-                placed.region,
-                lifted
-                    .as_ref()
-                    .map(|f| format!("; lock of lost flip {f} lifted"))
-                    .unwrap_or_default()
-            )),
-        };
+        audit.at_ms = stored.stored_at_ms;
+        audit.version_after = Some(stored.version);
         match cp
             .write_version(current.version, stored, audit, lock.fence())
             .await
@@ -1498,28 +1502,7 @@ async fn resolve_unit(
             }
         }
     } else {
-        cp.audit(AuditEntry {
-            at_ms: now_ms(),
-            actor: actor.to_owned(),
-            action: "unit.resolve".into(),
-            target: unit.to_owned(),
-            outcome: AuditOutcome::Ok,
-            status: Some(200),
-            version_before: Some(current.version),
-            version_after: None,
-            reason: Some(ask.reason.clone()),
-            flip: lifted.clone(),
-            detail: Some(format!(
-                "unit {unit} already {} in {}{}",
-                ask.state.as_str(),
-                placed.region,
-                lifted
-                    .as_ref()
-                    .map(|f| format!("; lock of lost flip {f} lifted"))
-                    .unwrap_or_default()
-            )),
-        })
-        .await;
+        cp.audit(audit).await;
     }
     drop(lock);
     Ok(json(
