@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod logging;
+pub mod process_metrics;
+pub mod paths;
 pub mod throttle;
 pub mod tls;
 
