@@ -66,8 +66,7 @@ pub fn fill(pattern: &str, params: &[&str]) -> String {
 pub fn encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b':' | b'@')
-        {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b':' | b'@') {
             out.push(char::from(byte));
         } else {
             out.push_str(&format!("%{byte:02X}"));
@@ -113,7 +112,10 @@ mod tests {
 
     #[test]
     fn encodes_what_a_segment_cannot_hold() {
-        assert_eq!(fill(FLIP, &["a/b c?d#e%"]), "/v1/flips/a%2Fb%20c%3Fd%23e%25");
+        assert_eq!(
+            fill(FLIP, &["a/b c?d#e%"]),
+            "/v1/flips/a%2Fb%20c%3Fd%23e%25"
+        );
         assert_eq!(fill(FLIP, &["é"]), "/v1/flips/%C3%A9");
         assert_eq!(encode("sha256:00ff"), "sha256:00ff");
         assert_eq!(encode("a&b=c+d"), "a%26b%3Dc%2Bd");
