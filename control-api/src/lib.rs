@@ -4,9 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod files;
 pub mod logging;
-pub mod process_metrics;
 pub mod paths;
+pub mod process_metrics;
 pub mod throttle;
 pub mod tls;
 
