@@ -1,4 +1,4 @@
-//! Unit flips: the sequence of DOMAIN.md, "A planned flip", run as a task that records every
+//! Unit flips: the sequence of docs/control-plane.md ("Flips"), run as a task that records every
 //! step in the store, and the recovery of flips whose runner died.
 //!
 //! Each step that changes the table stores a new version derived from the version in force
@@ -18,6 +18,8 @@ use router_rules::{RawTable, UnitState};
 use crate::ControlPlane;
 use crate::registry::NotConverged;
 use crate::store::{PutOutcome, UnitLock};
+
+pub mod admit;
 
 /// Default wait for a convergence step.
 pub const DEFAULT_CONVERGE_TIMEOUT_S: u64 = 30;

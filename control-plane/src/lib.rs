@@ -11,9 +11,11 @@ pub mod config;
 pub mod flip;
 pub mod metrics;
 pub mod openapi;
+pub mod refused;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod units;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;

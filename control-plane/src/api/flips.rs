@@ -1,0 +1,63 @@
+//! `POST /v1/units/{unit}/flip`, `GET /v1/flips[/{id}]`, `POST /v1/flips/{id}/confirm|cancel`,
+//! `POST /v1/units/{unit}/resolve`: HTTP in and out; what a flip may do is flip admission's.
+
+use std::sync::Arc;
+
+use control_api::{FlipAccepted, FlipRequest, ResolveRequest};
+use http::{HeaderValue, Request, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::reply::{Handled, json, parse_json_body, read_body};
+use crate::store::FlipSignal;
+use crate::{ControlPlane, flip, units};
+
+pub async fn start_flip(
+    cp: &Arc<ControlPlane>,
+    actor: &str,
+    unit: &str,
+    request: Request<Incoming>,
+) -> Handled {
+    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
+    let ask: FlipRequest = parse_json_body(&body)?;
+    let record = flip::admit::start(cp, actor, unit, ask).await?;
+    let location = control_api::paths::fill(control_api::paths::FLIP, &[&record.id]);
+    let mut reply = json(
+        StatusCode::ACCEPTED,
+        &FlipAccepted {
+            id: record.id,
+            location: location.clone(),
+        },
+    );
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        reply.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(reply)
+}
+
+pub async fn list_flips(cp: &ControlPlane) -> Handled {
+    Ok(json(StatusCode::OK, &cp.store.flips().await?))
+}
+
+pub async fn get_flip(cp: &ControlPlane, id: &str) -> Handled {
+    Ok(json(StatusCode::OK, &flip::admit::find(cp, id).await?))
+}
+
+pub async fn signal_flip(cp: &ControlPlane, id: &str, signal: FlipSignal) -> Handled {
+    flip::admit::signal(cp, id, signal).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "id": id, "signal": format!("{signal:?}").to_lowercase() }),
+    ))
+}
+
+pub async fn resolve_unit(
+    cp: &ControlPlane,
+    actor: &str,
+    unit: &str,
+    request: Request<Incoming>,
+) -> Handled {
+    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
+    let ask: ResolveRequest = parse_json_body(&body)?;
+    let result = units::resolve(cp, actor, unit, ask).await?;
+    Ok(json(StatusCode::OK, &result))
+}

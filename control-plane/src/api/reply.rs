@@ -1,0 +1,210 @@
+//! Answers and request parts shared by the handlers: JSON answers, JSON errors carried out of
+//! a handler with `?`, bodies read within the size limit, query parameters.
+
+use bytes::Bytes;
+use control_api::ApiError;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::refused::{Kind, Refused};
+use crate::store::StoreError;
+
+/// An answer.
+pub type Reply = Response<Full<Bytes>>;
+
+/// A handler's answer: an error answer comes out with `?`.
+pub type Handled = Result<Reply, Refusal>;
+
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
+    let bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Reply {
+    api_error(
+        status,
+        ApiError {
+            error: code.into(),
+            message: message.into(),
+            problems: Vec::new(),
+        },
+    )
+}
+
+fn api_error(status: StatusCode, body: ApiError) -> Reply {
+    let mut reply = json(status, &body);
+    reply.extensions_mut().insert(ErrorMessage(body.message));
+    reply
+}
+
+/// An answer without a body.
+pub fn empty(status: StatusCode) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+/// The message of an error answer, kept beside the body for the audit log.
+#[derive(Debug, Clone)]
+struct ErrorMessage(String);
+
+/// The message of an error answer, if `reply` is one.
+pub fn reply_message(reply: &Reply) -> Option<String> {
+    reply
+        .extensions()
+        .get::<ErrorMessage>()
+        .map(|m| m.0.clone())
+}
+
+/// An error answer, carried out of a handler with `?` (boxed: answers are large).
+pub struct Refusal(pub Box<Reply>);
+
+impl Refusal {
+    /// An error answer with this status, code and message.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self(Box::new(error(status, code, message)))
+    }
+}
+
+/// The HTTP status of each kind of refusal.
+fn status_of(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::BadRequest => StatusCode::BAD_REQUEST,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(refused: Refused) -> Self {
+        Self(Box::new(api_error(
+            status_of(refused.kind),
+            ApiError {
+                error: refused.code.into(),
+                message: refused.message,
+                problems: refused.problems,
+            },
+        )))
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Self {
+        Refused::from(error).into()
+    }
+}
+
+/// `ETag` of a version.
+pub fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// The request body within `limit` bytes, and whether its content type says JSON.
+pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<(Bytes, bool), Refusal> {
+    let too_large = || {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok((collected.to_bytes(), json)),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+/// Parse a JSON body as `T`, naming the field path of any error.
+pub fn parse_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." || path.is_empty() {
+            "body".to_owned()
+        } else {
+            format!("body.{path}")
+        };
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("{at}: {}", e.inner()),
+        )
+    })
+}
+
+/// The value of `name` in a query string (no percent-decoding: the API's parameters are
+/// numbers and names).
+pub fn query<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A gateway or region name as the API accepts it.
+pub fn is_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
+/// A table digest as the API accepts it: `sha256:` and 64 hex digits.
+pub fn is_digest(value: &str) -> bool {
+    value
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters() {
+        let q = Some("after=3&gateway=hz-1&flag");
+        assert_eq!(query(q, "after"), Some("3"));
+        assert_eq!(query(q, "gateway"), Some("hz-1"));
+        assert_eq!(query(q, "flag"), Some(""));
+        assert_eq!(query(q, "region"), None);
+    }
+}
