@@ -160,10 +160,7 @@ impl ControlConfig {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("initial_table: {}: {e}", path.display()))?;
-        let json = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        let table = if json {
+        let table = if control_api::files::is_json(path) {
             router_rules::load_json(&text)
         } else {
             router_rules::load_yaml(&text)

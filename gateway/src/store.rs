@@ -6,8 +6,7 @@
 //! decides everything with it, so no request is ever routed by a mix of two versions.
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -418,7 +417,14 @@ impl TableStore {
             digest: Some(digest.to_owned()),
             table: table.raw().clone(),
         };
-        if let Err(error) = write_atomically(dir, CACHE_FILE, &file) {
+        // Compact JSON and a newline.
+        let written = serde_json::to_vec(&file)
+            .map_err(std::io::Error::from)
+            .and_then(|mut bytes| {
+                bytes.push(b'\n');
+                control_api::files::write_atomically(dir, CACHE_FILE, &bytes)
+            });
+        if let Err(error) = written {
             self.metrics
                 .cache_write_errors
                 .fetch_add(1, Ordering::Relaxed);
@@ -522,16 +528,4 @@ impl TableStore {
 
 fn header_value(name: &str) -> http::HeaderValue {
     http::HeaderValue::from_str(name).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
-}
-
-fn write_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    serde_json::to_writer(&mut file, value)?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
 }

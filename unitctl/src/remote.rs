@@ -499,9 +499,7 @@ struct TableFile {
 impl TableFile {
     fn read(file: &Path) -> Result<Self, Failure> {
         let text = table_file::read(file)?;
-        let json = file
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let json = control_api::files::is_json(file);
         let version = if json {
             router_rules::parse_json(&text).ok().map(|t| t.version)
         } else {

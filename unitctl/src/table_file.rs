@@ -14,10 +14,7 @@ pub fn read(path: &Path) -> Result<String, Failure> {
 
 /// Parse and validate `text` read from `path`: JSON for `.json` files, YAML otherwise.
 pub fn load(path: &Path, text: &str) -> Result<CompiledTable, TableError> {
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-    {
+    if control_api::files::is_json(path) {
         router_rules::load_json(text)
     } else {
         router_rules::load_yaml(text)

@@ -156,7 +156,7 @@ impl FileStore {
         block: Option<&UnitBlock>,
     ) -> Result<bool, StoreError> {
         if let Some(block) = block {
-            write_atomically(
+            write_json(
                 &self.dir.join(BLOCKS),
                 &Self::block_file(&block.unit),
                 block,
@@ -193,7 +193,7 @@ impl FileStore {
     }
 
     pub(super) fn save_fleet(&self, fleet: &[GatewayStatus]) -> Result<(), StoreError> {
-        write_atomically(&self.dir, FLEET, &fleet)
+        write_json(&self.dir, FLEET, &fleet)
     }
 
     fn stored_versions(&self) -> Result<Vec<u64>, StoreError> {
@@ -240,7 +240,7 @@ impl FileStore {
             return Ok(PutOutcome::Stale(current));
         }
         let version = table.version;
-        write_atomically(&self.dir.join(TABLES), &version_file(version), &table)?;
+        write_json(&self.dir.join(TABLES), &version_file(version), &table)?;
         self.current.offer(Arc::new(table));
         self.append_audit_line(&audit)?;
         Ok(PutOutcome::Stored(version))
@@ -266,7 +266,7 @@ impl FileStore {
     }
 
     pub(super) fn put_flip(&self, flip: &FlipRecord) -> Result<(), StoreError> {
-        write_atomically(&self.dir.join(FLIPS), &format!("{}.json", flip.id), flip)
+        write_json(&self.dir.join(FLIPS), &format!("{}.json", flip.id), flip)
     }
 
     pub(super) fn flip(&self, id: &str) -> Result<Option<FlipRecord>, StoreError> {
@@ -399,22 +399,11 @@ fn remove_temp_files(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Temp file, fsync, rename, fsync the directory: the file is either the old one or the new
-/// one, whole, whenever the process dies.
-fn write_atomically<T: serde::Serialize>(
-    dir: &Path,
-    name: &str,
-    value: &T,
-) -> Result<(), StoreError> {
-    let tmp = dir.join(format!("{name}.tmp"));
+/// `value` as pretty JSON in `dir/name`, written with [`control_api::files::write_atomically`]:
+/// the file is either the old one or the new one, whole, whenever the process dies.
+fn write_json<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(StoreError::from_display)?;
-    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    file.write_all(&bytes).map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    drop(file);
-    let path = dir.join(name);
-    fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-    sync_dir(dir)
+    control_api::files::write_atomically(dir, name, &bytes).map_err(StoreError::from_display)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
