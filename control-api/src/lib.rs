@@ -259,7 +259,9 @@ impl FlipState {
     }
 }
 
-/// The steps of a flip, in order (DOMAIN.md, "A planned flip").
+/// The steps of a flip, in order: a planned flip runs `freeze` to `converge_unfreeze` and, on
+/// any failure, timeout or cancel, `rollback` and `converge_rollback`; an emergency flip runs
+/// `emergency_switch` and `converge_emergency` (docs/control-plane.md, "Flips").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepName {
