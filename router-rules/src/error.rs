@@ -1,8 +1,20 @@
-//! Problems found in a routing table, each with the place it was found.
+//! Problems found in a routing table or a configuration file, each with the place it was
+//! found, and the one way they are written for people:
+//!
+//! ```text
+//! table.yaml:12:7: units[3].slots: overlap: slots 1700-1799 of unit "u3" are also in ...
+//! gateway.yaml: hop_secret: missing; ...
+//! ```
+//!
+//! `origin:line:col: path: message` when the place is known, `origin: path: message` when it
+//! is not; one line per problem. The gateway's and the control plane's configuration errors
+//! and `unitctl` all print through [`Problem::render`] / [`render_problems`].
 
 use std::fmt;
 
 use serde::Serialize;
+
+use crate::source::SourceMap;
 
 /// A position in a source text. Both numbers start at 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -39,6 +51,16 @@ impl Problem {
             location: None,
             message: message.into(),
         }
+    }
+
+    /// This problem placed at the start of its field in `source` (or of the field's nearest
+    /// present ancestor, for a missing field), unless it already has a place.
+    #[must_use]
+    pub fn located(mut self, source: &SourceMap) -> Self {
+        if self.location.is_none() {
+            self.location = source.locate(&self.path);
+        }
+        self
     }
 
     /// The path as shown to people: `(document)` for the root.
@@ -90,13 +112,19 @@ impl TableError {
 
     /// Every problem as `origin:line:col: path: message`, one per line.
     pub fn render(&self, origin: &str) -> String {
-        let mut out = String::new();
-        for problem in &self.problems {
-            out.push_str(&problem.render(origin));
-            out.push('\n');
-        }
-        out
+        render_problems(origin, &self.problems)
     }
+}
+
+/// Every problem as `origin:line:col: path: message` (or `origin: path: message` where its
+/// place is not known), each line ending in a newline.
+pub fn render_problems(origin: &str, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for problem in problems {
+        out.push_str(&problem.render(origin));
+        out.push('\n');
+    }
+    out
 }
 
 impl fmt::Display for TableError {
@@ -111,5 +139,176 @@ impl fmt::Display for TableError {
             write!(f, "\n  {problem}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::source::from_yaml;
+
+    /// A configuration-like document: what the gateway and the control plane parse.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Config {
+        region: String,
+        #[serde(default)]
+        listen: Listen,
+        #[serde(default)]
+        hop_secret: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Listen {
+        #[serde(default)]
+        http: Vec<std::net::SocketAddr>,
+    }
+
+    fn shape_error(text: &str) -> String {
+        let problem = from_yaml::<Config>(text).expect_err("refused");
+        problem.render("gw.yaml")
+    }
+
+    #[test]
+    fn one_line_with_file_line_column_path_and_message() {
+        let problem = Problem {
+            path: "units[3].slots".to_owned(),
+            location: Some(Location {
+                line: 12,
+                column: 7,
+            }),
+            message: "overlaps u02 at slot 1700".to_owned(),
+        };
+        assert_eq!(
+            problem.render("table.yaml"),
+            "table.yaml:12:7: units[3].slots: overlaps u02 at slot 1700"
+        );
+        assert_eq!(
+            problem.to_string(),
+            "12:7: units[3].slots: overlaps u02 at slot 1700"
+        );
+    }
+
+    #[test]
+    fn without_a_place_file_path_and_message() {
+        let problem = Problem::at("hop_secret", "missing");
+        assert_eq!(problem.render("gw.yaml"), "gw.yaml: hop_secret: missing");
+        let root = Problem::at("", "table is empty");
+        assert_eq!(
+            root.render("t.yaml"),
+            "t.yaml: (document): table is empty"
+        );
+    }
+
+    #[test]
+    fn several_problems_one_line_each() {
+        let problems = [
+            Problem::at("a", "first"),
+            Problem {
+                path: "b[0]".to_owned(),
+                location: Some(Location { line: 2, column: 3 }),
+                message: "second".to_owned(),
+            },
+        ];
+        assert_eq!(
+            render_problems("f.yaml", &problems),
+            "f.yaml: a: first\nf.yaml:2:3: b[0]: second\n"
+        );
+        assert_eq!(
+            TableError {
+                problems: problems.to_vec()
+            }
+            .render("f.yaml"),
+            render_problems("f.yaml", &problems)
+        );
+        assert_eq!(render_problems("f.yaml", &[]), "");
+    }
+
+    #[test]
+    fn problems_found_after_parsing_are_placed_at_their_field() {
+        let text = "region: hz\nlisten:\n  http: [\"127.0.0.1:80\"]\nhop_secret: short\n";
+        let (_, map) = from_yaml::<Config>(text).expect("parses");
+        assert_eq!(
+            Problem::at("hop_secret", "5 bytes; at least 32 are needed")
+                .located(&map)
+                .render("gw.yaml"),
+            "gw.yaml:4:13: hop_secret: 5 bytes; at least 32 are needed"
+        );
+        assert_eq!(
+            Problem::at("listen.http[0]", "taken")
+                .located(&map)
+                .render("gw.yaml"),
+            "gw.yaml:3:10: listen.http[0]: taken"
+        );
+        // A missing field is placed at its nearest present ancestor.
+        assert_eq!(
+            Problem::at("listen.https", "missing")
+                .located(&map)
+                .render("gw.yaml"),
+            "gw.yaml:3:3: listen.https: missing"
+        );
+        // A place already known is kept.
+        let placed = Problem {
+            path: "region".to_owned(),
+            location: Some(Location { line: 9, column: 9 }),
+            message: "m".to_owned(),
+        };
+        assert_eq!(placed.clone().located(&map), placed);
+        // Nothing mapped (an empty document): no place.
+        assert_eq!(
+            Problem::at("region", "missing")
+                .located(&SourceMap::default())
+                .render("gw.yaml"),
+            "gw.yaml: region: missing"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_placed_at_their_key() {
+        assert_eq!(
+            shape_error("region: hz\nlistne: {}\n"),
+            "gw.yaml:2:1: listne: unknown field `listne`, expected one of region, listen, hop_secret"
+        );
+        assert_eq!(
+            shape_error("region: hz\nlisten:\n  htp: []\n"),
+            "gw.yaml:3:3: listen.htp: unknown field `htp`, expected one of http"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        assert_eq!(
+            shape_error("region: hz\nlisten: { http: [\"nope\"] }\n"),
+            "gw.yaml:2:18: listen.http[0]: invalid socket address syntax"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_the_same_shape() {
+        assert_eq!(
+            shape_error("region: hz\nlisten: { http: [\n"),
+            "gw.yaml:2:17: listen.http: unclosed bracket '['"
+        );
+    }
+
+    #[test]
+    fn missing_fields_have_the_same_shape() {
+        let error = shape_error("listen: {}\n");
+        assert!(error.starts_with("gw.yaml:"), "{error}");
+        assert!(error.ends_with("missing field `region`"), "{error}");
+    }
+
+    #[test]
+    fn json_shape_errors_name_the_field() {
+        let error = crate::parse_json("{\"version\": 1,\n \"regions\": 3}").expect_err("refused");
+        assert_eq!(
+            error.render("t.json"),
+            "t.json:2:13: regions: invalid type: integer `3`, expected a sequence\n"
+        );
     }
 }

@@ -162,9 +162,18 @@ pub(crate) fn parent_path(path: &str) -> &str {
 /// problem with its line, column and field path.
 pub fn parse_yaml(text: &str) -> Result<(RawTable, SourceMap), TableError> {
     check_size(text)?;
+    from_yaml(text).map_err(TableError::single)
+}
+
+/// Parse any YAML document (a table, the gateway's or the control plane's configuration) into
+/// `T`, with the map of where each field sits. A shape error (unknown field, wrong type, bad
+/// syntax, missing field) is one problem with its line, column and field path, the same shape
+/// as every validation problem; the map places problems found after parsing
+/// ([`Problem::located`]).
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<(T, SourceMap), Problem> {
     let options = serde_saphyr::options! { with_snippet: false };
-    match serde_saphyr::from_str_with_options::<RawTable>(text, options) {
-        Ok(raw) => Ok((raw, SourceMap::from_yaml(text))),
+    match serde_saphyr::from_str_with_options::<T>(text, options) {
+        Ok(value) => Ok((value, SourceMap::from_yaml(text))),
         Err(error) => {
             let map = SourceMap::from_yaml(text);
             let location = error.location().and_then(|l| {
@@ -177,16 +186,17 @@ pub fn parse_yaml(text: &str) -> Result<(RawTable, SourceMap), TableError> {
                 .and_then(|l| map.path_at(l))
                 .unwrap_or_default()
                 .to_owned();
-            Err(TableError::single(Problem {
+            Err(Problem {
                 path,
                 location,
                 message: yaml_message(&error),
-            }))
+            })
         }
     }
 }
 
-/// Parse a JSON table (the control-plane API's body format).
+/// Parse a JSON table (the control-plane API's body format). A shape error is one problem
+/// with its line, column and (as far as the text before the error shows it) field path.
 pub fn parse_json(text: &str) -> Result<RawTable, TableError> {
     check_size(text)?;
     serde_json::from_str(text).map_err(|error| {
@@ -199,8 +209,12 @@ pub fn parse_json(text: &str) -> Result<RawTable, TableError> {
         if let Some(i) = message.rfind(" at line ") {
             message.truncate(i);
         }
+        // JSON is YAML's flow style: the YAML map names the field at the error's place.
+        let path = location
+            .and_then(|l| SourceMap::from_yaml(text).path_at(l).map(str::to_owned))
+            .unwrap_or_default();
         TableError::single(Problem {
-            path: String::new(),
+            path,
             location,
             message,
         })

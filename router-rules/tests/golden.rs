@@ -70,7 +70,7 @@ fn json_problems_name_field_paths() {
         .expect_err("refused");
     assert_eq!(
         error.render("body"),
-        "body:1:36: (document): unknown field `unit`, expected one of `version`, `slots`, `write_methods`, `regions`, `units`, `routes`\n"
+        "body:1:36: unit: unknown field `unit`, expected one of `version`, `slots`, `write_methods`, `regions`, `units`, `routes`\n"
     );
 }
 
