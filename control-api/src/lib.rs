@@ -15,7 +15,7 @@ use router_rules::RawTable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use client::{Client, ClientError, Reply};
+pub use client::{Client, ClientError, PutTable, Reply, TableText, WatchQuery};
 
 /// Header carrying a table version: on `GET /v1/table` and `GET /v1/watch` answers.
 pub const VERSION_HEADER: &str = "x-unitgate-table-version";
@@ -26,6 +26,9 @@ pub const DIGEST_HEADER: &str = "x-unitgate-table-digest";
 /// Header with which an admin stores a table that moves units without a flip: its value is
 /// the reason, kept on the version and in the audit log.
 pub const FORCE_HEADER: &str = "x-unitgate-force";
+
+/// Header carrying the reason for a `PUT /v1/table`, kept on the version and in the audit log.
+pub const REASON_HEADER: &str = "x-unitgate-reason";
 
 /// The digest of a table's canonical content: `sha256:` and the hex SHA-256 of its JSON as
 /// serialised here. A version number names exactly one content; the digest is how the
@@ -226,6 +229,17 @@ pub struct FlipAccepted {
     pub id: String,
     /// Where to follow it.
     pub location: String,
+}
+
+/// Answer to `POST /v1/flips/{id}/confirm` and `POST /v1/flips/{id}/cancel`: the signal was
+/// recorded; the flip acts on it at its next step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlipSignalled {
+    /// The flip's id.
+    pub id: String,
+    /// `confirm` or `cancel`.
+    pub signal: String,
 }
 
 /// Where a flip stands.
