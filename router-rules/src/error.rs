@@ -269,6 +269,29 @@ mod tests {
     }
 
     #[test]
+    fn several_problems_are_placed_and_put_in_source_order() {
+        let text = "region: hz\nlisten:\n  http: []\nhop_secret: short\n";
+        let (_, map) = from_yaml::<Config>(text).expect("parses");
+        let mut problems = vec![
+            Problem::at("hop_secret", "short"),
+            Problem::at("listen.http", "empty"),
+            Problem::at("region", "unknown"),
+        ];
+        map.place(&mut problems);
+        assert_eq!(
+            render_problems("gw.yaml", &problems),
+            "gw.yaml:1:9: region: unknown\ngw.yaml:3:9: listen.http: empty\ngw.yaml:4:13: hop_secret: short\n"
+        );
+        // Nothing mapped: no places, the order found.
+        let mut problems = vec![Problem::at("b", "2"), Problem::at("a", "1")];
+        SourceMap::default().place(&mut problems);
+        assert_eq!(
+            render_problems("gw.yaml", &problems),
+            "gw.yaml: b: 2\ngw.yaml: a: 1\n"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_placed_at_their_key() {
         assert_eq!(
             shape_error("region: hz\nlistne: {}\n"),

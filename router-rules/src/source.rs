@@ -98,6 +98,17 @@ impl SourceMap {
         }
     }
 
+    /// Place every problem that has no place yet at its field ([`Problem::located`]) and put
+    /// them in source order; problems without a place keep their relative order at the end.
+    pub fn place(&self, problems: &mut [Problem]) {
+        for problem in problems.iter_mut() {
+            if problem.location.is_none() {
+                problem.location = self.locate(&problem.path);
+            }
+        }
+        problems.sort_by_key(|p| (p.location.is_none(), p.location));
+    }
+
     /// The path of the node or mapping key that starts last at or before `location`.
     pub fn path_at(&self, location: Location) -> Option<&str> {
         match (

@@ -55,13 +55,7 @@ pub fn validate(raw: RawTable, source: Option<&SourceMap>) -> Result<CompiledTab
     let dropped = v.dropped;
     let mut problems = v.problems;
     if let Some(source) = source {
-        for problem in &mut problems {
-            problem.location = source.locate(&problem.path);
-        }
-        // Source order; problems without a place keep their relative order at the end.
-        problems.sort_by_key(|p| p.location.is_none());
-        problems.sort_by_key(|p| p.location);
-        problems.sort_by_key(|p| p.location.is_none());
+        source.place(&mut problems);
     }
     if problems.is_empty() {
         problems.push(Problem::at("", "table could not be compiled"));
