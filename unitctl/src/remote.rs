@@ -8,11 +8,10 @@ use std::time::Duration;
 use comfy_table::{CellAlignment, Table};
 use control_api::client::Trust;
 use control_api::{
-    AuditEntry, AuditOutcome, Client, ClientError, FORCE_HEADER, FlipAccepted, FlipMode,
-    FlipRecord, FlipRequest, FlipState, FlipStep, PlanResult, PutResult, ReplicationCheck,
-    ResolveRequest, ResolveResult, Status, StepOutcome, StoredTable, now_ms,
+    AuditOutcome, Client, ClientError, FlipMode, FlipRequest, FlipState, FlipStep, PlanResult,
+    PutResult, PutTable, ReplicationCheck, ResolveRequest, StepOutcome, TableText, now_ms,
 };
-use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderValue, StatusCode};
 
 use crate::{
     EXIT_AUTH, EXIT_FINDING, EXIT_INPUT, EXIT_UNREACHABLE, Failure, Output, print_json, table_file,
@@ -93,6 +92,7 @@ impl Server {
         })?;
         let token = self.token()?;
         Client::with_trust(server, Some(&token), Trust::system_and(self.ca.as_deref()))
+            .map(|client| client.with_timeout(TIMEOUT))
             .map_err(failed)
     }
 }
@@ -235,8 +235,8 @@ pub fn run(server: &Server, command: Remote) -> Result<u8, Failure> {
             Remote::Flip(args) => flip(&client, args).await,
             Remote::Resolve(args) => resolve(&client, args).await,
             Remote::ForgetGateway { id, output } => forget_gateway(&client, &id, output).await,
-            Remote::Confirm { id, output } => signal(&client, &id, "confirm", output).await,
-            Remote::Cancel { id, output } => signal(&client, &id, "cancel", output).await,
+            Remote::Confirm { id, output } => signal(&client, &id, Signal::Confirm, output).await,
+            Remote::Cancel { id, output } => signal(&client, &id, Signal::Cancel, output).await,
             Remote::Audit { limit, output } => audit(&client, limit, output).await,
             Remote::Show { id, wait, output } => show(&client, &id, wait, output).await,
         }
@@ -383,10 +383,7 @@ fn print_grid(table: &Table) {
 }
 
 async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
-    let status: Status = client
-        .get_json("/v1/status", TIMEOUT)
-        .await
-        .map_err(failed)?;
+    let status = client.status().await.map_err(failed)?;
     if output == Output::Json {
         print_json(&status)?;
         return Ok(0);
@@ -458,10 +455,7 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
 }
 
 async fn table_get(client: &Client, output: Output) -> Result<u8, Failure> {
-    let mut stored: StoredTable = client
-        .get_json("/v1/table", TIMEOUT)
-        .await
-        .map_err(failed)?;
+    let mut stored = client.table().await.map_err(failed)?;
     // The table records the version it was fetched as: `table apply` sends it as If-Match.
     stored.table.version = stored.version;
     match output {
@@ -512,31 +506,17 @@ impl TableFile {
         })
     }
 
-    fn body(&self) -> (bytes::Bytes, &'static str) {
-        (
-            self.text.clone().into(),
-            if self.json {
-                "application/json"
-            } else {
-                "application/yaml"
-            },
-        )
+    fn body(&self) -> TableText {
+        if self.json {
+            TableText::json(self.text.clone())
+        } else {
+            TableText::yaml(self.text.clone())
+        }
     }
 }
 
 async fn request_plan(client: &Client, table: &TableFile) -> Result<PlanResult, Failure> {
-    client
-        .send(
-            Method::POST,
-            "/v1/table/plan",
-            &[],
-            Some(table.body()),
-            TIMEOUT,
-        )
-        .await
-        .map_err(failed)?
-        .json()
-        .map_err(failed)
+    client.plan(&table.body()).await.map_err(failed)
 }
 
 /// What to do about a file that is an edit of a version no longer in force.
@@ -679,11 +659,11 @@ async fn plan(client: &Client, file: &Path, output: Output) -> Result<u8, Failur
     Ok(if plan.valid { 0 } else { EXIT_FINDING })
 }
 
-/// A header value from an operator's text, or an input error naming the flag.
-fn header_text(flag: &str, text: &str) -> Result<HeaderValue, Failure> {
+/// An operator's text to be sent in a header, or an input error naming the flag.
+fn header_text<'a>(flag: &str, text: &'a str) -> Result<&'a str, Failure> {
     // Printable ASCII only: the control plane reads these headers as text, and would take a
     // value it cannot read as absent.
-    HeaderValue::from_str(text).map_err(|_| {
+    HeaderValue::from_str(text).map(|_| text).map_err(|_| {
         Failure::input(format!(
             "{flag}: use printable ASCII (it is sent in an HTTP header)"
         ))
@@ -741,19 +721,19 @@ async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
             "  (--force-moves has nothing to force: the table moves no unit)\n",
         );
     }
-    let mut headers = vec![(HeaderName::from_static("if-match"), HeaderValue::from(base))];
-    if let Some(reason) = args.reason {
-        headers.push((
-            HeaderName::from_static("x-unitgate-reason"),
-            header_text("--reason", &reason)?,
-        ));
-    }
-    if let Some(why) = args.force_moves {
-        headers.push((
-            HeaderName::from_static(FORCE_HEADER),
-            header_text("--force-moves", &why)?,
-        ));
-    }
+    let put = PutTable {
+        if_match: base,
+        reason: args
+            .reason
+            .as_deref()
+            .map(|reason| header_text("--reason", reason))
+            .transpose()?,
+        force: args
+            .force_moves
+            .as_deref()
+            .map(|why| header_text("--force-moves", why))
+            .transpose()?,
+    };
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             return Err(Failure::input(
@@ -785,19 +765,11 @@ async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
             return Ok(EXIT_FINDING);
         }
     }
-    let reply = client
-        .send(
-            Method::PUT,
-            "/v1/table",
-            &headers,
-            Some(table.body()),
-            TIMEOUT,
-        )
-        .await
-        .map_err(failed)?;
-    let stored: PutResult = match reply.json() {
+    let stored = match client.put_table(&table.body(), &put).await {
         Ok(stored) => stored,
-        Err(error) => return Err(put_refused(file, base, error)),
+        // The control plane answered: refused.
+        Err(error) if error.status().is_some() => return Err(put_refused(file, base, error)),
+        Err(error) => return Err(failed(error)),
     };
     if output == Output::Json {
         print_json(&ApplyReport {
@@ -820,10 +792,7 @@ async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
 
 /// A refused `PUT /v1/table`, with what to do about it.
 fn put_refused(file: &Path, base: u64, error: ClientError) -> Failure {
-    let code = match &error {
-        ClientError::Api { error, .. } => error.error.clone(),
-        _ => String::new(),
-    };
+    let code = error.code().unwrap_or_default().to_owned();
     let mut failure = failed(error);
     let hint = match code.as_str() {
         "stale_version" => Some(format!(
@@ -895,13 +864,8 @@ async fn flip(client: &Client, args: FlipArgs) -> Result<u8, Failure> {
         replication_check,
         converge_timeout_s: args.converge_timeout_s,
     };
-    let accepted: FlipAccepted = client
-        .send_json(
-            Method::POST,
-            &format!("/v1/units/{}/flip", args.unit),
-            &request,
-            TIMEOUT,
-        )
+    let accepted = client
+        .start_flip(&args.unit, &request)
         .await
         .map_err(failed)?;
     if args.output == Output::Json {
@@ -935,10 +899,7 @@ async fn follow(client: &Client, id: &str, output: Output) -> Result<u8, Failure
     // Per step index: the outcome last printed.
     let mut shown: Vec<StepOutcome> = Vec::new();
     loop {
-        let flip: FlipRecord = client
-            .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
-            .await
-            .map_err(failed)?;
+        let flip = client.flip(id).await.map_err(failed)?;
         let succeeded = if flip.state == FlipState::Succeeded {
             0
         } else {
@@ -997,20 +958,21 @@ async fn follow(client: &Client, id: &str, output: Output) -> Result<u8, Failure
     }
 }
 
-async fn signal(client: &Client, id: &str, what: &str, output: Output) -> Result<u8, Failure> {
+/// What `flip-confirm` and `flip-cancel` tell a flip.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Confirm,
+    Cancel,
+}
+
+async fn signal(client: &Client, id: &str, signal: Signal, output: Output) -> Result<u8, Failure> {
     let id = segment("flip", id)?;
-    let reply = client
-        .send(
-            Method::POST,
-            &format!("/v1/flips/{id}/{what}"),
-            &[],
-            None,
-            TIMEOUT,
-        )
-        .await
-        .map_err(failed)?;
     // The control plane's answer: `{"id": ID, "signal": "confirm"|"cancel"}`.
-    let answer: serde_json::Value = reply.json().map_err(failed)?;
+    let (answer, what) = match signal {
+        Signal::Confirm => (client.confirm_flip(id).await, "confirm"),
+        Signal::Cancel => (client.cancel_flip(id).await, "cancel"),
+    };
+    let answer = answer.map_err(failed)?;
     if output == Output::Json {
         print_json(&answer)?;
     } else {
@@ -1039,25 +1001,14 @@ fn segment<'a>(what: &str, name: &'a str) -> Result<&'a str, Failure> {
 async fn resolve(client: &Client, args: ResolveArgs) -> Result<u8, Failure> {
     let unit = segment("unit", &args.unit)?;
     // What stood before, to say what changed.
-    let before: Status = client
-        .get_json("/v1/status", TIMEOUT)
-        .await
-        .map_err(failed)?;
+    let before = client.status().await.map_err(failed)?;
     let was = before.units.iter().find(|u| u.name == unit);
     let state: router_rules::UnitState = args.state.into();
     let request = ResolveRequest {
         state,
         reason: args.reason,
     };
-    let result: ResolveResult = client
-        .send_json(
-            Method::POST,
-            &format!("/v1/units/{unit}/resolve"),
-            &request,
-            TIMEOUT,
-        )
-        .await
-        .map_err(failed)?;
+    let result = client.resolve_unit(unit, &request).await.map_err(failed)?;
     if args.output == Output::Json {
         print_json(&result)?;
         return Ok(0);
@@ -1093,19 +1044,7 @@ async fn resolve(client: &Client, args: ResolveArgs) -> Result<u8, Failure> {
 /// `unitctl gateway-forget ID`: drop a gateway taken out of service from the fleet.
 async fn forget_gateway(client: &Client, id: &str, output: Output) -> Result<u8, Failure> {
     let id = segment("gateway", id)?;
-    let reply = client
-        .send(
-            Method::DELETE,
-            &format!("/v1/gateways/{id}"),
-            &[],
-            None,
-            TIMEOUT,
-        )
-        .await
-        .map_err(failed)?;
-    if !reply.status.is_success() {
-        return Err(failed(reply.api_error()));
-    }
+    client.forget_gateway(id).await.map_err(failed)?;
     if output == Output::Json {
         // The control plane answers 204 without a body.
         print_json(&serde_json::json!({ "gateway": id, "forgotten": true }))?;
@@ -1122,10 +1061,7 @@ async fn show(client: &Client, id: &str, wait: bool, output: Output) -> Result<u
     if wait {
         return follow(client, id, output).await;
     }
-    let flip: FlipRecord = client
-        .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
-        .await
-        .map_err(failed)?;
+    let flip = client.flip(id).await.map_err(failed)?;
     if output == Output::Json {
         print_json(&flip)?;
     } else {
@@ -1150,11 +1086,7 @@ async fn show(client: &Client, id: &str, wait: bool, output: Output) -> Result<u
 }
 
 async fn audit(client: &Client, limit: Option<usize>, output: Output) -> Result<u8, Failure> {
-    let path = match limit {
-        Some(n) => format!("/v1/audit?limit={n}"),
-        None => "/v1/audit".to_owned(),
-    };
-    let entries: Vec<AuditEntry> = client.get_json(&path, TIMEOUT).await.map_err(failed)?;
+    let entries = client.audit(limit).await.map_err(failed)?;
     if output == Output::Json {
         print_json(&entries)?;
         return Ok(0);
