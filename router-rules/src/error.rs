@@ -116,6 +116,41 @@ impl TableError {
     }
 }
 
+/// A parsed text's name (a file path) and the map of its fields: places the problems found
+/// after parsing (a field's value refused, a file it names unreadable) and writes them out the
+/// same way as parse errors. The gateway and the control plane keep one with their
+/// configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SourceFile {
+    /// How the text is named in every problem, e.g. `/etc/unitgate/gateway.yaml`.
+    pub name: String,
+    /// Where each field sits in it.
+    pub map: SourceMap,
+}
+
+impl SourceFile {
+    /// The text `name` with its map.
+    pub fn new(name: impl Into<String>, map: SourceMap) -> Self {
+        Self {
+            name: name.into(),
+            map,
+        }
+    }
+
+    /// One problem with the field at `path`, written out: `name:line:col: path: message`.
+    pub fn problem(&self, path: &str, message: impl Into<String>) -> String {
+        Problem::at(path, message).located(&self.map).render(&self.name)
+    }
+
+    /// Every problem placed, in source order, one line each (no newline after the last).
+    pub fn render(&self, mut problems: Vec<Problem>) -> String {
+        self.map.place(&mut problems);
+        let mut text = render_problems(&self.name, &problems);
+        text.truncate(text.trim_end_matches('\n').len());
+        text
+    }
+}
+
 /// Every problem as `origin:line:col: path: message` (or `origin: path: message` where its
 /// place is not known), each line ending in a newline.
 pub fn render_problems(origin: &str, problems: &[Problem]) -> String {
@@ -288,6 +323,24 @@ mod tests {
         assert_eq!(
             render_problems("gw.yaml", &problems),
             "gw.yaml: b: 2\ngw.yaml: a: 1\n"
+        );
+    }
+
+    #[test]
+    fn a_source_file_places_and_writes_out_problems() {
+        let text = "region: hz\nhop_secret: short\n";
+        let (_, map) = from_yaml::<Config>(text).expect("parses");
+        let file = SourceFile::new("gw.yaml", map);
+        assert_eq!(
+            file.problem("hop_secret", "too short"),
+            "gw.yaml:2:13: hop_secret: too short"
+        );
+        assert_eq!(
+            file.render(vec![
+                Problem::at("hop_secret", "too short"),
+                Problem::at("region", "unknown"),
+            ]),
+            "gw.yaml:1:9: region: unknown\ngw.yaml:2:13: hop_secret: too short"
         );
     }
 

@@ -21,7 +21,7 @@ pub mod table;
 pub mod validate;
 
 pub use diff::{TableDiff, diff};
-pub use error::{Location, Problem, TableError, render_problems};
+pub use error::{Location, Problem, SourceFile, TableError, render_problems};
 pub use key::{KeyError, KeySource, RoutingKey};
 pub use raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
 pub use report::DecisionReport;
