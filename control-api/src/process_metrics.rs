@@ -153,7 +153,10 @@ pub fn render(out: &mut String) {
         return;
     };
     let mut metric = |name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
     metric(
         "process_cpu_seconds_total",
@@ -231,7 +234,9 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units     \nMax processes             63321                63321                processes \nMax open files            1024                 524288               files     \n";
         assert_eq!(parse_max_fds(limits), Some(1024));
         assert_eq!(
-            parse_max_fds("Max open files            unlimited            unlimited            files"),
+            parse_max_fds(
+                "Max open files            unlimited            unlimited            files"
+            ),
             None
         );
         assert_eq!(

@@ -165,5 +165,11 @@ pub fn render(cp: &ControlPlane) -> String {
         "counter",
         &[(String::new(), load(&m.audit_errors))],
     );
+    control_api::process_metrics::render_build_info(
+        &mut out,
+        "control-plane",
+        env!("CARGO_PKG_VERSION"),
+    );
+    control_api::process_metrics::render(&mut out);
     out
 }

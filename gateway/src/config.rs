@@ -51,9 +51,10 @@ pub struct GatewayConfig {
     /// never set from the file.
     #[serde(skip)]
     pub accept_cache_as_is: bool,
-    /// One access-log line per request.
-    #[serde(default = "yes")]
-    pub access_log: bool,
+    /// One access-log line per request: `true`, `false`, or its options
+    /// (`{ enabled, routing_key }`).
+    #[serde(default)]
+    pub access_log: AccessLog,
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -78,6 +79,81 @@ fn yes() -> bool {
 
 fn default_stress_header() -> String {
     "x-stress-test".to_owned()
+}
+
+/// The access log: one line per request. Written as `access_log: true` / `false`, or as
+/// `access_log: { enabled: true, routing_key: hashed }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessLog {
+    /// One line per request.
+    pub enabled: bool,
+    /// How each line shows the routing key: a user identifier.
+    pub routing_key: RoutingKeyLog,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            routing_key: RoutingKeyLog::default(),
+        }
+    }
+}
+
+/// How the access log shows the routing key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingKeyLog {
+    /// `key_hash`: a keyed hash (HMAC-SHA256 under a key derived from the hop secret,
+    /// 16 hex digits), the same on every gateway of the fleet, so lines join without the key
+    /// itself.
+    #[default]
+    Hashed,
+    /// `key`: the key as found.
+    AsIs,
+    /// Neither.
+    Omitted,
+}
+
+/// `access_log`'s options, in the map form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogOptions {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    routing_key: RoutingKeyLog,
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = AccessLog;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a map of enabled and routing_key")
+            }
+            fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<AccessLog, E> {
+                Ok(AccessLog {
+                    enabled,
+                    ..AccessLog::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<AccessLog, A::Error> {
+                let options = AccessLogOptions::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(AccessLog {
+                    enabled: options.enabled,
+                    routing_key: options.routing_key,
+                })
+            }
+        }
+        deserializer.deserialize_any(Form)
+    }
 }
 
 /// Client listeners.
@@ -512,7 +588,55 @@ mod tests {
         let config = GatewayConfig::parse(MINIMAL, "gw.yaml").expect("valid");
         assert_eq!(config.admin.listen, "127.0.0.1:9100".parse().expect("addr"));
         assert_eq!(config.timeouts.connect_ms, 1000);
-        assert!(config.access_log);
+        assert_eq!(
+            config.access_log,
+            AccessLog {
+                enabled: true,
+                routing_key: RoutingKeyLog::Hashed
+            }
+        );
+    }
+
+    #[test]
+    fn access_log_is_a_switch_or_its_options() {
+        let with = |access_log: &str| {
+            GatewayConfig::parse(&format!("{MINIMAL}access_log: {access_log}\n"), "gw.yaml")
+                .map(|c| c.access_log)
+        };
+        let hashed = RoutingKeyLog::Hashed;
+        assert_eq!(
+            with("false"),
+            Ok(AccessLog {
+                enabled: false,
+                routing_key: hashed
+            })
+        );
+        assert_eq!(
+            with("true"),
+            Ok(AccessLog {
+                enabled: true,
+                routing_key: hashed
+            })
+        );
+        assert_eq!(
+            with("{ routing_key: as_is }"),
+            Ok(AccessLog {
+                enabled: true,
+                routing_key: RoutingKeyLog::AsIs
+            })
+        );
+        assert_eq!(
+            with("\n  enabled: false\n  routing_key: omitted"),
+            Ok(AccessLog {
+                enabled: false,
+                routing_key: RoutingKeyLog::Omitted
+            })
+        );
+        let typo = with("{ routing_keys: as_is }").expect_err("typo");
+        assert!(typo.contains("unknown field `routing_keys`"), "{typo}");
+        let value = with("{ routing_key: sha256 }").expect_err("unknown mode");
+        assert!(value.contains("sha256"), "{value}");
+        assert!(with("maybe").is_err());
     }
 
     #[test]

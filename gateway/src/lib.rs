@@ -163,8 +163,11 @@ impl Gateway {
                     .map(|a| a.port())
                     .unwrap_or_default()
             );
-            let source = source::ControlPlaneSource::new(control, default_id)?;
-            if let Err(why) = source.fetch_now(&store, Duration::from_secs(3)).await {
+            let source =
+                source::ControlPlaneSource::new(control, default_id)?.with_metrics(metrics.clone());
+            let first = source.fetch_now(&store, Duration::from_secs(3)).await;
+            source.connected(first.is_ok());
+            if let Err(why) = first {
                 match start_from_cache(&store, &why, config.accept_cache_as_is) {
                     Ok(()) => {}
                     Err(CacheRefusal::Tampered(cache)) => {
@@ -172,6 +175,7 @@ impl Gateway {
                         // control plane instead.
                         tracing::error!(%cache, source = %why, "the table cache was refused; waiting for the control plane");
                         source.fetch_until_served(&store).await;
+                        source.connected(true);
                     }
                     Err(unusable) => return Err(unusable.to_string()),
                 }
@@ -191,7 +195,9 @@ impl Gateway {
         let stress_header =
             HeaderName::from_bytes(config.stress_test_header.to_ascii_lowercase().as_bytes())
                 .map_err(|e| format!("stress_test_header: {e}"))?;
-        let hop = HopKey::new(&config.hop_secret()?);
+        let hop_secret = config.hop_secret()?;
+        let hop = HopKey::new(&hop_secret);
+        let key_log = proxy::KeyLog::new(config.access_log.routing_key, &hop_secret);
         let workers = Arc::new(Workers::start(workers, |worker| Shared {
             worker,
             timer: coarse_timer::CoarseTimer::new(),
@@ -200,6 +206,7 @@ impl Gateway {
             hop: hop.clone(),
             metrics: metrics.clone(),
             config: config.clone(),
+            key_log: key_log.clone(),
             stress_header: stress_header.clone(),
             draining: false.into(),
         })?);

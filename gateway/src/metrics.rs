@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Id of an interned label value; [`NONE`] for "no value".
 pub type NameId = u32;
@@ -90,6 +90,9 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A histogram's bucket counts, count and sum of nanoseconds, added over the shards.
+type LatencyTotals = ([u64; BUCKETS.len()], u64, u64);
+
 #[derive(Debug, Default)]
 struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
@@ -111,6 +114,46 @@ impl Histogram {
     }
 }
 
+/// Where a request stands in its trip between regions, as this gateway saw it: the `hop`
+/// label. Each request is counted `Local` by one gateway, or `Entry` by the gateway it entered
+/// and `Served` by the one that answered it (with a `Relay` between them when their tables
+/// disagreed): `local` and `entry` add up to the requests entering the fleet, `local` and
+/// `served` to the requests answered, each once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hop {
+    /// Came from a client and was answered here: no hop.
+    Local,
+    /// Came from a client and was sent to another region's gateways.
+    Entry,
+    /// Came from another region's gateway and was answered here.
+    Served,
+    /// Came from another region's gateway and was sent on to a third.
+    Relay,
+}
+
+impl Hop {
+    /// The request's hop, from whether it came from another gateway and whether it was sent to
+    /// another region.
+    pub fn of(arrived_by_hop: bool, forwarded: bool) -> Self {
+        match (arrived_by_hop, forwarded) {
+            (false, false) => Hop::Local,
+            (false, true) => Hop::Entry,
+            (true, false) => Hop::Served,
+            (true, true) => Hop::Relay,
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::Local => "local",
+            Hop::Entry => "entry",
+            Hop::Served => "served",
+            Hop::Relay => "relay",
+        }
+    }
+}
+
 /// Labels of one request count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestLabels {
@@ -122,6 +165,8 @@ pub struct RequestLabels {
     pub unit: NameId,
     /// Serving region name id.
     pub region: NameId,
+    /// Entered here, answered here, or both.
+    pub hop: Hop,
     /// Response status.
     pub status: u16,
     /// Stress-test traffic.
@@ -137,8 +182,11 @@ pub struct Metrics {
     cross_region: CounterMap<NameId>,
     limited: CounterMap<(u8, NameId, u8)>,
     upstream_errors: CounterMap<(NameId, u8)>,
-    /// Version of the table in force.
-    pub table_version: AtomicU64,
+    /// Version of the table in force, and when it was applied.
+    pub table_version: TableVersion,
+    /// The control-plane source's connection: [`CONTROL_PLANE_NONE`] without one, else
+    /// 0 (disconnected) or 1 (connected).
+    control_plane: AtomicU8,
     /// Tables applied since start.
     pub table_swaps: AtomicU64,
     /// Tables refused since start.
@@ -151,6 +199,40 @@ pub struct Metrics {
     pub malformed_requests: AtomicU64,
     /// Client connection events, by [`ClientEvent`].
     client_events: [AtomicU64; ClientEvent::ALL.len()],
+}
+
+/// The control-plane connection state meaning "no control-plane source": not exported.
+const CONTROL_PLANE_NONE: u8 = u8::MAX;
+
+/// The version of the table in force, and when this process applied it (from any source,
+/// its cache included).
+#[derive(Debug, Default)]
+pub struct TableVersion {
+    version: AtomicU64,
+    applied_at_ms: AtomicU64,
+}
+
+impl TableVersion {
+    /// Record that the table of `version` was applied now (in the form of
+    /// [`AtomicU64::store`], which this replaces).
+    pub fn store(&self, version: u64, order: Ordering) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or_default();
+        self.applied_at_ms.store(now_ms, order);
+        self.version.store(version, order);
+    }
+
+    /// The version in force (0 before the first).
+    pub fn load(&self, order: Ordering) -> u64 {
+        self.version.load(order)
+    }
+
+    /// When it was applied, in milliseconds since the epoch (0 before the first).
+    pub fn applied_at_ms(&self) -> u64 {
+        self.applied_at_ms.load(Ordering::Relaxed)
+    }
 }
 
 /// Something a client did (or did not do) to a connection or a request body, counted without
@@ -256,7 +338,7 @@ pub enum UpstreamFailure {
 #[repr(align(128))]
 struct RequestShard {
     requests: CounterMap<RequestLabels>,
-    latency: RwLock<HashMap<(NameId, u8), Histogram, fnv::FnvBuildHasher>>,
+    latency: RwLock<HashMap<(NameId, u8, Hop), Histogram, fnv::FnvBuildHasher>>,
     connections: AtomicU64,
 }
 
@@ -300,7 +382,8 @@ impl Metrics {
             cross_region: CounterMap::new(),
             limited: CounterMap::new(),
             upstream_errors: CounterMap::new(),
-            table_version: AtomicU64::new(0),
+            table_version: TableVersion::default(),
+            control_plane: AtomicU8::new(CONTROL_PLANE_NONE),
             table_swaps: AtomicU64::new(0),
             tables_rejected: AtomicU64::new(0),
             cache_write_errors: AtomicU64::new(0),
@@ -308,6 +391,12 @@ impl Metrics {
             malformed_requests: AtomicU64::new(0),
             client_events: Default::default(),
         }
+    }
+
+    /// Record whether the control plane answers (a gateway with a control-plane source).
+    pub fn control_plane_connected(&self, connected: bool) {
+        self.control_plane
+            .store(u8::from(connected), Ordering::Relaxed);
     }
 
     /// Count a client event.
@@ -339,7 +428,7 @@ impl Metrics {
     pub fn request(&self, worker: usize, labels: RequestLabels, elapsed: Duration) {
         let shard = self.shard(worker);
         shard.requests.add(labels, 1);
-        let key = (labels.route, labels.class);
+        let key = (labels.route, labels.class, labels.hop);
         if let Some(histogram) = shard
             .latency
             .read()
@@ -391,6 +480,25 @@ impl Metrics {
             "Version of the routing table in force.",
             self.table_version.load(Ordering::Relaxed),
         );
+        let applied_at_ms = self.table_version.applied_at_ms();
+        if applied_at_ms > 0 {
+            let _ = writeln!(
+                out,
+                "# HELP unitgate_table_applied_timestamp_seconds When this process applied the table in force, in seconds since the epoch.\n# TYPE unitgate_table_applied_timestamp_seconds gauge\nunitgate_table_applied_timestamp_seconds {}.{:03}",
+                applied_at_ms / 1000,
+                applied_at_ms % 1000
+            );
+        }
+        let control_plane = self.control_plane.load(Ordering::Relaxed);
+        if control_plane != CONTROL_PLANE_NONE {
+            gauge(
+                &mut out,
+                "unitgate_control_plane_connected",
+                "gauge",
+                "Whether the control plane answered this gateway's last request (1) or not (0).",
+                u64::from(control_plane),
+            );
+        }
         gauge(
             &mut out,
             "unitgate_table_swaps_total",
@@ -462,7 +570,7 @@ impl Metrics {
                 shard.connections.load(Ordering::Relaxed)
             );
         }
-        out.push_str("# HELP unitgate_requests_total Requests by route, class, unit, serving region and status.\n# TYPE unitgate_requests_total counter\n");
+        out.push_str("# HELP unitgate_requests_total Requests by route, class, unit, serving region, hop (local, entry, served, relay) and status.\n# TYPE unitgate_requests_total counter\n");
         let mut requests: BTreeMap<RequestLabels, u64> = BTreeMap::new();
         for shard in &self.shards {
             for (labels, n) in shard.requests.snapshot() {
@@ -472,18 +580,19 @@ impl Metrics {
         for (l, n) in requests {
             let _ = writeln!(
                 out,
-                "unitgate_requests_total{{route=\"{}\",class=\"{}\",unit=\"{}\",region=\"{}\",status=\"{}\",stress=\"{}\"}} {n}",
+                "unitgate_requests_total{{route=\"{}\",class=\"{}\",unit=\"{}\",region=\"{}\",hop=\"{}\",status=\"{}\",stress=\"{}\"}} {n}",
                 name(l.route),
                 char::from(l.class),
                 name(l.unit),
                 name(l.region),
+                l.hop.as_str(),
                 l.status,
                 l.stress
             );
         }
-        out.push_str("# HELP unitgate_request_duration_seconds Time from request head to response head, by route and class.\n# TYPE unitgate_request_duration_seconds histogram\n");
-        // Per route and class: bucket counts, count, sum of nanoseconds, over every shard.
-        let mut latency: BTreeMap<(NameId, u8), ([u64; BUCKETS.len()], u64, u64)> = BTreeMap::new();
+        out.push_str("# HELP unitgate_request_duration_seconds Time from request head to response head, by route, class and hop.\n# TYPE unitgate_request_duration_seconds histogram\n");
+        // Per route, class and hop: bucket counts, count, sum of nanoseconds, over every shard.
+        let mut latency: BTreeMap<(NameId, u8, Hop), LatencyTotals> = BTreeMap::new();
         for shard in &self.shards {
             for (key, h) in shard
                 .latency
@@ -499,8 +608,13 @@ impl Metrics {
                 *sum_ns += h.sum_ns.load(Ordering::Relaxed);
             }
         }
-        for ((route, class), (buckets, count, sum_ns)) in latency {
-            let labels = format!("route=\"{}\",class=\"{}\"", name(route), char::from(class));
+        for ((route, class, hop), (buckets, count, sum_ns)) in latency {
+            let labels = format!(
+                "route=\"{}\",class=\"{}\",hop=\"{}\"",
+                name(route),
+                char::from(class),
+                hop.as_str()
+            );
             let mut cumulative = 0;
             for (i, bound) in BUCKETS.iter().enumerate() {
                 cumulative += buckets[i];
@@ -566,6 +680,12 @@ impl Metrics {
                 u8::from(*healthy)
             );
         }
+        control_api::process_metrics::render_build_info(
+            &mut out,
+            "gateway",
+            env!("CARGO_PKG_VERSION"),
+        );
+        control_api::process_metrics::render(&mut out);
         out
     }
 
@@ -587,6 +707,7 @@ mod tests {
             class: b'C',
             unit: NONE,
             region: NONE,
+            hop: Hop::Local,
             status: 200,
             stress: false,
         };
@@ -595,18 +716,79 @@ mod tests {
         metrics.request(1, labels, Duration::from_millis(20));
         let text = metrics.render(&[]);
         assert!(
-            text.contains("status=\"200\",stress=\"false\"} 3"),
+            text.contains("hop=\"local\",status=\"200\",stress=\"false\"} 3"),
             "{text}"
         );
         assert!(
             text.contains(
-                "unitgate_request_duration_seconds_bucket{route=\"cart\",class=\"C\",le=\"0.0005\"} 2"
+                "unitgate_request_duration_seconds_bucket{route=\"cart\",class=\"C\",hop=\"local\",le=\"0.0005\"} 2"
             ),
             "{text}"
         );
         assert!(
-            text.contains("unitgate_request_duration_seconds_count{route=\"cart\",class=\"C\"} 3"),
+            text.contains(
+                "unitgate_request_duration_seconds_count{route=\"cart\",class=\"C\",hop=\"local\"} 3"
+            ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn hops_table_applied_time_and_control_plane_state() {
+        let metrics = Metrics::with_workers(1);
+        let text = metrics.render(&[]);
+        assert!(
+            !text.contains("unitgate_control_plane_connected"),
+            "no control-plane source, no state: {text}"
+        );
+        assert!(
+            !text.contains("unitgate_table_applied_timestamp_seconds "),
+            "nothing applied yet: {text}"
+        );
+        let labels = |hop| RequestLabels {
+            route: NONE,
+            class: b'C',
+            unit: NONE,
+            region: NONE,
+            hop,
+            status: 200,
+            stress: false,
+        };
+        metrics.request(0, labels(Hop::Entry), Duration::from_millis(40));
+        metrics.request(0, labels(Hop::Served), Duration::from_millis(1));
+        metrics.table_version.store(7, Ordering::Relaxed);
+        metrics.control_plane_connected(true);
+        let text = metrics.render(&[]);
+        for line in [
+            r#"unitgate_requests_total{route="",class="C",unit="",region="",hop="entry",status="200",stress="false"} 1"#,
+            r#"unitgate_requests_total{route="",class="C",unit="",region="",hop="served",status="200",stress="false"} 1"#,
+            r#"unitgate_request_duration_seconds_count{route="",class="C",hop="entry"} 1"#,
+            r#"unitgate_request_duration_seconds_count{route="",class="C",hop="served"} 1"#,
+            "unitgate_table_version 7",
+            "unitgate_control_plane_connected 1",
+            r#"unitgate_build_info{component="gateway",version="#,
+        ] {
+            assert!(
+                text.contains(line),
+                "{line}
+{text}"
+            );
+        }
+        let applied: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("unitgate_table_applied_timestamp_seconds "))
+            .and_then(|v| v.parse().ok())
+            .expect("applied timestamp");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        assert!((now - applied).abs() < 60.0, "{applied} {now}");
+        metrics.control_plane_connected(false);
+        assert!(
+            metrics
+                .render(&[])
+                .contains("unitgate_control_plane_connected 0")
         );
     }
 }

@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::client_body::{BodyFault, BodyState, ClientBody};
 use crate::coarse_timer::CoarseTimer;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, RoutingKeyLog};
 use crate::framing::Verdicts;
 use crate::headers::{
     RequestHeaders, TRACEPARENT, TraceParent, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_UNITGATE_CLASS,
@@ -35,9 +35,9 @@ use crate::headers::{
     X_UNITGATE_TABLE_VERSION, X_UNITGATE_UNIT, check_request_line, header_safe, strip_hop_by_hop,
     strip_internal_headers,
 };
-use crate::hop::{HopKey, HopMarker, MAX_HOPS};
+use crate::hop::{HopKey, HopMarker, KeyHasher, MAX_HOPS};
 use crate::limits::Refusal;
-use crate::metrics::{ClientEvent, LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
+use crate::metrics::{ClientEvent, Hop, LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
 use crate::upstream::{Body, BoxError, Upstream, empty};
 use control_api::throttle::LogThrottle;
@@ -58,11 +58,53 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Gateway configuration.
     pub config: GatewayConfig,
+    /// How the access log shows routing keys.
+    pub key_log: KeyLog,
     /// The stress-test marker header.
     pub stress_header: HeaderName,
     /// Set when the gateway stops: HTTP/1 responses then carry `Connection: close`, so
     /// clients move to another connection (and process) instead of racing a close.
     pub draining: std::sync::atomic::AtomicBool,
+}
+
+/// How the access log shows routing keys (`access_log.routing_key`).
+#[derive(Clone)]
+pub enum KeyLog {
+    /// As found, in `key`.
+    AsIs,
+    /// Hashed, in `key_hash`; and a path segment it came from is logged as `{key}`.
+    Hashed(KeyHasher),
+    /// Not at all; a path segment it came from is logged as `{key}`.
+    Omitted,
+}
+
+impl KeyLog {
+    /// The access log's way for `mode`, hashing under `hop_secret`.
+    pub fn new(mode: RoutingKeyLog, hop_secret: &[u8]) -> Self {
+        match mode {
+            RoutingKeyLog::AsIs => KeyLog::AsIs,
+            RoutingKeyLog::Hashed => KeyLog::Hashed(KeyHasher::from_hop_secret(hop_secret)),
+            RoutingKeyLog::Omitted => KeyLog::Omitted,
+        }
+    }
+}
+
+/// `path` with its `n`th non-empty segment (from 1, as key sources count them) replaced by
+/// `{key}`.
+fn without_segment(path: &str, n: u32) -> String {
+    let mut seen = 0;
+    path.split('/')
+        .map(|segment| {
+            if !segment.is_empty() {
+                seen += 1;
+                if seen == n {
+                    return "{key}";
+                }
+            }
+            segment
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The connection a request arrived on.
@@ -110,6 +152,7 @@ struct Ctx {
     unit: Option<usize>,
     region: Option<RegionIndex>,
     slot: Option<u32>,
+    /// The routing key as the access log shows it: as found, or hashed.
     key: Option<String>,
     hops_in: u8,
     forwarded_to: Option<RegionIndex>,
@@ -169,7 +212,7 @@ pub async fn handle(
         start: Instant::now(),
         method: request.method().clone(),
         // Only the access log needs its own copy of the path.
-        path: if shared.config.access_log {
+        path: if shared.config.access_log.enabled {
             request.uri().path().to_owned()
         } else {
             String::new()
@@ -290,6 +333,13 @@ async fn proxy(
     let routed = {
         let view = PartsView(&parts);
         let decision = snapshot.table.resolve(&view, snapshot.region);
+        if let Some(router_rules::KeySource::PathSegment(n)) = decision.key_source
+            && shared.config.access_log.enabled
+            && !matches!(shared.key_log, KeyLog::AsIs)
+        {
+            // The path holds the routing key: the log shows where, not what.
+            ctx.path = without_segment(&ctx.path, *n);
+        }
         Routed {
             action: decision.action,
             route: decision.route.map(|r| r.index),
@@ -310,9 +360,13 @@ async fn proxy(
     ctx.unit = routed.unit;
     ctx.region = routed.region;
     ctx.slot = routed.slot;
-    if shared.config.access_log {
-        // Only the access log needs its own copy of the key.
-        ctx.key = routed.key.clone();
+    if shared.config.access_log.enabled {
+        // Only the access log needs its own copy of the key, or of its hash.
+        ctx.key = match &shared.key_log {
+            KeyLog::AsIs => routed.key.clone(),
+            KeyLog::Hashed(hasher) => routed.key.as_deref().map(|k| hasher.hash(k)),
+            KeyLog::Omitted => None,
+        };
     }
 
     // Phase 4: admit.
@@ -491,7 +545,7 @@ async fn proxy(
             };
             tried[attempt] = index;
             let endpoint = &pool.endpoints[index];
-            if shared.config.access_log {
+            if shared.config.access_log.enabled {
                 ctx.upstream = Some(endpoint.address.clone());
             }
             // One deadline per attempt: its read deadline, or the request's total one if
@@ -835,6 +889,7 @@ fn finish(
         _ => NONE,
     };
     let served_in = ctx.forwarded_to.or(ctx.region);
+    let hop = Hop::of(ctx.hops_in > 0, ctx.forwarded_to.is_some());
     shared.metrics.request(
         shared.worker,
         RequestLabels {
@@ -842,14 +897,22 @@ fn finish(
             class: ctx.class.map_or(b'-', |c| c.as_str().as_bytes()[0]),
             unit: id(snapshot.map(|s| &s.unit_ids), ctx.unit),
             region: id(snapshot.map(|s| &s.region_ids), served_in),
+            hop,
             status: status.as_u16(),
             stress: ctx.stress,
         },
         elapsed,
     );
-    if !shared.config.access_log {
+    if !shared.config.access_log.enabled {
         return;
     }
+    let key = ctx.key.as_deref().unwrap_or("");
+    // Fields left `None` are left out of the line.
+    let (key, key_hash) = match shared.key_log {
+        KeyLog::AsIs => (Some(key), None),
+        KeyLog::Hashed(_) => (None, Some(key)),
+        KeyLog::Omitted => (None, None),
+    };
     let name = |f: &dyn Fn(&Snapshot) -> Option<String>| snapshot.and_then(f).unwrap_or_default();
     tracing::info!(
         target: "unitgate::access",
@@ -858,12 +921,14 @@ fn finish(
         status = status.as_u16(),
         route = %name(&|s| ctx.route.map(|r| s.table.routes()[r].name.to_string())),
         class = ctx.class.map_or("-", |c| c.as_str()),
-        key = ctx.key.as_deref().unwrap_or(""),
+        key,
+        key_hash,
         slot = ctx.slot.map_or(-1, i64::from),
         unit = %name(&|s| ctx.unit.map(|u| s.table.units()[u].name.to_string())),
         region = %name(&|s| ctx.region.map(|r| s.table.regions()[r].name.to_string())),
         forwarded_to = %name(&|s| ctx.forwarded_to.map(|r| s.table.regions()[r].name.to_string())),
         hops_in = ctx.hops_in,
+        hop = hop.as_str(),
         upstream = ctx.upstream.as_deref().unwrap_or(""),
         version = ctx.version,
         duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
@@ -872,4 +937,17 @@ fn finish(
         client = %conn.peer,
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_segment_is_left_out_of_the_logged_path() {
+        assert_eq!(without_segment("/users/4321/cart", 2), "/users/{key}/cart");
+        // Segments count as the key sources count them: empty ones do not.
+        assert_eq!(without_segment("//users//4321", 2), "//users//{key}");
+        assert_eq!(without_segment("/users", 2), "/users");
+    }
 }

@@ -70,6 +70,26 @@ pub struct ControlPlaneSource {
     client: control_api::Client,
     gateway: String,
     origin: String,
+    /// Where the connection state is shown (`unitgate_control_plane_connected`).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// What a watch tells the control plane about the table this gateway serves.
+struct Serving {
+    applied: u64,
+    digest: Option<String>,
+    region: String,
+}
+
+impl Serving {
+    fn of(store: &TableStore) -> Self {
+        let current = store.current();
+        Self {
+            applied: current.as_ref().map_or(0, |s| s.table.version()),
+            digest: current.map(|s| s.digest.clone()),
+            region: store.region().to_owned(),
+        }
+    }
 }
 
 /// Longest the control plane holds a watch; the request timeout allows for it.
@@ -86,12 +106,30 @@ impl ControlPlaneSource {
     ) -> Result<Self, String> {
         let token = config.token()?;
         let client = control_api::Client::new(&config.url, Some(&token), config.ca_file.as_deref())
-            .map_err(|e| format!("table.control_plane: {e}"))?;
+            .map_err(|e| format!("table.control_plane: {e}"))?
+            // Reports; each watch allows for its hold.
+            .with_timeout(Duration::from_secs(5));
         Ok(Self {
             origin: format!("control-plane:{}", client.server()),
             client,
             gateway: config.gateway_id.clone().unwrap_or(default_id),
+            metrics: None,
         })
+    }
+
+    /// Show the connection state in `metrics` (as disconnected until the control plane
+    /// answers).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        metrics.control_plane_connected(false);
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Record whether the control plane answered the last request.
+    pub fn connected(&self, connected: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.control_plane_connected(connected);
+        }
     }
 
     /// This gateway's id.
@@ -99,18 +137,23 @@ impl ControlPlaneSource {
         &self.gateway
     }
 
-    fn watch_path(&self, store: &TableStore, after: u64, hold_s: u64) -> String {
-        let current = store.current();
-        let applied = current.as_ref().map_or(0, |s| s.table.version());
-        let digest = current
-            .as_ref()
-            .map(|s| format!("&digest={}", s.digest))
-            .unwrap_or_default();
-        format!(
-            "/v1/watch?after={after}&applied={applied}{digest}&gateway={}&region={}&timeout_s={hold_s}",
-            self.gateway,
-            store.region()
-        )
+    /// `GET /v1/watch` for the first version after `after`, held up to `hold_s`.
+    async fn watch(
+        &self,
+        serving: &Serving,
+        after: u64,
+        hold_s: u64,
+        timeout: Duration,
+    ) -> Result<Option<control_api::Reply>, control_api::ClientError> {
+        let query = control_api::WatchQuery {
+            after,
+            applied: serving.applied,
+            digest: serving.digest.as_deref(),
+            gateway: &self.gateway,
+            region: &serving.region,
+            hold_s,
+        };
+        self.client.watch(&query, timeout).await
     }
 
     /// Ask for the version in force until one is applied, with the usual back-off: for a
@@ -136,23 +179,15 @@ impl ControlPlaneSource {
     /// came (unreachable, refused).
     pub async fn fetch_now(&self, store: &TableStore, timeout: Duration) -> Result<u64, String> {
         let reply = self
-            .client
-            .send(
-                http::Method::GET,
-                &self.watch_path(store, 0, 0),
-                &[],
-                None,
-                timeout,
-            )
+            .watch(&Serving::of(store), 0, 0, timeout)
             .await
             .map_err(|e| e.to_string())?;
-        match reply.status {
-            http::StatusCode::OK => self.apply(store, &reply).await,
-            http::StatusCode::NO_CONTENT => Err(format!(
+        match reply {
+            Some(reply) => self.apply(store, &reply).await,
+            None => Err(format!(
                 "{}: the control plane holds no table yet",
                 self.client.server()
             )),
-            _ => Err(reply.api_error().to_string()),
         }
     }
 
@@ -205,27 +240,7 @@ impl ControlPlaneSource {
                 error: r.error.clone(),
             }),
         };
-        let sent: Result<(), _> = self
-            .client
-            .send(
-                http::Method::POST,
-                "/v1/report",
-                &[],
-                Some((
-                    serde_json::to_vec(&report).unwrap_or_default().into(),
-                    "application/json",
-                )),
-                Duration::from_secs(5),
-            )
-            .await
-            .and_then(|reply| {
-                if reply.status.is_success() {
-                    Ok(())
-                } else {
-                    Err(reply.api_error())
-                }
-            });
-        if let Err(error) = sent {
+        if let Err(error) = self.client.report(&report).await {
             tracing::warn!(%error, "cannot report to the control plane");
         }
     }
@@ -247,14 +262,12 @@ impl ControlPlaneSource {
                 let Some(strong) = store.upgrade() else {
                     return;
                 };
-                let applied = strong.current().map_or(0, |s| s.table.version());
-                let path = self.watch_path(&strong, seen.max(applied), WATCH_HOLD_S);
+                let serving = Serving::of(&strong);
                 drop(strong);
-                let request = self.client.send(
-                    http::Method::GET,
-                    &path,
-                    &[],
-                    None,
+                let request = self.watch(
+                    &serving,
+                    seen.max(serving.applied),
+                    WATCH_HOLD_S,
                     Duration::from_secs(WATCH_HOLD_S + 10),
                 );
                 let reply = tokio::select! {
@@ -265,7 +278,7 @@ impl ControlPlaneSource {
                     return;
                 };
                 let outcome = match reply {
-                    Ok(reply) if reply.status == http::StatusCode::OK => {
+                    Ok(Some(reply)) => {
                         let offered = reply
                             .headers
                             .get(control_api::VERSION_HEADER)
@@ -278,11 +291,11 @@ impl ControlPlaneSource {
                         let _ = self.apply(&strong, &reply).await;
                         Ok(())
                     }
-                    Ok(reply) if reply.status == http::StatusCode::NO_CONTENT => Ok(()),
-                    Ok(reply) => Err(reply.api_error().to_string()),
+                    Ok(None) => Ok(()),
                     Err(error) => Err(error.to_string()),
                 };
                 drop(strong);
+                self.connected(outcome.is_ok());
                 match outcome {
                     Ok(()) => {
                         if failing {
