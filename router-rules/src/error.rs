@@ -194,6 +194,16 @@ mod tests {
         listen: Listen,
         #[serde(default)]
         hop_secret: Option<String>,
+        #[serde(default)]
+        admins: Vec<Admin>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Admin {
+        name: String,
+        role: String,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -348,7 +358,7 @@ mod tests {
     fn unknown_fields_are_placed_at_their_key() {
         assert_eq!(
             shape_error("region: hz\nlistne: {}\n"),
-            "gw.yaml:2:1: listne: unknown field `listne`, expected one of region, listen, hop_secret"
+            "gw.yaml:2:1: listne: unknown field `listne`, expected one of region, listen, hop_secret, admins"
         );
         assert_eq!(
             shape_error("region: hz\nlisten:\n  htp: []\n"),
@@ -373,10 +383,23 @@ mod tests {
     }
 
     #[test]
-    fn missing_fields_have_the_same_shape() {
-        let error = shape_error("listen: {}\n");
-        assert!(error.starts_with("gw.yaml:"), "{error}");
-        assert!(error.ends_with("missing field `region`"), "{error}");
+    fn missing_fields_are_named_and_placed_at_their_mapping() {
+        assert_eq!(
+            shape_error("# gateway\n\nlisten: {}\n"),
+            "gw.yaml:3:1: region: missing field `region`"
+        );
+        assert_eq!(
+            shape_error("region: hz\nadmins:\n  - name: a\n    role: r\n  - name: b\nhop_secret: x\n"),
+            "gw.yaml:5:5: admins[1].role: missing field `role`"
+        );
+        assert_eq!(
+            shape_error("region: hz\nadmins: [{ name: a, role: r }, { name: b }]\n"),
+            "gw.yaml:2:32: admins[1].role: missing field `role`"
+        );
+        assert_eq!(
+            shape_error("region: hz\nadmins: [{}]\n"),
+            "gw.yaml:2:10: admins[0].name: missing field `name`"
+        );
     }
 
     #[test]

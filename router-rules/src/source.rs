@@ -20,6 +20,9 @@ pub struct SourceMap {
     /// Mapping keys, by the path of the value they introduce, in document order: an unknown
     /// field is reported at its key, which has no value node of its own.
     keys: Vec<(String, Location)>,
+    /// Mappings by path, with where each starts and ends (an unclosed one ends at the end):
+    /// a missing field is reported in the mapping that lacks it.
+    maps: Vec<(String, Location, Location)>,
     /// Where each path's first node is in `nodes`: a problem is located in constant time,
     /// however many nodes and problems there are.
     index: std::collections::HashMap<String, usize>,
@@ -31,6 +34,7 @@ impl SourceMap {
     pub fn from_yaml(text: &str) -> Self {
         let mut nodes = Vec::new();
         let mut keys = Vec::new();
+        let mut maps = Vec::new();
         let mut stack: Vec<Frame> = Vec::new();
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
@@ -45,6 +49,7 @@ impl SourceMap {
                         if let Some(Frame::Map {
                             path,
                             key: Some(key),
+                            ..
                         }) = stack.last()
                         {
                             keys.push((join_key(path, key), location));
@@ -65,13 +70,20 @@ impl SourceMap {
                     };
                     nodes.push((path.clone(), location));
                     stack.push(if is_map {
-                        Frame::Map { path, key: None }
+                        maps.push((path.clone(), location, END));
+                        Frame::Map {
+                            path,
+                            key: None,
+                            slot: maps.len() - 1,
+                        }
                     } else {
                         Frame::Seq { path, next: 0 }
                     });
                 }
                 Event::SequenceEnd | Event::MappingEnd => {
-                    stack.pop();
+                    if let Some(Frame::Map { slot, .. }) = stack.pop() {
+                        maps[slot].2 = location;
+                    }
                 }
                 _ => {}
             }
@@ -80,7 +92,12 @@ impl SourceMap {
         for (i, (path, _)) in nodes.iter().enumerate() {
             index.entry(path.clone()).or_insert(i);
         }
-        Self { nodes, keys, index }
+        Self {
+            nodes,
+            keys,
+            maps,
+            index,
+        }
     }
 
     /// Where the node at `path` starts; for a path that is not in the document (a missing
@@ -109,6 +126,15 @@ impl SourceMap {
         problems.sort_by_key(|p| (p.location.is_none(), p.location));
     }
 
+    /// The path of the innermost mapping that holds `location`.
+    pub fn mapping_at(&self, location: Location) -> Option<&str> {
+        self.maps
+            .iter()
+            .filter(|(_, start, end)| *start <= location && location <= *end)
+            .max_by_key(|(_, start, _)| *start)
+            .map(|(path, ..)| path.as_str())
+    }
+
     /// The path of the node or mapping key that starts last at or before `location`.
     pub fn path_at(&self, location: Location) -> Option<&str> {
         match (
@@ -128,9 +154,23 @@ fn last_before(list: &[(String, Location)], location: Location) -> Option<(&str,
         .map(|(path, start)| (path.as_str(), *start))
 }
 
+/// Where a mapping that is never closed (the text ends in a syntax error) ends.
+const END: Location = Location {
+    line: u32::MAX,
+    column: u32::MAX,
+};
+
 enum Frame {
-    Seq { path: String, next: usize },
-    Map { path: String, key: Option<String> },
+    Seq {
+        path: String,
+        next: usize,
+    },
+    Map {
+        path: String,
+        key: Option<String>,
+        /// Its entry in `maps`.
+        slot: usize,
+    },
 }
 
 /// The path of the node that comes next in the innermost collection. In a mapping a node is
@@ -143,7 +183,7 @@ fn node_path(stack: &mut [Frame], scalar: Option<&str>) -> Option<String> {
             *next += 1;
             Some(p)
         }
-        Some(Frame::Map { path, key }) => match key.take() {
+        Some(Frame::Map { path, key, .. }) => match key.take() {
             Some(k) => Some(join_key(path, &k)),
             None => {
                 *key = Some(scalar.unwrap_or("?").to_owned());
@@ -193,6 +233,20 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<(T, Sourc
                     column: u32::try_from(l.column()).unwrap_or(u32::MAX),
                 })
             });
+            let message = yaml_message(&error);
+            // serde places a missing field at the last thing it read in the mapping that
+            // lacks it: name the field, and place it where that mapping starts, as a missing
+            // field found by validation is placed.
+            if let Some(field) = missing_field(&message)
+                && let Some(mapping) = location.and_then(|l| map.mapping_at(l))
+            {
+                let path = join_key(mapping, field);
+                return Err(Problem {
+                    location: map.locate(&path).or(location),
+                    path,
+                    message,
+                });
+            }
             let path = location
                 .and_then(|l| map.path_at(l))
                 .unwrap_or_default()
@@ -200,7 +254,7 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<(T, Sourc
             Err(Problem {
                 path,
                 location,
-                message: yaml_message(&error),
+                message,
             })
         }
     }
@@ -243,6 +297,13 @@ fn check_size(text: &str) -> Result<(), TableError> {
         )));
     }
     Ok(())
+}
+
+/// `field` of serde's ``missing field `field` `` message.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
 }
 
 /// serde-saphyr's message without its own `line L column C:` prefix.
@@ -295,6 +356,25 @@ mod tests {
         );
         // A missing field is placed at its parent.
         assert_eq!(map.locate("units[0].region"), map.locate("units[0]"));
+    }
+
+    #[test]
+    fn mappings_are_known_by_their_span() {
+        let text = "version: 1\nunits:\n  - name: a\n    slots: []\n  - { name: b }\n";
+        let map = SourceMap::from_yaml(text);
+        let at = |line, column| map.mapping_at(Location { line, column });
+        assert_eq!(at(1, 1), Some(""));
+        assert_eq!(at(4, 5), Some("units[0]"));
+        assert_eq!(at(5, 7), Some("units[1]"));
+        // A mapping left open by a syntax error holds everything after its start.
+        let map = SourceMap::from_yaml("a: { b: 1,\n");
+        assert_eq!(
+            map.mapping_at(Location {
+                line: 9,
+                column: 1
+            }),
+            Some("a")
+        );
     }
 
     #[test]
