@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::auth::Role;
+use router_rules::Problem;
+
+use crate::auth::{Role, Tokens};
 
 /// Everything `unitgate-control` needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +50,11 @@ pub struct ControlConfig {
     /// `text` (default) or `json`, one object per line.
     #[serde(default)]
     pub log_format: control_api::logging::LogFormat,
+    /// The file this was read from and where each field sits in it: problems found after
+    /// parsing (a token file or the initial table that cannot be read) are placed like parse
+    /// errors.
+    #[serde(skip)]
+    origin: router_rules::SourceFile,
 }
 
 fn default_listen() -> SocketAddr {
@@ -136,21 +143,62 @@ impl ControlConfig {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parse config text; `origin` names it in errors.
+    /// Parse config text; `origin` names it in errors. Every error reads
+    /// `origin:line:col: path: message` (see [`router_rules::render_problems`]), one line per
+    /// problem.
     pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
-        let config: Self = serde_saphyr::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        let (mut config, map) =
+            router_rules::from_yaml::<Self>(text).map_err(|problem| problem.render(origin))?;
+        config.origin = router_rules::SourceFile::new(origin, map);
+        let mut problems = Vec::new();
         if config.tokens.is_empty() {
-            return Err(format!(
-                "{origin}: tokens: no API tokens configured; the control plane does not run open"
+            problems.push(Problem::at(
+                "tokens",
+                "no API tokens configured; the control plane does not run open",
             ));
         }
         if config.watch_hold_s == 0 || config.watch_hold_s > 300 {
-            return Err(format!(
-                "{origin}: watch_hold_s: {} is outside 1..=300",
-                config.watch_hold_s
+            problems.push(Problem::at(
+                "watch_hold_s",
+                format!("{} is outside 1..=300", config.watch_hold_s),
             ));
         }
-        Ok(config)
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(config.origin.render(problems))
+        }
+    }
+
+    /// A problem with the field at `path`, as `file:line:col: path: message`.
+    pub fn problem(&self, path: &str, message: impl Into<String>) -> String {
+        self.origin.problem(path, message)
+    }
+
+    /// The API tokens, with every token that cannot be used (a digest that is not one, a token
+    /// file that cannot be read, the same token twice) named at its place in the file.
+    pub fn tokens(&self) -> Result<Tokens, String> {
+        let mut problems = Vec::new();
+        for (i, token) in self.tokens.iter().enumerate() {
+            if let Err(error) = Tokens::load(std::slice::from_ref(token)) {
+                problems.push(token_problem(i, token, 0, &error));
+            }
+        }
+        if problems.is_empty() {
+            // Each token is fine on its own: what is left is between tokens.
+            match Tokens::load(&self.tokens) {
+                Ok(tokens) => return Ok(tokens),
+                Err(error) => problems.push(
+                    self.tokens
+                        .iter()
+                        .enumerate()
+                        .map(|(i, token)| token_problem(i, token, i, &error))
+                        .find(|p| p.path.starts_with("tokens["))
+                        .unwrap_or_else(|| Problem::at("tokens", error)),
+                ),
+            }
+        }
+        Err(self.origin.render(problems))
     }
 
     /// Read and validate `initial_table` (YAML, or JSON by its extension), if one is given.
@@ -158,8 +206,12 @@ impl ControlConfig {
         let Some(path) = &self.initial_table else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("initial_table: {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            self.problem(
+                "initial_table",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
         let table = if control_api::files::is_json(path) {
             router_rules::load_json(&text)
         } else {
@@ -178,5 +230,69 @@ impl ControlConfig {
                 .unwrap_or_else(|_| "control".to_owned());
             format!("{host}-{}", std::process::id())
         })
+    }
+}
+
+/// Token `i`'s problem, from what [`Tokens::load`] said about it as its `at`-th token
+/// (`tokens[at] (name).field: message`): the same problem at `tokens[i].field`. A message in
+/// another form is kept whole, at `tokens`.
+fn token_problem(i: usize, token: &TokenConfig, at: usize, error: &str) -> Problem {
+    let named = format!("tokens[{at}] ({})", token.name);
+    let bare = format!("tokens[{at}]");
+    let rest = error
+        .strip_prefix(named.as_str())
+        .or_else(|| error.strip_prefix(bare.as_str()));
+    match rest.and_then(|rest| rest.split_once(": ")) {
+        Some((field, message))
+            if field.is_empty()
+                || (field.starts_with('.')
+                    && field[1..]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_')) =>
+        {
+            Problem::at(format!("tokens[{i}]{field}"), message)
+        }
+        _ => Problem::at("tokens", error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str) -> TokenConfig {
+        TokenConfig {
+            name: name.to_owned(),
+            role: Role::Viewer,
+            sha256: None,
+            token_file: None,
+            gateway_id: None,
+            region: None,
+        }
+    }
+
+    #[test]
+    fn token_problems_are_moved_to_the_token_s_path() {
+        let ops = token("ops");
+        let at = |error: &str| {
+            let problem = token_problem(3, &ops, 0, error);
+            format!("{}|{}", problem.path, problem.message)
+        };
+        assert_eq!(
+            at("tokens[0] (ops).sha256: not hex"),
+            "tokens[3].sha256|not hex"
+        );
+        assert_eq!(
+            at("tokens[0] (ops): give exactly one"),
+            "tokens[3]|give exactly one"
+        );
+        assert_eq!(at("tokens[0].name: empty"), "tokens[3].name|empty");
+        assert_eq!(
+            at("tokens[0] (ops).token_file: /run/t: gone"),
+            "tokens[3].token_file|/run/t: gone"
+        );
+        // Said of another token, or in another form: kept whole.
+        assert_eq!(at("tokens[1] (x): twice"), "tokens|tokens[1] (x): twice");
+        assert_eq!(at("no tokens"), "tokens|no tokens");
     }
 }

@@ -42,19 +42,23 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Some(Command::Check) => match load(cli.config).and_then(check) {
-            Ok(()) => {
+        Some(Command::Check) => match load(cli.config).map(|config| check(&config)) {
+            Ok(Ok(())) => {
                 println!("configuration ok");
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&e),
+            Ok(Err(problems)) => config_error(&problems),
+            Err(code) => code,
         },
         None => match load(cli.config) {
-            Ok(config) => {
-                control_api::logging::init(config.log_format);
-                run(config)
-            }
-            Err(e) => fail(&e),
+            Ok(config) => match config.tokens() {
+                Ok(_) => {
+                    control_api::logging::init(config.log_format);
+                    run(config)
+                }
+                Err(problems) => config_error(&problems),
+            },
+            Err(code) => code,
         },
     }
 }
@@ -64,19 +68,40 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn load(path: Option<PathBuf>) -> Result<ControlConfig, String> {
-    let path = path.ok_or("--config FILE is required")?;
-    ControlConfig::load(&path)
+/// Problems with the configuration (or the files it names), one `file:line:col: path:
+/// message` line each, as they are: editors and CI logs jump to the place.
+fn config_error(problems: &str) -> ExitCode {
+    eprintln!("{}", problems.trim_end());
+    ExitCode::from(2)
 }
 
-/// Everything `check` can know without starting: tokens, TLS files, the initial table.
-fn check(config: ControlConfig) -> Result<(), String> {
-    control_plane::auth::Tokens::load(&config.tokens)?;
-    if let Some(tls) = &config.tls {
-        tls_config(tls)?;
+fn load(path: Option<PathBuf>) -> Result<ControlConfig, ExitCode> {
+    let Some(path) = path else {
+        return Err(fail("--config FILE is required"));
+    };
+    ControlConfig::load(&path).map_err(|problems| config_error(&problems))
+}
+
+/// Everything `check` can know without starting: tokens, TLS files, the initial table. Every
+/// problem found, one line each.
+fn check(config: &ControlConfig) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if let Err(e) = config.tokens() {
+        problems.push(e);
     }
-    config.initial_table()?;
-    Ok(())
+    if let Some(tls) = &config.tls
+        && let Err(e) = tls_config(tls)
+    {
+        problems.push(config.problem("tls", e.strip_prefix("tls: ").unwrap_or(&e)));
+    }
+    if let Err(e) = config.initial_table() {
+        problems.push(e.trim_end().to_owned());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
 }
 
 fn hash_token() -> ExitCode {
