@@ -235,7 +235,7 @@ async fn process_build_and_table_metrics_are_sane_and_the_connection_gauge_follo
         );
         // Listeners, the log pipes, the runtime's own descriptors at least.
         assert!(open >= 3.0 && open <= max, "{process}: {open} of {max}");
-        assert!(cpu >= 0.0 && cpu < 600.0, "{process}: CPU {cpu}");
+        assert!((0.0..600.0).contains(&cpu), "{process}: CPU {cpu}");
         // Started by this test (the clock's and the kernel's tick granularity allowed for).
         assert!(
             start >= started - 2.0 && start <= now_s() + 1.0,
