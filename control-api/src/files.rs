@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Whether a table file at `path` holds JSON: its extension is `.json`, in any case; YAML
 /// otherwise.
@@ -14,16 +15,19 @@ pub fn is_json(path: &Path) -> bool {
 
 /// Write `bytes` as `dir/name` so that, whenever the process or the machine stops, the file is
 /// either the old one or the new one, whole: create `dir` when missing (syncing its parent),
-/// write a temp file beside it (`.name.tmp`), fsync it, rename it over `name`, fsync `dir`.
-/// Errors name the path they concern.
+/// write a temp file beside it, fsync it, rename it over `name`, fsync `dir`. Each write has a
+/// temp file of its own (`.name.<pid>.<n>.tmp`), so two writes of one file at once each leave
+/// a whole file, the later rename winning. Errors name the path they concern.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(at(dir))?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
     }
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut file = File::create(&tmp).map_err(at(&tmp))?;
     file.write_all(bytes).map_err(at(&tmp))?;
     file.sync_all().map_err(at(&tmp))?;
@@ -83,6 +87,30 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["x.json"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writes_of_one_file_at_once_each_leave_a_whole_file() {
+        let dir = temp_dir("race");
+        std::fs::create_dir_all(&dir).unwrap();
+        let writers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        write_atomically(&dir, "x.json", &[b'a' + i; 4096]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let bytes = std::fs::read(dir.join("x.json")).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
