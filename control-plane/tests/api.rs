@@ -6,10 +6,10 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use control_api::{ApiError, Client};
+use control_api::{ApiError, Client, ClientError, PutTable, TableText, paths};
 use control_plane::api::ENDPOINTS;
 use control_plane::auth::{Need, Role};
-use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use support::{ControlProcess, Tokens, file_plane_config, file_store};
 
 const T: Duration = Duration::from_secs(10);
@@ -20,8 +20,8 @@ fn sample(method: &Method, path: &str) -> (String, Option<(bytes::Bytes, &'stati
         .replace("{n}", "1")
         .replace("{unit}", "u01")
         .replace("{id}", "f0-none");
-    let path = if path == "/v1/watch" {
-        "/v1/watch?after=0&gateway=hz-matrix&region=hz&timeout_s=0".to_owned()
+    let path = if path == paths::WATCH {
+        format!("{path}?after=0&gateway=hz-matrix&region=hz&timeout_s=0")
     } else {
         path
     };
@@ -57,9 +57,9 @@ async fn every_endpoint_answers_every_role_as_documented() {
             cp.client(tokens.gateway("hz")),
         ),
     ];
-    let document: serde_json::Value = cp
+    let document = cp
         .client(&tokens.viewer)
-        .get_json("/v1/openapi.json", T)
+        .openapi()
         .await
         .expect("the API document");
     let mut seen: BTreeMap<(String, String), BTreeSet<u16>> = BTreeMap::new();
@@ -132,11 +132,7 @@ async fn every_endpoint_answers_every_role_as_documented() {
         }
     }
     // Changes were audited, refusals included.
-    let audit: Vec<control_api::AuditEntry> = cp
-        .client(&tokens.viewer)
-        .get_json("/v1/audit", T)
-        .await
-        .expect("audit");
+    let audit = cp.client(&tokens.viewer).audit(None).await.expect("audit");
     let denied = audit
         .iter()
         .filter(|e| e.action == "table.put" && e.status == Some(403))
@@ -144,12 +140,8 @@ async fn every_endpoint_answers_every_role_as_documented() {
     assert_eq!(denied, 3, "PUT /v1/table: viewer, operator, gateway");
     // Calls without a valid token are counted, not audited one by one: anyone can send them.
     assert!(!audit.iter().any(|e| e.actor == "-"), "{audit:?}");
-    let metrics = cp
-        .client(&tokens.viewer)
-        .send(Method::GET, "/metrics", &[], None, T)
-        .await
-        .expect("metrics");
-    let unauthenticated = String::from_utf8_lossy(&metrics.body)
+    let metrics = cp.client(&tokens.viewer).metrics().await.expect("metrics");
+    let unauthenticated = metrics
         .lines()
         .find_map(|l| l.strip_prefix("unitgate_control_unauthenticated_total "))
         .and_then(|n| n.parse::<u64>().ok())
@@ -187,7 +179,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
     let admin = cp.client(&tokens.admin);
     let json =
         |s: &'static str| Some((bytes::Bytes::from_static(s.as_bytes()), "application/json"));
-    let flip = |unit: &str| format!("/v1/units/{unit}/flip");
+    let flip = |unit: &str| paths::fill(paths::UNIT_FLIP, &[unit]);
 
     let cases: Vec<Case> = vec![
         (
@@ -267,7 +259,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
         (
             "unknown flip",
             Method::POST,
-            "/v1/flips/f0-nope/confirm".into(),
+            paths::fill(paths::FLIP_CONFIRM, &["f0-nope"]),
             None,
             StatusCode::NOT_FOUND,
             "f0-nope",
@@ -275,7 +267,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
         (
             "unknown version",
             Method::GET,
-            "/v1/table/versions/99".into(),
+            paths::fill(paths::TABLE_VERSION, &["99"]),
             None,
             StatusCode::NOT_FOUND,
             "99",
@@ -283,7 +275,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
         (
             "version not a number",
             Method::GET,
-            "/v1/table/versions/x".into(),
+            paths::fill(paths::TABLE_VERSION, &["x"]),
             None,
             StatusCode::BAD_REQUEST,
             "\"x\"",
@@ -299,7 +291,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
         (
             "wrong method",
             Method::DELETE,
-            "/v1/table".into(),
+            paths::TABLE.into(),
             None,
             StatusCode::METHOD_NOT_ALLOWED,
             "DELETE",
@@ -307,7 +299,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
         (
             "put without If-Match",
             Method::PUT,
-            "/v1/table".into(),
+            paths::TABLE.into(),
             json("{}"),
             StatusCode::PRECONDITION_REQUIRED,
             "If-Match",
@@ -315,7 +307,7 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
         (
             "audit limit",
             Method::GET,
-            "/v1/audit?limit=many".into(),
+            format!("{}?limit=many", paths::AUDIT),
             None,
             StatusCode::BAD_REQUEST,
             "limit",
@@ -354,21 +346,14 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
             "region: sz\n    standby: hz\n    state: active",
             "region: mars\n    standby: hz\n    state: active",
         );
-    let if_match = [(
-        HeaderName::from_static("if-match"),
-        HeaderValue::from_static("1"),
-    )];
-    let reply = admin
-        .send(
-            Method::PUT,
-            "/v1/table",
-            &if_match,
-            Some((broken.into(), "application/yaml")),
-            T,
-        )
-        .await
-        .expect("put");
-    let (status, error) = error_of(reply).await;
+    let put = PutTable {
+        if_match: 1,
+        ..Default::default()
+    };
+    let (status, error) = match admin.put_table(&TableText::yaml(broken), &put).await {
+        Err(ClientError::Api { status, error }) => (status, error),
+        other => panic!("put: {other:?}"),
+    };
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(error.problems.len() >= 2, "{error:?}");
     assert!(
@@ -383,24 +368,18 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
         "{error:?}"
     );
     // Stale If-Match.
-    let stale = [(
-        HeaderName::from_static("if-match"),
-        HeaderValue::from_static("7"),
-    )];
+    let stale = PutTable {
+        if_match: 7,
+        ..Default::default()
+    };
     let example = std::fs::read(support::example_table_path()).expect("example");
-    let reply = admin
-        .send(
-            Method::PUT,
-            "/v1/table",
-            &stale,
-            Some((example.into(), "application/yaml")),
-            T,
-        )
+    let refused = admin
+        .put_table(&TableText::yaml(example), &stale)
         .await
-        .expect("put");
-    assert_eq!(reply.status, StatusCode::CONFLICT);
+        .expect_err("stale");
+    assert_eq!(refused.status(), Some(StatusCode::CONFLICT), "{refused}");
     // Nothing above changed the table.
-    let table: control_api::StoredTable = admin.get_json("/v1/table", T).await.expect("table");
+    let table = admin.table().await.expect("table");
     assert_eq!(table.version, 1);
 }
 
@@ -452,25 +431,23 @@ async fn serves_https_and_gateways_follow_it_over_tls() {
     std::fs::write(&config, text).expect("write");
     let cp = ControlProcess::start(&config);
     let url = format!("https://localhost:{}", cp.addr.port());
-    let client = Client::new(&url, Some(&tokens.viewer), Some(&cert_path)).expect("client");
-    let table: control_api::StoredTable = client.get_json("/v1/table", T).await.expect("over TLS");
+    let client = Client::new(&url, Some(&tokens.viewer), Some(&cert_path))
+        .expect("client")
+        .with_timeout(T);
+    let table = client.table().await.expect("over TLS");
     assert_eq!(table.version, 1);
     // Plain HTTP on the TLS port gets nowhere; an untrusted certificate is refused.
-    let plain =
-        Client::new(&format!("http://{}", cp.addr), Some(&tokens.viewer), None).expect("client");
-    assert!(
-        plain
-            .get_json::<serde_json::Value>("/v1/table", Duration::from_secs(2))
-            .await
-            .is_err()
-    );
+    let plain = Client::new(&format!("http://{}", cp.addr), Some(&tokens.viewer), None)
+        .expect("client")
+        .with_timeout(Duration::from_secs(2));
+    assert!(plain.table().await.is_err());
     let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     let other_path = dir.path().join("other.pem");
     std::fs::write(&other_path, other.cert.pem()).expect("cert");
-    let untrusting = Client::new(&url, Some(&tokens.viewer), Some(&other_path)).expect("client");
-    let refused = untrusting
-        .get_json::<serde_json::Value>("/v1/table", T)
-        .await;
+    let untrusting = Client::new(&url, Some(&tokens.viewer), Some(&other_path))
+        .expect("client")
+        .with_timeout(T);
+    let refused = untrusting.table().await;
     assert!(format!("{:?}", refused.expect_err("untrusted")).contains("TLS"));
     // A gateway follows it over TLS.
     let text = format!(

@@ -6,12 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use control_api::{FlipAccepted, FlipState, StepName, StepOutcome, StoredTable};
-use http::Method;
-use support::{ControlProcess, Tokens, applied, flip_until, gateway, unit_placement, write_config};
+use control_api::{FlipState, StepName, StepOutcome};
+use support::{
+    ControlProcess, Tokens, applied, flip_request, flip_until, gateway, unit_placement,
+    write_config,
+};
 use testkit::Etcd;
-
-const T: Duration = Duration::from_secs(10);
 
 fn etcd_store(etcd: &Etcd, prefix: &str) -> String {
     format!(
@@ -42,11 +42,7 @@ async fn concurrent_writes_with_one_if_match_have_one_winner_on_etcd() {
     ));
     support::race_table_writes(&a, &tokens).await;
     // The other replica saw the winner too.
-    let via_b: StoredTable = b
-        .client(&tokens.viewer)
-        .get_json("/v1/table", T)
-        .await
-        .expect("table");
+    let via_b = b.client(&tokens.viewer).table().await.expect("table");
     assert_eq!(via_b.version, 2);
 }
 
@@ -103,12 +99,10 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
     let via_a = a.client(&tokens.operator);
     let via_b = b.client(&tokens.operator);
     // A flip through A that completes: B shows it, gateways on B serve it.
-    let accepted: FlipAccepted = via_a
-        .send_json(
-            Method::POST,
-            "/v1/units/u04/flip",
-            &serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill"}),
-            T,
+    let accepted = via_a
+        .start_flip(
+            "u04",
+            &flip_request(serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill"})),
         )
         .await
         .expect("flip");
@@ -135,15 +129,7 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
         );
     }
     // A flip through A, held at the replication check; A dies.
-    let accepted: FlipAccepted = via_a
-        .send_json(
-            Method::POST,
-            "/v1/units/u01/flip",
-            &serde_json::json!({"to": "sh", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}}),
-            T,
-        )
-        .await
-        .expect("flip");
+    let accepted = via_a        .start_flip("u01", &flip_request(serde_json::json!({"to": "sh", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}})))        .await        .expect("flip");
     let held = flip_until(&via_b, &accepted.id, "held at replication", |f| {
         f.steps
             .last()
@@ -163,7 +149,7 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
     let ended = flip_until(&via_b, &accepted.id, "taken over", |f| f.state.is_final()).await;
     assert_eq!(ended.state, FlipState::RolledBack, "{ended:?}");
     assert_eq!(ended.owner, "b");
-    let now: StoredTable = via_b.get_json("/v1/table", T).await.expect("table");
+    let now = via_b.table().await.expect("table");
     assert_eq!(now.version, 6);
     assert_eq!(
         unit_placement(&now.table, "u01"),
@@ -180,11 +166,7 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
         .replace("listen: 127.0.0.1:0", &format!("listen: {addr}"));
     std::fs::write(&config, text).expect("write");
     let a = ControlProcess::start(&config);
-    let via_a: StoredTable = a
-        .client(&tokens.viewer)
-        .get_json("/v1/table", T)
-        .await
-        .expect("table");
+    let via_a = a.client(&tokens.viewer).table().await.expect("table");
     assert_eq!(via_a.version, 6);
     applied(&gateways[2], 6).await;
 }
@@ -229,21 +211,13 @@ async fn a_flip_through_one_replica_waits_for_gateways_that_just_connected_to_th
         }
         // Gateway::start returns once the gateway fetched the table through B: it is
         // connected, and B has recorded it. The flip goes through A at once.
-        let current: StoredTable = via_a.get_json("/v1/table", T).await.expect("table");
+        let current = via_a.table().await.expect("table");
         let to = if unit_placement(&current.table, "u04").0 == "sh" {
             "sz"
         } else {
             "sh"
         };
-        let accepted: FlipAccepted = via_a
-            .send_json(
-                Method::POST,
-                "/v1/units/u04/flip",
-                &serde_json::json!({"to": to, "mode": "planned", "reason": format!("round {round}")}),
-                T,
-            )
-            .await
-            .expect("flip");
+        let accepted = via_a            .start_flip("u04", &flip_request(serde_json::json!({"to": to, "mode": "planned", "reason": format!("round {round}")})))            .await            .expect("flip");
         let done = flip_until(&via_a, &accepted.id, "flip ended", |f| f.state.is_final()).await;
         assert_eq!(done.state, FlipState::Succeeded, "round {round}: {done:?}");
         let expected = gateways.len();
@@ -284,15 +258,7 @@ async fn an_unreadable_flip_record_on_etcd_is_quarantined_and_its_unit_locked() 
         &tokens,
     ));
     let via_a = a.client(&tokens.operator);
-    let accepted: FlipAccepted = via_a
-        .send_json(
-            Method::POST,
-            "/v1/units/u03/flip",
-            &serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true, "timeout_s": 600}}),
-            T,
-        )
-        .await
-        .expect("flip");
+    let accepted = via_a        .start_flip("u03", &flip_request(serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true, "timeout_s": 600}})))        .await        .expect("flip");
     flip_until(&via_a, &accepted.id, "held at replication", |f| {
         f.steps
             .last()
@@ -322,7 +288,7 @@ async fn an_unreadable_flip_record_on_etcd_is_quarantined_and_its_unit_locked() 
     let via_b = b.client(&tokens.operator);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let locked = loop {
-        let status: control_api::Status = via_b.get_json("/v1/status", T).await.expect("status");
+        let status = via_b.status().await.expect("status");
         let u03 = status
             .units
             .into_iter()
@@ -338,42 +304,32 @@ async fn an_unreadable_flip_record_on_etcd_is_quarantined_and_its_unit_locked() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(locked.contains(&accepted.id), "{locked}");
-    let flips: Vec<control_api::FlipRecord> = via_b.get_json("/v1/flips", T).await.expect("flips");
+    let flips = via_b.flips().await.expect("flips");
     assert!(flips.iter().all(|f| f.id != accepted.id));
     let refused = via_b
-        .send(
-            Method::POST,
-            "/v1/units/u03/flip",
-            &[],
-            Some((
-                serde_json::to_vec(
-                    &serde_json::json!({"to": "sz", "mode": "planned", "reason": "again"}),
-                )
-                .expect("json")
-                .into(),
-                "application/json",
-            )),
-            T,
+        .start_flip(
+            "u03",
+            &flip_request(serde_json::json!({"to": "sz", "mode": "planned", "reason": "again"})),
         )
         .await
-        .expect("answered");
-    assert_eq!(refused.status, http::StatusCode::CONFLICT);
-    let resolved: control_api::ResolveResult = via_b
-        .send_json(
-            Method::POST,
-            "/v1/units/u03/resolve",
-            &serde_json::json!({"state": "active", "reason": "checked"}),
-            T,
-        )
-        .await
-        .expect("resolved");
+        .expect_err("locked");
+    assert_eq!(
+        refused.status(),
+        Some(http::StatusCode::CONFLICT),
+        "{refused}"
+    );
+    let resolve = control_api::ResolveRequest {
+        state: router_rules::UnitState::Active,
+        reason: "checked".into(),
+    };
+    let resolved = via_b.resolve_unit("u03", &resolve).await.expect("resolved");
     assert_eq!(resolved.lifted.as_deref(), Some(accepted.id.as_str()));
-    let again: FlipAccepted = via_b
-        .send_json(
-            Method::POST,
-            "/v1/units/u03/flip",
-            &serde_json::json!({"to": "sz", "mode": "planned", "reason": "after resolve"}),
-            T,
+    let again = via_b
+        .start_flip(
+            "u03",
+            &flip_request(
+                serde_json::json!({"to": "sz", "mode": "planned", "reason": "after resolve"}),
+            ),
         )
         .await
         .expect("a flip starts again");

@@ -7,28 +7,17 @@ mod support;
 use std::time::Duration;
 
 use control_api::{
-    ApiError, AuditEntry, AuditOutcome, Client, FlipRecord, FlipState, GatewayReport,
-    GatewayStatus, ResolveResult, Status, StepName, StepOutcome, StoredTable,
+    ApiError, AuditEntry, AuditOutcome, Client, ClientError, FlipAccepted, FlipState,
+    GatewayReport, GatewayStatus, PutTable, ResolveRequest, StepName, StepOutcome, TableText,
+    WatchQuery, paths,
 };
 use http::{Method, StatusCode};
 use support::{
-    ControlProcess, Tokens, applied, file_plane_config, file_store, flip_until, gateway,
-    unit_placement, write_config,
+    ControlProcess, Tokens, applied, file_plane_config, file_store, flip_request, flip_until,
+    gateway, unit_placement, write_config,
 };
 
 const T: Duration = Duration::from_secs(10);
-
-fn report_body(gateway: &str, region: &str, applied: u64, digest: Option<&str>) -> bytes::Bytes {
-    serde_json::to_vec(&GatewayReport {
-        gateway: gateway.into(),
-        region: region.into(),
-        applied,
-        digest: digest.map(str::to_owned),
-        rejected: None,
-    })
-    .expect("json")
-    .into()
-}
 
 async fn post_report(
     client: &Client,
@@ -36,32 +25,44 @@ async fn post_report(
     region: &str,
     applied: u64,
     digest: Option<&str>,
-) -> control_api::Reply {
+) -> Result<(), ClientError> {
     client
-        .send(
-            Method::POST,
-            "/v1/report",
-            &[],
-            Some((
-                report_body(gateway, region, applied, digest),
-                "application/json",
-            )),
-            T,
-        )
+        .report(&GatewayReport {
+            gateway: gateway.into(),
+            region: region.into(),
+            applied,
+            digest: digest.map(str::to_owned),
+            rejected: None,
+        })
         .await
-        .expect("report answered")
 }
 
 async fn audit(client: &Client) -> Vec<AuditEntry> {
-    client.get_json("/v1/audit", T).await.expect("audit")
+    client.audit(None).await.expect("audit")
 }
 
 async fn gateways(client: &Client) -> Vec<GatewayStatus> {
-    client.get_json("/v1/gateways", T).await.expect("gateways")
+    client.gateways().await.expect("gateways")
 }
 
-fn error_of(reply: &control_api::Reply) -> ApiError {
-    serde_json::from_slice(&reply.body).expect("a JSON error")
+/// The status and the error body of a call the control plane refused.
+fn refusal<V: std::fmt::Debug>(result: Result<V, ClientError>) -> (StatusCode, ApiError) {
+    match result {
+        Err(ClientError::Api { status, error }) => (status, error),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A gateway's watch that asks for no hold.
+fn watch_query<'a>(gateway: &'a str, region: &'a str, after: u64, applied: u64) -> WatchQuery<'a> {
+    WatchQuery {
+        after,
+        applied,
+        digest: None,
+        gateway,
+        region,
+        hold_s: 0,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,50 +74,28 @@ async fn forged_gateway_reports_are_refused_audited_and_never_counted() {
     let viewer = cp.client(&tokens.viewer);
 
     // The hz token speaks for hz-* in hz only.
-    assert_eq!(
-        post_report(&hz, "hz-1", "hz", 1, None).await.status,
-        StatusCode::NO_CONTENT
-    );
+    post_report(&hz, "hz-1", "hz", 1, None)
+        .await
+        .expect("an honest report");
     for (id, region) in [
         ("hz-2", "sh"),
         ("sh-1", "sh"),
         ("sh-1", "hz"),
         ("x", "nowhere"),
     ] {
-        let reply = post_report(&hz, id, region, 1, None).await;
-        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{id} in {region}");
-        assert_eq!(error_of(&reply).error, "gateway_not_allowed");
+        let (status, error) = refusal(post_report(&hz, id, region, 1, None).await);
+        assert_eq!(status, StatusCode::FORBIDDEN, "{id} in {region}");
+        assert_eq!(error.error, "gateway_not_allowed");
     }
-    let watch = hz
-        .send(
-            Method::GET,
-            "/v1/watch?after=0&gateway=sz-9&region=sz&timeout_s=0",
-            &[],
-            None,
-            T,
-        )
-        .await
-        .expect("watch answered");
-    assert_eq!(watch.status, StatusCode::FORBIDDEN);
+    let (status, _) = refusal(hz.watch(&watch_query("sz-9", "sz", 0, 0), T).await);
+    assert_eq!(status, StatusCode::FORBIDDEN);
     // A version never stored is refused too.
-    let reply = post_report(&hz, "hz-1", "hz", 999_999, None).await;
-    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(
-        error_of(&reply).message.contains("never stored"),
-        "{:?}",
-        error_of(&reply)
-    );
-    let watch = hz
-        .send(
-            Method::GET,
-            "/v1/watch?after=999999&applied=999999&gateway=hz-3&region=hz&timeout_s=0",
-            &[],
-            None,
-            T,
-        )
-        .await
-        .expect("watch answered");
-    assert_eq!(watch.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, error) = refusal(post_report(&hz, "hz-1", "hz", 999_999, None).await);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(error.message.contains("never stored"), "{error:?}");
+    let never = watch_query("hz-3", "hz", 999_999, 999_999);
+    let (status, _) = refusal(hz.watch(&never, T).await);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
     // Only the honest report counts: one gateway, at version 1.
     let fleet = gateways(&viewer).await;
@@ -140,15 +119,11 @@ async fn forged_gateway_reports_are_refused_audited_and_never_counted() {
         5,
         "{refused:?}"
     );
-    let metrics = viewer
-        .send(Method::GET, "/metrics", &[], None, T)
-        .await
-        .expect("metrics");
+    let metrics = viewer.metrics().await.expect("metrics");
     assert!(
-        String::from_utf8_lossy(&metrics.body)
-            .contains("unitgate_control_gateway_reports_refused_total 7"),
+        metrics.contains("unitgate_control_gateway_reports_refused_total 7"),
         "{}",
-        String::from_utf8_lossy(&metrics.body)
+        metrics
     );
 }
 
@@ -159,35 +134,29 @@ async fn a_diverged_gateway_is_marked_and_sent_the_stored_table() {
     let cp = ControlProcess::start(&file_plane_config(dir.path(), &tokens));
     let hz = cp.client(tokens.gateway("hz"));
     let viewer = cp.client(&tokens.viewer);
-    let stored: StoredTable = viewer.get_json("/v1/table", T).await.expect("table");
+    let stored = viewer.table().await.expect("table");
     assert_eq!(stored.digest, control_api::table_digest(&stored.table));
     let forged = format!("sha256:{}", "0".repeat(64));
 
     // Serving version 1 with other content: listed as diverged, counted in the metrics.
-    let reply = post_report(&hz, "hz-1", "hz", 1, Some(&forged)).await;
-    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    post_report(&hz, "hz-1", "hz", 1, Some(&forged))
+        .await
+        .expect("reported");
     let fleet = gateways(&viewer).await;
     assert!(fleet[0].diverged, "{fleet:?}");
-    let metrics = viewer
-        .send(Method::GET, "/metrics", &[], None, T)
-        .await
-        .expect("metrics");
-    assert!(
-        String::from_utf8_lossy(&metrics.body)
-            .contains("unitgate_control_gateways{state=\"diverged\"} 1")
-    );
+    let metrics = viewer.metrics().await.expect("metrics");
+    assert!(metrics.contains("unitgate_control_gateways{state=\"diverged\"} 1"));
     // Its watch is answered at once with the stored version 1, although it asks for newer.
+    let diverged = WatchQuery {
+        digest: Some(&forged),
+        hold_s: 2,
+        ..watch_query("hz-1", "hz", 1, 1)
+    };
     let watch = hz
-        .send(
-            Method::GET,
-            &format!("/v1/watch?after=1&applied=1&digest={forged}&gateway=hz-1&region=hz"),
-            &[],
-            None,
-            T,
-        )
+        .watch(&diverged, T)
         .await
-        .expect("watch");
-    assert_eq!(watch.status, StatusCode::OK);
+        .expect("watch")
+        .expect("the stored table");
     assert_eq!(
         watch
             .headers
@@ -198,7 +167,9 @@ async fn a_diverged_gateway_is_marked_and_sent_the_stored_table() {
     let table: router_rules::RawTable = serde_json::from_slice(&watch.body).expect("table");
     assert_eq!(table, stored.table);
     // Reporting the stored digest heals it.
-    post_report(&hz, "hz-1", "hz", 1, Some(&stored.digest)).await;
+    post_report(&hz, "hz-1", "hz", 1, Some(&stored.digest))
+        .await
+        .expect("reported");
     assert!(!gateways(&viewer).await[0].diverged);
 }
 
@@ -302,26 +273,17 @@ async fn a_store_missing_a_version_refuses_to_start() {
     let admin = cp.client(&tokens.admin);
     // Two more versions (pinned keys change nothing that moves).
     for n in 0..2 {
-        let current: StoredTable = admin.get_json("/v1/table", T).await.expect("table");
+        let current = admin.table().await.expect("table");
         let mut table = current.table.clone();
         table.units[0].pinned_keys = vec![format!("vip-{n}")];
-        let reply = admin
-            .send(
-                Method::PUT,
-                "/v1/table",
-                &[(
-                    http::header::IF_MATCH,
-                    http::HeaderValue::from(current.version),
-                )],
-                Some((
-                    serde_json::to_vec(&table).expect("json").into(),
-                    "application/json",
-                )),
-                T,
-            )
+        let put = PutTable {
+            if_match: current.version,
+            ..Default::default()
+        };
+        admin
+            .put_table(&TableText::of(&table), &put)
             .await
             .expect("put");
-        assert_eq!(reply.status, StatusCode::OK);
     }
     cp.kill9();
     let tables = dir.path().join("store/tables");
@@ -355,29 +317,17 @@ async fn a_store_missing_a_version_refuses_to_start() {
     // Put back, it starts and serves version 3 as it was.
     std::fs::write(&newest, &saved).expect("restore");
     let cp = ControlProcess::start(&config);
-    let current: StoredTable = cp
-        .client(&tokens.viewer)
-        .get_json("/v1/table", T)
-        .await
-        .expect("table");
+    let current = cp.client(&tokens.viewer).table().await.expect("table");
     assert_eq!(current.version, 3);
     assert_eq!(current.table.units[0].pinned_keys, vec!["vip-1".to_owned()]);
 }
 
-async fn flip(client: &Client, unit: &str, body: serde_json::Value) -> control_api::Reply {
-    client
-        .send(
-            Method::POST,
-            &format!("/v1/units/{unit}/flip"),
-            &[],
-            Some((
-                serde_json::to_vec(&body).expect("json").into(),
-                "application/json",
-            )),
-            T,
-        )
-        .await
-        .expect("flip answered")
+async fn flip(
+    client: &Client,
+    unit: &str,
+    body: serde_json::Value,
+) -> Result<FlipAccepted, ClientError> {
+    client.start_flip(unit, &flip_request(body)).await
 }
 
 fn held_for_confirmation(to: &str) -> serde_json::Value {
@@ -394,9 +344,9 @@ async fn one_corrupt_flip_record_blocks_only_its_unit_until_resolved() {
     // Two flips held at their replication step (no gateways: nothing to wait for).
     let mut ids = Vec::new();
     for (unit, to) in [("u03", "sz"), ("u05", "hz")] {
-        let reply = flip(&operator, unit, held_for_confirmation(to)).await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED);
-        let accepted: control_api::FlipAccepted = reply.json().expect("accepted");
+        let accepted = flip(&operator, unit, held_for_confirmation(to))
+            .await
+            .expect("accepted");
         flip_until(&operator, &accepted.id, "replication", |f| {
             f.steps.last().is_some_and(|s| {
                 s.name == StepName::Replication && s.outcome == StepOutcome::Running
@@ -416,7 +366,7 @@ async fn one_corrupt_flip_record_blocks_only_its_unit_until_resolved() {
     // The other flip is recovered (rolled back), and the flips list answers.
     let other = flip_until(&operator, &ids[1], "u05 recovered", |f| f.state.is_final()).await;
     assert_eq!(other.state, FlipState::RolledBack, "{other:?}");
-    let flips: Vec<FlipRecord> = operator.get_json("/v1/flips", T).await.expect("flips");
+    let flips = operator.flips().await.expect("flips");
     assert_eq!(
         flips.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
         vec![ids[1].as_str()]
@@ -427,17 +377,17 @@ async fn one_corrupt_flip_record_blocks_only_its_unit_until_resolved() {
             .exists()
     );
     // u03 stays frozen (its flip froze it) and locked: no new flip.
-    let status: Status = operator.get_json("/v1/status", T).await.expect("status");
+    let status = operator.status().await.expect("status");
     let u03 = status.units.iter().find(|u| u.name == "u03").expect("u03");
     assert_eq!(u03.state, "write_frozen");
     assert!(
         u03.locked.as_deref().unwrap_or_default().contains(&ids[0]),
         "{u03:?}"
     );
-    let refused = flip(&operator, "u03", held_for_confirmation("sz")).await;
-    assert_eq!(refused.status, StatusCode::CONFLICT);
-    assert_eq!(error_of(&refused).error, "unit_locked");
-    assert!(error_of(&refused).message.contains("flip-resolve"));
+    let (status, error) = refusal(flip(&operator, "u03", held_for_confirmation("sz")).await);
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(error.error, "unit_locked");
+    assert!(error.message.contains("flip-resolve"));
     let audit_log = audit(&operator).await;
     assert!(
         audit_log
@@ -445,45 +395,38 @@ async fn one_corrupt_flip_record_blocks_only_its_unit_until_resolved() {
             .any(|e| e.action == "flip.quarantine" && e.target == "u03"),
         "{audit_log:?}"
     );
-    let metrics = operator
-        .send(Method::GET, "/metrics", &[], None, T)
-        .await
-        .expect("metrics");
-    assert!(
-        String::from_utf8_lossy(&metrics.body)
-            .contains("unitgate_control_flips_quarantined_total 1")
-    );
+    let metrics = operator.metrics().await.expect("metrics");
+    assert!(metrics.contains("unitgate_control_flips_quarantined_total 1"));
     // Another restart does not unlock it by accident.
     drop(cp);
     let cp = ControlProcess::start(&config);
     let operator = cp.client(&tokens.operator);
-    let refused = flip(&operator, "u03", held_for_confirmation("sz")).await;
-    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let (status, _) = refusal(flip(&operator, "u03", held_for_confirmation("sz")).await);
+    assert_eq!(status, StatusCode::CONFLICT);
 
     // Resolved by an operator: active again, unlocked, and flips work.
-    let resolved: ResolveResult = operator
-        .send_json(
-            Method::POST,
-            "/v1/units/u03/resolve",
-            &serde_json::json!({"state": "active", "reason": "data checked by hand"}),
-            T,
-        )
+    let resolve = ResolveRequest {
+        state: router_rules::UnitState::Active,
+        reason: "data checked by hand".into(),
+    };
+    let resolved = operator
+        .resolve_unit("u03", &resolve)
         .await
         .expect("resolved");
     assert_eq!(resolved.lifted.as_deref(), Some(ids[0].as_str()));
-    let current: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+    let current = operator.table().await.expect("table");
     assert_eq!(current.version, resolved.version);
     assert_eq!(
         unit_placement(&current.table, "u03"),
         ("sh".into(), "active".into())
     );
-    let again = flip(
+    flip(
         &operator,
         "u03",
         serde_json::json!({"to": "sz", "mode": "planned", "reason": "after resolve"}),
     )
-    .await;
-    assert_eq!(again.status, StatusCode::ACCEPTED);
+    .await
+    .expect("a flip starts again");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -492,7 +435,7 @@ async fn a_table_write_cannot_move_units_unless_forced() {
     let tokens = Tokens::new();
     let cp = ControlProcess::start(&file_plane_config(dir.path(), &tokens));
     let admin = cp.client(&tokens.admin);
-    let current: StoredTable = admin.get_json("/v1/table", T).await.expect("table");
+    let current = admin.table().await.expect("table");
     let mut table = current.table.clone();
     let u03 = table
         .units
@@ -502,56 +445,28 @@ async fn a_table_write_cannot_move_units_unless_forced() {
     assert_eq!(u03.region, "sh");
     u03.region = "sz".into();
     u03.standby = Some("sh".into());
-    let body = serde_json::to_vec(&table).expect("json");
+    let body = TableText::of(&table);
     let put = |force: Option<&'static str>| {
         let admin = admin.clone();
         let body = body.clone();
-        async move {
-            let mut headers = vec![(
-                http::header::IF_MATCH,
-                http::HeaderValue::from(current.version),
-            )];
-            if let Some(reason) = force {
-                headers.push((
-                    http::HeaderName::from_static(control_api::FORCE_HEADER),
-                    http::HeaderValue::from_static(reason),
-                ));
-            }
-            admin
-                .send(
-                    Method::PUT,
-                    "/v1/table",
-                    &headers,
-                    Some((body.into(), "application/json")),
-                    T,
-                )
-                .await
-                .expect("put answered")
-        }
+        let put = PutTable {
+            if_match: current.version,
+            reason: None,
+            force,
+        };
+        async move { admin.put_table(&body, &put).await }
     };
-    let refused = put(None).await;
-    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let error = error_of(&refused);
+    let (status, error) = refusal(put(None).await);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error.error, "moves_units");
     assert!(
         error.message.contains("unit u03") && error.message.contains("unitctl flip u03"),
         "{error:?}"
     );
-    let unchanged: StoredTable = admin.get_json("/v1/table", T).await.expect("table");
+    let unchanged = admin.table().await.expect("table");
     assert_eq!(unchanged.version, current.version);
     // The plan says so beforehand.
-    let plan: control_api::PlanResult = admin
-        .send(
-            Method::POST,
-            "/v1/table/plan",
-            &[],
-            Some((body.clone().into(), "application/json")),
-            T,
-        )
-        .await
-        .expect("plan")
-        .json()
-        .expect("plan result");
+    let plan = admin.plan(&body).await.expect("plan result");
     assert_eq!(
         plan.moves
             .iter()
@@ -561,9 +476,10 @@ async fn a_table_write_cannot_move_units_unless_forced() {
     );
     assert!(plan.put_refused.is_some());
 
-    let forced = put(Some("sh is being decommissioned")).await;
-    assert_eq!(forced.status, StatusCode::OK);
-    let stored: StoredTable = admin.get_json("/v1/table", T).await.expect("table");
+    put(Some("sh is being decommissioned"))
+        .await
+        .expect("forced");
+    let stored = admin.table().await.expect("table");
     assert_eq!(stored.version, current.version + 1);
     assert_eq!(stored.forced.as_deref(), Some("sh is being decommissioned"));
     let entry = audit(&admin)
@@ -599,13 +515,13 @@ async fn a_region_short_of_its_min_gateways_holds_the_flip_and_it_rolls_back() {
     );
     let cp = ControlProcess::start(&config);
     let operator = cp.client(&tokens.operator);
-    let reply = flip(
+    let accepted = flip(
         &operator,
         "u03",
         serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "converge_timeout_s": 1}),
     )
-    .await;
-    let accepted: control_api::FlipAccepted = reply.json().expect("accepted");
+    .await
+    .expect("accepted");
     let done = flip_until(&operator, &accepted.id, "flip ended", |f| {
         f.state.is_final()
     })
@@ -626,15 +542,17 @@ async fn a_region_short_of_its_min_gateways_holds_the_flip_and_it_rolls_back() {
     );
     // A gateway of hz reporting the freeze version is what the step needed.
     let hz = cp.client(tokens.gateway("hz"));
-    let current: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
-    post_report(&hz, "hz-1", "hz", current.version, Some(&current.digest)).await;
-    let reply = flip(
+    let current = operator.table().await.expect("table");
+    post_report(&hz, "hz-1", "hz", current.version, Some(&current.digest))
+        .await
+        .expect("reported");
+    let accepted = flip(
         &operator,
         "u03",
         serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}}),
     )
-    .await;
-    let accepted: control_api::FlipAccepted = reply.json().expect("accepted");
+    .await
+    .expect("accepted");
     let held = flip_until(&operator, &accepted.id, "waiting for hz", |f| {
         f.steps.last().is_some_and(|s| {
             s.name == StepName::ConvergeFreeze && s.outcome == StepOutcome::Running
@@ -647,7 +565,9 @@ async fn a_region_short_of_its_min_gateways_holds_the_flip_and_it_rolls_back() {
         .find(|s| s.name == StepName::Freeze)
         .and_then(|s| s.version)
         .expect("freeze version");
-    post_report(&hz, "hz-1", "hz", freeze, None).await;
+    post_report(&hz, "hz-1", "hz", freeze, None)
+        .await
+        .expect("reported");
     flip_until(&operator, &accepted.id, "replication", |f| {
         f.steps
             .last()
@@ -671,7 +591,7 @@ async fn anonymous_calls_do_not_grow_the_audit_log() {
         let reply = anonymous
             .send(
                 Method::POST,
-                &format!("/v1/units/{long_unit}/flip"),
+                &paths::fill(paths::UNIT_FLIP, &[&long_unit]),
                 &[],
                 None,
                 T,
@@ -690,7 +610,7 @@ async fn anonymous_calls_do_not_grow_the_audit_log() {
         .client(&tokens.viewer)
         .send(
             Method::POST,
-            &format!("/v1/units/{long_unit}/flip"),
+            &paths::fill(paths::UNIT_FLIP, &[&long_unit]),
             &[],
             None,
             T,

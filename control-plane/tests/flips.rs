@@ -8,17 +8,13 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use control_api::{
-    AuditEntry, AuditOutcome, Client, FlipAccepted, FlipState, GatewayStatus, StepName,
-    StepOutcome, StoredTable,
-};
+use control_api::{AuditEntry, AuditOutcome, Client, FlipState, StepName, StepOutcome};
 use gateway::Gateway;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use support::{
-    ControlProcess, Tokens, applied, file_plane_config, gateway, signal, unit_placement, wait_flip,
+    ControlProcess, Tokens, applied, file_plane_config, flip_request, gateway, unit_placement,
+    wait_flip,
 };
-
-const T: Duration = Duration::from_secs(10);
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -59,10 +55,7 @@ async fn start_flip(
     unit: &str,
     body: serde_json::Value,
 ) -> Result<String, control_api::ClientError> {
-    let accepted: FlipAccepted = client
-        .send_json(Method::POST, &format!("/v1/units/{unit}/flip"), &body, T)
-        .await?;
-    Ok(accepted.id)
+    Ok(client.start_flip(unit, &flip_request(body)).await?.id)
 }
 
 /// Wait until every gateway serves `version`; check `unit`'s (region, state) in it.
@@ -143,10 +136,7 @@ async fn a_planned_flip_reaches_every_gateway_step_by_step() {
     }
     // The flip waits for the confirmation with the unit frozen everywhere.
     all_serve(&s.gateways, 2, "u03", ("sh", "write_frozen")).await;
-    assert_eq!(
-        signal(&operator, &id, "confirm").await,
-        StatusCode::ACCEPTED
-    );
+    operator.confirm_flip(&id).await.expect("confirmed");
     let flip = wait_flip(&operator, &id).await;
     assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
     let names: Vec<StepName> = flip.steps.iter().map(|s| s.name).collect();
@@ -207,7 +197,7 @@ async fn a_planned_flip_reaches_every_gateway_step_by_step() {
             <= Some(steps(StepName::Unfreeze).started_at_ms)
     );
     // The standby swapped with the region left behind.
-    let table: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+    let table = operator.table().await.expect("table");
     let unit = table
         .table
         .units
@@ -216,7 +206,7 @@ async fn a_planned_flip_reaches_every_gateway_step_by_step() {
         .expect("u03");
     assert_eq!(unit.standby.as_deref(), Some("sh"));
     // The audit log has the start, every step and the end.
-    let audit: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+    let audit = operator.audit(None).await.expect("audit");
     let of_flip: Vec<&AuditEntry> = audit
         .iter()
         .filter(|e| e.flip.as_deref() == Some(&id))
@@ -236,10 +226,7 @@ async fn a_planned_flip_reaches_every_gateway_step_by_step() {
             .any(|e| e.action == "flip.confirm" && e.outcome == AuditOutcome::Ok)
     );
     // And the gateways are listed, current.
-    let gateways: Vec<GatewayStatus> = operator
-        .get_json("/v1/gateways", T)
-        .await
-        .expect("gateways");
+    let gateways = operator.gateways().await.expect("gateways");
     assert_eq!(gateways.len(), 3);
     assert!(
         gateways.iter().all(|g| g.applied_version == 4 && !g.stale),
@@ -306,11 +293,8 @@ async fn a_failed_replication_check_rolls_everything_back() {
         ]
     );
     // Back where it was, in a new version, at every gateway.
-    let pre: StoredTable = operator
-        .get_json("/v1/table/versions/1", T)
-        .await
-        .expect("v1");
-    let now: StoredTable = operator.get_json("/v1/table", T).await.expect("current");
+    let pre = operator.table_version(1).await.expect("v1");
+    let now = operator.table().await.expect("current");
     assert_eq!(now.version, 3);
     let mut renumbered = now.table.clone();
     renumbered.version = pre.table.version;
@@ -341,10 +325,10 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
         flip.steps.iter().map(|s| s.name).collect::<Vec<_>>(),
         [StepName::EmergencySwitch, StepName::ConvergeEmergency]
     );
-    let table: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+    let table = operator.table().await.expect("table");
     assert_eq!(table.version, 2, "one version");
     all_serve(&s.gateways, 2, "u05", ("hz", "active")).await;
-    let audit: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+    let audit = operator.audit(None).await.expect("audit");
     let end = audit
         .iter()
         .find(|e| e.action == "flip.end" && e.flip.as_deref() == Some(&id))
@@ -368,7 +352,7 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
     for g in &s.gateways {
         applied(g, 3).await;
     }
-    assert_eq!(signal(&operator, &id, "cancel").await, StatusCode::ACCEPTED);
+    operator.cancel_flip(&id).await.expect("cancelled");
     let flip = wait_flip(&operator, &id).await;
     assert_eq!(flip.state, FlipState::RolledBack, "{flip:?}");
     assert!(
@@ -380,7 +364,8 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
     );
     all_serve(&s.gateways, 4, "u06", ("sz", "active")).await;
     // An ended flip takes no more signals.
-    assert_eq!(signal(&operator, &id, "cancel").await, StatusCode::CONFLICT);
+    let refused = operator.cancel_flip(&id).await.expect_err("flip ended");
+    assert_eq!(refused.status(), Some(StatusCode::CONFLICT), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -442,10 +427,7 @@ async fn gateways_keep_serving_through_a_control_plane_outage_and_converge_after
     // Each gateway tells the control plane on its next poll, right after applying.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let gateways: Vec<GatewayStatus> = operator
-            .get_json("/v1/gateways", T)
-            .await
-            .expect("gateways");
+        let gateways = operator.gateways().await.expect("gateways");
         if gateways.len() == 3 && gateways.iter().all(|g| g.applied_version == 2 && !g.stale) {
             break;
         }

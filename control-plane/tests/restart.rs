@@ -4,40 +4,23 @@
 
 mod support;
 
-use std::time::Duration;
-
 use control_api::{
-    AuditEntry, Client, FlipAccepted, FlipRecord, FlipState, GatewayReport, StepName, StepOutcome,
-    StoredTable,
+    Client, FlipMode, FlipRecord, FlipRequest, FlipState, GatewayReport, ReplicationCheck,
+    StepName, StepOutcome, StoredTable,
 };
-use http::Method;
-use support::{ControlProcess, Tokens, file_plane_config, flip_until, signal, unit_placement};
-
-const T: Duration = Duration::from_secs(10);
+use support::{ControlProcess, Tokens, file_plane_config, flip_until, unit_placement};
 
 async fn report(gateway: &Client, applied: u64) {
-    let reply = gateway
-        .send(
-            Method::POST,
-            "/v1/report",
-            &[],
-            Some((
-                serde_json::to_vec(&GatewayReport {
-                    gateway: "hz-slow".into(),
-                    region: "hz".into(),
-                    applied,
-                    digest: None,
-                    rejected: None,
-                })
-                .expect("json")
-                .into(),
-                "application/json",
-            )),
-            T,
-        )
+    gateway
+        .report(&GatewayReport {
+            gateway: "hz-slow".into(),
+            region: "hz".into(),
+            applied,
+            digest: None,
+            rejected: None,
+        })
         .await
         .expect("report");
-    assert!(reply.status.is_success());
 }
 
 fn waiting_at(step: StepName) -> impl Fn(&FlipRecord) -> bool {
@@ -49,15 +32,10 @@ fn waiting_at(step: StepName) -> impl Fn(&FlipRecord) -> bool {
 }
 
 async fn versions(client: &Client) -> Vec<StoredTable> {
-    let current: StoredTable = client.get_json("/v1/table", T).await.expect("table");
+    let current = client.table().await.expect("table");
     let mut out = Vec::new();
     for v in 1..=current.version {
-        out.push(
-            client
-                .get_json(&format!("/v1/table/versions/{v}"), T)
-                .await
-                .expect("stored version"),
-        );
+        out.push(client.table_version(v).await.expect("stored version"));
     }
     out
 }
@@ -78,19 +56,24 @@ async fn kill_9_between_flip_steps_loses_nothing() {
     for (round, (kill_at, ending)) in points.into_iter().enumerate() {
         let operator = cp.client(&tokens.operator);
         let gateway = cp.client(tokens.gateway("hz"));
-        let before: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+        let before = operator.table().await.expect("table");
         // Every round but the last rolls back, so the unit starts in hz each time.
         let (from, to) = ("hz", "sh");
         assert_eq!(unit_placement(&before.table, "u01").0, from);
         // A gateway that applies only what the test says: it holds the flip at each step.
         report(&gateway, before.version).await;
-        let accepted: FlipAccepted = operator
-            .send_json(
-                Method::POST,
-                "/v1/units/u01/flip",
-                &serde_json::json!({"to": to, "mode": "planned", "reason": format!("round {round}"), "replication_check": {"confirm": true}, "converge_timeout_s": 60}),
-                T,
-            )
+        let request = FlipRequest {
+            to: to.to_owned(),
+            mode: FlipMode::Planned,
+            reason: format!("round {round}"),
+            replication_check: Some(ReplicationCheck {
+                confirm: Some(true),
+                ..Default::default()
+            }),
+            converge_timeout_s: Some(60),
+        };
+        let accepted = operator
+            .start_flip("u01", &request)
             .await
             .expect("flip accepted");
         let id = accepted.id;
@@ -115,7 +98,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
             kill_at,
             StepName::ConvergeSwitch | StepName::ConvergeUnfreeze
         ) {
-            assert!(signal(&operator, &id, "confirm").await.is_success());
+            operator.confirm_flip(&id).await.expect("confirmed");
             at = flip_until(
                 &operator,
                 &id,
@@ -136,7 +119,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
         }
         assert!(waiting_at(kill_at)(&at), "{at:?}");
         let versions_before = versions(&operator).await;
-        let audit_before: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+        let audit_before = operator.audit(None).await.expect("audit");
 
         cp.kill9();
         cp = ControlProcess::start(&config);
@@ -149,7 +132,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
             versions_before[..],
             "round {round}"
         );
-        let audit_after: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+        let audit_after = operator.audit(None).await.expect("audit");
         assert_eq!(
             audit_after[..audit_before.len()],
             audit_before[..],
@@ -165,7 +148,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
                 .contains("stopped during step"),
             "{flip:?}"
         );
-        let now: StoredTable = operator.get_json("/v1/table", T).await.expect("table");
+        let now = operator.table().await.expect("table");
         let expected = match ending {
             FlipState::Succeeded => (to.to_owned(), "active".to_owned()),
             _ => (from.to_owned(), "active".to_owned()),
@@ -181,7 +164,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
                 "{flip:?}"
             );
         }
-        let audit: Vec<AuditEntry> = operator.get_json("/v1/audit", T).await.expect("audit");
+        let audit = operator.audit(None).await.expect("audit");
         assert!(
             audit
                 .iter()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use control_api::Client;
+use control_api::{Client, TableText};
 use control_plane::auth::{hash_token, new_token};
 use gateway::config::GatewayConfig;
 use gateway::{Gateway, Listeners};
@@ -170,7 +170,9 @@ impl ControlProcess {
     }
 
     pub fn client(&self, token: &str) -> Client {
-        Client::new(&self.url, Some(token), None).expect("client")
+        Client::new(&self.url, Some(token), None)
+            .expect("client")
+            .with_timeout(TIMEOUT)
     }
 }
 
@@ -231,30 +233,21 @@ pub fn unit_placement(table: &router_rules::RawTable, unit: &str) -> (String, St
 /// the audit log has all 20 attempts.
 pub async fn race_table_writes(cp: &ControlProcess, tokens: &Tokens) {
     let admin = cp.client(&tokens.admin);
-    let base: control_api::StoredTable = admin.get_json("/v1/table", TIMEOUT).await.expect("table");
+    let base = admin.table().await.expect("table");
     let mut tasks = Vec::new();
     for i in 0..20 {
         let admin = admin.clone();
         let mut table = base.table.clone();
         table.units[1].pinned_keys = vec![format!("racer-{i}")];
-        let body = serde_json::to_vec(&table).expect("json");
-        let version = base.version.to_string();
+        let put = control_api::PutTable {
+            if_match: base.version,
+            ..Default::default()
+        };
         tasks.push(tokio::spawn(async move {
-            let if_match = [(
-                http::HeaderName::from_static("if-match"),
-                http::HeaderValue::from_str(&version).expect("value"),
-            )];
-            admin
-                .send(
-                    http::Method::PUT,
-                    "/v1/table",
-                    &if_match,
-                    Some((body.into(), "application/json")),
-                    TIMEOUT,
-                )
-                .await
-                .expect("put")
-                .status
+            match admin.put_table(&TableText::of(&table), &put).await {
+                Ok(_) => http::StatusCode::OK,
+                Err(error) => error.status().unwrap_or_else(|| panic!("put: {error}")),
+            }
         }));
     }
     let mut statuses = Vec::new();
@@ -277,17 +270,13 @@ pub async fn race_table_writes(cp: &ControlProcess, tokens: &Tokens) {
         19,
         "{statuses:?}"
     );
-    let now: control_api::StoredTable = admin.get_json("/v1/table", TIMEOUT).await.expect("table");
+    let now = admin.table().await.expect("table");
     assert_eq!(now.version, base.version + 1);
     for v in 1..=now.version {
-        let stored: control_api::StoredTable = admin
-            .get_json(&format!("/v1/table/versions/{v}"), TIMEOUT)
-            .await
-            .expect("no gaps");
+        let stored = admin.table_version(v).await.expect("no gaps");
         assert_eq!(stored.version, v);
     }
-    let audit: Vec<control_api::AuditEntry> =
-        admin.get_json("/v1/audit", TIMEOUT).await.expect("audit");
+    let audit = admin.audit(None).await.expect("audit");
     let puts: Vec<&control_api::AuditEntry> =
         audit.iter().filter(|e| e.action == "table.put").collect();
     assert_eq!(puts.len(), 20, "{puts:?}");
@@ -300,6 +289,11 @@ pub async fn race_table_writes(cp: &ControlProcess, tokens: &Tokens) {
     assert_eq!(puts.iter().filter(|e| e.status == Some(409)).count(), 19);
 }
 
+/// A flip request written as its JSON body.
+pub fn flip_request(body: serde_json::Value) -> control_api::FlipRequest {
+    serde_json::from_value(body).expect("a flip request")
+}
+
 /// Poll flip `id` until `done` holds (flip records have no push channel; operators poll too).
 pub async fn flip_until(
     client: &Client,
@@ -309,10 +303,7 @@ pub async fn flip_until(
 ) -> control_api::FlipRecord {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let flip: control_api::FlipRecord = client
-            .get_json(&format!("/v1/flips/{id}"), TIMEOUT)
-            .await
-            .expect("flip");
+        let flip = client.flip(id).await.expect("flip");
         if done(&flip) {
             return flip;
         }
@@ -324,19 +315,4 @@ pub async fn flip_until(
 /// Poll flip `id` until it ends.
 pub async fn wait_flip(client: &Client, id: &str) -> control_api::FlipRecord {
     flip_until(client, id, "flip ended", |f| f.state.is_final()).await
-}
-
-/// Send flip `id` a signal (`confirm`, `cancel`); the answer's status.
-pub async fn signal(client: &Client, id: &str, what: &str) -> http::StatusCode {
-    client
-        .send(
-            http::Method::POST,
-            &format!("/v1/flips/{id}/{what}"),
-            &[],
-            None,
-            TIMEOUT,
-        )
-        .await
-        .expect(what)
-        .status
 }
