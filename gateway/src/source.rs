@@ -8,11 +8,7 @@ use tokio::sync::Notify;
 
 use crate::store::{SameVersion, TableStore};
 
-/// Whether `path` holds JSON (by extension); YAML otherwise.
-pub fn is_json(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-}
+pub use control_api::files::is_json;
 
 /// Load the table file once. `Err` says why it could not be read (not why it was refused:
 /// refusals are recorded by the store).
