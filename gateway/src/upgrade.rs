@@ -6,6 +6,12 @@
 //! `upgrade` -> the old process answers `listeners <http> <https> 1` with the descriptors
 //! (HTTP listeners, HTTPS listeners, the admin listener, in config order) attached;
 //! `ready` (the new process serves) -> `bye` (the old process stops accepting and drains).
+//!
+//! The process that owns the listeners writes its PID to [`pid_file`] (the socket's path with
+//! the extension `pid`): when it starts to wait for a successor, and a new process before it
+//! says `ready`, so the file names the new process before the old one can exit. A supervisor
+//! follows the hand-over through it (systemd's `PIDFile=`: the main PID moves to the new
+//! process; see deploy/systemd/unitgate.service).
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
@@ -52,9 +58,33 @@ impl Handover {
     }
 }
 
+/// The PID file of the gateway whose upgrade socket is `socket`: the same path with the
+/// extension `pid` (`/run/unitgate/upgrade.sock` -> `/run/unitgate/upgrade.pid`).
+pub fn pid_file(socket: &Path) -> PathBuf {
+    socket.with_extension("pid")
+}
+
+/// Write this process's PID to `socket`'s [`pid_file`], whole (a temp file renamed over it).
+/// A failure is logged: upgrades work without the file, only a supervisor cannot follow them.
+fn write_pid_file(socket: &Path) {
+    let path = pid_file(socket);
+    let temp = path.with_extension("pid.tmp");
+    let written = std::fs::write(&temp, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&temp, &path));
+    if let Err(error) = written {
+        tracing::warn!(%error, path = %path.display(), "cannot write the PID file");
+    }
+}
+
+/// The connection to the process being replaced, on which to say `ready` once serving.
+pub struct Predecessor {
+    stream: UnixStream,
+    socket: PathBuf,
+}
+
 /// In the new process: take the listeners from the process serving on `socket`. Returns
-/// them and the connection on which to say `ready` once serving.
-pub fn receive(socket: &Path, config: &GatewayConfig) -> Result<(Listeners, UnixStream), String> {
+/// them and the predecessor to [`confirm`] to once serving.
+pub fn receive(socket: &Path, config: &GatewayConfig) -> Result<(Listeners, Predecessor), String> {
     let fail = |e: &dyn std::fmt::Display| format!("upgrade via {}: {e}", socket.display());
     let mut stream = UnixStream::connect(socket).map_err(|e| fail(&e))?;
     stream
@@ -113,11 +143,18 @@ pub fn receive(socket: &Path, config: &GatewayConfig) -> Result<(Listeners, Unix
         .map(|(listen, listener)| Ok((listener, crate::server::tls_config(listen)?)))
         .collect::<Result<_, String>>()?;
     let admin = fds.next().ok_or_else(|| fail(&"admin socket missing"))?;
-    Ok((Listeners { http, https, admin }, stream))
+    let predecessor = Predecessor {
+        stream,
+        socket: socket.to_owned(),
+    };
+    Ok((Listeners { http, https, admin }, predecessor))
 }
 
-/// In the new process, once serving: tell the old process, and wait for it to let go.
-pub fn confirm(mut stream: UnixStream) -> Result<(), String> {
+/// In the new process, once serving: take the PID file, tell the old process, and wait for it
+/// to let go.
+pub fn confirm(predecessor: Predecessor) -> Result<(), String> {
+    let Predecessor { mut stream, socket } = predecessor;
+    write_pid_file(&socket);
     stream
         .write_all(b"ready\n")
         .map_err(|e| format!("upgrade: {e}"))?;
@@ -135,9 +172,12 @@ pub fn confirm(mut stream: UnixStream) -> Result<(), String> {
 /// In a serving process: wait on `path` for a new process, hand it the sockets, and return
 /// once it serves (the caller then drains and exits). Runs on a blocking thread.
 pub fn serve_handover(path: PathBuf, handover: Handover) -> Result<(), String> {
+    // The PID file first: whoever can connect to the socket finds it written.
+    write_pid_file(&path);
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).map_err(|e| format!("upgrade socket {}: {e}", path.display()))?;
+    tracing::info!(socket = %path.display(), pid_file = %pid_file(&path).display(), "ready for an upgrade");
     loop {
         let (stream, _) = listener
             .accept()
@@ -150,7 +190,11 @@ pub fn serve_handover(path: PathBuf, handover: Handover) -> Result<(), String> {
                 let _ = stream.write_all(b"bye\n");
                 return Ok(());
             }
-            Err(error) => tracing::warn!(%error, "upgrade attempt failed; still serving"),
+            Err(error) => {
+                tracing::warn!(%error, "upgrade attempt failed; still serving");
+                // The failed process may have taken the PID file before it gave up.
+                write_pid_file(&path);
+            }
         }
     }
 }
