@@ -71,6 +71,10 @@ pub struct GatewayConfig {
     /// peer they are replaced: a client cannot claim another address or `https`.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The file this was read from and where each field sits in it: problems found after
+    /// parsing (a hop secret file that cannot be read) are placed like parse errors.
+    #[serde(skip)]
+    origin: router_rules::SourceFile,
 }
 
 fn yes() -> bool {
@@ -443,32 +447,14 @@ pub use control_api::logging::LogFormat;
 pub const MIN_HOP_SECRET_LEN: usize = 32;
 
 impl GatewayConfig {
-    /// Parse a config file's text; `origin` names it in errors.
+    /// Parse a config file's text; `origin` names it in errors. Every error reads
+    /// `origin:line:col: path: message` (see [`router_rules::render_problems`]), one line per
+    /// problem.
     pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
-        let options = serde_saphyr::options! { with_snippet: false };
-        let config: GatewayConfig =
-            serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-                let location = e
-                    .location()
-                    .filter(|l| l.line() > 0)
-                    .map(|l| format!("{}:{}: ", l.line(), l.column()))
-                    .unwrap_or_default();
-                let message = e.to_string();
-                let message = message
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_start_matches("error: ");
-                let message = match message
-                    .strip_prefix("line ")
-                    .and_then(|m| m.split_once(": "))
-                {
-                    Some((_, rest)) => rest,
-                    None => message,
-                };
-                format!("{origin}:{location}{message}")
-            })?;
-        config.check(origin)?;
+        let (mut config, map) =
+            router_rules::from_yaml::<Self>(text).map_err(|problem| problem.render(origin))?;
+        config.origin = router_rules::SourceFile::new(origin, map);
+        config.check()?;
         Ok(config)
     }
 
@@ -480,78 +466,107 @@ impl GatewayConfig {
         Self::parse(&text, &origin)
     }
 
-    fn check(&self, origin: &str) -> Result<(), String> {
+    /// A problem with the field at `path`, as `file:line:col: path: message`: for problems
+    /// found after parsing, e.g. when the table names no region of this config's `region`.
+    pub fn problem(&self, path: &str, message: impl Into<String>) -> String {
+        self.origin.problem(path, message)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        use router_rules::Problem;
         let mut problems = Vec::new();
         if self.listen.http.is_empty() && self.listen.https.is_empty() {
-            problems.push("listen: no listeners; give listen.http or listen.https".to_owned());
+            problems.push(Problem::at(
+                "listen",
+                "no listeners; give listen.http or listen.https",
+            ));
         }
         match (&self.table.file, &self.table.control_plane) {
-            (None, None) => problems.push(
-                "table: no table source; give table.file or table.control_plane".to_owned(),
-            ),
-            (Some(_), Some(_)) => problems.push(
-                "table: give table.file or table.control_plane, not both (two sources would fight over versions)".to_owned(),
-            ),
+            (None, None) => problems.push(Problem::at(
+                "table",
+                "no table source; give table.file or table.control_plane",
+            )),
+            (Some(_), Some(_)) => problems.push(Problem::at(
+                "table",
+                "give table.file or table.control_plane, not both (two sources would fight over versions)",
+            )),
             _ => {}
         }
         if let Some(source) = &self.table.control_plane {
             if !(source.url.starts_with("http://") || source.url.starts_with("https://")) {
-                problems.push(format!(
-                    "table.control_plane.url: {:?} must start with http:// or https://",
-                    source.url
+                problems.push(Problem::at(
+                    "table.control_plane.url",
+                    format!("{:?} must start with http:// or https://", source.url),
                 ));
             }
             if source.token.is_some() == source.token_file.is_some() {
-                problems.push(
-                    "table.control_plane: give exactly one of token or token_file".to_owned(),
-                );
+                problems.push(Problem::at(
+                    "table.control_plane",
+                    "give exactly one of token or token_file",
+                ));
             }
         }
         match (&self.hop_secret, &self.hop_secret_file) {
-            (Some(_), Some(_)) => problems.push("hop_secret and hop_secret_file: give one, not both".to_owned()),
-            (None, None) => problems.push(format!(
-                "hop_secret: missing; gateways authenticate forwarded requests with a shared secret of at least {MIN_HOP_SECRET_LEN} bytes (hop_secret or hop_secret_file)"
+            (Some(_), Some(_)) => problems.push(Problem::at(
+                "hop_secret",
+                "give hop_secret or hop_secret_file, not both",
             )),
-            (Some(secret), None) if secret.len() < MIN_HOP_SECRET_LEN => problems.push(format!(
-                "hop_secret: {} bytes; at least {MIN_HOP_SECRET_LEN} are needed",
-                secret.len()
+            (None, None) => problems.push(Problem::at(
+                "hop_secret",
+                format!(
+                    "missing; gateways authenticate forwarded requests with a shared secret of at least {MIN_HOP_SECRET_LEN} bytes (hop_secret or hop_secret_file)"
+                ),
             )),
+            (Some(secret), None) if secret.len() < MIN_HOP_SECRET_LEN => {
+                problems.push(Problem::at(
+                    "hop_secret",
+                    format!(
+                        "{} bytes; at least {MIN_HOP_SECRET_LEN} are needed",
+                        secret.len()
+                    ),
+                ));
+            }
             _ => {}
         }
-        if self.timeouts.connect_ms == 0
-            || self.timeouts.read_ms == 0
-            || self.timeouts.total_ms == 0
-        {
-            problems.push("timeouts: connect_ms, read_ms and total_ms must be above 0".to_owned());
+        for (field, value) in [
+            ("connect_ms", self.timeouts.connect_ms),
+            ("read_ms", self.timeouts.read_ms),
+            ("total_ms", self.timeouts.total_ms),
+        ] {
+            if value == 0 {
+                problems.push(Problem::at(format!("timeouts.{field}"), "must be above 0"));
+            }
         }
         if self.limits.max_header_count > MAX_HEADER_COUNT {
-            problems.push(format!(
-                "limits.max_header_count: {} is above the most the gateway allows, {}",
-                self.limits.max_header_count, MAX_HEADER_COUNT
+            problems.push(Problem::at(
+                "limits.max_header_count",
+                format!(
+                    "{} is above the most the gateway allows, {MAX_HEADER_COUNT}",
+                    self.limits.max_header_count
+                ),
             ));
         }
         if self.table.poll_interval_ms == 0 {
-            problems.push("table.poll_interval_ms: must be above 0".to_owned());
+            problems.push(Problem::at("table.poll_interval_ms", "must be above 0"));
         }
         if let Some(path) = &self.health_check.path
             && !path.starts_with('/')
         {
-            problems.push(format!("health_check.path: {path:?} must start with '/'"));
+            problems.push(Problem::at(
+                "health_check.path",
+                format!("{path:?} must start with '/'"),
+            ));
         }
         if http::HeaderName::from_bytes(self.stress_test_header.as_bytes()).is_err() {
-            problems.push(format!(
-                "stress_test_header: {:?} is not a header name",
-                self.stress_test_header
+            problems.push(Problem::at(
+                "stress_test_header",
+                format!("{:?} is not a header name", self.stress_test_header),
             ));
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems
-                .iter()
-                .map(|p| format!("{origin}: {p}"))
-                .collect::<Vec<_>>()
-                .join("\n"))
+            Err(self.origin.render(problems))
         }
     }
 
@@ -560,19 +575,26 @@ impl GatewayConfig {
         match (&self.hop_secret, &self.hop_secret_file) {
             (Some(secret), _) => Ok(secret.as_bytes().to_vec()),
             (None, Some(path)) => {
-                let bytes = std::fs::read(path)
-                    .map_err(|e| format!("hop_secret_file {}: cannot read: {e}", path.display()))?;
+                let bytes = std::fs::read(path).map_err(|e| {
+                    self.problem(
+                        "hop_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
                 let trimmed = bytes.trim_ascii().to_vec();
                 if trimmed.len() < MIN_HOP_SECRET_LEN {
-                    return Err(format!(
-                        "hop_secret_file {}: {} bytes; at least {MIN_HOP_SECRET_LEN} are needed",
-                        path.display(),
-                        trimmed.len()
+                    return Err(self.problem(
+                        "hop_secret_file",
+                        format!(
+                            "{}: {} bytes; at least {MIN_HOP_SECRET_LEN} are needed",
+                            path.display(),
+                            trimmed.len()
+                        ),
                     ));
                 }
                 Ok(trimmed)
             }
-            (None, None) => Err("no hop secret configured".to_owned()),
+            (None, None) => Err(self.problem("hop_secret", "no hop secret configured")),
         }
     }
 }
@@ -644,8 +666,22 @@ mod tests {
         let text = MINIMAL.replace("region: hz", "region: hz\ntimeout: { connect_ms: 5 }");
         let error = GatewayConfig::parse(&text, "gw.yaml").expect_err("typo");
         assert!(
-            error.starts_with("gw.yaml:2:1: unknown field `timeout`"),
+            error.starts_with("gw.yaml:2:1: timeout: unknown field `timeout`, expected one of "),
             "{error}"
+        );
+        assert!(!error.contains("at line"), "{error}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_syntax_name_the_field() {
+        let text = MINIMAL.replace("\"127.0.0.1:0\"", "\"nope\"");
+        assert_eq!(
+            GatewayConfig::parse(&text, "gw.yaml").expect_err("type"),
+            "gw.yaml:2:18: listen.http[0]: invalid socket address syntax"
+        );
+        assert_eq!(
+            GatewayConfig::parse("region: hz\nlisten: { http: [\n", "gw.yaml").expect_err("syntax"),
+            "gw.yaml:2:17: listen.http: unclosed bracket '['"
         );
     }
 
@@ -655,7 +691,41 @@ mod tests {
         let error = GatewayConfig::parse(&text, "gw.yaml").expect_err("short");
         assert_eq!(
             error,
-            "gw.yaml: hop_secret: 5 bytes; at least 32 are needed"
+            "gw.yaml:4:13: hop_secret: 5 bytes; at least 32 are needed"
+        );
+    }
+
+    #[test]
+    fn every_problem_on_a_line_of_its_own_at_its_field() {
+        let text = MINIMAL
+            .replace(
+                "table: { file: t.yaml }",
+                "table: { file: t.yaml, poll_interval_ms: 0 }\ntimeouts:\n  read_ms: 0",
+            )
+            .replace("hop_secret: 0123456789abcdef0123456789abcdef\n", "");
+        let error = GatewayConfig::parse(&text, "gw.yaml").expect_err("refused");
+        assert_eq!(
+            error.lines().collect::<Vec<_>>(),
+            [
+                // In source order; a missing field is placed at its parent, here the document.
+                "gw.yaml:1:1: hop_secret: missing; gateways authenticate forwarded requests with a shared secret of at least 32 bytes (hop_secret or hop_secret_file)",
+                "gw.yaml:3:42: table.poll_interval_ms: must be above 0",
+                "gw.yaml:5:12: timeouts.read_ms: must be above 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_hop_secret_file_is_placed_at_its_field() {
+        let text = MINIMAL.replace(
+            "hop_secret: 0123456789abcdef0123456789abcdef",
+            "hop_secret_file: /nonexistent/hop",
+        );
+        let config = GatewayConfig::parse(&text, "gw.yaml").expect("parses");
+        let error = config.hop_secret().expect_err("unreadable");
+        assert!(
+            error.starts_with("gw.yaml:4:18: hop_secret_file: cannot read /nonexistent/hop: "),
+            "{error}"
         );
     }
 }
