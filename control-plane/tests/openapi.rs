@@ -83,3 +83,82 @@ async fn the_served_api_document_validates() {
         "openapi-spec-validator accepted a dangling reference:\n{printed}"
     );
 }
+
+/// Malformed requests the server refuses are refused with a status the document lists for
+/// that operation, and the document's parameters say why they are malformed.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_documented() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let cp = ControlProcess::start(&file_plane_config(dir.path(), &tokens));
+    let admin = cp.client(&tokens.admin);
+    let document: serde_json::Value = admin
+        .get_json("/v1/openapi.json", T)
+        .await
+        .expect("the API document");
+    let table = std::fs::read(support::example_table_path()).expect("the example table");
+    let if_match = |value: &'static str| {
+        vec![(
+            http::header::IF_MATCH,
+            http::HeaderValue::from_static(value),
+        )]
+    };
+    let yaml = Some((bytes::Bytes::from(table), "application/yaml"));
+    let cases = [
+        ("get", "/v1/audit", "?limit=-1", vec![], None, 400),
+        ("get", "/v1/audit", "?limit=x", vec![], None, 400),
+        ("get", "/v1/table/versions/{n}", "", vec![], None, 400),
+        ("post", "/v1/table/plan", "", vec![], None, 400),
+        ("put", "/v1/table", "", if_match(""), yaml.clone(), 400),
+        ("put", "/v1/table", "", if_match("one"), yaml.clone(), 400),
+        ("put", "/v1/table", "", vec![], yaml.clone(), 428),
+        ("put", "/v1/table", "", if_match("0"), yaml.clone(), 409),
+    ];
+    for (method, path, query, headers, body, expected) in cases {
+        let sent = format!("{}{query}", path.replace("{n}", "latest"));
+        let reply = admin
+            .send(
+                method.to_uppercase().parse().expect("method"),
+                &sent,
+                &headers,
+                body,
+                T,
+            )
+            .await
+            .expect("an answer");
+        assert_eq!(
+            reply.status.as_u16(),
+            expected,
+            "{method} {sent} {headers:?}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(
+            document["paths"][path][method]["responses"]
+                .get(expected.to_string())
+                .is_some(),
+            "{method} {path} answers {expected}, which the document does not list"
+        );
+    }
+    // Why they are malformed, in the document: limits and versions are integers from 0,
+    // If-Match is a version number, a plan has a body.
+    let parameter = |path: &str, method: &str, name: &str| {
+        document["paths"][path][method]["parameters"]
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{method} {path}: no parameter {name}"))
+    };
+    for (path, name) in [("/v1/audit", "limit"), ("/v1/table/versions/{n}", "n")] {
+        let schema = &parameter(path, "get", name)["schema"];
+        assert_eq!(schema["type"], "integer", "{path} {name}");
+        assert_eq!(schema["minimum"], 0, "{path} {name}");
+    }
+    let pattern = parameter("/v1/table", "put", "If-Match")["schema"]["pattern"]
+        .as_str()
+        .expect("If-Match has a pattern")
+        .to_owned();
+    assert!(pattern.starts_with('^') && pattern.ends_with('$') && pattern.contains("[0-9]"));
+    assert_eq!(
+        document["paths"]["/v1/table/plan"]["post"]["requestBody"]["required"],
+        true
+    );
+}
