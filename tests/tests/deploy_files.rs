@@ -5,8 +5,12 @@
 //! build and a temporary directory), the systemd reload included, and so do the commands in
 //! the documentation's code blocks that need no server.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -481,12 +485,6 @@ fn container_build_is_multi_stage_and_unprivileged() {
 }
 
 // ---- Running what the unit files and the docs say, on a stand-in for a machine ---------------
-
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Longest wait for anything a process should do.
 const WAIT: Duration = Duration::from_secs(30);
