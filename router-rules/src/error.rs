@@ -139,7 +139,9 @@ impl SourceFile {
 
     /// One problem with the field at `path`, written out: `name:line:col: path: message`.
     pub fn problem(&self, path: &str, message: impl Into<String>) -> String {
-        Problem::at(path, message).located(&self.map).render(&self.name)
+        Problem::at(path, message)
+            .located(&self.map)
+            .render(&self.name)
     }
 
     /// Every problem placed, in source order, one line each (no newline after the last).
@@ -244,10 +246,7 @@ mod tests {
         let problem = Problem::at("hop_secret", "missing");
         assert_eq!(problem.render("gw.yaml"), "gw.yaml: hop_secret: missing");
         let root = Problem::at("", "table is empty");
-        assert_eq!(
-            root.render("t.yaml"),
-            "t.yaml: (document): table is empty"
-        );
+        assert_eq!(root.render("t.yaml"), "t.yaml: (document): table is empty");
     }
 
     #[test]
@@ -389,7 +388,9 @@ mod tests {
             "gw.yaml:3:1: region: missing field `region`"
         );
         assert_eq!(
-            shape_error("region: hz\nadmins:\n  - name: a\n    role: r\n  - name: b\nhop_secret: x\n"),
+            shape_error(
+                "region: hz\nadmins:\n  - name: a\n    role: r\n  - name: b\nhop_secret: x\n"
+            ),
             "gw.yaml:5:5: admins[1].role: missing field `role`"
         );
         assert_eq!(
@@ -408,6 +409,18 @@ mod tests {
         assert_eq!(
             error.render("t.json"),
             "t.json:2:13: regions: invalid type: integer `3`, expected a sequence\n"
+        );
+        let error = crate::parse_json("{\"version\": 1,\n \"regions\": [{\"name\": \"a\"}]}")
+            .expect_err("refused");
+        assert_eq!(
+            error.render("t.json"),
+            "t.json:2:14: regions[0].pools: missing field `pools`\n"
+        );
+        // Cut short: serde_json's column 0 (nothing read on the line) is column 1.
+        let error = crate::parse_json("{\"version\": 1,\n").expect_err("refused");
+        assert_eq!(
+            error.render("t.json"),
+            "t.json:2:1: (document): EOF while parsing a value\n"
         );
     }
 }

@@ -126,6 +126,32 @@ impl SourceMap {
         problems.sort_by_key(|p| (p.location.is_none(), p.location));
     }
 
+    /// A problem the parser found at `location` (an unknown field, a wrong type, bad syntax, a
+    /// missing field), named by the field there.
+    fn shape_problem(&self, location: Option<Location>, message: String) -> Problem {
+        // serde places a missing field at the last thing it read in the mapping that lacks
+        // it: name the field, and place it where that mapping starts, as a missing field
+        // found by validation is placed.
+        if let Some(field) = missing_field(&message)
+            && let Some(mapping) = location.and_then(|l| self.mapping_at(l))
+        {
+            let path = join_key(mapping, field);
+            return Problem {
+                location: self.locate(&path).or(location),
+                path,
+                message,
+            };
+        }
+        Problem {
+            path: location
+                .and_then(|l| self.path_at(l))
+                .unwrap_or_default()
+                .to_owned(),
+            location,
+            message,
+        }
+    }
+
     /// The path of the innermost mapping that holds `location`.
     pub fn mapping_at(&self, location: Location) -> Option<&str> {
         self.maps
@@ -233,29 +259,7 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<(T, Sourc
                     column: u32::try_from(l.column()).unwrap_or(u32::MAX),
                 })
             });
-            let message = yaml_message(&error);
-            // serde places a missing field at the last thing it read in the mapping that
-            // lacks it: name the field, and place it where that mapping starts, as a missing
-            // field found by validation is placed.
-            if let Some(field) = missing_field(&message)
-                && let Some(mapping) = location.and_then(|l| map.mapping_at(l))
-            {
-                let path = join_key(mapping, field);
-                return Err(Problem {
-                    location: map.locate(&path).or(location),
-                    path,
-                    message,
-                });
-            }
-            let path = location
-                .and_then(|l| map.path_at(l))
-                .unwrap_or_default()
-                .to_owned();
-            Err(Problem {
-                path,
-                location,
-                message,
-            })
+            Err(map.shape_problem(location, yaml_message(&error)))
         }
     }
 }
@@ -267,7 +271,8 @@ pub fn parse_json(text: &str) -> Result<RawTable, TableError> {
     serde_json::from_str(text).map_err(|error| {
         let location = (error.line() > 0).then(|| Location {
             line: u32::try_from(error.line()).unwrap_or(u32::MAX),
-            column: u32::try_from(error.column()).unwrap_or(u32::MAX),
+            // serde_json says column 0 for the end of a line's text; columns start at 1.
+            column: u32::try_from(error.column().max(1)).unwrap_or(u32::MAX),
         });
         let mut message = error.to_string();
         // serde_json appends " at line L column C"; the location is shown on its own.
@@ -275,14 +280,7 @@ pub fn parse_json(text: &str) -> Result<RawTable, TableError> {
             message.truncate(i);
         }
         // JSON is YAML's flow style: the YAML map names the field at the error's place.
-        let path = location
-            .and_then(|l| SourceMap::from_yaml(text).path_at(l).map(str::to_owned))
-            .unwrap_or_default();
-        TableError::single(Problem {
-            path,
-            location,
-            message,
-        })
+        TableError::single(SourceMap::from_yaml(text).shape_problem(location, message))
     })
 }
 
@@ -368,13 +366,7 @@ mod tests {
         assert_eq!(at(5, 7), Some("units[1]"));
         // A mapping left open by a syntax error holds everything after its start.
         let map = SourceMap::from_yaml("a: { b: 1,\n");
-        assert_eq!(
-            map.mapping_at(Location {
-                line: 9,
-                column: 1
-            }),
-            Some("a")
-        );
+        assert_eq!(map.mapping_at(Location { line: 9, column: 1 }), Some("a"));
     }
 
     #[test]
