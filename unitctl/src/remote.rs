@@ -544,10 +544,10 @@ fn plan_text(file: &Path, plan: &PlanResult, base: Option<u64>, forced: bool) ->
         push_line!(text, "{shown}: refused ({} problems)", plan.problems.len());
         for p in &plan.problems {
             let at = match (p.line, p.column) {
-                (Some(line), Some(column)) => format!("{line}:{column}: "),
+                (Some(line), Some(column)) => format!(":{line}:{column}"),
                 _ => String::new(),
             };
-            push_line!(text, "  {shown}:{at}{}: {}", p.path, p.message);
+            push_line!(text, "  {shown}{at}: {}: {}", p.path, p.message);
         }
         return text;
     }

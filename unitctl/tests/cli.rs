@@ -475,3 +475,89 @@ fn a_closed_stdout_ends_quietly() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+/// `unitctl ARGS` run in `dir`, so that files are named as the test wrote them.
+fn unitctl_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unitctl"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("unitctl runs")
+}
+
+/// A syntax error, an unknown field and a semantic problem, and the one line each prints as.
+const BROKEN: [(&str, &str); 3] = [
+    (
+        "bad-yaml.yaml",
+        "bad-yaml.yaml:5:6: regions[0].pools.cart: illegal placement of ':' indicator\n",
+    ),
+    (
+        "typo-field.yaml",
+        "typo-field.yaml:18:5: units[1].regoin: unknown field `regoin`, expected one of name, slots, region, standby, state, center, pinned_keys, limits\n",
+    ),
+    (
+        "overlap.yaml",
+        "overlap.yaml:17:13: units[1].slots[0]: overlap: slots 5000-5099 of unit \"u2\" are also in units[0].slots[0] [0, 5099] of unit \"u1\"\n",
+    ),
+];
+
+#[test]
+fn every_command_that_loads_a_table_prints_its_problems_as_file_line_col_path_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(example(), dir.path().join("good.yaml")).expect("copy");
+    for (name, expected) in BROKEN {
+        std::fs::copy(
+            root().join("router-rules/tests/broken").join(name),
+            dir.path().join(name),
+        )
+        .expect("copy");
+        let validate = unitctl_in(dir.path(), &["validate", name]);
+        assert_eq!(validate.status.code(), Some(1), "{name}");
+        assert_eq!(stdout(&validate), expected, "validate {name}");
+
+        let route = unitctl_in(dir.path(), &["route", "--table", name, "--user", "1"]);
+        assert_eq!(route.status.code(), Some(2), "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&route.stderr),
+            expected,
+            "route {name}"
+        );
+
+        let diff = unitctl_in(dir.path(), &["diff", "good.yaml", name]);
+        assert_eq!(diff.status.code(), Some(2), "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&diff.stderr),
+            expected,
+            "diff {name}"
+        );
+    }
+}
+
+#[test]
+fn json_tables_print_the_same_shape() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    };
+    write("syntax.json", "{\"version\": 1,\n \"regions\": [\n");
+    write("typo.json", "{\"version\": 1,\n \"regons\": []}\n");
+    let table = router_rules::load_yaml(&std::fs::read_to_string(example()).expect("example"))
+        .expect("valid");
+    let mut raw = table.raw().clone();
+    raw.units[1].region = "mars".to_owned();
+    write(
+        "mars.json",
+        &serde_json::to_string_pretty(&raw).expect("json"),
+    );
+    let out = unitctl_in(
+        dir.path(),
+        &["validate", "syntax.json", "typo.json", "mars.json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "syntax.json:3:1: (document): EOF while parsing a list\n\
+         typo.json:2:9: regons: unknown field `regons`, expected one of `version`, `slots`, `write_methods`, `regions`, `units`, `routes`\n\
+         mars.json: units[1].region: unknown region \"mars\"; known regions: hz, sh, sz\n"
+    );
+}
