@@ -11,19 +11,18 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
-use crate::coarse_timer::CoarseTimer;
-use crate::config::{RequestLimits, TlsListen};
+use crate::config::TlsListen;
 use crate::framing::{FramingWatch, Verdicts};
 use crate::metrics::{ClientEvent, ConnectionCount};
 use crate::proxy::{self, Conn, Shared};
-use crate::workers::Workers;
+use crate::workers::{Workers, stopped};
 use control_api::throttle::LogThrottle;
 
 /// How long a stopping gateway keeps serving open connections before closing the idle ones.
@@ -173,24 +172,36 @@ pub fn tls_config(listen: &TlsListen) -> Result<Arc<rustls::ServerConfig>, Strin
     control_api::tls::server_config(&listen.cert, &listen.key)
 }
 
-/// The HTTP server settings of a worker whose timeouts `timer` keeps.
-pub fn http_builder(
-    limits: &RequestLimits,
-    header_timeout: Duration,
-    timer: CoarseTimer,
-) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(timer)
-        .header_read_timeout(header_timeout)
-        .max_headers(limits.max_header_count)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+/// Serving the proxy's listeners is this module's; the workers only run what it starts.
+impl Workers {
+    /// Serve the proxy listener `listener` on every worker: each registers a copy of it with
+    /// its own runtime and accepts from it ([`serve_proxy`]).
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: &std::net::TcpListener,
+        tls: Option<&TlsAcceptor>,
+        tracker: &Arc<ConnTracker>,
+        stop: &watch::Receiver<bool>,
+    ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+        listener.set_nonblocking(true)?;
+        let mut tasks = Vec::with_capacity(self.all().len());
+        for (index, worker) in self.all().iter().enumerate() {
+            let listener = {
+                // Registered with the worker's I/O driver, not the caller's.
+                let _runtime = worker.handle.enter();
+                tokio::net::TcpListener::from_std(listener.try_clone()?)?
+            };
+            tasks.push(worker.handle.spawn(serve_proxy(
+                listener,
+                tls.cloned(),
+                self.clone(),
+                index,
+                tracker.clone(),
+                stop.clone(),
+            )));
+        }
+        Ok(tasks)
+    }
 }
 
 /// Accept proxy connections on `listener`, registered with the runtime of worker `by` of
@@ -466,11 +477,6 @@ pub async fn serve_admin(
                 .await;
         });
     }
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Bind `address` for a server, with `SO_REUSEADDR`.

@@ -15,15 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
+use crate::coarse_timer::CoarseTimer;
+use crate::config::RequestLimits;
 use crate::metrics::ConnectionCount;
 use crate::proxy::Shared;
-use crate::server::{self, ConnTracker, stopped};
 
 /// One worker: where its connections run, and what its requests share.
 pub struct Worker {
@@ -39,7 +39,7 @@ impl Worker {
     /// A worker running on `handle`; starts its timeouts' sweeper there.
     fn new(handle: Handle, shared: Shared) -> Self {
         handle.spawn(shared.timer.sweeper());
-        let http = server::http_builder(
+        let http = http_builder(
             &shared.config.limits,
             Duration::from_millis(shared.config.timeouts.client_header_ms),
             shared.timer.clone(),
@@ -60,6 +60,26 @@ impl Worker {
     fn load(&self) -> u64 {
         self.shared.metrics.connections(self.shared.worker)
     }
+}
+
+/// The HTTP server settings of a worker whose timeouts `timer` keeps.
+fn http_builder(
+    limits: &RequestLimits,
+    header_timeout: Duration,
+    timer: CoarseTimer,
+) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(timer)
+        .header_read_timeout(header_timeout)
+        .max_headers(limits.max_header_count)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 /// How many more connections than the least busy worker a worker serves before it hands new
@@ -142,33 +162,9 @@ impl Workers {
         }
     }
 
-    /// Serve the proxy listener `listener` on every worker: each registers a copy of it with
-    /// its own runtime and accepts from it (see `server::serve_proxy`).
-    pub fn serve(
-        self: &Arc<Self>,
-        listener: &std::net::TcpListener,
-        tls: Option<&TlsAcceptor>,
-        tracker: &Arc<ConnTracker>,
-        stop: &watch::Receiver<bool>,
-    ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
-        listener.set_nonblocking(true)?;
-        let mut tasks = Vec::with_capacity(self.workers.len());
-        for (index, worker) in self.workers.iter().enumerate() {
-            let listener = {
-                // Registered with the worker's I/O driver, not the caller's.
-                let _runtime = worker.handle.enter();
-                tokio::net::TcpListener::from_std(listener.try_clone()?)?
-            };
-            tasks.push(worker.handle.spawn(server::serve_proxy(
-                listener,
-                tls.cloned(),
-                self.clone(),
-                index,
-                tracker.clone(),
-                stop.clone(),
-            )));
-        }
-        Ok(tasks)
+    /// Every worker, by index.
+    pub fn all(&self) -> &[Worker] {
+        &self.workers
     }
 
     /// End the worker threads; whatever still runs on them is dropped. Waits for them.
@@ -185,4 +181,9 @@ impl Workers {
         })
         .await;
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
