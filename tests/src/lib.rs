@@ -296,7 +296,9 @@ impl System {
 
     /// A client of the control plane.
     pub fn control_client(&self, token: &str) -> Client {
-        Client::new(&format!("http://{}", self.control_addr), Some(token), None).expect("client")
+        Client::new(&format!("http://{}", self.control_addr), Some(token), None)
+            .expect("client")
+            .with_timeout(T)
     }
 
     /// A client of a region's gateway.
@@ -347,10 +349,7 @@ impl System {
         let client = self.control_client(&self.tokens.operator);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let flip: control_api::FlipRecord = client
-                .get_json(&format!("/v1/flips/{id}"), T)
-                .await
-                .expect("flip");
+            let flip = client.flip(id).await.expect("flip");
             if flip.state.is_final() {
                 return flip;
             }
@@ -365,8 +364,7 @@ impl System {
         let client = self.control_client(&self.tokens.operator);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let gateways: Vec<control_api::GatewayStatus> =
-                client.get_json("/v1/gateways", T).await.unwrap_or_default();
+            let gateways = client.gateways().await.unwrap_or_default();
             let done = regions.iter().all(|r| {
                 gateways
                     .iter()
@@ -392,6 +390,11 @@ pub struct Outcome {
     pub status: u16,
     /// The JSON body (demo upstreams and gateway errors both answer JSON).
     pub body: serde_json::Value,
+}
+
+/// A flip request written as its JSON body.
+pub fn flip_request(body: serde_json::Value) -> control_api::FlipRequest {
+    serde_json::from_value(body).expect("a flip request")
 }
 
 /// Send one request through `client`.

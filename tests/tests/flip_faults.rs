@@ -15,11 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use control_api::{
-    Client, FlipAccepted, FlipRecord, FlipState, FlipStep, GatewayStatus, StepName, StepOutcome,
-    now_ms,
+    Client, FlipRecord, FlipState, FlipStep, GatewayStatus, StepName, StepOutcome, now_ms,
 };
 use http::Method;
-use unitgate_e2e::{REGIONS, System, T, send, users_of};
+use unitgate_e2e::{REGIONS, System, T, flip_request, send, users_of};
 
 /// The unit that moves, from where to where.
 const UNIT: &str = "u03";
@@ -272,18 +271,16 @@ fn rfc3339_ms(s: &str) -> Option<u64> {
 
 async fn start_flip(system: &System, converge_timeout_s: u64, replication_delay_s: u64) -> String {
     let operator = system.control_client(&system.tokens.operator);
-    let accepted: FlipAccepted = operator
-        .send_json(
-            Method::POST,
-            &format!("/v1/units/{UNIT}/flip"),
-            &serde_json::json!({
+    let accepted = operator
+        .start_flip(
+            UNIT,
+            &flip_request(serde_json::json!({
                 "to": TO,
                 "mode": "planned",
                 "reason": "e2e: flip right after a control-plane restart",
                 "replication_check": {"delay_s": replication_delay_s},
                 "converge_timeout_s": converge_timeout_s,
-            }),
-            T,
+            })),
         )
         .await
         .expect("flip accepted");
@@ -293,7 +290,7 @@ async fn start_flip(system: &System, converge_timeout_s: u64, replication_delay_
 async fn flip_record(system: &System, id: &str) -> FlipRecord {
     system
         .control_client(&system.tokens.operator)
-        .get_json(&format!("/v1/flips/{id}"), T)
+        .flip(id)
         .await
         .expect("flip record")
 }
@@ -301,7 +298,7 @@ async fn flip_record(system: &System, id: &str) -> FlipRecord {
 async fn fleet(system: &System) -> Vec<GatewayStatus> {
     system
         .control_client(&system.tokens.operator)
-        .get_json("/v1/gateways", T)
+        .gateways()
         .await
         .expect("gateways")
 }
@@ -784,8 +781,8 @@ async fn a_flip_right_after_a_control_plane_restart_rolls_back_naming_a_gateway_
     // Rolled back: the unit is where it was, active, and the live gateways serve that.
     let rollback = step_version(&flip, StepName::Rollback);
     let operator = system.control_client(&system.tokens.operator);
-    let stored: control_api::StoredTable = operator
-        .get_json(&format!("/v1/table/versions/{rollback}"), T)
+    let stored = operator
+        .table_version(rollback)
         .await
         .expect("rollback version");
     let unit = stored

@@ -3,9 +3,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use control_api::{FlipAccepted, FlipState, StepName};
+use control_api::{FlipState, StepName};
 use http::Method;
-use unitgate_e2e::{REGIONS, System, T, send, users_of};
+use unitgate_e2e::{REGIONS, System, flip_request, send, users_of};
 
 #[derive(Debug, Clone)]
 struct Sample {
@@ -56,12 +56,10 @@ async fn a_planned_flip_under_load_freezes_only_the_moving_units_writes() {
     // Let the load run on version 1 first.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let operator = system.control_client(&system.tokens.operator);
-    let accepted: FlipAccepted = operator
-        .send_json(
-            Method::POST,
-            "/v1/units/u03/flip",
-            &serde_json::json!({"to": "sz", "mode": "planned", "reason": "e2e under load", "replication_check": {"delay_s": 1}}),
-            T,
+    let accepted = operator
+        .start_flip(
+            "u03",
+            &flip_request(serde_json::json!({"to": "sz", "mode": "planned", "reason": "e2e under load", "replication_check": {"delay_s": 1}})),
         )
         .await
         .expect("flip accepted");
@@ -174,12 +172,12 @@ async fn an_emergency_flip_moves_a_dead_regions_users_within_a_second() {
     let operator = system.control_client(&system.tokens.operator);
     let started = Instant::now();
     for unit in ["u05", "u06"] {
-        let _: FlipAccepted = operator
-            .send_json(
-                Method::POST,
-                &format!("/v1/units/{unit}/flip"),
-                &serde_json::json!({"to": "hz", "mode": "emergency", "reason": "sz lost"}),
-                T,
+        operator
+            .start_flip(
+                unit,
+                &flip_request(
+                    serde_json::json!({"to": "hz", "mode": "emergency", "reason": "sz lost"}),
+                ),
             )
             .await
             .expect("flip accepted");

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use control_api::FlipAccepted;
 use http::Method;
-use unitgate_e2e::{System, T, send, users_of};
+use unitgate_e2e::{System, flip_request, send, users_of};
 
 /// Requests through `regions`' gateways until stopped: (sent, failed).
 struct Load {
@@ -90,12 +89,10 @@ impl Load {
 
 async fn emergency_flip(system: &System, unit: &str, to: &str) -> String {
     let operator = system.control_client(&system.tokens.operator);
-    let accepted: FlipAccepted = operator
-        .send_json(
-            Method::POST,
-            &format!("/v1/units/{unit}/flip"),
-            &serde_json::json!({"to": to, "mode": "emergency", "reason": "e2e"}),
-            T,
+    let accepted = operator
+        .start_flip(
+            unit,
+            &flip_request(serde_json::json!({"to": to, "mode": "emergency", "reason": "e2e"})),
         )
         .await
         .expect("flip accepted");
@@ -174,12 +171,10 @@ async fn losing_etcd_loses_no_request_and_no_version() {
     // The control plane reconnects: a change goes through (retried while it reconnects).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let attempt: Result<FlipAccepted, _> = operator
-            .send_json(
-                Method::POST,
-                "/v1/units/u04/flip",
-                &serde_json::json!({"to": "hz", "mode": "emergency", "reason": "after etcd came back"}),
-                T,
+        let attempt = operator
+            .start_flip(
+                "u04",
+                &flip_request(serde_json::json!({"to": "hz", "mode": "emergency", "reason": "after etcd came back"})),
             )
             .await;
         match attempt {
@@ -196,10 +191,7 @@ async fn losing_etcd_loses_no_request_and_no_version() {
     system.converged(&["hz", "sh", "sz"], 3).await;
     // No version lost.
     for v in 1..=3u64 {
-        let stored: control_api::StoredTable = operator
-            .get_json(&format!("/v1/table/versions/{v}"), T)
-            .await
-            .expect("version kept");
+        let stored = operator.table_version(v).await.expect("version kept");
         assert_eq!(stored.version, v);
     }
 }

@@ -81,21 +81,22 @@ impl Plane {
     fn client(&self, token: &str) -> control_api::Client {
         control_api::Client::new(&format!("http://{}", self.server.addr), Some(token), None)
             .expect("client")
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        self.client(&self.operator)
-            .get_json(path, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .with_timeout(Duration::from_secs(10))
     }
 
     async fn status(&self) -> control_api::Status {
-        self.get("/v1/status").await
+        self.client(&self.operator).status().await.expect("status")
     }
 
     async fn table(&self) -> control_api::StoredTable {
-        self.get("/v1/table").await
+        self.client(&self.operator).table().await.expect("table")
+    }
+
+    async fn audit(&self) -> Vec<control_api::AuditEntry> {
+        self.client(&self.operator)
+            .audit(None)
+            .await
+            .expect("audit")
     }
 }
 
@@ -456,7 +457,7 @@ async fn a_table_that_moves_a_unit_is_refused_unless_forced() {
     assert_eq!(stored.version, 2);
     assert_eq!(stored.forced.as_deref(), Some("drill"));
     assert_eq!(unit(&p.status().await, "u02").region, "sh");
-    let audit: Vec<control_api::AuditEntry> = p.get("/v1/audit").await;
+    let audit = p.audit().await;
     let forced: Vec<_> = audit
         .iter()
         .filter(|e| e.action == "table.put.forced")
@@ -545,7 +546,7 @@ async fn flip_resolve_sets_the_state_of_an_unlocked_unit() {
     let status = p.status().await;
     assert_eq!(status.version, 3);
     assert_eq!(unit(&status, "u03").state, "active");
-    let audit: Vec<control_api::AuditEntry> = p.get("/v1/audit").await;
+    let audit = p.audit().await;
     assert_eq!(
         audit
             .iter()
@@ -656,21 +657,7 @@ async fn gateway_forget_drops_a_gateway() {
         digest: None,
         rejected: None,
     };
-    let reply = p
-        .client(&p.gateway)
-        .send(
-            http::Method::POST,
-            "/v1/report",
-            &[],
-            Some((
-                serde_json::to_vec(&report).expect("JSON").into(),
-                "application/json",
-            )),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("report");
-    assert!(reply.status.is_success(), "{reply:?}");
+    p.client(&p.gateway).report(&report).await.expect("report");
     let out = p.unitctl(&p.operator, &["status"]).await;
     assert!(text(&out).contains("hz-1"), "{}", text(&out));
 
@@ -682,7 +669,7 @@ async fn gateway_forget_drops_a_gateway() {
         text(&out)
     );
     assert!(p.status().await.gateways.is_empty());
-    let gateways: Vec<control_api::GatewayStatus> = p.get("/v1/gateways").await;
+    let gateways = p.client(&p.operator).gateways().await.expect("gateways");
     assert!(gateways.is_empty(), "{gateways:?}");
 
     let out = p.unitctl(&p.operator, &["gateway-forget", "hz-1"]).await;
@@ -728,21 +715,7 @@ async fn report_gateway(p: &Plane, id: &str) {
         digest: None,
         rejected: None,
     };
-    let reply = p
-        .client(&p.gateway)
-        .send(
-            http::Method::POST,
-            "/v1/report",
-            &[],
-            Some((
-                serde_json::to_vec(&report).expect("JSON").into(),
-                "application/json",
-            )),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("report");
-    assert!(reply.status.is_success(), "{reply:?}");
+    p.client(&p.gateway).report(&report).await.expect("report");
 }
 
 /// `--output json` of the commands that change things: stdout is the control plane's answer
