@@ -8,7 +8,7 @@ use router_rules::table::RegionIndex;
 use router_rules::{CompiledTable, DecisionReport, SimpleRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::route_cmd::{entry_region, place_key};
+use crate::request::{entry_region, place_key};
 use crate::{Failure, Output, print_json};
 
 /// One JSON line of a batch. Absent fields come from the command's flags.

@@ -10,6 +10,7 @@ mod out;
 mod batch;
 mod diff_cmd;
 mod remote;
+mod request;
 mod route_cmd;
 mod table_file;
 
