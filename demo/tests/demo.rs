@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use control_api::{Client, FlipAccepted, FlipRecord};
+use control_api::{Client, FlipMode, FlipRecord, FlipRequest};
 use http::Method;
 use unitgate_demo::Layout;
 
@@ -66,18 +66,19 @@ async fn demo_routes_follows_its_control_plane_and_pays_the_wan_delay_once_per_h
         env.contains(&format!("UNITGATE_TOKEN={}", demo.tokens.operator)),
         "{env}"
     );
-    // A flip through the control plane reaches the gateways.
-    let operator =
-        Client::new(&demo.control_url, Some(&demo.tokens.operator), None).expect("client");
-    let accepted: FlipAccepted = operator
-        .send_json(
-            Method::POST,
-            "/v1/units/u03/flip",
-            &serde_json::json!({"to": "sz", "mode": "emergency", "reason": "test"}),
-            T,
-        )
-        .await
-        .expect("flip");
+    // A flip through the control plane reaches the gateways; its record is where the answer
+    // says.
+    let operator = Client::new(&demo.control_url, Some(&demo.tokens.operator), None)
+        .expect("client")
+        .with_timeout(T);
+    let request = FlipRequest {
+        to: "sz".into(),
+        mode: FlipMode::Emergency,
+        reason: "test".into(),
+        replication_check: None,
+        converge_timeout_s: None,
+    };
+    let accepted = operator.start_flip("u03", &request).await.expect("flip");
     for (_, gateway) in &demo.gateways {
         let mut applied = gateway.store.applied_versions();
         tokio::time::timeout(T, applied.wait_for(|v| *v >= 2))
