@@ -133,7 +133,22 @@ pub fn receive(socket: &Path, config: &GatewayConfig) -> Result<(Listeners, Pred
             &"the running process listens on other sockets than this config names; upgrade with the same listeners, or stop and start",
         ));
     }
-    let mut fds = fds.into_iter().map(TcpListener::from);
+    let listeners: Vec<TcpListener> = fds.into_iter().map(TcpListener::from).collect();
+    let wanted = config
+        .listen
+        .http
+        .iter()
+        .chain(config.listen.https.iter().map(|l| &l.address))
+        .chain(std::iter::once(&config.admin.listen));
+    for (listener, want) in listeners.iter().zip(wanted) {
+        let have = listener.local_addr().map_err(|e| fail(&e))?;
+        if !same_address(have, *want) {
+            return Err(fail(&format!(
+                "the running process listens on {have}, this config on {want}; upgrade with the same listeners, or stop and start"
+            )));
+        }
+    }
+    let mut fds = listeners.into_iter();
     let http = fds.by_ref().take(http).collect();
     let https = config
         .listen
@@ -148,6 +163,12 @@ pub fn receive(socket: &Path, config: &GatewayConfig) -> Result<(Listeners, Pred
         socket: socket.to_owned(),
     };
     Ok((Listeners { http, https, admin }, predecessor))
+}
+
+/// Whether a handed-over socket bound to `have` is the one `want` names (port 0 in a config
+/// means "any port": the one the first process was given).
+fn same_address(have: std::net::SocketAddr, want: std::net::SocketAddr) -> bool {
+    have.ip() == want.ip() && (want.port() == 0 || have.port() == want.port())
 }
 
 /// In the new process, once serving: take the PID file, tell the old process, and wait for it

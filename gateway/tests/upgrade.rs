@@ -148,3 +148,48 @@ async fn upgrade_under_load_refuses_no_connection() {
     assert!(served.load(Ordering::Relaxed) > before + 300);
     assert!(echo.received().len() as u64 >= served.load(Ordering::Relaxed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_other_addresses_is_refused_and_the_old_process_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let table_path = dir.path().join("table.yaml");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/minimal.yaml"),
+        &table_path,
+    )
+    .expect("table");
+    let config = |port: u16, admin: u16| {
+        format!(
+            "region: local\nlisten: {{ http: [\"127.0.0.1:{port}\"] }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\ntable: {{ file: {} }}\nhop_secret: 0123456789abcdef0123456789abcdef\nupgrade_socket: {}\naccess_log: false\n",
+            table_path.display(),
+            dir.path().join("upgrade.sock").display()
+        )
+    };
+    let (port, admin) = (free_port(), free_port());
+    let running = dir.path().join("running.yaml");
+    std::fs::write(&running, config(port, admin)).expect("config");
+    let mut old = start(
+        &["--config", &running.display().to_string()],
+        "ready for an upgrade",
+    );
+    // Same number of listeners, other addresses: the HTTP port, then the admin port.
+    for (other_port, other_admin) in [(free_port(), admin), (port, free_port())] {
+        let moved = dir.path().join("moved.yaml");
+        std::fs::write(&moved, config(other_port, other_admin)).expect("config");
+        let output = Command::new(env!("CARGO_BIN_EXE_unitgate"))
+            .args(["--config", &moved.display().to_string(), "--upgrade"])
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "upgrade accepted: {stderr}");
+        assert!(
+            stderr.contains("the running process listens on"),
+            "{stderr}"
+        );
+        assert_eq!(old.try_wait().expect("status"), None, "old process exited");
+        let health = std::net::TcpStream::connect(("127.0.0.1", admin));
+        assert!(health.is_ok(), "old admin listener gone");
+    }
+    let _ = old.kill();
+    let _ = old.wait();
+}
