@@ -12,8 +12,8 @@ use control_api::{AuditEntry, AuditOutcome, Client, FlipState, StepName, StepOut
 use gateway::Gateway;
 use http::StatusCode;
 use support::{
-    ControlProcess, Tokens, applied, file_plane_config, flip_request, gateway, unit_placement,
-    wait_flip,
+    ControlProcess, Tokens, applied, audit_after_end, file_plane_config, flip_request, gateway,
+    unit_placement, wait_flip,
 };
 
 struct Setup {
@@ -206,7 +206,7 @@ async fn a_planned_flip_reaches_every_gateway_step_by_step() {
         .expect("u03");
     assert_eq!(unit.standby.as_deref(), Some("sh"));
     // The audit log has the start, every step and the end.
-    let audit = operator.audit(None).await.expect("audit");
+    let audit = audit_after_end(&operator, &id).await;
     let of_flip: Vec<&AuditEntry> = audit
         .iter()
         .filter(|e| e.flip.as_deref() == Some(&id))
@@ -328,7 +328,7 @@ async fn an_emergency_flip_is_one_version_and_a_cancel_rolls_back() {
     let table = operator.table().await.expect("table");
     assert_eq!(table.version, 2, "one version");
     all_serve(&s.gateways, 2, "u05", ("hz", "active")).await;
-    let audit = operator.audit(None).await.expect("audit");
+    let audit = audit_after_end(&operator, &id).await;
     let end = audit
         .iter()
         .find(|e| e.action == "flip.end" && e.flip.as_deref() == Some(&id))

@@ -8,7 +8,9 @@ use control_api::{
     Client, FlipMode, FlipRecord, FlipRequest, FlipState, GatewayReport, ReplicationCheck,
     StepName, StepOutcome, StoredTable,
 };
-use support::{ControlProcess, Tokens, file_plane_config, flip_until, unit_placement};
+use support::{
+    ControlProcess, Tokens, audit_after_end, file_plane_config, flip_until, unit_placement,
+};
 
 async fn report(gateway: &Client, applied: u64) {
     gateway
@@ -164,11 +166,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
                 "{flip:?}"
             );
         }
-        let audit = operator.audit(None).await.expect("audit");
-        assert!(
-            audit
-                .iter()
-                .any(|e| e.action == "flip.end" && e.flip.as_deref() == Some(&id))
-        );
+        // Its end is audited.
+        audit_after_end(&operator, &id).await;
     }
 }

@@ -312,6 +312,26 @@ pub async fn flip_until(
     }
 }
 
+/// The audit log once it holds flip `id`'s `flip.end` entry: a flip's record shows it ended
+/// just before that entry is appended.
+pub async fn audit_after_end(client: &Client, id: &str) -> Vec<control_api::AuditEntry> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = client.audit(None).await.expect("audit");
+        if audit
+            .iter()
+            .any(|e| e.action == "flip.end" && e.flip.as_deref() == Some(id))
+        {
+            return audit;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flip {id}: no flip.end audited: {audit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Poll flip `id` until it ends.
 pub async fn wait_flip(client: &Client, id: &str) -> control_api::FlipRecord {
     flip_until(client, id, "flip ended", |f| f.state.is_final()).await
