@@ -2,11 +2,10 @@
 //! dump does not leak a usable token.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
-
-use crate::config::TokenConfig;
 
 /// Shortest token accepted, in characters.
 pub const MIN_TOKEN_LEN: usize = 32;
@@ -135,6 +134,29 @@ fn glob_matches(pattern: &str, text: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+/// One API token. Give its SHA-256 (`unitgate-control hash-token`) or a file holding it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it: shown in the audit log.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Hex SHA-256 of the token.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// A file holding the token (e.g. a mounted secret); read at start, kept only as a hash.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// `gateway` tokens: the gateway id, or a pattern with `*` (`hz-*`), the token may speak
+    /// for. Required for that role.
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+    /// `gateway` tokens: the region of the gateways the token may speak for. Required for
+    /// that role.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// The tokens the control plane accepts, by digest.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use router_rules::Problem;
 
-use crate::auth::{Role, Tokens};
+use crate::auth::{TokenConfig, Tokens};
 
 /// Everything `unitgate-control` needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -109,30 +109,6 @@ fn default_prefix() -> String {
 }
 fn default_lease_s() -> u64 {
     5
-}
-
-/// One API token. Give its SHA-256 (`unitgate-control hash-token`) or a file holding it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    /// Who holds it: shown in the audit log.
-    pub name: String,
-    /// What it may do.
-    pub role: Role,
-    /// Hex SHA-256 of the token.
-    #[serde(default)]
-    pub sha256: Option<String>,
-    /// A file holding the token (e.g. a mounted secret); read at start, kept only as a hash.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// `gateway` tokens: the gateway id, or a pattern with `*` (`hz-*`), the token may speak
-    /// for. Required for that role.
-    #[serde(default)]
-    pub gateway_id: Option<String>,
-    /// `gateway` tokens: the region of the gateways the token may speak for. Required for
-    /// that role.
-    #[serde(default)]
-    pub region: Option<String>,
 }
 
 impl ControlConfig {
@@ -259,6 +235,7 @@ fn token_problem(i: usize, token: &TokenConfig, at: usize, error: &str) -> Probl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Role;
 
     fn token(name: &str) -> TokenConfig {
         TokenConfig {
