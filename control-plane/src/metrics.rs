@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use control_api::FlipState;
 
-use crate::ControlPlane;
-
 /// The control plane's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -50,9 +48,9 @@ impl Metrics {
     }
 }
 
-/// Render every metric.
-pub fn render(cp: &ControlPlane) -> String {
-    let m = &cp.metrics;
+/// Render every metric: this replica's counters, the version in force and the fleet as
+/// `gateways` shows it.
+pub fn render(m: &Metrics, version: u64, gateways: &[control_api::GatewayStatus]) -> String {
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, lines: &[(String, i128)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -65,10 +63,8 @@ pub fn render(cp: &ControlPlane) -> String {
         "unitgate_control_table_version",
         "Version of the routing table in force.",
         "gauge",
-        &[(String::new(), i128::from(cp.store.current_version()))],
+        &[(String::new(), i128::from(version))],
     );
-    let gateways = cp.registry.list();
-    let version = cp.store.current_version();
     let count = |f: &dyn Fn(&control_api::GatewayStatus) -> bool| {
         gateways.iter().filter(|g| f(g)).count() as i128
     };

@@ -22,7 +22,11 @@ pub fn health(cp: &ControlPlane) -> Handled {
 }
 
 pub fn metrics(cp: &ControlPlane) -> Handled {
-    let mut reply = Response::new(Full::new(Bytes::from(crate::metrics::render(cp))));
+    let mut reply = Response::new(Full::new(Bytes::from(crate::metrics::render(
+        &cp.metrics,
+        cp.store.current_version(),
+        &cp.registry.list(),
+    ))));
     reply.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
