@@ -14,8 +14,6 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::source::SourceMap;
-
 /// A position in a source text. Both numbers start at 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Location {
@@ -51,16 +49,6 @@ impl Problem {
             location: None,
             message: message.into(),
         }
-    }
-
-    /// This problem placed at the start of its field in `source` (or of the field's nearest
-    /// present ancestor, for a missing field), unless it already has a place.
-    #[must_use]
-    pub fn located(mut self, source: &SourceMap) -> Self {
-        if self.location.is_none() {
-            self.location = source.locate(&self.path);
-        }
-        self
     }
 
     /// The path as shown to people: `(document)` for the root.
@@ -116,43 +104,6 @@ impl TableError {
     }
 }
 
-/// A parsed text's name (a file path) and the map of its fields: places the problems found
-/// after parsing (a field's value refused, a file it names unreadable) and writes them out the
-/// same way as parse errors. The gateway and the control plane keep one with their
-/// configuration.
-#[derive(Debug, Clone, Default)]
-pub struct SourceFile {
-    /// How the text is named in every problem, e.g. `/etc/unitgate/gateway.yaml`.
-    pub name: String,
-    /// Where each field sits in it.
-    pub map: SourceMap,
-}
-
-impl SourceFile {
-    /// The text `name` with its map.
-    pub fn new(name: impl Into<String>, map: SourceMap) -> Self {
-        Self {
-            name: name.into(),
-            map,
-        }
-    }
-
-    /// One problem with the field at `path`, written out: `name:line:col: path: message`.
-    pub fn problem(&self, path: &str, message: impl Into<String>) -> String {
-        Problem::at(path, message)
-            .located(&self.map)
-            .render(&self.name)
-    }
-
-    /// Every problem placed, in source order, one line each (no newline after the last).
-    pub fn render(&self, mut problems: Vec<Problem>) -> String {
-        self.map.place(&mut problems);
-        let mut text = render_problems(&self.name, &problems);
-        text.truncate(text.trim_end_matches('\n').len());
-        text
-    }
-}
-
 /// Every problem as `origin:line:col: path: message` (or `origin: path: message` where its
 /// place is not known), each line ending in a newline.
 pub fn render_problems(origin: &str, problems: &[Problem]) -> String {
@@ -184,7 +135,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::source::from_yaml;
+    use crate::source::{SourceFile, SourceMap, from_yaml};
 
     /// A configuration-like document: what the gateway and the control plane parse.
     #[derive(Debug, Deserialize)]

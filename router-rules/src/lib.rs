@@ -21,12 +21,12 @@ pub mod table;
 pub mod validate;
 
 pub use diff::{TableDiff, diff};
-pub use error::{Location, Problem, SourceFile, TableError, render_problems};
+pub use error::{Location, Problem, TableError, render_problems};
 pub use key::{KeyError, KeySource, RoutingKey};
 pub use raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
 pub use report::DecisionReport;
 pub use request::{RequestView, SimpleRequest};
-pub use source::{SourceMap, from_yaml, parse_json, parse_yaml};
+pub use source::{SourceFile, SourceMap, from_yaml, parse_json, parse_yaml};
 pub use table::{Action, CompiledTable, Decision, Endpoint, Pool, Region, Route, Unit};
 pub use validate::{check_successor, validate};
 

@@ -2,7 +2,7 @@
 
 use serde_saphyr::granit_parser::{Event, Parser};
 
-use crate::error::{Location, Problem, TableError};
+use crate::error::{Location, Problem, TableError, render_problems};
 use crate::raw::RawTable;
 
 /// Largest table text accepted, in bytes. Real tables are a few hundred KiB at most; the limit
@@ -170,6 +170,55 @@ impl SourceMap {
             (Some(node), Some(key)) => Some(if key.1 >= node.1 { key.0 } else { node.0 }),
             (node, key) => node.or(key).map(|(path, _)| path),
         }
+    }
+}
+
+impl Problem {
+    /// This problem placed at the start of its field in `source` (or of the field's nearest
+    /// present ancestor, for a missing field), unless it already has a place.
+    #[must_use]
+    pub fn located(mut self, source: &SourceMap) -> Self {
+        if self.location.is_none() {
+            self.location = source.locate(&self.path);
+        }
+        self
+    }
+}
+
+/// A parsed text's name (a file path) and the map of its fields: places the problems found
+/// after parsing (a field's value refused, a file it names unreadable) and writes them out the
+/// same way as parse errors. The gateway and the control plane keep one with their
+/// configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SourceFile {
+    /// How the text is named in every problem, e.g. `/etc/unitgate/gateway.yaml`.
+    pub name: String,
+    /// Where each field sits in it.
+    pub map: SourceMap,
+}
+
+impl SourceFile {
+    /// The text `name` with its map.
+    pub fn new(name: impl Into<String>, map: SourceMap) -> Self {
+        Self {
+            name: name.into(),
+            map,
+        }
+    }
+
+    /// One problem with the field at `path`, written out: `name:line:col: path: message`.
+    pub fn problem(&self, path: &str, message: impl Into<String>) -> String {
+        Problem::at(path, message)
+            .located(&self.map)
+            .render(&self.name)
+    }
+
+    /// Every problem placed, in source order, one line each (no newline after the last).
+    pub fn render(&self, mut problems: Vec<Problem>) -> String {
+        self.map.place(&mut problems);
+        let mut text = render_problems(&self.name, &problems);
+        text.truncate(text.trim_end_matches('\n').len());
+        text
     }
 }
 
