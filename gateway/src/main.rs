@@ -84,10 +84,18 @@ fn check(config: &GatewayConfig) -> ExitCode {
         };
         match loaded {
             Ok(table) if table.region_index(&config.region).is_none() => {
+                let known: Vec<&str> = table.regions().iter().map(|r| &*r.name).collect();
                 eprintln!(
-                    "{}: the table has no region {:?}, this gateway's region",
-                    path.display(),
-                    config.region
+                    "{}",
+                    config.problem(
+                        "region",
+                        format!(
+                            "the table {} has no region {:?} (it has: {})",
+                            path.display(),
+                            config.region,
+                            known.join(", ")
+                        )
+                    )
                 );
                 return ExitCode::from(1);
             }

@@ -58,7 +58,20 @@ fn check_accepts_a_good_config_and_names_what_is_wrong_in_a_bad_one() {
     .expect("write");
     let out = unitgate(&["check", "--config", &wrong_region.display().to_string()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the table has no region \"bj\""));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let region_line = std::fs::read_to_string(&wrong_region)
+        .expect("read")
+        .lines()
+        .position(|l| l.starts_with("region: bj"))
+        .expect("region line")
+        + 1;
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:{region_line}:9: region: the table ",
+            wrong_region.display()
+        )) && stderr.contains("has no region \"bj\" (it has: hz, sh, sz)"),
+        "{stderr}"
+    );
 }
 
 #[test]
