@@ -64,7 +64,7 @@ const DIGEST: &str = "^sha256:[0-9a-fA-F]{64}$";
 
 /// `If-Match` of `PUT /v1/table`: the version in force, bare or as the `ETag` the server
 /// sends (`"7"`), weak or not. At most 19 digits, so that every match fits in 64 bits.
-const IF_MATCH: &str = "^(W/)?\"?[0-9]{1,19}\"?$";
+const IF_MATCH: &str = "^([0-9]{1,19}|(W/)?\"[0-9]{1,19}\")$";
 
 /// A table version (or any other 64-bit count) as the server parses it.
 fn uint64() -> Value {

@@ -381,6 +381,91 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
     // Nothing above changed the table.
     let table = admin.table().await.expect("table");
     assert_eq!(table.version, 1);
+
+    // If-Match is a version, bare, quoted or weak-quoted: nothing looser.
+    let put_headers = |if_match: &'static [u8], reason: &'static [u8]| {
+        vec![
+            (
+                http::header::IF_MATCH,
+                http::HeaderValue::from_bytes(if_match).expect("if-match"),
+            ),
+            (
+                http::header::HeaderName::from_static(control_api::REASON_HEADER),
+                http::HeaderValue::from_bytes(reason).expect("reason"),
+            ),
+        ]
+    };
+    let example =
+        bytes::Bytes::from(std::fs::read(support::example_table_path()).expect("example"));
+    let yaml = || Some((example.clone(), "application/yaml"));
+    for loose in [&b"+1"[..], b"W/W/\"\"1", b"W/1", b"\"1"] {
+        let reply = admin
+            .send(
+                Method::PUT,
+                paths::TABLE,
+                &put_headers(loose, b"r"),
+                yaml(),
+                T,
+            )
+            .await
+            .expect("put");
+        let (status, error) = error_of(reply).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{loose:?}: {error:?}");
+        assert!(error.message.contains("If-Match"), "{error:?}");
+    }
+    // A reason that is not UTF-8 is refused, never taken for no reason.
+    let reply = admin
+        .send(
+            Method::PUT,
+            paths::TABLE,
+            &put_headers(b"1", b"caf\xe9"),
+            yaml(),
+            T,
+        )
+        .await
+        .expect("put");
+    let (status, error) = error_of(reply).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error:?}");
+    assert!(
+        error.message.contains(control_api::REASON_HEADER),
+        "{error:?}"
+    );
+    // A reason in any language is kept as it was sent.
+    let reason = "café au lait — ü 变更";
+    let reply = admin
+        .send(
+            Method::PUT,
+            paths::TABLE,
+            &put_headers(b"W/\"1\"", reason.as_bytes()),
+            yaml(),
+            T,
+        )
+        .await
+        .expect("put");
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let table = admin.table().await.expect("table");
+    assert_eq!((table.version, table.reason.as_deref()), (2, Some(reason)));
+
+    // A whole number written as a float is that integer: this flip is refused for its target
+    // region, not for the number's spelling.
+    let reply = admin
+        .send(
+            Method::POST,
+            &flip("u01"),
+            &[],
+            json(r#"{"to":"hz","mode":"planned","reason":"x","converge_timeout_s":30.0}"#),
+            T,
+        )
+        .await
+        .expect("flip");
+    let (status, error) = error_of(reply).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error:?}");
+    assert!(error.message.contains("already in region"), "{error:?}");
 }
 
 #[test]

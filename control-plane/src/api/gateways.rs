@@ -98,11 +98,11 @@ pub async fn watch(
             None => Ok(None),
         }
     };
-    let name = |name: &str| -> Result<&str, Refusal> {
+    let name = |name: &str| -> Result<String, Refusal> {
         let value = query(query_string, name)
             .ok_or_else(|| bad(format!("missing query parameter {name}")))?;
-        if is_name(value) {
-            Ok(value)
+        if is_name(&value) {
+            Ok(value.into_owned())
         } else {
             Err(bad(format!(
                 "{name}={value:?}: use letters, digits and - _ . : @ (at most 128)"
@@ -114,7 +114,7 @@ pub async fn watch(
     let region = name("region")?;
     let applied = number("applied", false)?.unwrap_or(after);
     let digest = match query(query_string, "digest") {
-        Some(d) if is_digest(d) => Some(d.to_owned()),
+        Some(d) if is_digest(&d) => Some(d.into_owned()),
         Some(d) => {
             return Err(bad(format!(
                 "digest={d:?}: expected sha256:<64 hex digits>"
@@ -125,7 +125,7 @@ pub async fn watch(
     let hold = number("timeout_s", false)?
         .unwrap_or(cp.config.watch_hold_s)
         .min(cp.config.watch_hold_s);
-    let sighting = admit_gateway(cp, principal, gateway, region, applied, digest).await?;
+    let sighting = admit_gateway(cp, principal, &gateway, &region, applied, digest).await?;
     let diverged = sighting.diverged;
     let status = cp.gateway_seen(sighting).await;
     if diverged

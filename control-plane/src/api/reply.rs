@@ -1,6 +1,8 @@
 //! Answers and request parts shared by the handlers: JSON answers, JSON errors carried out of
 //! a handler with `?`, bodies read within the size limit, query parameters.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use control_api::ApiError;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -151,32 +153,76 @@ pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<(Byte
     }
 }
 
-/// Parse a JSON body as `T`, naming the field path of any error.
+/// Parse a JSON body as `T`, naming the field path of any error. A whole number written as a
+/// float (`5.0`, an integer to JSON Schema, and what some serialisers write) is taken as the
+/// integer it is.
 pub fn parse_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    let invalid = |at: String, message: String| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("{at}: {message}"),
+        )
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| invalid("body".to_owned(), e.to_string()))?;
+    whole_floats_as_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let at = if path == "." || path.is_empty() {
             "body".to_owned()
         } else {
             format!("body.{path}")
         };
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!("{at}: {}", e.inner()),
-        )
+        invalid(at, e.inner().to_string())
     })
 }
 
-/// The value of `name` in a query string (no percent-decoding: the API's parameters are
-/// numbers and names).
-pub fn query<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+/// Every float without a fractional part that an integer type can hold, as that integer.
+fn whole_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // 2^64 and -2^63 as floats: the bounds of u64 and i64, exclusive and inclusive.
+            if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                *value = Value::from(f as u64);
+            } else if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_floats_as_integers),
+        _ => {}
+    }
+}
+
+/// A header's value as text: absent is `None`; present but not UTF-8 is refused, naming the
+/// header (a reason in any language is UTF-8; a header that cannot be read is never taken
+/// for an absent one).
+pub fn header_text(headers: &http::HeaderMap, name: &str) -> Result<Option<String>, Refusal> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    std::str::from_utf8(value.as_bytes())
+        .map(|v| Some(v.trim().to_owned()))
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_header",
+                format!("{name}: not UTF-8 text"),
+            )
+        })
+}
+
+/// The value of `name` in a query string, percent-decoded (`%3A` is `:`, as form encoding
+/// sends it); bytes that are not UTF-8 become U+FFFD, which no parameter's check accepts.
+pub fn query<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
     query?
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
 }
 
 /// A gateway or region name as the API accepts it.
@@ -201,10 +247,38 @@ mod tests {
 
     #[test]
     fn query_parameters() {
-        let q = Some("after=3&gateway=hz-1&flag");
-        assert_eq!(query(q, "after"), Some("3"));
-        assert_eq!(query(q, "gateway"), Some("hz-1"));
-        assert_eq!(query(q, "flag"), Some(""));
+        let q = Some("after=3&gateway=hz%3A1%40a&flag&digest=sha256%3Aab");
+        assert_eq!(query(q, "after").as_deref(), Some("3"));
+        assert_eq!(query(q, "gateway").as_deref(), Some("hz:1@a"));
+        assert_eq!(query(q, "flag").as_deref(), Some(""));
+        assert_eq!(query(q, "digest").as_deref(), Some("sha256:ab"));
         assert_eq!(query(q, "region"), None);
+        assert!(!is_name(&query(Some("gateway=hz%FF"), "gateway").unwrap()));
+    }
+
+    #[test]
+    fn whole_floats_are_integers_and_others_stay() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Body {
+            n: u64,
+            i: i64,
+            x: f64,
+        }
+        let body: Body = parse_json_body(br#"{"n": 5.0, "i": -3.0, "x": 2.5}"#)
+            .unwrap_or_else(|_| panic!("refused"));
+        assert_eq!(
+            body,
+            Body {
+                n: 5,
+                i: -3,
+                x: 2.5
+            }
+        );
+        for refused in [
+            &br#"{"n": 5.5, "i": 0, "x": 0}"#[..],
+            br#"{"n": 1e20, "i": 0, "x": 0}"#,
+        ] {
+            assert!(parse_json_body::<Body>(refused).is_err());
+        }
     }
 }

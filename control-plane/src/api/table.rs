@@ -5,7 +5,7 @@ use control_api::{PutResult, VERSION_HEADER};
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::reply::{Handled, Refusal, etag, json, read_body};
+use super::reply::{Handled, Refusal, etag, header_text, json, read_body};
 use crate::ControlPlane;
 use crate::admission::{self, Proposal, TableWrite};
 
@@ -58,7 +58,7 @@ pub async fn plan(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
     Ok(json(StatusCode::OK, &result))
 }
 
-/// The version `If-Match` names.
+/// The version `If-Match` names: `N`, `"N"` (the ETag this API sends) or `W/"N"`.
 fn if_match(request_headers: &http::HeaderMap) -> Result<u64, Refusal> {
     let value = request_headers.get(header::IF_MATCH).ok_or_else(|| {
         Refusal::new(
@@ -70,28 +70,37 @@ fn if_match(request_headers: &http::HeaderMap) -> Result<u64, Refusal> {
     value
         .to_str()
         .ok()
-        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(version_of_etag)
         .ok_or_else(|| {
             Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "bad_if_match",
-                format!("If-Match: {value:?} is not a version number"),
+                format!(
+                    "If-Match: {value:?} is not a version: send N, \"N\" or W/\"N\" (the ETag of GET /v1/table)"
+                ),
             )
         })
 }
 
+fn version_of_etag(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let digits = match value.strip_prefix("W/").unwrap_or(value) {
+        quoted if quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"') => {
+            &quoted[1..quoted.len() - 1]
+        }
+        _ if value.starts_with("W/") => return None,
+        bare => bare,
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 pub async fn put_table(cp: &ControlPlane, actor: &str, request: Request<Incoming>) -> Handled {
     let expected = if_match(request.headers())?;
-    let header_text = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_owned())
-    };
-    let reason = header_text("x-unitgate-reason");
-    let forced = header_text(control_api::FORCE_HEADER);
+    let reason = header_text(request.headers(), control_api::REASON_HEADER)?;
+    let forced = header_text(request.headers(), control_api::FORCE_HEADER)?;
     let (body, json_body) = read_body(request, cp.config.max_body_bytes).await?;
     let write = TableWrite {
         proposal: Proposal {
@@ -107,4 +116,30 @@ pub async fn put_table(cp: &ControlPlane, actor: &str, request: Request<Incoming
     let mut reply = json(StatusCode::OK, &PutResult { version });
     reply.headers_mut().insert(header::ETAG, etag(version));
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_of_etag;
+
+    #[test]
+    fn if_match_takes_a_version_bare_quoted_or_weak() {
+        for (text, version) in [("3", 3), ("\"3\"", 3), ("W/\"3\"", 3), (" 0 ", 0)] {
+            assert_eq!(version_of_etag(text), Some(version), "{text}");
+        }
+        for text in [
+            "",
+            "+2",
+            "W/W/\"\"3",
+            "W/3",
+            "\"3",
+            "3\"",
+            "\"\"",
+            "*",
+            "1e3",
+            "99999999999999999999",
+        ] {
+            assert_eq!(version_of_etag(text), None, "{text}");
+        }
+    }
 }
