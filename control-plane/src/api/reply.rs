@@ -253,7 +253,9 @@ mod tests {
         assert_eq!(query(q, "flag").as_deref(), Some(""));
         assert_eq!(query(q, "digest").as_deref(), Some("sha256:ab"));
         assert_eq!(query(q, "region"), None);
-        assert!(!is_name(&query(Some("gateway=hz%FF"), "gateway").unwrap()));
+        assert!(!is_name(
+            &query(Some("gateway=hz%FF"), "gateway").expect("gateway")
+        ));
     }
 
     #[test]
