@@ -421,10 +421,10 @@ pub struct PutTable<'a> {
     /// The version in force that the table is an edit of (`If-Match`; 0 for the first table):
     /// if another version is in force, the control plane refuses it (`409 stale_version`).
     pub if_match: u64,
-    /// Why (`X-Unitgate-Reason`), kept on the version and in the audit log.
+    /// Why (`X-Unitgate-Reason`, UTF-8), kept on the version and in the audit log.
     pub reason: Option<&'a str>,
-    /// Admins: store it although it moves units without a flip (`X-Unitgate-Force`), with
-    /// this reason.
+    /// Admins: store it although it moves units without a flip (`X-Unitgate-Force`, UTF-8),
+    /// with this reason.
     pub force: Option<&'a str>,
 }
 
@@ -538,10 +538,11 @@ impl Client {
         table: &TableText,
         put: &PutTable<'_>,
     ) -> Result<PutResult, ClientError> {
+        // UTF-8 text; control characters cannot be sent in a header.
         let text = |name: &'static str, value: &str| {
-            HeaderValue::from_str(value).map_err(|_| {
+            HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
                 ClientError::Setup(format!(
-                    "{name}: use printable ASCII (it is sent in an HTTP header)"
+                    "{name}: no control characters (it is sent in an HTTP header)"
                 ))
             })
         };
@@ -801,7 +802,7 @@ mod tests {
         let put = PutTable {
             if_match: 2,
             reason: Some("more slots"),
-            force: Some("hz is gone"),
+            force: Some("hz à l'arrêt"),
         };
         let error = client
             .put_table(&TableText::yaml("version: 2\n"), &put)
@@ -818,7 +819,7 @@ mod tests {
         for header in [
             "if-match: 2\r\n",
             "x-unitgate-reason: more slots\r\n",
-            "x-unitgate-force: hz is gone\r\n",
+            "x-unitgate-force: hz à l'arrêt\r\n",
             "content-type: application/yaml\r\n",
         ] {
             assert!(request.contains(header), "{header:?} in {request}");
