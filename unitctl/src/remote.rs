@@ -311,13 +311,22 @@ fn exit_code(error: &ClientError) -> u8 {
 }
 
 fn failed(error: ClientError) -> Failure {
+    failed_for(error, None)
+}
+
+/// [`failed`] for a request that sent `file`: the server's problems with a place in it read
+/// `file:line:col: path: message`, as `unitctl validate` writes them.
+fn failed_for(error: ClientError, file: Option<&Path>) -> Failure {
     let code = exit_code(&error);
     let mut message = error.to_string();
     if let ClientError::Api { error, .. } = &error {
+        let origin = file.map(|f| f.display().to_string());
         for problem in &error.problems {
-            let at = match (problem.line, problem.column) {
-                (Some(line), Some(column)) => format!("{line}:{column}: "),
-                _ => String::new(),
+            let at = match (&origin, problem.line, problem.column) {
+                (Some(origin), Some(line), Some(column)) => format!("{origin}:{line}:{column}: "),
+                (Some(origin), _, _) => format!("{origin}: "),
+                (None, Some(line), Some(column)) => format!("{line}:{column}: "),
+                (None, _, _) => String::new(),
             };
             message.push_str(&format!("\n  {at}{}: {}", problem.path, problem.message));
         }
@@ -661,13 +670,11 @@ async fn plan(client: &Client, file: &Path, output: Output) -> Result<u8, Failur
 
 /// An operator's text to be sent in a header, or an input error naming the flag.
 fn header_text<'a>(flag: &str, text: &'a str) -> Result<&'a str, Failure> {
-    // Printable ASCII only: the control plane reads these headers as text, and would take a
-    // value it cannot read as absent.
-    HeaderValue::from_str(text).map(|_| text).map_err(|_| {
-        Failure::input(format!(
-            "{flag}: use printable ASCII (it is sent in an HTTP header)"
-        ))
-    })
+    // Sent as UTF-8 bytes, which the control plane reads as such: any language, but no
+    // control characters (a line break would end the header).
+    HeaderValue::from_bytes(text.as_bytes())
+        .map(|_| text)
+        .map_err(|_| Failure::input(format!("{flag}: no control characters or line breaks")))
 }
 
 /// What `table apply --output json` prints: the plan, and the version stored when one was.
@@ -793,7 +800,7 @@ async fn apply(client: &Client, args: ApplyArgs) -> Result<u8, Failure> {
 /// A refused `PUT /v1/table`, with what to do about it.
 fn put_refused(file: &Path, base: u64, error: ClientError) -> Failure {
     let code = error.code().unwrap_or_default().to_owned();
-    let mut failure = failed(error);
+    let mut failure = failed_for(error, Some(file));
     let hint = match code.as_str() {
         "stale_version" => Some(format!(
             "{} is an edit of version {base}, which is no longer in force; {}",

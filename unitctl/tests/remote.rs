@@ -219,11 +219,21 @@ async fn status_plan_apply_flip_and_audit() {
     let out = p
         .unitctl(
             &p.admin,
-            &["table", "apply", &edited, "--yes", "--reason", "rebalance"],
+            &[
+                "table",
+                "apply",
+                &edited,
+                "--yes",
+                "--reason",
+                "rééquilibrage 再平衡",
+            ],
         )
         .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("stored as version 2"), "{}", text(&out));
+    // A reason in any language is stored as written.
+    let stored = p.client(&p.admin).table().await.expect("table");
+    assert_eq!(stored.reason.as_deref(), Some("rééquilibrage 再平衡"));
     assert!(
         !text(&out).contains("REFUSED"),
         "nothing moves: {}",
@@ -278,7 +288,7 @@ async fn status_plan_apply_flip_and_audit() {
     let out = p.unitctl(&p.operator, &["audit"]).await;
     let shown = text(&out);
     assert!(
-        shown.contains("table.put") && shown.contains("rebalance"),
+        shown.contains("table.put") && shown.contains("rééquilibrage 再平衡"),
         "{shown}"
     );
     assert!(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use control_api::{FlipAccepted, FlipRequest, ResolveRequest};
+use control_api::{FlipAccepted, FlipRequest, FlipSignalled, ResolveRequest};
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 
@@ -46,7 +46,10 @@ pub async fn signal_flip(cp: &ControlPlane, id: &str, signal: FlipSignal) -> Han
     flip::admit::signal(cp, id, signal).await?;
     Ok(json(
         StatusCode::ACCEPTED,
-        &serde_json::json!({ "id": id, "signal": format!("{signal:?}").to_lowercase() }),
+        &FlipSignalled {
+            id: id.to_owned(),
+            signal: format!("{signal:?}").to_lowercase(),
+        },
     ))
 }
 
