@@ -162,20 +162,10 @@ fn files_the_config_names_are_checked_and_placed_at_their_field() {
 fn initial_table_problems_are_placed_in_the_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = Path::new(env!("CARGO_MANIFEST_DIR")).join("../router-rules/tests/broken");
-    for (name, expected) in [
-        (
-            "bad-yaml",
-            "bad-yaml.yaml:5:6: regions[0].pools.cart: illegal placement of ':' indicator\n",
-        ),
-        (
-            "typo-field",
-            "typo-field.yaml:18:5: units[1].regoin: unknown field `regoin`, expected one of name, slots, region, standby, state, center, pinned_keys, limits\n",
-        ),
-        (
-            "overlap",
-            "overlap.yaml:17:13: units[1].slots[0]: overlap: slots 5000-5099 of unit \"u2\" are also in units[0].slots[0] [0, 5099] of unit \"u1\"\n",
-        ),
-    ] {
+    // The same lines as router-rules' own golden files say for these tables.
+    for name in ["bad-yaml", "typo-field", "overlap"] {
+        let expected =
+            std::fs::read_to_string(broken.join(format!("{name}.expected"))).expect("golden");
         let table = format!("{name}.yaml");
         std::fs::copy(broken.join(&table), dir.path().join(&table)).expect("copy");
         std::fs::write(
