@@ -8,6 +8,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod flip;
 pub mod metrics;
 pub mod openapi;

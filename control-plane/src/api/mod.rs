@@ -39,6 +39,9 @@ pub async fn handle(cp: Arc<ControlPlane>, request: Request<Incoming>) -> Reply 
 }
 
 async fn route(cp: &Arc<ControlPlane>, request: Request<Incoming>) -> Reply {
+    if let Some(reply) = crate::console::serve(request.method(), request.uri().path()) {
+        return reply;
+    }
     let path = request.uri().path().to_owned();
     let matching: Vec<(&Endpoint, Vec<&str>)> = ENDPOINTS
         .iter()
