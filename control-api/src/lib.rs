@@ -187,8 +187,9 @@ pub enum FlipMode {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationCheck {
-    /// Probe URL (`http://`), polled until it answers `200` with a body of `0`, `lag 0` or a
-    /// JSON object whose `lag` is `0`.
+    /// Probe URL (`http://` or `https://`), polled until it answers `200` with a body of `0`,
+    /// `lag 0` or a JSON object whose `lag` is `0`. The CA and headers it is called with are
+    /// the control plane's `replication_probe` configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// How long the probe may take to say `lag 0` (default 60 s); also the wait for an

@@ -50,6 +50,11 @@ pub struct ControlConfig {
     /// `text` (default) or `json`, one object per line.
     #[serde(default)]
     pub log_format: control_api::logging::LogFormat,
+    /// How planned flips' replication probes (`replication_check.url`) are called: the CA
+    /// that signs the replication monitor's certificate and the headers it needs (a bearer
+    /// token, say). Kept here, not in flip requests, so that no secret lands in a flip record.
+    #[serde(default)]
+    pub replication_probe: ProbeConfig,
     /// The file this was read from and where each field sits in it: problems found after
     /// parsing (a token file or the initial table that cannot be read) are placed like parse
     /// errors.
@@ -68,6 +73,19 @@ fn default_watch_hold_s() -> u64 {
 }
 fn default_max_body() -> usize {
     4 * 1024 * 1024
+}
+
+/// How replication probes are called.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// PEM certificates to trust for `https://` probes instead of the system's store (a
+    /// private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Headers sent with every probe, e.g. `{authorization: "Bearer ..."}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// PEM files for HTTPS.
@@ -131,6 +149,24 @@ impl ControlConfig {
             problems.push(Problem::at(
                 "tokens",
                 "no API tokens configured; the control plane does not run open",
+            ));
+        }
+        for (name, value) in &config.replication_probe.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_bytes(value.as_bytes()).is_err()
+            {
+                problems.push(Problem::at(
+                    format!("replication_probe.headers.{name}"),
+                    "not a valid HTTP header name and value",
+                ));
+            }
+        }
+        if let Some(ca) = &config.replication_probe.ca_file
+            && let Err(error) = std::fs::metadata(ca)
+        {
+            problems.push(Problem::at(
+                "replication_probe.ca_file",
+                format!("cannot read {}: {error}", ca.display()),
             ));
         }
         if config.watch_hold_s == 0 || config.watch_hold_s > 300 {

@@ -442,14 +442,34 @@ impl Runner {
 
     async fn probe(&self, url: &str, timeout: Duration) -> Result<String, String> {
         let (server, path) = split_url(url)?;
-        let client = control_api::Client::new(&server, None, None).map_err(|e| e.to_string())?;
+        let probe = &self.cp.config.replication_probe;
+        let trust = control_api::client::Trust::only(probe.ca_file.as_deref());
+        let client = control_api::Client::with_trust(&server, None, trust)
+            .map_err(|e| format!("replication probe {url}: {e}"))?;
+        // Checked when the configuration was read.
+        let headers: Vec<(http::HeaderName, http::HeaderValue)> = probe
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    http::HeaderValue::from_bytes(value.as_bytes()).ok()?,
+                ))
+            })
+            .collect();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(why) = self.cancelled().await {
                 return Err(why);
             }
             let last = match client
-                .send(http::Method::GET, &path, &[], None, Duration::from_secs(2))
+                .send(
+                    http::Method::GET,
+                    &path,
+                    &headers,
+                    None,
+                    Duration::from_secs(2),
+                )
                 .await
             {
                 Ok(reply) if reply.status.is_success() && says_lag_zero(&reply.body) => {
@@ -609,23 +629,26 @@ pub fn with_placement(
     Ok(table)
 }
 
-/// `http://host:port/path` -> (`http://host:port`, `/path`).
+/// `http(s)://host:port/path` -> (`http(s)://host:port`, `/path`).
 fn split_url(url: &str) -> Result<(String, String), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("replication_check.url {url:?}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "replication_check.url {url:?}: only http:// probes are supported"
-        ));
-    }
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
+        _ => {
+            return Err(format!(
+                "replication_check.url {url:?}: an http:// or https:// URL"
+            ));
+        }
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| format!("replication_check.url {url:?}: no host"))?;
     let path = uri
         .path_and_query()
         .map_or("/".to_owned(), |p| p.as_str().to_owned());
-    Ok((format!("http://{authority}"), path))
+    Ok((format!("{scheme}://{authority}"), path))
 }
 
 /// Whether a probe body says the lag is zero: `0`, `lag 0`, or JSON with `"lag": 0`.
@@ -698,7 +721,7 @@ mod tests {
         assert!(
             check_replication(&probe)
                 .expect_err("ftp refused")
-                .contains("http://")
+                .contains("https://")
         );
     }
 }

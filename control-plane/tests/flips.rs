@@ -435,3 +435,134 @@ async fn gateways_keep_serving_through_a_control_plane_outage_and_converge_after
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An HTTPS replication monitor with the certificate of `cert`: `{"lag": 0}` to a request that
+/// carries `authorization: Bearer probe-secret`, `401` to any other; counts the authorised ones.
+async fn monitor_over_tls(
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> (std::net::SocketAddr, Arc<Mutex<u32>>) {
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let authorised = Arc::new(Mutex::new(0));
+    let counted = authorised.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                    let allowed = request
+                        .headers()
+                        .get(http::header::AUTHORIZATION)
+                        .is_some_and(|v| v == "Bearer probe-secret");
+                    if allowed {
+                        *counted.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    }
+                    let (status, body) = if allowed {
+                        (StatusCode::OK, &b"{\"lag\": 0}"[..])
+                    } else {
+                        (StatusCode::UNAUTHORIZED, &b"no token"[..])
+                    };
+                    async move {
+                        let mut response = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(body),
+                        ));
+                        *response.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, authorised)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replication_probe_over_https_carries_the_configured_header() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let ca = dir.path().join("monitor-ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).expect("ca");
+    let (monitor, authorised) = monitor_over_tls(&cert).await;
+    let url = format!("https://localhost:{}/lag", monitor.port());
+    let tokens = Tokens::new();
+    // Without the header the monitor refuses: the flip rolls back, naming the answer.
+    let config = support::write_config_with(
+        dir.path(),
+        "bare",
+        "127.0.0.1:0",
+        &support::file_store(&dir.path().join("bare")),
+        &tokens,
+        &format!("replication_probe: {{ ca_file: {} }}\n", ca.display()),
+    );
+    let cp = ControlProcess::start(&config);
+    let operator = cp.client(&tokens.operator);
+    let body = serde_json::json!({
+        "to": "sh", "mode": "planned", "reason": "drill",
+        "replication_check": {"url": url, "timeout_s": 1}
+    });
+    let id = start_flip(&operator, "u01", body.clone())
+        .await
+        .expect("flip accepted");
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::RolledBack, "{flip:?}");
+    let error = flip.error.unwrap_or_default();
+    assert!(
+        error.contains("401") && error.contains("no token"),
+        "{error}"
+    );
+    drop(cp);
+    // With the configured header, over TLS verified against the monitor's CA, it goes through.
+    let config = support::write_config_with(
+        dir.path(),
+        "probing",
+        "127.0.0.1:0",
+        &support::file_store(&dir.path().join("probing")),
+        &tokens,
+        &format!(
+            "replication_probe: {{ ca_file: {}, headers: {{ authorization: \"Bearer probe-secret\" }} }}\n",
+            ca.display()
+        ),
+    );
+    let cp = ControlProcess::start(&config);
+    let operator = cp.client(&tokens.operator);
+    let id = start_flip(&operator, "u01", body)
+        .await
+        .expect("flip accepted");
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    let replication = flip
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Replication)
+        .expect("replication step");
+    assert!(
+        replication
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("lag 0")),
+        "{replication:?}"
+    );
+    assert!(*authorised.lock().unwrap_or_else(|e| e.into_inner()) >= 1);
+}
