@@ -51,8 +51,11 @@ struct RegionCount {
     share: f64,
 }
 
+/// `origin`: where the table came from, when not from a file (`live, URL`), for the text
+/// summary.
 pub fn run(
     table: &CompiledTable,
+    origin: Option<&str>,
     entry: RegionIndex,
     template: &SimpleRequest,
     source: &Path,
@@ -126,7 +129,7 @@ pub fn run(
     let summary = summarise(table, &counts);
     match output {
         Output::Json => print_json(&summary)?,
-        Output::Text => out!("{}", render(&summary)),
+        Output::Text => out!("{}", render(&summary, origin)),
     }
     Ok(0)
 }
@@ -214,9 +217,10 @@ fn summarise(
     }
 }
 
-fn render(summary: &Summary) -> String {
+fn render(summary: &Summary, origin: Option<&str>) -> String {
+    let from = origin.map(|o| format!(" ({o})")).unwrap_or_default();
     let mut out = format!(
-        "{} requests, table version {}\n\n{:<14} {:<8} {:<8} {:>10} {:>8}\n",
+        "{} requests, table version {}{from}\n\n{:<14} {:<8} {:<8} {:>10} {:>8}\n",
         summary.total, summary.table_version, "action", "unit", "region", "requests", "share"
     );
     for g in &summary.groups {

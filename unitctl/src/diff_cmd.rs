@@ -1,20 +1,27 @@
 //! `unitctl diff`: what a table change moves.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use router_rules::diff::{ChangeKind, SampleImpact, sample_impact};
-use router_rules::{TableDiff, diff};
+use router_rules::{CompiledTable, Problem, TableDiff, diff};
 use serde::Serialize;
 
-use crate::{EXIT_FINDING, Failure, Output, print_json, table_file};
+use crate::{EXIT_FINDING, Failure, Output, print_json, remote, route_cmd, table_file};
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
-    /// The table in force.
-    pub old: PathBuf,
+    /// The table in force (a file).
+    #[arg(required_unless_present = "live", conflicts_with = "live")]
+    pub old: Option<PathBuf>,
     /// The proposed table.
-    pub new: PathBuf,
+    #[arg(required_unless_present = "live", conflicts_with = "live")]
+    pub new: Option<PathBuf>,
+    /// Instead of OLD NEW: the proposed table FILE against the table in force on the control
+    /// plane (--server, --token-file, --ca, as for the remote commands), numbered as the
+    /// control plane would store it.
+    #[arg(long, value_name = "FILE")]
+    pub live: Option<PathBuf>,
     /// User IDs, one per line: also count how many of them would move.
     #[arg(long, value_name = "FILE")]
     pub sample: Option<PathBuf>,
@@ -29,13 +36,83 @@ struct DiffReport {
     diff: TableDiff,
     #[serde(skip_serializing_if = "Option::is_none")]
     sample: Option<SampleImpact>,
-    /// Why NEW could not replace OLD in force (version not growing, slot space changed).
-    refusals: Vec<router_rules::Problem>,
+    /// Why NEW could not replace OLD in force (version not growing, slot space changed; with
+    /// --live, a file that is an edit of another version than the one in force).
+    refusals: Vec<Problem>,
+    /// With --live: the header's `version N (live, URL) -> M (FILE, ...)`.
+    #[serde(skip)]
+    header: Option<String>,
 }
 
-pub fn run(args: &DiffArgs) -> Result<u8, Failure> {
-    let old = table_file::load_or_fail(&args.old)?;
-    let new = table_file::load_or_fail(&args.new)?;
+/// The tables to compare: the table in force and the proposed one.
+struct Tables {
+    old: CompiledTable,
+    new: CompiledTable,
+    /// Refusals found before the tables are compared.
+    refusals: Vec<Problem>,
+    header: Option<String>,
+}
+
+/// OLD and NEW from files.
+fn files(old: &Path, new: &Path) -> Result<Tables, Failure> {
+    Ok(Tables {
+        old: table_file::load_or_fail(old)?,
+        new: table_file::load_or_fail(new)?,
+        refusals: Vec::new(),
+        header: None,
+    })
+}
+
+/// FILE against the table in force. FILE's own `version` is the version it is an edit of
+/// (`table get` writes it, `table apply` sends it as If-Match); the control plane numbers what
+/// it stores itself, so FILE is compared as the version that would be stored.
+fn live(file: &Path, server: &remote::Server) -> Result<Tables, Failure> {
+    // A file that does not load is an input error, before anything is sent.
+    let proposed = table_file::load_or_fail(file)?;
+    let live = route_cmd::fetch_live(server)?;
+    let in_force = live.table.version();
+    let base = proposed.version();
+    let next = in_force + 1;
+    let mut raw = proposed.raw().clone();
+    raw.version = next;
+    let new = router_rules::validate(raw, None)
+        .map_err(|error| Failure::input(error.render(&file.display().to_string())))?;
+    let mut refusals = Vec::new();
+    if base != in_force {
+        refusals.push(Problem::at(
+            "version",
+            format!(
+                "{} is an edit of version {base}, but version {in_force} is in force: `unitctl table apply` would be refused (409 stale_version); fetch the table in force again (unitctl table get) and redo the edit",
+                file.display()
+            ),
+        ));
+    }
+    let header = format!(
+        "version {in_force} ({}) -> {next} ({}, an edit of version {base}, as it would be stored)",
+        live.origin(),
+        file.display()
+    );
+    Ok(Tables {
+        old: live.table,
+        new,
+        refusals,
+        header: Some(header),
+    })
+}
+
+pub fn run(args: &DiffArgs, server: &remote::Server) -> Result<u8, Failure> {
+    // clap lets OLD NEW or --live FILE through, never both.
+    let tables = match (&args.live, &args.old, &args.new) {
+        (Some(file), None, None) => live(file, server)?,
+        (None, Some(old), Some(new)) => files(old, new)?,
+        _ => return Err(Failure::input("give OLD NEW, or --live FILE")),
+    };
+    let Tables {
+        old,
+        new,
+        mut refusals,
+        header,
+    } = tables;
     let diff = diff(&old, &new);
     let sample = match &args.sample {
         Some(path) => {
@@ -54,14 +131,14 @@ pub fn run(args: &DiffArgs) -> Result<u8, Failure> {
         None => None,
     };
     let changed = !diff.is_empty();
-    let refusals = router_rules::check_successor(&old, &new)
-        .err()
-        .map(|e| e.problems)
-        .unwrap_or_default();
+    if let Err(error) = router_rules::check_successor(&old, &new) {
+        refusals.extend(error.problems);
+    }
     let report = DiffReport {
         diff,
         sample,
         refusals,
+        header,
     };
     match args.output {
         Output::Json => print_json(&report)?,
@@ -72,7 +149,10 @@ pub fn run(args: &DiffArgs) -> Result<u8, Failure> {
 
 fn render(report: &DiffReport) -> String {
     let d = &report.diff;
-    let mut out = format!("version {} -> {}\n", d.old_version, d.new_version);
+    let mut out = match &report.header {
+        Some(header) => format!("{header}\n"),
+        None => format!("version {} -> {}\n", d.old_version, d.new_version),
+    };
     if d.is_empty() {
         out.push_str("no routing change\n");
     }

@@ -44,9 +44,11 @@ struct Cli {
 enum Command {
     /// Check tables; print every problem as `file:line:col: path: message` (exit 1 on any).
     Validate(ValidateArgs),
-    /// Show where a request goes and why, step by step (dry run: nothing is sent).
+    /// Show where a request goes and why, step by step, against a table file or (--live) the
+    /// table in force on the control plane (dry run: nothing is sent to a gateway).
     Route(route_cmd::RouteArgs),
-    /// Show what replacing OLD with NEW moves (exit 1 when anything changes, like diff(1)).
+    /// Show what replacing OLD with NEW moves, or (--live FILE) replacing the table in force
+    /// with FILE (exit 1 when anything changes, like diff(1)).
     Diff(diff_cmd::DiffArgs),
     /// Print the JSON Schema of the routing-table format.
     Schema,
@@ -167,8 +169,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => validate(&args),
-        Command::Route(args) => route_cmd::run(&args),
-        Command::Diff(args) => diff_cmd::run(&args),
+        Command::Route(args) => route_cmd::run(&args, &cli.server),
+        Command::Diff(args) => diff_cmd::run(&args, &cli.server),
         Command::Schema => print_json(&router_rules::json_schema()).map(|()| 0),
         Command::Status { output } => remote::run(&cli.server, remote::Remote::Status { output }),
         Command::Table(command) => remote::run(&cli.server, remote::Remote::Table(command)),

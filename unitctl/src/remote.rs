@@ -86,7 +86,7 @@ impl Server {
         }
     }
 
-    fn client(&self) -> Result<Client, Failure> {
+    pub(crate) fn client(&self) -> Result<Client, Failure> {
         let server = self.server.as_deref().ok_or_else(|| {
             Failure::input("no control plane: give --server URL or set UNITGATE_SERVER")
         })?;
@@ -310,7 +310,7 @@ fn exit_code(error: &ClientError) -> u8 {
     }
 }
 
-fn failed(error: ClientError) -> Failure {
+pub(crate) fn failed(error: ClientError) -> Failure {
     failed_for(error, None)
 }
 

@@ -5,13 +5,18 @@ use std::path::PathBuf;
 use router_rules::{Action, Class, CompiledTable, DecisionReport, SimpleRequest};
 
 use crate::request::{entry_region, place_key};
-use crate::{Failure, Output, batch, print_json, table_file};
+use crate::{EXIT_FINDING, Failure, Output, batch, print_json, remote, table_file};
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["table", "live"])))]
 pub struct RouteArgs {
     /// The routing table (YAML, or JSON with a .json extension).
     #[arg(long)]
-    pub table: PathBuf,
+    pub table: Option<PathBuf>,
+    /// Instead of --table: the table in force on the control plane (--server, --token-file,
+    /// --ca, as for the remote commands); its version is shown.
+    #[arg(long)]
+    pub live: bool,
     /// The routing key (user ID). It is placed where the matched route looks first (its first
     /// key source), unless the request already carries a key there.
     #[arg(long, conflicts_with = "batch")]
@@ -47,12 +52,68 @@ pub struct RouteArgs {
     pub output: Output,
 }
 
-pub fn run(args: &RouteArgs) -> Result<u8, Failure> {
-    let table = table_file::load_or_fail(&args.table)?;
+/// The table in force on the control plane, as `--live` uses it.
+pub struct Live {
+    /// The table, compiled as the gateways compile it.
+    pub table: CompiledTable,
+    /// The control plane's URL.
+    pub server: String,
+}
+
+impl Live {
+    /// Where the table came from, for people: `live, URL`.
+    pub fn origin(&self) -> String {
+        format!("live, {}", self.server)
+    }
+}
+
+/// The table in force, fetched with the same server, token and CA options as the remote
+/// commands (an unreachable control plane exits 3, a refused token 4).
+pub fn fetch_live(server: &remote::Server) -> Result<Live, Failure> {
+    let client = server.client()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::input(format!("cannot start the runtime: {e}")))?;
+    let mut stored = runtime.block_on(client.table()).map_err(remote::failed)?;
+    stored.table.version = stored.version;
+    let version = stored.version;
+    let table = router_rules::validate(stored.table, None).map_err(|error| {
+        Failure::new(
+            EXIT_FINDING,
+            error.render(&format!("the table in force (version {version})")),
+        )
+    })?;
+    Ok(Live {
+        table,
+        server: client.server().to_owned(),
+    })
+}
+
+pub fn run(args: &RouteArgs, server: &remote::Server) -> Result<u8, Failure> {
+    // clap lets exactly one of --table and --live through.
+    let (table, origin) = match (&args.table, args.live) {
+        (Some(path), false) => (table_file::load_or_fail(path)?, None),
+        (None, true) => {
+            let live = fetch_live(server)?;
+            let origin = live.origin();
+            (live.table, Some(origin))
+        }
+        _ => return Err(Failure::input("give --table FILE or --live (one of them)")),
+    };
+    let origin = origin.as_deref();
     let entry = entry_region(&table, args.region.as_deref())?;
     let template = base_request(&table, args)?;
     if let Some(source) = &args.batch {
-        return batch::run(&table, entry, &template, source, args.output, args.each);
+        return batch::run(
+            &table,
+            origin,
+            entry,
+            &template,
+            source,
+            args.output,
+            args.each,
+        );
     }
     let mut request = template;
     let mut notes = Vec::new();
@@ -63,7 +124,7 @@ pub fn run(args: &RouteArgs) -> Result<u8, Failure> {
     let report = DecisionReport::new(&table, &decision, &request.method);
     match args.output {
         Output::Json => print_json(&report)?,
-        Output::Text => out!("{}", explain(&table, &request, &report, &notes)),
+        Output::Text => out!("{}", explain(&table, origin, &request, &report, &notes)),
     }
     Ok(0)
 }
@@ -102,9 +163,11 @@ fn default_path(table: &CompiledTable) -> String {
         .unwrap_or_else(|| "/".to_owned())
 }
 
-/// The decision, step by step, for people.
+/// The decision, step by step, for people; `origin`: where the table came from, when not
+/// from a file (`live, URL`).
 fn explain(
     table: &CompiledTable,
+    origin: Option<&str>,
     request: &SimpleRequest,
     report: &DecisionReport,
     notes: &[String],
@@ -115,7 +178,8 @@ fn explain(
         Some(q) => format!("{}?{q}", request.path),
         None => request.path.clone(),
     };
-    line("table", format!("version {}", report.table_version));
+    let from = origin.map(|o| format!(" ({o})")).unwrap_or_default();
+    line("table", format!("version {}{from}", report.table_version));
     line(
         "request",
         format!(

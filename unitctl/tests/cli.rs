@@ -119,6 +119,56 @@ fn input_errors_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("gap: slots 5000-5099"));
 }
 
+/// `route` takes --table FILE or --live, one of them; `diff` takes OLD NEW or --live FILE;
+/// --live without a control plane to ask is bad usage, and a broken FILE is found first.
+#[test]
+fn live_dry_runs_are_checked_as_usage() {
+    let no_server = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_unitctl"))
+            .args(args)
+            .env_remove("UNITGATE_SERVER")
+            .env_remove("UNITGATE_TOKEN")
+            .env_remove("UNITGATE_TOKEN_FILE")
+            .output()
+            .expect("unitctl runs")
+    };
+    let example = example();
+    for args in [
+        &["route", "--user", "1"][..],
+        &["route", "--table", &example, "--live", "--user", "1"],
+        &["diff", &example],
+        &["diff", "--live", &example, &example],
+        &["diff", &example, &example, "--live", &example],
+    ] {
+        let out = no_server(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Usage: unitctl"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for args in [
+        &["route", "--live", "--user", "1"][..],
+        &["diff", "--live", &example],
+    ] {
+        let out = no_server(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("UNITGATE_SERVER"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let broken = root()
+        .join("router-rules/tests/broken/gap.yaml")
+        .display()
+        .to_string();
+    let out = no_server(&["diff", "--live", &broken]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gap: slots 5000-5099"));
+}
+
 #[test]
 fn every_subcommand_has_help() {
     for sub in ["validate", "route", "diff", "schema"] {

@@ -1135,3 +1135,166 @@ async fn https_is_verified_against_the_trust_store_and_a_private_ca() {
     let out = with(&other_path, &["status"], &[("UNITGATE_CA", &cert_path)]).await;
     assert!(out.status.success(), "UNITGATE_CA: {}", text(&out));
 }
+
+/// `route --live` explains a request against the table in force and names its version; after
+/// a flip it shows the unit's new region. `diff --live FILE` compares FILE with the table in
+/// force: nothing against the table `table get` printed, the change of an edited copy, and a
+/// stale base. An unreachable control plane exits 3, a refused token 4.
+#[tokio::test(flavor = "multi_thread")]
+async fn route_and_diff_against_the_live_table() {
+    let p = plane().await;
+    let server = format!("http://{}", p.server.addr);
+    // User 4321 is in slot 4321, of unit u03, in sh.
+    let route = ["route", "--live", "--user", "4321", "--region", "hz"];
+    let out = p.unitctl(&p.operator, &route).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert_eq!(
+        shown.lines().next(),
+        Some(format!("table    version 1 (live, {server})").as_str()),
+        "{shown}"
+    );
+    assert!(shown.contains("region   sh: entered hz"), "{shown}");
+    let before = p.unitctl(&p.operator, &["table", "get"]).await;
+    assert!(before.status.success(), "{}", text(&before));
+    let before: serde_json::Value = parse(&before);
+
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip", "u03", "--to", "sz", "--delay-s", "0", "--wait"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let in_force = p.status().await.version;
+    assert!(in_force > 1, "the flip stored versions");
+
+    let out = p.unitctl(&p.operator, &route).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert_eq!(
+        shown.lines().next(),
+        Some(format!("table    version {in_force} (live, {server})").as_str()),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("unit     u03 (active)") && shown.contains("region   sz: entered hz"),
+        "{shown}"
+    );
+    let mut json = route.to_vec();
+    json.extend(["--output", "json"]);
+    let out = p.unitctl(&p.operator, &json).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = parse(&out);
+    assert_eq!(
+        (&report["table_version"], &report["unit"], &report["region"]),
+        (&in_force.into(), &"u03".into(), &"sz".into()),
+        "{report}"
+    );
+
+    // Batch mode reads the same table.
+    let users = write(&p.path, "users.txt", "4321\n4322\n1\n");
+    let out = p
+        .unitctl(&p.operator, &["route", "--live", "--batch", &users])
+        .await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.starts_with(&format!(
+            "3 requests, table version {in_force} (live, {server})"
+        )),
+        "{shown}"
+    );
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["route", "--live", "--batch", &users, "--output", "json"],
+        )
+        .await;
+    let summary: serde_json::Value = parse(&out);
+    assert_eq!(summary["table_version"], in_force, "{summary}");
+    assert!(
+        summary["by_region"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["region"] == "sz" && r["count"] == 2)),
+        "{summary}"
+    );
+
+    // diff --live: the table in force as `table get` printed it changes nothing.
+    let out = p.unitctl(&p.operator, &["table", "get"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let fetched: serde_json::Value = parse(&out);
+    let same = write(&p.path, "same.json", &String::from_utf8_lossy(&out.stdout));
+    let out = p.unitctl(&p.operator, &["diff", "--live", &same]).await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.starts_with(&format!(
+            "version {in_force} (live, {server}) -> {}",
+            in_force + 1
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("no routing change"), "{shown}");
+    assert!(!shown.contains("refused"), "{shown}");
+
+    // An edited copy: the change, exit 1; JSON names the version in force.
+    let edited = write(&p.path, "edited.json", &with_standby(&fetched, "u05", "sh"));
+    let out = p.unitctl(&p.operator, &["diff", "--live", &edited]).await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!("version {in_force} (live, {server})")),
+        "{shown}"
+    );
+    assert!(shown.contains("u05: changed standby"), "{shown}");
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["diff", "--live", &edited, "--output", "json"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let diff: serde_json::Value = parse(&out);
+    assert_eq!(diff["old_version"], in_force, "{diff}");
+    assert_eq!(diff["new_version"], in_force + 1, "{diff}");
+    assert_eq!(diff["units"][0]["unit"], "u05", "{diff}");
+    assert_eq!(diff["refusals"], serde_json::json!([]), "{diff}");
+
+    // The table as it was before the flip: u03 back in sh, and a stale base.
+    let stale = write(&p.path, "stale.json", &before.to_string());
+    let out = p
+        .unitctl(&p.operator, &["diff", "--live", &stale, "--output", "json"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let diff: serde_json::Value = parse(&out);
+    assert_eq!(
+        diff["units"][0]["region"],
+        serde_json::json!(["sz", "sh"]),
+        "{diff}"
+    );
+    assert!(
+        diff["refusals"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is an edit of version 1") && m.contains("409")),
+        "{diff}"
+    );
+
+    // A refused token: 4; a control plane that cannot be reached: 3.
+    let out = p.unitctl("not-a-token", &route).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let out = p.unitctl("not-a-token", &["diff", "--live", &same]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = listener.local_addr().expect("addr");
+    drop(listener);
+    for args in [&route[..], &["diff", "--live", &same]] {
+        let mut command = unitctl_command(args);
+        command
+            .env("UNITGATE_SERVER", format!("http://{gone}"))
+            .env("UNITGATE_TOKEN", &p.operator);
+        let out = run(command).await;
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+        assert!(out.stdout.is_empty(), "nothing on stdout: {}", text(&out));
+    }
+}
