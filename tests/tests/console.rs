@@ -1,0 +1,424 @@
+//! The web console (`/console/`) in a real browser: headless Chromium driven over WebDriver
+//! (Debian's `chromium` and `chromium-driver`, installed by scripts/install-test-deps), against
+//! a real control plane and three gateways.
+//!
+//! `UNITGATE_CONSOLE_SCREENSHOTS=1` also saves docs/console-overview.png and
+//! docs/console-flip.png.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use control_plane::auth::{hash_token, new_token};
+use fantoccini::{Client, ClientBuilder, Locator};
+use http::{Method, header};
+use serde_json::{Value, json};
+use unitgate_e2e::{Process, System, flip_request, free_port, send, users_of};
+
+/// How long the page may take to show something.
+const PAGE: Duration = Duration::from_secs(15);
+
+fn tool(var: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} is missing (set ${var} to use another): run scripts/install-test-deps, which installs Debian's chromium and chromium-driver",
+        path.display()
+    );
+    path
+}
+
+/// chromedriver on a free port, and a headless Chromium session through it.
+async fn browser(profile: &Path) -> (Process, Client) {
+    let port = free_port();
+    let mut command = Command::new(tool("CHROMEDRIVER_BIN", "/usr/bin/chromedriver"));
+    command.arg(format!("--port={port}"));
+    let driver = Process::spawn("chromedriver", command);
+    driver
+        .wait_line("chromedriver listening", |l| {
+            l.contains("started successfully")
+        })
+        .await;
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": tool("CHROMIUM_BIN", "/usr/bin/chromium"),
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--window-size=1500,1100",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session with headless Chromium");
+    (driver, client)
+}
+
+/// Run `script` (a function body that returns a value) in the page.
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"))
+}
+
+/// Wait until `script` returns something truthy; returns it.
+async fn wait_js(c: &Client, what: &str, script: &str) -> Value {
+    let deadline = Instant::now() + PAGE;
+    loop {
+        let value = js(c, script).await;
+        let truthy = match &value {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if truthy {
+            return value;
+        }
+        if Instant::now() > deadline {
+            let page = js(c, "return document.body.innerText;").await;
+            panic!("the page did not show {what} within {PAGE:?}; it shows:\n{page}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn click(c: &Client, selector: &str) {
+    let clicked = js(
+        c,
+        &format!(
+            "const el = document.querySelector({}); if (!el) return false; el.click(); return true;",
+            json!(selector)
+        ),
+    )
+    .await;
+    assert_eq!(clicked, Value::Bool(true), "no {selector} to click");
+}
+
+async fn type_into(c: &Client, selector: &str, text: &str) {
+    let input = c
+        .find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|e| panic!("{selector}: {e}"));
+    input.clear().await.expect("clear");
+    input.send_keys(text).await.expect("type");
+}
+
+async fn sign_in(c: &Client, token: &str) {
+    wait_js(
+        c,
+        "the sign-in form",
+        "return !document.getElementById('signin').hidden;",
+    )
+    .await;
+    type_into(c, "#token", token).await;
+    click(c, "#signin-button").await;
+}
+
+async fn sign_out(c: &Client) {
+    click(c, "#signout").await;
+    wait_js(
+        c,
+        "the sign-in form after signing out",
+        "return !document.getElementById('signin').hidden && sessionStorage.length === 0;",
+    )
+    .await;
+}
+
+/// The overview of the example table is on screen.
+async fn overview_shown(c: &Client) {
+    wait_js(
+        c,
+        "the overview",
+        "return document.querySelectorAll('#regions tr[data-unit]').length === 6 && !document.getElementById('app').hidden;",
+    )
+    .await;
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    if std::env::var_os("UNITGATE_CONSOLE_SCREENSHOTS").is_none() {
+        return;
+    }
+    let png = c.screenshot().await.expect("screenshot");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(name);
+    std::fs::write(&path, png).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The number of action buttons and unit selectors on the page.
+const ACTIONS: &str =
+    "return document.querySelectorAll('button.action, input.select-unit').length;";
+const SOME_ACTIONS: &str =
+    "return document.querySelectorAll('button.action, input.select-unit').length > 0;";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_the_system_and_runs_flips_by_role() {
+    let begun = Instant::now();
+    let mut system = System::start(Default::default()).await;
+    // A viewer token besides the harness's admin and operator ones.
+    let viewer = new_token();
+    let mut config = std::fs::read_to_string(&system.control_config).expect("control config");
+    config.push_str(&format!(
+        "  - {{ name: e2e-viewer, role: viewer, sha256: {} }}\n",
+        hash_token(&viewer)
+    ));
+    std::fs::write(&system.control_config, config).expect("control config");
+    system.restart_control().await;
+    let base = format!("http://{}", system.control_addr);
+
+    // The page and its files need no token, and carry the console's policy.
+    let anonymous = control_api::Client::new(&base, None, None).expect("client");
+    let page = anonymous
+        .send(Method::GET, "/console/", &[], None, unitgate_e2e::T)
+        .await
+        .expect("the console page");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.headers[header::CONTENT_SECURITY_POLICY],
+        control_plane::console::CSP
+    );
+    assert_eq!(page.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+
+    let profile = tempfile::tempdir().expect("profile dir");
+    let (_driver, c) = browser(profile.path()).await;
+    c.goto(&format!("{base}/console/"))
+        .await
+        .expect("open the console");
+
+    // A bad token: a clear message, nothing kept.
+    sign_in(&c, "not-a-token-of-this-control-plane-0123456789").await;
+    let message = wait_js(
+        &c,
+        "the bad-token message",
+        "const e = document.getElementById('signin-error'); return !e.hidden && e.textContent;",
+    )
+    .await;
+    assert!(
+        message
+            .as_str()
+            .unwrap_or_default()
+            .contains("token is not valid"),
+        "{message}"
+    );
+    assert_eq!(js(&c, "return sessionStorage.length;").await, json!(0));
+
+    // A viewer sees everything and no action.
+    sign_in(&c, &viewer).await;
+    overview_shown(&c).await;
+    wait_js(
+        &c,
+        "the viewer's role",
+        "return document.getElementById('who').textContent.includes('viewer');",
+    )
+    .await;
+    assert_eq!(js(&c, ACTIONS).await, json!(0), "a viewer sees no action");
+    click(&c, "#tabs [data-tab='operations']").await;
+    assert_eq!(js(&c, ACTIONS).await, json!(0), "a viewer sees no action");
+    // The token is kept in this tab's sessionStorage only.
+    assert_eq!(js(&c, "return document.cookie;").await, json!(""));
+    let url = c.current_url().await.expect("url");
+    assert!(!url.as_str().contains(&viewer), "{url}");
+    sign_out(&c).await;
+
+    // An operator flips a unit from the page, with a reason that looks like HTML.
+    let reason = "<img src=x onerror=alert(1)>";
+    sign_in(&c, &system.tokens.operator).await;
+    overview_shown(&c).await;
+    click(&c, "#tabs [data-tab='overview']").await;
+    wait_js(&c, "the operator's actions", SOME_ACTIONS).await;
+    click(&c, "button[data-action='flip'][data-unit='u03']").await;
+    wait_js(
+        &c,
+        "the flip dialog",
+        "return document.getElementById('confirm-dialog').open;",
+    )
+    .await;
+    let plan = js(
+        &c,
+        "return document.getElementById('dlg-plan-box').textContent;",
+    )
+    .await;
+    let plan = plan.as_str().unwrap_or_default();
+    for part in ["u03", "sh -> sz", "16.7% of users", "writes freeze"] {
+        assert!(plan.contains(part), "the plan shows {part:?}: {plan}");
+    }
+    c.find(Locator::Css("#dlg-check"))
+        .await
+        .expect("check")
+        .select_by_value("confirm")
+        .await
+        .expect("confirm check");
+    type_into(&c, "#dlg-reason", reason).await;
+    click(&c, "#confirm-go").await;
+    // The running flip as a timeline, waiting for the operator's confirmation.
+    wait_js(
+        &c,
+        "the running flip waiting for confirmation",
+        "const card = document.getElementById('flip-card'); return card && card.dataset.state === 'running' && !!card.querySelector('li.running[data-step=replication]') && !!card.querySelector('[data-action=confirm]');",
+    )
+    .await;
+    let shown = js(
+        &c,
+        "return document.getElementById('flip-reason').textContent;",
+    )
+    .await;
+    assert_eq!(shown, json!(reason), "the reason is shown as text");
+    assert_eq!(
+        js(&c, "return document.querySelectorAll('img').length;").await,
+        json!(0)
+    );
+    screenshot(&c, "console-flip.png").await;
+    click(&c, "#flip-card [data-action='confirm']").await;
+    wait_js(
+        &c,
+        "the flip succeeded",
+        "const card = document.getElementById('flip-card'); return card && card.dataset.state === 'succeeded';",
+    )
+    .await;
+    // A gateway of another region now sends u03's users to sz.
+    let user = &users_of("u03", 1)[0];
+    let outcome = send(
+        &system.gateway_client("hz"),
+        Method::GET,
+        "/cart",
+        &[("x-user-id", user)],
+    )
+    .await;
+    assert_eq!(
+        (outcome.status, outcome.body["region"].as_str()),
+        (200, Some("sz")),
+        "{outcome:?}"
+    );
+    // Past operations and the audit log show the reason as text, too.
+    wait_js(
+        &c,
+        "the flip among past operations",
+        &format!(
+            "const t = document.getElementById('past-table'); return !!t && t.textContent.includes({});",
+            json!(reason)
+        ),
+    )
+    .await;
+    click(&c, "#tabs [data-tab='audit']").await;
+    wait_js(
+        &c,
+        "the flip in the audit log",
+        &format!(
+            "const t = document.getElementById('audit-table'); return !!t && t.textContent.includes({});",
+            json!(reason)
+        ),
+    )
+    .await;
+    assert_eq!(
+        js(&c, "return document.querySelectorAll('img').length;").await,
+        json!(0)
+    );
+
+    // A flip made through the API shows on the overview within 2 s.
+    click(&c, "#tabs [data-tab='overview']").await;
+    let operator = system.control_client(&system.tokens.operator);
+    let accepted = operator
+        .start_flip(
+            "u05",
+            &flip_request(
+                json!({"to": "hz", "mode": "emergency", "reason": "e2e: made with the API"}),
+            ),
+        )
+        .await
+        .expect("flip accepted");
+    let asked = Instant::now();
+    wait_js(
+        &c,
+        "u05 in hz",
+        "const r = document.querySelector('#regions tr[data-unit=u05]'); return !!r && r.dataset.region === 'hz';",
+    )
+    .await;
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(2), "the overview took {took:?}");
+    system.wait_flip(&accepted.id).await;
+    wait_js(
+        &c,
+        "no flip running",
+        "return document.querySelectorAll('#regions tr[data-state=flipping]').length === 0;",
+    )
+    .await;
+    screenshot(&c, "console-overview.png").await;
+
+    // Evacuating a region: started, or said to be unavailable on this control plane.
+    click(&c, "button[data-action='evacuate'][data-region='sz']").await;
+    wait_js(
+        &c,
+        "the evacuation dialog",
+        "return document.getElementById('confirm-dialog').open;",
+    )
+    .await;
+    let plan = js(
+        &c,
+        "return document.getElementById('dlg-plan-box').textContent;",
+    )
+    .await;
+    assert!(plan.as_str().unwrap_or_default().contains("u06"), "{plan}");
+    type_into(&c, "#dlg-reason", "e2e: evacuate sz").await;
+    click(&c, "#confirm-go").await;
+    let answer = wait_js(
+        &c,
+        "the evacuation's answer",
+        "const e = document.getElementById('confirm-error'); if (!e.hidden) return 'error: ' + e.textContent; const n = document.getElementById('notice'); return !n.hidden && n.textContent.includes('Evacuation') && 'started: ' + n.textContent;",
+    )
+    .await;
+    let answer = answer.as_str().unwrap_or_default().to_owned();
+    if answer.starts_with("error: ") {
+        assert!(
+            answer.contains("not available on this control plane"),
+            "{answer}"
+        );
+        click(&c, "#confirm-cancel").await;
+    } else {
+        wait_js(
+            &c,
+            "the evacuation succeeded",
+            "const card = document.getElementById('flip-card'); return card && card.dataset.state === 'succeeded';",
+        )
+        .await;
+        let user = &users_of("u06", 1)[0];
+        let outcome = send(
+            &system.gateway_client("hz"),
+            Method::GET,
+            "/cart",
+            &[("x-user-id", user)],
+        )
+        .await;
+        assert_eq!(outcome.status, 200, "{outcome:?}");
+        assert_ne!(outcome.body["region"].as_str(), Some("sz"), "{outcome:?}");
+    }
+
+    // The dry run answers, or says it is not available.
+    click(&c, "#tabs [data-tab='dryrun']").await;
+    type_into(&c, "#dry-user", user).await;
+    click(&c, "#dry-run").await;
+    let dry = wait_js(
+        &c,
+        "the dry run's answer",
+        "const r = document.getElementById('dryrun-result'); return !r.textContent.includes('Asking') && r.textContent;",
+    )
+    .await;
+    let dry = dry.as_str().unwrap_or_default();
+    assert!(
+        dry.contains("not available on this control plane") || dry.contains("Against version"),
+        "{dry}"
+    );
+
+    sign_out(&c).await;
+    c.close().await.expect("close the browser");
+    eprintln!("console browser test took {:?}", begun.elapsed());
+}
