@@ -1191,7 +1191,7 @@ fn doc_commands() -> Vec<DocCommand> {
 
 /// Commands that are not run, each with why: they serve until stopped, or need a server, a
 /// cluster or systemd. Every entry must still match some command.
-const NOT_RUN: [(&str, &str); 9] = [
+const NOT_RUN: [(&str, &str); 11] = [
     ("unitgate-demo", "serves until stopped (the demo)"),
     ("curl ", "asks a running server (the demo, a control plane)"),
     (
@@ -1209,6 +1209,14 @@ const NOT_RUN: [(&str, &str); 9] = [
     (
         "unitctl (status|table|flip|flip-confirm|flip-cancel|flip-resolve|audit|gateway-forget)",
         "asks a control plane (the e2e tests run these against one)",
+    ),
+    (
+        "unitctl route --live",
+        "asks a control plane (unitctl's remote tests run it against one)",
+    ),
+    (
+        "unitctl diff --live",
+        "asks a control plane (unitctl's remote tests run it against one)",
     ),
     ("scripts/test", "is the test suite itself"),
     ("kubectl ", "needs a Kubernetes cluster"),
