@@ -383,15 +383,16 @@ pub fn tour(demo: &Demo, wan_delay: Duration) -> String {
         format!("source {env}"),
         format!("{unitctl} status"),
         String::new(),
-        "# a planned flip of u03 (sh -> sz) that waits for your confirmation...".to_owned(),
-        format!("{unitctl} flip u03 --to sz --confirm --reason demo --wait"),
-        "# ...meanwhile, in another terminal: u03 is write-frozen, writes get 503, reads flow"
+        // u04, not the README's u03: both flips work, in either order.
+        "# a planned flip of u04 (sh -> sz) that waits for your confirmation...".to_owned(),
+        format!("{unitctl} flip {TOUR_CONFIRM_UNIT} --to sz --confirm --reason demo --wait"),
+        "# ...meanwhile, in another terminal: u04 is write-frozen, writes get 503, reads flow"
             .to_owned(),
-        format!("curl -s -X POST -H 'X-User-Id: 4321' http://{hz}/cart"),
-        format!("curl -s -H 'X-User-Id: 4321' http://{hz}/cart"),
+        format!("curl -s -X POST -H 'X-User-Id: 5555' http://{hz}/cart"),
+        format!("curl -s -H 'X-User-Id: 5555' http://{hz}/cart"),
         format!("source {env}; {unitctl} flip-confirm <the flip id it printed>"),
-        "# after it, user 4321 is served in sz; the audit log has every step".to_owned(),
-        format!("curl -s -H 'X-User-Id: 4321' http://{hz}/cart"),
+        "# after it, user 5555 is served in sz; the audit log has every step".to_owned(),
+        format!("curl -s -H 'X-User-Id: 5555' http://{hz}/cart"),
         format!("{unitctl} audit"),
         String::new(),
         "# one gateway's view: the table it serves, and its metrics".to_owned(),
@@ -407,6 +408,10 @@ pub fn tour(demo: &Demo, wan_delay: Duration) -> String {
     out.push_str("\nCtrl-C stops everything. The next run starts again from the example table.\n");
     out
 }
+
+/// The unit the tour's confirmed flip moves (sh -> sz): another than the README's flip
+/// (u03), so that the tour works after it.
+pub const TOUR_CONFIRM_UNIT: &str = "u04";
 
 /// Stop the gateways (letting in-flight requests finish), then the control plane.
 pub async fn stop(demo: Demo) {

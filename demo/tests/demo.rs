@@ -96,6 +96,43 @@ async fn demo_routes_follows_its_control_plane_and_pays_the_wan_delay_once_per_h
         .await
         .expect("flip");
     assert_eq!(flip.unit, "u03");
+    // The tour's confirmed flip still has somewhere to go after the README's flip of u03.
+    let tour = unitgate_demo::tour(&demo, Duration::ZERO);
+    assert!(
+        tour.contains(&format!(
+            "flip {} --to sz --confirm",
+            unitgate_demo::TOUR_CONFIRM_UNIT
+        )),
+        "{tour}"
+    );
+    let confirmed = operator
+        .start_flip(
+            unitgate_demo::TOUR_CONFIRM_UNIT,
+            &FlipRequest {
+                to: "sz".into(),
+                mode: FlipMode::Planned,
+                reason: "tour".into(),
+                replication_check: None,
+                converge_timeout_s: None,
+            },
+        )
+        .await
+        .expect("the tour's flip is accepted");
+    // Let it finish before the control plane stops under it.
+    let deadline = tokio::time::Instant::now() + T;
+    while !operator
+        .flip(&confirmed.id)
+        .await
+        .expect("flip")
+        .state
+        .is_final()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tour's flip never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     unitgate_demo::stop(demo).await;
 
     // A second run in the same directory starts again from the example table.
