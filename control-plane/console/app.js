@@ -251,8 +251,14 @@
       if (generation !== state.generation) return;
       state.status = status;
       if (status.version !== state.tableVersion) {
-        const stored = await api("GET", "/v1/table");
-        state.table = stored && stored.table ? stored.table : null;
+        // Slot ranges and the regions' order; no table stored yet is a 404.
+        try {
+          const stored = await api("GET", "/v1/table");
+          state.table = stored && stored.table ? stored.table : null;
+        } catch (e) {
+          if (e.status !== 404) throw e;
+          state.table = null;
+        }
         state.tableVersion = status.version;
       }
       const running = status.units.some((u) => u.flip) || state.flips.some((f) => f.state === "running");
