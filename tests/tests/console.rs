@@ -212,7 +212,15 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
     );
     assert_eq!(js(&c, "return sessionStorage.length;").await, json!(0));
 
-    // A viewer sees everything and no action.
+    // A viewer sees everything and no action, a running flip included.
+    let operator = system.control_client(&system.tokens.operator);
+    let waiting = operator
+        .start_flip(
+            "u04",
+            &flip_request(json!({"to": "sz", "mode": "planned", "reason": "e2e: seen by a viewer", "replication_check": {"confirm": true}})),
+        )
+        .await
+        .expect("flip accepted");
     sign_in(&c, &viewer).await;
     overview_shown(&c).await;
     wait_js(
@@ -221,13 +229,47 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         "return document.getElementById('who').textContent.includes('viewer');",
     )
     .await;
+    // The stylesheet and the script loaded under the Content-Security-Policy.
+    assert_eq!(
+        js(
+            &c,
+            "return getComputedStyle(document.getElementById('top')).backgroundColor;"
+        )
+        .await,
+        json!("rgb(29, 35, 48)")
+    );
+    wait_js(
+        &c,
+        "u04 flipping",
+        "const r = document.querySelector('#regions tr[data-unit=u04]'); return !!r && r.dataset.state === 'flipping';",
+    )
+    .await;
     assert_eq!(js(&c, ACTIONS).await, json!(0), "a viewer sees no action");
     click(&c, "#tabs [data-tab='operations']").await;
+    wait_js(
+        &c,
+        "the running flip",
+        &format!(
+            "const card = document.getElementById('flip-card'); return !!card && card.dataset.flip === {} && !!card.querySelector('li.running[data-step=replication]');",
+            json!(waiting.id)
+        ),
+    )
+    .await;
+    assert_eq!(js(&c, ACTIONS).await, json!(0), "a viewer sees no action");
+    operator.cancel_flip(&waiting.id).await.expect("cancel");
+    wait_js(
+        &c,
+        "the flip rolled back",
+        "const card = document.getElementById('flip-card'); return !!card && card.dataset.state === 'rolled_back';",
+    )
+    .await;
     assert_eq!(js(&c, ACTIONS).await, json!(0), "a viewer sees no action");
     // The token is kept in this tab's sessionStorage only.
     assert_eq!(js(&c, "return document.cookie;").await, json!(""));
     let url = c.current_url().await.expect("url");
     assert!(!url.as_str().contains(&viewer), "{url}");
+    let html = js(&c, "return document.documentElement.outerHTML;").await;
+    assert!(!html.as_str().unwrap_or_default().contains(&viewer));
     sign_out(&c).await;
 
     // An operator flips a unit from the page, with a reason that looks like HTML.
@@ -326,7 +368,6 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
 
     // A flip made through the API shows on the overview within 2 s.
     click(&c, "#tabs [data-tab='overview']").await;
-    let operator = system.control_client(&system.tokens.operator);
     let accepted = operator
         .start_flip(
             "u05",
@@ -402,6 +443,55 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         assert_ne!(outcome.body["region"].as_str(), Some("sz"), "{outcome:?}");
     }
 
+    // Several units as one operation: started, or said to be unavailable.
+    wait_js(
+        &c,
+        "the unit selectors",
+        "return document.querySelectorAll('input.select-unit').length === 6;",
+    )
+    .await;
+    click(&c, "input.select-unit[data-unit=u02]").await;
+    click(&c, "input.select-unit[data-unit=u04]").await;
+    click(&c, "#multi-flip").await;
+    wait_js(
+        &c,
+        "the multi-unit flip dialog",
+        "return document.getElementById('confirm-dialog').open;",
+    )
+    .await;
+    let plan = js(
+        &c,
+        "return document.getElementById('dlg-plan-box').textContent;",
+    )
+    .await;
+    let plan = plan.as_str().unwrap_or_default();
+    for part in ["u02", "hz -> sh", "u04", "sh -> sz", "33.3% of users move"] {
+        assert!(plan.contains(part), "the plan shows {part:?}: {plan}");
+    }
+    type_into(&c, "#dlg-reason", "e2e: two units").await;
+    click(&c, "#confirm-go").await;
+    let answer = wait_js(
+        &c,
+        "the multi-unit flip's answer",
+        "const e = document.getElementById('confirm-error'); if (!e.hidden) return 'error: ' + e.textContent; const n = document.getElementById('notice'); return !n.hidden && n.textContent.includes('Flip 2 units') && 'started: ' + n.textContent;",
+    )
+    .await;
+    let answer = answer.as_str().unwrap_or_default().to_owned();
+    if answer.starts_with("error: ") {
+        assert!(
+            answer.contains("not available on this control plane"),
+            "{answer}"
+        );
+        click(&c, "#confirm-cancel").await;
+    } else {
+        wait_js(
+            &c,
+            "the multi-unit flip succeeded",
+            "const card = document.getElementById('flip-card'); return card && card.dataset.state === 'succeeded';",
+        )
+        .await;
+    }
+
     // The dry run answers, or says it is not available.
     click(&c, "#tabs [data-tab='dryrun']").await;
     type_into(&c, "#dry-user", user).await;
@@ -418,6 +508,13 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         "{dry}"
     );
 
+    let html = js(&c, "return document.documentElement.outerHTML;").await;
+    assert!(
+        !html
+            .as_str()
+            .unwrap_or_default()
+            .contains(&system.tokens.operator)
+    );
     sign_out(&c).await;
     c.close().await.expect("close the browser");
     eprintln!("console browser test took {:?}", begun.elapsed());
