@@ -11,6 +11,8 @@ pub mod process_metrics;
 pub mod throttle;
 pub mod tls;
 
+use std::collections::BTreeMap;
+
 use router_rules::RawTable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -222,6 +224,78 @@ pub struct FlipRequest {
     pub converge_timeout_s: Option<u64>,
 }
 
+/// Body of `POST /v1/flips`: several units moved as one operation, each step one version for
+/// all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MultiFlipRequest {
+    /// The units, each in the table and named once.
+    pub units: Vec<String>,
+    /// The region every unit moves to (or give `placement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Where each unit moves, by unit (instead of `to`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placement: BTreeMap<String, String>,
+    /// `planned` or `emergency`.
+    pub mode: FlipMode,
+    /// Why: kept in the audit log.
+    pub reason: String,
+    /// Planned flips: how to know the data caught up. Default: no wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_check: Option<ReplicationCheck>,
+    /// How long each "wait until every gateway applied it" step may take (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converge_timeout_s: Option<u64>,
+}
+
+/// Body of `POST /v1/regions/{region}/evacuate`: every unit living in the region moves out,
+/// as one multi-unit flip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvacuateRequest {
+    /// `planned` or `emergency` (the region is down).
+    pub mode: FlipMode,
+    /// Where every unit goes; default: each unit's standby region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Why: kept in the audit log.
+    pub reason: String,
+    /// Planned evacuations: how to know the data caught up. Default: no wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_check: Option<ReplicationCheck>,
+    /// How long each convergence step may take (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converge_timeout_s: Option<u64>,
+}
+
+/// Body of `POST /v1/regions/{region}/restore`: the units the region's last evacuation moved
+/// go back, as one planned multi-unit flip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Why: kept in the audit log.
+    pub reason: String,
+    /// How to know the data caught up. Default: no wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_check: Option<ReplicationCheck>,
+    /// How long each convergence step may take (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converge_timeout_s: Option<u64>,
+}
+
+/// One unit a flip moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlipUnit {
+    /// The unit.
+    pub unit: String,
+    /// The region it was in.
+    pub from: String,
+    /// The region it moves to.
+    pub to: String,
+}
+
 /// Answer to `POST /v1/units/{unit}/flip`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -407,6 +481,37 @@ pub struct FlipRecord {
     pub error: Option<String>,
     /// Steps, in the order they ran.
     pub steps: Vec<FlipStep>,
+    /// A flip of several units (`POST /v1/flips`, evacuations): each unit and where it goes.
+    /// Then `unit`, `from` and `to` name them all, comma-separated. Empty for a flip of one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<FlipUnit>,
+    /// The region this flip evacuates, or restores (`evacuate:hz`, `restore:hz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+impl FlipRecord {
+    /// Every unit the flip moves, with where from and where to.
+    pub fn moves(&self) -> Vec<FlipUnit> {
+        if self.units.is_empty() {
+            vec![FlipUnit {
+                unit: self.unit.clone(),
+                from: self.from.clone(),
+                to: self.to.clone(),
+            }]
+        } else {
+            self.units.clone()
+        }
+    }
+
+    /// Whether the flip moves `unit`.
+    pub fn moves_unit(&self, unit: &str) -> bool {
+        if self.units.is_empty() {
+            self.unit == unit
+        } else {
+            self.units.iter().any(|u| u.unit == unit)
+        }
+    }
 }
 
 /// How a change ended, in the audit log.

@@ -219,7 +219,7 @@ pub async fn write(cp: &ControlPlane, write: TableWrite) -> Result<u64, Refused>
         flip: None,
         detail,
     };
-    match cp.write_version(expected, stored, audit, None).await? {
+    match cp.write_version(expected, stored, audit, &[]).await? {
         PutOutcome::Stored(version) => Ok(version),
         PutOutcome::Stale(now) => Err(stale(now)),
         PutOutcome::LockLost => Err(Refused::new(

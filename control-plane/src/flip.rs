@@ -1,17 +1,19 @@
 //! Unit flips: the sequence of docs/control-plane.md ("Flips"), run as a task that records every
 //! step in the store, and the recovery of flips whose runner died.
 //!
-//! Each step that changes the table stores a new version derived from the version in force
-//! (so a table change made meanwhile is kept), fenced by the unit's flip lock. A rollback
-//! stores a version with the unit back in its pre-flip region and state: versions only grow,
-//! so "back to the pre-flip version" is a new version equal to it where the flip touched it.
+//! A flip moves one unit or several (`POST /v1/flips`, region evacuations) as one operation:
+//! each step that changes the table stores ONE new version for all its units, derived from
+//! the version in force (so a table change made meanwhile is kept), fenced by every unit's
+//! flip lock. A failed step rolls every unit back together: a version with each unit back in
+//! its pre-flip region and state (versions only grow, so "back to the pre-flip version" is a
+//! new version equal to it where the flip touched it).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use control_api::{
-    AuditEntry, AuditOutcome, FlipMode, FlipRecord, FlipState, FlipStep, StepName, StepOutcome,
-    StoredTable, now_ms,
+    AuditEntry, AuditOutcome, FlipMode, FlipRecord, FlipState, FlipStep, FlipUnit, StepName,
+    StepOutcome, StoredTable, now_ms,
 };
 use router_rules::{RawTable, UnitState};
 
@@ -49,15 +51,47 @@ fn placement(table: &RawTable, unit: &str) -> Option<Placement> {
         })
 }
 
+/// Where each of `moves`' units is, in `table` (`None` when one is missing).
+fn placements(table: &RawTable, moves: &[FlipUnit]) -> Option<Vec<Placement>> {
+    moves.iter().map(|m| placement(table, &m.unit)).collect()
+}
+
+/// Which end of its move a step puts each unit at.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    From,
+    To,
+}
+
 struct Runner {
     cp: Arc<ControlPlane>,
     flip: FlipRecord,
-    lock: UnitLock,
+    /// Every unit's lock, held to the end.
+    locks: Vec<UnitLock>,
+    /// `flip.moves()`, once.
+    moves: Vec<FlipUnit>,
 }
 
-/// Run `flip` to its end (it holds `lock`).
-pub async fn run(cp: Arc<ControlPlane>, flip: FlipRecord, lock: UnitLock) {
-    let mut runner = Runner { cp, flip, lock };
+impl Runner {
+    fn new(cp: Arc<ControlPlane>, flip: FlipRecord, locks: Vec<UnitLock>) -> Self {
+        let moves = flip.moves();
+        Self {
+            cp,
+            flip,
+            locks,
+            moves,
+        }
+    }
+
+    /// What every write must prove: each unit's lock is still held.
+    fn fences(&self) -> Vec<(String, String)> {
+        self.locks.iter().filter_map(UnitLock::fence).collect()
+    }
+}
+
+/// Run `flip` to its end (it holds every unit's lock).
+pub async fn run(cp: Arc<ControlPlane>, flip: FlipRecord, locks: Vec<UnitLock>) {
+    let mut runner = Runner::new(cp, flip, locks);
     let outcome = match runner.flip.mode {
         FlipMode::Planned => runner.planned().await,
         FlipMode::Emergency => runner.emergency().await,
@@ -68,27 +102,31 @@ pub async fn run(cp: Arc<ControlPlane>, flip: FlipRecord, lock: UnitLock) {
     }
 }
 
-/// Finish a flip whose runner stopped (a restart, or another replica's death): it holds
-/// `lock`. A unit already in its new region and active is a completed flip; anything else is
-/// rolled back.
-pub async fn recover(cp: Arc<ControlPlane>, flip: FlipRecord, lock: UnitLock) {
+/// Finish a flip whose runner stopped (a restart, or another replica's death): it holds every
+/// unit's lock. Every unit already in its new region and active is a completed flip; anything
+/// else is rolled back, every unit together.
+pub async fn recover(cp: Arc<ControlPlane>, flip: FlipRecord, locks: Vec<UnitLock>) {
     let owner = flip.owner.clone();
     let last_step = flip
         .steps
         .last()
         .map(|s| format!("{}", s.name))
         .unwrap_or_else(|| "start".into());
-    let mut runner = Runner { cp, flip, lock };
+    let mut runner = Runner::new(cp, flip, locks);
     runner.flip.owner = runner.cp.replica.clone();
-    let done = Placement {
-        region: runner.flip.to.clone(),
-        state: UnitState::Active,
-    };
+    let done: Vec<Placement> = runner
+        .moves
+        .iter()
+        .map(|m| Placement {
+            region: m.to.clone(),
+            state: UnitState::Active,
+        })
+        .collect();
     let now = runner
         .cp
         .store
         .current()
-        .and_then(|t| placement(&t.table, &runner.flip.unit));
+        .and_then(|t| placements(&t.table, &runner.moves));
     let why = format!(
         "the control plane running it ({owner}) stopped during step {last_step}; taken over by {}",
         runner.cp.replica
@@ -107,26 +145,24 @@ impl Runner {
     }
 
     async fn planned(&mut self) -> Result<(), String> {
-        let (from, to) = (self.flip.from.clone(), self.flip.to.clone());
         let frozen = self
-            .change(StepName::Freeze, &from, UnitState::WriteFrozen)
+            .change(StepName::Freeze, Side::From, UnitState::WriteFrozen)
             .await?;
         self.converge(StepName::ConvergeFreeze, frozen).await?;
         self.replication().await?;
         let switched = self
-            .change(StepName::Switch, &to, UnitState::WriteFrozen)
+            .change(StepName::Switch, Side::To, UnitState::WriteFrozen)
             .await?;
         self.converge(StepName::ConvergeSwitch, switched).await?;
         let unfrozen = self
-            .change(StepName::Unfreeze, &to, UnitState::Active)
+            .change(StepName::Unfreeze, Side::To, UnitState::Active)
             .await?;
         self.converge(StepName::ConvergeUnfreeze, unfrozen).await
     }
 
     async fn emergency(&mut self) -> Result<(), String> {
-        let to = self.flip.to.clone();
         let version = self
-            .change(StepName::EmergencySwitch, &to, UnitState::Active)
+            .change(StepName::EmergencySwitch, Side::To, UnitState::Active)
             .await?;
         // The old region is gone: waiting is for the record, and never undoes the switch.
         if let Err(why) = self.converge(StepName::ConvergeEmergency, version).await {
@@ -220,47 +256,52 @@ impl Runner {
             .await;
     }
 
-    /// Store a version with the unit in `region` and `state`. Skips the write when the unit
-    /// is already so (a recovered flip may find its step done).
+    /// Store one version with every unit at `side` of its move, in `state`. Skips the write
+    /// when they all are already so (a recovered flip may find its step done).
     async fn change(
         &mut self,
         name: StepName,
-        region: &str,
+        side: Side,
         state: UnitState,
     ) -> Result<u64, String> {
         self.begin(name).await;
         self.check_cancel(name).await?;
-        let result = self.store_placement(name, region, state).await;
+        let want: Vec<Placement> = self
+            .moves
+            .iter()
+            .map(|m| Placement {
+                region: match side {
+                    Side::From => m.from.clone(),
+                    Side::To => m.to.clone(),
+                },
+                state,
+            })
+            .collect();
+        let result = self.store_placements(name, &want).await;
         let step_result = result.clone().map(Some);
         self.end(step_result, None).await;
         result
     }
 
-    async fn store_placement(
-        &self,
-        name: StepName,
-        region: &str,
-        state: UnitState,
-    ) -> Result<u64, String> {
-        let want = Placement {
-            region: region.to_owned(),
-            state,
-        };
+    /// Store one version with each unit of the flip placed as `want` says (in `moves`'
+    /// order).
+    async fn store_placements(&self, name: StepName, want: &[Placement]) -> Result<u64, String> {
+        let targets: Vec<(&str, &str, UnitState)> = self
+            .moves
+            .iter()
+            .zip(want)
+            .map(|(m, p)| (m.unit.as_str(), p.region.as_str(), p.state))
+            .collect();
+        let fences = self.fences();
         // A table write made meanwhile (another unit's flip, an admin's change) wins the
         // race; the step is redone on top of it.
         for _ in 0..8 {
             let current = self.cp.store.current().ok_or("the store holds no table")?;
-            if placement(&current.table, &self.flip.unit).as_ref() == Some(&want) {
+            if placements(&current.table, &self.moves).as_deref() == Some(want) {
                 return Ok(current.version);
             }
             let version = current.version + 1;
-            let table = with_placement(
-                &current.table,
-                &self.flip.unit,
-                &want.region,
-                state,
-                version,
-            )?;
+            let table = with_placements(&current.table, &targets, version)?;
             router_rules::validate(table.clone(), None)
                 .map_err(|e| format!("the {name} table is invalid: {}", e.render("table")))?;
             let reason = format!("flip {} ({name}): {}", self.flip.id, self.flip.reason);
@@ -282,15 +323,20 @@ impl Runner {
                 reason: Some(self.flip.reason.clone()),
                 flip: Some(self.flip.id.clone()),
                 detail: Some(format!(
-                    "{name}: unit {} -> region {}, {}",
-                    self.flip.unit,
-                    want.region,
-                    state.as_str()
+                    "{name}: {}",
+                    targets
+                        .iter()
+                        .map(|(unit, region, state)| format!(
+                            "unit {unit} -> region {region}, {}",
+                            state.as_str()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 )),
             };
             match self
                 .cp
-                .write_version(current.version, stored, audit, self.lock.fence())
+                .write_version(current.version, stored, audit, &fences)
                 .await
                 .map_err(|e| e.to_string())?
             {
@@ -499,7 +545,7 @@ impl Runner {
 
     async fn roll_back(&mut self, why: String) {
         let pre = match self.cp.store.version(self.flip.pre_flip_version).await {
-            Ok(Some(stored)) => placement(&stored.table, &self.flip.unit),
+            Ok(Some(stored)) => placements(&stored.table, &self.moves),
             _ => None,
         };
         let Some(pre) = pre else {
@@ -517,7 +563,7 @@ impl Runner {
             .cp
             .store
             .current()
-            .and_then(|t| placement(&t.table, &self.flip.unit))
+            .and_then(|t| placements(&t.table, &self.moves))
             .as_ref()
             == Some(&pre);
         if unchanged {
@@ -526,9 +572,7 @@ impl Runner {
             return;
         }
         self.begin(StepName::Rollback).await;
-        let stored = self
-            .store_placement(StepName::Rollback, &pre.region, pre.state)
-            .await;
+        let stored = self.store_placements(StepName::Rollback, &pre).await;
         self.end(stored.clone().map(Some), None).await;
         match stored {
             Ok(version) => {
@@ -606,23 +650,41 @@ pub fn with_placement(
     state: UnitState,
     version: u64,
 ) -> Result<RawTable, String> {
+    with_placements(table, &[(unit, region, state)], version)
+}
+
+/// `table` with each `(unit, region, state)` of `targets` so placed, numbered `version`,
+/// validated.
+pub fn with_placements(
+    table: &RawTable,
+    targets: &[(&str, &str, UnitState)],
+    version: u64,
+) -> Result<RawTable, String> {
     let mut table = table.clone();
-    let placed = table
-        .units
-        .iter_mut()
-        .find(|u| u.name == unit)
-        .ok_or_else(|| format!("unit {unit} is no longer in the table"))?;
-    // Moving to the standby region makes the region left behind the new standby.
-    if placed.standby.as_deref() == Some(region) {
-        placed.standby = Some(placed.region.clone());
+    for &(unit, region, state) in targets {
+        let placed = table
+            .units
+            .iter_mut()
+            .find(|u| u.name == unit)
+            .ok_or_else(|| format!("unit {unit} is no longer in the table"))?;
+        // Moving to the standby region makes the region left behind the new standby.
+        if placed.standby.as_deref() == Some(region) {
+            placed.standby = Some(placed.region.clone());
+        }
+        placed.region = region.to_owned();
+        placed.state = state;
     }
-    placed.region = region.to_owned();
-    placed.state = state;
     table.version = version;
     router_rules::validate(table.clone(), None).map_err(|e| {
+        let placed: Vec<String> = targets
+            .iter()
+            .map(|(unit, region, state)| {
+                format!("unit {unit} in region {region}, {}", state.as_str())
+            })
+            .collect();
         format!(
-            "unit {unit} in region {region}, {}: the table would be invalid: {}",
-            state.as_str(),
+            "{}: the table would be invalid: {}",
+            placed.join("; "),
             e.render("table").trim_end()
         )
     })?;

@@ -154,7 +154,7 @@ impl ControlPlane {
             detail: None,
         };
         // Another replica may seed at the same moment; either copy is the same table.
-        self.write_version(0, stored, audit, None)
+        self.write_version(0, stored, audit, &[])
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
@@ -168,12 +168,12 @@ impl ControlPlane {
         expected: u64,
         stored: StoredTable,
         audit: AuditEntry,
-        fence: Option<(String, String)>,
+        fences: &[(String, String)],
     ) -> Result<PutOutcome, StoreError> {
         let digest = stored.digest.clone();
         let outcome = self
             .store
-            .put_table(expected, stored, capped(audit), fence)
+            .put_table(expected, stored, capped(audit), fences)
             .await?;
         if let PutOutcome::Stored(version) = outcome {
             self.metrics.table_writes.fetch_add(1, Ordering::Relaxed);
@@ -253,17 +253,21 @@ impl ControlPlane {
     /// Set an unreadable flip record aside, block its unit (when it can be told) until an
     /// operator resolves it, and say so in the log, the audit log and the metrics.
     async fn quarantine(&self, bad: &UnreadableFlip) {
-        let unit = self.unit_of_flip(bad).await;
-        let block = unit.map(|unit| UnitBlock {
-            unit,
-            flip: bad.id.clone(),
-            reason: format!(
-                "its record was unreadable and was quarantined: {}",
-                bad.error
-            ),
-            at_ms: now_ms(),
-        });
-        match self.store.quarantine_flip(bad, block.as_ref()).await {
+        let blocks: Vec<UnitBlock> = self
+            .units_of_flip(bad)
+            .await
+            .into_iter()
+            .map(|unit| UnitBlock {
+                unit,
+                flip: bad.id.clone(),
+                reason: format!(
+                    "its record was unreadable and was quarantined: {}",
+                    bad.error
+                ),
+                at_ms: now_ms(),
+            })
+            .collect();
+        match self.store.quarantine_flip(bad, &blocks).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => {
@@ -274,24 +278,29 @@ impl ControlPlane {
         self.metrics
             .flips_quarantined
             .fetch_add(1, Ordering::Relaxed);
-        let detail = match &block {
-            Some(block) => format!(
-                "unreadable flip record quarantined ({}); unit {} stays locked against flips until resolved",
-                bad.error, block.unit
-            ),
-            None => format!(
+        let units: Vec<&str> = blocks.iter().map(|b| b.unit.as_str()).collect();
+        let detail = if units.is_empty() {
+            format!(
                 "unreadable flip record quarantined ({}); its unit could not be told: check units left write_frozen",
                 bad.error
-            ),
+            )
+        } else {
+            format!(
+                "unreadable flip record quarantined ({}); unit {} stays locked against flips until resolved",
+                bad.error,
+                units.join(", ")
+            )
         };
         tracing::error!(flip = bad.id, %detail, "flip record quarantined");
         self.audit(AuditEntry {
             at_ms: now_ms(),
             actor: self.replica.clone(),
             action: "flip.quarantine".into(),
-            target: block
-                .as_ref()
-                .map_or_else(|| bad.id.clone(), |b| b.unit.clone()),
+            target: if units.is_empty() {
+                bad.id.clone()
+            } else {
+                units.join(",")
+            },
             outcome: AuditOutcome::Failed,
             status: None,
             version_before: Some(self.store.current_version()),
@@ -303,21 +312,29 @@ impl ControlPlane {
         .await;
     }
 
-    /// The unit of a flip whose record is unreadable: from its `flip.start` audit entry, else
-    /// from the record's own text.
-    async fn unit_of_flip(&self, bad: &UnreadableFlip) -> Option<String> {
+    /// The units of a flip whose record is unreadable: from its `flip.start` audit entry
+    /// (whose target names them, comma-separated), else from the record's own text.
+    async fn units_of_flip(&self, bad: &UnreadableFlip) -> Vec<String> {
+        let named = |list: &str| -> Vec<String> {
+            list.split(',')
+                .filter(|u| crate::store::is_file_name(u))
+                .map(str::to_owned)
+                .collect()
+        };
         if let Ok(entries) = self.store.audit_log().await
             && let Some(start) = entries
                 .iter()
                 .find(|e| e.action == "flip.start" && e.flip.as_deref() == Some(&bad.id))
         {
-            return Some(start.target.clone());
+            return named(&start.target);
         }
-        let after = bad.text.split("\"unit\"").nth(1)?;
-        let value = after.trim_start().strip_prefix(':')?.trim_start();
-        let value = value.strip_prefix('"')?;
-        let unit = &value[..value.find('"')?];
-        crate::store::is_file_name(unit).then(|| unit.to_owned())
+        let unit = || {
+            let after = bad.text.split("\"unit\"").nth(1)?;
+            let value = after.trim_start().strip_prefix(':')?.trim_start();
+            let value = value.strip_prefix('"')?;
+            Some(named(&value[..value.find('"')?]))
+        };
+        unit().unwrap_or_default()
     }
 
     /// Take over every running flip whose lock nobody holds (its runner is gone); quarantine
@@ -336,9 +353,10 @@ impl ControlPlane {
             }
         };
         for flip in flips.into_iter().filter(|f| f.state == FlipState::Running) {
-            let lock = match self.store.lock_unit(&flip.unit, &flip.id).await {
-                Ok(Some(lock)) => lock,
-                Ok(None) => continue,
+            let units: Vec<String> = flip.moves().into_iter().map(|m| m.unit).collect();
+            let locks = match self.store.lock_units(&units, &flip.id).await {
+                Ok(Ok(locks)) => locks,
+                Ok(Err(_)) => continue,
                 Err(error) => {
                     tracing::warn!(%error, flip = flip.id, "cannot take a flip lock");
                     continue;
@@ -351,7 +369,7 @@ impl ControlPlane {
             if flip.state.is_final() {
                 continue;
             }
-            tokio::spawn(flip::recover(self.clone(), flip, lock));
+            tokio::spawn(flip::recover(self.clone(), flip, locks));
         }
     }
 

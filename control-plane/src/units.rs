@@ -86,7 +86,12 @@ pub async fn resolve(
         audit.at_ms = stored.stored_at_ms;
         audit.version_after = Some(stored.version);
         match cp
-            .write_version(current.version, stored, audit, lock.fence())
+            .write_version(
+                current.version,
+                stored,
+                audit,
+                &Vec::from_iter(lock.fence()),
+            )
             .await?
         {
             PutOutcome::Stored(v) => version = v,

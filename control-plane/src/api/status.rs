@@ -44,7 +44,7 @@ pub async fn status(cp: &ControlPlane) -> Handled {
         flips
             .iter()
             .rev()
-            .find(|f| f.unit == unit && f.state == FlipState::Running)
+            .find(|f| f.moves_unit(unit) && f.state == FlipState::Running)
             .map(|f| f.id.clone())
     };
     let current = cp.store.current();

@@ -5,12 +5,27 @@
 
 use std::sync::Arc;
 
-use control_api::{AuditEntry, AuditOutcome, FlipMode, FlipRecord, FlipRequest, FlipState, now_ms};
+use control_api::{
+    AuditEntry, AuditOutcome, EvacuateRequest, FlipMode, FlipRecord, FlipRequest, FlipState,
+    FlipUnit, MultiFlipRequest, ReplicationCheck, RestoreRequest, now_ms,
+};
 use router_rules::UnitState;
 
 use crate::ControlPlane;
 use crate::refused::{Kind, Refused};
 use crate::store::FlipSignal;
+
+/// How a flip runs, whatever it moves.
+pub struct FlipOptions {
+    /// `planned` or `emergency`.
+    pub mode: FlipMode,
+    /// Why.
+    pub reason: String,
+    /// Planned flips: how to know the data caught up.
+    pub replication_check: Option<ReplicationCheck>,
+    /// Per convergence step.
+    pub converge_timeout_s: Option<u64>,
+}
 
 /// Start a flip of `unit` as `ask` says, on behalf of `actor`: checked, recorded, audited and
 /// running when this returns the record.
@@ -20,43 +35,254 @@ pub async fn start(
     unit: &str,
     ask: FlipRequest,
 ) -> Result<FlipRecord, Refused> {
+    let options = FlipOptions {
+        mode: ask.mode,
+        reason: ask.reason,
+        replication_check: ask.replication_check,
+        converge_timeout_s: ask.converge_timeout_s,
+    };
+    start_moves(cp, actor, &[(unit.to_owned(), ask.to)], options, None).await
+}
+
+/// Start one flip of several units (`POST /v1/flips`).
+pub async fn start_many(
+    cp: &Arc<ControlPlane>,
+    actor: &str,
+    ask: MultiFlipRequest,
+) -> Result<FlipRecord, Refused> {
+    let invalid = |m: String| Refused::new(Kind::Unprocessable, "invalid_flip", m);
+    if ask.units.is_empty() {
+        return Err(invalid("body.units: name at least one unit".into()));
+    }
+    if ask.units.len() > router_rules::validate::MAX_UNITS {
+        return Err(invalid(format!(
+            "body.units: {} units; at most {}",
+            ask.units.len(),
+            router_rules::validate::MAX_UNITS
+        )));
+    }
+    let moves: Vec<(String, String)> = match (&ask.to, ask.placement.is_empty()) {
+        (Some(to), true) => ask.units.iter().map(|u| (u.clone(), to.clone())).collect(),
+        (None, false) => {
+            let mut moves = Vec::new();
+            for unit in &ask.units {
+                let to = ask
+                    .placement
+                    .get(unit)
+                    .ok_or_else(|| invalid(format!("body.placement: no region for unit {unit}")))?;
+                moves.push((unit.clone(), to.clone()));
+            }
+            if let Some(extra) = ask.placement.keys().find(|u| !ask.units.contains(u)) {
+                return Err(invalid(format!(
+                    "body.placement.{extra}: not one of body.units"
+                )));
+            }
+            moves
+        }
+        _ => {
+            return Err(invalid(
+                "body: give either to (one region for every unit) or placement (a region per unit)"
+                    .into(),
+            ));
+        }
+    };
+    let options = FlipOptions {
+        mode: ask.mode,
+        reason: ask.reason,
+        replication_check: ask.replication_check,
+        converge_timeout_s: ask.converge_timeout_s,
+    };
+    start_moves(cp, actor, &moves, options, None).await
+}
+
+/// Evacuate `region`: every unit living there moves to `ask.to`, or to its standby region.
+pub async fn evacuate(
+    cp: &Arc<ControlPlane>,
+    actor: &str,
+    region: &str,
+    ask: EvacuateRequest,
+) -> Result<FlipRecord, Refused> {
     let current = cp
         .store
         .current()
         .ok_or_else(|| Refused::new(Kind::Conflict, "no_table", "no table stored yet"))?;
     let table = &current.table;
-    let Some(placed) = table.units.iter().find(|u| u.name == unit) else {
-        let known: Vec<&str> = table.units.iter().map(|u| u.name.as_str()).collect();
+    if !table.regions.iter().any(|r| r.name == region) {
+        let known: Vec<&str> = table.regions.iter().map(|r| r.name.as_str()).collect();
         return Err(Refused::new(
             Kind::NotFound,
-            "unknown_unit",
+            "unknown_region",
             format!(
-                "unit {unit:?} is not in the table (units: {})",
+                "region {region:?} is not in the table (regions: {})",
                 known.join(", ")
             ),
         ));
+    }
+    let invalid = |m: String| Refused::new(Kind::Unprocessable, "invalid_evacuation", m);
+    if ask.to.as_deref() == Some(region) {
+        return Err(invalid(format!(
+            "body.to: {region} is the region being evacuated"
+        )));
+    }
+    let mut moves = Vec::new();
+    for unit in table.units.iter().filter(|u| u.region == region) {
+        let to = match (&ask.to, &unit.standby) {
+            (Some(to), _) => to.clone(),
+            (None, Some(standby)) if standby != region => standby.clone(),
+            _ => {
+                return Err(invalid(format!(
+                    "unit {} has no standby region to go to; give body.to",
+                    unit.name
+                )));
+            }
+        };
+        moves.push((unit.name.clone(), to));
+    }
+    if moves.is_empty() {
+        return Err(Refused::new(
+            Kind::Conflict,
+            "nothing_to_move",
+            format!("no unit lives in region {region}"),
+        ));
+    }
+    let options = FlipOptions {
+        mode: ask.mode,
+        reason: ask.reason,
+        replication_check: ask.replication_check,
+        converge_timeout_s: ask.converge_timeout_s,
     };
+    start_moves(
+        cp,
+        actor,
+        &moves,
+        options,
+        Some(format!("evacuate:{region}")),
+    )
+    .await
+}
+
+/// Restore `region`: the units its last successful evacuation moved, and that are still
+/// where it put them, go back (a planned flip).
+pub async fn restore(
+    cp: &Arc<ControlPlane>,
+    actor: &str,
+    region: &str,
+    ask: RestoreRequest,
+) -> Result<FlipRecord, Refused> {
+    let evacuation = format!("evacuate:{region}");
+    let flips = cp.store.flips().await?;
+    let Some(last) = flips.iter().rev().find(|f| {
+        f.operation.as_deref() == Some(evacuation.as_str()) && f.state == FlipState::Succeeded
+    }) else {
+        return Err(Refused::new(
+            Kind::Conflict,
+            "nothing_to_restore",
+            format!("region {region} has no evacuation to undo"),
+        ));
+    };
+    let current = cp
+        .store
+        .current()
+        .ok_or_else(|| Refused::new(Kind::Conflict, "no_table", "no table stored yet"))?;
+    let moves: Vec<(String, String)> = last
+        .moves()
+        .into_iter()
+        .filter(|m| {
+            current
+                .table
+                .units
+                .iter()
+                .any(|u| u.name == m.unit && u.region == m.to)
+        })
+        .map(|m| (m.unit, m.from))
+        .collect();
+    if moves.is_empty() {
+        return Err(Refused::new(
+            Kind::Conflict,
+            "nothing_to_restore",
+            format!(
+                "no unit that evacuation {} moved is still where it put it",
+                last.id
+            ),
+        ));
+    }
+    let options = FlipOptions {
+        mode: FlipMode::Planned,
+        reason: ask.reason,
+        replication_check: ask.replication_check,
+        converge_timeout_s: ask.converge_timeout_s,
+    };
+    start_moves(
+        cp,
+        actor,
+        &moves,
+        options,
+        Some(format!("restore:{region}")),
+    )
+    .await
+}
+
+/// Start one flip moving each `(unit, to)` of `moves`: checked, recorded, audited and running
+/// when this returns the record. One move is a flip of one unit (its record names it alone).
+async fn start_moves(
+    cp: &Arc<ControlPlane>,
+    actor: &str,
+    moves: &[(String, String)],
+    options: FlipOptions,
+    operation: Option<String>,
+) -> Result<FlipRecord, Refused> {
+    let current = cp
+        .store
+        .current()
+        .ok_or_else(|| Refused::new(Kind::Conflict, "no_table", "no table stored yet"))?;
+    let table = &current.table;
     let invalid = |m: String| Refused::new(Kind::Unprocessable, "invalid_flip", m);
-    if !table.regions.iter().any(|r| r.name == ask.to) {
-        let known: Vec<&str> = table.regions.iter().map(|r| r.name.as_str()).collect();
-        return Err(invalid(format!(
-            "body.to: region {:?} is not in the table (regions: {})",
-            ask.to,
-            known.join(", ")
-        )));
+    let single = moves.len() == 1;
+    let mut units = Vec::with_capacity(moves.len());
+    for (i, (unit, to)) in moves.iter().enumerate() {
+        let at = if single {
+            "body.to".to_owned()
+        } else {
+            format!("body.units[{i}]")
+        };
+        let Some(placed) = table.units.iter().find(|u| &u.name == unit) else {
+            let known: Vec<&str> = table.units.iter().map(|u| u.name.as_str()).collect();
+            return Err(Refused::new(
+                Kind::NotFound,
+                "unknown_unit",
+                format!(
+                    "unit {unit:?} is not in the table (units: {})",
+                    known.join(", ")
+                ),
+            ));
+        };
+        if moves[..i].iter().any(|(u, _)| u == unit) {
+            return Err(invalid(format!("{at}: unit {unit} is named twice")));
+        }
+        if !table.regions.iter().any(|r| &r.name == to) {
+            let known: Vec<&str> = table.regions.iter().map(|r| r.name.as_str()).collect();
+            return Err(invalid(format!(
+                "{at}: region {to:?} is not in the table (regions: {})",
+                known.join(", ")
+            )));
+        }
+        if &placed.region == to {
+            return Err(invalid(format!(
+                "{at}: unit {unit} is already in region {to}"
+            )));
+        }
+        units.push(FlipUnit {
+            unit: unit.clone(),
+            from: placed.region.clone(),
+            to: to.clone(),
+        });
     }
-    if placed.region == ask.to {
-        return Err(invalid(format!(
-            "body.to: unit {unit} is already in region {}",
-            ask.to
-        )));
-    }
-    if ask.reason.trim().is_empty() {
+    if options.reason.trim().is_empty() {
         return Err(invalid(
             "body.reason: say why (it goes to the audit log)".into(),
         ));
     }
-    match (&ask.replication_check, ask.mode) {
+    match (&options.replication_check, options.mode) {
         (Some(_), FlipMode::Emergency) => {
             return Err(invalid(
                 "body.replication_check: emergency flips do not wait for replication; drop it or use mode planned".into(),
@@ -68,51 +294,47 @@ pub async fn start(
         (None, _) => {}
     }
     // Refuse now what a step would refuse later: the switched table must be valid.
-    super::with_placement(table, unit, &ask.to, UnitState::Active, current.version + 1)
-        .map_err(|m| invalid(format!("body.to: {m}")))?;
-    if ask.converge_timeout_s == Some(0) {
+    let targets: Vec<(&str, &str, UnitState)> = units
+        .iter()
+        .map(|u| (u.unit.as_str(), u.to.as_str(), UnitState::Active))
+        .collect();
+    super::with_placements(table, &targets, current.version + 1).map_err(|m| {
+        invalid(if single {
+            format!("body.to: {m}")
+        } else {
+            format!("body: {m}")
+        })
+    })?;
+    if options.converge_timeout_s == Some(0) {
         return Err(invalid(
             "body.converge_timeout_s: must be at least 1".into(),
         ));
     }
     let id = super::new_id();
-    let Some(lock) = cp.store.lock_unit(unit, &id).await? else {
-        if let Some(block) = cp.store.unit_block(unit).await? {
-            return Err(Refused::new(
-                Kind::Conflict,
-                "unit_locked",
-                block.describe(),
-            ));
+    let names: Vec<String> = units.iter().map(|u| u.unit.clone()).collect();
+    let locks = match cp.store.lock_units(&names, &id).await? {
+        Ok(locks) => locks,
+        Err(unit) => return Err(locked(cp, &unit).await?),
+    };
+    let joined = |f: fn(&FlipUnit) -> &str| {
+        let mut seen: Vec<&str> = Vec::new();
+        for u in &units {
+            if !seen.contains(&f(u)) {
+                seen.push(f(u));
+            }
         }
-        let running = cp
-            .store
-            .flips()
-            .await
-            .ok()
-            .and_then(|f| {
-                f.into_iter()
-                    .rev()
-                    .find(|f| f.unit == unit && f.state == FlipState::Running)
-            })
-            .map_or_else(String::new, |f| format!(" ({})", f.id));
-        return Err(Refused::new(
-            Kind::Conflict,
-            "flip_in_progress",
-            format!(
-                "a flip of unit {unit} is already running{running}; one flip per unit at a time"
-            ),
-        ));
+        seen.join(",")
     };
     let record = FlipRecord {
         id: id.clone(),
-        unit: unit.to_owned(),
-        from: placed.region.clone(),
-        to: ask.to.clone(),
-        mode: ask.mode,
-        reason: ask.reason.clone(),
+        unit: joined(|u| &u.unit),
+        from: joined(|u| &u.from),
+        to: joined(|u| &u.to),
+        mode: options.mode,
+        reason: options.reason.clone(),
         actor: actor.to_owned(),
-        replication_check: ask.replication_check.clone(),
-        converge_timeout_s: ask
+        replication_check: options.replication_check.clone(),
+        converge_timeout_s: options
             .converge_timeout_s
             .unwrap_or(super::DEFAULT_CONVERGE_TIMEOUT_S),
         pre_flip_version: current.version,
@@ -124,27 +346,61 @@ pub async fn start(
         cancel_requested: false,
         error: None,
         steps: Vec::new(),
+        units: if single { Vec::new() } else { units.clone() },
+        operation: operation.clone(),
     };
     cp.store.put_flip(&record).await?;
+    let what = units
+        .iter()
+        .map(|u| format!("{} {} -> {}", u.unit, u.from, u.to))
+        .collect::<Vec<_>>()
+        .join(", ");
     cp.audit(AuditEntry {
         at_ms: record.created_at_ms,
         actor: actor.to_owned(),
         action: "flip.start".into(),
-        target: unit.to_owned(),
+        target: record.unit.clone(),
         outcome: AuditOutcome::Ok,
         status: Some(202),
         version_before: Some(current.version),
         version_after: None,
-        reason: Some(ask.reason.clone()),
+        reason: Some(options.reason),
         flip: Some(id),
-        detail: Some(format!(
-            "{:?} flip {} -> {}",
-            ask.mode, record.from, record.to
-        )),
+        detail: Some(match &operation {
+            Some(operation) => format!("{:?} {operation}: {what}", options.mode),
+            None => format!("{:?} flip {what}", options.mode),
+        }),
     })
     .await;
-    tokio::spawn(super::run(cp.clone(), record.clone(), lock));
+    tokio::spawn(super::run(cp.clone(), record.clone(), locks));
     Ok(record)
+}
+
+/// Why `unit`'s lock is taken: a block an operator must resolve, or the flip that holds it.
+async fn locked(cp: &ControlPlane, unit: &str) -> Result<Refused, Refused> {
+    if let Some(block) = cp.store.unit_block(unit).await? {
+        return Ok(Refused::new(
+            Kind::Conflict,
+            "unit_locked",
+            block.describe(),
+        ));
+    }
+    let running = cp
+        .store
+        .flips()
+        .await
+        .ok()
+        .and_then(|f| {
+            f.into_iter()
+                .rev()
+                .find(|f| f.moves_unit(unit) && f.state == FlipState::Running)
+        })
+        .map_or_else(String::new, |f| format!(" ({})", f.id));
+    Ok(Refused::new(
+        Kind::Conflict,
+        "flip_in_progress",
+        format!("a flip of unit {unit} is already running{running}; one flip per unit at a time"),
+    ))
 }
 
 /// The flip `id`.

@@ -130,7 +130,7 @@ impl EtcdStore {
     pub(super) async fn quarantine_flip(
         &self,
         bad: &UnreadableFlip,
-        block: Option<&UnitBlock>,
+        blocks: &[UnitBlock],
     ) -> Result<bool, StoreError> {
         let flip_key = self.key(&format!("flips/{}", bad.id));
         let flip_key_for_compare = flip_key.clone();
@@ -147,7 +147,7 @@ impl EtcdStore {
             TxnOp::put(self.key(&format!("quarantine/flips/{}", bad.id)), raw, None),
             TxnOp::delete(flip_key, None),
         ];
-        if let Some(block) = block {
+        for block in blocks {
             // Without a lease: the block outlives every replica, until an operator lifts it.
             ops.push(TxnOp::put(
                 self.key(&format!("locks/{}", block.unit)),
@@ -214,7 +214,7 @@ impl EtcdStore {
         expected: u64,
         table: StoredTable,
         audit: AuditEntry,
-        fence: Option<(String, String)>,
+        fences: &[(String, String)],
     ) -> Result<PutOutcome, StoreError> {
         let current_key = self.key("table/current");
         let mut compares = vec![if expected == 0 {
@@ -222,7 +222,7 @@ impl EtcdStore {
         } else {
             Compare::value(current_key.clone(), CompareOp::Equal, expected.to_string())
         }];
-        if let Some((key, holder)) = &fence {
+        for (key, holder) in fences {
             compares.push(Compare::value(
                 key.clone(),
                 CompareOp::Equal,
@@ -246,7 +246,7 @@ impl EtcdStore {
             self.current.offer(Arc::new(table));
             return Ok(PutOutcome::Stored(version));
         }
-        if let Some((key, holder)) = &fence {
+        for (key, holder) in fences {
             let lock = kv.get(key.clone(), None).await.map_err(etcd)?;
             if lock.kvs().first().map(|kv| kv.value()) != Some(holder.as_bytes()) {
                 return Ok(PutOutcome::LockLost);

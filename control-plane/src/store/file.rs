@@ -153,9 +153,9 @@ impl FileStore {
     pub(super) fn quarantine_flip(
         &self,
         bad: &UnreadableFlip,
-        block: Option<&UnitBlock>,
+        blocks: &[UnitBlock],
     ) -> Result<bool, StoreError> {
-        if let Some(block) = block {
+        for block in blocks {
             write_json(
                 &self.dir.join(BLOCKS),
                 &Self::block_file(&block.unit),
@@ -232,7 +232,7 @@ impl FileStore {
         table: StoredTable,
         audit: AuditEntry,
         // One replica: flip locks live in this process and cannot be lost while it runs.
-        _fence: Option<(String, String)>,
+        _fences: &[(String, String)],
     ) -> Result<PutOutcome, StoreError> {
         let _guard = self.write.lock().await;
         let current = self.current.get().map_or(0, |t| t.version);

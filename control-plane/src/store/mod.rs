@@ -316,18 +316,18 @@ impl Store {
     }
 
     /// Store `table` as the next version if the version in force is `expected`, with the
-    /// audit entry that records it, as one change. `fence`: a lock that must still be held.
+    /// audit entry that records it, as one change. `fences`: locks that must still be held.
     pub async fn put_table(
         &self,
         expected: u64,
         table: StoredTable,
         audit: AuditEntry,
-        fence: Option<(String, String)>,
+        fences: &[(String, String)],
     ) -> Result<PutOutcome, StoreError> {
         match self {
-            Store::File(s) => s.put_table(expected, table, audit, fence).await,
+            Store::File(s) => s.put_table(expected, table, audit, fences).await,
             #[cfg(feature = "etcd")]
-            Store::Etcd(s) => s.put_table(expected, table, audit, fence).await,
+            Store::Etcd(s) => s.put_table(expected, table, audit, fences).await,
         }
     }
 
@@ -381,17 +381,17 @@ impl Store {
         }
     }
 
-    /// Move an unreadable flip record aside and, when its unit is known, block the unit.
-    /// `false` when another replica did it first.
+    /// Move an unreadable flip record aside and block the units it moved (those that can be
+    /// told). `false` when another replica did it first.
     pub async fn quarantine_flip(
         &self,
         bad: &UnreadableFlip,
-        block: Option<&UnitBlock>,
+        blocks: &[UnitBlock],
     ) -> Result<bool, StoreError> {
         match self {
-            Store::File(s) => s.quarantine_flip(bad, block),
+            Store::File(s) => s.quarantine_flip(bad, blocks),
             #[cfg(feature = "etcd")]
-            Store::Etcd(s) => s.quarantine_flip(bad, block).await,
+            Store::Etcd(s) => s.quarantine_flip(bad, blocks).await,
         }
     }
 
@@ -451,6 +451,28 @@ impl Store {
                 backend: LockBackend::Etcd(Box::new(lock)),
             })),
         }
+    }
+
+    /// Take the flip locks of every unit of `units` for flip `holder`, in name order (so that
+    /// two operations over overlapping units never hold one each of the other's), or the
+    /// first unit whose lock someone else holds; then none is kept.
+    pub async fn lock_units(
+        &self,
+        units: &[String],
+        holder: &str,
+    ) -> Result<Result<Vec<UnitLock>, String>, StoreError> {
+        let mut ordered: Vec<&String> = units.iter().collect();
+        ordered.sort();
+        ordered.dedup();
+        let mut held = Vec::with_capacity(ordered.len());
+        for unit in ordered {
+            match self.lock_unit(unit, holder).await? {
+                Some(lock) => held.push(lock),
+                // Dropping `held` lets go of those taken so far.
+                None => return Ok(Err(unit.clone())),
+            }
+        }
+        Ok(Ok(held))
     }
 
     /// The fleet as the store recorded it (before this process started, or by other
