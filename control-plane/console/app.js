@@ -341,7 +341,8 @@
   }
 
   function movesText(flip) {
-    return flipUnits(flip).map((m) => m.unit + " " + m.from + " -> " + m.to).join(", ");
+    const moves = flipUnits(flip).map((m) => m.unit + " " + m.from + " -> " + m.to).join(", ");
+    return flip.operation ? flip.operation + ": " + moves : moves;
   }
 
   // ---- rendering -------------------------------------------------------------------------
@@ -552,7 +553,8 @@
       }
     }
     el.replaceChildren(h("div", { class: "card", id: "flip-card", "data-flip": flip.id, "data-state": flip.state },
-      h("div", { class: "card-head" }, h("h3", { class: "grow mono" }, flip.id), outcomeBadge(flip.state), badge(flip.mode)),
+      h("div", { class: "card-head" }, h("h3", { class: "grow mono" }, flip.id), flip.operation ? badge(flip.operation) : null,
+        outcomeBadge(flip.state), badge(flip.mode)),
       h("table", { class: "plan" }, h("tbody", null, moves.map((m) => h("tr", null,
         h("td", null, h("strong", null, m.unit)), h("td", null, m.from + " -> " + m.to),
         h("td", { class: "muted" }, unitStatus(m.unit) ? share(unitStatus(m.unit).slots) + " of users" : "")))))
@@ -773,18 +775,23 @@
       regions().filter((r) => r !== region).map((r) => h("option", { value: r }, r)));
     const mode = h("select", { id: "dlg-mode" }, h("option", { value: "planned" }, "planned"), h("option", { value: "emergency" }, "emergency"));
     const reason = h("input", { id: "dlg-reason", type: "text", required: true, maxlength: "1000" });
+    const check = checkControls();
     const plan = h("div", { id: "dlg-plan-box" });
     const refresh = () => plan.replaceChildren(...(units.length
       ? planTable(units.map((u) => ({ unit: u.name, from: region, to: target.value || u.standby || "" })), mode.value)
       : [h("p", { class: "muted" }, "No unit lives in " + region + ".")]));
     openDialog("Evacuate " + region, "Start evacuation", (body) => {
-      body.append(plan, field("To", target), field("Mode", mode), field("Reason", reason));
+      body.append(plan, field("To", target), field("Mode", mode), ...check.nodes, field("Reason", reason));
       target.addEventListener("change", refresh);
       mode.addEventListener("change", refresh);
       refresh();
     }, async () => {
       const body = { mode: mode.value, reason: reason.value };
       if (target.value) body.to = target.value;
+      if (mode.value === "planned") {
+        const c = check.value();
+        if (c) body.replication_check = c;
+      }
       let accepted;
       try {
         accepted = await api("POST", "/v1/regions/" + encodeURIComponent(region) + "/evacuate", body);
@@ -798,15 +805,20 @@
 
   function openRestore(region) {
     const reason = h("input", { id: "dlg-reason", type: "text", required: true, maxlength: "1000" });
+    const check = checkControls();
     openDialog("Restore " + region, "Start restore", (body) => {
       body.append(
         h("p", null, "Puts back, as one planned flip, the units the last evacuation of " + region +
           " moved: their writes freeze from the freeze until the unfreeze."),
+        ...check.nodes,
         field("Reason", reason));
     }, async () => {
       let accepted;
+      const body = { reason: reason.value };
+      const c = check.value();
+      if (c) body.replication_check = c;
       try {
-        accepted = await api("POST", "/v1/regions/" + encodeURIComponent(region) + "/restore", { reason: reason.value });
+        accepted = await api("POST", "/v1/regions/" + encodeURIComponent(region) + "/restore", body);
       } catch (e) {
         if (notAvailable(e)) e.userMessage = "Region restore is not available on this control plane.";
         throw e;
