@@ -418,6 +418,7 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
     )
     .await;
     let answer = answer.as_str().unwrap_or_default().to_owned();
+    eprintln!("from the page: {answer}");
     if answer.starts_with("error: ") {
         assert!(
             answer.contains("not available on this control plane"),
@@ -477,6 +478,7 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
     )
     .await;
     let answer = answer.as_str().unwrap_or_default().to_owned();
+    eprintln!("from the page: {answer}");
     if answer.starts_with("error: ") {
         assert!(
             answer.contains("not available on this control plane"),
