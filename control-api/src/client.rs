@@ -574,6 +574,34 @@ impl Client {
         self.post(&fill(paths::UNIT_FLIP, &[unit]), request).await
     }
 
+    /// `POST /v1/flips`: start one flip of several units.
+    pub async fn start_flips(
+        &self,
+        request: &crate::MultiFlipRequest,
+    ) -> Result<FlipAccepted, ClientError> {
+        self.post(paths::FLIPS, request).await
+    }
+
+    /// `POST /v1/regions/{region}/evacuate`: move every unit living in `region` out of it.
+    pub async fn evacuate(
+        &self,
+        region: &str,
+        request: &crate::EvacuateRequest,
+    ) -> Result<FlipAccepted, ClientError> {
+        self.post(&fill(paths::REGION_EVACUATE, &[region]), request)
+            .await
+    }
+
+    /// `POST /v1/regions/{region}/restore`: undo `region`'s last evacuation.
+    pub async fn restore(
+        &self,
+        region: &str,
+        request: &crate::RestoreRequest,
+    ) -> Result<FlipAccepted, ClientError> {
+        self.post(&fill(paths::REGION_RESTORE, &[region]), request)
+            .await
+    }
+
     /// `GET /v1/flips`: every flip, oldest first.
     pub async fn flips(&self) -> Result<Vec<FlipRecord>, ClientError> {
         self.get(paths::FLIPS).await

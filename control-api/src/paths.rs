@@ -23,6 +23,10 @@ pub const FLIP: &str = "/v1/flips/{id}";
 pub const FLIP_CONFIRM: &str = "/v1/flips/{id}/confirm";
 /// `POST`: cancel a running flip.
 pub const FLIP_CANCEL: &str = "/v1/flips/{id}/cancel";
+/// `POST`: move every unit living in a region out of it, as one flip.
+pub const REGION_EVACUATE: &str = "/v1/regions/{region}/evacuate";
+/// `POST`: undo a region's last evacuation.
+pub const REGION_RESTORE: &str = "/v1/regions/{region}/restore";
 /// `POST`: settle a unit whose flip could not be recovered.
 pub const UNIT_RESOLVE: &str = "/v1/units/{unit}/resolve";
 /// `GET`: every gateway seen.
@@ -89,6 +93,8 @@ pub const ALL: &[&str] = &[
     FLIP_CONFIRM,
     FLIP_CANCEL,
     UNIT_RESOLVE,
+    REGION_EVACUATE,
+    REGION_RESTORE,
     GATEWAYS,
     GATEWAY,
     STATUS,

@@ -114,10 +114,21 @@ fn bound_integers(value: &mut Value) {
 
 /// What the handlers check of a body beyond its types, said in the schema so that a request
 /// the document calls valid is one the server takes: (component, property, keyword, value).
-fn body_constraints() -> [(&'static str, &'static str, &'static str, Value); 6] {
+fn body_constraints() -> [(&'static str, &'static str, &'static str, Value); 12] {
     [
         ("FlipRequest", "reason", "pattern", json!(NOT_BLANK)),
         ("FlipRequest", "converge_timeout_s", "minimum", json!(1)),
+        ("MultiFlipRequest", "reason", "pattern", json!(NOT_BLANK)),
+        (
+            "MultiFlipRequest",
+            "converge_timeout_s",
+            "minimum",
+            json!(1),
+        ),
+        ("EvacuateRequest", "reason", "pattern", json!(NOT_BLANK)),
+        ("EvacuateRequest", "converge_timeout_s", "minimum", json!(1)),
+        ("RestoreRequest", "reason", "pattern", json!(NOT_BLANK)),
+        ("RestoreRequest", "converge_timeout_s", "minimum", json!(1)),
         ("ResolveRequest", "reason", "pattern", json!(NOT_BLANK)),
         ("GatewayReport", "gateway", "pattern", json!(NAME)),
         ("GatewayReport", "region", "pattern", json!(NAME)),
@@ -156,6 +167,11 @@ fn request_body(op: Op) -> Option<Value> {
             "application/yaml": { "schema": reference("RoutingTable") },
         }),
         Op::StartFlip => json!({ "application/json": { "schema": reference("FlipRequest") } }),
+        Op::StartFlips => {
+            json!({ "application/json": { "schema": reference("MultiFlipRequest") } })
+        }
+        Op::Evacuate => json!({ "application/json": { "schema": reference("EvacuateRequest") } }),
+        Op::Restore => json!({ "application/json": { "schema": reference("RestoreRequest") } }),
         Op::Report => json!({ "application/json": { "schema": reference("GatewayReport") } }),
         Op::ResolveUnit => {
             json!({ "application/json": { "schema": reference("ResolveRequest") } })
@@ -170,7 +186,7 @@ fn success_schema(op: Op) -> Option<Value> {
         Op::GetTable | Op::GetVersion => reference("StoredTable"),
         Op::Plan => reference("PlanResult"),
         Op::PutTable => reference("PutResult"),
-        Op::StartFlip => reference("FlipAccepted"),
+        Op::StartFlip | Op::StartFlips | Op::Evacuate | Op::Restore => reference("FlipAccepted"),
         Op::ListFlips => json!({ "type": "array", "items": reference("FlipRecord") }),
         Op::GetFlip => reference("FlipRecord"),
         Op::Gateways => json!({ "type": "array", "items": reference("GatewayStatus") }),
@@ -193,7 +209,7 @@ fn links(op: Op) -> Option<Value> {
         })
     };
     Some(match op {
-        Op::StartFlip => json!({
+        Op::StartFlip | Op::StartFlips | Op::Evacuate | Op::Restore => json!({
             "GetFlip": to(Op::GetFlip, "id", "$response.body#/id", "The flip's record."),
             "ConfirmFlip": to(Op::ConfirmFlip, "id", "$response.body#/id", "Confirm its data caught up."),
             "CancelFlip": to(Op::CancelFlip, "id", "$response.body#/id", "Roll it back."),
@@ -312,6 +328,18 @@ pub fn document() -> Value {
         (
             "ResolveRequest",
             schema::<control_api::ResolveRequest>(&mut schemas),
+        ),
+        (
+            "MultiFlipRequest",
+            schema::<control_api::MultiFlipRequest>(&mut schemas),
+        ),
+        (
+            "EvacuateRequest",
+            schema::<control_api::EvacuateRequest>(&mut schemas),
+        ),
+        (
+            "RestoreRequest",
+            schema::<control_api::RestoreRequest>(&mut schemas),
         ),
         (
             "ResolveResult",

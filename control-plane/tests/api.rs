@@ -19,7 +19,8 @@ fn sample(method: &Method, path: &str) -> (String, Option<(bytes::Bytes, &'stati
     let path = path
         .replace("{n}", "1")
         .replace("{unit}", "u01")
-        .replace("{id}", "f0-none");
+        .replace("{id}", "f0-none")
+        .replace("{region}", "hz");
     let path = if path == paths::WATCH {
         format!("{path}?after=0&gateway=hz-matrix&region=hz&timeout_s=0")
     } else {

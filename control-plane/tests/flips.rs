@@ -566,3 +566,174 @@ async fn a_replication_probe_over_https_carries_the_configured_header() {
     );
     assert!(*authorised.lock().unwrap_or_else(|e| e.into_inner()) >= 1);
 }
+
+/// Each gateway's table, by version, with the placement of `units` in it.
+async fn all_serve_placed(gateways: &[Gateway], version: u64, placed: &[(&str, (&str, &str))]) {
+    for g in gateways {
+        applied(g, version).await;
+        let table = g.store.current().expect("table");
+        for (unit, (region, state)) in placed {
+            assert_eq!(
+                unit_placement(table.table.raw(), unit),
+                ((*region).to_owned(), (*state).to_owned()),
+                "{unit} at a gateway"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planned_evacuation_is_three_versions_for_all_its_units_and_a_restore_undoes_it() {
+    let s = setup(3).await;
+    let operator = s.cp.client(&s.tokens.operator);
+    // sz holds u05 and u06, both with standby hz.
+    let evacuation = operator
+        .evacuate(
+            "sz",
+            &serde_json::from_value(serde_json::json!({
+                "mode": "planned", "reason": "sz maintenance"
+            }))
+            .expect("request"),
+        )
+        .await
+        .expect("evacuation accepted");
+    let flip = wait_flip(&operator, &evacuation.id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    assert_eq!(flip.operation.as_deref(), Some("evacuate:sz"));
+    let moved: Vec<(&str, &str, &str)> = flip
+        .units
+        .iter()
+        .map(|u| (u.unit.as_str(), u.from.as_str(), u.to.as_str()))
+        .collect();
+    assert_eq!(moved, [("u05", "sz", "hz"), ("u06", "sz", "hz")]);
+    // One version per step for both units: freeze (2), switch (3), unfreeze (4).
+    for (version, placed) in [
+        (2, ("sz", "write_frozen")),
+        (3, ("hz", "write_frozen")),
+        (4, ("hz", "active")),
+    ] {
+        let stored = operator.table_version(version).await.expect("version");
+        for unit in ["u05", "u06"] {
+            assert_eq!(
+                unit_placement(&stored.table, unit),
+                (placed.0.to_owned(), placed.1.to_owned()),
+                "{unit} in version {version}"
+            );
+        }
+    }
+    assert_eq!(operator.table().await.expect("table").version, 4);
+    all_serve_placed(
+        &s.gateways,
+        4,
+        &[("u05", ("hz", "active")), ("u06", ("hz", "active"))],
+    )
+    .await;
+
+    // Restore: back to sz, planned, three more versions.
+    let restore = operator
+        .restore(
+            "sz",
+            &serde_json::from_value(serde_json::json!({ "reason": "sz is back" }))
+                .expect("request"),
+        )
+        .await
+        .expect("restore accepted");
+    let flip = wait_flip(&operator, &restore.id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    assert_eq!(flip.operation.as_deref(), Some("restore:sz"));
+    all_serve_placed(
+        &s.gateways,
+        7,
+        &[("u05", ("sz", "active")), ("u06", ("sz", "active"))],
+    )
+    .await;
+    // Nothing left to restore; nothing lives in an empty region's evacuation.
+    let again = operator
+        .restore(
+            "sz",
+            &serde_json::from_value(serde_json::json!({ "reason": "twice" })).expect("request"),
+        )
+        .await
+        .expect_err("nothing to restore");
+    assert_eq!(again.status(), Some(StatusCode::CONFLICT), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_failed_check_rolls_every_unit_back_and_overlapping_operations_are_refused() {
+    let s = setup(3).await;
+    let probe = lagging_probe().await;
+    let operator = s.cp.client(&s.tokens.operator);
+    let many = operator
+        .start_flips(
+            &serde_json::from_value(serde_json::json!({
+                "units": ["u03", "u04"], "to": "sz", "mode": "planned", "reason": "drill",
+                "replication_check": {"url": format!("http://{probe}/lag"), "timeout_s": 2}
+            }))
+            .expect("request"),
+        )
+        .await
+        .expect("accepted");
+    // While it waits for replication, no other operation may touch its units.
+    let frozen = support::flip_until(&operator, &many.id, "frozen", |f| {
+        f.steps
+            .iter()
+            .any(|step| step.name == StepName::Replication)
+    })
+    .await;
+    assert_eq!(frozen.unit, "u03,u04");
+    let overlapping = start_flip(
+        &operator,
+        "u04",
+        serde_json::json!({"to": "hz", "mode": "emergency", "reason": "other"}),
+    )
+    .await
+    .expect_err("u04 is taken");
+    assert_eq!(overlapping.status(), Some(StatusCode::CONFLICT));
+    assert!(overlapping.to_string().contains(&many.id), "{overlapping}");
+    let evacuation = operator
+        .evacuate(
+            "sh",
+            &serde_json::from_value(serde_json::json!({"mode": "emergency", "reason": "other"}))
+                .expect("request"),
+        )
+        .await
+        .expect_err("sh's units are taken");
+    assert_eq!(evacuation.status(), Some(StatusCode::CONFLICT));
+    // The check fails: both units go back together, in one version.
+    let flip = wait_flip(&operator, &many.id).await;
+    assert_eq!(flip.state, FlipState::RolledBack, "{flip:?}");
+    let names: Vec<StepName> = flip.steps.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [
+            StepName::Freeze,
+            StepName::ConvergeFreeze,
+            StepName::Replication,
+            StepName::Rollback,
+            StepName::ConvergeRollback
+        ]
+    );
+    all_serve_placed(
+        &s.gateways,
+        3,
+        &[("u03", ("sh", "active")), ("u04", ("sh", "active"))],
+    )
+    .await;
+    // Its locks are free again: an emergency evacuation of sh moves both in one version.
+    let evacuation = operator
+        .evacuate(
+            "sh",
+            &serde_json::from_value(serde_json::json!({"mode": "emergency", "reason": "sh down"}))
+                .expect("request"),
+        )
+        .await
+        .expect("evacuation accepted");
+    let flip = wait_flip(&operator, &evacuation.id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    all_serve_placed(
+        &s.gateways,
+        4,
+        &[("u03", ("sz", "active")), ("u04", ("sz", "active"))],
+    )
+    .await;
+}

@@ -45,6 +45,12 @@ pub enum Op {
     Report,
     /// `POST /v1/units/{unit}/resolve`.
     ResolveUnit,
+    /// `POST /v1/flips`.
+    StartFlips,
+    /// `POST /v1/regions/{region}/evacuate`.
+    Evacuate,
+    /// `POST /v1/regions/{region}/restore`.
+    Restore,
     /// `DELETE /v1/gateways/{id}`.
     ForgetGateway,
 }
@@ -157,6 +163,30 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Op::ListFlips,
         "Every flip, oldest first.",
         &[200, 503],
+    ),
+    endpoint(
+        Method::POST,
+        paths::FLIPS,
+        Need::Operate,
+        Op::StartFlips,
+        "Start one flip of several units: each step is one version for all of them; a failed step rolls every unit back.",
+        &[202, 400, 404, 409, 413, 422, 503],
+    ),
+    endpoint(
+        Method::POST,
+        paths::REGION_EVACUATE,
+        Need::Operate,
+        Op::Evacuate,
+        "Move every unit living in a region out of it (to each unit's standby, or to `to`), as one flip.",
+        &[202, 400, 404, 409, 413, 422, 503],
+    ),
+    endpoint(
+        Method::POST,
+        paths::REGION_RESTORE,
+        Need::Operate,
+        Op::Restore,
+        "Move back, as one planned flip, the units the region's last evacuation moved.",
+        &[202, 400, 409, 413, 422, 503],
     ),
     endpoint(
         Method::GET,

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use control_api::{FlipAccepted, FlipRequest, FlipSignalled, ResolveRequest};
+use control_api::{
+    EvacuateRequest, FlipAccepted, FlipRequest, FlipSignalled, MultiFlipRequest, ResolveRequest,
+    RestoreRequest,
+};
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 
@@ -19,7 +22,43 @@ pub async fn start_flip(
 ) -> Handled {
     let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
     let ask: FlipRequest = parse_json_body(&body)?;
-    let record = flip::admit::start(cp, actor, unit, ask).await?;
+    accepted(flip::admit::start(cp, actor, unit, ask).await?)
+}
+
+pub async fn start_flips(
+    cp: &Arc<ControlPlane>,
+    actor: &str,
+    request: Request<Incoming>,
+) -> Handled {
+    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
+    let ask: MultiFlipRequest = parse_json_body(&body)?;
+    accepted(flip::admit::start_many(cp, actor, ask).await?)
+}
+
+pub async fn evacuate(
+    cp: &Arc<ControlPlane>,
+    actor: &str,
+    region: &str,
+    request: Request<Incoming>,
+) -> Handled {
+    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
+    let ask: EvacuateRequest = parse_json_body(&body)?;
+    accepted(flip::admit::evacuate(cp, actor, region, ask).await?)
+}
+
+pub async fn restore(
+    cp: &Arc<ControlPlane>,
+    actor: &str,
+    region: &str,
+    request: Request<Incoming>,
+) -> Handled {
+    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
+    let ask: RestoreRequest = parse_json_body(&body)?;
+    accepted(flip::admit::restore(cp, actor, region, ask).await?)
+}
+
+/// `202` with where to follow a started flip.
+fn accepted(record: control_api::FlipRecord) -> Handled {
     let location = control_api::paths::fill(control_api::paths::FLIP, &[&record.id]);
     let mut reply = json(
         StatusCode::ACCEPTED,

@@ -146,8 +146,15 @@ async fn route(cp: &Arc<ControlPlane>, request: Request<Incoming>) -> Reply {
     };
     // Table writes and flip steps are audited with the change itself (atomically with it);
     // every other mutating call, and every refusal, is audited here.
-    let audited_inside =
-        matches!(op, Op::PutTable | Op::StartFlip | Op::ResolveUnit) && reply.status().is_success();
+    let audited_inside = matches!(
+        op,
+        Op::PutTable
+            | Op::StartFlip
+            | Op::StartFlips
+            | Op::Evacuate
+            | Op::Restore
+            | Op::ResolveUnit
+    ) && reply.status().is_success();
     // A gateway token used outside its binding, or naming a version never stored, is
     // audited even on the read-only watch.
     let gateway_refused = matches!(op, Op::Watch | Op::Report)
@@ -176,7 +183,9 @@ async fn audit_call(
     let status = reply.status();
     let action = match endpoint.op {
         Op::PutTable => "table.put",
-        Op::StartFlip => "flip.start",
+        Op::StartFlip | Op::StartFlips => "flip.start",
+        Op::Evacuate => "region.evacuate",
+        Op::Restore => "region.restore",
         Op::ConfirmFlip => "flip.confirm",
         Op::CancelFlip => "flip.cancel",
         Op::Report => "gateway.report",
@@ -232,6 +241,9 @@ async fn dispatch(
         Op::ConfirmFlip => flips::signal_flip(cp, param(0), FlipSignal::Confirm).await,
         Op::CancelFlip => flips::signal_flip(cp, param(0), FlipSignal::Cancel).await,
         Op::ResolveUnit => flips::resolve_unit(cp, actor, param(0), request).await,
+        Op::StartFlips => flips::start_flips(cp, actor, request).await,
+        Op::Evacuate => flips::evacuate(cp, actor, param(0), request).await,
+        Op::Restore => flips::restore(cp, actor, param(0), request).await,
         Op::Gateways => gateways::list_gateways(cp),
         Op::ForgetGateway => gateways::forget_gateway(cp, param(0)).await,
         Op::Watch => gateways::watch(cp, principal, request.uri().query()).await,
