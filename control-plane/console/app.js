@@ -502,6 +502,8 @@
   }
 
   function convergedText(version) {
+    // A status read before this version was stored says nothing about it yet.
+    if (!state.status || state.status.version < version) return "";
     const gateways = (state.status ? state.status.gateways : []).filter((g) => !g.stale);
     const done = gateways.filter((g) => g.applied_version >= version && !g.diverged).length;
     return done + "/" + gateways.length + " gateways applied v" + version;

@@ -2,8 +2,9 @@
 //! (Debian's `chromium` and `chromium-driver`, installed by scripts/install-test-deps), against
 //! a real control plane and three gateways.
 //!
-//! `UNITGATE_CONSOLE_SCREENSHOTS=1` also saves docs/console-overview.png and
-//! docs/console-flip.png.
+//! `UNITGATE_CONSOLE_SCREENSHOTS=1` also saves docs/console-overview.png,
+//! docs/console-flip.png and (where the control plane evacuates regions)
+//! docs/console-evacuation.png.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -306,7 +307,7 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
     wait_js(
         &c,
         "the running flip waiting for confirmation",
-        "const card = document.getElementById('flip-card'); return card && card.dataset.state === 'running' && !!card.querySelector('li.running[data-step=replication]') && !!card.querySelector('[data-action=confirm]');",
+        "const card = document.getElementById('flip-card'); return card && card.dataset.state === 'running' && !!card.querySelector('li.running[data-step=replication]') && !!card.querySelector('[data-action=confirm]') && card.querySelector('li[data-step=converge_freeze]').textContent.includes('3/3 gateways applied');",
     )
     .await;
     let shown = js(
@@ -409,6 +410,12 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
     )
     .await;
     assert!(plan.as_str().unwrap_or_default().contains("u06"), "{plan}");
+    c.find(Locator::Css("#dlg-check"))
+        .await
+        .expect("check")
+        .select_by_value("confirm")
+        .await
+        .expect("confirm check");
     type_into(&c, "#dlg-reason", "e2e: evacuate sz").await;
     click(&c, "#confirm-go").await;
     let answer = wait_js(
@@ -426,6 +433,25 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         );
         click(&c, "#confirm-cancel").await;
     } else {
+        // A running evacuation, waiting for the operator: every unit of sz frozen at once.
+        wait_js(
+            &c,
+            "the running evacuation waiting for confirmation",
+            "const card = document.getElementById('flip-card'); return card && card.dataset.state === 'running' && !!card.querySelector('li.running[data-step=replication]') && !!card.querySelector('[data-action=confirm]') && card.querySelector('li[data-step=converge_freeze]').textContent.includes('3/3 gateways applied');",
+        )
+        .await;
+        let moves = js(
+            &c,
+            "return document.getElementById('flip-card').textContent;",
+        )
+        .await;
+        let moves = moves.as_str().unwrap_or_default();
+        assert!(
+            moves.contains("u03") && moves.contains("u06") && moves.contains("evacuate:sz"),
+            "{moves}"
+        );
+        screenshot(&c, "console-evacuation.png").await;
+        click(&c, "#flip-card [data-action='confirm']").await;
         wait_js(
             &c,
             "the evacuation succeeded",
@@ -442,6 +468,24 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         .await;
         assert_eq!(outcome.status, 200, "{outcome:?}");
         assert_ne!(outcome.body["region"].as_str(), Some("sz"), "{outcome:?}");
+        // And restored from the page: u06 lives in sz again.
+        click(&c, "#tabs [data-tab='overview']").await;
+        click(&c, "button[data-action='restore'][data-region='sz']").await;
+        wait_js(
+            &c,
+            "the restore dialog",
+            "return document.getElementById('confirm-dialog').open;",
+        )
+        .await;
+        type_into(&c, "#dlg-reason", "e2e: restore sz").await;
+        click(&c, "#confirm-go").await;
+        wait_js(
+            &c,
+            "u06 back in sz",
+            "const r = document.querySelector('#regions tr[data-unit=u06]'); return !!r && r.dataset.region === 'sz' && document.querySelectorAll('#regions tr[data-state=flipping]').length === 0;",
+        )
+        .await;
+        click(&c, "#tabs [data-tab='overview']").await;
     }
 
     // Several units as one operation: started, or said to be unavailable.
