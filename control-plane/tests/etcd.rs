@@ -336,3 +336,61 @@ async fn an_unreadable_flip_record_on_etcd_is_quarantined_and_its_unit_locked() 
     let done = flip_until(&via_b, &again.id, "ended", |f| f.state.is_final()).await;
     assert_eq!(done.state, FlipState::Succeeded, "{done:?}");
 }
+
+/// An evacuation through replica A, held at its replication check with both units frozen;
+/// A dies. B takes it over once A's leases expire and rolls both units back in one version:
+/// never one moved and the other not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_mid_evacuation_leaves_every_unit_the_same_way_on_etcd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path()).await;
+    let tokens = Tokens::new();
+    let store = etcd_store(&etcd, "/evacuation/");
+    let mut a = ControlProcess::start(&write_config(
+        dir.path(),
+        "a",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    let b = ControlProcess::start(&write_config(
+        dir.path(),
+        "b",
+        "127.0.0.1:0",
+        &store,
+        &tokens,
+    ));
+    let via_a = a.client(&tokens.operator);
+    let via_b = b.client(&tokens.operator);
+    let request = serde_json::from_value(serde_json::json!({
+        "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}
+    }))
+    .expect("request");
+    let accepted = via_a.evacuate("sz", &request).await.expect("evacuation");
+    let held = flip_until(&via_b, &accepted.id, "held at replication", |f| {
+        f.steps
+            .last()
+            .is_some_and(|s| s.name == StepName::Replication && s.outcome == StepOutcome::Running)
+    })
+    .await;
+    assert_eq!(held.owner, "a");
+    let frozen = via_b.table().await.expect("table");
+    for unit in ["u05", "u06"] {
+        assert_eq!(
+            unit_placement(&frozen.table, unit),
+            ("sz".into(), "write_frozen".into())
+        );
+    }
+    a.kill9();
+    let ended = flip_until(&via_b, &accepted.id, "taken over", |f| f.state.is_final()).await;
+    assert_eq!(ended.state, FlipState::RolledBack, "{ended:?}");
+    assert_eq!(ended.owner, "b");
+    let now = via_b.table().await.expect("table");
+    assert_eq!(now.version, frozen.version + 1, "one rollback version");
+    for unit in ["u05", "u06"] {
+        assert_eq!(
+            unit_placement(&now.table, unit),
+            ("sz".into(), "active".into())
+        );
+    }
+}

@@ -170,3 +170,93 @@ async fn kill_9_between_flip_steps_loses_nothing() {
         audit_after_end(&operator, &id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_evacuation_ends_every_unit_the_same_way() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let config = file_plane_config(dir.path(), &tokens);
+    let mut cp = ControlProcess::start(&config);
+    // sz holds u05 and u06 (standby hz). Killed with both frozen in sz, then with both
+    // switched to hz and still frozen: each time both go back to sz together.
+    for (round, kill_at) in [StepName::Replication, StepName::ConvergeSwitch]
+        .into_iter()
+        .enumerate()
+    {
+        let operator = cp.client(&tokens.operator);
+        let gateway = cp.client(tokens.gateway("hz"));
+        let before = operator.table().await.expect("table");
+        report(&gateway, before.version).await;
+        let request = control_api::EvacuateRequest {
+            mode: FlipMode::Planned,
+            to: None,
+            reason: format!("round {round}"),
+            replication_check: Some(ReplicationCheck {
+                confirm: Some(true),
+                ..Default::default()
+            }),
+            converge_timeout_s: Some(60),
+        };
+        let id = operator
+            .evacuate("sz", &request)
+            .await
+            .expect("evacuation accepted")
+            .id;
+        flip_until(
+            &operator,
+            &id,
+            "converge_freeze",
+            waiting_at(StepName::ConvergeFreeze),
+        )
+        .await;
+        report(&gateway, before.version + 1).await;
+        let mut at = flip_until(
+            &operator,
+            &id,
+            "replication",
+            waiting_at(StepName::Replication),
+        )
+        .await;
+        if kill_at == StepName::ConvergeSwitch {
+            operator.confirm_flip(&id).await.expect("confirmed");
+            at = flip_until(
+                &operator,
+                &id,
+                "converge_switch",
+                waiting_at(StepName::ConvergeSwitch),
+            )
+            .await;
+            let switched = operator.table().await.expect("table");
+            for unit in ["u05", "u06"] {
+                assert_eq!(
+                    unit_placement(&switched.table, unit),
+                    ("hz".to_owned(), "write_frozen".to_owned())
+                );
+            }
+        }
+        assert!(waiting_at(kill_at)(&at), "{at:?}");
+
+        cp.kill9();
+        cp = ControlProcess::start(&config);
+        let operator = cp.client(&tokens.operator);
+        let flip = flip_until(&operator, &id, "recovered", |f| f.state.is_final()).await;
+        assert_eq!(flip.state, FlipState::RolledBack, "round {round}: {flip:?}");
+        assert_eq!(
+            flip.steps
+                .iter()
+                .filter(|s| s.name == StepName::Rollback)
+                .count(),
+            1,
+            "one rollback version for both units: {flip:?}"
+        );
+        let now = operator.table().await.expect("table");
+        for unit in ["u05", "u06"] {
+            assert_eq!(
+                unit_placement(&now.table, unit),
+                ("sz".to_owned(), "active".to_owned()),
+                "round {round}: {unit}"
+            );
+        }
+        audit_after_end(&operator, &id).await;
+    }
+}
