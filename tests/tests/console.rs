@@ -366,6 +366,30 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         js(&c, "return document.querySelectorAll('img').length;").await,
         json!(0)
     );
+    // Filtered by kind and actor, newest first.
+    c.find(Locator::Css("#audit-action"))
+        .await
+        .expect("action filter")
+        .select_by_value("flip.start")
+        .await
+        .expect("flip.start");
+    type_into(&c, "#audit-actor", "e2e-operator").await;
+    let rows = wait_js(
+        &c,
+        "the audit log filtered",
+        "const rows = [...document.querySelectorAll('#audit-table tbody tr')].map((r) => [r.cells[1].textContent, r.cells[2].textContent, r.cells[3].textContent]); return rows.length > 0 && rows.every((r) => r[0] === 'e2e-operator' && r[1] === 'flip.start') && rows;",
+    )
+    .await;
+    let targets: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r[2].as_str())
+        .collect();
+    assert!(
+        targets.len() >= 2 && targets[0].starts_with("u03") && targets[1].starts_with("u04"),
+        "{rows}"
+    );
 
     // A flip made through the API shows on the overview within 2 s.
     click(&c, "#tabs [data-tab='overview']").await;
