@@ -191,7 +191,8 @@ pub enum FlipMode {
 pub struct ReplicationCheck {
     /// Probe URL (`http://` or `https://`), polled until it answers `200` with a body of `0`,
     /// `lag 0` or a JSON object whose `lag` is `0`. The CA and headers it is called with are
-    /// the control plane's `replication_probe` configuration.
+    /// the control plane's `replication_probe` configuration. `{unit}` in it stands for the
+    /// unit: a flip of several units probes each unit's URL, in parallel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// How long the probe may take to say `lag 0` (default 60 s); also the wait for an

@@ -23,6 +23,10 @@ use crate::store::{PutOutcome, UnitLock};
 
 pub mod admit;
 
+/// In a replication probe's URL, the unit it asks about: a flip of several units probes each
+/// unit's URL, in parallel.
+pub const UNIT_PLACEHOLDER: &str = "{unit}";
+
 /// Default wait for a convergence step.
 pub const DEFAULT_CONVERGE_TIMEOUT_S: u64 = 30;
 /// Default wait for a replication probe or an operator's confirmation.
@@ -416,7 +420,20 @@ impl Runner {
         let check = self.flip.replication_check.clone().unwrap_or_default();
         let timeout = Duration::from_secs(check.timeout_s.unwrap_or(DEFAULT_REPLICATION_TIMEOUT_S));
         let result = if let Some(url) = &check.url {
-            self.probe(url, timeout).await
+            if url.contains(UNIT_PLACEHOLDER) && self.moves.len() > 1 {
+                // A probe per unit, all at once: the step takes as long as the slowest.
+                let probes = self
+                    .moves
+                    .iter()
+                    .map(|m| url.replace(UNIT_PLACEHOLDER, &m.unit))
+                    .collect::<Vec<_>>();
+                futures_util::future::try_join_all(probes.iter().map(|u| self.probe(u, timeout)))
+                    .await
+                    .map(|answers| answers.join("; "))
+            } else {
+                let url = url.replace(UNIT_PLACEHOLDER, &self.flip.unit);
+                self.probe(&url, timeout).await
+            }
         } else if check.confirm == Some(true) {
             self.wait_for_confirmation(timeout).await
         } else if let Some(delay) = check.delay_s {
@@ -740,7 +757,7 @@ pub fn check_replication(check: &control_api::ReplicationCheck) -> Result<(), St
         return Err("replication_check: give exactly one of url, confirm or delay_s".into());
     }
     if let Some(url) = &check.url {
-        split_url(url)?;
+        split_url(&url.replace(UNIT_PLACEHOLDER, "u"))?;
     }
     if check.confirm == Some(false) {
         return Err("replication_check.confirm: must be true when given".into());

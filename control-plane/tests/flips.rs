@@ -737,3 +737,83 @@ async fn one_failed_check_rolls_every_unit_back_and_overlapping_operations_are_r
     )
     .await;
 }
+
+/// A replication monitor that says `lag 0` for the units in `caught_up` and `{"lag": 9}` for
+/// any other, by the last path segment (`/lag/u03`).
+async fn monitor_by_unit(caught_up: &'static [&'static str]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                let unit = request.uri().path().rsplit('/').next().unwrap_or_default();
+                let body: &'static [u8] = if caught_up.contains(&unit) {
+                    b"lag 0"
+                } else {
+                    b"{\"lag\": 9}"
+                };
+                async move {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(body)),
+                    ))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flip_of_several_units_probes_each_units_replication() {
+    let s = setup(0).await;
+    let operator = s.cp.client(&s.tokens.operator);
+    let flip_both = |probe: std::net::SocketAddr| {
+        serde_json::from_value::<control_api::MultiFlipRequest>(serde_json::json!({
+            "units": ["u03", "u04"], "to": "sz", "mode": "planned", "reason": "drill",
+            "replication_check": {"url": format!("http://{probe}/lag/{{unit}}"), "timeout_s": 1}
+        }))
+        .expect("request")
+    };
+    // u04's data is behind: the whole operation rolls back, naming u04's probe.
+    let behind = monitor_by_unit(&["u03"]).await;
+    let id = operator
+        .start_flips(&flip_both(behind))
+        .await
+        .expect("accepted")
+        .id;
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::RolledBack, "{flip:?}");
+    let error = flip.error.unwrap_or_default();
+    assert!(
+        error.contains("/lag/u04") && !error.contains("/lag/u03"),
+        "{error}"
+    );
+    // Both caught up: it goes through, each unit's probe asked.
+    let caught_up = monitor_by_unit(&["u03", "u04"]).await;
+    let id = operator
+        .start_flips(&flip_both(caught_up))
+        .await
+        .expect("accepted")
+        .id;
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    let replication = flip
+        .steps
+        .iter()
+        .find(|step| step.name == StepName::Replication)
+        .and_then(|step| step.detail.clone())
+        .unwrap_or_default();
+    assert!(
+        replication.contains("/lag/u03") && replication.contains("/lag/u04"),
+        "{replication}"
+    );
+}
