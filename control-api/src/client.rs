@@ -602,6 +602,15 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/flips/{id}/extend`: wait `seconds` longer for flip `id`'s confirmation.
+    pub async fn extend_flip(&self, id: &str, seconds: u64) -> Result<FlipSignalled, ClientError> {
+        self.post(
+            &fill(paths::FLIP_EXTEND, &[id]),
+            &crate::ExtendRequest { seconds },
+        )
+        .await
+    }
+
     /// `GET /v1/flips`: every flip, oldest first.
     pub async fn flips(&self) -> Result<Vec<FlipRecord>, ClientError> {
         self.get(paths::FLIPS).await

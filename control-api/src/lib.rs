@@ -307,14 +307,22 @@ pub struct FlipAccepted {
     pub location: String,
 }
 
-/// Answer to `POST /v1/flips/{id}/confirm` and `POST /v1/flips/{id}/cancel`: the signal was
+/// Body of `POST /v1/flips/{id}/extend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Seconds to add to the wait for a confirmation (1 to 86400).
+    pub seconds: u64,
+}
+
+/// Answer to `POST /v1/flips/{id}/confirm`, `.../cancel` and `.../extend`: the signal was
 /// recorded; the flip acts on it at its next step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlipSignalled {
     /// The flip's id.
     pub id: String,
-    /// `confirm` or `cancel`.
+    /// `confirm`, `cancel` or `extend`.
     pub signal: String,
 }
 
@@ -486,6 +494,10 @@ pub struct FlipRecord {
     /// Then `unit`, `from` and `to` name them all, comma-separated. Empty for a flip of one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<FlipUnit>,
+    /// While it waits for an operator's confirmation: until when, in milliseconds since the
+    /// epoch (`POST /v1/flips/{id}/extend` moves it); then it rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_by_ms: Option<u64>,
     /// The region this flip evacuates, or restores (`evacuate:hz`, `restore:hz`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,

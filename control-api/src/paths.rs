@@ -21,6 +21,8 @@ pub const FLIPS: &str = "/v1/flips";
 pub const FLIP: &str = "/v1/flips/{id}";
 /// `POST`: confirm that a flip's data caught up.
 pub const FLIP_CONFIRM: &str = "/v1/flips/{id}/confirm";
+/// `POST`: wait longer for a flip's confirmation.
+pub const FLIP_EXTEND: &str = "/v1/flips/{id}/extend";
 /// `POST`: cancel a running flip.
 pub const FLIP_CANCEL: &str = "/v1/flips/{id}/cancel";
 /// `POST`: move every unit living in a region out of it, as one flip.
@@ -92,6 +94,7 @@ pub const ALL: &[&str] = &[
     FLIP,
     FLIP_CONFIRM,
     FLIP_CANCEL,
+    FLIP_EXTEND,
     UNIT_RESOLVE,
     REGION_EVACUATE,
     REGION_RESTORE,

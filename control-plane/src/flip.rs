@@ -475,8 +475,11 @@ impl Runner {
         }
     }
 
-    async fn wait_for_confirmation(&self, timeout: Duration) -> Result<String, String> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Wait for an operator's confirmation, `timeout` plus what operators added
+    /// (`extend`), saying until when in the record.
+    async fn wait_for_confirmation(&mut self, timeout: Duration) -> Result<String, String> {
+        let started = tokio::time::Instant::now();
+        let started_ms = now_ms();
         loop {
             let signals = self
                 .cp
@@ -488,11 +491,20 @@ impl Runner {
                 return Err("cancelled by an operator".into());
             }
             if signals.confirmed {
+                self.flip.confirm_by_ms = None;
                 return Ok("confirmed by an operator".into());
+            }
+            let waited = timeout + Duration::from_secs(signals.extended_s);
+            let deadline = started + waited;
+            let by_ms = started_ms + u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+            if self.flip.confirm_by_ms != Some(by_ms) {
+                self.flip.confirm_by_ms = Some(by_ms);
+                self.save().await;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Err(format!("no confirmation within {} s", timeout.as_secs()));
+                self.flip.confirm_by_ms = None;
+                return Err(format!("no confirmation within {} s", waited.as_secs()));
             }
             let wake = self.cp.flip_wakeup(&self.flip.id);
             let _ = tokio::time::timeout_at(

@@ -114,8 +114,10 @@ fn bound_integers(value: &mut Value) {
 
 /// What the handlers check of a body beyond its types, said in the schema so that a request
 /// the document calls valid is one the server takes: (component, property, keyword, value).
-fn body_constraints() -> [(&'static str, &'static str, &'static str, Value); 12] {
+fn body_constraints() -> [(&'static str, &'static str, &'static str, Value); 14] {
     [
+        ("ExtendRequest", "seconds", "minimum", json!(1)),
+        ("ExtendRequest", "seconds", "maximum", json!(86_400)),
         ("FlipRequest", "reason", "pattern", json!(NOT_BLANK)),
         ("FlipRequest", "converge_timeout_s", "minimum", json!(1)),
         ("MultiFlipRequest", "reason", "pattern", json!(NOT_BLANK)),
@@ -172,6 +174,7 @@ fn request_body(op: Op) -> Option<Value> {
         }
         Op::Evacuate => json!({ "application/json": { "schema": reference("EvacuateRequest") } }),
         Op::Restore => json!({ "application/json": { "schema": reference("RestoreRequest") } }),
+        Op::ExtendFlip => json!({ "application/json": { "schema": reference("ExtendRequest") } }),
         Op::Report => json!({ "application/json": { "schema": reference("GatewayReport") } }),
         Op::ResolveUnit => {
             json!({ "application/json": { "schema": reference("ResolveRequest") } })
@@ -340,6 +343,10 @@ pub fn document() -> Value {
         (
             "RestoreRequest",
             schema::<control_api::RestoreRequest>(&mut schemas),
+        ),
+        (
+            "ExtendRequest",
+            schema::<control_api::ExtendRequest>(&mut schemas),
         ),
         (
             "ResolveResult",

@@ -817,3 +817,37 @@ async fn a_flip_of_several_units_probes_each_units_replication() {
         "{replication}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirmation_wait_says_its_deadline_and_an_operator_extends_it() {
+    let s = setup(0).await;
+    let operator = s.cp.client(&s.tokens.operator);
+    let id = start_flip(
+        &operator,
+        "u03",
+        serde_json::json!({
+            "to": "sz", "mode": "planned", "reason": "drill",
+            "replication_check": {"confirm": true, "timeout_s": 600}
+        }),
+    )
+    .await
+    .expect("accepted");
+    let waiting =
+        support::flip_until(&operator, &id, "a deadline", |f| f.confirm_by_ms.is_some()).await;
+    let deadline = waiting.confirm_by_ms.expect("deadline");
+    assert!(deadline > control_api::now_ms() + 500_000, "{waiting:?}");
+    operator.extend_flip(&id, 300).await.expect("extended");
+    support::flip_until(&operator, &id, "the deadline moved", |f| {
+        f.confirm_by_ms == Some(deadline + 300_000)
+    })
+    .await;
+    let refused = operator.extend_flip(&id, 0).await.expect_err("0 s");
+    assert_eq!(refused.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
+    operator.confirm_flip(&id).await.expect("confirmed");
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    assert_eq!(flip.confirm_by_ms, None);
+    // A flip that waits for no confirmation has nothing to extend; an ended one neither.
+    let refused = operator.extend_flip(&id, 60).await.expect_err("ended");
+    assert_eq!(refused.status(), Some(StatusCode::CONFLICT));
+}

@@ -47,6 +47,8 @@ pub enum Op {
     ResolveUnit,
     /// `POST /v1/flips`.
     StartFlips,
+    /// `POST /v1/flips/{id}/extend`.
+    ExtendFlip,
     /// `POST /v1/regions/{region}/evacuate`.
     Evacuate,
     /// `POST /v1/regions/{region}/restore`.
@@ -203,6 +205,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Op::ConfirmFlip,
         "Confirm that the data caught up (flips waiting for confirmation).",
         &[202, 404, 409, 503],
+    ),
+    endpoint(
+        Method::POST,
+        paths::FLIP_EXTEND,
+        Need::Operate,
+        Op::ExtendFlip,
+        "Wait longer for a confirmation (flips waiting for one): adds `seconds` to its deadline.",
+        &[202, 400, 404, 409, 413, 422, 503],
     ),
     endpoint(
         Method::POST,

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use control_api::{
-    EvacuateRequest, FlipAccepted, FlipRequest, FlipSignalled, MultiFlipRequest, ResolveRequest,
-    RestoreRequest,
+    EvacuateRequest, ExtendRequest, FlipAccepted, FlipRequest, FlipSignalled, MultiFlipRequest,
+    ResolveRequest, RestoreRequest,
 };
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::reply::{Handled, json, parse_json_body, read_body};
+use super::reply::{Handled, Refusal, json, parse_json_body, read_body};
 use crate::store::FlipSignal;
 use crate::{ControlPlane, flip, units};
 
@@ -83,14 +83,38 @@ pub async fn get_flip(cp: &ControlPlane, id: &str) -> Handled {
 
 pub async fn signal_flip(cp: &ControlPlane, id: &str, signal: FlipSignal) -> Handled {
     flip::admit::signal(cp, id, signal).await?;
+    let name = match signal {
+        FlipSignal::Confirm => "confirm",
+        FlipSignal::Cancel => "cancel",
+        FlipSignal::Extend(_) => "extend",
+    };
     Ok(json(
         StatusCode::ACCEPTED,
         &FlipSignalled {
             id: id.to_owned(),
-            signal: format!("{signal:?}").to_lowercase(),
+            signal: name.to_owned(),
         },
     ))
 }
+
+pub async fn extend_flip(cp: &ControlPlane, id: &str, request: Request<Incoming>) -> Handled {
+    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
+    let ask: ExtendRequest = parse_json_body(&body)?;
+    if !(1..=MAX_EXTEND_S).contains(&ask.seconds) {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!(
+                "body.seconds: {} is outside 1..={MAX_EXTEND_S}",
+                ask.seconds
+            ),
+        ));
+    }
+    signal_flip(cp, id, FlipSignal::Extend(ask.seconds)).await
+}
+
+/// The most one extension adds: a day.
+pub const MAX_EXTEND_S: u64 = 86_400;
 
 pub async fn resolve_unit(
     cp: &ControlPlane,

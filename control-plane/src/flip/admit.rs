@@ -346,6 +346,7 @@ async fn start_moves(
         cancel_requested: false,
         error: None,
         steps: Vec::new(),
+        confirm_by_ms: None,
         units: if single { Vec::new() } else { units.clone() },
         operation: operation.clone(),
     };
@@ -421,7 +422,7 @@ pub async fn signal(cp: &ControlPlane, id: &str, signal: FlipSignal) -> Result<(
             format!("flip {id} already ended ({:?})", flip.state),
         ));
     }
-    if signal == FlipSignal::Confirm
+    if matches!(signal, FlipSignal::Confirm | FlipSignal::Extend(_))
         && flip
             .replication_check
             .as_ref()

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use control_api::{AuditEntry, FlipRecord, GatewayStatus, StoredTable};
+use control_api::{AuditEntry, FlipRecord, GatewayStatus, StoredTable, now_ms};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
@@ -341,13 +341,18 @@ impl EtcdStore {
     }
 
     pub(super) async fn signal_flip(&self, id: &str, signal: FlipSignal) -> Result<(), StoreError> {
-        let name = match signal {
-            FlipSignal::Confirm => "confirm",
-            FlipSignal::Cancel => "cancel",
+        // Each extension is a key of its own, so that two at once both count.
+        let (name, value) = match signal {
+            FlipSignal::Confirm => ("confirm".to_owned(), "1".to_owned()),
+            FlipSignal::Cancel => ("cancel".to_owned(), "1".to_owned()),
+            FlipSignal::Extend(seconds) => (
+                format!("extend/{}-{:04x}", now_ms(), fastrand::u16(..)),
+                seconds.to_string(),
+            ),
         };
         self.client
             .kv_client()
-            .put(self.key(&format!("signals/{id}/{name}")), "1", None)
+            .put(self.key(&format!("signals/{id}/{name}")), value, None)
             .await
             .map_err(etcd)?;
         Ok(())
@@ -358,10 +363,7 @@ impl EtcdStore {
         let response = self
             .client
             .kv_client()
-            .get(
-                base.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
+            .get(base.clone(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(etcd)?;
         let mut signals = FlipSignals::default();
@@ -369,6 +371,14 @@ impl EtcdStore {
             match kv.key_str().ok().and_then(|k| k.strip_prefix(&base)) {
                 Some("confirm") => signals.confirmed = true,
                 Some("cancel") => signals.cancelled = true,
+                Some(key) if key.starts_with("extend/") => {
+                    let seconds: u64 = kv
+                        .value_str()
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    signals.extended_s = signals.extended_s.saturating_add(seconds);
+                }
                 _ => {}
             }
         }

@@ -310,6 +310,9 @@ impl FileStore {
         match signal {
             FlipSignal::Confirm => entry.confirmed = true,
             FlipSignal::Cancel => entry.cancelled = true,
+            FlipSignal::Extend(seconds) => {
+                entry.extended_s = entry.extended_s.saturating_add(seconds);
+            }
         }
     }
 

@@ -139,6 +139,8 @@ pub struct FlipSignals {
     pub confirmed: bool,
     /// `POST /v1/flips/{id}/cancel` was called.
     pub cancelled: bool,
+    /// Seconds added to the wait for a confirmation (`POST /v1/flips/{id}/extend`), in all.
+    pub extended_s: u64,
 }
 
 /// Which signal.
@@ -148,6 +150,8 @@ pub enum FlipSignal {
     Confirm,
     /// Cancel (roll back).
     Cancel,
+    /// Wait this many seconds longer for a confirmation.
+    Extend(u64),
 }
 
 /// Exclusive right to flip one unit, held until dropped (etcd: a lease; file: in memory).
