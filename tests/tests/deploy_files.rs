@@ -1207,7 +1207,7 @@ const NOT_RUN: [(&str, &str); 11] = [
         "serves: systemd_units_start_serve_and_stop runs it",
     ),
     (
-        "unitctl (status|table|flip|flip-confirm|flip-cancel|flip-resolve|audit|gateway-forget)",
+        "unitctl (status|table|flip|flip-confirm|flip-cancel|flip-extend|flip-resolve|flip-show|evacuate|restore|audit|gateway-forget)",
         "asks a control plane (the e2e tests run these against one)",
     ),
     (
