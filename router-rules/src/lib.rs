@@ -12,6 +12,7 @@
 pub mod diff;
 pub mod error;
 pub mod key;
+pub mod placement;
 pub mod raw;
 pub mod report;
 pub mod request;
@@ -23,6 +24,7 @@ pub mod validate;
 pub use diff::{TableDiff, diff};
 pub use error::{Location, Problem, TableError, render_problems};
 pub use key::{KeyError, KeySource, RoutingKey};
+pub use placement::{KeyPlacement, place_key};
 pub use raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
 pub use report::DecisionReport;
 pub use request::{RequestView, SimpleRequest};
