@@ -61,8 +61,15 @@ enum Command {
     /// Control plane: get, plan or apply the routing table.
     #[command(subcommand)]
     Table(remote::TableCommand),
-    /// Control plane: flip a unit to another region (planned unless --emergency).
+    /// Control plane: flip a unit, or several as one operation, to another region (planned
+    /// unless --emergency).
     Flip(remote::FlipArgs),
+    /// Control plane: move every unit out of a region as one flip, to each unit's standby
+    /// region or --to REGION (planned unless --emergency).
+    Evacuate(remote::EvacuateArgs),
+    /// Control plane: bring back, as one planned flip, the units a region's last evacuation
+    /// moved.
+    Restore(remote::RestoreArgs),
     /// Control plane: confirm that a flip's data caught up.
     FlipConfirm {
         /// Flip id.
@@ -175,6 +182,8 @@ fn main() -> ExitCode {
         Command::Status { output } => remote::run(&cli.server, remote::Remote::Status { output }),
         Command::Table(command) => remote::run(&cli.server, remote::Remote::Table(command)),
         Command::Flip(args) => remote::run(&cli.server, remote::Remote::Flip(args)),
+        Command::Evacuate(args) => remote::run(&cli.server, remote::Remote::Evacuate(args)),
+        Command::Restore(args) => remote::run(&cli.server, remote::Remote::Restore(args)),
         Command::FlipConfirm { id, output } => {
             remote::run(&cli.server, remote::Remote::Confirm { id, output })
         }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use comfy_table::{CellAlignment, Table};
 use control_api::client::Trust;
 use control_api::{
-    AuditOutcome, Client, ClientError, FlipMode, FlipRequest, FlipState, FlipStep, PlanResult,
-    PutResult, PutTable, ReplicationCheck, ResolveRequest, StepOutcome, TableText, now_ms,
+    AuditOutcome, Client, ClientError, EvacuateRequest, FlipAccepted, FlipMode, FlipRecord,
+    FlipRequest, FlipState, FlipStep, MultiFlipRequest, PlanResult, PutResult, PutTable,
+    ReplicationCheck, ResolveRequest, RestoreRequest, StepOutcome, TableText, now_ms,
 };
 use http::{HeaderValue, StatusCode};
 
@@ -182,11 +183,54 @@ impl From<ResolveState> for router_rules::UnitState {
     }
 }
 
+/// How a planned flip learns that the data caught up, and how long its convergence steps may
+/// take: shared by `flip`, `evacuate` and `restore`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Planned flips: wait for `unitctl flip-confirm ID` before switching.
+    #[arg(long, conflicts_with_all = ["delay_s", "probe"])]
+    confirm: bool,
+    /// Planned flips: wait this many seconds for replication before switching.
+    #[arg(long, conflicts_with = "probe")]
+    delay_s: Option<u64>,
+    /// Planned flips: poll this URL until it answers lag 0 before switching (`{unit}` in it
+    /// stands for each unit's name: every unit is probed, in parallel).
+    #[arg(long)]
+    probe: Option<String>,
+    /// How long each convergence step may take, in seconds.
+    #[arg(long)]
+    converge_timeout_s: Option<u64>,
+}
+
+impl CheckArgs {
+    /// The replication check asked for (none: the flip switches once writes are frozen).
+    fn replication_check(&self) -> Option<ReplicationCheck> {
+        if self.confirm {
+            Some(ReplicationCheck {
+                confirm: Some(true),
+                ..Default::default()
+            })
+        } else if let Some(delay) = self.delay_s {
+            Some(ReplicationCheck {
+                delay_s: Some(delay),
+                ..Default::default()
+            })
+        } else {
+            self.probe.clone().map(|url| ReplicationCheck {
+                url: Some(url),
+                ..Default::default()
+            })
+        }
+    }
+}
+
 /// `unitctl flip ...`.
 #[derive(Debug, clap::Args)]
 pub struct FlipArgs {
-    /// The unit to move.
-    unit: String,
+    /// The unit to move; several move as one operation (each step one table version for all
+    /// of them, rolled back together).
+    #[arg(required = true, value_name = "UNIT")]
+    units: Vec<String>,
     /// The region it moves to.
     #[arg(long)]
     to: String,
@@ -196,18 +240,53 @@ pub struct FlipArgs {
     /// Why: kept in the audit log.
     #[arg(long, default_value = "unitctl flip")]
     reason: String,
-    /// Planned flips: wait for `unitctl flip-confirm ID` before switching.
-    #[arg(long, conflicts_with_all = ["delay_s", "probe"])]
-    confirm: bool,
-    /// Planned flips: wait this many seconds for replication before switching.
-    #[arg(long, conflicts_with = "probe")]
-    delay_s: Option<u64>,
-    /// Planned flips: poll this URL until it answers lag 0 before switching.
+    #[command(flatten)]
+    check: CheckArgs,
+    /// Follow the flip, a line per step, until it ends (exit 1 unless it succeeded).
     #[arg(long)]
-    probe: Option<String>,
-    /// How long each convergence step may take, in seconds.
+    wait: bool,
+    /// Output format (json: the flip as accepted, `{"id", "location"}`; with --wait the flip's
+    /// record once it ended, as `flip-show --output json` prints it).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// `unitctl evacuate ...`.
+#[derive(Debug, clap::Args)]
+pub struct EvacuateArgs {
+    /// The region to empty: every unit living there moves out, as one flip.
+    region: String,
+    /// The region every unit moves to (default: each unit's standby region).
     #[arg(long)]
-    converge_timeout_s: Option<u64>,
+    to: Option<String>,
+    /// Switch at once, without waiting for replication (the region is down).
+    #[arg(long)]
+    emergency: bool,
+    /// Why: kept in the audit log.
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    check: CheckArgs,
+    /// Follow the flip, a line per step, until it ends (exit 1 unless it succeeded).
+    #[arg(long)]
+    wait: bool,
+    /// Output format (json: the flip as accepted, `{"id", "location"}`; with --wait the flip's
+    /// record once it ended, as `flip-show --output json` prints it).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// `unitctl restore ...`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The region whose last evacuation is undone: the units it moved (and that are still
+    /// where it put them) come back, as one planned flip.
+    region: String,
+    /// Why: kept in the audit log.
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    check: CheckArgs,
     /// Follow the flip, a line per step, until it ends (exit 1 unless it succeeded).
     #[arg(long)]
     wait: bool,
@@ -233,6 +312,8 @@ pub fn run(server: &Server, command: Remote) -> Result<u8, Failure> {
             }
             Remote::Table(TableCommand::Apply(args)) => apply(&client, args).await,
             Remote::Flip(args) => flip(&client, args).await,
+            Remote::Evacuate(args) => evacuate(&client, args).await,
+            Remote::Restore(args) => restore(&client, args).await,
             Remote::Resolve(args) => resolve(&client, args).await,
             Remote::ForgetGateway { id, output } => forget_gateway(&client, &id, output).await,
             Remote::Confirm { id, output } => signal(&client, &id, Signal::Confirm, output).await,
@@ -255,6 +336,10 @@ pub enum Remote {
     Table(TableCommand),
     /// Start a flip.
     Flip(FlipArgs),
+    /// Move every unit out of a region, as one flip.
+    Evacuate(EvacuateArgs),
+    /// Undo a region's last evacuation, as one flip.
+    Restore(RestoreArgs),
     /// Settle a unit whose flip record was lost: set its state, lift its lock.
     Resolve(ResolveArgs),
     /// Forget a gateway taken out of service.
@@ -398,6 +483,14 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
         return Ok(0);
     }
     outln!("table version {}\n", status.version);
+    // A running flip that evacuates or restores a region says so beside its id.
+    let mut operations = std::collections::BTreeMap::new();
+    for id in status.units.iter().filter_map(|u| u.flip.as_deref()) {
+        if !operations.contains_key(id) {
+            let operation = client.flip(id).await.ok().and_then(|f| f.operation);
+            operations.insert(id, operation);
+        }
+    }
     let mut units = grid(
         &["UNIT", "REGION", "STATE", "STANDBY", "SLOTS", "FLIP"],
         &[4],
@@ -409,7 +502,10 @@ async fn status(client: &Client, output: Output) -> Result<u8, Failure> {
             unit.name.clone()
         };
         let flip = match (&unit.flip, &unit.locked) {
-            (Some(flip), _) => flip.clone(),
+            (Some(flip), _) => match operations.get(flip.as_str()) {
+                Some(Some(operation)) => format!("{flip} ({operation})"),
+                _ => flip.clone(),
+            },
             (None, Some(why)) => format!("LOCKED: {why}"),
             (None, None) => String::new(),
         };
@@ -841,72 +937,207 @@ fn step_line(step: &FlipStep) -> String {
     )
 }
 
+/// `planned` or `emergency`, as the API spells it.
+fn mode_name(mode: FlipMode) -> &'static str {
+    match mode {
+        FlipMode::Planned => "planned",
+        FlipMode::Emergency => "emergency",
+    }
+}
+
+/// A line per unit that `flip` moves: `  unit u05: sz -> hz`.
+fn move_lines(flip: &FlipRecord) -> Vec<String> {
+    flip.moves()
+        .iter()
+        .map(|m| format!("  unit {}: {} -> {}", m.unit, m.from, m.to))
+        .collect()
+}
+
+/// What `flip` moves, in a few words: its operation (`evacuate:sz: `) when it has one, then
+/// `unit u03 sh -> sz` for a flip of one unit or `2 units` (a line each from [`move_lines`]).
+fn flip_what(flip: &FlipRecord) -> String {
+    let operation = flip
+        .operation
+        .as_deref()
+        .map(|o| format!("{o}: "))
+        .unwrap_or_default();
+    if flip.units.is_empty() {
+        format!("{operation}unit {} {} -> {}", flip.unit, flip.from, flip.to)
+    } else {
+        format!("{operation}{} units", flip.units.len())
+    }
+}
+
+/// `flip`'s first lines, as `flip-show` prints them: what it moves, how, who asked for it and
+/// where it stands; then, for several units, a line per unit.
+fn flip_header(flip: &FlipRecord) -> Vec<String> {
+    let mut lines = vec![format!(
+        "flip {}: {} ({:?}) by {}: {}",
+        flip.id,
+        flip_what(flip),
+        flip.mode,
+        flip.actor,
+        flip.state.as_str()
+    )];
+    if !flip.units.is_empty() {
+        lines.extend(move_lines(flip));
+    }
+    lines
+}
+
 async fn flip(client: &Client, args: FlipArgs) -> Result<u8, Failure> {
+    let mode = if args.emergency {
+        FlipMode::Emergency
+    } else {
+        FlipMode::Planned
+    };
     let replication_check = if args.emergency {
         None
-    } else if args.confirm {
-        Some(ReplicationCheck {
-            confirm: Some(true),
-            ..Default::default()
-        })
-    } else if let Some(delay) = args.delay_s {
-        Some(ReplicationCheck {
-            delay_s: Some(delay),
-            ..Default::default()
-        })
     } else {
-        args.probe.clone().map(|url| ReplicationCheck {
-            url: Some(url),
-            ..Default::default()
-        })
+        args.check.replication_check()
     };
-    let request = FlipRequest {
-        to: args.to.clone(),
-        mode: if args.emergency {
-            FlipMode::Emergency
-        } else {
-            FlipMode::Planned
-        },
-        reason: args.reason.clone(),
+    let follow_args = Follow {
+        wait: args.wait,
+        output: args.output,
+    };
+    if let [unit] = args.units.as_slice() {
+        // One unit: its own endpoint, as before there were flips of several.
+        let request = FlipRequest {
+            to: args.to.clone(),
+            mode,
+            reason: args.reason,
+            replication_check,
+            converge_timeout_s: args.check.converge_timeout_s,
+        };
+        let accepted = client.start_flip(unit, &request).await.map_err(failed)?;
+        let line = format!(
+            "flip {} started: unit {unit} -> {} ({})",
+            accepted.id,
+            args.to,
+            mode_name(mode)
+        );
+        return started(client, &accepted, Some(line), follow_args).await;
+    }
+    let request = MultiFlipRequest {
+        units: args.units,
+        to: Some(args.to),
+        placement: Default::default(),
+        mode,
+        reason: args.reason,
         replication_check,
-        converge_timeout_s: args.converge_timeout_s,
+        converge_timeout_s: args.check.converge_timeout_s,
     };
-    let accepted = client
-        .start_flip(&args.unit, &request)
-        .await
-        .map_err(failed)?;
-    if args.output == Output::Json {
-        if !args.wait {
-            print_json(&accepted)?;
+    let accepted = client.start_flips(&request).await.map_err(failed)?;
+    started(client, &accepted, None, follow_args).await
+}
+
+/// `unitctl evacuate REGION`: every unit living in REGION moves out, as one flip.
+async fn evacuate(client: &Client, args: EvacuateArgs) -> Result<u8, Failure> {
+    let region = segment("region", &args.region)?;
+    let mode = if args.emergency {
+        FlipMode::Emergency
+    } else {
+        FlipMode::Planned
+    };
+    let request = EvacuateRequest {
+        mode,
+        to: args.to.clone(),
+        reason: args.reason.clone(),
+        replication_check: if args.emergency {
+            None
+        } else {
+            args.check.replication_check()
+        },
+        converge_timeout_s: args.check.converge_timeout_s,
+    };
+    let accepted = client.evacuate(region, &request).await.map_err(failed)?;
+    let follow_args = Follow {
+        wait: args.wait,
+        output: args.output,
+    };
+    started(client, &accepted, None, follow_args).await
+}
+
+/// `unitctl restore REGION`: the units REGION's last evacuation moved come back, as one flip.
+async fn restore(client: &Client, args: RestoreArgs) -> Result<u8, Failure> {
+    let region = segment("region", &args.region)?;
+    let request = RestoreRequest {
+        reason: args.reason.clone(),
+        replication_check: args.check.replication_check(),
+        converge_timeout_s: args.check.converge_timeout_s,
+    };
+    let accepted = client.restore(region, &request).await.map_err(failed)?;
+    let follow_args = Follow {
+        wait: args.wait,
+        output: args.output,
+    };
+    started(client, &accepted, None, follow_args).await
+}
+
+/// `--wait` and `--output` of a command that starts a flip.
+struct Follow {
+    wait: bool,
+    output: Output,
+}
+
+/// Report the flip `accepted` that a command started: as JSON the control plane's answer
+/// (with --wait the record once it ended); as text `line`, or else the flip's id and every
+/// unit it moves (from its record), then how to follow it or (--wait) each step to its end.
+async fn started(
+    client: &Client,
+    accepted: &FlipAccepted,
+    line: Option<String>,
+    how: Follow,
+) -> Result<u8, Failure> {
+    let id = accepted.id.as_str();
+    if how.output == Output::Json {
+        if !how.wait {
+            print_json(accepted)?;
             return Ok(0);
         }
-        return follow(client, &accepted.id, Output::Json).await;
+        return follow(client, id, Output::Json, false).await;
     }
-    outln!(
-        "flip {} started: unit {} -> {} ({})",
-        accepted.id,
-        args.unit,
-        args.to,
-        if args.emergency {
-            "emergency"
-        } else {
-            "planned"
-        }
-    );
-    if !args.wait {
-        outln!("follow it: unitctl flip-show {}", accepted.id);
+    match line {
+        Some(line) => outln!("{line}"),
+        None => match client.flip(id).await {
+            Ok(flip) => {
+                outln!(
+                    "flip {id} started: {} ({})",
+                    flip_what(&flip),
+                    mode_name(flip.mode)
+                );
+                if !flip.units.is_empty() {
+                    for line in move_lines(&flip) {
+                        outln!("{line}");
+                    }
+                }
+            }
+            // It started all the same: say so, and how to see it.
+            Err(error) => outln!("flip {id} started (its record could not be read: {error})"),
+        },
+    }
+    if !how.wait {
+        outln!("follow it: unitctl flip-show {id}");
         return Ok(0);
     }
-    follow(client, &accepted.id, Output::Text).await
+    follow(client, id, Output::Text, false).await
 }
 
 /// Print a line when each step starts and when it ends, until the flip ends (`Output::Json`:
-/// print nothing until then, then the flip's record); exit 1 unless it succeeded.
-async fn follow(client: &Client, id: &str, output: Output) -> Result<u8, Failure> {
+/// print nothing until then, then the flip's record); exit 1 unless it succeeded. `header`:
+/// begin with the flip's first lines as `flip-show` prints them.
+async fn follow(client: &Client, id: &str, output: Output, header: bool) -> Result<u8, Failure> {
     // Per step index: the outcome last printed.
     let mut shown: Vec<StepOutcome> = Vec::new();
+    let mut header = header && output == Output::Text;
     loop {
         let flip = client.flip(id).await.map_err(failed)?;
+        if header {
+            for line in flip_header(&flip) {
+                outln!("{line}");
+            }
+            header = false;
+        }
         let succeeded = if flip.state == FlipState::Succeeded {
             0
         } else {
@@ -1066,22 +1297,15 @@ async fn forget_gateway(client: &Client, id: &str, output: Output) -> Result<u8,
 /// `unitctl flip-show ID`: the flip's steps so far (and follow it with `--wait`).
 async fn show(client: &Client, id: &str, wait: bool, output: Output) -> Result<u8, Failure> {
     if wait {
-        return follow(client, id, output).await;
+        return follow(client, id, output, true).await;
     }
     let flip = client.flip(id).await.map_err(failed)?;
     if output == Output::Json {
         print_json(&flip)?;
     } else {
-        outln!(
-            "flip {}: unit {} {} -> {} ({:?}) by {}: {}",
-            flip.id,
-            flip.unit,
-            flip.from,
-            flip.to,
-            flip.mode,
-            flip.actor,
-            flip.state.as_str()
-        );
+        for line in flip_header(&flip) {
+            outln!("{line}");
+        }
         for step in &flip.steps {
             outln!("{}", step_line(step));
         }

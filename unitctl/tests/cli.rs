@@ -611,3 +611,48 @@ fn json_tables_print_the_same_shape() {
          mars.json: units[1].region: unknown region \"mars\"; known regions: hz, sh, sz\n"
     );
 }
+
+#[test]
+fn flip_evacuate_and_restore_check_their_arguments_before_any_request() {
+    for sub in ["flip", "evacuate", "restore"] {
+        let out = unitctl(&[sub, "--help"]);
+        assert_eq!(out.status.code(), Some(0), "{sub}");
+        assert!(stdout(&out).contains("Usage: unitctl"), "{sub}");
+        assert!(stdout(&out).contains("--wait"), "{sub}");
+    }
+    // No server is given: a usage error comes before any attempt to reach one.
+    for args in [
+        &["flip", "--to", "sz"][..],
+        &["evacuate", "sz"],
+        &["evacuate", "--reason", "drill"],
+        &["restore", "sz"],
+        &[
+            "evacuate",
+            "sz",
+            "--reason",
+            "x",
+            "--confirm",
+            "--delay-s=1",
+        ],
+        &[
+            "flip",
+            "u03",
+            "u04",
+            "--to=sz",
+            "--confirm",
+            "--probe=http://x",
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_unitctl"))
+            .args(args)
+            .env_remove("UNITGATE_SERVER")
+            .output()
+            .expect("unitctl runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Usage: unitctl"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1298,3 +1298,354 @@ async fn route_and_diff_against_the_live_table() {
         assert!(out.stdout.is_empty(), "nothing on stdout: {}", text(&out));
     }
 }
+
+/// The flip id in `flip ID started...`, as the commands that start a flip print it first.
+fn started_id(output: &Output) -> String {
+    let shown = text(output);
+    shown
+        .lines()
+        .find_map(|l| l.strip_prefix("flip ")?.split_once(" started")?.0.into())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no `flip ID started` line: {shown}"))
+}
+
+/// `evacuate sz --wait` moves both of sz's units to their standby hz as one flip (one version
+/// per step for both, every step shown as it ends), and `restore sz --wait` brings them back
+/// the same way; a second restore has nothing left to undo.
+#[tokio::test(flavor = "multi_thread")]
+async fn evacuate_and_restore_move_a_regions_units_as_one_flip() {
+    let p = plane().await;
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["evacuate", "sz", "--reason", "maintenance", "--wait"],
+        )
+        .await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let id = started_id(&out);
+    assert!(
+        shown.contains(&format!(
+            "flip {id} started: evacuate:sz: 2 units (planned)\n  unit u05: sz -> hz\n  unit u06: sz -> hz\n"
+        )),
+        "{shown}"
+    );
+    for step in [
+        "freeze",
+        "converge_freeze",
+        "switch",
+        "unfreeze",
+        "converge_unfreeze",
+    ] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.trim_start().starts_with(step) && l.contains(" ok ")),
+            "step {step}: {shown}"
+        );
+    }
+    assert!(
+        shown.ends_with(&format!("flip {id}: succeeded\n")),
+        "{shown}"
+    );
+    let status = p.status().await;
+    assert_eq!(status.version, 4, "three versions for both units");
+    for name in ["u05", "u06"] {
+        assert_eq!(unit(&status, name).region, "hz", "{name}");
+        assert_eq!(unit(&status, name).state, "active", "{name}");
+    }
+    let out = p.unitctl(&p.operator, &["status"]).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for name in ["u05", "u06"] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with(name) && l.split_whitespace().nth(1) == Some("hz")),
+            "{name} in hz: {shown}"
+        );
+    }
+
+    // flip-show: the operation and every unit it moved.
+    let out = p.unitctl(&p.operator, &["flip-show", &id]).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.starts_with(&format!(
+            "flip {id}: evacuate:sz: 2 units (Planned) by ops: succeeded\n  unit u05: sz -> hz\n  unit u06: sz -> hz\n"
+        )),
+        "{shown}"
+    );
+
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["restore", "sz", "--reason", "done", "--wait"],
+        )
+        .await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let back = started_id(&out);
+    assert_ne!(back, id);
+    assert!(
+        shown.contains(&format!(
+            "flip {back} started: restore:sz: 2 units (planned)\n  unit u05: hz -> sz\n  unit u06: hz -> sz\n"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with(&format!("flip {back}: succeeded\n")),
+        "{shown}"
+    );
+    let status = p.status().await;
+    assert_eq!(status.version, 7, "three more versions");
+    for name in ["u05", "u06"] {
+        assert_eq!(unit(&status, name).region, "sz", "{name}");
+        assert_eq!(unit(&status, name).state, "active", "{name}");
+    }
+
+    // Nothing left to undo: refused (409), exit 1, no flip started.
+    let out = p
+        .unitctl(&p.operator, &["restore", "sz", "--reason", "again"])
+        .await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("409"), "{shown}");
+    assert!(out.stdout.is_empty(), "{shown}");
+    assert_eq!(p.status().await.version, 7);
+}
+
+/// `flip u03 u04 --to sz --wait`: both units move as one flip of three versions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flip_of_several_units_moves_them_all() {
+    let p = plane().await;
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "flip",
+                "u03",
+                "u04",
+                "--to",
+                "sz",
+                "--delay-s",
+                "0",
+                "--reason",
+                "drill",
+                "--wait",
+            ],
+        )
+        .await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let id = started_id(&out);
+    assert!(
+        shown.contains(&format!(
+            "flip {id} started: 2 units (planned)\n  unit u03: sh -> sz\n  unit u04: sh -> sz\n"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("replication"), "{shown}");
+    assert!(
+        shown.ends_with(&format!("flip {id}: succeeded\n")),
+        "{shown}"
+    );
+    let status = p.status().await;
+    assert_eq!(status.version, 4, "one version per step for both units");
+    for name in ["u03", "u04"] {
+        assert_eq!(unit(&status, name).region, "sz", "{name}");
+    }
+    let record = p.client(&p.operator).flip(&id).await.expect("record");
+    assert_eq!(record.units.len(), 2, "{record:?}");
+    assert_eq!(record.operation, None);
+
+    // A unit named twice, or one already there: refused before anything starts.
+    let out = p
+        .unitctl(&p.operator, &["flip", "u03", "u05", "--to", "sz"])
+        .await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("422") && shown.contains("u03"), "{shown}");
+    assert_eq!(p.status().await.version, 4);
+}
+
+/// An evacuation whose units a running flip holds is refused (409, exit 1) naming that flip;
+/// a running evacuation shows in `status` and `flip-show --wait` with its operation and
+/// units; `--output json` prints the record; a bad or unknown region is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evacuation_of_units_a_running_flip_holds_is_refused_naming_it() {
+    let p = plane().await;
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "flip",
+                "u05",
+                "u06",
+                "--to",
+                "hz",
+                "--confirm",
+                "--reason",
+                "drill",
+                "--output",
+                "json",
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let holder: control_api::FlipAccepted = parse(&out);
+
+    for json in [false, true] {
+        let mut args = vec!["evacuate", "sz", "--reason", "incident"];
+        if json {
+            args.extend(["--wait", "--output", "json"]);
+        }
+        let out = p.unitctl(&p.operator, &args).await;
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{shown}");
+        assert!(
+            shown.contains("409") && shown.contains(&holder.id),
+            "names the running flip: {shown}"
+        );
+        assert!(out.stdout.is_empty(), "nothing on stdout: {shown}");
+    }
+
+    // The holder ends (cancelled: rolled back); then the evacuation starts.
+    let out = p.unitctl(&p.operator, &["flip-cancel", &holder.id]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p
+        .unitctl(&p.operator, &["flip-show", &holder.id, "--wait"])
+        .await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.starts_with(&format!("flip {}: 2 units (Planned) by ops: ", holder.id))
+            && shown.contains("  unit u05: sz -> hz\n  unit u06: sz -> hz\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("flip {}: rolled_back", holder.id)),
+        "{shown}"
+    );
+
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "evacuate",
+                "sz",
+                "--to",
+                "sh",
+                "--confirm",
+                "--reason",
+                "incident",
+            ],
+        )
+        .await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    let id = started_id(&out);
+    assert!(
+        shown.contains("  unit u05: sz -> sh\n  unit u06: sz -> sh\n")
+            && shown.contains(&format!("follow it: unitctl flip-show {id}")),
+        "{shown}"
+    );
+    let out = p.unitctl(&p.operator, &["status"]).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for name in ["u05", "u06"] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with(name) && l.ends_with(&format!("{id} (evacuate:sz)"))),
+            "{name}'s flip and its operation: {shown}"
+        );
+    }
+    let out = p.unitctl(&p.operator, &["flip-confirm", &id]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.unitctl(&p.operator, &["flip-show", &id, "--wait"]).await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.starts_with(&format!(
+            "flip {id}: evacuate:sz: 2 units (Planned) by ops: "
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with(&format!("flip {id}: succeeded\n")),
+        "{shown}"
+    );
+
+    // --output json with --wait: the record once it ended.
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "restore", "sz", "--reason", "done", "--wait", "--output", "json",
+            ],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let record: control_api::FlipRecord = parse(&out);
+    assert_eq!(
+        record.state,
+        control_api::FlipState::Succeeded,
+        "{record:?}"
+    );
+    assert_eq!(record.operation.as_deref(), Some("restore:sz"));
+    let moves: Vec<_> = record
+        .units
+        .iter()
+        .map(|u| (u.unit.as_str(), u.from.as_str(), u.to.as_str()))
+        .collect();
+    assert_eq!(moves, [("u05", "sh", "sz"), ("u06", "sh", "sz")]);
+    let out = p
+        .unitctl(
+            &p.operator,
+            &[
+                "evacuate",
+                "sz",
+                "--emergency",
+                "--reason",
+                "down",
+                "--output",
+                "json",
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let accepted: control_api::FlipAccepted = parse(&out);
+    let out = p
+        .unitctl(
+            &p.operator,
+            &["flip-show", &accepted.id, "--wait", "--output", "json"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let record: control_api::FlipRecord = parse(&out);
+    assert_eq!(record.mode, control_api::FlipMode::Emergency);
+    assert_eq!(record.operation.as_deref(), Some("evacuate:sz"));
+    assert_eq!(record.units.len(), 2, "{record:?}");
+    let status = p.status().await;
+    for name in ["u05", "u06"] {
+        assert_eq!(unit(&status, name).region, "hz", "{name}: to its standby");
+    }
+
+    // An unknown region: refused (404, exit 1); a name that is no path segment: exit 2.
+    let out = p
+        .unitctl(&p.operator, &["evacuate", "mars", "--reason", "x"])
+        .await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("404") && shown.contains("mars"), "{shown}");
+    let out = p
+        .unitctl(&p.operator, &["restore", "s/z", "--reason", "x"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // A token the control plane does not know: 4.
+    let out = p
+        .unitctl("not-a-token", &["evacuate", "sz", "--reason", "x"])
+        .await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+}
