@@ -611,6 +611,14 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/explain`: where `request` would go, against the table in force.
+    pub async fn explain(
+        &self,
+        request: &crate::ExplainRequest,
+    ) -> Result<crate::ExplainResult, ClientError> {
+        self.post(paths::EXPLAIN, request).await
+    }
+
     /// `GET /v1/flips`: every flip, oldest first.
     pub async fn flips(&self) -> Result<Vec<FlipRecord>, ClientError> {
         self.get(paths::FLIPS).await

@@ -307,6 +307,45 @@ pub struct FlipAccepted {
     pub location: String,
 }
 
+/// Body of `POST /v1/explain`: a request to explain against the table in force, as
+/// `unitctl route --live` does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// The method (default `GET`).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// The path, with a query string if any.
+    pub path: String,
+    /// Headers, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A user's routing key, put where the matched route looks for it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The region the request enters (default: the center unit's region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_region: Option<String>,
+}
+
+fn default_method() -> String {
+    "GET".to_owned()
+}
+
+/// Answer to `POST /v1/explain`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainResult {
+    /// The version of the table that decided.
+    pub version: u64,
+    /// The decision, as `unitctl route --output json` prints it (docs/routing-table.md lists
+    /// its fields).
+    pub decision: serde_json::Value,
+    /// Why the user's key was not used, when it was not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
 /// Body of `POST /v1/flips/{id}/extend`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -31,6 +31,8 @@ pub const REGION_EVACUATE: &str = "/v1/regions/{region}/evacuate";
 pub const REGION_RESTORE: &str = "/v1/regions/{region}/restore";
 /// `POST`: settle a unit whose flip could not be recovered.
 pub const UNIT_RESOLVE: &str = "/v1/units/{unit}/resolve";
+/// `POST`: explain where a request would go, against the table in force.
+pub const EXPLAIN: &str = "/v1/explain";
 /// `GET`: every gateway seen.
 pub const GATEWAYS: &str = "/v1/gateways";
 /// `DELETE`: forget a gateway.
@@ -98,6 +100,7 @@ pub const ALL: &[&str] = &[
     UNIT_RESOLVE,
     REGION_EVACUATE,
     REGION_RESTORE,
+    EXPLAIN,
     GATEWAYS,
     GATEWAY,
     STATUS,

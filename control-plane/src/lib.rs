@@ -50,6 +50,8 @@ pub struct ControlPlane {
     wakeups: Mutex<HashMap<String, Arc<Notify>>>,
     /// Digests of stored versions (they never change), to check gateways' reports cheaply.
     digests: Mutex<BTreeMap<u64, String>>,
+    /// The table in force, compiled once per version, for explaining requests.
+    compiled: Mutex<Option<Arc<router_rules::CompiledTable>>>,
 }
 
 /// What a gateway's claim to serve a version turned out to be.
@@ -86,6 +88,7 @@ impl ControlPlane {
             metrics: Metrics::default(),
             wakeups: Mutex::new(HashMap::new()),
             digests: Mutex::new(BTreeMap::new()),
+            compiled: Mutex::new(None),
             config,
         });
         cp.seed().await?;
@@ -371,6 +374,24 @@ impl ControlPlane {
             }
             tokio::spawn(flip::recover(self.clone(), flip, locks));
         }
+    }
+
+    /// The table in force, compiled (validated once per version).
+    pub fn compiled(
+        &self,
+    ) -> Result<Option<Arc<router_rules::CompiledTable>>, router_rules::TableError> {
+        let Some(current) = self.store.current() else {
+            return Ok(None);
+        };
+        let mut cached = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(table) = cached.as_ref()
+            && table.version() == current.version
+        {
+            return Ok(Some(table.clone()));
+        }
+        let table = Arc::new(router_rules::validate(current.table.clone(), None)?);
+        *cached = Some(table.clone());
+        Ok(Some(table))
     }
 
     /// Append to the audit log; a failure is logged (and counted), never hidden.

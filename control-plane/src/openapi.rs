@@ -114,8 +114,9 @@ fn bound_integers(value: &mut Value) {
 
 /// What the handlers check of a body beyond its types, said in the schema so that a request
 /// the document calls valid is one the server takes: (component, property, keyword, value).
-fn body_constraints() -> [(&'static str, &'static str, &'static str, Value); 14] {
+fn body_constraints() -> [(&'static str, &'static str, &'static str, Value); 15] {
     [
+        ("ExplainRequest", "path", "pattern", json!("^/")),
         ("ExtendRequest", "seconds", "minimum", json!(1)),
         ("ExtendRequest", "seconds", "maximum", json!(86_400)),
         ("FlipRequest", "reason", "pattern", json!(NOT_BLANK)),
@@ -175,6 +176,7 @@ fn request_body(op: Op) -> Option<Value> {
         Op::Evacuate => json!({ "application/json": { "schema": reference("EvacuateRequest") } }),
         Op::Restore => json!({ "application/json": { "schema": reference("RestoreRequest") } }),
         Op::ExtendFlip => json!({ "application/json": { "schema": reference("ExtendRequest") } }),
+        Op::Explain => json!({ "application/json": { "schema": reference("ExplainRequest") } }),
         Op::Report => json!({ "application/json": { "schema": reference("GatewayReport") } }),
         Op::ResolveUnit => {
             json!({ "application/json": { "schema": reference("ResolveRequest") } })
@@ -197,6 +199,7 @@ fn success_schema(op: Op) -> Option<Value> {
         Op::Audit => json!({ "type": "array", "items": reference("AuditEntry") }),
         Op::Watch => reference("RoutingTable"),
         Op::ResolveUnit => reference("ResolveResult"),
+        Op::Explain => reference("ExplainResult"),
         _ => return None,
     })
 }
@@ -347,6 +350,14 @@ pub fn document() -> Value {
         (
             "ExtendRequest",
             schema::<control_api::ExtendRequest>(&mut schemas),
+        ),
+        (
+            "ExplainRequest",
+            schema::<control_api::ExplainRequest>(&mut schemas),
+        ),
+        (
+            "ExplainResult",
+            schema::<control_api::ExplainResult>(&mut schemas),
         ),
         (
             "ResolveResult",

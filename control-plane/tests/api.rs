@@ -549,3 +549,55 @@ async fn serves_https_and_gateways_follow_it_over_tls() {
         .expect("gateway starts");
     assert_eq!(gateway.store.current().expect("table").table.version(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_resolves_against_the_table_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let config = file_plane_config(dir.path(), &tokens);
+    let cp = ControlProcess::start(&config);
+    let viewer = cp.client(&tokens.viewer);
+    let ask = |user: &str, entry: &str| control_api::ExplainRequest {
+        method: "POST".into(),
+        path: "/cart".into(),
+        headers: BTreeMap::new(),
+        user: Some(user.into()),
+        entry_region: Some(entry.into()),
+    };
+    // User 4321 is slot 4321, unit u03, in sh: entering hz, it is forwarded there.
+    let explained = viewer.explain(&ask("4321", "hz")).await.expect("explained");
+    assert_eq!(explained.version, 1);
+    let decision = &explained.decision;
+    assert_eq!(decision["unit"], "u03", "{decision}");
+    assert_eq!(decision["region"], "sh", "{decision}");
+    assert_eq!(decision["cross_region"], true, "{decision}");
+    assert_eq!(decision["key_source"], "header:x-user-id", "{decision}");
+    // After a flip, the same question gets the new answer, with the new version.
+    let operator = cp.client(&tokens.operator);
+    let id = operator
+        .start_flip(
+            "u03",
+            &support::flip_request(
+                serde_json::json!({"to": "sz", "mode": "emergency", "reason": "drill"}),
+            ),
+        )
+        .await
+        .expect("flip")
+        .id;
+    support::wait_flip(&operator, &id).await;
+    let explained = viewer.explain(&ask("4321", "hz")).await.expect("explained");
+    assert_eq!(
+        (explained.version, explained.decision["region"].as_str()),
+        (2, Some("sz"))
+    );
+    // Nothing was changed or audited by explaining.
+    let audit = viewer.audit(None).await.expect("audit");
+    assert!(
+        !audit.iter().any(|e| e.action.contains("explain")),
+        "{audit:?}"
+    );
+    // An unknown entry region is named.
+    let refused = viewer.explain(&ask("1", "mars")).await.expect_err("mars");
+    assert_eq!(refused.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
+    assert!(refused.to_string().contains("entry_region"), "{refused}");
+}

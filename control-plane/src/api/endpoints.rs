@@ -47,6 +47,8 @@ pub enum Op {
     ResolveUnit,
     /// `POST /v1/flips`.
     StartFlips,
+    /// `POST /v1/explain`.
+    Explain,
     /// `POST /v1/flips/{id}/extend`.
     ExtendFlip,
     /// `POST /v1/regions/{region}/evacuate`.
@@ -229,6 +231,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Op::ResolveUnit,
         "Settle a unit whose flip could not be recovered: set its state in the region it is in, and lift its lock.",
         &[200, 400, 404, 409, 413, 422, 503],
+    ),
+    endpoint(
+        Method::POST,
+        paths::EXPLAIN,
+        Need::Read,
+        Op::Explain,
+        "Where a request (method, path, headers, a user's key, the region it enters) would go, against the table in force; changes nothing.",
+        &[200, 400, 404, 409, 413, 422],
     ),
     endpoint(
         Method::GET,

@@ -167,7 +167,9 @@ async fn route(cp: &Arc<ControlPlane>, request: Request<Incoming>) -> Reply {
             .gateway_reports_refused
             .fetch_add(1, Ordering::Relaxed);
     }
-    if (mutating && op != Op::Plan && !audited_inside) || gateway_refused {
+    // A plan and an explanation change nothing: they are not audited.
+    let changes = mutating && !matches!(op, Op::Plan | Op::Explain);
+    if (changes && !audited_inside) || gateway_refused {
         audit_call(cp, &actor, endpoint, &params, &reply).await;
     }
     reply
@@ -244,6 +246,7 @@ async fn dispatch(
         Op::ExtendFlip => flips::extend_flip(cp, param(0), request).await,
         Op::ResolveUnit => flips::resolve_unit(cp, actor, param(0), request).await,
         Op::StartFlips => flips::start_flips(cp, actor, request).await,
+        Op::Explain => status::explain(cp, request).await,
         Op::Evacuate => flips::evacuate(cp, actor, param(0), request).await,
         Op::Restore => flips::restore(cp, actor, param(0), request).await,
         Op::Gateways => gateways::list_gateways(cp),

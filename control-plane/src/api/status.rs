@@ -2,11 +2,13 @@
 //! `GET /v1/status`, `GET /v1/audit`.
 
 use bytes::Bytes;
-use control_api::{FlipState, Status, UnitStatus};
-use http::{HeaderValue, Response, StatusCode, header};
+use control_api::{ExplainRequest, ExplainResult, FlipState, Status, UnitStatus};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use hyper::body::Incoming;
+use router_rules::{DecisionReport, KeyPlacement, SimpleRequest};
 
-use super::reply::{Handled, Refusal, json, query};
+use super::reply::{Handled, Refusal, json, parse_json_body, query, read_body};
 use crate::ControlPlane;
 
 pub fn health(cp: &ControlPlane) -> Handled {
@@ -81,6 +83,69 @@ pub async fn status(cp: &ControlPlane) -> Handled {
             version: current.map_or(0, |t| t.version),
             units,
             gateways: cp.registry.list(),
+        },
+    ))
+}
+
+pub async fn explain(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
+    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
+    let ask: ExplainRequest = parse_json_body(&body)?;
+    let table = cp
+        .compiled()
+        .map_err(|e| {
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "stored_table_invalid",
+                e.render("table"),
+            )
+        })?
+        .ok_or_else(|| Refusal::new(StatusCode::CONFLICT, "no_table", "no table stored yet"))?;
+    let entry = match &ask.entry_region {
+        None => table.center_unit().region,
+        Some(name) => table.region_index(name).ok_or_else(|| {
+            let known: Vec<&str> = table.regions().iter().map(|r| &*r.name).collect();
+            Refusal::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_region",
+                format!(
+                    "body.entry_region: {name:?} is not in the table (regions: {})",
+                    known.join(", ")
+                ),
+            )
+        })?,
+    };
+    if !ask.path.starts_with('/') {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "body.path: starts with /",
+        ));
+    }
+    let mut request = SimpleRequest::new(&ask.method.to_ascii_uppercase(), &ask.path);
+    for (name, value) in &ask.headers {
+        request.add_header(&name.to_ascii_lowercase(), value);
+    }
+    let mut notes = Vec::new();
+    if let Some(user) = &ask.user {
+        match router_rules::place_key(&table, &mut request, user).map_err(|m| {
+            Refusal::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("body.user: {m}"),
+            )
+        })? {
+            KeyPlacement::Placed => {}
+            KeyPlacement::NotUsed(why) => notes.push(format!("user not used: {why}")),
+        }
+    }
+    let decision = table.resolve(&request, entry);
+    let report = DecisionReport::new(&table, &decision, &request.method);
+    Ok(json(
+        StatusCode::OK,
+        &ExplainResult {
+            version: table.version(),
+            decision: serde_json::to_value(&report).unwrap_or_default(),
+            notes,
         },
     ))
 }
