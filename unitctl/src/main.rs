@@ -78,6 +78,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Control plane: wait longer for a flip's confirmation (it rolls back at its deadline).
+    FlipExtend {
+        /// Flip id.
+        id: String,
+        /// Seconds to add to the deadline (1 to 86400).
+        #[arg(long)]
+        seconds: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Control plane: cancel a running flip (it rolls back).
     FlipCancel {
         /// Flip id.
@@ -190,6 +201,18 @@ fn main() -> ExitCode {
         Command::FlipCancel { id, output } => {
             remote::run(&cli.server, remote::Remote::Cancel { id, output })
         }
+        Command::FlipExtend {
+            id,
+            seconds,
+            output,
+        } => remote::run(
+            &cli.server,
+            remote::Remote::Extend {
+                id,
+                seconds,
+                output,
+            },
+        ),
         Command::FlipResolve(args) => remote::run(&cli.server, remote::Remote::Resolve(args)),
         Command::GatewayForget { id, output } => {
             remote::run(&cli.server, remote::Remote::ForgetGateway { id, output })

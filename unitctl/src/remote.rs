@@ -318,6 +318,11 @@ pub fn run(server: &Server, command: Remote) -> Result<u8, Failure> {
             Remote::ForgetGateway { id, output } => forget_gateway(&client, &id, output).await,
             Remote::Confirm { id, output } => signal(&client, &id, Signal::Confirm, output).await,
             Remote::Cancel { id, output } => signal(&client, &id, Signal::Cancel, output).await,
+            Remote::Extend {
+                id,
+                seconds,
+                output,
+            } => signal(&client, &id, Signal::Extend(seconds), output).await,
             Remote::Audit { limit, output } => audit(&client, limit, output).await,
             Remote::Show { id, wait, output } => show(&client, &id, wait, output).await,
         }
@@ -360,6 +365,15 @@ pub enum Remote {
     Cancel {
         /// Flip id.
         id: String,
+        /// Output format.
+        output: Output,
+    },
+    /// Wait longer for a flip's confirmation.
+    Extend {
+        /// Flip id.
+        id: String,
+        /// Seconds to add.
+        seconds: u64,
         /// Output format.
         output: Output,
     },
@@ -1176,7 +1190,15 @@ async fn follow(client: &Client, id: &str, output: Output, header: bool) -> Resu
                     .as_ref()
                     .is_some_and(|c| c.confirm == Some(true));
             if awaits_confirmation {
-                outln!("  waiting for: unitctl flip-confirm {id}   (or unitctl flip-cancel {id})");
+                let until = flip
+                    .confirm_by_ms
+                    .map(|by| format!(" until {}; then it rolls back", utc(by)))
+                    .unwrap_or_default();
+                outln!("  waiting for a confirmation{until}:");
+                outln!("    unitctl flip-confirm {id}");
+                outln!(
+                    "    (or unitctl flip-cancel {id}; unitctl flip-extend {id} --seconds N to wait longer)"
+                );
             }
             if i < shown.len() {
                 shown[i] = step.outcome;
@@ -1201,20 +1223,33 @@ async fn follow(client: &Client, id: &str, output: Output, header: bool) -> Resu
 enum Signal {
     Confirm,
     Cancel,
+    Extend(u64),
 }
 
 async fn signal(client: &Client, id: &str, signal: Signal, output: Output) -> Result<u8, Failure> {
     let id = segment("flip", id)?;
-    // The control plane's answer: `{"id": ID, "signal": "confirm"|"cancel"}`.
+    // The control plane's answer: `{"id": ID, "signal": "confirm"|"cancel"|"extend"}`.
     let (answer, what) = match signal {
         Signal::Confirm => (client.confirm_flip(id).await, "confirm"),
         Signal::Cancel => (client.cancel_flip(id).await, "cancel"),
+        Signal::Extend(seconds) => (client.extend_flip(id, seconds).await, "extend"),
     };
     let answer = answer.map_err(failed)?;
     if output == Output::Json {
         print_json(&answer)?;
-    } else {
-        outln!("flip {id}: {what} sent");
+        return Ok(0);
+    }
+    outln!("flip {id}: {what} sent");
+    if let Signal::Extend(seconds) = signal {
+        // The runner moves the deadline at its next look (a fraction of a second).
+        if let Ok(flip) = client.flip(id).await
+            && let Some(by) = flip.confirm_by_ms
+        {
+            outln!(
+                "  {seconds} s added; it waits for a confirmation until at least {}",
+                utc(by)
+            );
+        }
     }
     Ok(0)
 }

@@ -1649,3 +1649,84 @@ async fn an_evacuation_of_units_a_running_flip_holds_is_refused_naming_it() {
         .await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirmation_wait_prints_the_command_and_the_deadline_and_flip_extend_moves_it() {
+    let p = plane().await;
+    let mut command = unitctl_command(&[
+        "flip",
+        "u03",
+        "--to",
+        "sz",
+        "--confirm",
+        "--reason",
+        "drill",
+        "--wait",
+    ]);
+    command
+        .env("UNITGATE_SERVER", format!("http://{}", p.server.addr))
+        .env("UNITGATE_TOKEN", &p.operator)
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().expect("unitctl runs");
+    let stdout = child.stdout.take().expect("stdout");
+    // Read the waiting lines as they come (the flip blocks until confirmed).
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut waiting = String::new();
+    let id = loop {
+        let line = seen
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no confirm command printed: {waiting}"));
+        waiting.push_str(&line);
+        waiting.push('\n');
+        if let Some(id) = line.trim().strip_prefix("unitctl flip-confirm ") {
+            break id.to_owned();
+        }
+    };
+    assert!(
+        waiting.contains("waiting for a confirmation until ") && waiting.contains(" UTC"),
+        "{waiting}"
+    );
+    let before = p
+        .client(&p.operator)
+        .flip(&id)
+        .await
+        .expect("flip")
+        .confirm_by_ms
+        .expect("deadline");
+    let out = p
+        .unitctl(&p.operator, &["flip-extend", &id, "--seconds", "120"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("extend sent"), "{}", text(&out));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p
+        .client(&p.operator)
+        .flip(&id)
+        .await
+        .expect("flip")
+        .confirm_by_ms
+        != Some(before + 120_000)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deadline never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = p.unitctl(&p.operator, &["flip-confirm", &id]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("joined")
+        .expect("exit");
+    assert!(status.success(), "{status}");
+}
