@@ -315,9 +315,10 @@ async fn delayed_copy(
 pub fn tour(demo: &Demo, wan_delay: Duration) -> String {
     let mut out = String::from("unitgate demo: a control plane and three regions on 127.0.0.1\n\n");
     out.push_str(&format!(
-        "  control plane  {}   (store: {})\n",
+        "  control plane  {}   (store: {})\n  console        {}/console/   (sign in with a token below)\n",
         demo.control_url,
-        demo.dir.join("store").display()
+        demo.dir.join("store").display(),
+        demo.control_url,
     ));
     let gateway_of = |region: &str| {
         demo.gateways
@@ -394,6 +395,13 @@ pub fn tour(demo: &Demo, wan_delay: Duration) -> String {
         "# after it, user 5555 is served in sz; the audit log has every step".to_owned(),
         format!("curl -s -H 'X-User-Id: 5555' http://{hz}/cart"),
         format!("{unitctl} audit"),
+        String::new(),
+        "# a region down: every unit of sz to its standby (hz), one version for all of them..."
+            .to_owned(),
+        format!("{unitctl} evacuate sz --emergency --reason 'sz down (demo)' --wait"),
+        format!("curl -s --cookie 'uid=9000'   http://{sh}/order/1   # u06: now served in hz"),
+        "# ...and sz back: the units the evacuation moved go home, planned".to_owned(),
+        format!("{unitctl} restore sz --reason 'sz back (demo)' --wait"),
         String::new(),
         "# one gateway's view: the table it serves, and its metrics".to_owned(),
         format!("curl -s http://{hz_admin}/table"),

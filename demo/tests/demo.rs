@@ -133,6 +133,47 @@ async fn demo_routes_follows_its_control_plane_and_pays_the_wan_delay_once_per_h
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The tour's evacuation and restore of sz work after both flips, in that order.
+    assert!(tour.contains("/console/"), "{tour}");
+    assert!(tour.contains("evacuate sz --emergency"), "{tour}");
+    let evacuation = operator
+        .evacuate(
+            "sz",
+            &control_api::EvacuateRequest {
+                mode: FlipMode::Emergency,
+                to: None,
+                reason: "tour".into(),
+                replication_check: None,
+                converge_timeout_s: None,
+            },
+        )
+        .await
+        .expect("the tour's evacuation is accepted");
+    let ended = |id: String| {
+        let operator = operator.clone();
+        async move {
+            while !operator.flip(&id).await.expect("flip").state.is_final() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::time::timeout(T, ended(evacuation.id))
+        .await
+        .expect("the evacuation ends");
+    let restore = operator
+        .restore(
+            "sz",
+            &control_api::RestoreRequest {
+                reason: "tour".into(),
+                replication_check: None,
+                converge_timeout_s: None,
+            },
+        )
+        .await
+        .expect("the tour's restore is accepted");
+    tokio::time::timeout(T, ended(restore.id))
+        .await
+        .expect("the restore ends");
     unitgate_demo::stop(demo).await;
 
     // A second run in the same directory starts again from the example table.
