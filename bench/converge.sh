@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# Push latency: 100 gateway table sources (the gateway's code, one process) follow a real
-# control-plane process on loopback; time from each flip request until the last of them
-# applied the flip's final version. 50 emergency flips (one version each) and 50 planned flips
-# (freeze, switch, unfreeze: three versions, each waited for). Writes the table into
-# docs/BENCHMARKS.md between the converge-bench markers.
-# Usage: bench/converge.sh [GATEWAYS] [FLIPS]
+# Push latency: gateway table sources (the gateway's code, one process) follow real
+# control-plane processes on loopback; time from each operation's request until the last of
+# them applied the operation's final version. Two control planes side by side, 100 gateways
+# each:
+# - the three-region example table: single-unit flips, emergency (one version) and planned
+#   (freeze, switch, unfreeze: three versions, each waited for);
+# - bench/five-regions-100-units.yaml (5 regions of 20 units): single-unit flips, and a whole
+#   region of 20 units evacuated (emergency: one version; planned, replication delay 0: three)
+#   and then restored (planned).
+# Each round runs every operation once, in a rotating order, so the rows share the machine's
+# load; the report adds per-round ratios. Writes the tables into docs/BENCHMARKS.md between the
+# converge-bench markers.
+# Usage: bench/converge.sh [GATEWAYS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gateways=${1:-100}
-flips=${2:-50}
+rounds=${2:-100}
 cargo build --release -q -p control-plane --bin unitgate-control --example converge
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 {
   echo
-  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, by \`bench/converge.sh $gateways $flips\`:"
+  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, by \`bench/converge.sh $gateways $rounds\`:"
   echo
-  target/release/examples/converge target/release/unitgate-control "$gateways" "$flips"
+  target/release/examples/converge target/release/unitgate-control \
+    bench/five-regions-100-units.yaml "$gateways" "$rounds"
   echo
 } > "$report"
 cat "$report"
