@@ -197,19 +197,32 @@ fn placement(table: &router_rules::RawTable, unit: &str) -> (String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in_three_versions() {
+async fn a_planned_evacuation_of_sz_under_load_freezes_only_its_units_writes_in_three_versions() {
+    // sz holds u05 and u06, both with standby hz.
+    planned_evacuation_under_load("sz", "hz", ["u05", "u06"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planned_evacuation_of_sh_under_load_freezes_only_its_units_writes_in_three_versions() {
+    // sh holds u03 and u04, both with standby sz.
+    planned_evacuation_under_load("sh", "sz", ["u03", "u04"]).await;
+}
+
+/// Evacuate `old` (planned, each unit to its standby `new`) under the planned-flip test's load:
+/// 0 failed reads, no error for the units that stay, no write of a moved unit begun in `old`
+/// after every gateway applied the freeze, every 503 naming the freeze or the switch version,
+/// exactly three versions added.
+async fn planned_evacuation_under_load(old: &str, new: &str, moved: [&'static str; 2]) {
     let system = System::start(Default::default()).await;
     let operator = system.control_client(&system.tokens.operator);
     let before = operator.table().await.expect("table").version;
     assert_eq!(before, 1);
-    // sz holds u05 and u06, both with standby hz.
-    let (old, new, moved) = ("sz", "hz", ["u05", "u06"]);
     let is_moved = |unit: &str| moved.contains(&unit);
 
     let load = Load::start(&system);
-    // The load runs on version 1 first, writes of the moving units served in sz.
+    // The load runs on version 1 first, writes of the moving units served in the old region.
     load.wait_for(
-        "writes of u05 and u06 served in sz before the evacuation",
+        &format!("writes of {moved:?} served in {old} before the evacuation"),
         |samples| {
             moved.iter().all(|unit| {
                 samples
@@ -232,7 +245,7 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
             old,
             &serde_json::from_value(serde_json::json!({
                 "mode": "planned",
-                "reason": "e2e: sz maintenance under load",
+                "reason": format!("e2e: {old} maintenance under load"),
                 "replication_check": {"delay_s": 1}
             }))
             .expect("evacuate request"),
@@ -242,7 +255,11 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
     let flip = system.wait_flip(&accepted.id).await;
     let took = started.elapsed();
     assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
-    assert_eq!(flip.operation.as_deref(), Some("evacuate:sz"), "{flip:?}");
+    assert_eq!(
+        flip.operation.as_deref(),
+        Some(format!("evacuate:{old}").as_str()),
+        "{flip:?}"
+    );
     let moves: Vec<(String, String, String)> = flip
         .moves()
         .into_iter()
@@ -252,7 +269,10 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
         .iter()
         .map(|u| ((*u).to_owned(), old.to_owned(), new.to_owned()))
         .collect();
-    assert_eq!(moves, expected, "every unit of sz to its standby: {flip:?}");
+    assert_eq!(
+        moves, expected,
+        "every unit of {old} to its standby: {flip:?}"
+    );
     let names: Vec<StepName> = flip.steps.iter().map(|s| s.name).collect();
     assert_eq!(
         names,
@@ -278,9 +298,9 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
         "one version per step for both units"
     );
 
-    // Writes of the moved units flow again, now in hz, through every gateway.
+    // Writes of the moved units flow again, now in the new region, through every gateway.
     load.wait_for(
-        "writes of u05 and u06 served in hz after the unfreeze",
+        &format!("writes of {moved:?} served in {new} after the unfreeze"),
         |samples| {
             moved.iter().all(|unit| {
                 REGIONS.iter().all(|entry| {
@@ -347,7 +367,7 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
     }
 
     eprintln!(
-        "planned evacuation of sz: {} requests, evacuation {took:?} (202 to succeeded), steps: {}",
+        "planned evacuation of {old} ({moved:?} to {new}): {} requests, evacuation {took:?} (202 to succeeded), steps: {}",
         samples.len(),
         flip.steps
             .iter()
@@ -409,8 +429,8 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
         by_version(frozen),
         by_version(switched)
     );
-    // Every write of a moved unit answered 200 came from sz before the freeze, or from hz
-    // after the unfreeze.
+    // Every write of a moved unit answered 200 came from the old region before the freeze, or
+    // from the new one after the unfreeze.
     for s in samples
         .iter()
         .filter(|s| is_moved(s.unit) && s.write && s.status == 200)
@@ -420,8 +440,8 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
         assert!(fine, "a write served outside its region's window: {s:?}");
     }
 
-    // What sz's upstream received: writes of the moved units only from tables before the
-    // freeze; hz's: only from the unfreeze on.
+    // What the old region's upstream received: writes of the moved units only from tables before
+    // the freeze; the new region's: only from the unfreeze on.
     for unit in moved {
         let writes = |region: &str| -> Vec<u64> {
             system
@@ -439,19 +459,19 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
                 .collect()
         };
         let in_old = writes(old);
-        assert!(!in_old.is_empty(), "{unit} took writes in sz before");
+        assert!(!in_old.is_empty(), "{unit} took writes in {old} before");
         assert!(
             in_old.iter().all(|v| *v < frozen),
-            "a write for {unit} reached sz at versions {in_old:?}"
+            "a write for {unit} reached {old} at versions {in_old:?}"
         );
         let in_new = writes(new);
-        assert!(!in_new.is_empty(), "{unit} took writes in hz after");
+        assert!(!in_new.is_empty(), "{unit} took writes in {new} after");
         assert!(
             in_new.iter().all(|v| *v >= unfrozen),
-            "a write for {unit} reached hz before the unfreeze, at versions {in_new:?}"
+            "a write for {unit} reached {new} before the unfreeze, at versions {in_new:?}"
         );
     }
-    // And by the clock: sz's gateway began serving no write of a moved unit after the freeze
+    // And by the clock: the old region's gateway began serving no write of a moved unit after the freeze
     // version was applied by every gateway (its access log: the request's start is the line's
     // time minus its duration).
     let served_in_old: Vec<(i64, serde_json::Value)> = log_lines(&system, old)
@@ -469,18 +489,21 @@ async fn a_planned_evacuation_under_load_freezes_only_the_moving_units_writes_in
             (start, l)
         })
         .collect();
-    assert!(!served_in_old.is_empty(), "sz's access log has the writes");
+    assert!(
+        !served_in_old.is_empty(),
+        "{old}'s access log has the writes"
+    );
     let last_start = served_in_old.iter().map(|(s, _)| *s).max().expect("some");
     for (start, line) in &served_in_old {
         assert!(
             *start <= frozen_everywhere,
-            "a write began in sz {} µs after every gateway applied version {frozen}: {line}",
+            "a write began in {old} {} µs after every gateway applied version {frozen}: {line}",
             start - frozen_everywhere
         );
         assert!(line["version"].as_u64() < Some(frozen), "{line}");
     }
     eprintln!(
-        "freeze applied by the first gateway {} µs before the last; the last write of u05/u06 served in sz began {} µs before the freeze was applied everywhere",
+        "freeze applied by the first gateway {} µs before the last; the last write of {moved:?} served in {old} began {} µs before the freeze was applied everywhere",
         frozen_everywhere - frozen_somewhere,
         frozen_everywhere - last_start
     );
