@@ -312,9 +312,27 @@ async fn start_moves(
     }
     let id = super::new_id();
     let names: Vec<String> = units.iter().map(|u| u.unit.clone()).collect();
-    let locks = match cp.store.lock_units(&names, &id).await? {
-        Ok(locks) => locks,
-        Err(unit) => return Err(locked(cp, &unit).await?),
+    // A flip that just ended keeps its locks for the moment it takes to audit its end: an
+    // operator who saw it end and starts the next one at once waits for that, not a 409.
+    let mut attempts = 0;
+    let locks = loop {
+        match cp.store.lock_units(&names, &id).await? {
+            Ok(locks) => break locks,
+            Err(unit) => match locked(cp, &unit).await? {
+                Some(refused) => return Err(refused),
+                None if attempts < 40 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                None => {
+                    return Err(Refused::new(
+                        Kind::Conflict,
+                        "flip_in_progress",
+                        format!("unit {unit} is still held by a flip that is ending; retry"),
+                    ));
+                }
+            },
+        }
     };
     let joined = |f: fn(&FlipUnit) -> &str| {
         let mut seen: Vec<&str> = Vec::new();
@@ -377,31 +395,33 @@ async fn start_moves(
     Ok(record)
 }
 
-/// Why `unit`'s lock is taken: a block an operator must resolve, or the flip that holds it.
-async fn locked(cp: &ControlPlane, unit: &str) -> Result<Refused, Refused> {
+/// Why `unit`'s lock is taken: a block an operator must resolve, or the running flip that
+/// holds it; `None` when no flip holding it is running any more (it is letting go).
+async fn locked(cp: &ControlPlane, unit: &str) -> Result<Option<Refused>, Refused> {
     if let Some(block) = cp.store.unit_block(unit).await? {
-        return Ok(Refused::new(
+        return Ok(Some(Refused::new(
             Kind::Conflict,
             "unit_locked",
             block.describe(),
-        ));
+        )));
     }
     let running = cp
         .store
         .flips()
-        .await
-        .ok()
-        .and_then(|f| {
-            f.into_iter()
-                .rev()
-                .find(|f| f.moves_unit(unit) && f.state == FlipState::Running)
-        })
-        .map_or_else(String::new, |f| format!(" ({})", f.id));
-    Ok(Refused::new(
-        Kind::Conflict,
-        "flip_in_progress",
-        format!("a flip of unit {unit} is already running{running}; one flip per unit at a time"),
-    ))
+        .await?
+        .into_iter()
+        .rev()
+        .find(|f| f.moves_unit(unit) && f.state == FlipState::Running);
+    Ok(running.map(|f| {
+        Refused::new(
+            Kind::Conflict,
+            "flip_in_progress",
+            format!(
+                "a flip of unit {unit} is already running ({}); one flip per unit at a time",
+                f.id
+            ),
+        )
+    }))
 }
 
 /// The flip `id`.
