@@ -76,6 +76,30 @@
       pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
   }
 
+  function fmtUtc(ms) {
+    if (!ms) return "";
+    return new Date(ms).toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  }
+
+  // What is left until `ms`: "4 min 05 s left", or that the deadline passed.
+  function fmtLeft(ms) {
+    const left = ms - Date.now();
+    if (left <= 0) return "deadline passed";
+    const s = Math.ceil(left / 1000);
+    const hours = Math.floor(s / 3600);
+    const minutes = Math.floor((s % 3600) / 60);
+    const seconds = String(s % 60).padStart(2, "0");
+    return (hours ? hours + " h " + String(minutes).padStart(2, "0") + " min " : minutes ? minutes + " min " : "") +
+      seconds + " s left";
+  }
+
+  // Counts down every deadline on the page ([data-deadline-ms]) once a second, between polls.
+  function tickDeadlines() {
+    for (const el of document.querySelectorAll("[data-deadline-ms]")) {
+      el.textContent = fmtLeft(Number(el.dataset.deadlineMs));
+    }
+  }
+
   function fmtDuration(ms) {
     if (ms === undefined || ms === null || ms < 0) return "";
     if (ms < 1000) return ms + " ms";
@@ -525,6 +549,17 @@
       return;
     }
     const moves = flipUnits(flip);
+    const check = flip.replication_check || {};
+    // Waiting for an operator's confirmation: until when (the record says so while it waits).
+    const waiting = flip.state === "running" && !!check.confirm && !flip.confirmed && !flip.cancel_requested &&
+      typeof flip.confirm_by_ms === "number";
+    const deadline = waiting
+      ? h("div", { class: "deadline", id: "confirm-deadline", "data-confirm-by": flip.confirm_by_ms },
+        "Waits for a confirmation until ",
+        h("strong", { class: "deadline-local" }, fmtTime(flip.confirm_by_ms)), " (local time, ",
+        h("span", { class: "deadline-utc mono" }, fmtUtc(flip.confirm_by_ms)), "), then rolls back: ",
+        h("span", { class: "countdown", "data-deadline-ms": flip.confirm_by_ms }, fmtLeft(flip.confirm_by_ms)))
+      : null;
     const steps = flip.steps.map((s) => {
       const cls = s.outcome === "ok" ? "ok" : s.outcome === "failed" ? "failed" : "running";
       const took = s.finished_at_ms ? fmtDuration(s.finished_at_ms - s.started_at_ms)
@@ -533,8 +568,13 @@
         h("strong", null, s.name), " ", badge(s.outcome, cls === "failed" ? "bad" : cls === "ok" ? "ok" : "state-flipping"),
         s.version ? [" ", h("span", { class: "muted" }, convergedText(s.version))] : null,
         " ", h("span", { class: "muted" }, took),
-        s.detail ? h("div", { class: "reason muted" }, s.detail) : null);
+        s.detail ? h("div", { class: "reason muted" }, s.detail) : null,
+        deadline && cls === "running" && s.name === "replication" ? deadline : null);
     });
+    if (deadline && !flip.steps.some((s) => s.name === "replication" && s.outcome !== "ok" && s.outcome !== "failed")) {
+      // The step is not in the record yet: show the deadline on its own line.
+      steps.push(h("li", { class: "running", "data-step": "confirmation" }, deadline));
+    }
     if (flip.state === "running" && !flip.steps.some((s) => s.name === "rollback")) {
       const order = flip.mode === "emergency" ? EMERGENCY_STEPS : PLANNED_STEPS;
       const done = new Set(flip.steps.map((s) => s.name));
@@ -542,12 +582,15 @@
         steps.push(h("li", { class: "pending muted", "data-step": name }, name, " (to come)"));
       }
     }
-    const check = flip.replication_check || {};
     const actions = [];
     if (state.operator && flip.state === "running") {
       if (check.confirm && !flip.confirmed) {
         actions.push(h("button", { type: "button", class: "action", "data-action": "confirm",
           on: { click: () => signal(flip.id, "confirm") } }, "Confirm: the data caught up"));
+      }
+      if (waiting) {
+        actions.push(h("button", { type: "button", class: "action", "data-action": "extend",
+          on: { click: () => openExtend(flip.id) } }, "Extend…"));
       }
       if (!flip.cancel_requested) {
         actions.push(h("button", { type: "button", class: "action danger", "data-action": "cancel",
@@ -571,6 +614,35 @@
       flip.error ? h("p", { class: "error" }, flip.error) : null,
       h("ol", { class: "timeline" }, steps),
       actions.length ? h("div", { class: "bar" }, actions) : null));
+  }
+
+  // Give the operators more time to confirm: POST /v1/flips/{id}/extend {seconds}.
+  function openExtend(id) {
+    const flip = state.detail && state.detail.id === id ? state.detail : null;
+    const minutes = h("input", { id: "dlg-minutes", type: "number", min: "1", max: "1440", step: "1", value: "10", required: true });
+    openDialog("Extend the wait of " + id, "Extend", (body) => {
+      body.append(
+        h("p", null, "Waits for a confirmation until ",
+          h("strong", null, flip && flip.confirm_by_ms ? fmtTime(flip.confirm_by_ms) : "?"),
+          flip && flip.confirm_by_ms ? " (" + fmtUtc(flip.confirm_by_ms) + ")" : "",
+          ". Without one by then, the operation rolls back."),
+        field("Add minutes (1 to 1440)", minutes));
+    }, async () => {
+      const n = Number(minutes.value);
+      if (!Number.isInteger(n) || n < 1 || n > 1440) {
+        const e = new Error("");
+        e.userMessage = "Give a whole number of minutes from 1 to 1440.";
+        throw e;
+      }
+      try {
+        await api("POST", "/v1/flips/" + encodeURIComponent(id) + "/extend", { seconds: n * 60 });
+      } catch (e) {
+        if (notAvailable(e)) e.userMessage = "Extending a wait is not available on this control plane.";
+        throw e;
+      }
+      notice("The wait of " + id + " was extended by " + n + " min.");
+      schedule(0);
+    });
   }
 
   async function signal(id, what) {
@@ -831,25 +903,71 @@
 
   // ---- dry run ---------------------------------------------------------------------------
 
+  // One row of the dry run's answer: a label and its value (text), named for tests and scripts.
+  function dryRow(name, label, ...value) {
+    return h("tr", { "data-field": name }, h("th", null, label), h("td", null, value));
+  }
+
+  function orNone(value) {
+    return value === undefined || value === null || value === "" ? "—" : String(value);
+  }
+
+  const ACTION_TEXT = {
+    forward: "forward: the request is served",
+    write_frozen: "write_frozen: a write to a frozen unit is refused (503)",
+    missing_key: "missing_key: no routing key found, refused (400)",
+    no_route: "no_route: no route matches (404)",
+  };
+
+  function renderDecision(answer) {
+    const d = (answer && answer.decision) || {};
+    const version = answer && answer.version !== undefined ? answer.version : d.table_version;
+    const via = Array.isArray(d.forward_via) && d.forward_via.length ? " via " + d.forward_via.join(", ") : "";
+    const forwarded = d.cross_region
+      ? h("span", null, badge("forwarded", "warn"), " " + orNone(d.entry_region) + " -> " + orNone(d.region) + via)
+      : h("span", null, badge("local", "ok"), d.region ? " served in " + d.region + ", where it enters" : "");
+    const notes = Array.isArray(answer && answer.notes) ? answer.notes : [];
+    return [
+      h("p", null, "Against version ", h("strong", { id: "dryrun-version" }, orNone(version)), " of the table:"),
+      h("table", { class: "plan decision", id: "dryrun-decision", "data-unit": orNone(d.unit),
+        "data-region": orNone(d.region), "data-forwarded": d.cross_region ? "yes" : "no", "data-version": orNone(version) },
+      h("tbody", null,
+        dryRow("unit", "unit", h("strong", null, orNone(d.unit)), d.unit_state ? " (" + d.unit_state + ")" : ""),
+        dryRow("slot", "slot", orNone(d.slot), d.pinned ? " (pinned)" : "",
+          d.key !== undefined && d.key !== null ? h("span", { class: "muted" }, " key " + d.key + (d.key_source ? " from " + d.key_source : "")) : null),
+        dryRow("region", "served in", h("strong", null, orNone(d.region))),
+        dryRow("forwarded", "forwarded", forwarded),
+        dryRow("action", "action", h("span", { class: "mono" }, ACTION_TEXT[d.action] || orNone(d.action))),
+        dryRow("route", "route", orNone(d.route), d.class ? " (class " + d.class + ")" : "", d.service ? ", service " + d.service : ""),
+        dryRow("entry", "enters", orNone(d.entry_region)))),
+      notes.length
+        ? h("ul", { id: "dryrun-notes", class: "notes" }, notes.map((n) => h("li", null, n)))
+        : null,
+      h("details", null, h("summary", null, "The whole decision"), h("pre", null, JSON.stringify(d, null, 2))),
+    ];
+  }
+
   async function dryRun() {
     const out = $("dryrun-result");
+    const user = $("dry-user").value.trim();
     const body = {
       method: $("dry-method").value,
       path: $("dry-path").value,
-      headers: { "x-user-id": $("dry-user").value },
-      entry_region: $("dry-region").value,
     };
+    if (user) body.user = user;
+    if ($("dry-region").value) body.entry_region = $("dry-region").value;
     out.replaceChildren(h("p", { class: "muted" }, "Asking…"));
     try {
       const answer = await api("POST", "/v1/explain", body);
-      out.replaceChildren(
-        h("p", null, "Against version " + (answer && answer.version !== undefined ? answer.version : "?") + ":"),
-        h("pre", { id: "dryrun-decision" }, JSON.stringify(answer ? answer.decision : answer, null, 2)));
+      out.replaceChildren(...renderDecision(answer).filter(Boolean));
+      // An answer from a newer table than the page shows: read the status now.
+      if (answer && state.status && answer.version !== state.status.version) schedule(0);
     } catch (e) {
       if (e.status === 401) return;
       out.replaceChildren(h("p", { class: "error" }, notAvailable(e)
         ? "The dry run is not available on this control plane."
-        : describe(e, "Dry run")));
+        : e instanceof ApiError && e.status === 409 ? "No table is stored yet: there is nothing to explain against."
+          : describe(e, "Dry run")));
     }
   }
 
@@ -895,6 +1013,7 @@
       ev.preventDefault();
       dryRun();
     });
+    setInterval(tickDeadlines, 1000);
     const saved = sessionStorage.getItem(TOKEN_KEY);
     if (saved) signIn(saved);
   }

@@ -3,8 +3,8 @@
 //! a real control plane and three gateways.
 //!
 //! `UNITGATE_CONSOLE_SCREENSHOTS=1` also saves docs/console-overview.png,
-//! docs/console-flip.png and (where the control plane evacuates regions)
-//! docs/console-evacuation.png.
+//! docs/console-flip.png, docs/console-dryrun.png and (where the control plane evacuates
+//! regions) docs/console-evacuation.png.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -156,6 +156,37 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(&path, png).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
+/// Ask the dry-run box where `user`'s `GET /cart` entering `entry` goes, and wait for an answer
+/// served in `region` (against a version other than `not_version`, when given): the decision's
+/// unit, region, forwarded and version as the page names them, and the text it shows.
+async fn dry_run(
+    c: &Client,
+    user: &str,
+    entry: &str,
+    region: &str,
+    not_version: Option<&str>,
+) -> Value {
+    type_into(c, "#dry-user", user).await;
+    type_into(c, "#dry-path", "/cart").await;
+    c.find(Locator::Css("#dry-region"))
+        .await
+        .expect("entry region")
+        .select_by_value(entry)
+        .await
+        .expect("the entry region");
+    click(c, "#dry-run").await;
+    wait_js(
+        c,
+        &format!("the dry run's answer for {user} entering {entry}, served in {region}"),
+        &format!(
+            "const t = document.getElementById('dryrun-decision'); if (!t || t.dataset.region !== {} || t.dataset.version === {}) return false; return {{unit: t.dataset.unit, region: t.dataset.region, forwarded: t.dataset.forwarded, version: t.dataset.version, text: document.getElementById('dryrun-result').textContent}};",
+            json!(region),
+            json!(not_version)
+        ),
+    )
+    .await
+}
+
 /// The number of action buttons and unit selectors on the page.
 const ACTIONS: &str =
     "return document.querySelectorAll('button.action, input.select-unit').length;";
@@ -265,6 +296,66 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
     )
     .await;
     assert_eq!(js(&c, ACTIONS).await, json!(0), "a viewer sees no action");
+
+    // The dry run (a viewer may ask): user 4321 entering hz belongs to u03, served in sh, so
+    // hz forwards it. After a flip of u03 to sz made through the API, the answer follows.
+    click(&c, "#tabs [data-tab='dryrun']").await;
+    let first = dry_run(&c, "4321", "hz", "sh", None).await;
+    assert_eq!(
+        (&first["unit"], &first["forwarded"]),
+        (&json!("u03"), &json!("yes")),
+        "{first}"
+    );
+    let text = first["text"].as_str().unwrap_or_default();
+    for part in ["u03", "forward", "sh"] {
+        assert!(text.contains(part), "the dry run shows {part:?}: {text}");
+    }
+    let admin = system.control_client(&system.tokens.admin);
+    let moved = admin
+        .start_flip(
+            "u03",
+            &flip_request(
+                json!({"to": "sz", "mode": "emergency", "reason": "e2e: the dry run follows"}),
+            ),
+        )
+        .await
+        .expect("flip accepted");
+    system.wait_flip(&moved.id).await;
+    let version = first["version"].as_str().unwrap_or_default().to_owned();
+    let second = dry_run(&c, "4321", "hz", "sz", Some(&version)).await;
+    assert_eq!(
+        (&second["unit"], &second["forwarded"]),
+        (&json!("u03"), &json!("yes")),
+        "{second}"
+    );
+    let newer: u64 = second["version"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .expect("version");
+    assert!(
+        newer > version.parse().expect("version"),
+        "{first} then {second}"
+    );
+    wait_js(
+        &c,
+        "the new version in force",
+        &format!(
+            "return document.getElementById('version-in-force').textContent === {};",
+            json!(format!("version in force: {newer}"))
+        ),
+    )
+    .await;
+    screenshot(&c, "console-dryrun.png").await;
+    // Back to sh, as the example table has it, for what follows.
+    let back = admin
+        .start_flip(
+            "u03",
+            &flip_request(json!({"to": "sh", "mode": "emergency", "reason": "e2e: back to sh"})),
+        )
+        .await
+        .expect("flip accepted");
+    system.wait_flip(&back.id).await;
     // The token is kept in this tab's sessionStorage only.
     assert_eq!(js(&c, "return document.cookie;").await, json!(""));
     let url = c.current_url().await.expect("url");
@@ -320,7 +411,65 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         js(&c, "return document.querySelectorAll('img').length;").await,
         json!(0)
     );
+    // Until when it waits, counting down; Extend moves that deadline.
+    let flip_id = js(
+        &c,
+        "return document.getElementById('flip-card').dataset.flip;",
+    )
+    .await;
+    let flip_id = flip_id.as_str().expect("flip id").to_owned();
+    let before = operator
+        .flip(&flip_id)
+        .await
+        .expect("the flip")
+        .confirm_by_ms
+        .expect("a deadline while it waits");
+    let shown = wait_js(
+        &c,
+        "the confirmation deadline",
+        &format!(
+            "const d = document.getElementById('confirm-deadline'); return !!d && d.dataset.confirmBy === {} && /\\d s left$/.test(d.querySelector('.countdown').textContent) && d.textContent;",
+            json!(before.to_string())
+        ),
+    )
+    .await;
+    let utc = js(
+        &c,
+        &format!("return new Date({before}).toISOString().slice(0, 19).replace('T', ' ');"),
+    )
+    .await;
+    assert!(
+        shown
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("{} UTC", utc.as_str().unwrap_or_default())),
+        "{shown}"
+    );
     screenshot(&c, "console-flip.png").await;
+    click(&c, "#flip-card [data-action='extend']").await;
+    wait_js(
+        &c,
+        "the extend dialog",
+        "return document.getElementById('confirm-dialog').open && !!document.getElementById('dlg-minutes');",
+    )
+    .await;
+    type_into(&c, "#dlg-minutes", "5").await;
+    click(&c, "#confirm-go").await;
+    wait_js(
+        &c,
+        "the deadline moved by 5 min",
+        &format!(
+            "const d = document.getElementById('confirm-deadline'); return !!d && d.dataset.confirmBy === {} && !document.getElementById('confirm-dialog').open;",
+            json!((before + 300_000).to_string())
+        ),
+    )
+    .await;
+    let after = operator
+        .flip(&flip_id)
+        .await
+        .expect("the flip")
+        .confirm_by_ms;
+    assert_eq!(after, Some(before + 300_000), "extended by 300 s");
     click(&c, "#flip-card [data-action='confirm']").await;
     wait_js(
         &c,
@@ -561,22 +710,6 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         )
         .await;
     }
-
-    // The dry run answers, or says it is not available.
-    click(&c, "#tabs [data-tab='dryrun']").await;
-    type_into(&c, "#dry-user", user).await;
-    click(&c, "#dry-run").await;
-    let dry = wait_js(
-        &c,
-        "the dry run's answer",
-        "const r = document.getElementById('dryrun-result'); return !r.textContent.includes('Asking') && r.textContent;",
-    )
-    .await;
-    let dry = dry.as_str().unwrap_or_default();
-    assert!(
-        dry.contains("not available on this control plane") || dry.contains("Against version"),
-        "{dry}"
-    );
 
     let html = js(&c, "return document.documentElement.outerHTML;").await;
     assert!(
