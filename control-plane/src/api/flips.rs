@@ -10,7 +10,7 @@ use control_api::{
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::reply::{Handled, Refusal, json, parse_json_body, read_body};
+use super::reply::{Handled, Refusal, json, json_body};
 use crate::store::FlipSignal;
 use crate::{ControlPlane, flip, units};
 
@@ -20,8 +20,7 @@ pub async fn start_flip(
     unit: &str,
     request: Request<Incoming>,
 ) -> Handled {
-    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
-    let ask: FlipRequest = parse_json_body(&body)?;
+    let ask: FlipRequest = json_body(request, cp.config.max_body_bytes).await?;
     accepted(flip::admit::start(cp, actor, unit, ask).await?)
 }
 
@@ -30,8 +29,7 @@ pub async fn start_flips(
     actor: &str,
     request: Request<Incoming>,
 ) -> Handled {
-    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
-    let ask: MultiFlipRequest = parse_json_body(&body)?;
+    let ask: MultiFlipRequest = json_body(request, cp.config.max_body_bytes).await?;
     accepted(flip::admit::start_many(cp, actor, ask).await?)
 }
 
@@ -41,8 +39,7 @@ pub async fn evacuate(
     region: &str,
     request: Request<Incoming>,
 ) -> Handled {
-    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
-    let ask: EvacuateRequest = parse_json_body(&body)?;
+    let ask: EvacuateRequest = json_body(request, cp.config.max_body_bytes).await?;
     accepted(flip::admit::evacuate(cp, actor, region, ask).await?)
 }
 
@@ -52,8 +49,7 @@ pub async fn restore(
     region: &str,
     request: Request<Incoming>,
 ) -> Handled {
-    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
-    let ask: RestoreRequest = parse_json_body(&body)?;
+    let ask: RestoreRequest = json_body(request, cp.config.max_body_bytes).await?;
     accepted(flip::admit::restore(cp, actor, region, ask).await?)
 }
 
@@ -98,8 +94,7 @@ pub async fn signal_flip(cp: &ControlPlane, id: &str, signal: FlipSignal) -> Han
 }
 
 pub async fn extend_flip(cp: &ControlPlane, id: &str, request: Request<Incoming>) -> Handled {
-    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
-    let ask: ExtendRequest = parse_json_body(&body)?;
+    let ask: ExtendRequest = json_body(request, cp.config.max_body_bytes).await?;
     if !(1..=MAX_EXTEND_S).contains(&ask.seconds) {
         return Err(Refusal::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -122,8 +117,7 @@ pub async fn resolve_unit(
     unit: &str,
     request: Request<Incoming>,
 ) -> Handled {
-    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
-    let ask: ResolveRequest = parse_json_body(&body)?;
+    let ask: ResolveRequest = json_body(request, cp.config.max_body_bytes).await?;
     let result = units::resolve(cp, actor, unit, ask).await?;
     Ok(json(StatusCode::OK, &result))
 }

@@ -10,9 +10,7 @@ use control_api::{DIGEST_HEADER, GatewayReport, StoredTable, VERSION_HEADER};
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 
-use super::reply::{
-    Handled, Refusal, Reply, empty, is_digest, is_name, json, parse_json_body, query, read_body,
-};
+use super::reply::{Handled, Refusal, Reply, empty, is_digest, is_name, json, json_body, query};
 use crate::auth::Principal;
 use crate::registry::Sighting;
 use crate::{AppliedCheck, ControlPlane};
@@ -152,8 +150,7 @@ pub async fn report(
     principal: Option<&Principal>,
     request: Request<Incoming>,
 ) -> Handled {
-    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
-    let report: GatewayReport = parse_json_body(&body)?;
+    let report: GatewayReport = json_body(request, cp.config.max_body_bytes).await?;
     for (field, value) in [("gateway", &report.gateway), ("region", &report.region)] {
         if !is_name(value) {
             return Err(Refusal::new(

@@ -153,6 +153,15 @@ pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<(Byte
     }
 }
 
+/// The request's JSON body as `T`, read within `limit` bytes.
+pub async fn json_body<T: DeserializeOwned>(
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Refusal> {
+    let (body, _) = read_body(request, limit).await?;
+    parse_json_body(&body)
+}
+
 /// Parse a JSON body as `T`, naming the field path of any error. A whole number written as a
 /// float (`5.0`, an integer to JSON Schema, and what some serialisers write) is taken as the
 /// integer it is.

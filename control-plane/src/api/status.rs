@@ -8,7 +8,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use router_rules::{DecisionReport, KeyPlacement, SimpleRequest};
 
-use super::reply::{Handled, Refusal, json, parse_json_body, query, read_body};
+use super::reply::{Handled, Refusal, json, json_body, query};
 use crate::ControlPlane;
 
 pub fn health(cp: &ControlPlane) -> Handled {
@@ -88,8 +88,7 @@ pub async fn status(cp: &ControlPlane) -> Handled {
 }
 
 pub async fn explain(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
-    let (body, _) = read_body(request, cp.config.max_body_bytes).await?;
-    let ask: ExplainRequest = parse_json_body(&body)?;
+    let ask: ExplainRequest = json_body(request, cp.config.max_body_bytes).await?;
     let table = cp
         .compiled()
         .map_err(|e| {
