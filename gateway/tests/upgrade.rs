@@ -64,7 +64,8 @@ async fn upgrade_under_load_refuses_no_connection() {
     let config_path = dir.path().join("gateway.yaml");
     std::fs::write(&config_path, config).expect("config");
     let config_arg = config_path.display().to_string();
-    let mut old = start(&["--config", &config_arg], "gateway serving");
+    // Ready once it listens on its upgrade socket (bound beside serving, not before it).
+    let mut old = start(&["--config", &config_arg], "ready for an upgrade");
 
     let stop = Arc::new(AtomicBool::new(false));
     let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
