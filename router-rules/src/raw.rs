@@ -101,6 +101,11 @@ pub struct RawRegion {
     /// Region that serves this region's P-class reads when its own pool has no healthy endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_fallback: Option<String>,
+    /// How much of another region's users this region can take, relative to the others (at
+    /// least 1). When the table gives it, evacuating a region spreads its units over the other
+    /// regions by these weights instead of sending each to its standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
 }
 
 /// A logical unit: the full stack for a slice of users.

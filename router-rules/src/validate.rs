@@ -371,6 +371,12 @@ impl Validator {
             }
         }
         for (i, region) in raw.regions.iter().enumerate() {
+            if region.capacity == Some(0) {
+                self.problem(
+                    format!("regions[{i}].capacity"),
+                    "must be at least 1 (leave it out for a region that takes no evacuated units)",
+                );
+            }
             if let Some(fallback) = &region.read_fallback {
                 let path = format!("regions[{i}].read_fallback");
                 if !names.contains_key(fallback) {
@@ -1003,6 +1009,27 @@ fn check_host_port(address: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_region_capacity_is_at_least_one() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/three-regions.yaml"
+        ))
+        .expect("example");
+        let (mut raw, _) = crate::parse_yaml(&text).expect("parses");
+        raw.regions[0].capacity = Some(2);
+        assert!(validate(raw.clone(), None).is_ok());
+        raw.regions[1].capacity = Some(0);
+        let error = validate(raw, None).expect_err("capacity 0");
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.path == "regions[1].capacity"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn host_ports() {

@@ -124,11 +124,15 @@ pub async fn evacuate(
             "body.to: {region} is the region being evacuated"
         )));
     }
+    let leaving: Vec<&router_rules::raw::RawUnit> =
+        table.units.iter().filter(|u| u.region == region).collect();
+    let spread = spread_by_capacity(table, region, &leaving);
     let mut moves = Vec::new();
-    for unit in table.units.iter().filter(|u| u.region == region) {
-        let to = match (&ask.to, &unit.standby) {
-            (Some(to), _) => to.clone(),
-            (None, Some(standby)) if standby != region => standby.clone(),
+    for unit in leaving {
+        let to = match (&ask.to, spread.get(&unit.name), &unit.standby) {
+            (Some(to), _, _) => to.clone(),
+            (None, Some(to), _) => to.clone(),
+            (None, None, Some(standby)) if standby != region => standby.clone(),
             _ => {
                 return Err(invalid(format!(
                     "unit {} has no standby region to go to; give body.to",
@@ -159,6 +163,50 @@ pub async fn evacuate(
         Some(format!("evacuate:{region}")),
     )
     .await
+}
+
+/// Where each unit of `leaving` goes when the table gives the other regions a `capacity`:
+/// largest unit first, each to the region whose share of the evacuated slots, divided by its
+/// capacity, stays lowest (ties by name). Empty when no other region has a capacity.
+fn spread_by_capacity(
+    table: &router_rules::RawTable,
+    region: &str,
+    leaving: &[&router_rules::raw::RawUnit],
+) -> std::collections::BTreeMap<String, String> {
+    let slots = |u: &router_rules::raw::RawUnit| -> u64 {
+        u.slots
+            .iter()
+            .map(|[a, b]| u64::from(b.saturating_sub(*a)) + 1)
+            .sum()
+    };
+    let mut takers: Vec<(&str, u64, u64)> = table
+        .regions
+        .iter()
+        .filter(|r| r.name != region)
+        .filter_map(|r| Some((r.name.as_str(), u64::from(r.capacity?), 0)))
+        .collect();
+    let mut placed = std::collections::BTreeMap::new();
+    if takers.is_empty() {
+        return placed;
+    }
+    let mut units = leaving.to_vec();
+    units.sort_by(|a, b| slots(b).cmp(&slots(a)).then(a.name.cmp(&b.name)));
+    for unit in units {
+        let size = slots(unit);
+        // Lowest (taken + size) / capacity, compared without division.
+        let Some(best) = (0..takers.len()).min_by(|&i, &j| {
+            let (_, ci, ti) = takers[i];
+            let (_, cj, tj) = takers[j];
+            ((ti + size) * cj)
+                .cmp(&((tj + size) * ci))
+                .then(takers[i].0.cmp(takers[j].0))
+        }) else {
+            break;
+        };
+        takers[best].2 += size;
+        placed.insert(unit.name.clone(), takers[best].0.to_owned());
+    }
+    placed
 }
 
 /// Restore `region`: the units its last successful evacuation moved, and that are still
@@ -457,4 +505,38 @@ pub async fn signal(cp: &ControlPlane, id: &str, signal: FlipSignal) -> Result<(
     cp.store.signal_flip(id, signal).await?;
     cp.wake_flip(id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_evacuation_spreads_by_capacity_largest_unit_first() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../bench/five-regions-100-units.yaml"
+        ))
+        .expect("bench table");
+        let (mut table, _) = router_rules::parse_yaml(&text).expect("parses");
+        let evacuated = table.regions[0].name.clone();
+        let leaving: Vec<router_rules::raw::RawUnit> = table
+            .units
+            .iter()
+            .filter(|u| u.region == evacuated)
+            .cloned()
+            .collect();
+        let refs: Vec<&router_rules::raw::RawUnit> = leaving.iter().collect();
+        // No capacities: each unit goes to its standby (nothing spread).
+        assert!(spread_by_capacity(&table, &evacuated, &refs).is_empty());
+        // Capacities 3 and 1 on two other regions, none on the rest: 3/4 and 1/4 of the
+        // units (all of one size here), and nothing to the others.
+        let (big, small) = (table.regions[1].name.clone(), table.regions[2].name.clone());
+        table.regions[1].capacity = Some(3);
+        table.regions[2].capacity = Some(1);
+        let spread = spread_by_capacity(&table, &evacuated, &refs);
+        assert_eq!(spread.len(), leaving.len());
+        let to = |r: &str| spread.values().filter(|v| v.as_str() == r).count();
+        assert_eq!((to(&big), to(&small)), (15, 5), "{spread:?}");
+    }
 }
