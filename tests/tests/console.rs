@@ -540,18 +540,39 @@ async fn the_console_shows_the_system_and_runs_flips_by_role() {
         "{rows}"
     );
 
-    // A flip made through the API shows on the overview within 2 s.
+    // A flip made with unitctl shows on the overview within 2 s of unitctl returning.
     click(&c, "#tabs [data-tab='overview']").await;
-    let accepted = operator
-        .start_flip(
-            "u05",
-            &flip_request(
-                json!({"to": "hz", "mode": "emergency", "reason": "e2e: made with the API"}),
-            ),
-        )
-        .await
-        .expect("flip accepted");
+    let (server, token) = (base.clone(), system.tokens.operator.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(unitgate_e2e::bin("unitctl"))
+            .args([
+                "flip",
+                "u05",
+                "--to",
+                "hz",
+                "--emergency",
+                "--reason",
+                "e2e: made with unitctl",
+                "--output",
+                "json",
+            ])
+            .env("UNITGATE_SERVER", server)
+            .env("UNITGATE_TOKEN", token)
+            .env_remove("UNITGATE_TOKEN_FILE")
+            .env_remove("UNITGATE_CA")
+            .output()
+            .expect("unitctl runs")
+    })
+    .await
+    .expect("joined");
     let asked = Instant::now();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let accepted: control_api::FlipAccepted =
+        serde_json::from_slice(&output.stdout).expect("unitctl's JSON answer");
     wait_js(
         &c,
         "u05 in hz",
