@@ -9,6 +9,7 @@ pub mod coarse_timer;
 pub mod config;
 pub mod demo;
 pub mod framing;
+pub mod h1;
 pub mod headers;
 pub mod hop;
 pub mod limits;

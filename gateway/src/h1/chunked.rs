@@ -1,0 +1,349 @@
+//! The chunked transfer coding (RFC 9112 section 7.1), checked byte by byte as it passes: the
+//! gateway relays chunked bodies as they came, so it only needs to know where each chunk and
+//! the whole body end, and that nothing in between is ambiguous.
+
+use super::fields::{is_field_value_byte, is_token_byte};
+
+/// Hex digits a chunk size may have: 15 keep every size below 2^60, far above any body limit,
+/// and refuse the overflow tricks (`ffffffffffffffff1`) without arithmetic checks.
+const MAX_SIZE_DIGITS: u8 = 15;
+/// Bytes of chunk extensions allowed per chunk (nobody uses them; some servers choke on them).
+pub const MAX_EXTENSION_BYTES: usize = 1024;
+/// Bytes of trailer section allowed after the last chunk.
+pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Why a chunked body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkError {
+    /// The size line is not hex digits, optionally followed by extensions.
+    BadSize,
+    /// More hex digits than any body here can need.
+    SizeTooLong,
+    /// Chunk extensions longer than [`MAX_EXTENSION_BYTES`].
+    ExtensionTooLong,
+    /// A line did not end in CRLF where it had to (bare LF, bare CR, data longer than its size).
+    BadLineEnd,
+    /// A trailer line is not a field line.
+    BadTrailer,
+    /// The trailer section is longer than [`MAX_TRAILER_BYTES`].
+    TrailerTooLong,
+}
+
+impl ChunkError {
+    /// What is wrong, for error bodies and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkError::BadSize => "malformed chunk size",
+            ChunkError::SizeTooLong => "chunk size too long",
+            ChunkError::ExtensionTooLong => "chunk extension too long",
+            ChunkError::BadLineEnd => "chunk line not ended by CRLF",
+            ChunkError::BadTrailer => "malformed trailer field",
+            ChunkError::TrailerTooLong => "trailer section too long",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a size line.
+    SizeStart,
+    /// Reading hex digits.
+    Size { digits: u8 },
+    /// Whitespace after the size: only a `;` may follow it.
+    SizeSpace,
+    /// In chunk extensions, up to the CR.
+    Extension,
+    /// After the CR of a size line.
+    SizeLf,
+    /// In chunk data, this many bytes left.
+    Data(u64),
+    /// After chunk data, expecting CR.
+    DataCr,
+    /// Expecting the LF after chunk data.
+    DataLf,
+    /// At the start of a trailer line (or of the final CRLF).
+    TrailerStart,
+    /// In a trailer field's name.
+    TrailerName,
+    /// In a trailer field's value.
+    TrailerValue,
+    /// After the CR of a trailer line.
+    TrailerLf,
+    /// After the CR of the final empty line.
+    FinalLf,
+    /// The body ended.
+    Done,
+}
+
+/// One step of [`Chunked::step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Bytes of the input this step went over (to relay as they are).
+    pub consumed: usize,
+    /// Chunk data among them (to hand on decoded), as a range of the input.
+    pub data: std::ops::Range<usize>,
+}
+
+/// Follows a chunked body through its framing.
+#[derive(Debug, Clone)]
+pub struct Chunked {
+    state: State,
+    size: u64,
+    extension: usize,
+    trailer: usize,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Chunked {
+    /// At the start of a body.
+    pub fn new() -> Self {
+        Self {
+            state: State::SizeStart,
+            size: 0,
+            extension: 0,
+            trailer: 0,
+        }
+    }
+
+    /// Whether the body has ended (last chunk, trailers and final CRLF seen).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Go over `input` up to the end of the body or the end of the first stretch of chunk data,
+    /// whichever comes first. Returns what was gone over and where the data in it is.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkError> {
+        let mut at = 0;
+        while at < input.len() {
+            if let State::Data(left) = self.state {
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len() - at);
+                let left = left - take as u64;
+                self.state = if left == 0 {
+                    State::DataCr
+                } else {
+                    State::Data(left)
+                };
+                return Ok(Step {
+                    consumed: at + take,
+                    data: at..at + take,
+                });
+            }
+            self.byte(input[at])?;
+            at += 1;
+            if self.state == State::Done {
+                break;
+            }
+        }
+        Ok(Step {
+            consumed: at,
+            data: at..at,
+        })
+    }
+
+    /// Go over all of `input` (or up to the end of the body), relaying rather than decoding.
+    /// Returns the bytes gone over.
+    pub fn skip(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        let mut at = 0;
+        while at < input.len() && !self.is_done() {
+            at += self.step(&input[at..])?.consumed;
+        }
+        Ok(at)
+    }
+
+    fn byte(&mut self, b: u8) -> Result<(), ChunkError> {
+        self.state = match self.state {
+            State::SizeStart => {
+                let digit = hex(b).ok_or(ChunkError::BadSize)?;
+                self.size = digit;
+                State::Size { digits: 1 }
+            }
+            State::Size { digits } => match (hex(b), b) {
+                (Some(_), _) if digits == MAX_SIZE_DIGITS => return Err(ChunkError::SizeTooLong),
+                (Some(digit), _) => {
+                    self.size = self.size << 4 | digit;
+                    State::Size { digits: digits + 1 }
+                }
+                (None, b'\r') => State::SizeLf,
+                (None, b';') => {
+                    self.extension = 0;
+                    State::Extension
+                }
+                (None, b' ' | b'\t') => State::SizeSpace,
+                _ => return Err(ChunkError::BadSize),
+            },
+            State::SizeSpace => match b {
+                b' ' | b'\t' => State::SizeSpace,
+                b';' => {
+                    self.extension = 0;
+                    State::Extension
+                }
+                _ => return Err(ChunkError::BadSize),
+            },
+            State::Extension => {
+                self.extension += 1;
+                if self.extension > MAX_EXTENSION_BYTES {
+                    return Err(ChunkError::ExtensionTooLong);
+                }
+                match b {
+                    b'\r' => State::SizeLf,
+                    b'\n' => return Err(ChunkError::BadLineEnd),
+                    b if is_field_value_byte(b) => State::Extension,
+                    _ => return Err(ChunkError::BadSize),
+                }
+            }
+            State::SizeLf => match b {
+                b'\n' if self.size == 0 => {
+                    self.trailer = 0;
+                    State::TrailerStart
+                }
+                b'\n' => State::Data(self.size),
+                _ => return Err(ChunkError::BadLineEnd),
+            },
+            State::Data(_) => unreachable!("data is taken by `step`"),
+            State::DataCr => match b {
+                b'\r' => State::DataLf,
+                _ => return Err(ChunkError::BadLineEnd),
+            },
+            State::DataLf => match b {
+                b'\n' => State::SizeStart,
+                _ => return Err(ChunkError::BadLineEnd),
+            },
+            State::TrailerStart => match b {
+                b'\r' => State::FinalLf,
+                b if is_token_byte(b) => self.trailer_byte(State::TrailerName)?,
+                _ => return Err(ChunkError::BadTrailer),
+            },
+            State::TrailerName => match b {
+                b':' => self.trailer_byte(State::TrailerValue)?,
+                b if is_token_byte(b) => self.trailer_byte(State::TrailerName)?,
+                _ => return Err(ChunkError::BadTrailer),
+            },
+            State::TrailerValue => match b {
+                b'\r' => self.trailer_byte(State::TrailerLf)?,
+                b if is_field_value_byte(b) => self.trailer_byte(State::TrailerValue)?,
+                _ => return Err(ChunkError::BadTrailer),
+            },
+            State::TrailerLf => match b {
+                b'\n' => self.trailer_byte(State::TrailerStart)?,
+                _ => return Err(ChunkError::BadLineEnd),
+            },
+            State::FinalLf => match b {
+                b'\n' => State::Done,
+                _ => return Err(ChunkError::BadLineEnd),
+            },
+            State::Done => State::Done,
+        };
+        Ok(())
+    }
+
+    fn trailer_byte(&mut self, next: State) -> Result<State, ChunkError> {
+        self.trailer += 1;
+        if self.trailer > MAX_TRAILER_BYTES {
+            return Err(ChunkError::TrailerTooLong);
+        }
+        Ok(next)
+    }
+}
+
+fn hex(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data of a whole body, or the error; fed in pieces of `piece` bytes.
+    fn decode(body: &[u8], piece: usize) -> Result<(Vec<u8>, usize), ChunkError> {
+        let mut chunked = Chunked::new();
+        let mut data = Vec::new();
+        let mut at = 0;
+        while at < body.len() && !chunked.is_done() {
+            let end = (at + piece).min(body.len());
+            let input = &body[at..end];
+            let step = chunked.step(input)?;
+            data.extend_from_slice(&input[step.data]);
+            at += step.consumed;
+        }
+        assert!(chunked.is_done(), "body not ended");
+        Ok((data, at))
+    }
+
+    #[test]
+    fn bodies_are_followed_to_their_end_in_any_pieces() {
+        let body = b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nx-check: 1\r\n\r\nNEXT";
+        for piece in [1, 2, 3, 7, 100] {
+            let (data, end) = decode(body, piece).unwrap();
+            assert_eq!(data, b"hello world");
+            assert_eq!(&body[end..], b"NEXT", "piece {piece}");
+        }
+        let mut chunked = Chunked::new();
+        assert_eq!(chunked.skip(body), Ok(body.len() - 4));
+    }
+
+    #[test]
+    fn tricks_with_sizes_lines_and_trailers_are_refused() {
+        let refused: &[(&[u8], ChunkError)] = &[
+            (b"+5\r\nhello\r\n0\r\n\r\n", ChunkError::BadSize),
+            (b"-5\r\nhello\r\n0\r\n\r\n", ChunkError::BadSize),
+            (b"0x5\r\nhello\r\n0\r\n\r\n", ChunkError::BadSize),
+            (b" 5\r\nhello\r\n0\r\n\r\n", ChunkError::BadSize),
+            (b"5 \r\nhello\r\n0\r\n\r\n", ChunkError::BadSize),
+            (b"\r\n", ChunkError::BadSize),
+            (b"1000000000000000\r\n", ChunkError::SizeTooLong),
+            (b"5\nhello\r\n0\r\n\r\n", ChunkError::BadSize),
+            (b"5\r\nhello\n0\r\n\r\n", ChunkError::BadLineEnd),
+            (b"5\r\nhelloX\r\n0\r\n\r\n", ChunkError::BadLineEnd),
+            (b"5;a\nb\r\nhello\r\n0\r\n\r\n", ChunkError::BadLineEnd),
+            (b"5;\x00\r\nhello\r\n", ChunkError::BadSize),
+            (b"0\r\nbad name: x\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\n folded\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\nx: a\x00b\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\nx: 1\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\n\n", ChunkError::BadTrailer),
+            (b"0\r\n\rX", ChunkError::BadLineEnd),
+        ];
+        for (body, error) in refused {
+            assert_eq!(
+                decode(body, 1).err(),
+                Some(*error),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let long = format!("1;{}\r\n", "a".repeat(MAX_EXTENSION_BYTES + 1));
+        assert_eq!(
+            Chunked::new().skip(long.as_bytes()),
+            Err(ChunkError::ExtensionTooLong)
+        );
+        let trailer = format!("0\r\nx: {}\r\n\r\n", "a".repeat(MAX_TRAILER_BYTES));
+        assert_eq!(
+            Chunked::new().skip(trailer.as_bytes()),
+            Err(ChunkError::TrailerTooLong)
+        );
+    }
+
+    #[test]
+    fn extensions_may_follow_whitespace_and_sizes_may_have_leading_zeros() {
+        assert_eq!(
+            decode(b"005 ;a=b\r\nhello\r\n0\r\n\r\n", 1).unwrap().0,
+            b"hello"
+        );
+        assert_eq!(
+            decode(b"A\r\n0123456789\r\n00\r\n\r\n", 4).unwrap().0,
+            b"0123456789"
+        );
+    }
+}

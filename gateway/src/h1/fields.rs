@@ -1,0 +1,279 @@
+//! Field lines as the codec sees them: spans of a connection's buffer, and the few names the
+//! gateway acts on, told apart once per line.
+
+use std::ops::Range;
+
+/// A stretch of a connection's read buffer. Heads are parsed in place; what the request path
+/// reads of them are spans, so nothing is copied or allocated per field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    /// Offset of the first byte.
+    pub start: u32,
+    /// Offset after the last byte.
+    pub end: u32,
+}
+
+impl Span {
+    /// The span of `part`, a slice of `buf`.
+    pub fn of(buf: &[u8], part: &[u8]) -> Self {
+        let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+        Self {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    /// The bytes it covers in `buf`.
+    pub fn get(self, buf: &[u8]) -> &[u8] {
+        &buf[self.range()]
+    }
+
+    /// As a range.
+    pub fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    /// Whether it covers no byte.
+    pub fn is_empty(self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// What a field's name means to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Passed on as it is.
+    Other,
+    /// `Host`.
+    Host,
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// `Connection`.
+    Connection,
+    /// `Upgrade`.
+    Upgrade,
+    /// `Expect`.
+    Expect,
+    /// Other hop-by-hop fields (RFC 9110 section 7.6.1): `TE`, `Trailer`, `Keep-Alive`,
+    /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`.
+    HopByHop,
+    /// `Cookie`.
+    Cookie,
+    /// `X-Forwarded-For`.
+    ForwardedFor,
+    /// `X-Forwarded-Proto`.
+    ForwardedProto,
+    /// `traceparent`.
+    TraceParent,
+    /// `X-Unitgate-Hop`, another gateway's signed marker.
+    HopMarker,
+    /// Any other `X-Unitgate-*`: only the gateway sets them.
+    Internal,
+}
+
+impl Kind {
+    /// The kind of field `name` (any case).
+    pub fn of(name: &[u8]) -> Self {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Kind::HopByHop,
+            4 if is(b"host") => Kind::Host,
+            6 if is(b"cookie") => Kind::Cookie,
+            6 if is(b"expect") => Kind::Expect,
+            7 if is(b"upgrade") => Kind::Upgrade,
+            7 if is(b"trailer") => Kind::HopByHop,
+            10 if is(b"connection") => Kind::Connection,
+            10 if is(b"keep-alive") => Kind::HopByHop,
+            11 if is(b"traceparent") => Kind::TraceParent,
+            14 if is(b"content-length") => Kind::ContentLength,
+            14 if is(b"x-unitgate-hop") => Kind::HopMarker,
+            15 if is(b"x-forwarded-for") => Kind::ForwardedFor,
+            16 if is(b"proxy-connection") => Kind::HopByHop,
+            17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Kind::ForwardedProto,
+            18 if is(b"proxy-authenticate") => Kind::HopByHop,
+            19 if is(b"proxy-authorization") => Kind::HopByHop,
+            n if n > 11 && name[..11].eq_ignore_ascii_case(b"x-unitgate-") => Kind::Internal,
+            _ => Kind::Other,
+        }
+    }
+
+    /// Whether the field describes this connection only and is never passed on.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Kind::Connection | Kind::Upgrade | Kind::TransferEncoding | Kind::HopByHop
+        )
+    }
+}
+
+/// One field line.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    /// Its name.
+    pub name: Span,
+    /// Its value, without surrounding whitespace.
+    pub value: Span,
+    /// What the name means here.
+    pub kind: Kind,
+}
+
+/// `tchar` (RFC 9110 section 5.6.2).
+pub fn is_token_byte(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`'
+        | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+/// A byte a field value may hold: visible ASCII, space, tab and obs-text; no CTL, no DEL.
+pub fn is_field_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}
+
+/// The elements of a comma-separated list value, trimmed, empty ones left out (RFC 9110
+/// section 5.6.1: recipients ignore them).
+pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(|element| element.trim_ascii())
+        .filter(|element| !element.is_empty())
+}
+
+/// Whether a list value holds `token` (any case).
+pub fn lists(value: &[u8], token: &[u8]) -> bool {
+    list(value).any(|element| element.eq_ignore_ascii_case(token))
+}
+
+/// A `Content-Length` value: one decimal number, nothing else (no sign, no list, no spaces
+/// inside). `None` for anything else.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        value
+            .iter()
+            .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0')),
+    )
+}
+
+/// Whether `host` is a valid `Host` value: `uri-host [ ":" port ]` (RFC 9110 section 7.2), no
+/// user info. An empty value is valid for the syntax; whether it is allowed is the caller's.
+pub fn is_valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|b| *b == b']') {
+            Some(close) => {
+                let inside = &host[1..close];
+                if inside.is_empty()
+                    || !inside
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+                {
+                    return false;
+                }
+                match &host[close + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&[][..], port),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match host.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&host[..colon], &host[colon + 1..]),
+            None => (host, &[][..]),
+        },
+    };
+    let reg_name_byte = |b: &u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    };
+    name.iter().all(reg_name_byte) && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_told_apart_in_any_case() {
+        assert_eq!(Kind::of(b"Content-Length"), Kind::ContentLength);
+        assert_eq!(Kind::of(b"TRANSFER-ENCODING"), Kind::TransferEncoding);
+        assert_eq!(Kind::of(b"X-Unitgate-Unit"), Kind::Internal);
+        assert_eq!(Kind::of(b"x-unitgate-hop"), Kind::HopMarker);
+        assert_eq!(Kind::of(b"x-unitgate-"), Kind::Other);
+        assert_eq!(Kind::of(b"Content-Lengthx"), Kind::Other);
+        assert!(Kind::of(b"Keep-Alive").is_hop_by_hop());
+    }
+
+    #[test]
+    fn content_length_is_one_plain_number() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"0042"), Some(42));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-1",
+            b"0x5",
+            b"5 5",
+            b"5,5",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_are_checked_as_uri_hosts() {
+        for good in [
+            &b"example.com"[..],
+            b"a:80",
+            b"[::1]:8080",
+            b"127.0.0.1",
+            b"",
+        ] {
+            assert!(is_valid_host(good), "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b"user@a"[..],
+            b"a b",
+            b"a:8o",
+            b"[::1",
+            b"[zz]",
+            b"a/b",
+            b"a:123456",
+        ] {
+            assert!(!is_valid_host(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn lists_skip_empty_elements() {
+        assert_eq!(list(b" a ,, b,").collect::<Vec<_>>(), vec![&b"a"[..], b"b"]);
+        assert!(lists(b"keep-alive, Upgrade", b"upgrade"));
+    }
+}
