@@ -25,11 +25,16 @@ pub use diff::{TableDiff, diff};
 pub use error::{Location, Problem, TableError, render_problems};
 pub use key::{KeyError, KeySource, RoutingKey};
 pub use placement::{KeyPlacement, place_key};
-pub use raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
+pub use raw::{
+    Balance, Class, MissingKeyPolicy, RawLimits, RawPool, RawTable, RawTls, UnitState,
+    UpstreamProtocol,
+};
 pub use report::DecisionReport;
 pub use request::{RequestView, SimpleRequest};
 pub use source::{SourceFile, SourceMap, from_yaml, parse_json, parse_yaml};
-pub use table::{Action, CompiledTable, Decision, Endpoint, Pool, Region, Route, Unit};
+pub use table::{
+    Action, ClientAuth, CompiledTable, Decision, Endpoint, Pool, Region, Route, Unit, UpstreamTls,
+};
 pub use validate::{check_successor, validate};
 
 /// Parse and validate a YAML table; problems carry line and column.

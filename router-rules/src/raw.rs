@@ -93,11 +93,13 @@ pub struct RawRegion {
     /// Region name, e.g. `hz`. Lowercase letters, digits, `-` and `_`.
     pub name: String,
     /// Addresses (`host:port`) of this region's gateways, used by gateways elsewhere to forward
-    /// requests whose unit lives here.
+    /// requests whose unit lives here: a list, or `{ endpoints: [...], tls: {...} }` when the
+    /// hop to them goes over TLS.
     #[serde(default)]
-    pub gateways: Vec<String>,
-    /// Upstream pools by service name: each a list of `host:port` endpoints.
-    pub pools: BTreeMap<String, Vec<String>>,
+    pub gateways: RawPool,
+    /// Upstream pools by service name: each a list of `host:port` endpoints, or
+    /// `{ endpoints: [...], tls: {...}, protocol: http1 }`.
+    pub pools: BTreeMap<String, RawPool>,
     /// Region that serves this region's P-class reads when its own pool has no healthy endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_fallback: Option<String>,
@@ -106,6 +108,147 @@ pub struct RawRegion {
     /// regions by these weights instead of sending each to its standby.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
+}
+
+/// Endpoints reached the same way: a service's upstreams in a region, or a region's gateways.
+///
+/// Written as a plain list of `host:port` (plain-text HTTP/1.1), or as a mapping that also says
+/// how to reach them. A list stays a list when the table is written back, so tables written
+/// before the mapping existed keep their content (and digest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawPool {
+    /// `host:port` endpoints, reached over plain-text HTTP/1.1.
+    List(Vec<String>),
+    /// Endpoints with the way to reach them.
+    Spec(RawPoolSpec),
+}
+
+/// A pool written as a mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolSpec {
+    /// `host:port` endpoints.
+    pub endpoints: Vec<String>,
+    /// Reach the endpoints over TLS, verifying their certificates. Absent: plain text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+    /// The protocol spoken to the endpoints. Default and, for now, only value: `http1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<UpstreamProtocol>,
+}
+
+/// TLS to a pool's endpoints. File paths are absolute and read by each gateway when it applies
+/// the table: a gateway that cannot read one refuses the table and keeps the one in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM file of the CA certificates the endpoints' certificates must chain to. Absent: the
+    /// system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// The name the endpoints' certificates must carry, also sent as SNI (a DNS name or an IP
+    /// address). Absent: each endpoint's own host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM certificate chain the gateway presents to the endpoints (mutual TLS). Needs
+    /// `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+/// The protocol spoken to a pool's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS with ALPN `http/1.1`).
+    #[default]
+    #[serde(rename = "http1")]
+    Http1,
+}
+
+impl UpstreamProtocol {
+    /// The name used in the table format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+        }
+    }
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        RawPool::List(Vec::new())
+    }
+}
+
+impl From<Vec<String>> for RawPool {
+    fn from(endpoints: Vec<String>) -> Self {
+        RawPool::List(endpoints)
+    }
+}
+
+impl RawPool {
+    /// The `host:port` endpoints, in table order.
+    pub fn endpoints(&self) -> &[String] {
+        match self {
+            RawPool::List(endpoints) => endpoints,
+            RawPool::Spec(spec) => &spec.endpoints,
+        }
+    }
+
+    /// TLS settings, when the endpoints are reached over TLS.
+    pub fn tls(&self) -> Option<&RawTls> {
+        match self {
+            RawPool::List(_) => None,
+            RawPool::Spec(spec) => spec.tls.as_ref(),
+        }
+    }
+
+    /// The protocol spoken to the endpoints.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        match self {
+            RawPool::List(_) => UpstreamProtocol::Http1,
+            RawPool::Spec(spec) => spec.protocol.unwrap_or_default(),
+        }
+    }
+
+    /// The field path of the endpoint list, for a pool at `path`: the pool itself when it is a
+    /// list, its `endpoints` field when it is a mapping.
+    pub fn endpoints_path(&self, path: &str) -> String {
+        match self {
+            RawPool::List(_) => path.to_owned(),
+            RawPool::Spec(_) => format!("{path}.endpoints"),
+        }
+    }
+}
+
+// A list or a mapping, told apart by what the text holds, so that a problem inside the mapping
+// (an unknown field, a wrong type) is reported as itself rather than as "matches no variant".
+impl<'de> Deserialize<'de> for RawPool {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PoolVisitor;
+        impl<'de> serde::de::Visitor<'de> for PoolVisitor {
+            type Value = RawPool;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of `host:port` endpoints, or a mapping with `endpoints` (and `tls`, `protocol`)")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawPool, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawPool::List)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawPool, A::Error> {
+                RawPoolSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawPool::Spec)
+            }
+        }
+        deserializer.deserialize_any(PoolVisitor)
+    }
 }
 
 /// A logical unit: the full stack for a slice of users.

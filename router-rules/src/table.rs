@@ -7,7 +7,9 @@
 use fnv::FnvHashMap;
 
 use crate::key::{KeyError, KeySource, RoutingKey};
-use crate::raw::{Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState};
+use crate::raw::{
+    Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState, UpstreamProtocol,
+};
 use crate::request::RequestView;
 use crate::slot::{fnv1a_64, slot_of};
 
@@ -41,6 +43,8 @@ pub struct Region {
     pub name: Box<str>,
     /// Gateway addresses for cross-region forwarding.
     pub gateways: Vec<Box<str>>,
+    /// TLS to those gateways; `None`: plain text.
+    pub gateway_tls: Option<UpstreamTls>,
     /// Pools by service index (see [`CompiledTable::services`]); `None` for a service this
     /// region has no pool for (only possible for services no route uses).
     pub(crate) pools: Vec<Option<Pool>>,
@@ -60,6 +64,32 @@ impl Region {
 pub struct Pool {
     /// Endpoints (`host:port`), in table order.
     pub endpoints: Vec<Endpoint>,
+    /// TLS to the endpoints; `None`: plain text.
+    pub tls: Option<UpstreamTls>,
+    /// The protocol spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+}
+
+/// How to reach endpoints over TLS, as validated: paths are absolute, a client certificate
+/// comes with its key, a server name is a DNS name or an IP address. The files are read where
+/// the connections are made (the gateway), not here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// PEM CA certificates to trust; `None`: the system's trust store.
+    pub ca_file: Option<Box<str>>,
+    /// The name to verify and send as SNI; `None`: each endpoint's host.
+    pub server_name: Option<Box<str>>,
+    /// The certificate the gateway presents (mutual TLS).
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// A client certificate chain and its private key, as PEM file paths.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientAuth {
+    /// PEM certificate chain.
+    pub cert_file: Box<str>,
+    /// PEM private key.
+    pub key_file: Box<str>,
 }
 
 /// One upstream endpoint.
@@ -631,6 +661,8 @@ mod tests {
     fn affinity_order_is_a_stable_permutation() {
         let pool = Pool {
             endpoints: ["a:1", "b:1", "c:1", "d:1"].map(Endpoint::new).to_vec(),
+            tls: None,
+            protocol: UpstreamProtocol::Http1,
         };
         let order: Vec<_> = pool.affinity_order("user-1").map(|e| &*e.address).collect();
         assert_eq!(order.len(), 4);
@@ -651,6 +683,8 @@ mod tests {
                 .filter(|e| *e.address != *order[0])
                 .cloned()
                 .collect(),
+            tls: None,
+            protocol: UpstreamProtocol::Http1,
         };
         let rest_order: Vec<_> = rest.affinity_order("user-1").map(|e| &*e.address).collect();
         assert_eq!(rest_order, order[1..]);

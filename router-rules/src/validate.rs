@@ -9,10 +9,14 @@ use fnv::FnvHashMap;
 
 use crate::error::{Problem, TableError};
 use crate::key::KeySource;
-use crate::raw::{Balance, Class, MissingKeyPolicy, RawKeySource, RawLimits, RawRoute, RawTable};
+use crate::raw::{
+    Balance, Class, MissingKeyPolicy, RawKeySource, RawLimits, RawPool, RawRoute, RawTable, RawTls,
+    UpstreamProtocol,
+};
 use crate::source::SourceMap;
 use crate::table::{
-    CompiledTable, Endpoint, HostMatch, Matcher, PathMatch, Pool, Region, Route, RouteIndex, Unit,
+    ClientAuth, CompiledTable, Endpoint, HostMatch, Matcher, PathMatch, Pool, Region, Route,
+    RouteIndex, Unit, UpstreamTls,
 };
 
 /// Largest slot space accepted.
@@ -172,19 +176,19 @@ impl Validator {
                 region.pools.len(),
                 MAX_POOLS,
             );
-            let gateways = region.gateways.len();
+            let gateways = region.gateways.endpoints().len();
             over(
                 self,
-                format!("{path}.gateways"),
+                region.gateways.endpoints_path(&format!("{path}.gateways")),
                 "gateways",
                 gateways,
                 MAX_ENDPOINTS,
             );
-            for (service, endpoints) in region.pools.iter().take(MAX_POOLS) {
-                let n = endpoints.len();
+            for (service, pool) in region.pools.iter().take(MAX_POOLS) {
+                let n = pool.endpoints().len();
                 over(
                     self,
-                    format!("{path}.pools.{service}"),
+                    pool.endpoints_path(&format!("{path}.pools.{service}")),
                     "endpoints",
                     n,
                     MAX_ENDPOINTS,
@@ -314,6 +318,9 @@ impl Validator {
             self.problem("regions", "no regions: a table needs at least one region");
         }
         let mut names: HashMap<String, usize> = HashMap::new();
+        // How each address is reached, and where it was first listed.
+        let mut reached: HashMap<&str, (String, Option<&RawTls>, UpstreamProtocol)> =
+            HashMap::new();
         for (i, region) in raw.regions.iter().enumerate() {
             let path = format!("regions[{i}]");
             self.check_name(&format!("{path}.name"), "region", &region.name);
@@ -328,46 +335,25 @@ impl Validator {
             } else {
                 names.insert(region.name.clone(), i);
             }
-            if raw.regions.len() > 1 && region.gateways.is_empty() {
+            if raw.regions.len() > 1 && region.gateways.endpoints().is_empty() {
                 self.problem(
-                    format!("{path}.gateways"),
+                    region.gateways.endpoints_path(&format!("{path}.gateways")),
                     format!("region {:?} lists no gateways; with several regions each needs at least one `host:port` so requests for its units can be forwarded to it", region.name),
                 );
             }
-            let mut seen = HashSet::new();
-            for (g, gateway) in region.gateways.iter().enumerate() {
-                if let Err(why) = check_host_port(gateway) {
-                    self.problem(
-                        format!("{path}.gateways[{g}]"),
-                        format!("invalid gateway address {gateway:?}: {why}"),
-                    );
-                } else if !seen.insert(gateway) {
-                    self.problem(
-                        format!("{path}.gateways[{g}]"),
-                        format!("gateway {gateway} is listed twice"),
-                    );
-                }
-            }
-            for (service, endpoints) in &region.pools {
+            self.check_endpoints(
+                &format!("{path}.gateways"),
+                "gateway",
+                &region.gateways,
+                &mut reached,
+            );
+            for (service, pool) in &region.pools {
                 let pool_path = format!("{path}.pools.{service}");
                 self.check_name(&pool_path, "service", service);
-                if endpoints.is_empty() {
-                    self.problem(&pool_path, format!("pool for service {service:?} is empty; list at least one `host:port` endpoint"));
+                if pool.endpoints().is_empty() {
+                    self.problem(pool.endpoints_path(&pool_path), format!("pool for service {service:?} is empty; list at least one `host:port` endpoint"));
                 }
-                let mut seen = HashSet::new();
-                for (e, endpoint) in endpoints.iter().enumerate() {
-                    if let Err(why) = check_host_port(endpoint) {
-                        self.problem(
-                            format!("{pool_path}[{e}]"),
-                            format!("invalid endpoint {endpoint:?}: {why}"),
-                        );
-                    } else if !seen.insert(endpoint) {
-                        self.problem(
-                            format!("{pool_path}[{e}]"),
-                            format!("endpoint {endpoint} is listed twice"),
-                        );
-                    }
-                }
+                self.check_endpoints(&pool_path, "endpoint", pool, &mut reached);
             }
         }
         for (i, region) in raw.regions.iter().enumerate() {
@@ -390,6 +376,103 @@ impl Validator {
             }
         }
         names
+    }
+
+    /// A pool's (or a region's gateways') endpoints and TLS settings. An address names one
+    /// server: wherever it is listed, it must be reached the same way (TLS settings and
+    /// protocol), since the gateway keeps one set of connections and one health per address.
+    fn check_endpoints<'t>(
+        &mut self,
+        path: &str,
+        what: &str,
+        pool: &'t RawPool,
+        reached: &mut HashMap<&'t str, (String, Option<&'t RawTls>, UpstreamProtocol)>,
+    ) {
+        let list_path = pool.endpoints_path(path);
+        let mut seen = HashSet::new();
+        for (e, endpoint) in pool.endpoints().iter().enumerate() {
+            let at = format!("{list_path}[{e}]");
+            if let Err(why) = check_host_port(endpoint) {
+                let invalid = if what == "gateway" {
+                    "invalid gateway address"
+                } else {
+                    "invalid endpoint"
+                };
+                self.problem(at, format!("{invalid} {endpoint:?}: {why}"));
+            } else if !seen.insert(endpoint) {
+                self.problem(at, format!("{what} {endpoint} is listed twice"));
+            } else if let Some((first, tls, protocol)) = reached.get(endpoint.as_str()) {
+                if *tls != pool.tls() || *protocol != pool.protocol() {
+                    self.problem(
+                        at,
+                        format!("{endpoint} is also listed at {first}, reached another way (TLS settings or protocol); an address names one server: list it with the same `tls` and `protocol` everywhere"),
+                    );
+                }
+            } else {
+                reached.insert(endpoint, (at, pool.tls(), pool.protocol()));
+            }
+        }
+        if let Some(tls) = pool.tls() {
+            self.check_tls(&format!("{path}.tls"), tls);
+        }
+    }
+
+    fn check_tls(&mut self, path: &str, tls: &RawTls) {
+        let files = [
+            (
+                "ca_file",
+                &tls.ca_file,
+                "the PEM file of the CA certificates to trust, or leave ca_file out to trust the system's store",
+            ),
+            (
+                "client_cert",
+                &tls.client_cert,
+                "the PEM certificate chain the gateway presents",
+            ),
+            (
+                "client_key",
+                &tls.client_key,
+                "the PEM private key of client_cert",
+            ),
+        ];
+        for (field, value, what) in files {
+            let Some(value) = value else { continue };
+            if value.trim().is_empty() {
+                self.problem(
+                    format!("{path}.{field}"),
+                    format!("empty path; give {what}"),
+                );
+            } else if !value.starts_with('/') {
+                self.problem(
+                    format!("{path}.{field}"),
+                    format!("{value:?} is not an absolute path; each gateway reads it, whatever its working directory, so give it from /"),
+                );
+            }
+        }
+        match (&tls.client_cert, &tls.client_key) {
+            (Some(_), None) => self.problem(
+                format!("{path}.client_key"),
+                "client_cert needs client_key, the PEM private key of that certificate",
+            ),
+            (None, Some(_)) => self.problem(
+                format!("{path}.client_cert"),
+                "client_key needs client_cert, the PEM certificate chain it is the key of",
+            ),
+            _ => {}
+        }
+        if let Some(name) = &tls.server_name {
+            if name.is_empty() {
+                self.problem(
+                    format!("{path}.server_name"),
+                    "empty server name; give the name the endpoints' certificates carry (e.g. cart.hz.internal), or leave server_name out to use each endpoint's host",
+                );
+            } else if !is_server_name(name) {
+                self.problem(
+                    format!("{path}.server_name"),
+                    format!("invalid server name {name:?}: give a DNS name (e.g. cart.hz.internal) or an IP address, without port or wildcard"),
+                );
+            }
+        }
     }
 
     /// Every service with a pool somewhere or a route, sorted by name. Checks that each routed
@@ -447,12 +530,17 @@ impl Validator {
             .map(|(index, region)| Region {
                 index,
                 name: region.name.as_str().into(),
-                gateways: region.gateways.iter().map(|g| g.as_str().into()).collect(),
+                gateways: (region.gateways.endpoints().iter())
+                    .map(|g| g.as_str().into())
+                    .collect(),
+                gateway_tls: region.gateways.tls().map(compile_tls),
                 pools: services
                     .iter()
                     .map(|s| {
-                        region.pools.get(&**s).map(|endpoints| Pool {
-                            endpoints: endpoints.iter().map(|e| Endpoint::new(e)).collect(),
+                        region.pools.get(&**s).map(|pool| Pool {
+                            endpoints: pool.endpoints().iter().map(|e| Endpoint::new(e)).collect(),
+                            tls: pool.tls().map(compile_tls),
+                            protocol: pool.protocol(),
                         })
                     })
                     .collect(),
@@ -919,6 +1007,26 @@ impl Validator {
     }
 }
 
+/// TLS settings as the gateway uses them (after [`Validator::check_tls`]).
+fn compile_tls(tls: &RawTls) -> UpstreamTls {
+    UpstreamTls {
+        ca_file: tls.ca_file.as_deref().map(Into::into),
+        server_name: tls.server_name.as_deref().map(Into::into),
+        client_auth: match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => Some(ClientAuth {
+                cert_file: cert.as_str().into(),
+                key_file: key.as_str().into(),
+            }),
+            _ => None,
+        },
+    }
+}
+
+/// A name a TLS certificate can be checked against: a DNS name or an IP address.
+fn is_server_name(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok() || is_valid_hostname(&name.to_ascii_lowercase())
+}
+
 /// Slots `a` to `b`, or slot `a`.
 fn span(a: u32, b: u32) -> String {
     if a == b {
@@ -1028,6 +1136,77 @@ mod tests {
                 .iter()
                 .any(|p| p.path == "regions[1].capacity"),
             "{error}"
+        );
+    }
+
+    const TLS_TABLE: &str = "version: 1\nregions:\n  - name: hz\n    gateways: { endpoints: [\"gw.hz.internal:8443\"], tls: { ca_file: /etc/unitgate/fleet-ca.pem, client_cert: /etc/unitgate/gw.pem, client_key: /etc/unitgate/gw.key } }\n    pools:\n      cart: [\"127.0.0.1:18101\"]\n      order:\n        endpoints: [\"10.0.0.7:8443\"]\n        tls: { ca_file: /etc/unitgate/order-ca.pem, server_name: order.hz.internal }\n        protocol: http1\nunits: [{ name: u1, center: true, slots: [[0, 9999]], region: hz }]\nroutes: [{ name: cart, match: { path_prefix: / }, service: cart, class: P }]\n";
+
+    #[test]
+    fn pools_and_gateways_may_say_how_they_are_reached() {
+        let table = crate::load_yaml(TLS_TABLE).expect("valid");
+        let region = &table.regions()[0];
+        let services = table.services();
+        let order = services
+            .iter()
+            .position(|s| &**s == "order")
+            .expect("order");
+        let cart = services.iter().position(|s| &**s == "cart").expect("cart");
+        let order = region.pool(order).expect("pool");
+        assert_eq!(
+            order.tls,
+            Some(UpstreamTls {
+                ca_file: Some("/etc/unitgate/order-ca.pem".into()),
+                server_name: Some("order.hz.internal".into()),
+                client_auth: None,
+            })
+        );
+        assert_eq!(order.protocol, UpstreamProtocol::Http1);
+        assert_eq!(region.pool(cart).expect("pool").tls, None);
+        assert_eq!(&*region.gateways[0], "gw.hz.internal:8443");
+        let gateway_tls = region.gateway_tls.as_ref().expect("gateway tls");
+        assert_eq!(
+            gateway_tls.client_auth,
+            Some(ClientAuth {
+                cert_file: "/etc/unitgate/gw.pem".into(),
+                key_file: "/etc/unitgate/gw.key".into(),
+            })
+        );
+        assert_eq!(gateway_tls.server_name, None);
+    }
+
+    #[test]
+    fn a_pool_keeps_the_form_it_was_written_in() {
+        let (raw, _) = crate::parse_yaml(TLS_TABLE).expect("parses");
+        let json = serde_json::to_string(&raw).expect("json");
+        // A list stays a list: tables written before the mapping keep their digest.
+        assert!(json.contains(r#""cart":["127.0.0.1:18101"]"#), "{json}");
+        assert!(json.contains(r#""order":{"endpoints":["10.0.0.7:8443"],"tls":{"ca_file":"/etc/unitgate/order-ca.pem","server_name":"order.hz.internal"},"protocol":"http1"}"#), "{json}");
+        assert_eq!(crate::parse_json(&json).expect("parses back"), raw);
+    }
+
+    #[test]
+    fn shape_errors_inside_a_pool_name_the_field() {
+        let refused = |edit: &str, with: &str| {
+            let text = TLS_TABLE.replace(edit, with);
+            crate::load_yaml(&text)
+                .expect_err("refused")
+                .render("t.yaml")
+        };
+        assert_eq!(
+            refused("server_name: order", "sever_name: order"),
+            "t.yaml:9:53: regions[0].pools.order.tls.sever_name: unknown field `sever_name`, expected one of ca_file, server_name, client_cert, client_key\n"
+        );
+        assert_eq!(
+            refused("protocol: http1", "protocol: h2"),
+            "t.yaml:10:19: regions[0].pools.order.protocol: unknown variant `h2`, expected one of http1\n"
+        );
+        assert_eq!(
+            refused("cart: [\"127.0.0.1:18101\"]", "cart: 3"),
+            "t.yaml:6:7: regions[0].pools.cart: invalid type: integer `3`, expected a list of `host:port` endpoints, or a mapping with `endpoints` (and `tls`, `protocol`)\n"
+        );
+        assert_eq!(
+            refused("        protocol: http1\n", "        endpoint: []\n"),
+            "t.yaml:10:9: regions[0].pools.order.endpoint: unknown field `endpoint`, expected one of endpoints, tls, protocol\n"
         );
     }
 
