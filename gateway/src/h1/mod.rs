@@ -9,3 +9,4 @@
 pub mod chunked;
 pub mod fields;
 pub mod request;
+pub mod response;
