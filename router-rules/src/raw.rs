@@ -98,7 +98,7 @@ pub struct RawRegion {
     #[serde(default)]
     pub gateways: RawPool,
     /// Upstream pools by service name: each a list of `host:port` endpoints, or
-    /// `{ endpoints: [...], tls: {...}, protocol: http1 }`.
+    /// `{ endpoints: [...], tls: {...}, protocol: http1 | h2 }`.
     pub pools: BTreeMap<String, RawPool>,
     /// Region that serves this region's P-class reads when its own pool has no healthy endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,7 +133,8 @@ pub struct RawPoolSpec {
     /// Reach the endpoints over TLS, verifying their certificates. Absent: plain text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
-    /// The protocol spoken to the endpoints. Default and, for now, only value: `http1`.
+    /// The protocol spoken to the endpoints: `http1` (the default) or `h2` (HTTP/2 with prior
+    /// knowledge, for gRPC services; pools only, and without `tls` for now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<UpstreamProtocol>,
 }
@@ -167,6 +168,11 @@ pub enum UpstreamProtocol {
     #[default]
     #[serde(rename = "http1")]
     Http1,
+    /// HTTP/2 with prior knowledge (h2c) over plain TCP, for gRPC services: trailers pass both
+    /// ways, and the gateway's own answers to gRPC requests carry `grpc-status`. The hop to the
+    /// serving region's gateways speaks HTTP/2 too.
+    #[serde(rename = "h2")]
+    H2,
 }
 
 impl UpstreamProtocol {
@@ -174,6 +180,7 @@ impl UpstreamProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
         }
     }
 }
