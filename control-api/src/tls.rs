@@ -32,3 +32,70 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// A private key from a PEM file; an error names the file.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: cannot read private key: {e}", path.display()))
+}
+
+/// The system's trust store (`SSL_CERT_FILE` and `SSL_CERT_DIR` stand for it when set, as for
+/// OpenSSL); certificates that do not parse are skipped, as other TLS clients do. An error when
+/// it holds no certificate at all.
+pub fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "no certificate found in the system's trust store{}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join("; "))
+            }
+        ));
+    }
+    Ok(roots)
+}
+
+/// The CA certificates of a PEM file as a trust store; an error names the file.
+pub fn roots_from(ca_file: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    Ok(roots)
+}
+
+/// [`server_config`] that, with `client_ca`, demands of every client a certificate issued by
+/// one of the CAs in that PEM file (mutual TLS).
+pub fn server_config_with_client_ca(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let Some(client_ca) = client_ca else {
+        return server_config(cert, key);
+    };
+    let certs = certificates(cert)?;
+    let key = private_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots_from(client_ca)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("{}: {e}", client_ca.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

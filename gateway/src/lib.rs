@@ -7,6 +7,7 @@ pub mod admin;
 pub mod client_body;
 pub mod coarse_timer;
 pub mod config;
+pub mod connect;
 pub mod demo;
 pub mod framing;
 pub mod h1;
@@ -190,7 +191,7 @@ impl Gateway {
         }
         upstream::spawn_health_checks(
             store.clone(),
-            Upstream::new(&config.timeouts),
+            Upstream::with_connectors(&config.timeouts, store.connectors()),
             config.health_check.clone(),
         );
         let stress_header =
@@ -203,7 +204,7 @@ impl Gateway {
             worker,
             timer: coarse_timer::CoarseTimer::new(),
             store: store.clone(),
-            upstream: Upstream::new(&config.timeouts),
+            upstream: Upstream::with_connectors(&config.timeouts, store.connectors()),
             hop: hop.clone(),
             metrics: metrics.clone(),
             config: config.clone(),

@@ -18,6 +18,7 @@ use router_rules::{CompiledTable, RawLimits, RawTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::connect::{Connector, Connectors, TableConnectors, TlsConfigs};
 use crate::limits::Limiter;
 use crate::metrics::{Metrics, NameId};
 
@@ -73,6 +74,8 @@ pub struct EndpointState {
     pub health: Arc<Health>,
     /// Metric label id.
     pub id: NameId,
+    /// How to connect to it: plain TCP or TLS, as its pool says.
+    pub connector: Arc<Connector>,
 }
 
 /// Health of an endpoint, shared by every snapshot that lists it.
@@ -230,6 +233,10 @@ pub struct TableStore {
     metrics: Arc<Metrics>,
     health: Mutex<HashMap<Arc<str>, Arc<Health>>>,
     limiters: Mutex<HashMap<(bool, String, RawLimits), Arc<Limiter>>>,
+    /// rustls configs by file content, kept across swaps (and with them their sessions).
+    tls_configs: TlsConfigs,
+    /// How to connect to each address, for clients handed only an address.
+    connectors: Arc<Connectors>,
     last_rejected: Mutex<Option<Rejection>>,
     /// Serialises applies, so a version check and its swap cannot interleave with another.
     apply_lock: Mutex<()>,
@@ -246,6 +253,8 @@ impl TableStore {
             metrics,
             health: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
+            tls_configs: TlsConfigs::default(),
+            connectors: Arc::new(Connectors::default()),
             last_rejected: Mutex::new(None),
             apply_lock: Mutex::new(()),
             applied: watch::channel(0).0,
@@ -260,6 +269,12 @@ impl TableStore {
     /// This gateway's region.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// How to connect to every address the tables applied so far name (kept current by each
+    /// apply): what [`crate::upstream::Upstream`] looks an endpoint up in.
+    pub fn connectors(&self) -> Arc<Connectors> {
+        self.connectors.clone()
     }
 
     /// The version applied last (0 before the first), as a watch.
@@ -344,9 +359,19 @@ impl TableStore {
                 error.render(origin).trim_end().to_owned(),
             ));
         }
+        // The TLS files the table names are read here, on this gateway: one it cannot use
+        // refuses the table, which never replaces the one in force.
+        let connectors = match TableConnectors::build(&table, &self.tls_configs) {
+            Ok(connectors) => connectors,
+            Err(problems) => {
+                let error = router_rules::render_problems(origin, &problems);
+                return Err(self.reject(Some(version), origin, error.trim_end().to_owned()));
+            }
+        };
         let digest = control_api::table_digest(table.raw());
         self.persist(&table, &digest, origin);
-        let snapshot = self.build(table, region, origin, digest);
+        let snapshot = self.build(table, region, origin, digest, &connectors);
+        self.connectors.update(&connectors);
         self.current.store(Some(Arc::new(snapshot)));
         self.metrics.table_version.store(version, Ordering::Relaxed);
         self.metrics.table_swaps.fetch_add(1, Ordering::Relaxed);
@@ -448,7 +473,11 @@ impl TableStore {
         )
     }
 
-    fn pool_state<'a>(&self, addresses: impl Iterator<Item = &'a str>) -> PoolState {
+    fn pool_state<'a>(
+        &self,
+        addresses: impl Iterator<Item = &'a str>,
+        connector: &Arc<Connector>,
+    ) -> PoolState {
         PoolState {
             endpoints: addresses
                 .filter_map(|address| {
@@ -457,6 +486,7 @@ impl TableStore {
                         address: address.into(),
                         health: self.health_of(address),
                         id: self.metrics.names.id(address),
+                        connector: connector.clone(),
                     })
                 })
                 .collect(),
@@ -470,24 +500,23 @@ impl TableStore {
         region: RegionIndex,
         origin: &str,
         digest: String,
+        connectors: &TableConnectors,
     ) -> Snapshot {
         let names = &self.metrics.names;
-        let pools = table
-            .regions()
-            .iter()
-            .map(|r| {
+        let pools = (table.regions().iter().zip(&connectors.pools))
+            .map(|(r, connectors)| {
                 (0..table.services().len())
                     .map(|s| {
-                        r.pool(s)
-                            .map(|p| self.pool_state(p.endpoints.iter().map(|e| &*e.address)))
+                        let connector = connectors.get(s).and_then(Option::as_ref)?;
+                        r.pool(s).map(|p| {
+                            self.pool_state(p.endpoints.iter().map(|e| &*e.address), connector)
+                        })
                     })
                     .collect()
             })
             .collect();
-        let gateways = table
-            .regions()
-            .iter()
-            .map(|r| self.pool_state(r.gateways.iter().map(|g| &**g)))
+        let gateways = (table.regions().iter().zip(&connectors.gateways))
+            .map(|(r, connector)| self.pool_state(r.gateways.iter().map(|g| &**g), connector))
             .collect();
         Snapshot {
             region,

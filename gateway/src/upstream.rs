@@ -23,6 +23,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use crate::config::{HealthCheck, Timeouts};
+use crate::connect::Connectors;
 use crate::store::TableStore;
 
 /// Errors carried by bodies.
@@ -80,11 +81,16 @@ impl std::error::Error for UpstreamError {}
 struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
+    /// [`Connectors::epoch`] when it was pooled: a connection pooled before an address's TLS
+    /// settings changed is not reused.
+    epoch: u64,
 }
 
 struct Pool {
     idle: Mutex<HashMap<Box<str>, Vec<Idle>, FnvBuildHasher>>,
     connect_timeout: Duration,
+    /// How to connect to each address (plain TCP or TLS), as the tables applied say.
+    connectors: Arc<Connectors>,
 }
 
 impl Pool {
@@ -92,8 +98,12 @@ impl Pool {
     fn checkout(&self, endpoint: &str) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let connections = idle.get_mut(endpoint)?;
+        let epoch = self.connectors.epoch();
         while let Some(candidate) = connections.pop() {
-            if !candidate.sender.is_closed() && candidate.since.elapsed() < IDLE_TIMEOUT {
+            if !candidate.sender.is_closed()
+                && candidate.since.elapsed() < IDLE_TIMEOUT
+                && candidate.epoch == epoch
+            {
                 return Some(candidate.sender);
             }
         }
@@ -113,21 +123,17 @@ impl Pool {
             entry.push(Idle {
                 sender,
                 since: Instant::now(),
+                epoch: self.connectors.epoch(),
             });
         }
     }
 
     /// A new connection to `endpoint`; the error says why there is none.
     async fn connect(&self, endpoint: &Authority) -> Result<SendRequest<Body>, String> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect(endpoint.as_str()),
-        )
-        .await
-        .map_err(|_| format!("{endpoint}: connect timed out"))?
-        .map_err(|e| format!("{endpoint}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let _ = rustix::net::sockopt::set_socket_keepalive(&stream, true);
+        let stream = (self.connectors.get(endpoint.as_str()))
+            .connect(endpoint.as_str(), self.connect_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("{endpoint}: handshake: {e}"))?;
@@ -145,12 +151,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A client with keep-alive pooling and the configured connect timeout.
+    /// A client with keep-alive pooling and the configured connect timeout, in plain text.
     pub fn new(timeouts: &Timeouts) -> Self {
+        Self::with_connectors(timeouts, Arc::default())
+    }
+
+    /// A client that connects to each address as `connectors` says (the table store's).
+    pub fn with_connectors(timeouts: &Timeouts, connectors: Arc<Connectors>) -> Self {
         Self {
             pool: Arc::new(Pool {
                 idle: Mutex::new(HashMap::default()),
                 connect_timeout: timeouts.connect(),
+                connectors,
             }),
         }
     }
@@ -326,7 +338,13 @@ async fn check_once(
     let timeout = Duration::from_millis(config.timeout_ms);
     match &config.path {
         None => matches!(
-            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(authority.as_str())).await,
+            // A connection as requests make it: over TLS, the handshake and certificate too.
+            tokio::time::timeout(
+                timeout,
+                (upstream.pool.connectors.get(authority.as_str()))
+                    .connect(authority.as_str(), timeout)
+            )
+            .await,
             Ok(Ok(_))
         ),
         Some(path) => {

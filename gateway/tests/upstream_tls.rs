@@ -1,0 +1,611 @@
+//! TLS to upstreams: a pool written `{ endpoints, tls: { ca_file, server_name, client_cert,
+//! client_key } }` is reached over TLS, with certificates from a test CA made by rcgen, and
+//! HTTPS upstreams on 127.0.0.1 that record every handshake and request.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::Gateway;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::{SECRET, client, loopback_listeners, request, send};
+
+// ---- certificates -------------------------------------------------------------------------
+
+/// A certificate authority for tests, with its certificate in `dir/<name>-ca.pem`.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    pem_path: PathBuf,
+}
+
+/// A certificate and key signed by a [`TestCa`], in DER and as PEM files.
+struct Leaf {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &Path, name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+        let pem_path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&pem_path, issuer.pem()).expect("write ca");
+        TestCa { issuer, pem_path }
+    }
+
+    /// A certificate for `names` (IP addresses become IP SANs), named `file` in `dir`.
+    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, file);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let cert_path = dir.join(format!("{file}.pem"));
+        let key_path = dir.join(format!("{file}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        Leaf {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+            cert_path,
+            key_path,
+        }
+    }
+
+    fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+}
+
+// ---- an HTTPS upstream that records what it sees ------------------------------------------
+
+/// One TLS connection as the upstream saw it.
+#[derive(Debug, Clone)]
+enum Handshake {
+    Done {
+        resumed: bool,
+        sni: Option<String>,
+        alpn: Option<Vec<u8>>,
+        client_cert: bool,
+    },
+    Failed(String),
+}
+
+struct TlsUpstream {
+    addr: SocketAddr,
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
+    /// Paths of the requests served, in order.
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl TlsUpstream {
+    /// Serve HTTP/1.1 over TLS with `leaf`; with `client_ca`, demand a client certificate
+    /// issued by it. Without `keep_alive`, every response closes its connection, so every
+    /// request needs a new one (and a handshake).
+    async fn start(leaf: &Leaf, client_ca: Option<&TestCa>, keep_alive: bool) -> TlsUpstream {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions");
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.der()).expect("root");
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
+            .expect("server config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (seen, served) = (handshakes.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, seen, served) = (acceptor.clone(), seen.clone(), served.clone());
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(error) => {
+                            seen.lock()
+                                .expect("lock")
+                                .push(Handshake::Failed(error.to_string()));
+                            return;
+                        }
+                    };
+                    let connection = tls.get_ref().1;
+                    seen.lock().expect("lock").push(Handshake::Done {
+                        resumed: connection.handshake_kind()
+                            == Some(rustls::HandshakeKind::Resumed),
+                        sni: connection.server_name().map(str::to_owned),
+                        alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
+                        client_cert: connection.peer_certificates().is_some(),
+                    });
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let served = served.clone();
+                        async move {
+                            served
+                                .lock()
+                                .expect("lock")
+                                .push(req.uri().path().to_owned());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"{\"served_by\":\"tls upstream\"}"),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsUpstream {
+            addr,
+            handshakes,
+            requests,
+        }
+    }
+
+    fn handshakes(&self) -> Vec<Handshake> {
+        self.handshakes.lock().expect("lock").clone()
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+// ---- the gateway's log ----------------------------------------------------------------------
+
+/// Everything the gateways of this test binary logged at WARN and above.
+fn log() -> &'static Mutex<Vec<u8>> {
+    static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| Mutex::new(Vec::new()));
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+    log
+}
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        log().lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The log lines that contain `needle`.
+fn log_lines(needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&log().lock().expect("lock"))
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+// ---- a gateway in front of one TLS pool -----------------------------------------------------
+
+/// A one-region table whose `app` pool is `endpoints` reached with `tls` (a YAML mapping).
+fn table(version: u64, endpoints: &[SocketAddr], tls: &str) -> String {
+    let endpoints = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "version: {version}\nregions:\n  - name: local\n    pools:\n      app:\n        endpoints: [{endpoints}]\n        tls: {tls}\nunits: [{{ name: u1, center: true, slots: [[0, 9999]], region: local }}]\nroutes: [{{ name: app, match: {{ path_prefix: / }}, service: app, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}]\n"
+    )
+}
+
+async fn gateway(dir: &Path, table: &str, health: &str) -> Gateway {
+    log();
+    let table_path = dir.join("table.yaml");
+    std::fs::write(&table_path, table).expect("table");
+    let text = format!(
+        "region: local\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ file: {}, poll_interval_ms: 3600000 }}\nhop_secret: {SECRET}\nhealth_check: {health}\naccess_log: false\n",
+        table_path.display()
+    );
+    let config = gateway::config::GatewayConfig::parse(&text, "test").expect("config");
+    Gateway::start(config, loopback_listeners())
+        .await
+        .expect("gateway")
+}
+
+const NO_HEALTH_CHECKS: &str = "{ interval_ms: 0 }";
+
+/// A GET through the gateway, keyed by user 42, over HTTP/2 with prior knowledge: hyper's
+/// front end, whose requests reach HTTP/1.1 upstreams through `gateway::upstream` and its
+/// connector. (The gateway's own HTTP/1.1 codec connects through `gateway::connect` too once
+/// its upstream pool takes a `Connector`; then these requests may go over HTTP/1.1 as well.)
+async fn get(gateway: &Gateway, path: &str) -> (StatusCode, serde_json::Value) {
+    let h2c: support::TestClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let (status, _, body) = send(
+        &h2c,
+        request("GET", gateway.http_addrs[0], path, &[("x-user-id", "42")]),
+    )
+    .await;
+    (status, body)
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_an_https_upstream_whose_certificate_the_pool_trusts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1", "app.local.test"]);
+    let upstream = TlsUpstream::start(&leaf, None, true).await;
+    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
+    let gateway = gateway(
+        dir.path(),
+        &table(1, &[upstream.addr], &tls),
+        NO_HEALTH_CHECKS,
+    )
+    .await;
+
+    let (status, body) = get(&gateway, "/cart/1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["served_by"], "tls upstream");
+    assert_eq!(upstream.requests(), ["/cart/1"]);
+    // Without server_name the endpoint's host is the name checked (its IP SAN); an IP address
+    // is never sent as SNI. ALPN says http/1.1.
+    match &upstream.handshakes()[..] {
+        [Handshake::Done { sni, alpn, .. }] => {
+            assert_eq!(*sni, None);
+            assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // With a server_name, that name is checked and sent as SNI.
+    let tls = format!(
+        "{{ ca_file: {}, server_name: app.local.test }}",
+        ca.pem_path.display()
+    );
+    gateway
+        .store
+        .load_text(&table(2, &[upstream.addr], &tls), false, "test")
+        .expect("applied");
+    let (status, body) = get(&gateway, "/cart/2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        upstream.handshakes().iter().any(|h| matches!(
+            h,
+            Handshake::Done { sni: Some(sni), .. } if sni == "app.local.test"
+        )),
+        "{:?}",
+        upstream.handshakes()
+    );
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_upstream_certificate_is_a_502_and_a_log_line_naming_endpoint_and_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trusted = TestCa::new(dir.path(), "trusted");
+    let other = TestCa::new(dir.path(), "other");
+    let leaf = other.leaf(dir.path(), "app", &["127.0.0.1"]);
+    let upstream = TlsUpstream::start(&leaf, None, true).await;
+    let tls = format!("{{ ca_file: {} }}", trusted.pem_path.display());
+    let gateway = gateway(
+        dir.path(),
+        &table(1, &[upstream.addr], &tls),
+        NO_HEALTH_CHECKS,
+    )
+    .await;
+
+    let (status, body) = get(&gateway, "/cart/1").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["upstream"], upstream.addr.to_string());
+    assert!(upstream.requests().is_empty(), "nothing may reach it");
+    let expected = format!(
+        "upstream {}: certificate not trusted: UnknownIssuer",
+        upstream.addr
+    );
+    let lines = log_lines(&expected);
+    assert_eq!(lines.len(), 1, "{:?}", log_lines("certificate"));
+    assert!(lines[0].contains("WARN"), "{}", lines[0]);
+    // The failure is counted against the endpoint like any failed connection.
+    let metrics = support::get_text(&client(), gateway.admin_addr, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("unitgate_upstream_errors_total")
+                && l.contains(&upstream.addr.to_string())
+                && l.contains("connect")),
+        "{metrics}"
+    );
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_name_is_a_502() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1", "app.local.test"]);
+    let upstream = TlsUpstream::start(&leaf, None, true).await;
+    let tls = format!(
+        "{{ ca_file: {}, server_name: billing.local.test }}",
+        ca.pem_path.display()
+    );
+    let gateway = gateway(
+        dir.path(),
+        &table(1, &[upstream.addr], &tls),
+        NO_HEALTH_CHECKS,
+    )
+    .await;
+
+    let (status, body) = get(&gateway, "/cart/1").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(upstream.requests().is_empty());
+    let lines = log_lines(&format!(
+        "upstream {}: certificate refused: certificate not valid for name \"billing.local.test\"",
+        upstream.addr
+    ));
+    assert_eq!(lines.len(), 1, "{:?}", log_lines("certificate"));
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_certificate_is_presented_when_the_pool_has_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let gateways = TestCa::new(dir.path(), "gateways");
+    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
+    let client_leaf = gateways.leaf(dir.path(), "gateway-local", &["gateway.local.test"]);
+    let upstream = TlsUpstream::start(&leaf, Some(&gateways), true).await;
+
+    // Without a client certificate the upstream refuses the gateway: 502, nothing served.
+    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
+    let gateway = gateway(
+        dir.path(),
+        &table(1, &[upstream.addr], &tls),
+        NO_HEALTH_CHECKS,
+    )
+    .await;
+    let (status, body) = get(&gateway, "/cart/1").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(upstream.requests().is_empty());
+    assert!(
+        matches!(&upstream.handshakes()[..], [Handshake::Failed(why)] if why.contains("certificate")),
+        "{:?}",
+        upstream.handshakes()
+    );
+
+    // With it, the request goes through and the upstream saw the certificate.
+    let tls = format!(
+        "{{ ca_file: {}, client_cert: {}, client_key: {} }}",
+        ca.pem_path.display(),
+        client_leaf.cert_path.display(),
+        client_leaf.key_path.display()
+    );
+    gateway
+        .store
+        .load_text(&table(2, &[upstream.addr], &tls), false, "test")
+        .expect("applied");
+    let (status, body) = get(&gateway, "/cart/2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(upstream.requests(), ["/cart/2"]);
+    assert!(
+        matches!(
+            upstream.handshakes().last(),
+            Some(Handshake::Done {
+                client_cert: true,
+                ..
+            })
+        ),
+        "{:?}",
+        upstream.handshakes()
+    );
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_resumes_the_session_also_after_a_table_swap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
+    // Every response closes its connection: each request makes a new one.
+    let upstream = TlsUpstream::start(&leaf, None, false).await;
+    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
+    let gateway = gateway(
+        dir.path(),
+        &table(1, &[upstream.addr], &tls),
+        NO_HEALTH_CHECKS,
+    )
+    .await;
+
+    for path in ["/a", "/b"] {
+        let (status, body) = get(&gateway, path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // A new table with the same TLS settings and files keeps the sessions.
+    gateway
+        .store
+        .load_text(&table(2, &[upstream.addr], &tls), false, "test")
+        .expect("applied");
+    let (status, body) = get(&gateway, "/c").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    assert_eq!(upstream.requests(), ["/a", "/b", "/c"]);
+    let resumed: Vec<bool> = upstream
+        .handshakes()
+        .iter()
+        .map(|h| match h {
+            Handshake::Done { resumed, .. } => *resumed,
+            Handshake::Failed(why) => panic!("{why}"),
+        })
+        .collect();
+    assert_eq!(resumed, [false, true, true]);
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_naming_a_file_the_gateway_cannot_read_is_refused_and_the_old_one_stays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
+    let upstream = TlsUpstream::start(&leaf, None, true).await;
+    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
+    let gateway = gateway(
+        dir.path(),
+        &table(1, &[upstream.addr], &tls),
+        NO_HEALTH_CHECKS,
+    )
+    .await;
+
+    let missing = dir.path().join("missing-ca.pem");
+    let refused = gateway
+        .store
+        .load_text(
+            &table(
+                2,
+                &[upstream.addr],
+                &format!("{{ ca_file: {} }}", missing.display()),
+            ),
+            false,
+            "push",
+        )
+        .expect_err("refused");
+    assert_eq!(refused.version, Some(2));
+    assert!(
+        refused.error.starts_with(&format!(
+            "push: regions[0].pools.app.tls.ca_file: {}: cannot read: ",
+            missing.display()
+        )),
+        "{}",
+        refused.error
+    );
+    // A file that is there but holds no key is refused the same way, naming its field.
+    let not_a_key = format!(
+        "{{ ca_file: {}, client_cert: {}, client_key: {} }}",
+        ca.pem_path.display(),
+        leaf.cert_path.display(),
+        ca.pem_path.display()
+    );
+    let refused = gateway
+        .store
+        .load_text(&table(3, &[upstream.addr], &not_a_key), false, "push")
+        .expect_err("refused");
+    assert!(
+        refused.error.starts_with(&format!(
+            "push: regions[0].pools.app.tls.client_key: {}: cannot read private key",
+            ca.pem_path.display()
+        )),
+        "{}",
+        refused.error
+    );
+
+    let snapshot = gateway.store.current().expect("table");
+    assert_eq!(snapshot.table.version(), 1);
+    assert_eq!(
+        gateway.store.last_rejected().map(|r| r.version),
+        Some(Some(3))
+    );
+    let (status, body) = get(&gateway, "/cart/1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_go_over_tls_and_find_an_untrusted_endpoint_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let other = TestCa::new(dir.path(), "other");
+    let good = TlsUpstream::start(&ca.leaf(dir.path(), "good", &["127.0.0.1"]), None, true).await;
+    let bad = TlsUpstream::start(&other.leaf(dir.path(), "bad", &["127.0.0.1"]), None, true).await;
+    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
+    let gateway = gateway(
+        dir.path(),
+        &table(1, &[good.addr, bad.addr], &tls),
+        "{ interval_ms: 50, timeout_ms: 1000 }",
+    )
+    .await;
+
+    let health = |addr: SocketAddr| {
+        let snapshot = gateway.store.current().expect("table");
+        let pool = snapshot.pools[snapshot.region][0].as_ref().expect("pool");
+        let endpoint = pool
+            .endpoints
+            .iter()
+            .find(|e| *e.address == *addr.to_string())
+            .expect("endpoint");
+        endpoint.health.is_healthy()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while health(bad.addr) {
+        assert!(tokio::time::Instant::now() < deadline, "never found down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(health(good.addr));
+    // Checks handshake with both (no request: the check is the connection).
+    assert!(
+        good.handshakes()
+            .iter()
+            .any(|h| matches!(h, Handshake::Done { .. }))
+    );
+    assert!(
+        bad.handshakes()
+            .iter()
+            .all(|h| matches!(h, Handshake::Failed(_)))
+    );
+    // Requests go to the healthy one only.
+    for _ in 0..4 {
+        let (status, body) = get(&gateway, "/cart/1").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(good.requests().len(), 4);
+    assert!(bad.requests().is_empty());
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
