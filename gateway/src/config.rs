@@ -71,10 +71,26 @@ pub struct GatewayConfig {
     /// peer they are replaced: a client cannot claim another address or `https`.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which HTTP/1.1 implementation serves clients and talks to upstreams: `own` (the
+    /// gateway's codec, the default) or `hyper` (kept as the reference the codec is tested
+    /// against). HTTP/2 is always hyper's.
+    #[serde(default)]
+    pub http1_codec: Http1Codec,
     /// The file this was read from and where each field sits in it: problems found after
     /// parsing (a hop secret file that cannot be read) are placed like parse errors.
     #[serde(skip)]
     origin: router_rules::SourceFile,
+}
+
+/// The HTTP/1.1 implementation (`http1_codec`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Codec {
+    /// The gateway's own codec (`gateway::h1`).
+    #[default]
+    Own,
+    /// hyper's.
+    Hyper,
 }
 
 fn yes() -> bool {

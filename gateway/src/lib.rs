@@ -6,10 +6,12 @@
 pub mod admin;
 pub mod client_body;
 pub mod coarse_timer;
+pub mod decide;
 pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod framing;
+pub mod grpc;
 pub mod h1;
 pub mod headers;
 pub mod hop;
@@ -21,6 +23,7 @@ pub mod source;
 pub mod store;
 pub mod upgrade;
 pub mod upstream;
+pub mod upstream_h2;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -205,6 +208,8 @@ impl Gateway {
             timer: coarse_timer::CoarseTimer::new(),
             store: store.clone(),
             upstream: Upstream::with_connectors(&config.timeouts, store.connectors()),
+            upstream_h2: upstream_h2::H2Upstream::new(&config.timeouts),
+            codec_upstream: h1::client::Pool::new(config.timeouts.connect()),
             hop: hop.clone(),
             metrics: metrics.clone(),
             config: config.clone(),

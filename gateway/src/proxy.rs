@@ -28,18 +28,21 @@ use serde_json::json;
 use crate::client_body::{BodyFault, BodyState, ClientBody};
 use crate::coarse_timer::CoarseTimer;
 use crate::config::{GatewayConfig, RoutingKeyLog};
+use crate::decide::{Decided, Facts, decide};
 use crate::framing::Verdicts;
+use crate::grpc;
 use crate::headers::{
     RequestHeaders, TRACEPARENT, TraceParent, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_UNITGATE_CLASS,
     X_UNITGATE_HOP, X_UNITGATE_KEY, X_UNITGATE_REGION, X_UNITGATE_SLOT, X_UNITGATE_STRESS,
     X_UNITGATE_TABLE_VERSION, X_UNITGATE_UNIT, check_request_line, header_safe, strip_hop_by_hop,
     strip_internal_headers,
 };
-use crate::hop::{HopKey, HopMarker, KeyHasher, MAX_HOPS};
+use crate::hop::{HopKey, HopMarker, KeyHasher};
 use crate::limits::Refusal;
-use crate::metrics::{ClientEvent, Hop, LimitScope, Metrics, NONE, RequestLabels, UpstreamFailure};
+use crate::metrics::{ClientEvent, Hop, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
 use crate::upstream::{Body, BoxError, Upstream, empty};
+use crate::upstream_h2::{self, H2Upstream};
 use control_api::throttle::LogThrottle;
 
 /// What every request handler shares.
@@ -52,6 +55,10 @@ pub struct Shared {
     pub store: Arc<TableStore>,
     /// Upstream client.
     pub upstream: Upstream,
+    /// Upstream connections of the gateway's own HTTP/1.1 codec.
+    pub codec_upstream: crate::h1::client::Pool,
+    /// Upstream client for pools that speak HTTP/2 (`protocol: h2`).
+    pub upstream_h2: H2Upstream,
     /// Hop-marker key.
     pub hop: HopKey,
     /// Metrics.
@@ -91,7 +98,7 @@ impl KeyLog {
 
 /// `path` with its `n`th non-empty segment (from 1, as key sources count them) replaced by
 /// `{key}`.
-fn without_segment(path: &str, n: u32) -> String {
+pub(crate) fn without_segment(path: &str, n: u32) -> String {
     let mut seen = 0;
     path.split('/')
         .map(|segment| {
@@ -141,35 +148,35 @@ impl Conn {
 }
 
 /// What a request learnt on its way, for the response, the log and the metrics.
-struct Ctx {
-    start: Instant,
-    method: Method,
-    path: String,
-    trace: Option<TraceParent>,
-    version: u64,
-    route: Option<usize>,
-    class: Option<Class>,
-    unit: Option<usize>,
-    region: Option<RegionIndex>,
-    slot: Option<u32>,
+pub(crate) struct Ctx {
+    pub(crate) start: Instant,
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) trace: Option<TraceParent>,
+    pub(crate) version: u64,
+    pub(crate) route: Option<usize>,
+    pub(crate) class: Option<Class>,
+    pub(crate) unit: Option<usize>,
+    pub(crate) region: Option<RegionIndex>,
+    pub(crate) slot: Option<u32>,
     /// The routing key as the access log shows it: as found, or hashed.
-    key: Option<String>,
-    hops_in: u8,
-    forwarded_to: Option<RegionIndex>,
-    upstream: Option<Arc<str>>,
-    stress: bool,
+    pub(crate) key: Option<String>,
+    pub(crate) hops_in: u8,
+    pub(crate) forwarded_to: Option<RegionIndex>,
+    pub(crate) upstream: Option<Arc<str>>,
+    pub(crate) stress: bool,
 }
 
 /// A response the gateway makes itself.
-struct Reply {
-    status: StatusCode,
-    body: serde_json::Value,
-    retry_after_s: Option<u64>,
-    close: bool,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) body: serde_json::Value,
+    pub(crate) retry_after_s: Option<u64>,
+    pub(crate) close: bool,
 }
 
 impl Reply {
-    fn new(status: StatusCode, body: serde_json::Value) -> Self {
+    pub(crate) fn new(status: StatusCode, body: serde_json::Value) -> Self {
         Self {
             status,
             body,
@@ -231,6 +238,8 @@ pub async fn handle(
         stress: false,
     };
     let http1 = request.version() < Version::HTTP_2;
+    // A gRPC client reads the gateway's own answers from `grpc-status` (`grpc::trailers_only`).
+    let grpc = grpc::is_grpc(request.headers());
     // The table in force, loaded once: it decides this request from start to end, and the
     // metrics and the log line name what it decided.
     let snapshot = shared.store.current();
@@ -244,6 +253,7 @@ pub async fn handle(
     );
     let mut response = match decided.await {
         Ok(response) => response,
+        Err(reply) if grpc => grpc::trailers_only(reply.status, &reply.body),
         Err(reply) => reply.into_response(),
     };
     if http1 && shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
@@ -296,182 +306,30 @@ async fn proxy(
             json!({"error": "too many headers", "limit": limits.max_header_count}),
         ));
     }
-    if let Some(length) = seen.content_length()
-        && length > limits.max_body_bytes
-    {
-        return Err(Reply::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"error": "request body too large", "limit_bytes": limits.max_body_bytes}),
-        ));
-    }
-
-    // Phase 2: the table in force (loaded once, by `handle`).
-    let Some(snapshot) = snapshot else {
-        return Err(Reply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "no routing table applied yet"}),
-        ));
-    };
-    ctx.version = snapshot.table.version();
-
-    let trace = TraceParent::continue_or_start(seen.traceparent.as_ref());
-    ctx.trace = Some(trace);
-    let hop_in = seen
-        .hop
-        .as_ref()
-        .and_then(|marker| verify_hop(shared, marker, &request));
-    ctx.hops_in = hop_in.as_ref().map_or(0, |m| m.hops);
-    ctx.stress = seen.stress;
     if seen.internal {
         strip_internal_headers(request.headers_mut());
     }
     let upgrade = seen.is_upgrade();
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-
-    // Phase 3: resolve.
     let (mut parts, body) = request.into_parts();
-    let routed = {
-        let view = PartsView(&parts);
-        let decision = snapshot.table.resolve(&view, snapshot.region);
-        if let Some(router_rules::KeySource::PathSegment(n)) = decision.key_source
-            && shared.config.access_log.enabled
-            && !matches!(shared.key_log, KeyLog::AsIs)
-        {
-            // The path holds the routing key: the log shows where, not what.
-            ctx.path = without_segment(&ctx.path, *n);
-        }
-        Routed {
-            action: decision.action,
-            route: decision.route.map(|r| r.index),
-            unit: decision.unit.map(|u| u.index),
-            region: decision.region.map(|r| r.index),
-            fallback: decision.fallback_region.map(|r| r.index),
-            slot: decision.slot,
-            key: decision.key.as_ref().map(|k| k.as_str().to_owned()),
-            invalid_key: decision
-                .key_error
-                .map(|e| (e, decision.key_source.map(ToString::to_string))),
-        }
+
+    // Phases 2 to 5: load, resolve, admit, pick.
+    let facts = Facts {
+        hop: seen.hop.as_ref().map(HeaderValue::as_bytes),
+        traceparent: seen.traceparent.as_ref().map(HeaderValue::as_bytes),
+        stress: seen.stress,
+        content_length: seen.content_length(),
     };
+    let Decided {
+        snapshot,
+        route,
+        routed,
+        target,
+        hop_in,
+        trace,
+        _permits,
+    } = decide(shared, ctx, snapshot, &PartsView(&parts), &facts)?;
     let table = &snapshot.table;
-    let route = routed.route.map(|r| &table.routes()[r]);
-    ctx.route = routed.route;
-    ctx.class = route.map(|r| r.class);
-    ctx.unit = routed.unit;
-    ctx.region = routed.region;
-    ctx.slot = routed.slot;
-    if shared.config.access_log.enabled {
-        // Only the access log needs its own copy of the key, or of its hash.
-        ctx.key = match &shared.key_log {
-            KeyLog::AsIs => routed.key.clone(),
-            KeyLog::Hashed(hasher) => routed.key.as_deref().map(|k| hasher.hash(k)),
-            KeyLog::Omitted => None,
-        };
-    }
-
-    // Phase 4: admit.
-    let route = match (routed.action, route) {
-        (Action::NoRoute, _) | (_, None) => {
-            return Err(Reply::new(
-                StatusCode::NOT_FOUND,
-                json!({"error": "no route", "method": parts.method.as_str(), "path": parts.uri.path(), "table_version": ctx.version}),
-            ));
-        }
-        (Action::MissingKey, Some(route)) => {
-            return Err(Reply::new(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "missing routing key", "route": &*route.name, "tried": route.key_sources.iter().map(ToString::to_string).collect::<Vec<_>>(), "table_version": ctx.version}),
-            ));
-        }
-        (Action::InvalidKey, Some(_)) => {
-            let (error, source) = routed
-                .invalid_key
-                .clone()
-                .unwrap_or((router_rules::KeyError::Undecodable, None));
-            return Err(Reply::new(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "invalid routing key", "reason": error.as_str(), "detail": error.message(), "source": source, "table_version": ctx.version}),
-            ));
-        }
-        (Action::WriteFrozen, Some(_)) => {
-            let unit = routed.unit.map(|u| table.units()[u].name.to_string());
-            let mut reply = Reply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "unit is write-frozen", "unit": unit, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
-            );
-            reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
-            return Err(reply);
-        }
-        (Action::Forward, Some(route)) => route,
-    };
-    let _route_permit = match &snapshot.route_limits[route.index] {
-        Some(limiter) => Some(limiter.admit().map_err(|refusal| {
-            shared.metrics.limited(
-                LimitScope::Route,
-                snapshot.route_ids[route.index],
-                matches!(refusal, Refusal::Rate(_)),
-            );
-            limited(refusal, "route", &route.name)
-        })?),
-        None => None,
-    };
-    let _unit_permit = match routed
-        .unit
-        .and_then(|u| snapshot.unit_limits[u].as_ref().map(|l| (u, l)))
-    {
-        Some((unit, limiter)) => Some(limiter.admit().map_err(|refusal| {
-            shared.metrics.limited(
-                LimitScope::Unit,
-                snapshot.unit_ids[unit],
-                matches!(refusal, Refusal::Rate(_)),
-            );
-            limited(refusal, "unit", &table.units()[unit].name)
-        })?),
-        None => None,
-    };
-
-    // Phase 5: pick where it goes.
-    let mut serving = routed.region.unwrap_or(snapshot.region);
-    // A gateway with a newer table sent it here: during a flip this gateway may not have that
-    // version yet, and forwarding on by its older table would bounce the request between
-    // regions. The newer table's choice stands.
-    if serving != snapshot.region && hop_in.as_ref().is_some_and(|m| m.version > ctx.version) {
-        serving = snapshot.region;
-        ctx.region = Some(serving);
-    }
-    let local_pool = snapshot.pools[snapshot.region][route.service].as_ref();
-    let target = if serving != snapshot.region {
-        Target::Region(serving)
-    } else {
-        match (local_pool, routed.fallback) {
-            (Some(pool), Some(fallback)) if !pool.any_healthy() && route.class == Class::P => {
-                Target::Region(fallback)
-            }
-            (Some(pool), _) => Target::Local(pool),
-            (None, _) => {
-                return Err(Reply::new(
-                    StatusCode::BAD_GATEWAY,
-                    json!({"error": "no pool for service in this region", "service": &*table.services()[route.service]}),
-                ));
-            }
-        }
-    };
-    if let Target::Region(region) = target
-        && ctx.hops_in >= MAX_HOPS
-    {
-        return Err(Reply::new(
-            StatusCode::LOOP_DETECTED,
-            json!({
-                "error": "forwarding loop: gateways disagree on where this request belongs",
-                "origin_region": hop_in.as_ref().map(|m| m.origin.clone()),
-                "incoming_table_version": hop_in.as_ref().map(|m| m.version),
-                "local_table_version": ctx.version,
-                "local_region": &*table.regions()[snapshot.region].name,
-                "would_forward_to": &*table.regions()[region].name,
-                "hops": ctx.hops_in,
-            }),
-        ));
-    }
 
     // Phase 6: forward.
     let trusted = conn.trusted_proxy || hop_in.is_some();
@@ -508,8 +366,6 @@ async fn proxy(
                     .headers
                     .insert(shared.stress_header.clone(), HeaderValue::from_static("1"));
             }
-            ctx.forwarded_to = Some(region);
-            shared.metrics.cross_region(snapshot.region_ids[region]);
             (&snapshot.gateways[region], None)
         }
     };
@@ -524,6 +380,13 @@ async fn proxy(
     let total_deadline = ctx.start + timeouts.total();
     parts.uri = upstream_uri(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
+    // HTTP/2 when the serving region's pool asks for it (gRPC), to its endpoints or to its
+    // gateways: `upstream_h2` makes the request an HTTP/2 one.
+    let (to, hop) = match target {
+        Target::Local(_) => (snapshot.region, false),
+        Target::Region(region) => (region, true),
+    };
+    let h2 = upstream_h2::wanted(table, to, route.service, hop).then_some(&shared.upstream_h2);
     let (client_body, body_state) = ClientBody::new(body, limits.max_body_bytes);
     let mut request = Some(Request::from_parts(parts, client_body.boxed()));
     let exchange = async {
@@ -560,7 +423,7 @@ async fn proxy(
                 .timer
                 .timeout_at(
                     deadline,
-                    shared.upstream.send(&endpoint.authority, upstream_request),
+                    upstream_h2::send(&shared.upstream, h2, &endpoint.authority, upstream_request),
                 )
                 .await;
             let failure = match result {
@@ -630,36 +493,36 @@ async fn proxy(
 }
 
 /// Forged or stale hop markers, for the log.
-static HOP_REJECTED: LogThrottle = LogThrottle::new();
+pub(crate) static HOP_REJECTED: LogThrottle = LogThrottle::new();
 
 /// Seconds a client is asked to wait before retrying a write to a frozen unit.
-const WRITE_FREEZE_RETRY_S: u64 = 2;
+pub(crate) const WRITE_FREEZE_RETRY_S: u64 = 2;
 
 /// Headers the gateway adds to a request at most: host, forwarding, trace context and the
 /// seven `X-Unitgate-*` headers.
 const ADDED_HEADERS: usize = 11;
 
 /// Endpoints an idempotent request is tried on when connections to them fail.
-const MAX_ATTEMPTS: usize = 3;
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 
-struct Routed {
-    action: Action,
-    route: Option<usize>,
-    unit: Option<usize>,
-    region: Option<RegionIndex>,
-    fallback: Option<RegionIndex>,
-    slot: Option<u32>,
-    key: Option<String>,
+pub(crate) struct Routed {
+    pub(crate) action: Action,
+    pub(crate) route: Option<usize>,
+    pub(crate) unit: Option<usize>,
+    pub(crate) region: Option<RegionIndex>,
+    pub(crate) fallback: Option<RegionIndex>,
+    pub(crate) slot: Option<u32>,
+    pub(crate) key: Option<String>,
     /// Why the key found cannot be used, and where it was found.
-    invalid_key: Option<(router_rules::KeyError, Option<String>)>,
+    pub(crate) invalid_key: Option<(router_rules::KeyError, Option<String>)>,
 }
 
-enum Target<'s> {
+pub(crate) enum Target<'s> {
     Local(&'s PoolState),
     Region(RegionIndex),
 }
 
-fn limited(refusal: Refusal, scope: &str, name: &str) -> Reply {
+pub(crate) fn limited(refusal: Refusal, scope: &str, name: &str) -> Reply {
     let mut reply = Reply::new(
         StatusCode::TOO_MANY_REQUESTS,
         json!({"error": "flow control", "scope": scope, "name": name, "limit": refusal.kind(), "retry_after_s": refusal.retry_after_s()}),
@@ -697,31 +560,6 @@ fn client_fault(metrics: &Metrics, body: &BodyState, failure: UpstreamFailure) -
     // What is left of the body on the connection cannot be trusted as the next request.
     reply.close = true;
     Some(reply)
-}
-
-fn verify_hop(
-    shared: &Shared,
-    marker: &HeaderValue,
-    request: &Request<Incoming>,
-) -> Option<HopMarker> {
-    match shared
-        .hop
-        .verify(marker, request.method().as_str(), request.uri().path())
-    {
-        Ok(marker) => Some(marker),
-        Err(error) => {
-            shared
-                .metrics
-                .hop_rejected
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Any client can send a forged marker with every request: count each, log a line
-            // a second at most.
-            if let Some(count) = HOP_REJECTED.occurred() {
-                tracing::warn!(%error, count, "hop marker ignored (count: since the last such line)");
-            }
-            None
-        }
-    }
 }
 
 fn framing_refusal(why: &str) -> Reply {
@@ -822,7 +660,7 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -876,7 +714,7 @@ impl RequestView for PartsView<'_> {
     }
 }
 
-fn finish(
+pub(crate) fn finish(
     shared: &Shared,
     ctx: &Ctx,
     snapshot: Option<&Snapshot>,

@@ -18,11 +18,13 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
-use crate::config::TlsListen;
+use crate::config::{Http1Codec, TlsListen};
 use crate::framing::{FramingWatch, Verdicts};
+use crate::h1;
 use crate::metrics::{ClientEvent, ConnectionCount};
 use crate::proxy::{self, Conn, Shared};
 use crate::workers::{Workers, stopped};
+use bytes::BytesMut;
 use control_api::throttle::LogThrottle;
 
 /// How long a stopping gateway keeps serving open connections before closing the idle ones.
@@ -305,7 +307,9 @@ impl Accepted {
             guards: _guards,
             stop,
         } = self;
+        let own_codec = shared.config.http1_codec == Http1Codec::Own;
         match tls {
+            None if own_codec => serve_plain(stream, &builder, shared, peer, stop).await,
             None => {
                 let (stream, verdicts) = FramingWatch::new(stream);
                 let conn = Conn::new(peer, false, verdicts.clone(), &shared.config);
@@ -315,6 +319,12 @@ impl Accepted {
                 let deadline = Instant::now() + shared.config.timeouts.tls_handshake();
                 let handshake = shared.timer.timeout_at(deadline, acceptor.accept(stream));
                 match handshake.await {
+                    Ok(Ok(stream))
+                        if own_codec && stream.get_ref().1.alpn_protocol() != Some(b"h2") =>
+                    {
+                        let conn = Conn::new(peer, true, Verdicts::default(), &shared.config);
+                        h1::serve::serve(stream, BytesMut::new(), shared, conn, stop).await
+                    }
                     Ok(Ok(stream)) => {
                         let (stream, verdicts) = FramingWatch::new(stream);
                         let conn = Conn::new(peer, true, verdicts.clone(), &shared.config);
@@ -334,6 +344,101 @@ impl Accepted {
                 }
             }
         }
+    }
+}
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serve a plain connection: HTTP/2 with prior knowledge (h2c) goes to hyper, anything else
+/// to the gateway's own HTTP/1.1 codec. The first bytes tell which.
+async fn serve_plain(
+    mut stream: tokio::net::TcpStream,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(h1::client::READ_CHUNK);
+    let first_byte = Instant::now() + shared.config.timeouts.client_header();
+    let h2 = loop {
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] {
+            break false;
+        }
+        if seen == H2_PREFACE.len() {
+            break true;
+        }
+        let read = tokio::select! {
+            biased;
+            read = shared.timer.timeout_at(first_byte, stream.read_buf(&mut buf)) => read,
+            () = stopped(&mut stop), if buf.is_empty() => return,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                if buf.is_empty() {
+                    shared.metrics.client_event(ClientEvent::NoFirstByte);
+                }
+                return;
+            }
+        }
+    };
+    if h2 {
+        let (stream, verdicts) = FramingWatch::new(Prefixed {
+            prefix: buf,
+            inner: stream,
+        });
+        let conn = Conn::new(peer, false, verdicts.clone(), &shared.config);
+        serve_connection(builder, TokioIo::new(stream), shared, conn, verdicts, stop).await
+    } else {
+        let conn = Conn::new(peer, false, Verdicts::default(), &shared.config);
+        h1::serve::serve(stream, buf, shared, conn, stop).await
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream whose first bytes were read already: they are read again first.
+    struct Prefixed<S> {
+        prefix: BytesMut,
+        #[pin]
+        inner: S,
+    }
+}
+
+impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(out.remaining());
+            out.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, out)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, bytes)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 

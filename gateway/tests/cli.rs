@@ -147,7 +147,7 @@ fn config_errors_read_file_line_col_path_message() {
         ),
         "{stderr}"
     );
-    assert!(stderr.ends_with("trusted_proxies\n"), "{stderr}");
+    assert!(stderr.ends_with("http1_codec\n"), "{stderr}");
     // A wrong type and a missing field.
     assert_eq!(
         check_config(&good.replace("\"127.0.0.1:0\"", "\"localhost\"")),

@@ -46,6 +46,8 @@ pub enum Kind {
     Other,
     /// `Host`.
     Host,
+    /// `Date`.
+    Date,
     /// `Content-Length`.
     ContentLength,
     /// `Transfer-Encoding`.
@@ -56,8 +58,9 @@ pub enum Kind {
     Upgrade,
     /// `Expect`.
     Expect,
-    /// Other hop-by-hop fields (RFC 9110 section 7.6.1): `TE`, `Trailer`, `Keep-Alive`,
-    /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`.
+    /// Other hop-by-hop fields (RFC 9110 section 7.6.1): `TE`, `Keep-Alive`,
+    /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`. (`Trailer` is passed
+    /// on: chunked bodies are relayed with their trailers.)
     HopByHop,
     /// `Cookie`.
     Cookie,
@@ -80,10 +83,10 @@ impl Kind {
         match name.len() {
             2 if is(b"te") => Kind::HopByHop,
             4 if is(b"host") => Kind::Host,
+            4 if is(b"date") => Kind::Date,
             6 if is(b"cookie") => Kind::Cookie,
             6 if is(b"expect") => Kind::Expect,
             7 if is(b"upgrade") => Kind::Upgrade,
-            7 if is(b"trailer") => Kind::HopByHop,
             10 if is(b"connection") => Kind::Connection,
             10 if is(b"keep-alive") => Kind::HopByHop,
             11 if is(b"traceparent") => Kind::TraceParent,

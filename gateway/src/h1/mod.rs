@@ -7,6 +7,8 @@
 //! [`request`], [`response`] and [`chunked`]; anything ambiguous is refused, never guessed at.
 
 pub mod chunked;
+pub mod client;
 pub mod fields;
 pub mod request;
 pub mod response;
+pub mod serve;

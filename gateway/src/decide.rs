@@ -1,0 +1,272 @@
+//! Phases 2 to 5 of the request path — load, resolve, admit, pick — shared by both front ends
+//! (the gateway's own HTTP/1.1 codec and hyper's HTTP/2): they see a request only through
+//! [`RequestView`] and [`Facts`], so what decides where a request goes is written once.
+
+use http::StatusCode;
+use router_rules::table::{RegionIndex, Route};
+use router_rules::{Action, Class, RequestView};
+use serde_json::json;
+
+use crate::headers::TraceParent;
+use crate::hop::{HopMarker, MAX_HOPS};
+use crate::limits::{Permit, Refusal};
+use crate::metrics::LimitScope;
+use crate::proxy::{
+    Ctx, HOP_REJECTED, KeyLog, Reply, Routed, Shared, Target, WRITE_FREEZE_RETRY_S, limited,
+    without_segment,
+};
+use crate::store::Snapshot;
+
+/// What the decision needs of a request's fields, found by the front end in its one pass.
+#[derive(Default)]
+pub struct Facts<'a> {
+    /// The hop marker's value.
+    pub hop: Option<&'a [u8]>,
+    /// The incoming `traceparent`.
+    pub traceparent: Option<&'a [u8]>,
+    /// The stress-test marker is there.
+    pub stress: bool,
+    /// The declared body length.
+    pub content_length: Option<u64>,
+}
+
+/// Where a request goes and what it carries there.
+pub(crate) struct Decided<'s> {
+    /// The table in force that decided it.
+    pub(crate) snapshot: &'s Snapshot,
+    pub(crate) route: &'s Route,
+    pub(crate) routed: Routed,
+    pub(crate) target: Target<'s>,
+    /// The verified marker of the gateway that forwarded it here.
+    pub(crate) hop_in: Option<HopMarker>,
+    pub(crate) trace: TraceParent,
+    /// Held until the request ends: flow control counts it in flight.
+    pub(crate) _permits: (Option<Permit>, Option<Permit>),
+}
+
+/// Decide `view` by the table in `snapshot` (loaded once by the caller), noting in `ctx` what
+/// was learnt; every refusal is the reply to send.
+pub(crate) fn decide<'s>(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    snapshot: Option<&'s Snapshot>,
+    view: &impl RequestView,
+    facts: &Facts<'_>,
+) -> Result<Decided<'s>, Reply> {
+    let limits = shared.config.limits;
+    if let Some(length) = facts.content_length
+        && length > limits.max_body_bytes
+    {
+        let mut reply = Reply::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": "request body too large", "limit_bytes": limits.max_body_bytes}),
+        );
+        reply.close = true;
+        return Err(reply);
+    }
+
+    // Phase 2: the table in force.
+    let Some(snapshot) = snapshot else {
+        return Err(Reply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "no routing table applied yet"}),
+        ));
+    };
+    ctx.version = snapshot.table.version();
+    let trace = TraceParent::continue_or_start(facts.traceparent);
+    ctx.trace = Some(trace);
+    let hop_in = facts
+        .hop
+        .and_then(|marker| verify_hop(shared, marker, view.method(), view.path()));
+    ctx.hops_in = hop_in.as_ref().map_or(0, |m| m.hops);
+    ctx.stress = facts.stress;
+
+    // Phase 3: resolve.
+    let routed = {
+        let decision = snapshot.table.resolve(view, snapshot.region);
+        if let Some(router_rules::KeySource::PathSegment(n)) = decision.key_source
+            && shared.config.access_log.enabled
+            && !matches!(shared.key_log, KeyLog::AsIs)
+        {
+            // The path holds the routing key: the log shows where, not what.
+            ctx.path = without_segment(&ctx.path, *n);
+        }
+        Routed {
+            action: decision.action,
+            route: decision.route.map(|r| r.index),
+            unit: decision.unit.map(|u| u.index),
+            region: decision.region.map(|r| r.index),
+            fallback: decision.fallback_region.map(|r| r.index),
+            slot: decision.slot,
+            key: decision.key.as_ref().map(|k| k.as_str().to_owned()),
+            invalid_key: decision
+                .key_error
+                .map(|e| (e, decision.key_source.map(ToString::to_string))),
+        }
+    };
+    let table = &snapshot.table;
+    let route = routed.route.map(|r| &table.routes()[r]);
+    ctx.route = routed.route;
+    ctx.class = route.map(|r| r.class);
+    ctx.unit = routed.unit;
+    ctx.region = routed.region;
+    ctx.slot = routed.slot;
+    if shared.config.access_log.enabled {
+        // Only the access log needs its own copy of the key, or of its hash.
+        ctx.key = match &shared.key_log {
+            KeyLog::AsIs => routed.key.clone(),
+            KeyLog::Hashed(hasher) => routed.key.as_deref().map(|k| hasher.hash(k)),
+            KeyLog::Omitted => None,
+        };
+    }
+
+    // Phase 4: admit.
+    let route = match (routed.action, route) {
+        (Action::NoRoute, _) | (_, None) => {
+            return Err(Reply::new(
+                StatusCode::NOT_FOUND,
+                json!({"error": "no route", "method": view.method(), "path": view.path(), "table_version": ctx.version}),
+            ));
+        }
+        (Action::MissingKey, Some(route)) => {
+            return Err(Reply::new(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "missing routing key", "route": &*route.name, "tried": route.key_sources.iter().map(ToString::to_string).collect::<Vec<_>>(), "table_version": ctx.version}),
+            ));
+        }
+        (Action::InvalidKey, Some(_)) => {
+            let (error, source) = routed
+                .invalid_key
+                .clone()
+                .unwrap_or((router_rules::KeyError::Undecodable, None));
+            return Err(Reply::new(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid routing key", "reason": error.as_str(), "detail": error.message(), "source": source, "table_version": ctx.version}),
+            ));
+        }
+        (Action::WriteFrozen, Some(_)) => {
+            let unit = routed.unit.map(|u| table.units()[u].name.to_string());
+            let mut reply = Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "unit is write-frozen", "unit": unit, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
+            );
+            reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
+            return Err(reply);
+        }
+        (Action::Forward, Some(route)) => route,
+    };
+    let route_permit = match &snapshot.route_limits[route.index] {
+        Some(limiter) => Some(limiter.admit().map_err(|refusal| {
+            shared.metrics.limited(
+                LimitScope::Route,
+                snapshot.route_ids[route.index],
+                matches!(refusal, Refusal::Rate(_)),
+            );
+            limited(refusal, "route", &route.name)
+        })?),
+        None => None,
+    };
+    let unit_permit = match routed
+        .unit
+        .and_then(|u| snapshot.unit_limits[u].as_ref().map(|l| (u, l)))
+    {
+        Some((unit, limiter)) => Some(limiter.admit().map_err(|refusal| {
+            shared.metrics.limited(
+                LimitScope::Unit,
+                snapshot.unit_ids[unit],
+                matches!(refusal, Refusal::Rate(_)),
+            );
+            limited(refusal, "unit", &table.units()[unit].name)
+        })?),
+        None => None,
+    };
+
+    // Phase 5: pick where it goes.
+    let mut serving = routed.region.unwrap_or(snapshot.region);
+    // A gateway with a newer table sent it here: during a flip this gateway may not have that
+    // version yet, and forwarding on by its older table would bounce the request between
+    // regions. The newer table's choice stands.
+    if serving != snapshot.region && hop_in.as_ref().is_some_and(|m| m.version > ctx.version) {
+        serving = snapshot.region;
+        ctx.region = Some(serving);
+    }
+    let target = pick(snapshot, route, &routed, serving)?;
+    if let Target::Region(region) = target
+        && ctx.hops_in >= MAX_HOPS
+    {
+        return Err(Reply::new(
+            StatusCode::LOOP_DETECTED,
+            json!({
+                "error": "forwarding loop: gateways disagree on where this request belongs",
+                "origin_region": hop_in.as_ref().map(|m| m.origin.clone()),
+                "incoming_table_version": hop_in.as_ref().map(|m| m.version),
+                "local_table_version": ctx.version,
+                "local_region": &*table.regions()[snapshot.region].name,
+                "would_forward_to": &*table.regions()[region].name,
+                "hops": ctx.hops_in,
+            }),
+        ));
+    }
+    if let Target::Region(region) = target {
+        ctx.forwarded_to = Some(region);
+        shared.metrics.cross_region(snapshot.region_ids[region]);
+    }
+    Ok(Decided {
+        snapshot,
+        route,
+        routed,
+        target,
+        hop_in,
+        trace,
+        _permits: (route_permit, unit_permit),
+    })
+}
+
+/// This region's pool, or the region to forward to (the unit's, or a P-class read's fallback
+/// when the local pool has no healthy endpoint).
+fn pick<'s>(
+    snapshot: &'s Snapshot,
+    route: &Route,
+    routed: &Routed,
+    serving: RegionIndex,
+) -> Result<Target<'s>, Reply> {
+    if serving != snapshot.region {
+        return Ok(Target::Region(serving));
+    }
+    match (
+        snapshot.pools[snapshot.region][route.service].as_ref(),
+        routed.fallback,
+    ) {
+        (Some(pool), Some(fallback)) if !pool.any_healthy() && route.class == Class::P => {
+            Ok(Target::Region(fallback))
+        }
+        (Some(pool), _) => Ok(Target::Local(pool)),
+        (None, _) => Err(Reply::new(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "no pool for service in this region", "service": &*snapshot.table.services()[route.service]}),
+        )),
+    }
+}
+
+/// The marker in `value` if it is authentic and fresh; a forged or stale one is counted and
+/// ignored.
+fn verify_hop(shared: &Shared, value: &[u8], method: &str, path: &str) -> Option<HopMarker> {
+    let verified = http::HeaderValue::from_bytes(value)
+        .map_err(|_| crate::hop::HopError::Malformed)
+        .and_then(|value| shared.hop.verify(&value, method, path));
+    match verified {
+        Ok(marker) => Some(marker),
+        Err(error) => {
+            shared
+                .metrics
+                .hop_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Any client can send a forged marker with every request: count each, log a line
+            // a second at most.
+            if let Some(count) = HOP_REJECTED.occurred() {
+                tracing::warn!(%error, count, "hop marker ignored (count: since the last such line)");
+            }
+            None
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Upstream connections for the codec: keep-alive HTTP/1.1 connections pooled per endpoint,
+//! each with the read buffer that outlives one exchange (an upstream may send the next
+//! response's bytes early only by mistake, and such a connection is not reused).
+//!
+//! The pool is a short lock and a map lookup by the endpoint's address (FNV, no allocation);
+//! each worker has its own, so the lock is never contended.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use fnv::FnvBuildHasher;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+
+/// An idle connection is closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+/// Bytes read from an upstream at a time.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection to an upstream (or to another region's gateway).
+pub struct UpstreamConn {
+    /// The socket.
+    pub io: TcpStream,
+    /// Bytes read and not yet used.
+    pub buf: BytesMut,
+    /// Whether it served an exchange before (a stale pooled connection is retried).
+    pub reused: bool,
+}
+
+impl UpstreamConn {
+    /// Whether the upstream closed it (or sent bytes no request asked for) while idle.
+    fn is_stale(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        !matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+}
+
+struct Idle {
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+/// Idle connections by endpoint.
+pub struct Pool {
+    idle: Mutex<HashMap<Box<str>, Vec<Idle>, FnvBuildHasher>>,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    /// An empty pool whose new connections time out after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::default()),
+            connect_timeout,
+        }
+    }
+
+    /// The most recently used idle connection to `endpoint` that is still open.
+    pub fn checkout(&self, endpoint: &str) -> Option<UpstreamConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let connections = idle.get_mut(endpoint)?;
+        while let Some(mut candidate) = connections.pop() {
+            if candidate.since.elapsed() < IDLE_TIMEOUT && !candidate.conn.is_stale() {
+                candidate.conn.reused = true;
+                return Some(candidate.conn);
+            }
+        }
+        None
+    }
+
+    /// Keep `conn` for the next exchange with `endpoint`.
+    pub fn give_back(&self, endpoint: &str, conn: UpstreamConn) {
+        if !conn.buf.is_empty() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = match idle.get_mut(endpoint) {
+            Some(entry) => entry,
+            None => idle.entry(endpoint.into()).or_default(),
+        };
+        if entry.len() < MAX_IDLE_PER_ENDPOINT {
+            entry.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new connection to `endpoint`; the error says why there is none.
+    pub async fn connect(&self, endpoint: &str) -> Result<UpstreamConn, String> {
+        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| format!("{endpoint}: connect timed out"))?
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+        let _ = io.set_nodelay(true);
+        let _ = rustix::net::sockopt::set_socket_keepalive(&io, true);
+        Ok(UpstreamConn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            reused: false,
+        })
+    }
+}

@@ -1,0 +1,1210 @@
+//! Serving an HTTP/1.1 client connection with the gateway's own codec: read a head, decide
+//! (the shared phases of [`crate::decide`]), write the upstream head — the client's kept field
+//! lines as they came and the gateway's own — and relay both bodies by their framing.
+//!
+//! Requests on a connection are answered in order, one at a time: pipelined requests wait in
+//! the buffer until the one before is answered. A connection whose framing can no longer be
+//! trusted (a refused head, a broken body, an upstream that broke its own) is closed, never
+//! read on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use http::{Method, StatusCode};
+use router_rules::{Balance, RequestView};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::chunked::{ChunkError, Chunked};
+use super::client::{READ_CHUNK, UpstreamConn};
+use super::fields::{Kind, Span};
+use super::request::{self, Framing, HeadError, Limits, RequestHead};
+use super::response::{self, ResponseHead};
+use crate::decide::{Decided, Facts, decide};
+use crate::headers::header_safe;
+use crate::hop::HopMarker;
+use crate::metrics::{ClientEvent, UpstreamFailure};
+use crate::proxy::{Conn, Ctx, MAX_ATTEMPTS, Reply, Shared, Target, finish, is_idempotent};
+use crate::store::Snapshot;
+use crate::workers::stopped;
+
+/// Longest request line (Envoy's default): longer ones get `414`.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// How the connection goes on after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// Close it.
+    Close,
+}
+
+/// Serve HTTP/1.1 requests on `io` until the client closes, a request asks to, `stop` turns
+/// true between requests, or the connection cannot be trusted any more. `buf` holds bytes
+/// already read from it.
+pub async fn serve<S>(
+    mut io: S,
+    mut buf: BytesMut,
+    shared: Arc<Shared>,
+    conn: Conn,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let config = &shared.config;
+    let limits = Limits {
+        max_line: MAX_REQUEST_LINE,
+        max_head: config.limits.max_header_bytes,
+        max_headers: config.limits.max_header_count,
+    };
+    let mut head = RequestHead::default();
+    let mut scratch = Vec::with_capacity(1024);
+    let mut first = true;
+    loop {
+        // Between requests a keep-alive connection may sit idle this long; a head must arrive
+        // whole within it.
+        let deadline = Instant::now() + config.timeouts.client_header();
+        let parsed = loop {
+            if !buf.is_empty() {
+                match request::parse(&buf, &limits, &mut head) {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => {}
+                    Err(error) => break Err(error),
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_CHUNK);
+            }
+            let idle = buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = shared.timer.timeout_at(deadline, io.read_buf(&mut buf)) => read,
+                () = stopped(&mut stop), if idle => return,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => {}
+                Err(_) if idle => {
+                    if first {
+                        shared.metrics.client_event(ClientEvent::NoFirstByte);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    let reply = closing(Reply::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        json!({"error": "request head too slow"}),
+                    ));
+                    let _ = write_reply(&mut io, &mut scratch, reply, 1).await;
+                    return;
+                }
+            }
+        };
+        first = false;
+        if let Err(error) = parsed {
+            refuse_head(&shared, &mut io, &mut scratch, error).await;
+            return;
+        }
+        let next = exchange(&shared, &conn, &mut io, &mut buf, &head, &mut scratch).await;
+        if next == Next::Close {
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Answer a head that cannot be served; the connection closes after it.
+async fn refuse_head<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    scratch: &mut Vec<u8>,
+    error: HeadError,
+) {
+    if error.is_malformed() {
+        shared
+            .metrics
+            .malformed_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = match error {
+        HeadError::Bad(why)
+            if why.contains("Content-Length") || why.contains("Transfer-Encoding") =>
+        {
+            json!({"error": "ambiguous request framing", "detail": why})
+        }
+        HeadError::TooManyFields => {
+            json!({"error": error.message(), "limit": shared.config.limits.max_header_count})
+        }
+        _ => json!({"error": error.message()}),
+    };
+    let _ = write_reply(io, scratch, closing(Reply::new(status, body)), 1).await;
+    let _ = io.shutdown().await;
+}
+
+fn closing(mut reply: Reply) -> Reply {
+    reply.close = true;
+    reply
+}
+
+/// The request head as the router sees it.
+struct HeadView<'a> {
+    buf: &'a [u8],
+    head: &'a RequestHead,
+}
+
+/// Text of a span: heads hold visible ASCII where it matters (methods, targets); anything
+/// else reads as empty.
+fn text(buf: &[u8], span: Span) -> &str {
+    std::str::from_utf8(span.get(buf)).unwrap_or_default()
+}
+
+impl RequestView for HeadView<'_> {
+    fn method(&self) -> &str {
+        text(self.buf, self.head.method)
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.head
+            .host_or_authority()
+            .and_then(|span| std::str::from_utf8(span.get(self.buf)).ok())
+    }
+
+    fn path(&self) -> &str {
+        match text(self.buf, self.head.path) {
+            "" => "/",
+            path => path,
+        }
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.head.query.map(|q| text(self.buf, q))
+    }
+
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> {
+        let name = name.as_bytes();
+        self.head
+            .fields
+            .iter()
+            .filter(move |f| f.name.get(self.buf).eq_ignore_ascii_case(name))
+            .filter_map(|f| std::str::from_utf8(f.value.get(self.buf)).ok())
+    }
+}
+
+/// Serve the request whose head is at the start of `buf`; on return `buf` holds what follows
+/// it (the next pipelined request).
+async fn exchange<S>(
+    shared: &Shared,
+    conn: &Conn,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let raw = &buf[..head.len];
+    let mut ctx = Ctx {
+        start: Instant::now(),
+        method: Method::from_bytes(head.method.get(raw)).unwrap_or(Method::GET),
+        path: if shared.config.access_log.enabled {
+            HeadView { buf: raw, head }.path().to_owned()
+        } else {
+            String::new()
+        },
+        trace: None,
+        version: 0,
+        route: None,
+        class: None,
+        unit: None,
+        region: None,
+        slot: None,
+        key: None,
+        hops_in: 0,
+        forwarded_to: None,
+        upstream: None,
+        stress: false,
+    };
+    let snapshot = shared.store.current();
+    let stress_name = shared.stress_header.as_str().as_bytes();
+    let mut facts = Facts {
+        content_length: match head.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        },
+        ..Facts::default()
+    };
+    for field in &head.fields {
+        match field.kind {
+            Kind::HopMarker => facts.hop = Some(field.value.get(raw)),
+            Kind::TraceParent => facts.traceparent = Some(field.value.get(raw)),
+            _ => {}
+        }
+        facts.stress |= field.name.get(raw).eq_ignore_ascii_case(stress_name);
+    }
+    let view = HeadView { buf: raw, head };
+    let decided = decide(shared, &mut ctx, snapshot.as_deref(), &view, &facts);
+    // The head's bytes, split off the buffer (no copy): `buf` now starts with the body.
+    let raw = buf.split_to(head.len);
+    let (status, next) = match decided {
+        Err(reply) => {
+            let status = reply.status;
+            let next = answer_unforwarded(shared, io, buf, head, scratch, reply).await;
+            (status, next)
+        }
+        Ok(decided) => {
+            forward(
+                shared, conn, &mut ctx, io, &raw, buf, head, scratch, decided,
+            )
+            .await
+        }
+    };
+    finish(shared, &ctx, snapshot.as_deref(), conn, status);
+    next
+}
+
+/// Answer with a reply of the gateway's own, the request not forwarded: its body (at the
+/// start of `buf`) is skipped when it is all here already, else the connection closes after
+/// the reply.
+async fn answer_unforwarded<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+    mut reply: Reply,
+) -> Next {
+    let after_head = buf.len();
+    let body_here = match head.framing {
+        Framing::None => Some(0),
+        Framing::Length(n) if n <= after_head as u64 => Some(n as usize),
+        _ => None,
+    };
+    reply.close |= body_here.is_none() || head.close || draining(shared);
+    let close = reply.close;
+    let minor = head.minor;
+    buf.advance(body_here.unwrap_or(after_head));
+    match write_reply(io, scratch, reply, minor).await {
+        Ok(()) if !close => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+fn draining(shared: &Shared) -> bool {
+    shared.draining.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Write a reply of the gateway's own (a JSON body).
+async fn write_reply<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    reply: Reply,
+    minor: u8,
+) -> std::io::Result<()> {
+    out.clear();
+    let body = reply.body.to_string();
+    status_line(
+        out,
+        minor,
+        reply.status.as_u16(),
+        reply.status.canonical_reason().unwrap_or(""),
+    );
+    out.extend_from_slice(b"content-type: application/json\r\ncache-control: no-store\r\n");
+    date(out);
+    if let Some(s) = reply.retry_after_s {
+        out.extend_from_slice(format!("retry-after: {s}\r\n").as_bytes());
+    }
+    if reply.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body.as_bytes());
+    io.write_all(out).await?;
+    io.flush().await
+}
+
+fn status_line(out: &mut Vec<u8>, minor: u8, status: u16, reason: &str) {
+    out.extend_from_slice(if minor == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: <now>\r\n`, formatted once a second per thread.
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static NOW: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    NOW.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(cached.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The upstream request head: the request line in origin form, the client's kept field lines
+/// as they came, then the gateway's own.
+#[allow(clippy::too_many_arguments)]
+fn upstream_head(
+    out: &mut Vec<u8>,
+    shared: &Shared,
+    conn: &Conn,
+    ctx: &Ctx,
+    raw: &[u8],
+    head: &RequestHead,
+    decided: &Decided<'_>,
+    endpoint: &str,
+) {
+    out.clear();
+    out.extend_from_slice(head.method.get(raw));
+    out.push(b' ');
+    if head.authority.is_some() {
+        match head.path.get(raw) {
+            b"" => out.push(b'/'),
+            path => out.extend_from_slice(path),
+        }
+        if let Some(query) = head.query {
+            out.push(b'?');
+            out.extend_from_slice(query.get(raw));
+        }
+    } else {
+        out.extend_from_slice(head.target.get(raw));
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = head
+        .host_or_authority()
+        .map_or(endpoint.as_bytes(), |h| h.get(raw));
+    field_line(out, b"host", host);
+    let trusted = conn.trusted_proxy || decided.hop_in.is_some();
+    let hop = matches!(decided.target, Target::Region(_));
+    let stress_name = shared.stress_header.as_str().as_bytes();
+    let mut forwarded_for: Option<Vec<u8>> = None;
+    let mut forwarded_proto = false;
+    for field in &head.fields {
+        let name = field.name.get(raw);
+        let value = field.value.get(raw);
+        match field.kind {
+            Kind::Host
+            | Kind::ContentLength
+            | Kind::TransferEncoding
+            | Kind::Connection
+            | Kind::Expect
+            | Kind::HopByHop
+            | Kind::Internal
+            | Kind::HopMarker
+            | Kind::TraceParent => continue,
+            Kind::Upgrade if !head.upgrade => continue,
+            Kind::ForwardedFor => {
+                if trusted {
+                    let joined = forwarded_for.get_or_insert_with(Vec::new);
+                    if !joined.is_empty() {
+                        joined.extend_from_slice(b", ");
+                    }
+                    joined.extend_from_slice(value);
+                }
+                continue;
+            }
+            Kind::ForwardedProto if !trusted => continue,
+            Kind::ForwardedProto => forwarded_proto = true,
+            _ => {}
+        }
+        if head.connection_names_fields && head.connection_lists(raw, name) {
+            continue;
+        }
+        if hop && ctx.stress && name.eq_ignore_ascii_case(stress_name) {
+            continue;
+        }
+        field_line(out, name, value);
+    }
+    match head.framing {
+        Framing::Length(n) => field_line(out, b"content-length", n.to_string().as_bytes()),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    if head.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    let peer = conn.peer_ip.as_bytes();
+    match forwarded_for {
+        Some(mut previous) => {
+            previous.extend_from_slice(b", ");
+            previous.extend_from_slice(peer);
+            field_line(out, b"x-forwarded-for", &previous);
+        }
+        None => field_line(out, b"x-forwarded-for", peer),
+    }
+    if !forwarded_proto {
+        field_line(
+            out,
+            b"x-forwarded-proto",
+            if conn.tls { b"https" } else { b"http" },
+        );
+    }
+    if let Some(trace) = &ctx.trace {
+        field_line(out, b"traceparent", trace.child().as_bytes());
+    }
+    let snapshot = decided.snapshot;
+    let routed = &decided.routed;
+    match decided.target {
+        Target::Local(_) => {
+            if let Some(unit) = routed.unit {
+                field_line(
+                    out,
+                    b"x-unitgate-unit",
+                    snapshot.unit_headers[unit].as_bytes(),
+                );
+            }
+            if let Some(slot) = routed.slot {
+                field_line(out, b"x-unitgate-slot", slot.to_string().as_bytes());
+            }
+            field_line(
+                out,
+                b"x-unitgate-region",
+                snapshot.region_headers[snapshot.region].as_bytes(),
+            );
+            field_line(
+                out,
+                b"x-unitgate-class",
+                decided.route.class.as_str().as_bytes(),
+            );
+            field_line(
+                out,
+                b"x-unitgate-table-version",
+                snapshot.version_header.as_bytes(),
+            );
+            if let Some(key) = &routed.key {
+                field_line(out, b"x-unitgate-key", header_safe(key).as_bytes());
+            }
+            if ctx.stress {
+                out.extend_from_slice(b"x-unitgate-stress: 1\r\n");
+            }
+        }
+        Target::Region(_) => {
+            let marker = HopMarker {
+                origin: decided.hop_in.as_ref().map_or_else(
+                    || snapshot.table.regions()[snapshot.region].name.to_string(),
+                    |m| m.origin.clone(),
+                ),
+                version: ctx.version,
+                hops: ctx.hops_in + 1,
+            };
+            let path = HeadView { buf: raw, head }.path().to_owned();
+            let method = text(raw, head.method);
+            let value = shared.hop.sign(&marker, method, &path);
+            field_line(out, b"x-unitgate-hop", value.as_bytes());
+            if ctx.stress {
+                field_line(out, stress_name, b"1");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What went wrong in an exchange, and whose fault it was.
+enum Failed {
+    /// Nothing was sent: the request may go to another endpoint.
+    Connect(String),
+    /// The upstream did not answer in time.
+    Timeout,
+    /// The upstream broke the exchange (closed, reset, or sent something malformed).
+    Upstream(String),
+    /// The client broke it (its body), with the event to count and the reply.
+    Client(ClientEvent, StatusCode, &'static str),
+    /// The client went away: nobody to answer.
+    ClientGone,
+}
+
+/// Forward the decided request and relay the answer. Returns the status the client got.
+#[allow(clippy::too_many_arguments)]
+async fn forward<S>(
+    shared: &Shared,
+    conn: &Conn,
+    ctx: &mut Ctx,
+    io: &mut S,
+    raw: &[u8],
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+    decided: Decided<'_>,
+) -> (StatusCode, Next)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let snapshot: &Snapshot = decided.snapshot;
+    let (pool, affinity_key) = match decided.target {
+        Target::Local(pool) => (
+            pool,
+            (decided.route.balance == Balance::KeyAffinity)
+                .then_some(decided.routed.key.as_deref())
+                .flatten(),
+        ),
+        Target::Region(region) => (&snapshot.gateways[region], None),
+    };
+    let table_pool = match decided.target {
+        Target::Local(_) => snapshot.table.regions()[snapshot.region].pool(decided.route.service),
+        Target::Region(_) => None,
+    };
+    let timeouts = shared.config.timeouts;
+    let total_deadline = ctx.start + timeouts.total();
+    let idempotent = is_idempotent(&ctx.method);
+    let attempts = if idempotent {
+        pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
+    } else {
+        1
+    };
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    let mut body = BodyRelay::new(head.framing, shared.config.limits.max_body_bytes);
+    let mut last = None;
+    let mut attempt = 0;
+    // A pooled connection the upstream closed just as it was taken is tried again once, on a
+    // new connection, without counting as an attempt.
+    let mut stale_retry = true;
+    while attempt < attempts {
+        let index = match (affinity_key, table_pool) {
+            (Some(key), Some(table_pool)) => {
+                pool.first_healthy(table_pool.affinity_indices(key), &tried[..attempt])
+            }
+            _ => pool.round_robin(&tried[..attempt]),
+        };
+        let Some(index) = index else { break };
+        tried[attempt] = index;
+        attempt += 1;
+        let endpoint = &pool.endpoints[index];
+        if shared.config.access_log.enabled {
+            ctx.upstream = Some(endpoint.address.clone());
+        }
+        let attempt_start = if attempt == 0 {
+            ctx.start
+        } else {
+            Instant::now()
+        };
+        let deadline = (attempt_start + timeouts.read()).min(total_deadline);
+        let mut upstream = match shared.codec_upstream.checkout(&endpoint.address) {
+            Some(upstream) => upstream,
+            None => {
+                match shared
+                    .timer
+                    .timeout_at(
+                        total_deadline,
+                        shared.codec_upstream.connect(&endpoint.address),
+                    )
+                    .await
+                {
+                    Ok(Ok(upstream)) => upstream,
+                    Ok(Err(message)) => {
+                        last = Some((index, Failed::Connect(message)));
+                        shared
+                            .metrics
+                            .upstream_error(endpoint.id, UpstreamFailure::Connect);
+                        eject(shared, &endpoint.health);
+                        continue;
+                    }
+                    Err(_) => {
+                        last = Some((index, Failed::Timeout));
+                        break;
+                    }
+                }
+            }
+        };
+        upstream_head(
+            scratch,
+            shared,
+            conn,
+            ctx,
+            raw,
+            head,
+            &decided,
+            &endpoint.address,
+        );
+        let result = send_and_relay(
+            shared,
+            ctx,
+            io,
+            buf,
+            head,
+            scratch,
+            &mut upstream,
+            &mut body,
+            deadline,
+        )
+        .await;
+        match result {
+            Ok(done) => {
+                endpoint.health.success();
+                if done.upstream_reusable {
+                    shared.codec_upstream.give_back(&endpoint.address, upstream);
+                }
+                // The last of the answer, left in `scratch` by `relay_response`.
+                let written = io.write_all(scratch).await.and(io.flush().await);
+                let next = if written.is_ok() {
+                    done.next
+                } else {
+                    Next::Close
+                };
+                return (done.status, next);
+            }
+            // A pooled connection the upstream closed as it was taken: nothing of the request
+            // was answered, and one whose body is all sent already may go again.
+            Err(Failed::Upstream(_)) if upstream.reused && body.untouched() && stale_retry => {
+                stale_retry = false;
+                attempt -= 1;
+                tried[attempt] = usize::MAX;
+                continue;
+            }
+            Err(failed) => {
+                last = Some((index, failed));
+                break;
+            }
+        }
+    }
+    let reply = match last {
+        Some((index, failed)) => {
+            let endpoint = &pool.endpoints[index];
+            let address = &*endpoint.address;
+            match failed {
+                Failed::Connect(message) => {
+                    tracing::debug!(%message, upstream = address, "upstream connect failed");
+                    Reply::new(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": "upstream unreachable", "upstream": address}),
+                    )
+                }
+                // Time ran out while the client's body was still arriving: the client's doing,
+                // never counted against the upstream.
+                Failed::Timeout if !body.done() => {
+                    shared.metrics.client_event(ClientEvent::BodySlow);
+                    closing(Reply::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        json!({"error": "request body too slow"}),
+                    ))
+                }
+                Failed::Timeout => {
+                    shared
+                        .metrics
+                        .upstream_error(endpoint.id, UpstreamFailure::Timeout);
+                    eject(shared, &endpoint.health);
+                    closing(Reply::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        json!({"error": "upstream timed out", "upstream": address}),
+                    ))
+                }
+                Failed::Upstream(message) => {
+                    tracing::debug!(%message, upstream = address, "upstream exchange failed");
+                    shared
+                        .metrics
+                        .upstream_error(endpoint.id, UpstreamFailure::Other);
+                    eject(shared, &endpoint.health);
+                    closing(Reply::new(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
+                    ))
+                }
+                Failed::Client(event, status, error) => {
+                    shared.metrics.client_event(event);
+                    closing(Reply::new(status, json!({ "error": error })))
+                }
+                Failed::ClientGone => {
+                    return (
+                        StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                        Next::Close,
+                    );
+                }
+            }
+        }
+        None => Reply::new(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
+        ),
+    };
+    let status = reply.status;
+    if body.untouched() {
+        return (
+            status,
+            answer_unforwarded(shared, io, buf, head, scratch, reply).await,
+        );
+    }
+    // Part of the body may be unread: the connection cannot be read on.
+    let next = if body.done() && !reply.close {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    };
+    let mut reply = reply;
+    reply.close |= next == Next::Close || head.close;
+    let _ = write_reply(io, scratch, reply, head.minor).await;
+    (status, if head.close { Next::Close } else { next })
+}
+
+fn eject(shared: &Shared, health: &crate::store::Health) {
+    let config = &shared.config.health_check;
+    health.failure(
+        config.eject_after_failures,
+        Duration::from_millis(config.eject_for_ms),
+    );
+}
+
+/// A finished exchange.
+struct Done {
+    status: StatusCode,
+    next: Next,
+    upstream_reusable: bool,
+}
+
+/// The request body on its way from the client to the upstream.
+struct BodyRelay {
+    framing: Framing,
+    /// Bytes of a fixed-length body still to come.
+    left: u64,
+    chunked: Chunked,
+    /// Data bytes seen (for `max_body_bytes`).
+    data: u64,
+    max: u64,
+    /// Bytes relayed so far (0: the body may still be sent again).
+    relayed: u64,
+}
+
+impl BodyRelay {
+    fn new(framing: Framing, max: u64) -> Self {
+        Self {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunked: Chunked::new(),
+            data: 0,
+            max,
+            relayed: 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self.framing {
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunked.is_done(),
+            Framing::None | Framing::UntilClose => true,
+        }
+    }
+
+    fn untouched(&self) -> bool {
+        self.relayed == 0
+    }
+
+    /// How much of `input` belongs to the body (checked as it goes).
+    fn take(&mut self, input: &[u8]) -> Result<usize, Failed> {
+        let taken = match self.framing {
+            Framing::Length(_) => {
+                let take = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                self.left -= take as u64;
+                take
+            }
+            Framing::Chunked => {
+                let mut at = 0;
+                while at < input.len() && !self.chunked.is_done() {
+                    let step = self.chunked.step(&input[at..]).map_err(chunk_fault)?;
+                    self.data += step.data.len() as u64;
+                    at += step.consumed;
+                }
+                if self.data > self.max {
+                    return Err(Failed::Client(
+                        ClientEvent::BodyTooLarge,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large",
+                    ));
+                }
+                at
+            }
+            Framing::None | Framing::UntilClose => 0,
+        };
+        self.relayed += taken as u64;
+        Ok(taken)
+    }
+}
+
+fn chunk_fault(_: ChunkError) -> Failed {
+    Failed::Client(
+        ClientEvent::BodyMalformed,
+        StatusCode::BAD_REQUEST,
+        "malformed request body",
+    )
+}
+
+/// Send the head in `out` and the body, then relay the response.
+#[allow(clippy::too_many_arguments)]
+async fn send_and_relay<S>(
+    shared: &Shared,
+    ctx: &Ctx,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    out: &mut Vec<u8>,
+    upstream: &mut UpstreamConn,
+    body: &mut BodyRelay,
+    deadline: Instant,
+) -> Result<Done, Failed>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let timer = &shared.timer;
+    // The head and the body bytes already here, in one write.
+    let here = body.take(buf)?;
+    out.extend_from_slice(&buf[..here]);
+    buf.advance(here);
+    write_upstream(timer, deadline, upstream, out).await?;
+    if !body.done() {
+        if head.expect_continue {
+            let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+        let body_deadline = deadline;
+        while !body.done() {
+            if buf.is_empty() {
+                buf.reserve(READ_CHUNK);
+                match timer.timeout_at(body_deadline, io.read_buf(buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        return Err(Failed::Client(
+                            ClientEvent::BodyAborted,
+                            StatusCode::BAD_REQUEST,
+                            "request body cut off by the client",
+                        ));
+                    }
+                    Ok(Ok(_)) => {}
+                    Err(_) => return Err(Failed::Timeout),
+                }
+            }
+            let taken = body.take(buf)?;
+            write_upstream(timer, deadline, upstream, &buf[..taken]).await?;
+            buf.advance(taken);
+        }
+    }
+    relay_response(shared, ctx, io, buf, head, out, upstream, deadline).await
+}
+
+async fn write_upstream(
+    timer: &crate::coarse_timer::CoarseTimer,
+    deadline: Instant,
+    upstream: &mut UpstreamConn,
+    bytes: &[u8],
+) -> Result<(), Failed> {
+    match timer
+        .timeout_at(deadline, upstream.io.write_all(bytes))
+        .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(Failed::Upstream(error.to_string())),
+        Err(_) => Err(Failed::Timeout),
+    }
+}
+
+/// Read from the upstream into its buffer, by `deadline`. `Ok(false)`: it closed.
+async fn read_upstream(
+    timer: &crate::coarse_timer::CoarseTimer,
+    deadline: Instant,
+    upstream: &mut UpstreamConn,
+) -> Result<bool, Failed> {
+    if upstream.buf.capacity() - upstream.buf.len() < 1024 {
+        upstream.buf.reserve(READ_CHUNK);
+    }
+    match timer
+        .timeout_at(deadline, upstream.io.read_buf(&mut upstream.buf))
+        .await
+    {
+        Ok(Ok(0)) => Ok(false),
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(error)) => Err(Failed::Upstream(error.to_string())),
+        Err(_) => Err(Failed::Timeout),
+    }
+}
+
+/// Read the upstream's response head (passing interim ones on) and relay the response.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response<S>(
+    shared: &Shared,
+    ctx: &Ctx,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    out: &mut Vec<u8>,
+    upstream: &mut UpstreamConn,
+    deadline: Instant,
+) -> Result<Done, Failed>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let timer = &shared.timer;
+    let head_request = ctx.method == Method::HEAD;
+    let mut response = ResponseHead::default();
+    loop {
+        let complete = match response::parse(
+            &upstream.buf,
+            shared.config.limits.max_header_bytes,
+            super::response::RESPONSE_FIELD_ROOM,
+            head_request,
+            &mut response,
+        ) {
+            Ok(complete) => complete,
+            Err(error) => return Err(Failed::Upstream(error.message().to_owned())),
+        };
+        if !complete {
+            if !read_upstream(timer, deadline, upstream).await? {
+                return Err(Failed::Upstream(
+                    "connection closed before a response".to_owned(),
+                ));
+            }
+            continue;
+        }
+        if response.is_interim() {
+            // 100 and 103 go on to an HTTP/1.1 client as they came; the final answer follows.
+            if head.minor == 1 {
+                let interim = &upstream.buf[..response.len];
+                if io.write_all(interim).await.is_err() {
+                    return Err(Failed::ClientGone);
+                }
+            }
+            upstream.buf.advance(response.len);
+            continue;
+        }
+        break;
+    }
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if response.status == 101 {
+        if !head.upgrade {
+            return Err(Failed::Upstream(
+                "101 Switching Protocols to a request that asked for none".to_owned(),
+            ));
+        }
+        return tunnel(io, buf, out, upstream, &response, status).await;
+    }
+    // Bytes after a response that ends with the connection are the body, not a next message;
+    // bytes after one that does not are a protocol error, caught when the connection is
+    // taken next.
+    let chunked_to_client = response.framing == Framing::Chunked && head.minor == 1;
+    let mut close = head.close
+        || response.framing == Framing::UntilClose
+        || (response.framing == Framing::Chunked && head.minor == 0)
+        || draining(shared);
+    out.clear();
+    let raw = &upstream.buf[..response.len];
+    status_line(
+        out,
+        head.minor,
+        response.status,
+        std::str::from_utf8(response.reason.get(raw)).unwrap_or(""),
+    );
+    let mut dated = false;
+    for field in &response.fields {
+        let name = field.name.get(raw);
+        match field.kind {
+            k if k.is_hop_by_hop() => continue,
+            Kind::Date => dated = true,
+            _ => {}
+        }
+        if response.connection_names_fields && response.connection_lists(raw, name) {
+            continue;
+        }
+        field_line(out, name, field.value.get(raw));
+    }
+    if !dated {
+        date(out);
+    }
+    if chunked_to_client {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if head.minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let head_len = response.len;
+    upstream.buf.advance(head_len);
+
+    // The body: what is here goes with the head, in one write; then as it comes.
+    let mut relay = ResponseBody::new(response.framing, !chunked_to_client);
+    let here = relay
+        .take(&upstream.buf, out)
+        .map_err(|e| Failed::Upstream(e.as_str().to_owned()))?;
+    upstream.buf.advance(here);
+    // `out` holds what the client gets next. The last of it is left for the caller to write
+    // once the upstream connection is back in the pool: a client that sends its next request
+    // on another connection the moment it has this answer finds the connection there.
+    let body_timeout = shared.config.timeouts.read();
+    while !relay.done() {
+        if io.write_all(out).await.is_err() {
+            return Err(Failed::ClientGone);
+        }
+        out.clear();
+        match read_upstream(timer, Instant::now() + body_timeout, upstream).await {
+            Ok(true) => {}
+            Ok(false) => {
+                if relay.framing != Framing::UntilClose {
+                    tracing::debug!("upstream closed inside a response body");
+                }
+                break;
+            }
+            // The head went out: the client learns of the break by the close.
+            Err(_) => break,
+        }
+        match relay.take(&upstream.buf, out) {
+            Ok(taken) => upstream.buf.advance(taken),
+            Err(error) => {
+                tracing::debug!(error = error.as_str(), "upstream broke a chunked body");
+                break;
+            }
+        }
+    }
+    // A body cut short ends the client's connection too: that is how it learns.
+    let whole = relay.done();
+    close |= !whole;
+    Ok(Done {
+        status,
+        next: if close { Next::Close } else { Next::KeepAlive },
+        upstream_reusable: whole && !response.close && upstream.buf.is_empty(),
+    })
+}
+
+/// The response body on its way from the upstream to the client.
+struct ResponseBody {
+    framing: Framing,
+    left: u64,
+    chunked: Chunked,
+    /// Chunked data is handed on decoded (to an HTTP/1.0 client).
+    decode: bool,
+}
+
+impl ResponseBody {
+    fn new(framing: Framing, decode: bool) -> Self {
+        Self {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunked: Chunked::new(),
+            decode: decode && framing == Framing::Chunked,
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self.framing {
+            Framing::None => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunked.is_done(),
+            // Ends only with the connection: never whole while it is open.
+            Framing::UntilClose => false,
+        }
+    }
+
+    /// Go over the body bytes at the start of `input`, appending what the client gets to
+    /// `out` (the bytes as they came, or chunked data decoded); returns the bytes gone over.
+    fn take(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        let taken = match self.framing {
+            Framing::None => 0,
+            Framing::Length(_) => {
+                let take = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
+                self.left -= take as u64;
+                out.extend_from_slice(&input[..take]);
+                take
+            }
+            Framing::Chunked => {
+                let mut at = 0;
+                while at < input.len() && !self.chunked.is_done() {
+                    let step = self.chunked.step(&input[at..])?;
+                    if self.decode {
+                        out.extend_from_slice(&input[at..][step.data]);
+                    } else {
+                        out.extend_from_slice(&input[at..at + step.consumed]);
+                    }
+                    at += step.consumed;
+                }
+                at
+            }
+            Framing::UntilClose => {
+                out.extend_from_slice(input);
+                input.len()
+            }
+        };
+        Ok(taken)
+    }
+}
+
+/// The upstream switched protocols: answer the client, then copy bytes both ways until either
+/// side closes. The connection is no longer HTTP: it closes after.
+async fn tunnel<S>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    upstream: &mut UpstreamConn,
+    response: &ResponseHead,
+    status: StatusCode,
+) -> Result<Done, Failed>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    out.clear();
+    let raw = &upstream.buf[..response.len];
+    status_line(
+        out,
+        1,
+        101,
+        std::str::from_utf8(response.reason.get(raw)).unwrap_or(""),
+    );
+    for field in &response.fields {
+        if field.kind == Kind::Upgrade || !field.kind.is_hop_by_hop() {
+            field_line(out, field.name.get(raw), field.value.get(raw));
+        }
+    }
+    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+    out.extend_from_slice(&upstream.buf[response.len..]);
+    upstream.buf.clear();
+    if io.write_all(out).await.is_err() {
+        return Err(Failed::ClientGone);
+    }
+    if !buf.is_empty() {
+        let early = buf.split();
+        if upstream.io.write_all(&early).await.is_err() {
+            out.clear();
+            return Ok(Done {
+                status,
+                next: Next::Close,
+                upstream_reusable: false,
+            });
+        }
+    }
+    let _ = tokio::io::copy_bidirectional(io, &mut upstream.io).await;
+    out.clear();
+    Ok(Done {
+        status,
+        next: Next::Close,
+        upstream_reusable: false,
+    })
+}
