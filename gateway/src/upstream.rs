@@ -297,6 +297,10 @@ pub fn spawn_health_checks(store: Arc<TableStore>, upstream: Upstream, config: H
         return;
     }
     let store = Arc::downgrade(&store);
+    // Pools with `protocol: h2` are checked over HTTP/2 (`upstream_h2::check`).
+    let h2 = crate::upstream_h2::H2Upstream::with_connect_timeout(Duration::from_millis(
+        config.timeout_ms,
+    ));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -308,14 +312,19 @@ pub fn spawn_health_checks(store: Arc<TableStore>, upstream: Upstream, config: H
             };
             drop(store);
             let mut checks = Vec::new();
-            for pool in snapshot.pools[snapshot.region].iter().flatten() {
+            for (service, pool) in snapshot.pools[snapshot.region].iter().enumerate() {
+                let Some(pool) = pool else { continue };
+                let h2 =
+                    crate::upstream_h2::wanted(&snapshot.table, snapshot.region, service, false)
+                        .then(|| h2.clone());
                 for endpoint in &pool.endpoints {
                     let health = endpoint.health.clone();
                     let authority = endpoint.authority.clone();
                     let upstream = upstream.clone();
                     let config = config.clone();
+                    let h2 = h2.clone();
                     checks.push(tokio::spawn(async move {
-                        let ok = check_once(&upstream, &authority, &config).await;
+                        let ok = check_once(&upstream, h2.as_ref(), &authority, &config).await;
                         if health.is_healthy() != ok {
                             tracing::warn!(endpoint = %authority, healthy = ok, "upstream health changed");
                         }
@@ -332,12 +341,13 @@ pub fn spawn_health_checks(store: Arc<TableStore>, upstream: Upstream, config: H
 
 async fn check_once(
     upstream: &Upstream,
+    h2: Option<&crate::upstream_h2::H2Upstream>,
     authority: &http::uri::Authority,
     config: &HealthCheck,
 ) -> bool {
     let timeout = Duration::from_millis(config.timeout_ms);
-    match &config.path {
-        None => matches!(
+    match (&config.path, h2) {
+        (None, _) => matches!(
             // A connection as requests make it: over TLS, the handshake and certificate too.
             tokio::time::timeout(
                 timeout,
@@ -347,7 +357,11 @@ async fn check_once(
             .await,
             Ok(Ok(_))
         ),
-        Some(path) => {
+        (Some(path), Some(h2)) => matches!(
+            tokio::time::timeout(timeout, crate::upstream_h2::check(h2, authority, path)).await,
+            Ok(true)
+        ),
+        (Some(path), None) => {
             let Ok(request) = Request::get(path.as_str())
                 .header("user-agent", "unitgate-health-check")
                 .body(empty())

@@ -10,8 +10,8 @@
 //! the table do not keep connections open.
 //!
 //! Connections are h2c (HTTP/2 with prior knowledge) over plain TCP. TLS with ALPN `h2` is not
-//! offered yet: a pool with `protocol: h2` and `tls` is sent over plain h2c (see
-//! docs/gateway.md).
+//! offered yet: the table's validation refuses `protocol: h2` with `tls`, and `h2` pools in a
+//! table whose gateways are reached over TLS.
 //!
 //! Requests leave as HTTP/2 should: absolute URI (`:scheme`, `:authority` from the `Host` the
 //! gateway routed by), no connection-specific fields (RFC 9113 section 8.2.2), `TE: trailers`
@@ -33,8 +33,8 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use router_rules::{CompiledTable, UpstreamProtocol};
 use router_rules::table::RegionIndex;
+use router_rules::{CompiledTable, UpstreamProtocol};
 
 use crate::config::Timeouts;
 use crate::upstream::{Body, PooledBody, Upstream, UpstreamError};

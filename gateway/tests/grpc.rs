@@ -1,0 +1,416 @@
+//! gRPC through the gateway: pools with `protocol: h2` are reached over HTTP/2 (h2c), a real
+//! tonic server behind and a tonic client in front. Unary and server-streaming calls keep
+//! their trailers (the server's `grpc-status` and its own metadata) in the region and across
+//! regions; a client's request trailers reach the upstream; the gateway's own answers reach a
+//! gRPC client as gRPC statuses; an h2 pool's health is checked over HTTP/2.
+
+#[path = "support/grpc_echo.rs"]
+mod grpc_echo;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::Gateway;
+use gateway::config::GatewayConfig;
+use grpc_echo::{EchoReply, EchoRequest, count, request, say};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{SECRET, loopback_listeners, refusing_address};
+use tonic::Code;
+use tonic_prost::ProstCodec;
+
+/// Users by where their unit lives: u1 in hz, u2 in sh, u3 (write-frozen) in sh.
+const IN_HZ: &str = "1";
+const IN_SH: &str = "4000";
+const FROZEN: &str = "7000";
+
+/// A raw HTTP/2 upstream: answers `/raw` with a body and trailers that repeat the request's
+/// trailers (`x-echoed-<name>`) and add `x-upstream-trailer`.
+async fn trailer_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let version = format!("{:?}", request.version());
+                    let collected = request.into_body().collect().await?;
+                    let mut trailers = http::HeaderMap::new();
+                    for (name, value) in collected.trailers().into_iter().flatten() {
+                        let echoed =
+                            http::HeaderName::from_bytes(format!("x-echoed-{name}").as_bytes())
+                                .expect("name");
+                        trailers.insert(echoed, value.clone());
+                    }
+                    trailers.insert("x-upstream-trailer", "from-upstream".parse().expect("v"));
+                    let body = collected.to_bytes();
+                    let frames = vec![
+                        Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!(
+                            "{version} {}",
+                            body.len()
+                        )))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    Ok::<_, hyper::Error>(Response::new(StreamBody::new(
+                        futures_util::stream::iter(frames),
+                    )))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Two regions, each with a gateway, a tonic echo server and a raw HTTP/2 upstream.
+struct Grpc {
+    hz: Gateway,
+    sh: Gateway,
+    servers: Vec<grpc_echo::Running>,
+    _down: tokio::net::TcpSocket,
+    _dir: tempfile::TempDir,
+}
+
+fn config(region: &str, table: &Path, extra: &str) -> GatewayConfig {
+    let text = format!(
+        "region: {region}\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ file: {}, poll_interval_ms: 3600000 }}\nhop_secret: {SECRET}\naccess_log: false\n{extra}",
+        table.display()
+    );
+    GatewayConfig::parse(&text, "test").expect("config")
+}
+
+impl Grpc {
+    async fn start() -> Grpc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (down_socket, down) = refusing_address();
+        let mut servers = Vec::new();
+        let mut pools = Vec::new();
+        for region in ["hz", "sh"] {
+            let server = grpc_echo::serve(region).await;
+            let raw = trailer_echo().await;
+            pools.push(format!(
+                "{{ echo: {{ endpoints: [\"{}\"], protocol: h2 }}, raw: {{ endpoints: [\"{raw}\"], protocol: h2 }}, down: {{ endpoints: [\"{down}\"], protocol: h2 }} }}",
+                server.addr
+            ));
+            servers.push(server);
+        }
+        let listeners = [loopback_listeners(), loopback_listeners()];
+        let gateways: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.http[0].local_addr().expect("addr"))
+            .collect();
+        let route = |name: &str, prefix: &str| {
+            format!(
+                "  - {{ name: {name}, match: {{ path_prefix: {prefix} }}, service: {name}, class: C, key: [{{ header: X-User-Id }}], missing_key: reject }}\n"
+            )
+        };
+        let table = format!(
+            "version: 1\nregions:\n  - {{ name: hz, gateways: [\"{}\"], pools: {} }}\n  - {{ name: sh, gateways: [\"{}\"], pools: {} }}\nunits:\n  - {{ name: u1, center: true, slots: [[0, 3332]], region: hz }}\n  - {{ name: u2, slots: [[3333, 6665]], region: sh }}\n  - {{ name: u3, slots: [[6666, 9999]], region: sh, state: write_frozen }}\nroutes:\n{}{}{}",
+            gateways[0],
+            pools[0],
+            gateways[1],
+            pools[1],
+            route("echo", "/unitgate.test.Echo/"),
+            route("raw", "/raw"),
+            route("down", "/unitgate.test.Down/"),
+        );
+        let table_path = dir.path().join("table.yaml");
+        std::fs::write(&table_path, table).expect("table");
+        let [hz_listeners, sh_listeners] = listeners;
+        let hz = Gateway::start(
+            config("hz", &table_path, "health_check: { interval_ms: 0 }\n"),
+            hz_listeners,
+        )
+        .await
+        .expect("hz gateway");
+        let sh = Gateway::start(
+            config("sh", &table_path, "health_check: { interval_ms: 0 }\n"),
+            sh_listeners,
+        )
+        .await
+        .expect("sh gateway");
+        Grpc {
+            hz,
+            sh,
+            servers,
+            _down: down_socket,
+            _dir: dir,
+        }
+    }
+}
+
+fn echo(text: &str, count: u32, fail: bool) -> EchoRequest {
+    EchoRequest {
+        text: text.to_owned(),
+        count,
+        fail,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_streaming_calls_keep_their_trailers_in_the_region_and_across_regions() {
+    let grpc = Grpc::start().await;
+    let mut client = grpc_echo::client(grpc.hz.http_addrs[0]).await;
+    for (user, served_by, unit) in [(IN_HZ, "hz", "u1"), (IN_SH, "sh", "u2")] {
+        // Unary: the reply, from the region that owns the user's unit, which saw the
+        // gateway's unit headers and `TE: trailers`; the call's OK status came in the trailers.
+        let reply = say(
+            &mut client,
+            request(echo("hello", 0, false), &[("x-user-id", user)]),
+        )
+        .await
+        .unwrap_or_else(|status| panic!("Say as {user}: {status:?}"));
+        let EchoReply {
+            text,
+            served_by: by,
+            metadata,
+            ..
+        } = reply.into_inner();
+        assert_eq!((text.as_str(), by.as_str()), ("hello", served_by));
+        assert_eq!(
+            metadata.get("x-unitgate-unit").map(String::as_str),
+            Some(unit)
+        );
+        assert_eq!(metadata.get("x-user-id").map(String::as_str), Some(user));
+        assert_eq!(metadata.get("te").map(String::as_str), Some("trailers"));
+        assert_eq!(
+            metadata.get("content-type").map(String::as_str),
+            Some("application/grpc")
+        );
+        assert!(!metadata.contains_key("connection"), "{metadata:?}");
+
+        // Server streaming: every message, then the server's trailers: grpc-status 0 and its
+        // own `x-count`.
+        let (messages, end) = count(
+            &mut client,
+            request(echo("tick", 3, false), &[("x-user-id", user)]),
+        )
+        .await
+        .unwrap_or_else(|status| panic!("Count as {user}: {status:?}"));
+        assert_eq!(
+            messages.iter().map(|m| m.index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(messages.iter().all(|m| m.served_by == served_by));
+        let trailers = end.unwrap_or_else(|status| panic!("Count as {user} ended {status:?}"));
+        assert_eq!(
+            trailers.get("x-count").and_then(|v| v.to_str().ok()),
+            Some("3"),
+            "{trailers:?}"
+        );
+
+        // A stream that fails after its messages: the server's status and metadata from the
+        // trailers reach the client.
+        let (messages, end) = count(
+            &mut client,
+            request(echo("tick", 2, true), &[("x-user-id", user)]),
+        )
+        .await
+        .unwrap_or_else(|status| panic!("failing Count as {user}: {status:?}"));
+        assert_eq!(messages.len(), 2);
+        let status = end.expect_err("the stream ends in DATA_LOSS");
+        assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+        assert_eq!(status.message(), "failed after the messages");
+        assert_eq!(
+            status
+                .metadata()
+                .get("x-reason")
+                .and_then(|v| v.to_str().ok()),
+            Some("asked")
+        );
+    }
+    // The user in sh was served there after one hop from hz.
+    let forwarded = support::get_text(&support::client(), grpc.hz.admin_addr, "/metrics").await;
+    assert!(
+        forwarded.contains("unitgate_cross_region_forwards_total{region=\"sh\"} 3"),
+        "{forwarded}"
+    );
+    let _ = &grpc.sh;
+    for server in grpc.servers {
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_trailers_pass_through_in_the_region_and_across_regions() {
+    let grpc = Grpc::start().await;
+    for user in [IN_HZ, IN_SH] {
+        let stream = tokio::net::TcpStream::connect(grpc.hz.http_addrs[0])
+            .await
+            .expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2c handshake");
+        tokio::spawn(connection);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-client-trailer", "from-client".parse().expect("v"));
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"four"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let request = Request::post(format!("http://{}/raw", grpc.hz.http_addrs[0]))
+            .header("x-user-id", user)
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().expect("response trailers");
+        assert_eq!(collected.to_bytes(), "HTTP/2.0 4", "as {user}");
+        assert_eq!(trailers["x-upstream-trailer"], "from-upstream");
+        assert_eq!(
+            trailers["x-echoed-x-client-trailer"], "from-client",
+            "as {user}: {trailers:?}"
+        );
+    }
+}
+
+/// A unary call of `path` (any method name) through `client`.
+async fn call(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+    user: Option<&str>,
+) -> Result<EchoReply, tonic::Status> {
+    client.ready().await.expect("ready");
+    let metadata: Vec<(&'static str, &str)> = user.map(|u| ("x-user-id", u)).into_iter().collect();
+    client
+        .unary(
+            request(echo("x", 0, false), &metadata),
+            http::uri::PathAndQuery::from_static(path),
+            ProstCodec::<EchoRequest, EchoReply>::default(),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_answers_reach_grpc_clients_as_statuses() {
+    let grpc = Grpc::start().await;
+    let mut client = grpc_echo::client(grpc.hz.http_addrs[0]).await;
+    let cases: [(&str, &'static str, Option<&str>, Code, &str); 5] = [
+        (
+            "no route",
+            "/unitgate.test.Nowhere/Say",
+            Some(IN_HZ),
+            Code::Unimplemented,
+            "\"error\":\"no route\"",
+        ),
+        (
+            "no routing key",
+            grpc_echo::SAY,
+            None,
+            Code::InvalidArgument,
+            "\"error\":\"missing routing key\"",
+        ),
+        (
+            "a write-frozen unit (a gRPC call is a POST)",
+            grpc_echo::SAY,
+            Some(FROZEN),
+            Code::Unavailable,
+            "\"error\":\"unit is write-frozen\"",
+        ),
+        (
+            "an upstream that refuses connections",
+            "/unitgate.test.Down/Say",
+            Some(IN_HZ),
+            Code::Unavailable,
+            "\"error\":\"upstream unreachable\"",
+        ),
+        (
+            "the same in another region, after a hop",
+            "/unitgate.test.Down/Say",
+            Some(IN_SH),
+            Code::Unavailable,
+            "\"error\":\"upstream unreachable\"",
+        ),
+    ];
+    for (case, path, user, code, message) in cases {
+        let status = call(&mut client, path, user).await.expect_err(case);
+        assert_eq!(status.code(), code, "{case}: {status:?}");
+        assert!(status.message().contains(message), "{case}: {status:?}");
+    }
+    // A plain HTTP client is answered as before.
+    let http = support::client();
+    let (status, _, body) = support::send(
+        &http,
+        support::request(
+            "POST",
+            grpc.hz.http_addrs[0],
+            grpc_echo::SAY,
+            &[("x-user-id", FROZEN)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "unit is write-frozen");
+    let _ = &grpc.sh;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_pools_health_is_checked_over_http2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = grpc_echo::serve("local").await;
+    let (_reserved, dead) = refusing_address();
+    let table = format!(
+        "version: 1\nregions: [{{ name: local, pools: {{ echo: {{ endpoints: [\"{dead}\", \"{}\"], protocol: h2 }} }} }}]\nunits: [{{ name: u1, center: true, slots: [[0, 9999]], region: local }}]\nroutes: [{{ name: echo, match: {{ path_prefix: / }}, service: echo, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}]\n",
+        live.addr
+    );
+    let table_path = dir.path().join("table.yaml");
+    std::fs::write(&table_path, table).expect("table");
+    // tonic answers an HTTP/2 GET of an unknown method with HTTP 200 (and grpc-status 12):
+    // healthy, as the check counts it. An HTTP/1.1 GET would find it unhealthy.
+    let gateway = Gateway::start(
+        config(
+            "local",
+            &table_path,
+            "health_check: { interval_ms: 50, timeout_ms: 500, path: /grpc.health.v1.Health/Check }\n",
+        ),
+        loopback_listeners(),
+    )
+    .await
+    .expect("gateway");
+    let healthy = |endpoint: SocketAddr, up: u8| {
+        format!(
+            "unitgate_upstream_healthy{{region=\"local\",service=\"echo\",endpoint=\"{endpoint}\"}} {up}"
+        )
+    };
+    let http = support::client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = support::get_text(&http, gateway.admin_addr, "/metrics").await;
+        if metrics.contains(&healthy(dead, 0)) && metrics.contains(&healthy(live.addr, 1)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checks did not tell the dead endpoint from the live one:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The dead endpoint is out of the round robin: every call is served.
+    let mut client = grpc_echo::client(gateway.http_addrs[0]).await;
+    for user in 0..6 {
+        let user = user.to_string();
+        say(
+            &mut client,
+            request(echo("x", 0, false), &[("x-user-id", &user)]),
+        )
+        .await
+        .unwrap_or_else(|status| panic!("call {user}: {status:?}"));
+    }
+    live.stop().await;
+}
