@@ -6,9 +6,9 @@
 pub mod admin;
 pub mod client_body;
 pub mod coarse_timer;
-pub mod decide;
 pub mod config;
 pub mod connect;
+pub mod decide;
 pub mod demo;
 pub mod framing;
 pub mod grpc;
@@ -209,7 +209,7 @@ impl Gateway {
             store: store.clone(),
             upstream: Upstream::with_connectors(&config.timeouts, store.connectors()),
             upstream_h2: upstream_h2::H2Upstream::new(&config.timeouts),
-            codec_upstream: h1::client::Pool::new(config.timeouts.connect()),
+            codec_upstream: h1::client::Pool::new(config.timeouts.connect(), store.connectors()),
             hop: hop.clone(),
             metrics: metrics.clone(),
             config: config.clone(),

@@ -7,14 +7,15 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use fnv::FnvBuildHasher;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
+
+use crate::connect::{Connectors, Stream};
 
 /// An idle connection is closed after this long unused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -25,8 +26,8 @@ pub const READ_CHUNK: usize = 16 * 1024;
 
 /// A connection to an upstream (or to another region's gateway).
 pub struct UpstreamConn {
-    /// The socket.
-    pub io: TcpStream,
+    /// The connection, plain or TLS.
+    pub io: Stream,
     /// Bytes read and not yet used.
     pub buf: BytesMut,
     /// Whether it served an exchange before (a stale pooled connection is retried).
@@ -52,29 +53,39 @@ impl UpstreamConn {
 struct Idle {
     conn: UpstreamConn,
     since: Instant,
+    /// [`Connectors::epoch`] when it was pooled: a connection made before an address's TLS
+    /// settings changed is not reused.
+    epoch: u64,
 }
 
 /// Idle connections by endpoint.
 pub struct Pool {
     idle: Mutex<HashMap<Box<str>, Vec<Idle>, FnvBuildHasher>>,
     connect_timeout: Duration,
+    connectors: Arc<Connectors>,
 }
 
 impl Pool {
-    /// An empty pool whose new connections time out after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// An empty pool whose new connections are made as `connectors` says (the table
+    /// store's: plain or TLS, by address) and time out after `connect_timeout`.
+    pub fn new(connect_timeout: Duration, connectors: Arc<Connectors>) -> Self {
         Self {
             idle: Mutex::new(HashMap::default()),
             connect_timeout,
+            connectors,
         }
     }
 
     /// The most recently used idle connection to `endpoint` that is still open.
     pub fn checkout(&self, endpoint: &str) -> Option<UpstreamConn> {
+        let epoch = self.connectors.epoch();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let connections = idle.get_mut(endpoint)?;
         while let Some(mut candidate) = connections.pop() {
-            if candidate.since.elapsed() < IDLE_TIMEOUT && !candidate.conn.is_stale() {
+            if candidate.since.elapsed() < IDLE_TIMEOUT
+                && candidate.epoch == epoch
+                && !candidate.conn.is_stale()
+            {
                 candidate.conn.reused = true;
                 return Some(candidate.conn);
             }
@@ -96,18 +107,20 @@ impl Pool {
             entry.push(Idle {
                 conn,
                 since: Instant::now(),
+                epoch: self.connectors.epoch(),
             });
         }
     }
 
-    /// A new connection to `endpoint`; the error says why there is none.
+    /// A new connection to `endpoint`, plain or TLS as its table says; the error says why
+    /// there is none (nothing was sent either way).
     pub async fn connect(&self, endpoint: &str) -> Result<UpstreamConn, String> {
-        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
+        let io = self
+            .connectors
+            .get(endpoint)
+            .connect(endpoint, self.connect_timeout)
             .await
-            .map_err(|_| format!("{endpoint}: connect timed out"))?
-            .map_err(|e| format!("{endpoint}: {e}"))?;
-        let _ = io.set_nodelay(true);
-        let _ = rustix::net::sockopt::set_socket_keepalive(&io, true);
+            .map_err(|e| e.to_string())?;
         Ok(UpstreamConn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),

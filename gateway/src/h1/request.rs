@@ -281,6 +281,11 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
         close = false;
     }
     head.close = close;
+    // An http(s) URI has a host (RFC 9110 section 4.2.1): an empty Host leaves an
+    // origin-form target without one.
+    if head.authority.is_none() && head.host.is_some_and(Span::is_empty) {
+        return Err(HeadError::Bad("empty Host"));
+    }
     match hosts {
         0 if head.minor == 1 => return Err(HeadError::Bad("missing Host")),
         0 | 1 => {}
@@ -349,10 +354,7 @@ fn read_target(
     method: &[u8],
     head: &mut RequestHead,
 ) -> Result<(), HeadError> {
-    if !target
-        .iter()
-        .all(|b| (b'!'..=b'~').contains(b) && *b != b'#')
-    {
+    if !target.iter().all(|b| is_target_byte(*b)) {
         return Err(HeadError::Bad("invalid request target"));
     }
     let path_and_query = match target.first() {
@@ -391,6 +393,36 @@ fn read_target(
         None => head.path = Span::of(buf, path_and_query),
     }
     Ok(())
+}
+
+/// A byte a request target may hold (RFC 3986 section 2): unreserved, reserved but `#`, and
+/// `%`. Visible ASCII that URIs exclude (`<>"\^`{|}`) is refused, as are spaces and CTLs.
+fn is_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b':'
+                | b'/'
+                | b'?'
+                | b'['
+                | b']'
+                | b'@'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b'%'
+        )
 }
 
 /// `target` after `http://` or `https://` (any case); `None` for other forms.
@@ -540,6 +572,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            b"GET /<script> HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a{b} HTTP/1.1\r\nHost: a\r\n\r\n",
         ];
         for raw in bad {
             let refused = parse_all(raw);

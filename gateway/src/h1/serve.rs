@@ -981,8 +981,10 @@ where
             continue;
         }
         if response.is_interim() {
-            // 100 and 103 go on to an HTTP/1.1 client as they came; the final answer follows.
-            if head.minor == 1 {
+            // 102 and 103 go on to an HTTP/1.1 client as they came; the final answer follows.
+            // A 100 is not passed on: the gateway took `Expect` off the request and answers
+            // the client's itself, so an upstream's 100 was asked for by nobody.
+            if head.minor == 1 && response.status != 100 {
                 let interim = &upstream.buf[..response.len];
                 if io.write_all(interim).await.is_err() {
                     return Err(Failed::ClientGone);
