@@ -110,7 +110,7 @@ impl Case {
 }
 
 const DIRECTIVES: &[&str] = &[
-    "expect", "upstream", "body", "host", "fault", "why", "method", "then", "smuggled",
+    "expect", "upstream", "targets", "body", "host", "fault", "why", "method", "then", "smuggled",
 ];
 
 /// Parse a corpus file: see the head of `tests/corpus/requests.txt`.
@@ -154,8 +154,11 @@ fn load(file: &str) -> Vec<Case> {
                 "{file}:{}: unknown directive @{key}; known: {DIRECTIVES:?}",
                 number + 1
             );
-            case.directives
-                .insert(key.to_owned(), value.trim().to_owned());
+            let repeated = case
+                .directives
+                .insert(key.to_owned(), value.trim().to_owned())
+                .is_some();
+            assert!(!repeated, "{file}:{}: @{key} given twice", number + 1);
         } else {
             assert!(
                 !cases.is_empty(),
@@ -249,11 +252,14 @@ fn show(bytes: &[u8], max: usize) -> String {
 // ---------------------------------------------------------------------------------------------
 // A strict HTTP/1.1 parser: the oracle of what a strict server sees.
 
+/// Header fields: lowercase names, values without surrounding whitespace.
+type Fields = Vec<(String, Vec<u8>)>;
+
 #[derive(Debug, Clone)]
 struct Message {
     /// Request: method, target, version. Response: version, status, reason.
     start: [String; 3],
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Fields,
     body: Vec<u8>,
 }
 
@@ -282,7 +288,7 @@ fn head_of(buf: &[u8]) -> Option<(&[u8], usize)> {
 }
 
 /// Split a head into its start line and header fields, refusing anything lenient.
-fn parse_head(head: &[u8]) -> Result<(String, Vec<(String, Vec<u8>)>), String> {
+fn parse_head(head: &[u8]) -> Result<(String, Fields), String> {
     let mut lines = Vec::new();
     let mut rest = head;
     loop {
@@ -758,7 +764,10 @@ struct Reached {
 /// What a client saw on one connection.
 #[derive(Debug, Default)]
 struct Seen {
+    /// Final responses (and a `101`), in order.
     responses: Vec<Message>,
+    /// Interim (1xx) responses before them.
+    interim: Vec<Message>,
     /// Bytes after the last complete response (an incomplete or unparseable one).
     rest: Vec<u8>,
     /// Why `rest` does not parse, when it does not.
@@ -767,10 +776,12 @@ struct Seen {
     all: Vec<u8>,
 }
 
-/// Write `bytes` on a fresh connection to `addr`, then read responses (to requests of
-/// `method`) until the connection closes; once `wanted` responses came, the write side is
-/// shut (an idle keep-alive connection then closes).
-async fn converse(addr: SocketAddr, bytes: &[u8], method: &str, wanted: usize) -> Seen {
+/// Write `bytes` on a fresh connection to `addr`, then read responses (the i-th to a request
+/// of `methods[i]`, any further one to one of the last) until the connection closes; once
+/// there is a response for each of `methods`, the write side is shut (an idle keep-alive
+/// connection then closes).
+async fn converse(addr: SocketAddr, bytes: &[u8], methods: &[&str]) -> Seen {
+    let wanted = methods.len();
     let mut seen = Seen::default();
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     // The gateway may close before it read everything (a refused head): not an error here.
@@ -781,10 +792,19 @@ async fn converse(addr: SocketAddr, bytes: &[u8], method: &str, wanted: usize) -
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         while seen.garbage.is_none() {
+            let method = methods
+                .get(seen.responses.len())
+                .or(methods.last())
+                .copied()
+                .unwrap_or("GET");
             match parse_response(&seen.all[at..], method, seen.closed) {
                 Ok(Some((response, used))) => {
-                    seen.responses.push(response);
                     at += used;
+                    if (100..200).contains(&response.status()) && response.status() != 101 {
+                        seen.interim.push(response);
+                    } else {
+                        seen.responses.push(response);
+                    }
                 }
                 Ok(None) => break,
                 Err(why) => seen.garbage = Some(why),
@@ -846,11 +866,11 @@ async fn run_request_case(
         .map(|n| n.parse().expect("@upstream N|M"))
         .collect();
     let mark = recorder.mark();
-    let seen = converse(gateway, &case.bytes, "GET", expect.len()).await;
+    let seen = converse(gateway, &case.bytes, &vec!["GET"; expect.len()]).await;
     // Fence: a good request after the case; once it is answered, whatever the gateway sent
     // upstream for the case is in the recorder's hands.
     let fence = format!("GET {FENCE}{n} HTTP/1.1\r\nHost: fence\r\nConnection: close\r\n\r\n");
-    let fenced = converse(gateway, fence.as_bytes(), "GET", 1).await;
+    let fenced = converse(gateway, fence.as_bytes(), &["GET"]).await;
     let fence_ok = fenced
         .responses
         .first()
@@ -969,13 +989,26 @@ async fn run_request_case(
             ));
         }
     }
-    if let (Some(host), Some(first)) = (case.get("host"), reached.requests.first()) {
-        if first.header("host") != Some(host.as_bytes()) {
+    if let Some(targets) = case.get("targets") {
+        let wanted: Vec<&str> = targets.split_whitespace().collect();
+        let got: Vec<&str> = reached
+            .requests
+            .iter()
+            .map(|r| r.start[1].as_str())
+            .collect();
+        if got != wanted {
             problems.push(format!(
-                "the upstream got Host {} (wanted {host})",
-                show(first.header("host").unwrap_or_default(), 100)
+                "the upstream got the targets {got:?} (wanted {wanted:?})"
             ));
         }
+    }
+    if let (Some(host), Some(first)) = (case.get("host"), reached.requests.first())
+        && first.header("host") != Some(host.as_bytes())
+    {
+        problems.push(format!(
+            "the upstream got Host {} (wanted {host})",
+            show(first.header("host").unwrap_or_default(), 100)
+        ));
     }
     if problems.is_empty() {
         Ok(())
@@ -1003,12 +1036,17 @@ async fn hostile_requests_never_reach_the_upstream() {
             failed.insert(case.name.clone(), why);
         }
     }
-    judge("request", &cases, &failed, KNOWN_GAPS);
+    judge("request", &cases, &failed, ("KNOWN_GAPS", KNOWN_GAPS));
 }
 
 /// Fail with every unexpected result at once: cases failing outside `known`, and `known`
 /// entries that pass now (or name no case).
-fn judge(kind: &str, cases: &[Case], failed: &BTreeMap<String, String>, known: &[&str]) {
+fn judge(
+    kind: &str,
+    cases: &[Case],
+    failed: &BTreeMap<String, String>,
+    (list, known): (&str, &[&str]),
+) {
     let known: BTreeSet<&str> = known.iter().copied().collect();
     let names: BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     let mut report = Vec::new();
@@ -1024,10 +1062,10 @@ fn judge(kind: &str, cases: &[Case], failed: &BTreeMap<String, String>, known: &
     }
     for name in &known {
         if !names.contains(name) {
-            report.push(format!("the known gap {name} names no {kind} case"));
+            report.push(format!("{list} names {name}, which is no {kind} case"));
         } else if !failed.contains_key(*name) {
             report.push(format!(
-                "the {kind} case {name} passes now: remove it from the known gaps"
+                "the {kind} case {name} passes now: remove it from {list} in gateway/tests/framing_corpus.rs"
             ));
         }
     }
@@ -1128,8 +1166,13 @@ async fn run_response_case(
     let method = case.get("method").unwrap_or("GET");
     let expect = allowed(case.get("expect").unwrap_or("502|close"));
     let marker = case.get("smuggled").unwrap_or("SMUGGLED");
-    let request = format!("{method} /case/{n} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    let seen = converse(gateway, request.as_bytes(), method, 1).await;
+    // The case's request, and a probe pipelined behind it on the same client connection: the
+    // gateway must answer the probe itself or close, never hand it what the upstream left.
+    let same = format!("probe-{n}-same");
+    let request = format!(
+        "{method} /case/{n} HTTP/1.1\r\nHost: a\r\n\r\nGET /probe/{n}-same HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    );
+    let seen = converse(gateway, request.as_bytes(), &[method, "GET"]).await;
     if std::env::var_os("FRAMING_CORPUS_VERBOSE").is_some() {
         eprintln!(
             "{}: client got {:?}{}, {} byte(s) after them",
@@ -1182,6 +1225,26 @@ async fn run_response_case(
             expect.join("|")
         )),
     }
+    if !seen.responses.is_empty() {
+        match (seen.responses.get(1), &seen.garbage) {
+            (Some(probe), _) if probe.status() == 200 && probe.body == same.as_bytes() => {}
+            (Some(probe), _) => problems.push(format!(
+                "the probe behind it on the same connection got {} with body {}",
+                probe.start[1],
+                show(&probe.body, 120)
+            )),
+            (None, Some(garbage)) => problems.push(format!(
+                "after it the connection carried bytes that do not parse ({garbage}): {}",
+                show(&seen.rest, 200)
+            )),
+            (None, None) if seen.closed && seen.rest.is_empty() => {}
+            (None, None) => problems.push(format!(
+                "the probe behind it on the same connection got {}{}",
+                show(&seen.rest, 200),
+                if seen.closed { "" } else { " and hung" }
+            )),
+        }
+    }
     if marker != "-" && contains(&seen.all, marker.as_bytes()) {
         problems.push(format!("the client got the smuggled bytes {marker:?}"));
     }
@@ -1189,7 +1252,7 @@ async fn run_response_case(
     // left on it instead of its own answer.
     for k in 0..2 {
         let probe = format!("GET /probe/{n}-{k} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-        let answer = converse(gateway, probe.as_bytes(), "GET", 1).await;
+        let answer = converse(gateway, probe.as_bytes(), &["GET"]).await;
         let want = format!("probe-{n}-{k}");
         let ok = answer
             .responses
@@ -1229,5 +1292,68 @@ async fn hostile_responses_never_reach_the_client_intact() {
             failed.insert(case.name.clone(), why);
         }
     }
-    judge("response", &cases, &failed, KNOWN_RESPONSE_GAPS);
+    judge(
+        "response",
+        &cases,
+        &failed,
+        ("KNOWN_RESPONSE_GAPS", KNOWN_RESPONSE_GAPS),
+    );
+}
+
+/// The recording upstream's parser is the oracle of the request test: it must refuse what a
+/// strict server refuses, or a gateway that forwarded such bytes would go unnoticed.
+#[test]
+fn the_oracle_is_strict() {
+    let good = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\nGET";
+    let (request, used) = parse_request(good).expect("valid").expect("complete");
+    assert_eq!(request.body, b"hello");
+    assert_eq!(&good[used..], b"GET");
+    let incomplete: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhell",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ];
+    for bytes in incomplete {
+        assert!(
+            matches!(parse_request(bytes), Ok(None)),
+            "{}",
+            show(bytes, 200)
+        );
+    }
+    let head = "POST / HTTP/1.1\r\nHost: a\r\n";
+    for refused in [
+        format!("{head}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        format!("{head}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        format!("{head}Content-Length: +5\r\n\r\nhello"),
+        format!("{head}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        format!("{head}Transfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n"),
+        format!("{head}Transfer-Encoding: chunked\r\n\r\n5\r\nhello0\r\n\r\n"),
+        format!("{head}Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+        format!("{head}X: a\r\n b\r\n\r\n"),
+        format!("{head}X: a\rb\r\n\r\n"),
+        format!("{head}X: a\x00b\r\n\r\n"),
+        format!("{head}X Y: a\r\n\r\n"),
+        format!("{head}Host: b\r\n\r\n"),
+        "GET / HTTP/1.0\r\nHost: a\r\n\r\n".to_owned(),
+        "GET  / HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+        "GET / HTTP/1.1\nHost: a\r\n\r\n".to_owned(),
+    ] {
+        assert!(parse_request(refused.as_bytes()).is_err(), "{refused:?}");
+    }
+    // And responses, as the client reads them.
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1";
+    let (message, used) = parse_response(response, "GET", false)
+        .expect("valid")
+        .expect("complete");
+    assert_eq!((message.status(), used), (200, response.len() - 8));
+    let until_close = b"HTTP/1.1 200 OK\r\n\r\nbody";
+    assert!(matches!(
+        parse_response(until_close, "GET", false),
+        Ok(None)
+    ));
+    assert!(matches!(
+        parse_response(until_close, "GET", true),
+        Ok(Some((ref m, 23))) if m.body == b"body"
+    ));
+    assert!(parse_response(b"HTTP/1.1 2000 OK\r\n\r\n", "GET", true).is_err());
 }
