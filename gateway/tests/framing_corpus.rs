@@ -15,9 +15,10 @@
 //! response intact and never its smuggled bytes; a probe sent afterwards must get its own
 //! answer, not bytes left over on a desynchronised upstream connection.
 //!
-//! Every failing case is collected and reported at once. `KNOWN_GAPS` / `KNOWN_RESPONSE_GAPS`
-//! name the cases the current (hyper-based) front end and client fail; each entry must still
-//! fail, so the lists shrink as the new codec lands.
+//! Every failing case is collected and reported at once. Both run against the gateway's own
+//! codec, which must pass every case, and against hyper (`http1_codec: hyper`, kept as the
+//! reference): `KNOWN_GAPS` / `KNOWN_RESPONSE_GAPS` name the cases hyper's front end and
+//! client fail, and each entry must still fail there, so the lists stay true.
 
 mod support;
 
@@ -35,8 +36,8 @@ use tokio::sync::Notify;
 /// The longest a case may take before it counts as hung (a bound, never a synchronisation).
 const CASE_TIME: Duration = Duration::from_secs(5);
 
-/// Request cases the current front end (hyper's HTTP/1 server, `framing.rs`, the proxy's own
-/// checks) fails. Remove an entry once its case passes; the test says so when it does.
+/// Request cases the hyper front end (hyper's HTTP/1 server, `framing.rs`, the proxy's own
+/// checks) fails. The test says when one passes.
 const KNOWN_GAPS: &[&str] = &[
     // hyper's chunk-size reader skips spaces and tabs after the size, so `5 ` reads as 5 and
     // the request is forwarded.
@@ -70,7 +71,7 @@ const KNOWN_GAPS: &[&str] = &[
     "host-bad-port",
 ];
 
-/// Response cases the current upstream client (hyper's HTTP/1 client) fails.
+/// Response cases hyper's HTTP/1 client fails.
 const KNOWN_RESPONSE_GAPS: &[&str] = &[
     // A Transfer-Encoding whose last coding is not chunked: hyper reads the body to the close
     // (RFC 9112 6.3 allows that for a response) and the gateway relays it, smuggled bytes and
@@ -1019,6 +1020,17 @@ async fn run_request_case(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_never_reach_the_upstream() {
+    replay_requests("own", ("no known gaps", &[])).await;
+}
+
+/// hyper, kept as the reference the codec is compared with, fails exactly its known gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_fails_only_its_known_request_gaps() {
+    replay_requests("hyper", ("KNOWN_GAPS", KNOWN_GAPS)).await;
+}
+
+/// Replay every request case through a gateway whose HTTP/1.1 is `codec`.
+async fn replay_requests(codec: &str, known: (&str, &[&str])) {
     let cases = load("requests.txt");
     assert!(cases.len() >= 100, "{} request cases", cases.len());
     let recorder = Recorder::start().await;
@@ -1026,7 +1038,7 @@ async fn hostile_requests_never_reach_the_upstream() {
     let gateway = gateway_with_pool(
         dir.path(),
         &[recorder.addr],
-        "health_check: { interval_ms: 0, eject_after_failures: 1000000, eject_for_ms: 1 }\ntimeouts: { read_ms: 3000 }\n",
+        &format!("health_check: {{ interval_ms: 0, eject_after_failures: 1000000, eject_for_ms: 1 }}\ntimeouts: {{ read_ms: 3000 }}\nhttp1_codec: {codec}\n"),
     )
     .await;
     let addr = gateway.http_addrs[0];
@@ -1036,7 +1048,7 @@ async fn hostile_requests_never_reach_the_upstream() {
             failed.insert(case.name.clone(), why);
         }
     }
-    judge("request", &cases, &failed, ("KNOWN_GAPS", KNOWN_GAPS));
+    judge("request", &cases, &failed, known);
 }
 
 /// Fail with every unexpected result at once: cases failing outside `known`, and `known`
@@ -1275,6 +1287,17 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_responses_never_reach_the_client_intact() {
+    replay_responses("own", ("no known gaps", &[])).await;
+}
+
+/// hyper's client, kept as the reference, fails exactly its known gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_fails_only_its_known_response_gaps() {
+    replay_responses("hyper", ("KNOWN_RESPONSE_GAPS", KNOWN_RESPONSE_GAPS)).await;
+}
+
+/// Replay every response case through a gateway whose HTTP/1.1 is `codec`.
+async fn replay_responses(codec: &str, known: (&str, &[&str])) {
     let cases = Arc::new(load("responses.txt"));
     assert!(cases.len() >= 30, "{} response cases", cases.len());
     let hostile = Hostile::start(cases.clone()).await;
@@ -1282,7 +1305,7 @@ async fn hostile_responses_never_reach_the_client_intact() {
     let gateway = gateway_with_pool(
         dir.path(),
         &[hostile.addr],
-        "health_check: { interval_ms: 0, eject_after_failures: 1000000, eject_for_ms: 1 }\ntimeouts: { read_ms: 3000 }\n",
+        &format!("health_check: {{ interval_ms: 0, eject_after_failures: 1000000, eject_for_ms: 1 }}\ntimeouts: {{ read_ms: 3000 }}\nhttp1_codec: {codec}\n"),
     )
     .await;
     let addr = gateway.http_addrs[0];
@@ -1292,12 +1315,7 @@ async fn hostile_responses_never_reach_the_client_intact() {
             failed.insert(case.name.clone(), why);
         }
     }
-    judge(
-        "response",
-        &cases,
-        &failed,
-        ("KNOWN_RESPONSE_GAPS", KNOWN_RESPONSE_GAPS),
-    );
+    judge("response", &cases, &failed, known);
 }
 
 /// The recording upstream's parser is the oracle of the request test: it must refuse what a

@@ -52,7 +52,7 @@ enum State {
     /// Whitespace after the size: only a `;` may follow it.
     SizeSpace,
     /// In chunk extensions, up to the CR.
-    Extension,
+    Extension(Ext),
     /// After the CR of a size line.
     SizeLf,
     /// In chunk data, this many bytes left.
@@ -73,6 +73,25 @@ enum State {
     FinalLf,
     /// The body ended.
     Done,
+}
+
+/// Where in a chunk extension (`;name[=value]`, RFC 9112 section 7.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// After `;`: whitespace, then a name.
+    BeforeName,
+    /// In the name.
+    Name,
+    /// Whitespace after the name: `=`, `;` or the end may follow.
+    AfterName,
+    /// After `=`: whitespace, then a value.
+    BeforeValue,
+    /// In a token value, or after a quoted one.
+    Value,
+    /// Inside a quoted-string value.
+    Quoted,
+    /// After a backslash inside a quoted string.
+    Escaped,
 }
 
 /// One step of [`Chunked::step`].
@@ -173,7 +192,7 @@ impl Chunked {
                 (None, b'\r') => State::SizeLf,
                 (None, b';') => {
                     self.extension = 0;
-                    State::Extension
+                    State::Extension(Ext::BeforeName)
                 }
                 (None, b' ' | b'\t') => State::SizeSpace,
                 _ => return Err(ChunkError::BadSize),
@@ -182,19 +201,38 @@ impl Chunked {
                 b' ' | b'\t' => State::SizeSpace,
                 b';' => {
                     self.extension = 0;
-                    State::Extension
+                    State::Extension(Ext::BeforeName)
                 }
                 _ => return Err(ChunkError::BadSize),
             },
-            State::Extension => {
+            State::Extension(part) => {
                 self.extension += 1;
                 if self.extension > MAX_EXTENSION_BYTES {
                     return Err(ChunkError::ExtensionTooLong);
                 }
-                match b {
-                    b'\r' => State::SizeLf,
-                    b'\n' => return Err(ChunkError::BadLineEnd),
-                    b if is_field_value_byte(b) => State::Extension,
+                let space = matches!(b, b' ' | b'\t');
+                match (part, b) {
+                    (Ext::BeforeName | Ext::BeforeValue | Ext::AfterName, _) if space => {
+                        State::Extension(part)
+                    }
+                    (Ext::BeforeName | Ext::Name, b) if is_token_byte(b) => {
+                        State::Extension(Ext::Name)
+                    }
+                    (Ext::Name, _) if space => State::Extension(Ext::AfterName),
+                    (Ext::Name | Ext::AfterName, b'=') => State::Extension(Ext::BeforeValue),
+                    (Ext::Name | Ext::AfterName | Ext::Value, b';') => {
+                        State::Extension(Ext::BeforeName)
+                    }
+                    (Ext::Name | Ext::AfterName | Ext::Value, b'\r') => State::SizeLf,
+                    (Ext::BeforeValue, b'"') => State::Extension(Ext::Quoted),
+                    (Ext::BeforeValue, b) if is_token_byte(b) => State::Extension(Ext::Value),
+                    (Ext::Quoted, b'"') => State::Extension(Ext::Value),
+                    (Ext::Quoted, b'\\') => State::Extension(Ext::Escaped),
+                    (Ext::Quoted | Ext::Escaped, b) if b != b'\r' && is_field_value_byte(b) => {
+                        State::Extension(Ext::Quoted)
+                    }
+                    (Ext::Value, b) if is_field_value_byte(b) => State::Extension(Ext::Value),
+                    (_, b'\n') => return Err(ChunkError::BadLineEnd),
                     _ => return Err(ChunkError::BadSize),
                 }
             }
@@ -308,6 +346,10 @@ mod tests {
             (b"5\r\nhelloX\r\n0\r\n\r\n", ChunkError::BadLineEnd),
             (b"5;a\nb\r\nhello\r\n0\r\n\r\n", ChunkError::BadLineEnd),
             (b"5;\x00\r\nhello\r\n", ChunkError::BadSize),
+            (b"5;\r\nhello\r\n", ChunkError::BadSize),
+            (b"5;=x\r\nhello\r\n", ChunkError::BadSize),
+            (b"5;a=\r\nhello\r\n", ChunkError::BadSize),
+            (b"5;a b\r\nhello\r\n", ChunkError::BadSize),
             (b"0\r\nbad name: x\r\n\r\n", ChunkError::BadTrailer),
             (b"0\r\n folded\r\n\r\n", ChunkError::BadTrailer),
             (b"0\r\nx: a\x00b\r\n\r\n", ChunkError::BadTrailer),
@@ -339,6 +381,12 @@ mod tests {
     fn extensions_may_follow_whitespace_and_sizes_may_have_leading_zeros() {
         assert_eq!(
             decode(b"005 ;a=b\r\nhello\r\n0\r\n\r\n", 1).unwrap().0,
+            b"hello"
+        );
+        assert_eq!(
+            decode(b"5 ; a = \"q;x\" ;b\r\nhello\r\n0\r\n\r\n", 1)
+                .unwrap()
+                .0,
             b"hello"
         );
         assert_eq!(
