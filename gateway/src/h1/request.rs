@@ -145,7 +145,7 @@ impl RequestHead {
 /// complete yet (and within the limits so far).
 pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool, HeadError> {
     let mut room = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_ROOM];
-    let allowed = limits.max_headers.min(HEADER_ROOM - 1) + 1;
+    let allowed = limits.max_headers.min(HEADER_ROOM);
     let mut request = httparse::Request::new(&mut []);
     let parsed = request.parse_with_uninit_headers(buf, &mut room[..allowed]);
     let len = match parsed {
@@ -481,8 +481,11 @@ mod tests {
             parse(long_head.as_bytes(), &LIMITS, &mut head),
             Err(HeadError::HeadTooLarge)
         );
-        let many: String = (0..101).map(|i| format!("x{i}: 1\r\n")).collect();
-        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        // 100 fields (Host among them) are allowed, 101 are not.
+        let fields = |n: usize| -> String { (0..n).map(|i| format!("x{i}: 1\r\n")).collect() };
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", fields(99));
+        assert_eq!(parse(raw.as_bytes(), &LIMITS, &mut head), Ok(true));
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", fields(100));
         assert_eq!(
             parse(raw.as_bytes(), &LIMITS, &mut head),
             Err(HeadError::TooManyFields)
