@@ -198,6 +198,22 @@ pub struct TlsListen {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM CA certificates: when given, every client must present a certificate issued by one
+    /// of them (mutual TLS), e.g. the other regions' gateways forwarding to this one.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsListen {
+    /// The rustls server config for this listener (HTTP/2 and HTTP/1.1 by ALPN), demanding
+    /// client certificates when it has a `client_ca`. An error names the file at fault.
+    pub fn server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+        control_api::tls::server_config_with_client_ca(
+            &self.cert,
+            &self.key,
+            self.client_ca.as_deref(),
+        )
+    }
 }
 
 /// The admin listener.

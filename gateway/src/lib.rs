@@ -73,7 +73,7 @@ impl Listeners {
                 .listen
                 .https
                 .iter()
-                .map(|l| Ok((bind(l.address)?, server::tls_config(l)?)))
+                .map(|l| Ok((bind(l.address)?, l.server_config()?)))
                 .collect::<Result<_, String>>()?,
             admin: bind(config.admin.listen)?,
         })

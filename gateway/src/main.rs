@@ -64,7 +64,7 @@ fn check(config: &GatewayConfig) -> ExitCode {
         return ExitCode::from(1);
     }
     for listen in &config.listen.https {
-        if let Err(error) = gateway::server::tls_config(listen) {
+        if let Err(error) = listen.server_config() {
             eprintln!("{error}");
             return ExitCode::from(1);
         }

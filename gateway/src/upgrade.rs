@@ -155,7 +155,7 @@ pub fn receive(socket: &Path, config: &GatewayConfig) -> Result<(Listeners, Pred
         .https
         .iter()
         .zip(fds.by_ref())
-        .map(|(listen, listener)| Ok((listener, crate::server::tls_config(listen)?)))
+        .map(|(listen, listener)| Ok((listener, listen.server_config()?)))
         .collect::<Result<_, String>>()?;
     let admin = fds.next().ok_or_else(|| fail(&"admin socket missing"))?;
     let predecessor = Predecessor {

@@ -198,6 +198,7 @@ async fn silent_tls_connections_are_closed() {
         address: "127.0.0.1:0".parse().expect("addr"),
         cert: cert_path,
         key: key_path,
+        client_ca: None,
     };
     let listeners = gateway::Listeners {
         http: vec![],

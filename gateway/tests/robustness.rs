@@ -233,6 +233,7 @@ async fn https_with_http2_and_http1_by_alpn() {
         address: "127.0.0.1:0".parse().expect("addr"),
         cert: cert_path,
         key: key_path,
+        client_ca: None,
     };
     let listeners = gateway::Listeners {
         http: vec![],

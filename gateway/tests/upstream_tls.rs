@@ -261,11 +261,19 @@ async fn gateway(dir: &Path, table: &str, health: &str) -> Gateway {
 
 const NO_HEALTH_CHECKS: &str = "{ interval_ms: 0 }";
 
-/// A GET through the gateway, keyed by user 42, over HTTP/2 with prior knowledge: hyper's
-/// front end, whose requests reach HTTP/1.1 upstreams through `gateway::upstream` and its
-/// connector. (The gateway's own HTTP/1.1 codec connects through `gateway::connect` too once
-/// its upstream pool takes a `Connector`; then these requests may go over HTTP/1.1 as well.)
+/// A GET through the gateway, keyed by user 42, over HTTP/1.1: the gateway's own codec.
 async fn get(gateway: &Gateway, path: &str) -> (StatusCode, serde_json::Value) {
+    let (status, _, body) = send(
+        &client(),
+        request("GET", gateway.http_addrs[0], path, &[("x-user-id", "42")]),
+    )
+    .await;
+    (status, body)
+}
+
+/// The same over HTTP/2 with prior knowledge: hyper's front end, whose requests reach
+/// HTTP/1.1 upstreams through `gateway::upstream`. Both connect through `gateway::connect`.
+async fn get_h2c(gateway: &Gateway, path: &str) -> (StatusCode, serde_json::Value) {
     let h2c: support::TestClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
@@ -297,15 +305,21 @@ async fn requests_reach_an_https_upstream_whose_certificate_the_pool_trusts() {
     let (status, body) = get(&gateway, "/cart/1").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["served_by"], "tls upstream");
-    assert_eq!(upstream.requests(), ["/cart/1"]);
+    let (status, body) = get_h2c(&gateway, "/cart/h2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(upstream.requests(), ["/cart/1", "/cart/h2"]);
     // Without server_name the endpoint's host is the name checked (its IP SAN); an IP address
     // is never sent as SNI. ALPN says http/1.1.
-    match &upstream.handshakes()[..] {
-        [Handshake::Done { sni, alpn, .. }] => {
-            assert_eq!(*sni, None);
-            assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let handshakes = upstream.handshakes();
+    assert!(!handshakes.is_empty());
+    for handshake in handshakes {
+        match handshake {
+            Handshake::Done { sni, alpn, .. } => {
+                assert_eq!(sni, None);
+                assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
 
     // With a server_name, that name is checked and sent as SNI.
@@ -345,10 +359,20 @@ async fn an_untrusted_upstream_certificate_is_a_502_and_a_log_line_naming_endpoi
     )
     .await;
 
-    let (status, body) = get(&gateway, "/cart/1").await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert_eq!(body["upstream"], upstream.addr.to_string());
+    for (status, body) in [
+        get(&gateway, "/cart/1").await,
+        get_h2c(&gateway, "/cart/2").await,
+    ] {
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert_eq!(body["upstream"], upstream.addr.to_string());
+    }
     assert!(upstream.requests().is_empty(), "nothing may reach it");
+    assert!(
+        upstream
+            .handshakes()
+            .iter()
+            .all(|h| matches!(h, Handshake::Failed(_)))
+    );
     let expected = format!(
         "upstream {}: certificate not trusted: UnknownIssuer",
         upstream.addr
@@ -608,4 +632,196 @@ async fn health_checks_go_over_tls_and_find_an_untrusted_endpoint_down() {
     assert_eq!(good.requests().len(), 4);
     assert!(bad.requests().is_empty());
     gateway.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Two regions' gateways: `hz` (plain HTTP, where requests enter) forwards to `sh` over TLS;
+/// `sh`'s HTTPS listener demands a client certificate from the fleet CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_to_another_region_goes_over_mutual_tls_and_keeps_its_marker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = TestCa::new(dir.path(), "fleet");
+    let sh_cert = fleet.leaf(dir.path(), "gw-sh", &["127.0.0.1", "gw.sh.test"]);
+    let hz_client = fleet.leaf(dir.path(), "gw-hz", &["gw.hz.test"]);
+    let stranger = TestCa::new(dir.path(), "stranger").leaf(dir.path(), "stranger", &["x.test"]);
+    let hz_cart = support::Echo::start("cart", "hz").await;
+    let sh_cart = support::Echo::start("cart", "sh").await;
+
+    let hz_http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sh_https = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (hz_addr, sh_addr) = (
+        hz_http.local_addr().expect("addr"),
+        sh_https.local_addr().expect("addr"),
+    );
+    // `client` is the certificate hz presents to sh (none: the `tls` without one).
+    let table = |version: u64, client: Option<&Leaf>| {
+        let client = client.map_or(String::new(), |c| {
+            format!(
+                ", client_cert: {}, client_key: {}",
+                c.cert_path.display(),
+                c.key_path.display()
+            )
+        });
+        format!(
+            "version: {version}\nregions:\n  - name: hz\n    gateways: [\"{hz_addr}\"]\n    pools: {{ cart: [\"{}\"] }}\n  - name: sh\n    gateways:\n      endpoints: [\"{sh_addr}\"]\n      tls: {{ ca_file: {}, server_name: gw.sh.test{client} }}\n    pools: {{ cart: [\"{}\"] }}\nunits:\n  - {{ name: u1, center: true, slots: [[0, 4999]], region: hz }}\n  - {{ name: u2, slots: [[5000, 9999]], region: sh }}\nroutes: [{{ name: cart, match: {{ path_prefix: /cart }}, service: cart, class: C, key: [{{ header: X-User-Id }}] }}]\n",
+            hz_cart.addr,
+            fleet.pem_path.display(),
+            sh_cart.addr,
+        )
+    };
+    let start = |region: &str, listen: &str, listeners: gateway::Listeners, table: String| {
+        let table_path = dir.path().join(format!("{region}.yaml"));
+        std::fs::write(&table_path, table).expect("table");
+        let text = format!(
+            "region: {region}\nlisten: {listen}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ file: {}, poll_interval_ms: 3600000 }}\nhop_secret: {SECRET}\nhealth_check: {{ interval_ms: 0 }}\naccess_log: false\n",
+            table_path.display()
+        );
+        let config = gateway::config::GatewayConfig::parse(&text, "test").expect("config");
+        Gateway::start(config, listeners)
+    };
+    log();
+    let sh_listen = gateway::config::TlsListen {
+        address: sh_addr,
+        cert: sh_cert.cert_path.clone(),
+        key: sh_cert.key_path.clone(),
+        client_ca: Some(fleet.pem_path.clone()),
+    };
+    let sh_listeners = gateway::Listeners {
+        http: vec![],
+        https: vec![(sh_https, sh_listen.server_config().expect("tls"))],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    };
+    let sh = start(
+        "sh",
+        &format!(
+            "{{ https: [{{ address: \"{sh_addr}\", cert: {}, key: {}, client_ca: {} }}] }}",
+            sh_cert.cert_path.display(),
+            sh_cert.key_path.display(),
+            fleet.pem_path.display()
+        ),
+        sh_listeners,
+        table(1, Some(&hz_client)),
+    )
+    .await
+    .expect("sh");
+    let hz_listeners = gateway::Listeners {
+        http: vec![hz_http],
+        https: vec![],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    };
+    let hz = start(
+        "hz",
+        &format!("{{ http: [\"{hz_addr}\"] }}"),
+        hz_listeners,
+        table(1, Some(&hz_client)),
+    )
+    .await
+    .expect("hz");
+
+    // User 7000's slot belongs to u2, in sh: hz forwards it there, over mutual TLS.
+    let user = [("x-user-id", "7000")];
+    for path in ["/cart/1", "/cart/2"] {
+        let (status, _, body) = send(&client(), request("GET", hz_addr, path, &user)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["region"], "sh", "{body}");
+    }
+    let served = sh_cart.received();
+    assert_eq!(served.len(), 2);
+    assert_eq!(served[0].headers["x-unitgate-unit"], "u2");
+    assert!(hz_cart.received().is_empty());
+
+    // hz's hop markers verified at sh (the HMAC checked as ever, TLS or not).
+    let rejected = || {
+        sh.metrics
+            .hop_rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(rejected(), 0);
+    // A client of sh's listener with a fleet certificate but a forged marker: the marker is
+    // not trusted (ignored and counted); the request is served as one entering sh.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(fleet.der()).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let direct = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(hz_client.chain.clone(), hz_client.key.clone_key())
+        .expect("client config");
+    let forged = "v1 origin=hz version=1 hops=1 ts=1 sig=00";
+    let answer = raw_exchange(
+        direct,
+        sh_addr,
+        &format!("GET /cart/3 HTTP/1.1\r\nhost: gw.sh.test\r\nx-user-id: 7000\r\nx-unitgate-hop: {forged}\r\nconnection: close\r\n\r\n"),
+    )
+    .await
+    .expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(rejected(), 1, "the forged marker was not trusted");
+
+    // Without a client certificate sh's listener refuses the connection.
+    let anonymous = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    let refused = raw_exchange(
+        anonymous,
+        sh_addr,
+        "GET /cart/4 HTTP/1.1\r\nhost: gw.sh.test\r\nx-user-id: 7000\r\n\r\n",
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Nor does a certificate from another CA get in.
+    let strangers = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(stranger.chain.clone(), stranger.key.clone_key())
+        .expect("client config");
+    let refused = raw_exchange(
+        strangers,
+        sh_addr,
+        "GET /cart/5 HTTP/1.1\r\nhost: gw.sh.test\r\nx-user-id: 7000\r\n\r\n",
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // A table whose hop has no client certificate: sh refuses hz, and the client gets a 502.
+    hz.store
+        .load_text(&table(2, None), false, "test")
+        .expect("applied");
+    let (status, _, body) = send(&client(), request("GET", hz_addr, "/cart/6", &user)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(
+        sh_cart.received().len(),
+        3,
+        "only the direct request reached it"
+    );
+
+    hz.shutdown(Duration::from_secs(1)).await;
+    sh.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Send `request` over TLS to `addr` with `config` and read until the server closes: the
+/// answer, or the error that ended the exchange.
+async fn raw_exchange(
+    config: rustls::ClientConfig,
+    addr: SocketAddr,
+    request: &str,
+) -> Result<String, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("gw.sh.test").expect("name");
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in 5 s"))?;
+    read?;
+    if answer.is_empty() {
+        return Err(std::io::Error::other("closed without an answer"));
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
