@@ -338,13 +338,15 @@ static CONNECTION_SPECIFIC: [HeaderName; 5] = [
 
 /// `request` as an HTTP/2 request to `endpoint`.
 fn into_h2(mut request: Request<Body>, endpoint: &Authority) -> Request<Body> {
-    let headers = request.headers_mut();
     // `:authority` takes `Host`'s place: the name the client asked for and the gateway routed
-    // by, or the endpoint's own when there is none.
-    let authority = headers
+    // by, or the endpoint's own when there is none. A request handed back unsent and sent
+    // again has it in its URI already.
+    let routed = request.uri().authority().cloned();
+    let headers = request.headers_mut();
+    let host = headers
         .remove(header::HOST)
-        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
-        .unwrap_or_else(|| endpoint.clone());
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok());
+    let authority = routed.or(host).unwrap_or_else(|| endpoint.clone());
     for name in &CONNECTION_SPECIFIC {
         headers.remove(name);
     }
@@ -514,6 +516,10 @@ mod tests {
         }
         assert_eq!(headers[header::TE], "trailers");
         assert_eq!(headers["x-user-id"], "4321");
+        // Handed back unsent and sent to another endpoint: the same request.
+        let again = into_h2(request, &Authority::from_static("10.0.0.2:50051"));
+        assert_eq!(again.uri(), "http://api.example:443/pkg.Svc/Call");
+        assert_eq!(again.headers()[header::TE], "trailers");
 
         // No Host: the endpoint names itself; not gRPC: no TE, and a TE other than
         // `trailers` goes.

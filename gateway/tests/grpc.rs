@@ -414,3 +414,102 @@ async fn an_h2_pools_health_is_checked_over_http2() {
     }
     live.stop().await;
 }
+
+/// An HTTP/2 upstream that counts its connections and answers each request after `delay`;
+/// `cut` closes every connection open at that moment.
+async fn counting_h2(
+    delay: Duration,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<tokio::sync::Notify>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (counter, cutter) = (accepted.clone(), cut.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let cut = cutter.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_: Request<Incoming>| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = cut.notified() => {}
+                }
+            });
+        }
+    });
+    (addr, accepted, cut)
+}
+
+fn origin_form(path: &str) -> Request<gateway::upstream::Body> {
+    Request::post(path)
+        .header("host", "api.example")
+        .body(gateway::upstream::empty())
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_gets_one_shared_connection_made_again_when_it_closes() {
+    use gateway::upstream_h2::H2Upstream;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let (addr, accepted, cut) = counting_h2(Duration::from_millis(100)).await;
+    let endpoint = http::uri::Authority::try_from(addr.to_string().as_str()).expect("authority");
+    let client = H2Upstream::with_connect_timeout(Duration::from_secs(1));
+    // Twenty requests at once, none yet connected: one connection carries them all.
+    let sends = (0..20).map(|_| client.send(&endpoint, origin_form("/x")));
+    for response in futures_util::future::join_all(sends).await {
+        assert_eq!(response.expect("response").status(), StatusCode::OK);
+    }
+    assert_eq!(accepted.load(SeqCst), 1);
+    client
+        .send(&endpoint, origin_form("/again"))
+        .await
+        .expect("on the same connection");
+    assert_eq!(accepted.load(SeqCst), 1);
+
+    // The upstream closes it: the next request makes a new one.
+    cut.notify_waiters();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.send(&endpoint, origin_form("/after")).await {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK);
+                break;
+            }
+            // The close may reach the client only as this request goes out on the old
+            // connection: that one fails, and is not a connect failure.
+            Err(error) => assert!(!error.is_connect(), "{error}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new connection");
+    }
+    assert_eq!(accepted.load(SeqCst), 2);
+
+    // No connection to be had: the request comes back unsent, for another endpoint.
+    let (_reserved, refusing) = refusing_address();
+    let refusing =
+        http::uri::Authority::try_from(refusing.to_string().as_str()).expect("authority");
+    let error = client
+        .send(&refusing, origin_form("/x"))
+        .await
+        .expect_err("refused");
+    assert!(error.is_connect(), "{error}");
+    let unsent = error.into_unsent().expect("the request back");
+    assert_eq!(unsent.uri().path(), "/x");
+}
