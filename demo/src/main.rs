@@ -36,6 +36,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// Serve HTTP/1.1 over TLS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -62,9 +68,21 @@ fn main() -> ExitCode {
         service,
         region,
         listen,
+        tls_cert,
+        tls_key,
     }) = cli.command
     {
-        return runtime.block_on(upstream(&service, &region, listen));
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => match gateway::demo::tls_config(&cert, &key) {
+                Ok(tls) => Some(tls),
+                Err(error) => {
+                    eprintln!("unitgate-demo upstream: {error}");
+                    return ExitCode::from(1);
+                }
+            },
+            _ => None,
+        };
+        return runtime.block_on(upstream(&service, &region, listen, tls));
     }
     let wan_delay = Duration::from_millis(cli.wan_delay_ms);
     runtime.block_on(async move {
@@ -84,7 +102,12 @@ fn main() -> ExitCode {
     })
 }
 
-async fn upstream(service: &str, region: &str, listen: std::net::SocketAddr) -> ExitCode {
+async fn upstream(
+    service: &str,
+    region: &str,
+    listen: std::net::SocketAddr,
+    tls: Option<gateway::demo::DemoTls>,
+) -> ExitCode {
     use std::io::Write;
     let print: gateway::demo::OnRequest = std::sync::Arc::new(|received| {
         if let Ok(line) = serde_json::to_string(received) {
@@ -93,7 +116,10 @@ async fn upstream(service: &str, region: &str, listen: std::net::SocketAddr) -> 
             let _ = out.flush();
         }
     });
-    match gateway::demo::DemoUpstream::start_on(listen, service, region, false, Some(print)).await {
+    let started =
+        gateway::demo::DemoUpstream::start_with(listen, service, region, false, Some(print), tls)
+            .await;
+    match started {
         Ok(upstream) => {
             println!("listening on {}", upstream.addr);
             let _ = std::io::stdout().flush();

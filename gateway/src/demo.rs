@@ -59,6 +59,20 @@ impl DemoUpstream {
         echo_headers: bool,
         on_request: Option<OnRequest>,
     ) -> std::io::Result<Self> {
+        Self::start_with(addr, service, region, echo_headers, on_request, None).await
+    }
+
+    /// [`DemoUpstream::start_on`], serving HTTP/1.1 over TLS with `tls` when given (see
+    /// [`tls_config`]): an upstream for a pool with `tls` in the table.
+    pub async fn start_with(
+        addr: SocketAddr,
+        service: &str,
+        region: &str,
+        echo_headers: bool,
+        on_request: Option<OnRequest>,
+        tls: Option<DemoTls>,
+    ) -> std::io::Result<Self> {
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let log: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -72,6 +86,7 @@ impl DemoUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let tls = tls.clone();
                 let (service, region, log, on_request) = (
                     service.clone(),
                     region.clone(),
@@ -96,10 +111,24 @@ impl DemoUpstream {
                     }
                 });
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), handler)
-                        .with_upgrades()
-                        .await;
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http1
+                                .serve_connection(TokioIo::new(stream), handler)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http1
+                                    .serve_connection(TokioIo::new(stream), handler)
+                                    .with_upgrades()
+                                    .await
+                            }
+                            Err(_) => Ok(()),
+                        },
+                    };
                 });
             }
         });
@@ -110,6 +139,18 @@ impl DemoUpstream {
     pub fn received(&self) -> Vec<Received> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// How a demo upstream serves TLS.
+pub type DemoTls = Arc<rustls::ServerConfig>;
+
+/// A TLS config for a demo upstream: the certificate chain and key of two PEM files, ALPN
+/// `http/1.1` (what it speaks).
+pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<DemoTls, String> {
+    let config = control_api::tls::server_config(cert, key)?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 async fn answer(
