@@ -305,23 +305,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// `value` as a header value, percent-encoding bytes a header cannot carry.
 pub fn header_safe(value: &str) -> HeaderValue {
-    // `%` is always encoded, so a key's header value names exactly one key: a literal `%00`
-    // is `%2500`, a decoded NUL `%00`.
-    let plain = |b: &u8| b.is_ascii_graphic() && *b != b'%';
-    if value.bytes().all(|b| plain(&b))
+    if value.bytes().all(is_plain_key_byte)
         && let Ok(header) = HeaderValue::from_str(value)
     {
         return header;
     }
-    let mut encoded = String::with_capacity(value.len() * 3);
+    let mut encoded = Vec::with_capacity(value.len() * 3);
+    write_header_safe(&mut encoded, value);
+    HeaderValue::from_bytes(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A key byte written as it is. `%` is always encoded, so a key's header value names exactly
+/// one key: a literal `%00` is `%2500`, a decoded NUL `%00`.
+fn is_plain_key_byte(b: u8) -> bool {
+    b.is_ascii_graphic() && b != b'%'
+}
+
+/// Append [`header_safe`]'s value for `value` to `out`.
+pub fn write_header_safe(out: &mut Vec<u8>, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in value.bytes() {
-        if plain(&b) {
-            encoded.push(char::from(b));
+        if is_plain_key_byte(b) {
+            out.push(b);
         } else {
-            encoded.push_str(&format!("%{b:02X}"));
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
         }
     }
-    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// W3C trace context: the trace id is kept across every hop; each gateway is a span.
@@ -376,6 +385,12 @@ impl TraceParent {
 
     /// The `traceparent` to send on: same trace, this gateway's span as parent.
     pub fn child(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.child_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// [`TraceParent::child`] as bytes, for the codec's heads.
+    pub fn child_bytes(&self) -> [u8; 55] {
         let mut value = [0u8; 55];
         value[..3].copy_from_slice(b"00-");
         value[3..35].copy_from_slice(&self.trace_id);
@@ -383,7 +398,7 @@ impl TraceParent {
         hex_into(&mut value[36..52], fastrand::u64(1..));
         value[52] = b'-';
         value[53..].copy_from_slice(&self.flags);
-        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+        value
     }
 }
 

@@ -242,12 +242,13 @@ pub async fn serve_proxy(
         let guard = match tracker.admit(peer.ip()) {
             Ok(guard) => guard,
             Err(full) => {
-                // Closed at once: the client learns now, and the descriptor is free again.
-                drop(stream);
+                // Counted before it is closed, so whoever sees the close sees the count.
                 workers.get(by).shared.metrics.client_event(match full {
                     Full::Total => ClientEvent::RefusedTotal,
                     Full::PerIp => ClientEvent::RefusedPerIp,
                 });
+                // Closed at once: the client learns now, and the descriptor is free again.
+                drop(stream);
                 if let Some(count) = REFUSED.occurred() {
                     tracing::warn!(limit = full.as_str(), %peer, count, "connection refused: limit reached (count: since the last such line)");
                 }

@@ -7,6 +7,7 @@
 //! trusted (a refused head, a broken body, an upstream that broke its own) is closed, never
 //! read on.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use super::fields::{Kind, Span};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
 use crate::decide::{Decided, Facts, decide};
-use crate::headers::header_safe;
+use crate::headers::write_header_safe;
 use crate::hop::HopMarker;
 use crate::metrics::{ClientEvent, UpstreamFailure};
 use crate::proxy::{Conn, Ctx, MAX_ATTEMPTS, Reply, Shared, Target, finish, is_idempotent};
@@ -330,15 +331,7 @@ async fn write_reply<S: AsyncWrite + Unpin>(
 }
 
 fn status_line(out: &mut Vec<u8>, minor: u8, status: u16, reason: &str) {
-    out.extend_from_slice(if minor == 0 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    let _ = write!(out, "HTTP/1.{minor} {status} {reason}\r\n");
 }
 
 /// `date: <now>\r\n`, formatted once a second per thread.
@@ -443,7 +436,9 @@ fn upstream_head(
         field_line(out, name, value);
     }
     match head.framing {
-        Framing::Length(n) => field_line(out, b"content-length", n.to_string().as_bytes()),
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None | Framing::UntilClose => {}
     }
@@ -467,7 +462,7 @@ fn upstream_head(
         );
     }
     if let Some(trace) = &ctx.trace {
-        field_line(out, b"traceparent", trace.child().as_bytes());
+        field_line(out, b"traceparent", &trace.child_bytes());
     }
     let snapshot = decided.snapshot;
     let routed = &decided.routed;
@@ -481,7 +476,7 @@ fn upstream_head(
                 );
             }
             if let Some(slot) = routed.slot {
-                field_line(out, b"x-unitgate-slot", slot.to_string().as_bytes());
+                let _ = write!(out, "x-unitgate-slot: {slot}\r\n");
             }
             field_line(
                 out,
@@ -499,7 +494,9 @@ fn upstream_head(
                 snapshot.version_header.as_bytes(),
             );
             if let Some(key) = &routed.key {
-                field_line(out, b"x-unitgate-key", header_safe(key).as_bytes());
+                out.extend_from_slice(b"x-unitgate-key: ");
+                write_header_safe(out, key);
+                out.extend_from_slice(b"\r\n");
             }
             if ctx.stress {
                 out.extend_from_slice(b"x-unitgate-stress: 1\r\n");
