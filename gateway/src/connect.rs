@@ -642,7 +642,122 @@ impl TableConnectors {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    /// A one-region table whose pool `app` is `pool` (YAML).
+    fn table(version: u64, pool: &str) -> CompiledTable {
+        router_rules::load_yaml(&format!(
+            "version: {version}\nregions: [{{ name: r, pools: {{ app: {pool} }} }}]\nunits: [{{ name: u, center: true, slots: [[0, 9999]], region: r }}]\nroutes: [{{ name: a, match: {{ path_prefix: / }}, service: app, class: P }}]\n"
+        ))
+        .unwrap()
+    }
+
+    fn ca_file(dir: &std::path::Path, name: &str) -> String {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, ca.cert.pem()).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn configs_are_shared_by_content_and_addresses_keep_their_connector() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_file(dir.path(), "ca.pem");
+        let tls =
+            |ca: &str| format!("{{ endpoints: [\"127.0.0.1:9443\"], tls: {{ ca_file: {ca} }} }}");
+        let configs = TlsConfigs::default();
+        let connectors = Connectors::default();
+        assert!(!connectors.get("127.0.0.1:9443").is_tls(), "unknown: plain");
+
+        let first = TableConnectors::build(&table(1, &tls(&ca)), &configs).unwrap();
+        connectors.update(&first);
+        let held = connectors.get("127.0.0.1:9443");
+        assert!(held.is_tls());
+        assert_eq!(connectors.epoch(), 0, "a new address is no change");
+
+        // The same settings and file content: the same config (and session cache), the same
+        // connector kept, no change.
+        let second = TableConnectors::build(&table(2, &tls(&ca)), &configs).unwrap();
+        let (a, b) = (&first.pools[0][0], &second.pools[0][0]);
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert!(!Arc::ptr_eq(a, b) && a.same_as(b));
+        connectors.update(&second);
+        assert!(Arc::ptr_eq(&held, &connectors.get("127.0.0.1:9443")));
+        assert_eq!(connectors.epoch(), 0);
+
+        // The file's content changed (a rotated CA): a new config, a change.
+        std::fs::write(
+            &ca,
+            std::fs::read(ca_file(dir.path(), "other.pem")).unwrap(),
+        )
+        .unwrap();
+        let third = TableConnectors::build(&table(3, &tls(&ca)), &configs).unwrap();
+        assert!(!third.pools[0][0].as_ref().unwrap().same_as(b));
+        connectors.update(&third);
+        assert_eq!(connectors.epoch(), 1);
+
+        // Plain text again: a change; the address is kept, never dropped.
+        let plain = TableConnectors::build(&table(4, "[\"127.0.0.1:9443\"]"), &configs).unwrap();
+        connectors.update(&plain);
+        assert_eq!(connectors.epoch(), 2);
+        assert!(!connectors.get("127.0.0.1:9443").is_tls());
+        let other = TableConnectors::build(&table(5, "[\"127.0.0.1:9444\"]"), &configs).unwrap();
+        connectors.update(&other);
+        assert_eq!(connectors.epoch(), 2);
+        assert_eq!(
+            connectors.by_address.load().len(),
+            2,
+            "an address the table dropped keeps its connector"
+        );
+    }
+
+    #[test]
+    fn files_that_cannot_be_used_are_named_with_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_file(dir.path(), "ca.pem");
+        let configs = TlsConfigs::default();
+        let problems = |tls: &str| {
+            let pool = format!("{{ endpoints: [\"127.0.0.1:9443\"], tls: {tls} }}");
+            TableConnectors::build(&table(1, &pool), &configs)
+                .err()
+                .unwrap()
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+        };
+        let missing = dir.path().join("missing.pem").display().to_string();
+        assert_eq!(
+            problems(&format!("{{ ca_file: {missing} }}")),
+            [format!(
+                "regions[0].pools.app.tls.ca_file: {missing}: cannot read: No such file or directory (os error 2)"
+            )]
+        );
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "not a key").unwrap();
+        let found = problems(&format!(
+            "{{ ca_file: {ca}, client_cert: {ca}, client_key: {} }}",
+            key.display()
+        ));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with(&format!(
+                "regions[0].pools.app.tls.client_key: {}: cannot read private key",
+                key.display()
+            )),
+            "{found:?}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(
+            problems(&format!("{{ ca_file: {} }}", empty.display())),
+            [format!(
+                "regions[0].pools.app.tls.ca_file: {}: no certificate found",
+                empty.display()
+            )]
+        );
+    }
 
     #[test]
     fn hosts_become_server_names() {
