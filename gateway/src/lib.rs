@@ -209,7 +209,10 @@ impl Gateway {
             store: store.clone(),
             upstream: Upstream::with_connectors(&config.timeouts, store.connectors()),
             upstream_h2: upstream_h2::H2Upstream::new(&config.timeouts),
-            codec_upstream: h1::client::Pool::new(config.timeouts.connect(), store.connectors()),
+            codec_upstream: Arc::new(h1::client::Pool::new(
+                config.timeouts.connect(),
+                store.connectors(),
+            )),
             hop: hop.clone(),
             metrics: metrics.clone(),
             config: config.clone(),

@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::client_body::{BodyFault, BodyState, ClientBody};
 use crate::coarse_timer::CoarseTimer;
-use crate::config::{GatewayConfig, RoutingKeyLog};
+use crate::config::{GatewayConfig, Http1Codec, RoutingKeyLog};
 use crate::decide::{Decided, Facts, decide};
 use crate::framing::Verdicts;
 use crate::grpc;
@@ -41,7 +41,7 @@ use crate::hop::{HopKey, HopMarker, KeyHasher};
 use crate::limits::Refusal;
 use crate::metrics::{ClientEvent, Hop, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
-use crate::upstream::{Body, BoxError, Upstream, empty};
+use crate::upstream::{Body, Upstream, empty};
 use crate::upstream_h2::{self, H2Upstream};
 use control_api::throttle::LogThrottle;
 
@@ -56,7 +56,7 @@ pub struct Shared {
     /// Upstream client.
     pub upstream: Upstream,
     /// Upstream connections of the gateway's own HTTP/1.1 codec.
-    pub codec_upstream: crate::h1::client::Pool,
+    pub codec_upstream: Arc<crate::h1::client::Pool>,
     /// Upstream client for pools that speak HTTP/2 (`protocol: h2`).
     pub upstream_h2: H2Upstream,
     /// Hop-marker key.
@@ -387,6 +387,14 @@ async fn proxy(
         Target::Region(region) => (region, true),
     };
     let h2 = upstream_h2::wanted(table, to, route.service, hop).then_some(&shared.upstream_h2);
+    // With the codec serving HTTP/1.1, HTTP/2 clients' requests go upstream over its client
+    // too; with hyper's (the reference), over hyper's, upgrades and all.
+    let http1 = match shared.config.http1_codec {
+        Http1Codec::Own => {
+            upstream_h2::Http1Client::Codec(&shared.codec_upstream, shared.config.timeouts.read())
+        }
+        Http1Codec::Hyper => upstream_h2::Http1Client::Hyper(&shared.upstream),
+    };
     let (client_body, body_state) = ClientBody::new(body, limits.max_body_bytes);
     let mut request = Some(Request::from_parts(parts, client_body.boxed()));
     let exchange = async {
@@ -423,7 +431,7 @@ async fn proxy(
                 .timer
                 .timeout_at(
                     deadline,
-                    upstream_h2::send(&shared.upstream, h2, &endpoint.authority, upstream_request),
+                    upstream_h2::send(http1, h2, &endpoint.authority, upstream_request),
                 )
                 .await;
             let failure = match result {
@@ -489,7 +497,7 @@ async fn proxy(
         return Ok(Response::from_parts(parts, empty()));
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+    Ok(response.map(BodyExt::boxed))
 }
 
 /// Forged or stale hop markers, for the log.

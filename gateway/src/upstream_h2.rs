@@ -37,7 +37,8 @@ use router_rules::table::RegionIndex;
 use router_rules::{CompiledTable, UpstreamProtocol};
 
 use crate::config::Timeouts;
-use crate::upstream::{Body, PooledBody, Upstream, UpstreamError};
+use crate::h1::bridge::BridgeError;
+use crate::upstream::{Body, BoxError, PooledBody, Upstream, UpstreamError};
 
 /// A connection unused this long is closed (by its own task; streams still open finish first).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -370,23 +371,28 @@ fn into_h2(mut request: Request<Body>, endpoint: &Authority) -> Request<Body> {
 
 /// The response body of either client, as the forward phase hands it on.
 pub enum UpstreamBody {
-    /// From an HTTP/1.1 upstream: gives its connection back to the pool at its end.
+    /// From an HTTP/1.1 upstream through hyper's client: gives its connection back to the
+    /// pool at its end.
     Http1(PooledBody),
     /// From an HTTP/2 upstream; trailers included.
     H2(Incoming),
+    /// From an HTTP/1.1 upstream through the gateway's own codec ([`crate::h1::bridge`]).
+    Codec(Body),
 }
 
 impl hyper::body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let boxed = |e: hyper::Error| Box::new(e) as BoxError;
         match self.get_mut() {
-            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::H2(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(boxed),
+            UpstreamBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(boxed),
+            UpstreamBody::Codec(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -394,6 +400,7 @@ impl hyper::body::Body for UpstreamBody {
         match self {
             UpstreamBody::Http1(body) => body.is_end_stream(),
             UpstreamBody::H2(body) => body.is_end_stream(),
+            UpstreamBody::Codec(body) => body.is_end_stream(),
         }
     }
 
@@ -401,6 +408,7 @@ impl hyper::body::Body for UpstreamBody {
         match self {
             UpstreamBody::Http1(body) => body.size_hint(),
             UpstreamBody::H2(body) => body.size_hint(),
+            UpstreamBody::Codec(body) => body.size_hint(),
         }
     }
 }
@@ -408,10 +416,12 @@ impl hyper::body::Body for UpstreamBody {
 /// Why either client's exchange failed.
 #[derive(Debug)]
 pub enum SendError {
-    /// The HTTP/1.1 client's.
+    /// hyper's HTTP/1.1 client's.
     Http1(UpstreamError),
     /// The HTTP/2 client's.
     H2(H2Error),
+    /// The codec's HTTP/1.1 client's.
+    Codec(BridgeError),
 }
 
 impl SendError {
@@ -420,6 +430,7 @@ impl SendError {
         match self {
             SendError::Http1(error) => error.is_connect(),
             SendError::H2(error) => error.is_connect(),
+            SendError::Codec(error) => error.is_connect(),
         }
     }
 
@@ -428,6 +439,7 @@ impl SendError {
         match self {
             SendError::Http1(error) => error.into_unsent(),
             SendError::H2(error) => error.into_unsent(),
+            SendError::Codec(error) => error.into_unsent(),
         }
     }
 }
@@ -437,26 +449,42 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Http1(error) => error.fmt(f),
             SendError::H2(error) => error.fmt(f),
+            SendError::Codec(error) => error.fmt(f),
         }
     }
+}
+
+/// Which HTTP/1.1 client talks to HTTP/1.1 upstreams (`http1_codec`).
+#[derive(Clone, Copy)]
+pub enum Http1Client<'a> {
+    /// hyper's.
+    Hyper(&'a Upstream),
+    /// The gateway's own codec, with the time each read of a response body may take.
+    Codec(&'a Arc<crate::h1::client::Pool>, Duration),
 }
 
 /// The forward phase's one call: `request` to `endpoint` over HTTP/2 when `h2` is given (the
 /// serving region's pool asks for it), else over HTTP/1.1. Pool choice, retries, deadlines and
 /// health stay the forward phase's, the same for both.
 pub async fn send(
-    http1: &Upstream,
+    http1: Http1Client<'_>,
     h2: Option<&H2Upstream>,
     endpoint: &Authority,
     request: Request<Body>,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    match h2 {
-        Some(h2) => h2
+    match (h2, http1) {
+        (Some(h2), _) => h2
             .send(endpoint, request)
             .await
             .map(|response| response.map(UpstreamBody::H2))
             .map_err(SendError::H2),
-        None => http1
+        (None, Http1Client::Codec(pool, body_timeout)) => {
+            crate::h1::bridge::send(pool, endpoint.as_str(), request, body_timeout)
+                .await
+                .map(|response| response.map(UpstreamBody::Codec))
+                .map_err(SendError::Codec)
+        }
+        (None, Http1Client::Hyper(http1)) => http1
             .send(endpoint, request)
             .await
             .map(|response| response.map(UpstreamBody::Http1))

@@ -29,6 +29,14 @@ pub enum ChunkError {
     TrailerTooLong,
 }
 
+impl std::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::error::Error for ChunkError {}
+
 impl ChunkError {
     /// What is wrong, for error bodies and logs.
     pub fn as_str(self) -> &'static str {

@@ -6,6 +6,7 @@
 //! re-encoded. The rules of RFC 9112 a server and an intermediary MUST keep are in
 //! [`request`], [`response`] and [`chunked`]; anything ambiguous is refused, never guessed at.
 
+pub mod bridge;
 pub mod chunked;
 pub mod client;
 pub mod fields;
