@@ -77,10 +77,14 @@ fn check(config: &GatewayConfig) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let loaded = if gateway::source::is_json(path) {
-            router_rules::load_json(&text)
+        let origin = path.display().to_string();
+        let (loaded, source) = if gateway::source::is_json(path) {
+            (router_rules::load_json(&text), None)
         } else {
-            router_rules::load_yaml(&text)
+            match router_rules::parse_yaml(&text) {
+                Ok((raw, source)) => (router_rules::validate(raw, Some(&source)), Some(source)),
+                Err(error) => (Err(error), None),
+            }
         };
         match loaded {
             Ok(table) if table.region_index(&config.region).is_none() => {
@@ -99,9 +103,22 @@ fn check(config: &GatewayConfig) -> ExitCode {
                 );
                 return ExitCode::from(1);
             }
-            Ok(table) => println!("{}: ok (table version {})", path.display(), table.version()),
+            Ok(table) => {
+                // The TLS files the table names, read as the gateway will read them.
+                let configs = gateway::connect::TlsConfigs::default();
+                if let Err(mut problems) =
+                    gateway::connect::TableConnectors::build(&table, &configs)
+                {
+                    if let Some(source) = &source {
+                        source.place(&mut problems);
+                    }
+                    eprint!("{}", router_rules::render_problems(&origin, &problems));
+                    return ExitCode::from(1);
+                }
+                println!("{origin}: ok (table version {})", table.version());
+            }
             Err(error) => {
-                eprint!("{}", error.render(&path.display().to_string()));
+                eprint!("{}", error.render(&origin));
                 return ExitCode::from(1);
             }
         }

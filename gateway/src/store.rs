@@ -292,13 +292,18 @@ impl TableStore {
 
     /// Parse, validate and apply a table text (`json` for JSON, else YAML). The one load path.
     pub fn load_text(&self, text: &str, json: bool, origin: &str) -> Result<u64, Rejection> {
-        let loaded = if json {
-            router_rules::load_json(text)
+        // A YAML table's map stays, so that what is found after validation (a TLS file that
+        // cannot be read) is placed at its line too.
+        let (loaded, source) = if json {
+            (router_rules::load_json(text), None)
         } else {
-            router_rules::load_yaml(text)
+            match router_rules::parse_yaml(text) {
+                Ok((raw, source)) => (router_rules::validate(raw, Some(&source)), Some(source)),
+                Err(error) => (Err(error), None),
+            }
         };
         match loaded {
-            Ok(table) => self.apply(table, origin),
+            Ok(table) => self.apply_placed(table, origin, SameVersion::Refuse, source.as_ref()),
             Err(error) => {
                 Err(self.reject(None, origin, error.render(origin).trim_end().to_owned()))
             }
@@ -317,6 +322,17 @@ impl TableStore {
         table: CompiledTable,
         origin: &str,
         same_version: SameVersion,
+    ) -> Result<u64, Rejection> {
+        self.apply_placed(table, origin, same_version, None)
+    }
+
+    /// [`TableStore::apply_with`], placing problems found at `source`'s lines when given.
+    fn apply_placed(
+        &self,
+        table: CompiledTable,
+        origin: &str,
+        same_version: SameVersion,
+        source: Option<&router_rules::SourceMap>,
     ) -> Result<u64, Rejection> {
         let _guard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let version = table.version();
@@ -363,7 +379,10 @@ impl TableStore {
         // refuses the table, which never replaces the one in force.
         let connectors = match TableConnectors::build(&table, &self.tls_configs) {
             Ok(connectors) => connectors,
-            Err(problems) => {
+            Err(mut problems) => {
+                if let Some(source) = source {
+                    source.place(&mut problems);
+                }
                 let error = router_rules::render_problems(origin, &problems);
                 return Err(self.reject(Some(version), origin, error.trim_end().to_owned()));
             }

@@ -545,7 +545,7 @@ async fn a_table_naming_a_file_the_gateway_cannot_read_is_refused_and_the_old_on
     assert_eq!(refused.version, Some(2));
     assert!(
         refused.error.starts_with(&format!(
-            "push: regions[0].pools.app.tls.ca_file: {}: cannot read: ",
+            "push:7:25: regions[0].pools.app.tls.ca_file: {}: cannot read: ",
             missing.display()
         )),
         "{}",
@@ -562,9 +562,12 @@ async fn a_table_naming_a_file_the_gateway_cannot_read_is_refused_and_the_old_on
         .store
         .load_text(&table(3, &[upstream.addr], &not_a_key), false, "push")
         .expect_err("refused");
+    // Placed at the field's line in the table's text (its column depends on the paths).
+    let (place, rest) = refused.error.split_once(": ").expect("a place");
+    assert!(place.starts_with("push:7:"), "{}", refused.error);
     assert!(
-        refused.error.starts_with(&format!(
-            "push: regions[0].pools.app.tls.client_key: {}: cannot read private key",
+        rest.starts_with(&format!(
+            "regions[0].pools.app.tls.client_key: {}: cannot read private key",
             ca.pem_path.display()
         )),
         "{}",
@@ -824,4 +827,49 @@ async fn raw_exchange(
         return Err(std::io::Error::other("closed without an answer"));
     }
     Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[test]
+fn unitgate_check_reads_the_tls_files_the_table_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let missing = dir.path().join("missing-ca.pem");
+    let check = |tls: &str| {
+        let table_path = dir.path().join("table.yaml");
+        std::fs::write(
+            &table_path,
+            table(1, &["127.0.0.1:9443".parse().expect("addr")], tls),
+        )
+        .expect("table");
+        let config = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "region: local\nlisten: {{ http: [\"127.0.0.1:0\"] }}\ntable: {{ file: {} }}\nhop_secret: {SECRET}\n",
+                table_path.display()
+            ),
+        )
+        .expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_unitgate"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("unitgate check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(&format!("{{ ca_file: {} }}", ca.pem_path.display()));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = check(&format!("{{ ca_file: {} }}", missing.display()));
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        format!(
+            "{}:7:25: regions[0].pools.app.tls.ca_file: {}: cannot read: No such file or directory (os error 2)\n",
+            dir.path().join("table.yaml").display(),
+            missing.display()
+        )
+    );
 }
