@@ -171,7 +171,7 @@ static REFUSED: LogThrottle = LogThrottle::new();
 
 /// A TLS server config for `listen`: HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_config(listen: &TlsListen) -> Result<Arc<rustls::ServerConfig>, String> {
-    control_api::tls::server_config(&listen.cert, &listen.key)
+    listen.server_config()
 }
 
 /// Serving the proxy's listeners is this module's; the workers only run what it starts.

@@ -64,6 +64,10 @@ pub async fn serve<S>(
     let mut head = RequestHead::default();
     let mut scratch = Vec::with_capacity(1024);
     let mut first = true;
+    // One wait for the stop signal for the connection's whole life, polled only while it is
+    // idle: made anew for every read, its registration would cost more than the read.
+    let stop_signal = stopped(&mut stop);
+    tokio::pin!(stop_signal);
     loop {
         // Between requests a keep-alive connection may sit idle this long; a head must arrive
         // whole within it.
@@ -83,7 +87,7 @@ pub async fn serve<S>(
             let read = tokio::select! {
                 biased;
                 read = shared.timer.timeout_at(deadline, io.read_buf(&mut buf)) => read,
-                () = stopped(&mut stop), if idle => return,
+                () = &mut stop_signal, if idle => return,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return,

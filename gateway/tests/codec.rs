@@ -1,0 +1,329 @@
+//! The gateway's own HTTP/1.1 codec message by message, over raw sockets on both sides: what a
+//! client sends and gets, and what a scripted upstream receives, byte for byte where it matters.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that answers each request by its path (`answer`), records every request's raw
+/// bytes, and after a `101` echoes whatever it reads.
+struct Scripted {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Scripted {
+    async fn start(answer: fn(&str) -> Vec<u8>) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(end) = request_end(&buf) else {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let request: Vec<u8> = buf.drain(..end).collect();
+                        let path = String::from_utf8_lossy(&request)
+                            .split(' ')
+                            .nth(1)
+                            .unwrap_or("")
+                            .to_owned();
+                        log.lock().unwrap().push(request);
+                        let reply = answer(&path);
+                        let upgraded = reply.starts_with(b"HTTP/1.1 101");
+                        if stream.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                        if upgraded {
+                            // Echo the tunnel's bytes, those already read first.
+                            let _ = stream.write_all(&buf).await;
+                            let (mut read, mut write) = stream.split();
+                            let _ = tokio::io::copy(&mut read, &mut write).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Scripted { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect()
+    }
+}
+
+/// Where the first request in `buf` ends (head, and a Content-Length or chunked body).
+fn request_end(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        let last = buf[head_end..]
+            .windows(5)
+            .position(|w| w == b"0\r\n\r\n" || w.starts_with(b"0\r\nx"))?;
+        let from = head_end + last;
+        let end = buf[from..].windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        return Some(
+            from + end
+                - if buf[from..].starts_with(b"0\r\n\r\n") {
+                    0
+                } else {
+                    0
+                },
+        );
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (buf.len() >= head_end + length).then_some(head_end + length)
+}
+
+fn answer(path: &str) -> Vec<u8> {
+    match path {
+        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+        "/trailers" => {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\nx-sum: 6\r\n\r\n".to_vec()
+        }
+        "/ws" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            .to_vec(),
+        path => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+            path.len()
+        )
+        .into_bytes(),
+    }
+}
+
+async fn gateway(upstream: &Scripted) -> (tempfile::TempDir, gateway::Gateway) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[upstream.addr],
+        "health_check: { interval_ms: 0 }\n",
+    )
+    .await;
+    (dir, gateway)
+}
+
+/// Read from `stream` until `until` holds for what was read (or the stream closes).
+async fn read_until(stream: &mut TcpStream, until: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !until(&String::from_utf8_lossy(&got)) {
+        match tokio::time::timeout(T, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "nothing more within {T:?}: {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    read_until(stream, |_| false).await
+}
+
+const T: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_head_answers_have_no_body() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gateway) = gateway(&upstream).await;
+    let mut client = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    let one = |path: &str, method: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\n")
+    };
+    let pipelined = [
+        one("/a", "GET"),
+        one("/head", "HEAD"),
+        one("/b", "GET"),
+        format!("GET /c HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nConnection: close\r\n\r\n"),
+    ]
+    .concat();
+    client.write_all(pipelined.as_bytes()).await.expect("write");
+    let answers = read_to_close(&mut client).await;
+    // Four answers, in the order asked; the HEAD answer keeps the upstream's length and has
+    // no body: the next answer starts right after its head.
+    let answers: Vec<&str> = answers.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    assert!(answers[0].ends_with("\r\n\r\n/a"), "{}", answers[0]);
+    assert!(
+        answers[1]
+            .to_ascii_lowercase()
+            .contains("content-length: 5\r\n"),
+        "{}",
+        answers[1]
+    );
+    assert!(answers[1].ends_with("\r\n\r\n"), "{}", answers[1]);
+    assert!(answers[2].ends_with("\r\n\r\n/b"), "{}", answers[2]);
+    assert!(answers[3].ends_with("\r\n\r\n/c"), "{}", answers[3]);
+    assert_eq!(upstream.seen().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_keeps_the_connection_only_when_asked() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gateway) = gateway(&upstream).await;
+    let mut client = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    let kept = "GET /a HTTP/1.0\r\nConnection: keep-alive\r\nX-User-Id: 7\r\n\r\n";
+    client.write_all(kept.as_bytes()).await.expect("write");
+    let first = read_until(&mut client, |s| s.ends_with("/a")).await;
+    assert!(first.starts_with("HTTP/1.0 200"), "{first}");
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{first}"
+    );
+    client
+        .write_all(b"GET /b HTTP/1.0\r\nX-User-Id: 7\r\n\r\n")
+        .await
+        .expect("write");
+    let second = read_to_close(&mut client).await;
+    assert!(
+        second.starts_with("HTTP/1.0 200") && second.ends_with("/b"),
+        "{second}"
+    );
+    // The upstream was asked in HTTP/1.1, with a Host.
+    for seen in upstream.seen() {
+        assert!(seen.contains(" HTTP/1.1\r\nhost: "), "{seen}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_before_the_body_and_not_passed_on() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gateway) = gateway(&upstream).await;
+    let mut client = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    client
+        .write_all(b"PUT /put HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .expect("write");
+    let interim = read_until(&mut client, |s| s.ends_with("\r\n\r\n")).await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    client.write_all(b"hello").await.expect("body");
+    let answer = read_until(&mut client, |s| s.ends_with("/put")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = upstream.seen();
+    assert!(seen[0].ends_with("\r\n\r\nhello"), "{}", seen[0]);
+    assert!(
+        !seen[0].to_ascii_lowercase().contains("expect:"),
+        "{}",
+        seen[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gateway) = gateway(&upstream).await;
+    let addr = gateway.http_addrs[0];
+    // A chunked request body reaches the upstream chunk for chunk, its trailer included.
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let body = "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-check: 1\r\n\r\n";
+    client
+        .write_all(format!("POST /post HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nTransfer-Encoding: chunked\r\n\r\n{body}").as_bytes())
+        .await
+        .expect("write");
+    let answer = read_until(&mut client, |s| s.ends_with("/post")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        upstream.seen()[0].ends_with(&format!("\r\n\r\n{body}")),
+        "{}",
+        upstream.seen()[0]
+    );
+    // A chunked response with a trailer reaches an HTTP/1.1 client as it came.
+    client
+        .write_all(b"GET /trailers HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_until(&mut client, |s| s.ends_with("x-sum: 6\r\n\r\n")).await;
+    assert!(
+        answer.contains("transfer-encoding: chunked\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\nx-sum: 6\r\n\r\n"),
+        "{answer}"
+    );
+    // An HTTP/1.0 client gets the data decoded, ended by the close.
+    let mut old = TcpStream::connect(addr).await.expect("connect");
+    old.write_all(b"GET /trailers HTTP/1.0\r\nX-User-Id: 7\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut old).await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("transfer-encoding"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("\r\n\r\nonetwo"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_becomes_a_tunnel_once_the_upstream_switched() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gateway) = gateway(&upstream).await;
+    let mut client = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        .await
+        .expect("write");
+    let switched = read_until(&mut client, |s| s.ends_with("\r\n\r\n")).await;
+    assert!(switched.starts_with("HTTP/1.1 101"), "{switched}");
+    assert!(
+        switched.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{switched}"
+    );
+    client
+        .write_all(b"ping through the tunnel")
+        .await
+        .expect("write");
+    let echoed = read_until(&mut client, |s| s.ends_with("tunnel")).await;
+    assert_eq!(echoed, "ping through the tunnel");
+    let seen = upstream.seen();
+    assert!(
+        seen[0]
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(seen[0].contains("connection: upgrade\r\n"), "{}", seen[0]);
+}
