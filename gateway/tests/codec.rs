@@ -81,19 +81,13 @@ fn request_end(buf: &[u8]) -> Option<usize> {
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     if head.contains("transfer-encoding: chunked") {
+        // The last chunk (`0`), then its trailers up to the empty line.
         let last = buf[head_end..]
             .windows(5)
             .position(|w| w == b"0\r\n\r\n" || w.starts_with(b"0\r\nx"))?;
         let from = head_end + last;
         let end = buf[from..].windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        return Some(
-            from + end
-                - if buf[from..].starts_with(b"0\r\n\r\n") {
-                    0
-                } else {
-                    0
-                },
-        );
+        return Some(from + end);
     }
     let length = head
         .lines()
