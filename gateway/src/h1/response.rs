@@ -3,6 +3,8 @@
 //! `502` and closes both connections) rather than relayed to a client that might read it the
 //! other way.
 
+use std::mem::MaybeUninit;
+
 use super::fields::{Field, Kind, Span, content_length, list, lists};
 use super::request::Framing;
 
@@ -75,11 +77,17 @@ pub fn parse(
     head_request: bool,
     head: &mut ResponseHead,
 ) -> Result<bool, ResponseError> {
-    // `httparse` reads responses into initialised fields only; room for the allowed number.
-    let mut room = [httparse::EMPTY_HEADER; RESPONSE_FIELD_ROOM];
+    // Room for the allowed number of fields, left uninitialised: initialising it would cost
+    // more than parsing a small response.
+    let mut room = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; RESPONSE_FIELD_ROOM];
     let allowed = max_fields.min(RESPONSE_FIELD_ROOM);
-    let mut response = httparse::Response::new(&mut room[..allowed]);
-    let len = match response.parse(buf) {
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut room[..allowed],
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
             return Err(ResponseError::TooLarge);

@@ -7,7 +7,6 @@
 //! trusted (a refused head, a broken body, an upstream that broke its own) is closed, never
 //! read on.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,10 +154,33 @@ fn closing(mut reply: Reply) -> Reply {
     reply
 }
 
-/// The request head as the router sees it.
+/// The request head as the router sees it: the text of its method, target and host checked
+/// once (the router asks for the path once per route it tries).
 struct HeadView<'a> {
     buf: &'a [u8],
     head: &'a RequestHead,
+    method: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    host: Option<&'a str>,
+}
+
+impl<'a> HeadView<'a> {
+    fn new(buf: &'a [u8], head: &'a RequestHead) -> Self {
+        Self {
+            buf,
+            head,
+            method: text(buf, head.method),
+            path: match text(buf, head.path) {
+                "" => "/",
+                path => path,
+            },
+            query: head.query.map(|q| text(buf, q)),
+            host: head
+                .host_or_authority()
+                .and_then(|span| std::str::from_utf8(span.get(buf)).ok()),
+        }
+    }
 }
 
 /// Text of a span: heads hold visible ASCII where it matters (methods, targets); anything
@@ -169,24 +191,19 @@ fn text(buf: &[u8], span: Span) -> &str {
 
 impl RequestView for HeadView<'_> {
     fn method(&self) -> &str {
-        text(self.buf, self.head.method)
+        self.method
     }
 
     fn host(&self) -> Option<&str> {
-        self.head
-            .host_or_authority()
-            .and_then(|span| std::str::from_utf8(span.get(self.buf)).ok())
+        self.host
     }
 
     fn path(&self) -> &str {
-        match text(self.buf, self.head.path) {
-            "" => "/",
-            path => path,
-        }
+        self.path
     }
 
     fn query(&self) -> Option<&str> {
-        self.head.query.map(|q| text(self.buf, q))
+        self.query
     }
 
     fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> {
@@ -217,7 +234,7 @@ where
         start: Instant::now(),
         method: Method::from_bytes(head.method.get(raw)).unwrap_or(Method::GET),
         path: if shared.config.access_log.enabled {
-            HeadView { buf: raw, head }.path().to_owned()
+            HeadView::new(raw, head).path.to_owned()
         } else {
             String::new()
         },
@@ -251,7 +268,7 @@ where
         }
         facts.stress |= field.name.get(raw).eq_ignore_ascii_case(stress_name);
     }
-    let view = HeadView { buf: raw, head };
+    let view = HeadView::new(raw, head);
     let decided = decide(shared, &mut ctx, snapshot.as_deref(), &view, &facts);
     // The head's bytes, split off the buffer (no copy): `buf` now starts with the body.
     let raw = buf.split_to(head.len);
@@ -335,7 +352,15 @@ async fn write_reply<S: AsyncWrite + Unpin>(
 }
 
 fn status_line(out: &mut Vec<u8>, minor: u8, status: u16, reason: &str) {
-    let _ = write!(out, "HTTP/1.{minor} {status} {reason}\r\n");
+    out.extend_from_slice(if minor == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `date: <now>\r\n`, formatted once a second per thread.
@@ -365,6 +390,20 @@ fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A field line as it came (name, colon, whitespace, value), from the head in `raw`.
+fn copy_line(out: &mut Vec<u8>, raw: &[u8], field: &super::fields::Field) {
+    out.extend_from_slice(&raw[field.name.start as usize..field.value.end as usize]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `name: n\r\n`.
+fn number_line(out: &mut Vec<u8>, name: &[u8], n: u64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The upstream request head: the request line in origin form, the client's kept field lines
 /// as they came, then the gateway's own.
 #[allow(clippy::too_many_arguments)]
@@ -379,6 +418,8 @@ fn upstream_head(
     endpoint: &str,
 ) {
     out.clear();
+    // Room for the client's head and what the gateway adds, so the buffer grows at most once.
+    out.reserve(raw.len() + 512);
     out.extend_from_slice(head.method.get(raw));
     out.push(b' ');
     if head.authority.is_some() {
@@ -437,11 +478,11 @@ fn upstream_head(
         if hop && ctx.stress && name.eq_ignore_ascii_case(stress_name) {
             continue;
         }
-        field_line(out, name, value);
+        copy_line(out, raw, field);
     }
     match head.framing {
         Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            number_line(out, b"content-length", n);
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None | Framing::UntilClose => {}
@@ -480,7 +521,7 @@ fn upstream_head(
                 );
             }
             if let Some(slot) = routed.slot {
-                let _ = write!(out, "x-unitgate-slot: {slot}\r\n");
+                number_line(out, b"x-unitgate-slot", u64::from(slot));
             }
             field_line(
                 out,
@@ -515,7 +556,7 @@ fn upstream_head(
                 version: ctx.version,
                 hops: ctx.hops_in + 1,
             };
-            let path = HeadView { buf: raw, head }.path().to_owned();
+            let path = HeadView::new(raw, head).path.to_owned();
             let method = text(raw, head.method);
             let value = shared.hop.sign(&marker, method, &path);
             field_line(out, b"x-unitgate-hop", value.as_bytes());
@@ -1032,7 +1073,7 @@ where
         if response.connection_names_fields && response.connection_lists(raw, name) {
             continue;
         }
-        field_line(out, name, field.value.get(raw));
+        copy_line(out, raw, field);
     }
     if !dated {
         date(out);
