@@ -64,7 +64,7 @@ pub async fn send(
     request: Request<Body>,
     body_timeout: Duration,
 ) -> Result<Response<Body>, BridgeError> {
-    let mut conn = match pool.checkout(endpoint) {
+    let mut conn = match pool.checkout(endpoint, std::time::Instant::now()) {
         Some(conn) => conn,
         None => match pool.connect(endpoint).await {
             Ok(conn) => conn,
@@ -307,7 +307,8 @@ impl Stream {
     /// Give the connection back, when it may carry another exchange.
     fn release(self) {
         if self.reusable && self.framing != Framing::UntilClose && self.conn.buf.is_empty() {
-            self.pool.give_back(&self.endpoint, self.conn);
+            self.pool
+                .give_back(&self.endpoint, self.conn, std::time::Instant::now());
         }
     }
 }

@@ -76,13 +76,15 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection to `endpoint` that is still open.
-    pub fn checkout(&self, endpoint: &str) -> Option<UpstreamConn> {
+    /// The most recently used idle connection to `endpoint` that is still open. `now` is
+    /// the caller's clock reading (a request's start): idle times are counted in seconds, so
+    /// one reading per request does.
+    pub fn checkout(&self, endpoint: &str, now: Instant) -> Option<UpstreamConn> {
         let epoch = self.connectors.epoch();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let connections = idle.get_mut(endpoint)?;
         while let Some(mut candidate) = connections.pop() {
-            if candidate.since.elapsed() < IDLE_TIMEOUT
+            if now.saturating_duration_since(candidate.since) < IDLE_TIMEOUT
                 && candidate.epoch == epoch
                 && !candidate.conn.is_stale()
             {
@@ -93,8 +95,8 @@ impl Pool {
         None
     }
 
-    /// Keep `conn` for the next exchange with `endpoint`.
-    pub fn give_back(&self, endpoint: &str, conn: UpstreamConn) {
+    /// Keep `conn` for the next exchange with `endpoint`, idle since `now`.
+    pub fn give_back(&self, endpoint: &str, conn: UpstreamConn, now: Instant) {
         if !conn.buf.is_empty() {
             return;
         }
@@ -106,7 +108,7 @@ impl Pool {
         if entry.len() < MAX_IDLE_PER_ENDPOINT {
             entry.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: now,
                 epoch: self.connectors.epoch(),
             });
         }

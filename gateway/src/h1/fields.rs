@@ -123,16 +123,100 @@ pub struct Field {
     pub kind: Kind,
 }
 
+/// Byte classes, one table lookup each instead of a chain of comparisons (these run for
+/// every byte of every head).
+const TOKEN: u8 = 1;
+const FIELD_VALUE: u8 = 2;
+const REG_NAME: u8 = 4;
+const TARGET: u8 = 8;
+
+static CLASSES: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let alphanumeric = c.is_ascii_alphanumeric();
+        let mut class = 0;
+        // tchar (RFC 9110 section 5.6.2).
+        if alphanumeric
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+        {
+            class |= TOKEN;
+        }
+        // Field values: visible ASCII, space, tab and obs-text; no CTL, no DEL.
+        if c == b'\t' || (c >= b' ' && c <= b'~') || c >= 0x80 {
+            class |= FIELD_VALUE;
+        }
+        // reg-name (RFC 3986 section 3.2.2): unreserved, sub-delims, pct-encoded.
+        let reg_name = alphanumeric
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        if reg_name {
+            class |= REG_NAME;
+        }
+        // Request targets (RFC 3986 section 2): reg-name bytes and the gen-delims but `#`.
+        if reg_name || matches!(c, b':' | b'/' | b'?' | b'[' | b']' | b'@') {
+            class |= TARGET;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+}
+
 /// `tchar` (RFC 9110 section 5.6.2).
 pub fn is_token_byte(b: u8) -> bool {
-    matches!(b,
-        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`'
-        | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+    CLASSES[usize::from(b)] & TOKEN != 0
 }
 
 /// A byte a field value may hold: visible ASCII, space, tab and obs-text; no CTL, no DEL.
 pub fn is_field_value_byte(b: u8) -> bool {
-    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+    CLASSES[usize::from(b)] & FIELD_VALUE != 0
+}
+
+/// A byte a request target may hold (RFC 3986 section 2): unreserved, reserved but `#`, and
+/// `%`. Visible ASCII that URIs exclude (`<>"\\^`{|}`) is refused, as are spaces and CTLs.
+pub fn is_target_byte(b: u8) -> bool {
+    CLASSES[usize::from(b)] & TARGET != 0
+}
+
+/// A byte of a URI host's reg-name.
+fn is_reg_name_byte(b: u8) -> bool {
+    CLASSES[usize::from(b)] & REG_NAME != 0
 }
 
 /// The elements of a comma-separated list value, trimmed, empty ones left out (RFC 9110
@@ -189,28 +273,9 @@ pub fn is_valid_host(host: &[u8]) -> bool {
             None => (host, &[][..]),
         },
     };
-    let reg_name_byte = |b: &u8| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    };
-    name.iter().all(reg_name_byte) && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+    name.iter().all(|b| is_reg_name_byte(*b))
+        && port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
 }
 
 #[cfg(test)]

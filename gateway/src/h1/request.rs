@@ -4,7 +4,9 @@
 
 use std::mem::MaybeUninit;
 
-use super::fields::{Field, Kind, Span, content_length, is_valid_host, list, lists};
+use super::fields::{
+    Field, Kind, Span, content_length, is_target_byte, is_valid_host, list, lists,
+};
 
 /// Methods the gateway forwards. Methods are case-sensitive tokens (RFC 9110 section 9.1):
 /// `get` is not `GET`, and an extension method no upstream here is known to serve is refused
@@ -393,36 +395,6 @@ fn read_target(
         None => head.path = Span::of(buf, path_and_query),
     }
     Ok(())
-}
-
-/// A byte a request target may hold (RFC 3986 section 2): unreserved, reserved but `#`, and
-/// `%`. Visible ASCII that URIs exclude (`<>"\^`{|}`) is refused, as are spaces and CTLs.
-fn is_target_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b':'
-                | b'/'
-                | b'?'
-                | b'['
-                | b']'
-                | b'@'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b'%'
-        )
 }
 
 /// `target` after `http://` or `https://` (any case); `None` for other forms.

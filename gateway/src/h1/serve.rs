@@ -167,15 +167,23 @@ struct HeadView<'a> {
 
 impl<'a> HeadView<'a> {
     fn new(buf: &'a [u8], head: &'a RequestHead) -> Self {
+        // Method and target are checked ASCII by the parser: one UTF-8 check of the request
+        // line covers all three, sliced by offset.
+        let from = head.method.start as usize;
+        let line = std::str::from_utf8(&buf[from..head.target.end as usize]).unwrap_or_default();
+        let part = |span: Span| {
+            line.get(span.start as usize - from..span.end as usize - from)
+                .unwrap_or_default()
+        };
         Self {
             buf,
             head,
-            method: text(buf, head.method),
-            path: match text(buf, head.path) {
+            method: part(head.method),
+            path: match part(head.path) {
                 "" => "/",
                 path => path,
             },
-            query: head.query.map(|q| text(buf, q)),
+            query: head.query.map(part),
             host: head
                 .host_or_authority()
                 .and_then(|span| std::str::from_utf8(span.get(buf)).ok()),
@@ -390,6 +398,13 @@ fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `prefix` (a name and `": "`), `value`, CRLF.
+fn line(out: &mut Vec<u8>, prefix: &[u8], value: &[u8]) {
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A field line as it came (name, colon, whitespace, value), from the head in `raw`.
 fn copy_line(out: &mut Vec<u8>, raw: &[u8], field: &super::fields::Field) {
     out.extend_from_slice(&raw[field.name.start as usize..field.value.end as usize]);
@@ -438,7 +453,7 @@ fn upstream_head(
     let host = head
         .host_or_authority()
         .map_or(endpoint.as_bytes(), |h| h.get(raw));
-    field_line(out, b"host", host);
+    line(out, b"host: ", host);
     let trusted = conn.trusted_proxy || decided.hop_in.is_some();
     let hop = matches!(decided.target, Target::Region(_));
     let stress_name = shared.stress_header.as_str().as_bytes();
@@ -495,47 +510,47 @@ fn upstream_head(
         Some(mut previous) => {
             previous.extend_from_slice(b", ");
             previous.extend_from_slice(peer);
-            field_line(out, b"x-forwarded-for", &previous);
+            line(out, b"x-forwarded-for: ", &previous);
         }
-        None => field_line(out, b"x-forwarded-for", peer),
+        None => line(out, b"x-forwarded-for: ", peer),
     }
     if !forwarded_proto {
-        field_line(
+        line(
             out,
-            b"x-forwarded-proto",
+            b"x-forwarded-proto: ",
             if conn.tls { b"https" } else { b"http" },
         );
     }
     if let Some(trace) = &ctx.trace {
-        field_line(out, b"traceparent", &trace.child_bytes());
+        line(out, b"traceparent: ", &trace.child_bytes());
     }
     let snapshot = decided.snapshot;
     let routed = &decided.routed;
     match decided.target {
         Target::Local(_) => {
             if let Some(unit) = routed.unit {
-                field_line(
+                line(
                     out,
-                    b"x-unitgate-unit",
+                    b"x-unitgate-unit: ",
                     snapshot.unit_headers[unit].as_bytes(),
                 );
             }
             if let Some(slot) = routed.slot {
                 number_line(out, b"x-unitgate-slot", u64::from(slot));
             }
-            field_line(
+            line(
                 out,
-                b"x-unitgate-region",
+                b"x-unitgate-region: ",
                 snapshot.region_headers[snapshot.region].as_bytes(),
             );
-            field_line(
+            line(
                 out,
-                b"x-unitgate-class",
+                b"x-unitgate-class: ",
                 decided.route.class.as_str().as_bytes(),
             );
-            field_line(
+            line(
                 out,
-                b"x-unitgate-table-version",
+                b"x-unitgate-table-version: ",
                 snapshot.version_header.as_bytes(),
             );
             if let Some(key) = &routed.key {
@@ -559,7 +574,7 @@ fn upstream_head(
             let path = HeadView::new(raw, head).path.to_owned();
             let method = text(raw, head.method);
             let value = shared.hop.sign(&marker, method, &path);
-            field_line(out, b"x-unitgate-hop", value.as_bytes());
+            line(out, b"x-unitgate-hop: ", value.as_bytes());
             if ctx.stress {
                 field_line(out, stress_name, b"1");
             }
@@ -647,7 +662,7 @@ where
             Instant::now()
         };
         let deadline = (attempt_start + timeouts.read()).min(total_deadline);
-        let mut upstream = match shared.codec_upstream.checkout(&endpoint.address) {
+        let mut upstream = match shared.codec_upstream.checkout(&endpoint.address, ctx.start) {
             Some(upstream) => upstream,
             None => {
                 match shared
@@ -700,7 +715,9 @@ where
             Ok(done) => {
                 endpoint.health.success();
                 if done.upstream_reusable {
-                    shared.codec_upstream.give_back(&endpoint.address, upstream);
+                    shared
+                        .codec_upstream
+                        .give_back(&endpoint.address, upstream, ctx.start);
                 }
                 // The last of the answer, left in `scratch` by `relay_response`.
                 let written = io.write_all(scratch).await.and(io.flush().await);
