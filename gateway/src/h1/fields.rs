@@ -219,6 +219,20 @@ fn is_reg_name_byte(b: u8) -> bool {
     CLASSES[usize::from(b)] & REG_NAME != 0
 }
 
+/// Whether every line of a head `httparse` parsed ended in CRLF (it ends a line at a bare LF
+/// too; a bare CR it refuses). Every line but the last ends right before a field name or the
+/// final empty line, so the two bytes before each name and the head's last four cover them
+/// all, without a pass over the whole head. `start`: where the first line starts (after the
+/// empty lines a server skips before a request line, each of which must be a CRLF too).
+pub fn lines_end_in_crlf(raw: &[u8], start: usize, fields: &[Field]) -> bool {
+    raw.ends_with(b"\r\n\r\n")
+        && raw[..start].chunks(2).all(|pair| pair == b"\r\n")
+        && fields.iter().all(|field| {
+            let at = field.name.start as usize;
+            at >= 2 && raw[at - 2..at] == *b"\r\n"
+        })
+}
+
 /// The elements of a comma-separated list value, trimmed, empty ones left out (RFC 9110
 /// section 5.6.1: recipients ignore them).
 pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -337,6 +351,28 @@ mod tests {
         ] {
             assert!(!is_valid_host(bad), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn bare_line_feeds_are_found_before_any_field_and_at_the_end() {
+        let field = |start: u32| Field {
+            name: Span {
+                start,
+                end: start + 1,
+            },
+            value: Span {
+                start,
+                end: start + 1,
+            },
+            kind: Kind::Other,
+        };
+        let head = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\n\r\n";
+        assert!(lines_end_in_crlf(head, 0, &[field(16), field(22)]));
+        let bare = b"GET / HTTP/1.1\na: 1\r\nb: 2\r\n\r\n";
+        assert!(!lines_end_in_crlf(bare, 0, &[field(15), field(21)]));
+        assert!(!lines_end_in_crlf(b"GET / HTTP/1.1\r\n\n", 0, &[]));
+        assert!(lines_end_in_crlf(b"\r\nGET / HTTP/1.1\r\n\r\n", 2, &[]));
+        assert!(!lines_end_in_crlf(b"\nGET / HTTP/1.1\r\n\r\n", 1, &[]));
     }
 
     #[test]

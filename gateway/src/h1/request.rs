@@ -5,7 +5,8 @@
 use std::mem::MaybeUninit;
 
 use super::fields::{
-    Field, Kind, Span, content_length, is_target_byte, is_valid_host, list, lists,
+    Field, Kind, Span, content_length, is_target_byte, is_valid_host, lines_end_in_crlf, list,
+    lists,
 };
 
 /// Methods the gateway forwards. Methods are case-sensitive tokens (RFC 9110 section 9.1):
@@ -176,11 +177,6 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
     if len > limits.max_head {
         return Err(HeadError::HeadTooLarge);
     }
-    // CRLF only: a bare LF is where parsers disagree on line ends.
-    let raw = &buf[..len];
-    if memchr::memchr_iter(b'\n', raw).any(|at| at == 0 || raw[at - 1] != b'\r') {
-        return Err(HeadError::Bad("line not ended by CRLF"));
-    }
     let method = request.method.unwrap_or_default().as_bytes();
     let target = request.path.unwrap_or_default().as_bytes();
     if Span::of(buf, target).start as usize > limits.max_line {
@@ -292,6 +288,10 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
         0 if head.minor == 1 => return Err(HeadError::Bad("missing Host")),
         0 | 1 => {}
         _ => return Err(HeadError::Bad("several Host headers")),
+    }
+    // CRLF only: a bare LF is where parsers disagree on line ends.
+    if !lines_end_in_crlf(&buf[..len], head.method.start as usize, &head.fields) {
+        return Err(HeadError::Bad("line not ended by CRLF"));
     }
     // Upgrade is an HTTP/1.1 mechanism: a server ignores it in HTTP/1.0 (RFC 9110 7.8).
     head.upgrade = upgrade_field && connection_upgrade && head.minor == 1;

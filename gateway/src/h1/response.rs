@@ -5,7 +5,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::fields::{Field, Kind, Span, content_length, list, lists};
+use super::fields::{Field, Kind, Span, content_length, lines_end_in_crlf, list, lists};
 use super::request::Framing;
 
 /// Most field lines a response may have.
@@ -99,10 +99,6 @@ pub fn parse(
     if len > max_head {
         return Err(ResponseError::TooLarge);
     }
-    let raw = &buf[..len];
-    if memchr::memchr_iter(b'\n', raw).any(|at| at == 0 || raw[at - 1] != b'\r') {
-        return Err(ResponseError::Bad("response line not ended by CRLF"));
-    }
     head.len = len;
     head.minor = response.version.unwrap_or(1);
     head.status = response.code.unwrap_or_default();
@@ -156,6 +152,10 @@ pub fn parse(
             value: Span::of(buf, value),
             kind,
         });
+    }
+    // CRLF only, and no empty line before the status line (only servers skip those).
+    if !lines_end_in_crlf(&buf[..len], 0, &head.fields) {
+        return Err(ResponseError::Bad("response line not ended by CRLF"));
     }
     if head.minor == 0 && keep_alive && !lists_close(head, buf) {
         close = false;

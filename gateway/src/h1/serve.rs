@@ -159,6 +159,8 @@ fn closing(mut reply: Reply) -> Reply {
 struct HeadView<'a> {
     buf: &'a [u8],
     head: &'a RequestHead,
+    /// The whole head as text, when it is UTF-8.
+    whole: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     query: Option<&'a str>,
@@ -167,26 +169,24 @@ struct HeadView<'a> {
 
 impl<'a> HeadView<'a> {
     fn new(buf: &'a [u8], head: &'a RequestHead) -> Self {
-        // Method and target are checked ASCII by the parser: one UTF-8 check of the request
-        // line covers all three, sliced by offset.
-        let from = head.method.start as usize;
-        let line = std::str::from_utf8(&buf[from..head.target.end as usize]).unwrap_or_default();
-        let part = |span: Span| {
-            line.get(span.start as usize - from..span.end as usize - from)
-                .unwrap_or_default()
+        // One UTF-8 check of the whole head (nearly always ASCII), its parts sliced by
+        // offset; a head with other bytes in a value is checked part by part.
+        let whole = std::str::from_utf8(&buf[..head.len]).ok();
+        let part = |span: Span| match whole {
+            Some(whole) => whole.get(span.range()).unwrap_or_default(),
+            None => text(buf, span),
         };
         Self {
             buf,
             head,
+            whole,
             method: part(head.method),
             path: match part(head.path) {
                 "" => "/",
                 path => path,
             },
             query: head.query.map(part),
-            host: head
-                .host_or_authority()
-                .and_then(|span| std::str::from_utf8(span.get(buf)).ok()),
+            host: head.host_or_authority().map(part),
         }
     }
 }
@@ -220,7 +220,10 @@ impl RequestView for HeadView<'_> {
             .fields
             .iter()
             .filter(move |f| f.name.get(self.buf).eq_ignore_ascii_case(name))
-            .filter_map(|f| std::str::from_utf8(f.value.get(self.buf)).ok())
+            .filter_map(|f| match self.whole {
+                Some(whole) => whole.get(f.value.range()),
+                None => std::str::from_utf8(f.value.get(self.buf)).ok(),
+            })
     }
 }
 
