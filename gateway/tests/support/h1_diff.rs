@@ -44,8 +44,13 @@ pub const KNOWN_GAPS: &[&str] = &[
     // 100-continue, so not the 417 of RFC 9110 section 10.1.1; the gateway compares the whole
     // value with `100-continue`.
     "request: gateway refuses (unsupported expectation), oracle accepts",
-    // `\r\nHTTP/1.1 200 OK...`: empty lines may be ignored only before a request-line (RFC 9112
-    // section 2.2); httparse skips them before a status line too.
+    // `Connection: close` then `Connection: keep-alive` (or `close, keep-alive`) in HTTP/1.0:
+    // the connection is kept open; RFC 9112 section 9.6, a server that receives `close` MUST
+    // close the connection after its response. (`keep-alive` before `close` is read right.)
+    "request: heads differ in close",
+    // `\r\nHTTP/1.1 200 OK...`, `\nHTTP/1.1 200 OK...`: empty lines may be ignored only
+    // before a request-line (RFC 9112 section 2.2); httparse skips them (CRLF or bare LF) before
+    // a status line too, and the gateway's CRLF check starts at the status line.
     "response: gateway accepts, oracle refuses: empty line before the status line",
 ];
 
@@ -116,6 +121,27 @@ pub fn escaped(bytes: &[u8]) -> String {
     bytes.escape_ascii().to_string()
 }
 
+/// What differs between two heads, as a kind: `<what>: heads differ in len, close`.
+fn differing(what: &str, got: &oracle::Head, expected: &oracle::Head) -> String {
+    let mut fields = Vec::new();
+    if got.len != expected.len {
+        fields.push("len");
+    }
+    if got.body != expected.body {
+        fields.push("body");
+    }
+    if got.host != expected.host {
+        fields.push("host");
+    }
+    if got.status != expected.status {
+        fields.push("status");
+    }
+    if got.close != expected.close {
+        fields.push("close");
+    }
+    format!("{what}: heads differ in {}", fields.join(", "))
+}
+
 fn body_of(framing: Framing) -> Body {
     match framing {
         Framing::None => Body::Length(0),
@@ -172,7 +198,7 @@ fn check_request_with(buf: &[u8], limits: &request::Limits) -> Result<(), Disagr
             };
             if got != expected {
                 return Err(Disagreement::new(
-                    "request: different heads",
+                    differing("request", &got, &expected),
                     format!("{at}: gateway {got:?}, oracle {expected:?}"),
                 ));
             }
@@ -266,7 +292,7 @@ fn check_response_with(
             };
             if got != expected {
                 return Err(Disagreement::new(
-                    "response: different heads",
+                    differing("response", &got, &expected),
                     format!("{at}: gateway {got:?}, oracle {expected:?}"),
                 ));
             }

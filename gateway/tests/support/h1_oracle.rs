@@ -763,7 +763,7 @@ fn read_response(
 ) -> Result<Option<Head>, &'static str> {
     // No empty lines are skipped before a status line: RFC 9112 section 2.2 allows that only
     // before a request-line.
-    if buf.starts_with(b"\r") {
+    if buf.starts_with(b"\r") || buf.starts_with(b"\n") {
         return Err("empty line before the status line");
     }
     let (status_line, after) = match line(buf, 0)? {
