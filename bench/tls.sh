@@ -20,8 +20,11 @@
 #   ROWS="h2" WORKER_SETS=2 bench/tls.sh      # only some rows / worker counts
 #   UNITGATE_BASE=/tmp/unitgate-old bench/tls.sh   # one more target, "unitgate-base": another
 #                                             # unitgate binary, to measure a change
+#   UNITGATE_ENV="MIMALLOC_ALLOW_THP=0" bench/tls.sh   # one more target, "unitgate-env": the
+#                                             # same unitgate with that environment
 #   OUT=/tmp/tls.md bench/tls.sh              # the report also goes to that file
 #   BUILD=0 bench/tls.sh                      # use target/release/unitgate as it is
+#   UNITGATE_BIN=/tmp/unitgate BUILD=0 bench/tls.sh   # another unitgate binary
 #
 # Ports 19400-19499 only (origin 19401/19402, proxy 19443, admin 19490), so that it can run
 # beside bench/proxy.sh. Installs nginx, wrk, h2load (nghttp2-client) and openssl when missing.
@@ -36,7 +39,9 @@ H2_USER=${H2_USER:-10003}  # slot 3: hz's unit u01, like the first of users.lua'
 WORKER_SETS=${WORKER_SETS:-"1 2"}
 ROWS=${ROWS:-"tls-keepalive tls-close h2"}
 BUILD=${BUILD:-1}
+UNITGATE_BIN=${UNITGATE_BIN:-target/release/unitgate}
 UNITGATE_BASE=${UNITGATE_BASE:-}
+UNITGATE_ENV=${UNITGATE_ENV:-}
 OUT=${OUT:-}
 
 need=()
@@ -127,9 +132,10 @@ http {
 }
 CONF
       nginx -p "$dir" -c "$dir/nginx.conf" >/dev/null & ;;
-    unitgate|unitgate-base)
-      local bin=target/release/unitgate
+    unitgate|unitgate-base|unitgate-env)
+      local bin=$UNITGATE_BIN env=()
       [[ $name == unitgate-base ]] && bin=$UNITGATE_BASE
+      [[ $name == unitgate-env ]] && read -r -a env <<<"$UNITGATE_ENV"
       cat > "$dir/gateway.yaml" <<CONF
 region: hz
 threads: $workers
@@ -140,7 +146,7 @@ hop_secret: benchmark-secret-0123456789abcdef0123
 access_log: false
 upgrade_socket: $dir/upgrade.sock
 CONF
-      RUST_LOG=warn "$bin" --config "$dir/gateway.yaml" >/dev/null 2>"$dir/logs/err" & ;;
+      env "${env[@]}" RUST_LOG=warn "$bin" --config "$dir/gateway.yaml" >/dev/null 2>"$dir/logs/err" & ;;
   esac
   PROXY_PID=$!
   wait_port "$PROXY_PORT"
@@ -243,6 +249,7 @@ NEGOTIATED_UNITGATE=$(negotiated unitgate)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 targets="nginx unitgate"
 [[ -n $UNITGATE_BASE ]] && targets="$targets unitgate-base"
+[[ -n $UNITGATE_ENV ]] && targets="$targets unitgate-env"
 REPORT="$WORK/report.md"
 for row in $ROWS; do
   for workers in $WORKER_SETS; do
@@ -261,7 +268,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 {
   echo "Run on $(date -u +%Y-%m-%d), $(nproc) cores (load average before $LOAD_BEFORE, after $LOAD_AFTER), $ROUNDS rounds of ${DURATION} s interleaved (after a 2 s warm-up each); figures are medians over rounds."
-  echo "CPU is the proxy's utime+stime (all its processes) per request; RSS after the run (summed over nginx's processes)."
+  echo "CPU is the proxy's utime+stime (all its processes) per request; RSS after the run (summed over nginx's processes).${UNITGATE_ENV:+ unitgate-env: unitgate with $UNITGATE_ENV in its environment.}${UNITGATE_BASE:+ unitgate-base: $UNITGATE_BASE.}"
   echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on OpenSSL $(openssl version | awk '{ print $2 }'); unitgate on rustls (ring). Negotiated with openssl s_client: nginx $NEGOTIATED_NGINX; unitgate $NEGOTIATED_UNITGATE."
   echo "wrk $(wrk -v 2>&1 | awk 'NR==1 { print $2 }') -t1 -c$CONNECTIONS; h2load $(h2load --version | awk '{ print $2 }') -t1 -c$H2_CLIENTS -m$H2_STREAMS, every request with x-user-id: $H2_USER. wrk's new connections resume the last session: $RESUMED of nginx's handshakes in a 2 s probe were resumed."
   echo
