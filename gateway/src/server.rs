@@ -28,7 +28,7 @@ use bytes::BytesMut;
 use control_api::throttle::LogThrottle;
 
 /// How long a stopping gateway keeps serving open connections before closing the idle ones.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// File descriptors kept free of client connections when `max_connections` is derived from
 /// the process's limit: for upstream connections, the admin listener, the table source.
@@ -362,7 +362,8 @@ async fn serve_plain(
 ) {
     use tokio::io::AsyncReadExt;
     let mut buf = BytesMut::with_capacity(h1::client::READ_CHUNK);
-    let first_byte = Instant::now() + shared.config.timeouts.client_header();
+    let mut first_byte = Instant::now() + shared.config.timeouts.client_header();
+    let mut stopping = false;
     let h2 = loop {
         let seen = buf.len().min(H2_PREFACE.len());
         if buf[..seen] != H2_PREFACE[..seen] {
@@ -374,13 +375,19 @@ async fn serve_plain(
         let read = tokio::select! {
             biased;
             read = shared.timer.timeout_at(first_byte, stream.read_buf(&mut buf)) => read,
-            () = stopped(&mut stop), if buf.is_empty() => return,
+            // Stopping: a request already on its way is still served (the answer closes the
+            // connection); one that does not come within a moment is not waited for.
+            () = stopped(&mut stop), if buf.is_empty() && !stopping => {
+                stopping = true;
+                first_byte = first_byte.min(Instant::now() + CLOSE_LINGER);
+                continue;
+            }
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
             Err(_) => {
-                if buf.is_empty() {
+                if buf.is_empty() && !stopping {
                     shared.metrics.client_event(ClientEvent::NoFirstByte);
                 }
                 return;

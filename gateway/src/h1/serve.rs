@@ -27,6 +27,7 @@ use crate::headers::write_header_safe;
 use crate::hop::HopMarker;
 use crate::metrics::{ClientEvent, UpstreamFailure};
 use crate::proxy::{Conn, Ctx, MAX_ATTEMPTS, Reply, Shared, Target, finish, is_idempotent};
+use crate::server::CLOSE_LINGER;
 use crate::store::Snapshot;
 use crate::workers::stopped;
 
@@ -67,10 +68,11 @@ pub async fn serve<S>(
     // idle: made anew for every read, its registration would cost more than the read.
     let stop_signal = stopped(&mut stop);
     tokio::pin!(stop_signal);
+    let mut stopping = false;
     loop {
         // Between requests a keep-alive connection may sit idle this long; a head must arrive
         // whole within it.
-        let deadline = Instant::now() + config.timeouts.client_header();
+        let mut deadline = Instant::now() + config.timeouts.client_header();
         let parsed = loop {
             if !buf.is_empty() {
                 match request::parse(&buf, &limits, &mut head) {
@@ -86,13 +88,21 @@ pub async fn serve<S>(
             let read = tokio::select! {
                 biased;
                 read = shared.timer.timeout_at(deadline, io.read_buf(&mut buf)) => read,
-                () = &mut stop_signal, if idle => return,
+                // Stopping: a request already on its way is still answered (with `Connection:
+                // close`: the gateway is draining), so a client that sent it as the gateway
+                // stopped gets its answer, not a reset; a connection that stays silent for a
+                // moment is closed.
+                () = &mut stop_signal, if idle && !stopping => {
+                    stopping = true;
+                    deadline = deadline.min(Instant::now() + CLOSE_LINGER);
+                    continue;
+                }
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(_)) => {}
                 Err(_) if idle => {
-                    if first {
+                    if first && !stopping {
                         shared.metrics.client_event(ClientEvent::NoFirstByte);
                     }
                     return;
@@ -659,7 +669,9 @@ where
         if shared.config.access_log.enabled {
             ctx.upstream = Some(endpoint.address.clone());
         }
-        let attempt_start = if attempt == 0 {
+        // One deadline per attempt: its read deadline, or the request's total one if sooner.
+        // The first attempt starts as the request did (no clock read).
+        let attempt_start = if attempt == 1 {
             ctx.start
         } else {
             Instant::now()
