@@ -94,8 +94,10 @@ enum Ext {
     AfterName,
     /// After `=`: whitespace, then a value.
     BeforeValue,
-    /// In a token value, or after a quoted one.
+    /// In a token value.
     Value,
+    /// Whitespace after a value, or right after a quoted one: `;` or the end may follow.
+    AfterValue,
     /// Inside a quoted-string value.
     Quoted,
     /// After a backslash inside a quoted string.
@@ -220,26 +222,31 @@ impl Chunked {
                 }
                 let space = matches!(b, b' ' | b'\t');
                 match (part, b) {
-                    (Ext::BeforeName | Ext::BeforeValue | Ext::AfterName, _) if space => {
+                    (Ext::BeforeName | Ext::BeforeValue | Ext::AfterName | Ext::AfterValue, _)
+                        if space =>
+                    {
                         State::Extension(part)
                     }
+                    (Ext::Value, _) if space => State::Extension(Ext::AfterValue),
                     (Ext::BeforeName | Ext::Name, b) if is_token_byte(b) => {
                         State::Extension(Ext::Name)
                     }
                     (Ext::Name, _) if space => State::Extension(Ext::AfterName),
                     (Ext::Name | Ext::AfterName, b'=') => State::Extension(Ext::BeforeValue),
-                    (Ext::Name | Ext::AfterName | Ext::Value, b';') => {
+                    (Ext::Name | Ext::AfterName | Ext::Value | Ext::AfterValue, b';') => {
                         State::Extension(Ext::BeforeName)
                     }
-                    (Ext::Name | Ext::AfterName | Ext::Value, b'\r') => State::SizeLf,
+                    (Ext::Name | Ext::AfterName | Ext::Value | Ext::AfterValue, b'\r') => {
+                        State::SizeLf
+                    }
                     (Ext::BeforeValue, b'"') => State::Extension(Ext::Quoted),
                     (Ext::BeforeValue, b) if is_token_byte(b) => State::Extension(Ext::Value),
-                    (Ext::Quoted, b'"') => State::Extension(Ext::Value),
+                    (Ext::Quoted, b'"') => State::Extension(Ext::AfterValue),
                     (Ext::Quoted, b'\\') => State::Extension(Ext::Escaped),
-                    (Ext::Quoted | Ext::Escaped, b) if b != b'\r' && is_field_value_byte(b) => {
+                    (Ext::Quoted | Ext::Escaped, b) if is_field_value_byte(b) => {
                         State::Extension(Ext::Quoted)
                     }
-                    (Ext::Value, b) if is_field_value_byte(b) => State::Extension(Ext::Value),
+                    (Ext::Value, b) if is_token_byte(b) => State::Extension(Ext::Value),
                     (_, b'\n') => return Err(ChunkError::BadLineEnd),
                     _ => return Err(ChunkError::BadSize),
                 }
@@ -358,6 +365,8 @@ mod tests {
             (b"5;=x\r\nhello\r\n", ChunkError::BadSize),
             (b"5;a=\r\nhello\r\n", ChunkError::BadSize),
             (b"5;a b\r\nhello\r\n", ChunkError::BadSize),
+            (b"5;a=b c\r\nhello\r\n", ChunkError::BadSize),
+            (b"5;a=\"b\"c\r\nhello\r\n", ChunkError::BadSize),
             (b"0\r\nbad name: x\r\n\r\n", ChunkError::BadTrailer),
             (b"0\r\n folded\r\n\r\n", ChunkError::BadTrailer),
             (b"0\r\nx: a\x00b\r\n\r\n", ChunkError::BadTrailer),

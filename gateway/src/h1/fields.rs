@@ -263,23 +263,16 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
 /// Whether `host` is a valid `Host` value: `uri-host [ ":" port ]` (RFC 9110 section 7.2), no
 /// user info. An empty value is valid for the syntax; whether it is allowed is the caller's.
 pub fn is_valid_host(host: &[u8]) -> bool {
-    let (name, port) = match host.first() {
+    if host.is_empty() {
+        return true;
+    }
+    let (literal, port) = match host.first() {
         Some(b'[') => match host.iter().position(|b| *b == b']') {
-            Some(close) => {
-                let inside = &host[1..close];
-                if inside.is_empty()
-                    || !inside
-                        .iter()
-                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-                {
-                    return false;
-                }
-                match &host[close + 1..] {
-                    [] => return true,
-                    [b':', port @ ..] => (&[][..], port),
-                    _ => return false,
-                }
-            }
+            Some(close) => match &host[close + 1..] {
+                [] => (&host[..=close], &[][..]),
+                [b':', port @ ..] => (&host[..=close], port),
+                _ => return false,
+            },
             None => return false,
         },
         _ => match host.iter().rposition(|b| *b == b':') {
@@ -287,9 +280,26 @@ pub fn is_valid_host(host: &[u8]) -> bool {
             None => (host, &[][..]),
         },
     };
-    name.iter().all(|b| is_reg_name_byte(*b))
-        && port.len() <= 5
-        && port.iter().all(u8::is_ascii_digit)
+    let name_ok = match literal {
+        // An IPv6 literal (IPvFuture is not taken).
+        [b'[', inside @ .., b']'] => {
+            std::str::from_utf8(inside).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        // A reg-name or IPv4 address: never empty, `%` only as a percent-encoding.
+        name => {
+            !name.is_empty()
+                && name.iter().all(|b| is_reg_name_byte(*b))
+                && name
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == b'%')
+                    .all(|(at, _)| {
+                        name.get(at + 1..at + 3)
+                            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                    })
+        }
+    };
+    name_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
 }
 
 #[cfg(test)]
@@ -348,6 +358,11 @@ mod tests {
             b"[zz]",
             b"a/b",
             b"a:123456",
+            b":80",
+            b"a%zz",
+            b"a%2",
+            b"[1:2:3]",
+            b"[1::2::3]",
         ] {
             assert!(!is_valid_host(bad), "{}", String::from_utf8_lossy(bad));
         }

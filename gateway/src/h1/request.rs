@@ -214,7 +214,8 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
     let mut length = None;
     let mut lengths = 0;
     let mut codings = Codings::default();
-    let mut close = head.minor == 0;
+    let mut listed_close = false;
+    let mut listed_keep_alive = false;
     let mut upgrade_field = false;
     let mut connection_upgrade = false;
     for field in request.headers.iter() {
@@ -238,9 +239,9 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
             Kind::Connection => {
                 for token in list(value) {
                     if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
+                        listed_close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        close = close && head.minor == 1;
+                        listed_keep_alive = true;
                     } else if token.eq_ignore_ascii_case(b"upgrade") {
                         connection_upgrade = true;
                     } else {
@@ -249,11 +250,15 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
                 }
             }
             Kind::Upgrade => upgrade_field = true,
+            // A list whose only member RFC 9110 defines is `100-continue` (an empty one
+            // expects nothing); any other is answered 417.
             Kind::Expect => {
-                if !value.eq_ignore_ascii_case(b"100-continue") {
-                    return Err(HeadError::Expectation);
+                for expectation in list(value) {
+                    if !expectation.eq_ignore_ascii_case(b"100-continue") {
+                        return Err(HeadError::Expectation);
+                    }
+                    head.expect_continue = head.minor == 1;
                 }
-                head.expect_continue = head.minor == 1;
             }
             Kind::Internal | Kind::HopMarker => head.internal = true,
             _ => {}
@@ -264,21 +269,9 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
             kind,
         });
     }
-    // `Connection: keep-alive` on HTTP/1.1 changes nothing; on HTTP/1.0 it keeps the
-    // connection open unless `close` is listed too.
-    if head.minor == 0
-        && !head
-            .fields
-            .iter()
-            .any(|f| f.kind == Kind::Connection && lists(f.value.get(buf), b"close"))
-        && head
-            .fields
-            .iter()
-            .any(|f| f.kind == Kind::Connection && lists(f.value.get(buf), b"keep-alive"))
-    {
-        close = false;
-    }
-    head.close = close;
+    // `close` anywhere in `Connection` closes; HTTP/1.0 closes unless `keep-alive` is listed
+    // (on HTTP/1.1 `keep-alive` changes nothing).
+    head.close = listed_close || (head.minor == 0 && !listed_keep_alive);
     // An http(s) URI has a host (RFC 9110 section 4.2.1): an empty Host leaves an
     // origin-form target without one.
     if head.authority.is_none() && head.host.is_some_and(Span::is_empty) {
@@ -598,6 +591,11 @@ mod tests {
         assert!(parse_all(b"GET / HTTP/1.0\r\n\r\n").unwrap().close);
         assert!(
             !parse_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        assert!(
+            parse_all(b"GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
                 .unwrap()
                 .close
         );

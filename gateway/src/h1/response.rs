@@ -154,7 +154,7 @@ pub fn parse(
         });
     }
     // CRLF only, and no empty line before the status line (only servers skip those).
-    if !lines_end_in_crlf(&buf[..len], 0, &head.fields) {
+    if !buf.starts_with(b"HTTP/") || !lines_end_in_crlf(&buf[..len], 0, &head.fields) {
         return Err(ResponseError::Bad("response line not ended by CRLF"));
     }
     if head.minor == 0 && keep_alive && !lists_close(head, buf) {
@@ -276,6 +276,8 @@ mod tests {
             b"HTTP/1.1 099 OK\r\n\r\n",
             b"HTTP/2 200 OK\r\n\r\n",
             b"ICY 200 OK\r\n\r\n",
+            b"\nHTTP/1.1 200 OK\r\n\r\n",
+            b"\r\nHTTP/1.1 200 OK\r\n\r\n",
         ];
         for raw in bad {
             assert!(

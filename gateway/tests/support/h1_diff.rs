@@ -26,33 +26,7 @@ use crate::h1_oracle::{self as oracle, Body, ChunkVerdict, Verdict};
 /// a fix is pending: each names the disagreement's `kind`. The fuzz targets pass over them so
 /// that fuzzing goes on finding others; the corpus test checks that the seeds named `gap-*`
 /// still show them (and the list shrinks as the gateway is fixed).
-pub const KNOWN_GAPS: &[&str] = &[
-    // `GET http://:80/ HTTP/1.1`: RFC 9110 section 4.2.1, a recipient MUST reject an http URI
-    // with an empty host.
-    "request: gateway accepts, oracle refuses: empty host in the request target",
-    // `Host: a%zz`, `Host: [1:2:3]`, `Host: [1::2::3]`: not a `uri-host`; RFC 9112 section 3.2,
-    // a server MUST answer 400 to a Host with an invalid field value.
-    "request: gateway accepts, oracle refuses: invalid Host: invalid percent-encoding",
-    "request: gateway accepts, oracle refuses: invalid Host: invalid IP literal",
-    "request: gateway accepts, oracle refuses: invalid authority in the request target: invalid percent-encoding",
-    "request: gateway accepts, oracle refuses: invalid authority in the request target: invalid IP literal",
-    // `5;a=b c`, `5;a="b"c`: after an extension's value, anything but `;`, whitespace and the
-    // CRLF breaks RFC 9112 section 7.1.1's grammar; the follower takes any field-value byte.
-    "chunked: gateway accepts, oracle refuses: invalid chunk extension",
-    "chunked: gateway waits, oracle refuses: invalid chunk extension",
-    // `Expect:` (empty) and `Expect: 100-continue, 100-continue`: no member other than
-    // 100-continue, so not the 417 of RFC 9110 section 10.1.1; the gateway compares the whole
-    // value with `100-continue`.
-    "request: gateway refuses (unsupported expectation), oracle accepts",
-    // `Connection: close` then `Connection: keep-alive` (or `close, keep-alive`) in HTTP/1.0:
-    // the connection is kept open; RFC 9112 section 9.6, a server that receives `close` MUST
-    // close the connection after its response. (`keep-alive` before `close` is read right.)
-    "request: heads differ in close",
-    // `\r\nHTTP/1.1 200 OK...`, `\nHTTP/1.1 200 OK...`: empty lines may be ignored only
-    // before a request-line (RFC 9112 section 2.2); httparse skips them (CRLF or bare LF) before
-    // a status line too, and the gateway's CRLF check starts at the status line.
-    "response: gateway accepts, oracle refuses: empty line before the status line",
-];
+pub const KNOWN_GAPS: &[&str] = &[];
 
 /// Request limits the check runs with: the gateway's defaults, and small ones that fuzzed
 /// inputs reach.
