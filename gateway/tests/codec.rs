@@ -46,7 +46,7 @@ impl Scripted {
                             .nth(1)
                             .unwrap_or("")
                             .to_owned();
-                        log.lock().unwrap().push(request);
+                        log.lock().expect("lock").push(request);
                         let reply = answer(&path);
                         let upgraded = reply.starts_with(b"HTTP/1.1 101");
                         if stream.write_all(&reply).await.is_err() {
@@ -69,7 +69,7 @@ impl Scripted {
     fn seen(&self) -> Vec<String> {
         self.seen
             .lock()
-            .unwrap()
+            .expect("lock")
             .iter()
             .map(|r| String::from_utf8_lossy(r).into_owned())
             .collect()
@@ -161,7 +161,7 @@ async fn pipelined_requests_are_answered_in_order_and_head_answers_have_no_body(
         one("/a", "GET"),
         one("/head", "HEAD"),
         one("/b", "GET"),
-        format!("GET /c HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nConnection: close\r\n\r\n"),
+        "GET /c HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nConnection: close\r\n\r\n".to_owned(),
     ]
     .concat();
     client.write_all(pipelined.as_bytes()).await.expect("write");

@@ -338,7 +338,7 @@ mod tests {
     fn bodies_are_followed_to_their_end_in_any_pieces() {
         let body = b"5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nx-check: 1\r\n\r\nNEXT";
         for piece in [1, 2, 3, 7, 100] {
-            let (data, end) = decode(body, piece).unwrap();
+            let (data, end) = decode(body, piece).expect("as written");
             assert_eq!(data, b"hello world");
             assert_eq!(&body[end..], b"NEXT", "piece {piece}");
         }
@@ -397,17 +397,21 @@ mod tests {
     #[test]
     fn extensions_may_follow_whitespace_and_sizes_may_have_leading_zeros() {
         assert_eq!(
-            decode(b"005 ;a=b\r\nhello\r\n0\r\n\r\n", 1).unwrap().0,
-            b"hello"
-        );
-        assert_eq!(
-            decode(b"5 ; a = \"q;x\" ;b\r\nhello\r\n0\r\n\r\n", 1)
-                .unwrap()
+            decode(b"005 ;a=b\r\nhello\r\n0\r\n\r\n", 1)
+                .expect("as written")
                 .0,
             b"hello"
         );
         assert_eq!(
-            decode(b"A\r\n0123456789\r\n00\r\n\r\n", 4).unwrap().0,
+            decode(b"5 ; a = \"q;x\" ;b\r\nhello\r\n0\r\n\r\n", 1)
+                .expect("as written")
+                .0,
+            b"hello"
+        );
+        assert_eq!(
+            decode(b"A\r\n0123456789\r\n00\r\n\r\n", 4)
+                .expect("as written")
+                .0,
             b"0123456789"
         );
     }

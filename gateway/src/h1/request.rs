@@ -419,12 +419,12 @@ mod tests {
     #[test]
     fn a_plain_request_is_read_into_spans() {
         let raw = b"POST /users/42/cart?x=1 HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\nX-Unitgate-Unit: u1\r\n\r\nhello";
-        let head = parse_all(raw).unwrap();
+        let head = parse_all(raw).expect("as written");
         assert_eq!(head.len, raw.len() - 5);
         assert_eq!(head.method.get(raw), b"POST");
         assert_eq!(head.path.get(raw), b"/users/42/cart");
-        assert_eq!(head.query.unwrap().get(raw), b"x=1");
-        assert_eq!(head.host.unwrap().get(raw), b"a.example");
+        assert_eq!(head.query.expect("as written").get(raw), b"x=1");
+        assert_eq!(head.host.expect("as written").get(raw), b"a.example");
         assert_eq!(head.framing, Framing::Length(5));
         assert!(head.internal && !head.close && !head.upgrade);
     }
@@ -511,7 +511,10 @@ mod tests {
             Some(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"))
         );
         let raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n";
-        assert_eq!(parse_all(raw).unwrap().framing, Framing::Chunked);
+        assert_eq!(
+            parse_all(raw).expect("as written").framing,
+            Framing::Chunked
+        );
     }
 
     #[test]
@@ -553,64 +556,68 @@ mod tests {
                 refused.map(|h| h.len)
             );
         }
-        let head = parse_all(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let head = parse_all(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").expect("as written");
         assert_eq!(
             head.path.get(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
             b"*"
         );
         let raw = b"GET HTTP://Real.example:8080?q HTTP/1.1\r\nHost: other\r\n\r\n";
-        let head = parse_all(raw).unwrap();
+        let head = parse_all(raw).expect("as written");
         assert_eq!(
-            head.host_or_authority().unwrap().get(raw),
+            head.host_or_authority().expect("as written").get(raw),
             b"Real.example:8080"
         );
         assert_eq!(head.path.get(raw), b"");
-        assert_eq!(head.query.unwrap().get(raw), b"q");
+        assert_eq!(head.query.expect("as written").get(raw), b"q");
     }
 
     #[test]
     fn methods_versions_and_connection_options() {
         assert_eq!(
             parse_all(b"get / HTTP/1.1\r\nHost: a\r\n\r\n")
-                .unwrap_err()
+                .expect_err("refused")
                 .status(),
             501
         );
         assert_eq!(
             parse_all(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n")
-                .unwrap_err()
+                .expect_err("refused")
                 .status(),
             501
         );
         assert_eq!(
             parse_all(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ / HTTP/1.1\r\nHost: a\r\n\r\n")
-                .unwrap_err()
+                .expect_err("refused")
                 .status(),
             400
         );
-        assert!(parse_all(b"GET / HTTP/1.0\r\n\r\n").unwrap().close);
+        assert!(
+            parse_all(b"GET / HTTP/1.0\r\n\r\n")
+                .expect("as written")
+                .close
+        );
         assert!(
             !parse_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-                .unwrap()
+                .expect("as written")
                 .close
         );
         assert!(
             parse_all(b"GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
-                .unwrap()
+                .expect("as written")
                 .close
         );
         assert!(
             parse_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-                .unwrap()
+                .expect("as written")
                 .close
         );
         let upgrade = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, x-private\r\nx-private: 1\r\n\r\n";
-        let head = parse_all(upgrade).unwrap();
+        let head = parse_all(upgrade).expect("as written");
         assert!(head.upgrade);
         assert!(head.connection_lists(upgrade, b"X-Private"));
         assert!(
             !parse_all(b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
-                .unwrap()
+                .expect("as written")
                 .upgrade
         );
         assert_eq!(
@@ -622,7 +629,7 @@ mod tests {
         );
         assert_eq!(
             parse_all(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n")
-                .unwrap_err()
+                .expect_err("refused")
                 .status(),
             417
         );

@@ -216,7 +216,8 @@ mod tests {
 
     #[test]
     fn framing_follows_status_method_and_fields() {
-        let ok = |raw: &[u8], head_request| parse_all(raw, head_request).unwrap().framing;
+        let ok =
+            |raw: &[u8], head_request| parse_all(raw, head_request).expect("as written").framing;
         assert_eq!(
             ok(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
             Framing::Length(5)
@@ -241,12 +242,12 @@ mod tests {
             ),
             Framing::Chunked
         );
-        let until_close = parse_all(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        let until_close = parse_all(b"HTTP/1.1 200 OK\r\n\r\n", false).expect("as written");
         assert_eq!(until_close.framing, Framing::UntilClose);
         assert!(until_close.close);
         assert!(
             parse_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false)
-                .unwrap()
+                .expect("as written")
                 .close
         );
         assert!(
@@ -254,7 +255,7 @@ mod tests {
                 b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
                 false
             )
-            .unwrap()
+            .expect("as written")
             .close
         );
     }
