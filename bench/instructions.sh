@@ -3,7 +3,9 @@
 # machine where CPU time is not. Compares unitgate with the minimal hyper proxy built on the same
 # server, client and runtime (gateway/examples/minimal_proxy.rs), both on one thread, behind the
 # same header-keyed workload as bench/proxy.sh. The difference is the cost of the gateway's own
-# work per request. Usage: bench/instructions.sh   (installs valgrind, nginx and wrk if missing)
+# work per request. Both keep-alive (users.lua) and a new connection per request
+# (users-close.lua: accepting, setting up and closing the client connection each time).
+# Usage: bench/instructions.sh   (installs valgrind, nginx and wrk if missing)
 # PROFILE_DIR=DIR keeps the callgrind profiles (callgrind_annotate DIR/unitgate.callgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,15 +37,15 @@ hop_secret: benchmark-secret-0123456789abcdef0123
 access_log: false
 health_check: { interval_ms: 0 }
 CONF
-count() { # name command... -> "name instructions_per_request"
-  local name=$1; shift
+count() { # name workload command... -> "name instructions_per_request"
+  local name=$1 workload=$2; shift 2
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "$@" >/dev/null 2>"$WORK/$name.err" &
   local pid=$!
   for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/19000) 2>/dev/null && break; sleep 0.1; done
-  wrk -t1 -c8 -d3s -s "$WORK/users.lua" http://127.0.0.1:19000/ >/dev/null   # warm-up
+  wrk -t1 -c8 -d3s -s "$WORK/$workload.lua" http://127.0.0.1:19000/ >/dev/null   # warm-up
   callgrind_control -z "$pid" >/dev/null 2>&1
   local requests
-  requests=$(wrk -t1 -c8 -d10s -s "$WORK/users.lua" http://127.0.0.1:19000/ | awk '/ requests in / { print $1 }')
+  requests=$(wrk -t1 -c8 -d10s -s "$WORK/$workload.lua" http://127.0.0.1:19000/ | awk '/ requests in / { print $1 }')
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -INT "$pid"; sleep 1; kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   local instructions
@@ -51,8 +53,10 @@ count() { # name command... -> "name instructions_per_request"
   [[ -n ${PROFILE_DIR:-} ]] && mkdir -p "$PROFILE_DIR" && cp "$WORK/$name.out.1" "$PROFILE_DIR/$name.callgrind"
   echo "$name $((instructions / requests))"
 }
-minimal=$(count minimal target/release/examples/minimal_proxy 127.0.0.1:19000 127.0.0.1:19101,127.0.0.1:19102)
-unitgate=$(count unitgate target/release/unitgate --config "$WORK/gateway.yaml")
+minimal=$(count minimal users target/release/examples/minimal_proxy 127.0.0.1:19000 127.0.0.1:19101,127.0.0.1:19102)
+unitgate=$(count unitgate users target/release/unitgate --config "$WORK/gateway.yaml")
+unitgate_close=$(count unitgate-new-connection users-close target/release/unitgate --config "$WORK/gateway.yaml")
 echo "$minimal"
 echo "$unitgate"
-awk -v m="${minimal#* }" -v u="${unitgate#* }" 'BEGIN { printf "unitgate / minimal hyper proxy: %.2fx user-space instructions per request (+%d)\n", u / m, u - m }'
+echo "$unitgate_close"
+awk -v m="${minimal#* }" -v u="${unitgate#* }" 'BEGIN { printf "unitgate / minimal hyper proxy: %.2fx user-space instructions per request (%+d)\n", u / m, u - m }'

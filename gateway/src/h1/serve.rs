@@ -293,11 +293,11 @@ where
     let decided = decide(shared, &mut ctx, snapshot.as_deref(), &view, &facts);
     // The head's bytes, split off the buffer (no copy): `buf` now starts with the body.
     let raw = buf.split_to(head.len);
-    let (status, next) = match decided {
+    let (status, mut next, unsent) = match decided {
         Err(reply) => {
             let status = reply.status;
             let next = answer_unforwarded(shared, io, buf, head, scratch, reply).await;
-            (status, next)
+            (status, next, false)
         }
         Ok(decided) => {
             forward(
@@ -307,6 +307,11 @@ where
         }
     };
     finish(shared, &ctx, snapshot.as_deref(), conn, status);
+    // The last of a forwarded answer goes out after the log line and the metrics, so a client
+    // that has its answer finds the request counted and logged.
+    if unsent && io.write_all(scratch).await.and(io.flush().await).is_err() {
+        next = Next::Close;
+    }
     next
 }
 
@@ -610,7 +615,9 @@ enum Failed {
     ClientGone,
 }
 
-/// Forward the decided request and relay the answer. Returns the status the client got.
+/// Forward the decided request and relay the answer. Returns the status the client got, how
+/// the connection goes on, and whether the last bytes of the answer are still in `scratch`,
+/// for the caller to write.
 #[allow(clippy::too_many_arguments)]
 async fn forward<S>(
     shared: &Shared,
@@ -622,7 +629,7 @@ async fn forward<S>(
     head: &RequestHead,
     scratch: &mut Vec<u8>,
     decided: Decided<'_>,
-) -> (StatusCode, Next)
+) -> (StatusCode, Next, bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -734,14 +741,8 @@ where
                         .codec_upstream
                         .give_back(&endpoint.address, upstream, ctx.start);
                 }
-                // The last of the answer, left in `scratch` by `relay_response`.
-                let written = io.write_all(scratch).await.and(io.flush().await);
-                let next = if written.is_ok() {
-                    done.next
-                } else {
-                    Next::Close
-                };
-                return (done.status, next);
+                // The last of the answer is left in `scratch` for `exchange` to write.
+                return (done.status, done.next, true);
             }
             // A pooled connection the upstream closed as it was taken: nothing of the request
             // was answered, and one whose body is all sent already may go again.
@@ -807,6 +808,7 @@ where
                     return (
                         StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
                         Next::Close,
+                        false,
                     );
                 }
             }
@@ -821,6 +823,7 @@ where
         return (
             status,
             answer_unforwarded(shared, io, buf, head, scratch, reply).await,
+            false,
         );
     }
     // Part of the body may be unread: the connection cannot be read on.
@@ -832,7 +835,7 @@ where
     let mut reply = reply;
     reply.close |= next == Next::Close || head.close;
     let _ = write_reply(io, scratch, reply, head.minor).await;
-    (status, if head.close { Next::Close } else { next })
+    (status, if head.close { Next::Close } else { next }, false)
 }
 
 fn eject(shared: &Shared, health: &crate::store::Health) {
