@@ -167,6 +167,33 @@ pub(crate) struct Ctx {
     pub(crate) stress: bool,
 }
 
+impl Ctx {
+    /// A request's context as it starts; `path` is copied only when the access log needs it.
+    pub(crate) fn new(shared: &Shared, method: Method, path: &str) -> Self {
+        Self {
+            start: Instant::now(),
+            method,
+            path: if shared.config.access_log.enabled {
+                path.to_owned()
+            } else {
+                String::new()
+            },
+            trace: None,
+            version: 0,
+            route: None,
+            class: None,
+            unit: None,
+            region: None,
+            slot: None,
+            key: None,
+            hops_in: 0,
+            forwarded_to: None,
+            upstream: None,
+            stress: false,
+        }
+    }
+}
+
 /// A response the gateway makes itself.
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
@@ -215,28 +242,7 @@ pub async fn handle(
     request: Request<Incoming>,
     smuggling: bool,
 ) -> Result<Response<Body>, Infallible> {
-    let mut ctx = Ctx {
-        start: Instant::now(),
-        method: request.method().clone(),
-        // Only the access log needs its own copy of the path.
-        path: if shared.config.access_log.enabled {
-            request.uri().path().to_owned()
-        } else {
-            String::new()
-        },
-        trace: None,
-        version: 0,
-        route: None,
-        class: None,
-        unit: None,
-        region: None,
-        slot: None,
-        key: None,
-        hops_in: 0,
-        forwarded_to: None,
-        upstream: None,
-        stress: false,
-    };
+    let mut ctx = Ctx::new(&shared, request.method().clone(), request.uri().path());
     let http1 = request.version() < Version::HTTP_2;
     // A gRPC client reads the gateway's own answers from `grpc-status` (`grpc::trailers_only`).
     let grpc = grpc::is_grpc(request.headers());

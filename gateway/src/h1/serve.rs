@@ -251,27 +251,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let raw = &buf[..head.len];
-    let mut ctx = Ctx {
-        start: Instant::now(),
-        method: Method::from_bytes(head.method.get(raw)).unwrap_or(Method::GET),
-        path: if shared.config.access_log.enabled {
-            HeadView::new(raw, head).path.to_owned()
-        } else {
-            String::new()
-        },
-        trace: None,
-        version: 0,
-        route: None,
-        class: None,
-        unit: None,
-        region: None,
-        slot: None,
-        key: None,
-        hops_in: 0,
-        forwarded_to: None,
-        upstream: None,
-        stress: false,
-    };
+    let view = HeadView::new(raw, head);
+    let mut ctx = Ctx::new(
+        shared,
+        Method::from_bytes(head.method.get(raw)).unwrap_or(Method::GET),
+        view.path,
+    );
     let snapshot = shared.store.current();
     let stress_name = shared.stress_header.as_str().as_bytes();
     let mut facts = Facts {
@@ -289,7 +274,6 @@ where
         }
         facts.stress |= field.name.get(raw).eq_ignore_ascii_case(stress_name);
     }
-    let view = HeadView::new(raw, head);
     let decided = decide(shared, &mut ctx, snapshot.as_deref(), &view, &facts);
     // The head's bytes, split off the buffer (no copy): `buf` now starts with the body.
     let raw = buf.split_to(head.len);
