@@ -312,7 +312,7 @@ fn version_prefix(v: &[u8]) -> bool {
 
 /// `uri-host [ ":" port ]`, as `Host` and an authority hold it; `Err`: what is wrong.
 fn host_and_port(value: &[u8]) -> Result<(), &'static str> {
-    let (host, port) = if value.first() == Some(&b'[') {
+    if value.first() == Some(&b'[') {
         let close = value
             .iter()
             .position(|b| *b == b']')
@@ -320,18 +320,28 @@ fn host_and_port(value: &[u8]) -> Result<(), &'static str> {
         if !is_ip_literal(&value[..=close]) {
             return Err("invalid IP literal");
         }
-        match &value[close + 1..] {
-            [] => return Ok(()),
-            [b':', port @ ..] => (&value[..0], port),
-            _ => return Err("bytes after an IP literal"),
-        }
-    } else {
-        match value.iter().position(|b| *b == b':') {
-            Some(colon) => (&value[..colon], &value[colon + 1..]),
-            None => (value, &value[..0]),
-        }
+        return match &value[close + 1..] {
+            [] => Ok(()),
+            [b':', port @ ..] => port_of(port),
+            _ => Err("bytes after an IP literal"),
+        };
+    }
+    let (host, port) = match value.iter().position(|b| *b == b':') {
+        Some(colon) => (&value[..colon], &value[colon + 1..]),
+        None => (value, &value[..0]),
     };
+    // Policy: a port with no host before it (`:80`) is refused; the URI it stands for,
+    // `http://:80/`, is one a recipient "MUST reject ... as invalid" (RFC 9110 section 4.2.1).
+    // An empty value is another matter (see `read_request`).
+    if host.is_empty() && !value.is_empty() {
+        return Err("empty host before a port");
+    }
     reg_name(host)?;
+    port_of(port)
+}
+
+/// `port = *DIGIT`, with at most [`MAX_PORT_DIGITS`].
+fn port_of(port: &[u8]) -> Result<(), &'static str> {
     if port.len() > MAX_PORT_DIGITS || !port.iter().all(u8::is_ascii_digit) {
         return Err("invalid port");
     }
