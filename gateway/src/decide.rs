@@ -251,10 +251,7 @@ fn pick<'s>(
 /// The marker in `value` if it is authentic and fresh; a forged or stale one is counted and
 /// ignored.
 fn verify_hop(shared: &Shared, value: &[u8], method: &str, path: &str) -> Option<HopMarker> {
-    let verified = http::HeaderValue::from_bytes(value)
-        .map_err(|_| crate::hop::HopError::Malformed)
-        .and_then(|value| shared.hop.verify(&value, method, path));
-    match verified {
+    match shared.hop.verify(value, method, path) {
         Ok(marker) => Some(marker),
         Err(error) => {
             shared

@@ -198,6 +198,17 @@ const fn classes() -> [u8; 256] {
     table
 }
 
+impl Field {
+    /// The field line `name: value`, both slices of `buf`, told apart by its name.
+    pub fn of(buf: &[u8], name: &[u8], value: &[u8]) -> Self {
+        Self {
+            name: Span::of(buf, name),
+            value: Span::of(buf, value),
+            kind: Kind::of(name),
+        }
+    }
+}
+
 /// `tchar` (RFC 9110 section 5.6.2).
 pub fn is_token_byte(b: u8) -> bool {
     CLASSES[usize::from(b)] & TOKEN != 0

@@ -219,10 +219,9 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
     let mut upgrade_field = false;
     let mut connection_upgrade = false;
     for field in request.headers.iter() {
-        let name = field.name.as_bytes();
         let value = field.value;
-        let kind = Kind::of(name);
-        match kind {
+        let line = Field::of(buf, field.name.as_bytes(), value);
+        match line.kind {
             Kind::Host => {
                 hosts += 1;
                 if !is_valid_host(value) {
@@ -263,11 +262,7 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
             Kind::Internal | Kind::HopMarker => head.internal = true,
             _ => {}
         }
-        head.fields.push(Field {
-            name: Span::of(buf, name),
-            value: Span::of(buf, value),
-            kind,
-        });
+        head.fields.push(line);
     }
     // `close` anywhere in `Connection` closes; HTTP/1.0 closes unless `keep-alive` is listed
     // (on HTTP/1.1 `keep-alive` changes nothing).

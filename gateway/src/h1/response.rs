@@ -115,10 +115,9 @@ pub fn parse(
     let mut close = head.minor == 0;
     let mut keep_alive = false;
     for field in response.headers.iter() {
-        let name = field.name.as_bytes();
         let value = field.value;
-        let kind = Kind::of(name);
-        match kind {
+        let line = Field::of(buf, field.name.as_bytes(), value);
+        match line.kind {
             Kind::ContentLength => {
                 lengths += 1;
                 length = Some(
@@ -147,11 +146,7 @@ pub fn parse(
             }
             _ => {}
         }
-        head.fields.push(Field {
-            name: Span::of(buf, name),
-            value: Span::of(buf, value),
-            kind,
-        });
+        head.fields.push(line);
     }
     // CRLF only, and no empty line before the status line (only servers skip those).
     if !buf.starts_with(b"HTTP/") || !lines_end_in_crlf(&buf[..len], 0, &head.fields) {
