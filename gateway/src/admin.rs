@@ -71,7 +71,8 @@ pub async fn handle(
             let health = match &snapshot {
                 Some(s) => {
                     let region = &s.table.regions()[s.region];
-                    s.pools[s.region]
+                    s.here()
+                        .pools
                         .iter()
                         .enumerate()
                         .filter_map(|(service, pool)| pool.as_ref().map(|p| (service, p)))

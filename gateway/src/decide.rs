@@ -155,11 +155,11 @@ pub(crate) fn decide<'s>(
         }
         (Action::Forward, Some(route)) => route,
     };
-    let route_permit = match &snapshot.route_limits[route.index] {
+    let route_permit = match &snapshot.routes[route.index].limiter {
         Some(limiter) => Some(limiter.admit().map_err(|refusal| {
             shared.metrics.limited(
                 LimitScope::Route,
-                snapshot.route_ids[route.index],
+                snapshot.routes[route.index].id,
                 matches!(refusal, Refusal::Rate(_)),
             );
             limited(refusal, "route", &route.name)
@@ -168,12 +168,12 @@ pub(crate) fn decide<'s>(
     };
     let unit_permit = match routed
         .unit
-        .and_then(|u| snapshot.unit_limits[u].as_ref().map(|l| (u, l)))
+        .and_then(|u| snapshot.units[u].limiter.as_ref().map(|l| (u, l)))
     {
         Some((unit, limiter)) => Some(limiter.admit().map_err(|refusal| {
             shared.metrics.limited(
                 LimitScope::Unit,
-                snapshot.unit_ids[unit],
+                snapshot.units[unit].id,
                 matches!(refusal, Refusal::Rate(_)),
             );
             limited(refusal, "unit", &table.units()[unit].name)
@@ -209,7 +209,7 @@ pub(crate) fn decide<'s>(
     }
     if let Target::Region(region) = target {
         ctx.forwarded_to = Some(region);
-        shared.metrics.cross_region(snapshot.region_ids[region]);
+        shared.metrics.cross_region(snapshot.regions[region].id);
     }
     Ok(Decided {
         snapshot,
@@ -234,7 +234,7 @@ fn pick<'s>(
         return Ok(Target::Region(serving));
     }
     match (
-        snapshot.pools[snapshot.region][route.service].as_ref(),
+        snapshot.here().pools[route.service].as_ref(),
         routed.fallback,
     ) {
         (Some(pool), Some(fallback)) if !pool.any_healthy() && route.class == Class::P => {

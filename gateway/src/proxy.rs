@@ -372,7 +372,7 @@ async fn proxy(
                     .headers
                     .insert(shared.stress_header.clone(), HeaderValue::from_static("1"));
             }
-            (&snapshot.gateways[region], None)
+            (&snapshot.regions[region].gateways, None)
         }
     };
     // A connect failure hands the request back untouched, so an idempotent one can go to
@@ -437,7 +437,7 @@ async fn proxy(
                 .timer
                 .timeout_at(
                     deadline,
-                    upstream_h2::send(http1, h2, &endpoint.authority, upstream_request),
+                    upstream_h2::send(http1, h2, endpoint, upstream_request),
                 )
                 .await;
             let failure = match result {
@@ -640,15 +640,12 @@ fn add_unit_headers(
     stress: bool,
 ) {
     if let Some(unit) = routed.unit {
-        headers.insert(X_UNITGATE_UNIT, snapshot.unit_headers[unit].clone());
+        headers.insert(X_UNITGATE_UNIT, snapshot.units[unit].header.clone());
     }
     if let Some(slot) = routed.slot {
         headers.insert(X_UNITGATE_SLOT, HeaderValue::from(slot));
     }
-    headers.insert(
-        X_UNITGATE_REGION,
-        snapshot.region_headers[snapshot.region].clone(),
-    );
+    headers.insert(X_UNITGATE_REGION, snapshot.here().header.clone());
     headers.insert(X_UNITGATE_CLASS, HeaderValue::from_static(class.as_str()));
     headers.insert(X_UNITGATE_TABLE_VERSION, snapshot.version_header.clone());
     if let Some(key) = &routed.key {
@@ -736,19 +733,24 @@ pub(crate) fn finish(
     status: StatusCode,
 ) {
     let elapsed = ctx.start.elapsed();
-    let id = |ids: Option<&Vec<u32>>, i: Option<usize>| match (ids, i) {
-        (Some(ids), Some(i)) => ids.get(i).copied().unwrap_or(NONE),
-        _ => NONE,
-    };
     let served_in = ctx.forwarded_to.or(ctx.region);
     let hop = Hop::of(ctx.hops_in > 0, ctx.forwarded_to.is_some());
     shared.metrics.request(
         shared.worker,
         RequestLabels {
-            route: id(snapshot.map(|s| &s.route_ids), ctx.route),
+            route: snapshot
+                .zip(ctx.route)
+                .and_then(|(s, r)| s.routes.get(r))
+                .map_or(NONE, |r| r.id),
             class: ctx.class.map_or(b'-', |c| c.as_str().as_bytes()[0]),
-            unit: id(snapshot.map(|s| &s.unit_ids), ctx.unit),
-            region: id(snapshot.map(|s| &s.region_ids), served_in),
+            unit: snapshot
+                .zip(ctx.unit)
+                .and_then(|(s, u)| s.units.get(u))
+                .map_or(NONE, |u| u.id),
+            region: snapshot
+                .zip(served_in)
+                .and_then(|(s, r)| s.regions.get(r))
+                .map_or(NONE, |r| r.id),
             hop,
             status: status.as_u16(),
             stress: ctx.stress,

@@ -35,26 +35,51 @@ pub struct Snapshot {
     pub digest: String,
     /// When it was applied.
     pub applied_at: SystemTime,
-    /// Pools by region, then by service (see [`CompiledTable::services`]).
-    pub pools: Vec<Vec<Option<PoolState>>>,
-    /// Each region's gateways, as a pool.
-    pub gateways: Vec<PoolState>,
-    /// Limiters by route position.
-    pub route_limits: Vec<Option<Arc<Limiter>>>,
-    /// Limiters by unit position.
-    pub unit_limits: Vec<Option<Arc<Limiter>>>,
-    /// Metric label ids by route position.
-    pub route_ids: Vec<NameId>,
-    /// Metric label ids by unit position.
-    pub unit_ids: Vec<NameId>,
-    /// Metric label ids by region position.
-    pub region_ids: Vec<NameId>,
-    /// Unit names as header values, by unit position.
-    pub unit_headers: Vec<http::HeaderValue>,
-    /// Region names as header values, by region position.
-    pub region_headers: Vec<http::HeaderValue>,
+    /// What this gateway keeps for each route, by route position.
+    pub routes: Vec<RouteState>,
+    /// What this gateway keeps for each unit, by unit position.
+    pub units: Vec<UnitState>,
+    /// What this gateway keeps for each region, by region position.
+    pub regions: Vec<RegionState>,
     /// The table version as a header value.
     pub version_header: http::HeaderValue,
+}
+
+impl Snapshot {
+    /// This gateway's own region.
+    pub fn here(&self) -> &RegionState {
+        &self.regions[self.region]
+    }
+}
+
+/// A route's limiter and metric label.
+pub struct RouteState {
+    /// Its limiter, when the route has limits.
+    pub limiter: Option<Arc<Limiter>>,
+    /// Metric label id.
+    pub id: NameId,
+}
+
+/// A unit's limiter, metric label and header value.
+pub struct UnitState {
+    /// Its limiter, when the unit has limits.
+    pub limiter: Option<Arc<Limiter>>,
+    /// Metric label id.
+    pub id: NameId,
+    /// The unit's name as a header value.
+    pub header: http::HeaderValue,
+}
+
+/// A region's pools and gateways, metric label and header value.
+pub struct RegionState {
+    /// Metric label id.
+    pub id: NameId,
+    /// The region's name as a header value.
+    pub header: http::HeaderValue,
+    /// Pools by service (see [`CompiledTable::services`]); `None` where the region has none.
+    pub pools: Vec<Option<PoolState>>,
+    /// The region's gateways, as a pool.
+    pub gateways: PoolState,
 }
 
 /// Endpoints of one pool with their health, and the round-robin position.
@@ -498,15 +523,19 @@ impl TableStore {
         connector: &Arc<Connector>,
     ) -> PoolState {
         PoolState {
+            // One endpoint per address, in table order, so that a position in the table's pool
+            // (key affinity's order) is the same position here.
             endpoints: addresses
-                .filter_map(|address| {
-                    Some(EndpointState {
-                        authority: address.parse().ok()?,
-                        address: address.into(),
-                        health: self.health_of(address),
-                        id: self.metrics.names.id(address),
-                        connector: connector.clone(),
-                    })
+                .map(|address| EndpointState {
+                    // Validation admits only `host:port` that parses; the reserved `.invalid`
+                    // name stands in (and never resolves) should one not.
+                    authority: address
+                        .parse()
+                        .unwrap_or_else(|_| Authority::from_static("unparsable.invalid:1")),
+                    address: address.into(),
+                    health: self.health_of(address),
+                    id: self.metrics.names.id(address),
+                    connector: connector.clone(),
                 })
                 .collect(),
             next: AtomicUsize::new(fastrand::usize(..1024)),
@@ -522,52 +551,50 @@ impl TableStore {
         connectors: &TableConnectors,
     ) -> Snapshot {
         let names = &self.metrics.names;
-        let pools = (table.regions().iter().zip(&connectors.pools))
-            .map(|(r, connectors)| {
-                (0..table.services().len())
+        let regions = table
+            .regions()
+            .iter()
+            .zip(&connectors.pools)
+            .zip(&connectors.gateways)
+            .map(|((r, pool_connectors), gateway_connector)| RegionState {
+                id: names.id(&r.name),
+                // Names passed validation (lowercase letters, digits, '-', '_'): valid header
+                // values.
+                header: header_value(&r.name),
+                pools: (0..table.services().len())
                     .map(|s| {
-                        let connector = connectors.get(s).and_then(Option::as_ref)?;
+                        let connector = pool_connectors.get(s).and_then(Option::as_ref)?;
                         r.pool(s).map(|p| {
                             self.pool_state(p.endpoints.iter().map(|e| &*e.address), connector)
                         })
                     })
-                    .collect()
+                    .collect(),
+                gateways: self.pool_state(r.gateways.iter().map(|g| &**g), gateway_connector),
             })
-            .collect();
-        let gateways = (table.regions().iter().zip(&connectors.gateways))
-            .map(|(r, connector)| self.pool_state(r.gateways.iter().map(|g| &**g), connector))
             .collect();
         Snapshot {
             region,
             origin: origin.to_owned(),
             digest,
             applied_at: SystemTime::now(),
-            pools,
-            gateways,
-            route_limits: table
+            routes: table
                 .routes()
                 .iter()
-                .map(|r| self.limiter(false, &r.name, r.limits))
+                .map(|r| RouteState {
+                    limiter: self.limiter(false, &r.name, r.limits),
+                    id: names.id(&r.name),
+                })
                 .collect(),
-            unit_limits: table
+            units: table
                 .units()
                 .iter()
-                .map(|u| self.limiter(true, &u.name, u.limits))
+                .map(|u| UnitState {
+                    limiter: self.limiter(true, &u.name, u.limits),
+                    id: names.id(&u.name),
+                    header: header_value(&u.name),
+                })
                 .collect(),
-            route_ids: table.routes().iter().map(|r| names.id(&r.name)).collect(),
-            unit_ids: table.units().iter().map(|u| names.id(&u.name)).collect(),
-            region_ids: table.regions().iter().map(|r| names.id(&r.name)).collect(),
-            // Names passed validation (lowercase letters, digits, '-', '_'): valid header values.
-            unit_headers: table
-                .units()
-                .iter()
-                .map(|u| header_value(&u.name))
-                .collect(),
-            region_headers: table
-                .regions()
-                .iter()
-                .map(|r| header_value(&r.name))
-                .collect(),
+            regions,
             version_header: http::HeaderValue::from(table.version()),
             table,
         }
@@ -576,4 +603,55 @@ impl TableStore {
 
 fn header_value(name: &str) -> http::HeaderValue {
     http::HeaderValue::from_str(name).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Key affinity picks an endpoint by its position in the table's pool: the snapshot's
+    /// pools must list the same endpoints at the same positions, for every region.
+    #[test]
+    fn endpoints_keep_the_tables_positions() {
+        let text = include_str!("../../deploy/examples/three-regions.yaml").replace(
+            "cart:  [\"127.0.0.1:18101\"]",
+            "cart:  [\"127.0.0.1:18103\", \"[::1]:18102\", \"cart.hz.internal:18101\"]",
+        );
+        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
+        store
+            .load_text(&text, false, "test")
+            .expect("the table applies");
+        let snapshot = store.current().expect("a snapshot");
+        for (region, state) in snapshot.table.regions().iter().zip(&snapshot.regions) {
+            for (service, pool) in state.pools.iter().enumerate() {
+                let listed: Vec<&str> = region
+                    .pool(service)
+                    .map(|p| p.endpoints.iter().map(|e| &*e.address).collect())
+                    .unwrap_or_default();
+                let kept: Vec<&str> = pool
+                    .iter()
+                    .flat_map(|p| p.endpoints.iter().map(|e| &*e.address))
+                    .collect();
+                assert_eq!(kept, listed, "region {} service {service}", region.name);
+            }
+            let gateways: Vec<&str> = state
+                .gateways
+                .endpoints
+                .iter()
+                .map(|e| &*e.address)
+                .collect();
+            let listed: Vec<&str> = region.gateways.iter().map(|g| &**g).collect();
+            assert_eq!(gateways, listed, "region {} gateways", region.name);
+        }
+        let here = snapshot.here();
+        let cart = snapshot
+            .table
+            .services()
+            .iter()
+            .position(|s| &**s == "cart")
+            .expect("cart");
+        let pool = here.pools[cart].as_ref().expect("hz has a cart pool");
+        assert_eq!(pool.endpoints.len(), 3);
+        assert_eq!(here.header, "hz");
+    }
 }

@@ -312,7 +312,7 @@ pub fn spawn_health_checks(store: Arc<TableStore>, upstream: Upstream, config: H
             };
             drop(store);
             let mut checks = Vec::new();
-            for (service, pool) in snapshot.pools[snapshot.region].iter().enumerate() {
+            for (service, pool) in snapshot.here().pools.iter().enumerate() {
                 let Some(pool) = pool else { continue };
                 let h2 =
                     crate::upstream_h2::wanted(&snapshot.table, snapshot.region, service, false)

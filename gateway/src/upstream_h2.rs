@@ -38,6 +38,7 @@ use router_rules::{CompiledTable, UpstreamProtocol};
 
 use crate::config::Timeouts;
 use crate::h1::bridge::BridgeError;
+use crate::store::EndpointState;
 use crate::upstream::{Body, BoxError, PooledBody, Upstream, UpstreamError};
 
 /// A connection unused this long is closed (by its own task; streams still open finish first).
@@ -469,9 +470,10 @@ pub enum Http1Client<'a> {
 pub async fn send(
     http1: Http1Client<'_>,
     h2: Option<&H2Upstream>,
-    endpoint: &Authority,
+    upstream: &EndpointState,
     request: Request<Body>,
 ) -> Result<Response<UpstreamBody>, SendError> {
+    let endpoint = &upstream.authority;
     match (h2, http1) {
         (Some(h2), _) => h2
             .send(endpoint, request)
@@ -479,7 +481,7 @@ pub async fn send(
             .map(|response| response.map(UpstreamBody::H2))
             .map_err(SendError::H2),
         (None, Http1Client::Codec(pool, body_timeout)) => {
-            crate::h1::bridge::send(pool, endpoint.as_str(), request, body_timeout)
+            crate::h1::bridge::send(pool, upstream.id, endpoint.as_str(), request, body_timeout)
                 .await
                 .map(|response| response.map(UpstreamBody::Codec))
                 .map_err(SendError::Codec)

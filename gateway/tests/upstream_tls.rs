@@ -602,7 +602,7 @@ async fn health_checks_go_over_tls_and_find_an_untrusted_endpoint_down() {
 
     let health = |addr: SocketAddr| {
         let snapshot = gateway.store.current().expect("table");
-        let pool = snapshot.pools[snapshot.region][0].as_ref().expect("pool");
+        let pool = snapshot.here().pools[0].as_ref().expect("pool");
         let endpoint = pool
             .endpoints
             .iter()

@@ -17,6 +17,7 @@ use super::chunked::Chunked;
 use super::client::{Pool, READ_CHUNK, UpstreamConn};
 use super::request::Framing;
 use super::response::{self, RESPONSE_FIELD_ROOM, ResponseHead};
+use crate::metrics::NameId;
 use crate::upstream::{Body, BoxError};
 
 /// Most bytes of a response head.
@@ -60,11 +61,12 @@ fn failed(endpoint: &str, message: impl std::fmt::Display) -> BridgeError {
 /// `pool` once the body has ended. `body_timeout` bounds each read of the response body.
 pub async fn send(
     pool: &Arc<Pool>,
+    id: NameId,
     endpoint: &str,
     request: Request<Body>,
     body_timeout: Duration,
 ) -> Result<Response<Body>, BridgeError> {
-    let mut conn = match pool.checkout(endpoint, std::time::Instant::now()) {
+    let mut conn = match pool.checkout(id, std::time::Instant::now()) {
         Some(conn) => conn,
         None => match pool.connect(endpoint).await {
             Ok(conn) => conn,
@@ -139,7 +141,8 @@ pub async fn send(
                         .write_all(&out)
                         .await
                         .map_err(|e| failed(endpoint, e))?;
-                    return read_response(pool, endpoint, conn, head_request, body_timeout).await;
+                    return read_response(pool, id, endpoint, conn, head_request, body_timeout)
+                        .await;
                 }
                 continue;
             }
@@ -155,12 +158,13 @@ pub async fn send(
             .await
             .map_err(|e| failed(endpoint, e))?;
     }
-    read_response(pool, endpoint, conn, head_request, body_timeout).await
+    read_response(pool, id, endpoint, conn, head_request, body_timeout).await
 }
 
 /// Read and check the response head; the body follows as the response's stream.
 async fn read_response(
     pool: &Arc<Pool>,
+    id: NameId,
     endpoint: &str,
     mut conn: UpstreamConn,
     head_request: bool,
@@ -224,7 +228,7 @@ async fn read_response(
         chunked: Chunked::new(),
         reusable: !head.close,
         pool: pool.clone(),
-        endpoint: endpoint.into(),
+        id,
         body_timeout,
     };
     let body = futures_util::stream::unfold(Some(stream), |state| async move {
@@ -249,7 +253,8 @@ struct Stream {
     chunked: Chunked,
     reusable: bool,
     pool: Arc<Pool>,
-    endpoint: Box<str>,
+    /// The endpoint's id, to give the connection back under.
+    id: NameId,
     body_timeout: Duration,
 }
 
@@ -308,7 +313,7 @@ impl Stream {
     fn release(self) {
         if self.reusable && self.framing != Framing::UntilClose && self.conn.buf.is_empty() {
             self.pool
-                .give_back(&self.endpoint, self.conn, std::time::Instant::now());
+                .give_back(self.id, self.conn, std::time::Instant::now());
         }
     }
 }

@@ -2,20 +2,21 @@
 //! each with the read buffer that outlives one exchange (an upstream may send the next
 //! response's bytes early only by mistake, and such a connection is not reused).
 //!
-//! The pool is a short lock and a map lookup by the endpoint's address (FNV, no allocation);
-//! each worker has its own, so the lock is never contended.
+//! The pool is a short lock and a vector indexed by the endpoint's id (its metric label id,
+//! [`crate::store::EndpointState::id`]: small, dense and the same for an address in every
+//! table), so a checkout hashes nothing; each worker has its own, so the lock is never
+//! contended.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use fnv::FnvBuildHasher;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::connect::{Connectors, Stream};
+use crate::metrics::NameId;
 
 /// An idle connection is closed after this long unused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -60,7 +61,8 @@ struct Idle {
 
 /// Idle connections by endpoint.
 pub struct Pool {
-    idle: Mutex<HashMap<Box<str>, Vec<Idle>, FnvBuildHasher>>,
+    /// Indexed by endpoint id.
+    idle: Mutex<Vec<Vec<Idle>>>,
     connect_timeout: Duration,
     connectors: Arc<Connectors>,
 }
@@ -70,7 +72,7 @@ impl Pool {
     /// store's: plain or TLS, by address) and time out after `connect_timeout`.
     pub fn new(connect_timeout: Duration, connectors: Arc<Connectors>) -> Self {
         Self {
-            idle: Mutex::new(HashMap::default()),
+            idle: Mutex::new(Vec::new()),
             connect_timeout,
             connectors,
         }
@@ -79,10 +81,10 @@ impl Pool {
     /// The most recently used idle connection to `endpoint` that is still open. `now` is
     /// the caller's clock reading (a request's start): idle times are counted in seconds, so
     /// one reading per request does.
-    pub fn checkout(&self, endpoint: &str, now: Instant) -> Option<UpstreamConn> {
+    pub fn checkout(&self, endpoint: NameId, now: Instant) -> Option<UpstreamConn> {
         let epoch = self.connectors.epoch();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let connections = idle.get_mut(endpoint)?;
+        let connections = idle.get_mut(usize::try_from(endpoint).ok()?)?;
         while let Some(mut candidate) = connections.pop() {
             if now.saturating_duration_since(candidate.since) < IDLE_TIMEOUT
                 && candidate.epoch == epoch
@@ -96,15 +98,18 @@ impl Pool {
     }
 
     /// Keep `conn` for the next exchange with `endpoint`, idle since `now`.
-    pub fn give_back(&self, endpoint: &str, conn: UpstreamConn, now: Instant) {
+    pub fn give_back(&self, endpoint: NameId, conn: UpstreamConn, now: Instant) {
+        let Ok(index) = usize::try_from(endpoint) else {
+            return;
+        };
         if !conn.buf.is_empty() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = match idle.get_mut(endpoint) {
-            Some(entry) => entry,
-            None => idle.entry(endpoint.into()).or_default(),
-        };
+        if idle.len() <= index {
+            idle.resize_with(index + 1, Vec::new);
+        }
+        let entry = &mut idle[index];
         if entry.len() < MAX_IDLE_PER_ENDPOINT {
             entry.push(Idle {
                 conn,
@@ -114,8 +119,8 @@ impl Pool {
         }
     }
 
-    /// A new connection to `endpoint`, plain or TLS as its table says; the error says why
-    /// there is none (nothing was sent either way).
+    /// A new connection to `endpoint` (its address), plain or TLS as its table says; the
+    /// error says why there is none (nothing was sent either way).
     pub async fn connect(&self, endpoint: &str) -> Result<UpstreamConn, String> {
         let io = self
             .connectors

@@ -534,7 +534,7 @@ fn upstream_head(
                 line(
                     out,
                     b"x-unitgate-unit: ",
-                    snapshot.unit_headers[unit].as_bytes(),
+                    snapshot.units[unit].header.as_bytes(),
                 );
             }
             if let Some(slot) = routed.slot {
@@ -543,7 +543,7 @@ fn upstream_head(
             line(
                 out,
                 b"x-unitgate-region: ",
-                snapshot.region_headers[snapshot.region].as_bytes(),
+                snapshot.here().header.as_bytes(),
             );
             line(
                 out,
@@ -625,7 +625,7 @@ where
                 .then_some(decided.routed.key.as_deref())
                 .flatten(),
         ),
-        Target::Region(region) => (&snapshot.gateways[region], None),
+        Target::Region(region) => (&snapshot.regions[region].gateways, None),
     };
     let table_pool = match decided.target {
         Target::Local(_) => snapshot.table.regions()[snapshot.region].pool(decided.route.service),
@@ -668,7 +668,7 @@ where
             Instant::now()
         };
         let deadline = (attempt_start + timeouts.read()).min(total_deadline);
-        let mut upstream = match shared.codec_upstream.checkout(&endpoint.address, ctx.start) {
+        let mut upstream = match shared.codec_upstream.checkout(endpoint.id, ctx.start) {
             Some(upstream) => upstream,
             None => {
                 match shared
@@ -723,7 +723,7 @@ where
                 if done.upstream_reusable {
                     shared
                         .codec_upstream
-                        .give_back(&endpoint.address, upstream, ctx.start);
+                        .give_back(endpoint.id, upstream, ctx.start);
                 }
                 // The last of the answer is left in `scratch` for `exchange` to write.
                 return (done.status, done.next, true);
