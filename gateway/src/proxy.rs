@@ -21,7 +21,8 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use router_rules::table::RegionIndex;
+use hyper::upgrade::OnUpgrade;
+use router_rules::table::{Pool as TablePool, RegionIndex};
 use router_rules::{Action, Balance, Class, RequestView};
 use serde_json::json;
 
@@ -42,7 +43,7 @@ use crate::limits::Refusal;
 use crate::metrics::{ClientEvent, Hop, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
 use crate::upstream::{Body, Upstream, empty};
-use crate::upstream_h2::{self, H2Upstream};
+use crate::upstream_h2::{self, H2Upstream, UpstreamBody};
 use control_api::throttle::LogThrottle;
 
 /// What every request handler shares.
@@ -280,6 +281,36 @@ async fn proxy(
     smuggling: bool,
 ) -> Result<Response<Body>, Reply> {
     // Phase 1: limits and framing.
+    let seen = check(shared, &mut request, smuggling)?;
+    let on_client_upgrade = seen.is_upgrade().then(|| hyper::upgrade::on(&mut request));
+    let (parts, body) = request.into_parts();
+
+    // Phases 2 to 5: load, resolve, admit, pick.
+    let facts = Facts {
+        hop: seen.hop.as_ref().map(HeaderValue::as_bytes),
+        traceparent: seen.traceparent.as_ref().map(HeaderValue::as_bytes),
+        stress: seen.stress,
+        content_length: seen.content_length(),
+    };
+    // Held to the end of the request: its flow-control permits go with it.
+    let decided = decide(shared, ctx, snapshot, &PartsView(&parts), &facts)?;
+
+    // Phase 6: forward.
+    let outbound = prepare(shared, conn, ctx, parts, body, &seen, &decided);
+    let response = exchange(shared, ctx, outbound).await?;
+
+    // Phase 7: respond.
+    Ok(respond(conn, response, on_client_upgrade))
+}
+
+/// Phase 1: refuse what cannot be forwarded safely — ambiguous framing, a bad request line,
+/// too many headers — before anything is looked up, and leave only the client's own headers
+/// (HTTP/2's split cookies joined). What was seen of the headers serves the phases after.
+fn check(
+    shared: &Shared,
+    request: &mut Request<Incoming>,
+    smuggling: bool,
+) -> Result<RequestHeaders, Reply> {
     let seen = RequestHeaders::of(request.headers(), &shared.stress_header);
     let framing = if smuggling {
         Err("both Content-Length and Transfer-Encoding")
@@ -315,17 +346,36 @@ async fn proxy(
     if seen.internal {
         strip_internal_headers(request.headers_mut());
     }
-    let upgrade = seen.is_upgrade();
-    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
+    Ok(seen)
+}
 
-    // Phases 2 to 5: load, resolve, admit, pick.
-    let facts = Facts {
-        hop: seen.hop.as_ref().map(HeaderValue::as_bytes),
-        traceparent: seen.traceparent.as_ref().map(HeaderValue::as_bytes),
-        stress: seen.stress,
-        content_length: seen.content_length(),
-    };
+/// A decided request made ready for the next hop, and where it may go.
+struct Outbound<'a> {
+    request: Request<Body>,
+    /// The client's body as it is relayed: tells a failed exchange that was the client's
+    /// doing from one that was the upstream's.
+    body: Arc<BodyState>,
+    pool: &'a PoolState,
+    /// Set when the route keeps a key on the same endpoints.
+    affinity_key: Option<&'a str>,
+    /// The table's side of a local pool, which orders the endpoints for a key.
+    table_pool: Option<&'a TablePool>,
+    http1: upstream_h2::Http1Client<'a>,
+    /// Set when the serving region's pool speaks HTTP/2.
+    h2: Option<&'a H2Upstream>,
+}
+
+/// The upstream request for a decided one: forwarding headers, then the unit headers for this
+/// region's pool or a signed hop marker for another region's gateways, in origin form.
+fn prepare<'a>(
+    shared: &'a Shared,
+    conn: &Conn,
+    ctx: &Ctx,
+    mut parts: Parts,
+    body: Incoming,
+    seen: &RequestHeaders,
+    decided: &'a Decided<'a>,
+) -> Outbound<'a> {
     let Decided {
         snapshot,
         route,
@@ -333,19 +383,17 @@ async fn proxy(
         target,
         hop_in,
         trace,
-        _permits,
-    } = decide(shared, ctx, snapshot, &PartsView(&parts), &facts)?;
+        ..
+    } = decided;
     let table = &snapshot.table;
-
-    // Phase 6: forward.
     let trusted = conn.trusted_proxy || hop_in.is_some();
-    forwarding_headers(&mut parts, &seen, upgrade, conn, trusted, &trace);
-    let (pool, affinity_key) = match target {
+    forwarding_headers(&mut parts, seen, seen.is_upgrade(), conn, trusted, trace);
+    let (pool, affinity_key) = match *target {
         Target::Local(pool) => {
             add_unit_headers(
                 &mut parts.headers,
                 snapshot,
-                &routed,
+                routed,
                 route.class,
                 ctx.stress,
             );
@@ -375,20 +423,15 @@ async fn proxy(
             (&snapshot.regions[region].gateways, None)
         }
     };
-    // A connect failure hands the request back untouched, so an idempotent one can go to
-    // another endpoint as it is.
-    let retryable = is_idempotent(&parts.method);
     let table_pool = match target {
         Target::Local(_) => table.regions()[snapshot.region].pool(route.service),
         Target::Region(_) => None,
     };
-    let timeouts = shared.config.timeouts;
-    let total_deadline = ctx.start + timeouts.total();
     parts.uri = upstream_uri(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
     // HTTP/2 when the serving region's pool asks for it (gRPC), to its endpoints or to its
     // gateways: `upstream_h2` makes the request an HTTP/2 one.
-    let (to, hop) = match target {
+    let (to, hop) = match *target {
         Target::Local(_) => (snapshot.region, false),
         Target::Region(region) => (region, true),
     };
@@ -401,90 +444,125 @@ async fn proxy(
         }
         Http1Codec::Hyper => upstream_h2::Http1Client::Hyper(&shared.upstream),
     };
-    let (client_body, body_state) = ClientBody::new(body, limits.max_body_bytes);
-    let mut request = Some(Request::from_parts(parts, client_body.boxed()));
-    let exchange = async {
-        let attempts = if retryable {
-            pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
-        } else {
-            1
-        };
-        let mut tried = [usize::MAX; MAX_ATTEMPTS];
-        for attempt in 0..attempts {
-            let index = match (affinity_key, table_pool) {
-                (Some(key), Some(table_pool)) => {
-                    pool.first_healthy(table_pool.affinity_indices(key), &tried[..attempt])
-                }
-                _ => pool.round_robin(&tried[..attempt]),
-            };
-            let (Some(index), Some(upstream_request)) = (index, request.take()) else {
-                break;
-            };
-            tried[attempt] = index;
-            let endpoint = &pool.endpoints[index];
-            if shared.config.access_log.enabled {
-                ctx.upstream = Some(endpoint.address.clone());
-            }
-            // One deadline per attempt: its read deadline, or the request's total one if
-            // sooner. The first attempt starts as the request did (no clock read).
-            let attempt_start = if attempt == 0 {
-                ctx.start
-            } else {
-                Instant::now()
-            };
-            let deadline = (attempt_start + timeouts.read()).min(total_deadline);
-            let result = shared
-                .timer
-                .timeout_at(
-                    deadline,
-                    upstream_h2::send(http1, h2, endpoint, upstream_request),
-                )
-                .await;
-            let failure = match result {
-                Ok(Ok(response)) => {
-                    endpoint.health.success();
-                    return Ok(response);
-                }
-                Ok(Err(error)) if error.is_connect() => {
-                    request = error.into_unsent();
-                    UpstreamFailure::Connect
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, upstream = %endpoint.address, "upstream exchange failed");
-                    UpstreamFailure::Other
-                }
-                Err(_) => UpstreamFailure::Timeout,
-            };
-            if let Some(reply) = client_fault(&shared.metrics, &body_state, failure) {
-                return Err(reply);
-            }
-            shared.metrics.upstream_error(endpoint.id, failure);
-            let health = &shared.config.health_check;
-            endpoint.health.failure(
-                health.eject_after_failures,
-                Duration::from_millis(health.eject_for_ms),
-            );
-            if !matches!(failure, UpstreamFailure::Connect) || attempt + 1 == attempts {
-                return Err(match failure {
-                    UpstreamFailure::Timeout => Reply::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        json!({"error": "upstream timed out", "upstream": &*endpoint.address}),
-                    ),
-                    _ => Reply::new(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": "upstream unreachable", "upstream": &*endpoint.address}),
-                    ),
-                });
-            }
-        }
-        Err(Reply::new(
-            StatusCode::BAD_GATEWAY,
-            json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
-        ))
-    };
-    let mut response = exchange.await?;
+    let (client_body, body_state) = ClientBody::new(body, shared.config.limits.max_body_bytes);
+    Outbound {
+        request: Request::from_parts(parts, client_body.boxed()),
+        body: body_state,
+        pool,
+        affinity_key,
+        table_pool,
+        http1,
+        h2,
+    }
+}
 
-    // Phase 7: respond.
+/// Send the request to the pool's endpoints in turn until one answers. Only an idempotent
+/// request goes to another endpoint, and only after a connect failure: a connect failure
+/// hands the request back untouched, so it can go on as it is. Each attempt has its own read
+/// deadline within the request's total one.
+async fn exchange(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    outbound: Outbound<'_>,
+) -> Result<Response<UpstreamBody>, Reply> {
+    let Outbound {
+        request,
+        body,
+        pool,
+        affinity_key,
+        table_pool,
+        http1,
+        h2,
+    } = outbound;
+    let retryable = is_idempotent(request.method());
+    let timeouts = shared.config.timeouts;
+    let total_deadline = ctx.start + timeouts.total();
+    let mut request = Some(request);
+    let attempts = if retryable {
+        pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
+    } else {
+        1
+    };
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    for attempt in 0..attempts {
+        let index = match (affinity_key, table_pool) {
+            (Some(key), Some(table_pool)) => {
+                pool.first_healthy(table_pool.affinity_indices(key), &tried[..attempt])
+            }
+            _ => pool.round_robin(&tried[..attempt]),
+        };
+        let (Some(index), Some(upstream_request)) = (index, request.take()) else {
+            break;
+        };
+        tried[attempt] = index;
+        let endpoint = &pool.endpoints[index];
+        if shared.config.access_log.enabled {
+            ctx.upstream = Some(endpoint.address.clone());
+        }
+        // The first attempt starts as the request did (no clock read).
+        let attempt_start = if attempt == 0 {
+            ctx.start
+        } else {
+            Instant::now()
+        };
+        let deadline = (attempt_start + timeouts.read()).min(total_deadline);
+        let result = shared
+            .timer
+            .timeout_at(
+                deadline,
+                upstream_h2::send(http1, h2, endpoint, upstream_request),
+            )
+            .await;
+        let failure = match result {
+            Ok(Ok(response)) => {
+                endpoint.health.success();
+                return Ok(response);
+            }
+            Ok(Err(error)) if error.is_connect() => {
+                request = error.into_unsent();
+                UpstreamFailure::Connect
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, upstream = %endpoint.address, "upstream exchange failed");
+                UpstreamFailure::Other
+            }
+            Err(_) => UpstreamFailure::Timeout,
+        };
+        if let Some(reply) = client_fault(&shared.metrics, &body, failure) {
+            return Err(reply);
+        }
+        shared.metrics.upstream_error(endpoint.id, failure);
+        let health = &shared.config.health_check;
+        endpoint.health.failure(
+            health.eject_after_failures,
+            Duration::from_millis(health.eject_for_ms),
+        );
+        if !matches!(failure, UpstreamFailure::Connect) || attempt + 1 == attempts {
+            return Err(match failure {
+                UpstreamFailure::Timeout => Reply::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    json!({"error": "upstream timed out", "upstream": &*endpoint.address}),
+                ),
+                _ => Reply::new(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"error": "upstream unreachable", "upstream": &*endpoint.address}),
+                ),
+            });
+        }
+    }
+    Err(Reply::new(
+        StatusCode::BAD_GATEWAY,
+        json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
+    ))
+}
+
+/// Phase 7: the upstream's answer for the client. A `101` to an upgrade request turns both
+/// connections into one tunnel; any other answer goes on without its hop-by-hop headers.
+fn respond(
+    conn: &Conn,
+    mut response: Response<UpstreamBody>,
+    on_client_upgrade: Option<OnUpgrade>,
+) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(on_client_upgrade) = on_client_upgrade
     {
@@ -500,10 +578,10 @@ async fn proxy(
             }
         });
         let (parts, _) = response.into_parts();
-        return Ok(Response::from_parts(parts, empty()));
+        return Response::from_parts(parts, empty());
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(BodyExt::boxed))
+    response.map(BodyExt::boxed)
 }
 
 /// Forged or stale hop markers, for the log.
