@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub regions: Vec<RegionState>,
     /// The table version as a header value.
     pub version_header: http::HeaderValue,
+    /// `x-unitgate-table-version: <version>\r\n`, as the codec writes it into upstream heads.
+    pub version_line: Box<[u8]>,
 }
 
 impl Snapshot {
@@ -68,6 +70,8 @@ pub struct UnitState {
     pub id: NameId,
     /// The unit's name as a header value.
     pub header: http::HeaderValue,
+    /// `x-unitgate-unit: <name>\r\n`, as the codec writes it into upstream heads.
+    pub line: Box<[u8]>,
 }
 
 /// A region's pools and gateways, metric label and header value.
@@ -76,6 +80,8 @@ pub struct RegionState {
     pub id: NameId,
     /// The region's name as a header value.
     pub header: http::HeaderValue,
+    /// `x-unitgate-region: <name>\r\n`, as the codec writes it into upstream heads.
+    pub line: Box<[u8]>,
     /// Pools by service (see [`CompiledTable::services`]); `None` where the region has none.
     pub pools: Vec<Option<PoolState>>,
     /// The region's gateways, as a pool.
@@ -561,6 +567,7 @@ impl TableStore {
                 // Names passed validation (lowercase letters, digits, '-', '_'): valid header
                 // values.
                 header: header_value(&r.name),
+                line: field_line("x-unitgate-region", &r.name),
                 pools: (0..table.services().len())
                     .map(|s| {
                         let connector = pool_connectors.get(s).and_then(Option::as_ref)?;
@@ -592,13 +599,22 @@ impl TableStore {
                     limiter: self.limiter(true, &u.name, u.limits),
                     id: names.id(&u.name),
                     header: header_value(&u.name),
+                    line: field_line("x-unitgate-unit", &u.name),
                 })
                 .collect(),
             regions,
             version_header: http::HeaderValue::from(table.version()),
+            version_line: field_line("x-unitgate-table-version", &table.version().to_string()),
             table,
         }
     }
+}
+
+/// `name: value\r\n`: a line written whole into every upstream head that carries it.
+fn field_line(name: &str, value: &str) -> Box<[u8]> {
+    format!("{name}: {value}\r\n")
+        .into_bytes()
+        .into_boxed_slice()
 }
 
 fn header_value(name: &str) -> http::HeaderValue {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::response::ResponseHead;
 use crate::connect::{Connectors, Stream};
 use crate::metrics::NameId;
 
@@ -33,6 +34,9 @@ pub struct UpstreamConn {
     pub buf: BytesMut,
     /// Whether it served an exchange before (a stale pooled connection is retried).
     pub reused: bool,
+    /// The last response head read on it, kept so that its field list is allocated once per
+    /// connection rather than once per response.
+    pub response: ResponseHead,
 }
 
 impl UpstreamConn {
@@ -132,6 +136,7 @@ impl Pool {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
             reused: false,
+            response: ResponseHead::default(),
         })
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
-use router_rules::{Balance, RequestView};
+use router_rules::{Balance, Class, RequestView};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -124,7 +124,11 @@ pub async fn serve<S>(
         }
         let next = exchange(&shared, &conn, &mut io, &mut buf, &head, &mut scratch).await;
         if next == Next::Close {
-            let _ = io.shutdown().await;
+            // TLS says goodbye with close_notify; a plain connection's FIN goes with the
+            // close as it is dropped, one system call fewer.
+            if conn.tls {
+                let _ = io.shutdown().await;
+            }
             return;
         }
     }
@@ -517,11 +521,11 @@ fn upstream_head(
         None => line(out, b"x-forwarded-for: ", peer),
     }
     if !forwarded_proto {
-        line(
-            out,
-            b"x-forwarded-proto: ",
-            if conn.tls { b"https" } else { b"http" },
-        );
+        out.extend_from_slice(if conn.tls {
+            b"x-forwarded-proto: https\r\n"
+        } else {
+            b"x-forwarded-proto: http\r\n"
+        });
     }
     if let Some(trace) = &ctx.trace {
         line(out, b"traceparent: ", &trace.child_bytes());
@@ -530,31 +534,19 @@ fn upstream_head(
     let routed = &decided.routed;
     match decided.target {
         Target::Local(_) => {
+            // Lines the snapshot holds ready: one copy each.
             if let Some(unit) = routed.unit {
-                line(
-                    out,
-                    b"x-unitgate-unit: ",
-                    snapshot.units[unit].header.as_bytes(),
-                );
+                out.extend_from_slice(&snapshot.units[unit].line);
             }
             if let Some(slot) = routed.slot {
                 number_line(out, b"x-unitgate-slot", u64::from(slot));
             }
-            line(
-                out,
-                b"x-unitgate-region: ",
-                snapshot.here().header.as_bytes(),
-            );
-            line(
-                out,
-                b"x-unitgate-class: ",
-                decided.route.class.as_str().as_bytes(),
-            );
-            line(
-                out,
-                b"x-unitgate-table-version: ",
-                snapshot.version_header.as_bytes(),
-            );
+            out.extend_from_slice(&snapshot.here().line);
+            out.extend_from_slice(match decided.route.class {
+                Class::C => b"x-unitgate-class: C\r\n",
+                Class::P => b"x-unitgate-class: P\r\n",
+            });
+            out.extend_from_slice(&snapshot.version_line);
             if let Some(key) = &routed.key {
                 out.extend_from_slice(b"x-unitgate-key: ");
                 write_header_safe(out, key);
@@ -1021,7 +1013,8 @@ where
 {
     let timer = &shared.timer;
     let head_request = ctx.method == Method::HEAD;
-    let mut response = ResponseHead::default();
+    // The connection's own head, whose field list keeps its room from the last exchange.
+    let mut response = std::mem::take(&mut upstream.response);
     loop {
         let complete = match response::parse(
             &upstream.buf,
@@ -1108,9 +1101,11 @@ where
     out.extend_from_slice(b"\r\n");
     let head_len = response.len;
     upstream.buf.advance(head_len);
+    let (framing, upstream_closes) = (response.framing, response.close);
+    upstream.response = response;
 
     // The body: what is here goes with the head, in one write; then as it comes.
-    let mut relay = ResponseBody::new(response.framing, !chunked_to_client);
+    let mut relay = ResponseBody::new(framing, !chunked_to_client);
     let here = relay
         .take(&upstream.buf, out)
         .map_err(|e| Failed::Upstream(e.as_str().to_owned()))?;
@@ -1149,7 +1144,7 @@ where
     Ok(Done {
         status,
         next: if close { Next::Close } else { Next::KeepAlive },
-        upstream_reusable: whole && !response.close && upstream.buf.is_empty(),
+        upstream_reusable: whole && !upstream_closes && upstream.buf.is_empty(),
     })
 }
 
