@@ -2,7 +2,8 @@
 //! tonic server behind and a tonic client in front. Unary and server-streaming calls keep
 //! their trailers (the server's `grpc-status` and its own metadata) in the region and across
 //! regions; a client's request trailers reach the upstream; the gateway's own answers reach a
-//! gRPC client as gRPC statuses; an h2 pool's health is checked over HTTP/2.
+//! gRPC client as gRPC statuses; an h2 pool's health is checked over HTTP/2; an HTTP/1.1
+//! client's request, served by the gateway's own codec, crosses to them over HTTP/2 too.
 
 #[path = "support/grpc_echo.rs"]
 mod grpc_echo;
@@ -512,4 +513,31 @@ async fn an_endpoint_gets_one_shared_connection_made_again_when_it_closes() {
     assert!(error.is_connect(), "{error}");
     let unsent = error.into_unsent().expect("the request back");
     assert_eq!(unsent.uri().path(), "/x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_clients_request_crosses_regions_over_http2_with_the_default_codec() {
+    let grpc = Grpc::start().await;
+    let http = support::client();
+    for user in [IN_HZ, IN_SH] {
+        let request = Request::post(format!("http://{}/raw", grpc.hz.http_addrs[0]))
+            .header("x-user-id", user)
+            .body(http_body_util::Full::new(Bytes::from_static(b"four")))
+            .expect("request");
+        let response = http.request(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK, "as {user}");
+        assert_eq!(response.version(), http::Version::HTTP_11);
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned();
+        // The upstream saw HTTP/2 and the whole body, whichever region served it.
+        assert_eq!(collected.to_bytes(), "HTTP/2.0 4", "as {user}");
+        let trailers = trailers.expect("the upstream's trailers, chunked");
+        assert_eq!(trailers["x-upstream-trailer"], "from-upstream", "as {user}");
+    }
+    let forwarded = support::get_text(&http, grpc.hz.admin_addr, "/metrics").await;
+    assert!(
+        forwarded.contains("unitgate_cross_region_forwards_total{region=\"sh\"} 1"),
+        "{forwarded}"
+    );
+    let _ = &grpc.sh;
 }

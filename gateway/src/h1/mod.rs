@@ -13,3 +13,4 @@ pub mod fields;
 pub mod request;
 pub mod response;
 pub mod serve;
+mod via_h2;

@@ -36,7 +36,7 @@ pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 
 /// How the connection goes on after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
+pub(super) enum Next {
     /// Read the next request.
     KeepAlive,
     /// Close it.
@@ -163,7 +163,7 @@ async fn refuse_head<S: AsyncWrite + Unpin>(
     let _ = io.shutdown().await;
 }
 
-fn closing(mut reply: Reply) -> Reply {
+pub(super) fn closing(mut reply: Reply) -> Reply {
     reply.close = true;
     reply
 }
@@ -330,12 +330,12 @@ async fn answer_unforwarded<S: AsyncWrite + Unpin>(
     }
 }
 
-fn draining(shared: &Shared) -> bool {
+pub(super) fn draining(shared: &Shared) -> bool {
     shared.draining.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Write a reply of the gateway's own (a JSON body).
-async fn write_reply<S: AsyncWrite + Unpin>(
+pub(super) async fn write_reply<S: AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
     reply: Reply,
@@ -365,7 +365,7 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     io.flush().await
 }
 
-fn status_line(out: &mut Vec<u8>, minor: u8, status: u16, reason: &str) {
+pub(super) fn status_line(out: &mut Vec<u8>, minor: u8, status: u16, reason: &str) {
     out.extend_from_slice(if minor == 0 {
         b"HTTP/1.0 "
     } else {
@@ -378,7 +378,7 @@ fn status_line(out: &mut Vec<u8>, minor: u8, status: u16, reason: &str) {
 }
 
 /// `date: <now>\r\n`, formatted once a second per thread.
-fn date(out: &mut Vec<u8>) {
+pub(super) fn date(out: &mut Vec<u8>) {
     thread_local! {
         static NOW: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
     }
@@ -397,7 +397,7 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -428,7 +428,7 @@ fn number_line(out: &mut Vec<u8>, name: &[u8], n: u64) {
 /// The upstream request head: the request line in origin form, the client's kept field lines
 /// as they came, then the gateway's own.
 #[allow(clippy::too_many_arguments)]
-fn upstream_head(
+pub(super) fn upstream_head(
     out: &mut Vec<u8>,
     shared: &Shared,
     conn: &Conn,
@@ -623,6 +623,23 @@ where
         Target::Local(_) => snapshot.table.regions()[snapshot.region].pool(decided.route.service),
         Target::Region(_) => None,
     };
+    if super::via_h2::wanted(&decided) {
+        return super::via_h2::forward(
+            shared,
+            conn,
+            ctx,
+            io,
+            raw,
+            buf,
+            head,
+            scratch,
+            &decided,
+            pool,
+            affinity_key,
+            table_pool,
+        )
+        .await;
+    }
     let timeouts = shared.config.timeouts;
     let total_deadline = ctx.start + timeouts.total();
     let idempotent = is_idempotent(&ctx.method);
@@ -814,7 +831,7 @@ where
     (status, if head.close { Next::Close } else { next }, false)
 }
 
-fn eject(shared: &Shared, health: &crate::store::Health) {
+pub(super) fn eject(shared: &Shared, health: &crate::store::Health) {
     let config = &shared.config.health_check;
     health.failure(
         config.eject_after_failures,

@@ -1,0 +1,626 @@
+//! HTTP/1.1 clients' requests whose serving pool speaks HTTP/2 (`protocol: h2`, gRPC services),
+//! or whose hop goes to the gateways of a region whose pool does ([`crate::upstream_h2::wanted`]):
+//! parsed and decided by the codec like any other, sent through the HTTP/2 client the hyper path
+//! uses, and answered to the client as HTTP/1.1.
+//!
+//! The upstream request's fields are the ones the codec would send over HTTP/1.1: the head
+//! [`super::serve::upstream_head`] writes is parsed back into a header map, so both paths keep
+//! and add the same fields by the same code.
+//!
+//! The request body is read whole, up to `limits.max_body_bytes`, before the request is sent.
+//! hyper's HTTP/2 connection task polls a request body on its own, so streaming it would need
+//! this task to read the client while it also waits for, and writes, the answer on the same
+//! connection; a body held whole is also one an idempotent request can take on to the next
+//! endpoint as it is after a connect failure. `h2` pools serve gRPC, whose requests are
+//! messages rather than uploads. The response is streamed.
+
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use router_rules::table::Pool;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::chunked::Chunked;
+use super::client::READ_CHUNK;
+use super::fields::Kind;
+use super::request::{Framing, RequestHead};
+use super::serve::{
+    Next, closing, date, draining, eject, field_line, status_line, upstream_head, write_reply,
+};
+use crate::decide::Decided;
+use crate::headers::strip_hop_by_hop;
+use crate::metrics::{ClientEvent, UpstreamFailure};
+use crate::proxy::{Conn, Ctx, MAX_ATTEMPTS, Reply, Shared, Target, is_idempotent};
+use crate::store::PoolState;
+use crate::upstream::Body;
+use crate::upstream_h2::{self, Http1Client, UpstreamBody};
+
+/// Whether the decided request goes upstream over HTTP/2: the condition the hyper path
+/// computes, for the region that serves it, or for the hop to that region's gateways.
+pub(super) fn wanted(decided: &Decided<'_>) -> bool {
+    let snapshot = decided.snapshot;
+    let (to, hop) = match decided.target {
+        Target::Local(_) => (snapshot.region, false),
+        Target::Region(region) => (region, true),
+    };
+    upstream_h2::wanted(&snapshot.table, to, decided.route.service, hop)
+}
+
+/// The client broke its body: the event to count and the reply (the connection closes).
+struct BodyFault(ClientEvent, StatusCode, &'static str);
+
+const SLOW: BodyFault = BodyFault(
+    ClientEvent::BodySlow,
+    StatusCode::REQUEST_TIMEOUT,
+    "request body too slow",
+);
+const ABORTED: BodyFault = BodyFault(
+    ClientEvent::BodyAborted,
+    StatusCode::BAD_REQUEST,
+    "request body cut off by the client",
+);
+const MALFORMED: BodyFault = BodyFault(
+    ClientEvent::BodyMalformed,
+    StatusCode::BAD_REQUEST,
+    "malformed request body",
+);
+const TOO_LARGE: BodyFault = BodyFault(
+    ClientEvent::BodyTooLarge,
+    StatusCode::PAYLOAD_TOO_LARGE,
+    "request body too large",
+);
+
+/// How an attempt ended without an answer.
+enum Failed {
+    Connect(String),
+    Timeout,
+    Upstream(String),
+}
+
+/// Forward the decided request over HTTP/2 to an endpoint of `pool` (chosen, retried and
+/// health-counted as the HTTP/1.1 path does) and write the answer as HTTP/1.1. Returns what
+/// `serve::forward` returns: the status, how the connection goes on, and whether the last
+/// bytes of the answer are still in `scratch` for the caller to write.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward<S>(
+    shared: &Shared,
+    conn: &Conn,
+    ctx: &mut Ctx,
+    io: &mut S,
+    raw: &[u8],
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+    decided: &Decided<'_>,
+    pool: &PoolState,
+    affinity_key: Option<&str>,
+    table_pool: Option<&Pool>,
+) -> (StatusCode, Next, bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let timeouts = shared.config.timeouts;
+    let total_deadline = ctx.start + timeouts.total();
+    // The body has the first attempt's time, as on the HTTP/1.1 path, where it is sent within
+    // that attempt's deadline.
+    let body_deadline = (ctx.start + timeouts.read()).min(total_deadline);
+    let body = match read_body(shared, io, buf, head, body_deadline).await {
+        Ok(body) => body,
+        Err(BodyFault(event, status, error)) => {
+            shared.metrics.client_event(event);
+            let reply = closing(Reply::new(status, json!({ "error": error })));
+            let _ = write_reply(io, scratch, reply, head.minor).await;
+            return (status, Next::Close, false);
+        }
+    };
+    // No endpoint's address stands in for a missing `Host` here: the HTTP/2 client names the
+    // endpoint it sends to, whichever attempt that is.
+    upstream_head(scratch, shared, conn, ctx, raw, head, decided, "");
+    let mut request = match request_of(scratch, head, body) {
+        Ok(request) => Some(request),
+        Err(detail) => {
+            let reply = Reply::new(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "request not expressible in HTTP/2", "detail": detail}),
+            );
+            return answer(shared, io, head, scratch, reply).await;
+        }
+    };
+
+    let idempotent = is_idempotent(&ctx.method);
+    let attempts = if idempotent {
+        pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
+    } else {
+        1
+    };
+    let http1 = Http1Client::Codec(&shared.codec_upstream, timeouts.read());
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    let mut last = None;
+    for attempt in 0..attempts {
+        let index = match (affinity_key, table_pool) {
+            (Some(key), Some(table_pool)) => {
+                pool.first_healthy(table_pool.affinity_indices(key), &tried[..attempt])
+            }
+            _ => pool.round_robin(&tried[..attempt]),
+        };
+        let (Some(index), Some(upstream_request)) = (index, request.take()) else {
+            break;
+        };
+        tried[attempt] = index;
+        let endpoint = &pool.endpoints[index];
+        if shared.config.access_log.enabled {
+            ctx.upstream = Some(endpoint.address.clone());
+        }
+        let attempt_start = if attempt == 0 {
+            ctx.start
+        } else {
+            Instant::now()
+        };
+        let deadline = (attempt_start + timeouts.read()).min(total_deadline);
+        let sent = shared
+            .timer
+            .timeout_at(
+                deadline,
+                upstream_h2::send(http1, Some(&shared.upstream_h2), endpoint, upstream_request),
+            )
+            .await;
+        match sent {
+            Ok(Ok(response)) => {
+                endpoint.health.success();
+                return respond(shared, ctx, io, head, scratch, response).await;
+            }
+            Ok(Err(error)) if error.is_connect() => {
+                let message = error.to_string();
+                request = error.into_unsent();
+                shared
+                    .metrics
+                    .upstream_error(endpoint.id, UpstreamFailure::Connect);
+                eject(shared, &endpoint.health);
+                last = Some((index, Failed::Connect(message)));
+            }
+            Ok(Err(error)) => {
+                last = Some((index, Failed::Upstream(error.to_string())));
+                break;
+            }
+            Err(_) => {
+                last = Some((index, Failed::Timeout));
+                break;
+            }
+        }
+    }
+    let reply = match last {
+        Some((index, failed)) => {
+            let endpoint = &pool.endpoints[index];
+            let address = &*endpoint.address;
+            match failed {
+                Failed::Connect(message) => {
+                    tracing::debug!(%message, upstream = address, "upstream connect failed");
+                    Reply::new(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": "upstream unreachable", "upstream": address}),
+                    )
+                }
+                Failed::Timeout => {
+                    shared
+                        .metrics
+                        .upstream_error(endpoint.id, UpstreamFailure::Timeout);
+                    eject(shared, &endpoint.health);
+                    closing(Reply::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        json!({"error": "upstream timed out", "upstream": address}),
+                    ))
+                }
+                Failed::Upstream(message) => {
+                    tracing::debug!(%message, upstream = address, "upstream exchange failed");
+                    shared
+                        .metrics
+                        .upstream_error(endpoint.id, UpstreamFailure::Other);
+                    eject(shared, &endpoint.health);
+                    closing(Reply::new(
+                        StatusCode::BAD_GATEWAY,
+                        json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
+                    ))
+                }
+            }
+        }
+        None => Reply::new(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
+        ),
+    };
+    answer(shared, io, head, scratch, reply).await
+}
+
+/// Answer with a reply of the gateway's own once the body has been read: the connection may
+/// go on unless the reply or the client says otherwise.
+async fn answer<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+    mut reply: Reply,
+) -> (StatusCode, Next, bool) {
+    let status = reply.status;
+    reply.close |= head.close || draining(shared);
+    let close = reply.close;
+    match write_reply(io, scratch, reply, head.minor).await {
+        Ok(()) if !close => (status, Next::KeepAlive, false),
+        _ => (status, Next::Close, false),
+    }
+}
+
+/// The request body, read whole by its framing.
+struct ReadBody {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    deadline: Instant,
+) -> Result<ReadBody, BodyFault> {
+    let max = shared.config.limits.max_body_bytes;
+    // A client waiting to be told to send its body is told when the body is needed and not
+    // all here, as the HTTP/1.1 path tells it once the upstream connection is there.
+    let mut ask = head.expect_continue && head.minor == 1;
+    match head.framing {
+        Framing::None | Framing::UntilClose => Ok(ReadBody {
+            data: Bytes::new(),
+            trailers: None,
+        }),
+        Framing::Length(n) => {
+            // `decide` refused a length above `max_body_bytes` before this.
+            let n = usize::try_from(n).map_err(|_| TOO_LARGE)?;
+            while buf.len() < n {
+                fill(shared, io, buf, deadline, n - buf.len(), &mut ask).await?;
+            }
+            Ok(ReadBody {
+                data: buf.split_to(n).freeze(),
+                trailers: None,
+            })
+        }
+        Framing::Chunked => {
+            let mut chunked = Chunked::new();
+            let mut data = BytesMut::new();
+            // What followed the last chunk data so far: at the end, the last chunk's line and
+            // the trailer section.
+            let mut tail = Vec::new();
+            loop {
+                while !buf.is_empty() && !chunked.is_done() {
+                    let step = chunked.step(buf).map_err(|_| MALFORMED)?;
+                    if step.data.is_empty() {
+                        tail.extend_from_slice(&buf[..step.consumed]);
+                    } else {
+                        tail.clear();
+                        data.extend_from_slice(&buf[step.data.clone()]);
+                        if data.len() as u64 > max {
+                            return Err(TOO_LARGE);
+                        }
+                    }
+                    buf.advance(step.consumed);
+                }
+                if chunked.is_done() {
+                    break;
+                }
+                fill(shared, io, buf, deadline, READ_CHUNK, &mut ask).await?;
+            }
+            Ok(ReadBody {
+                data: data.freeze(),
+                trailers: trailers_of(&tail),
+            })
+        }
+    }
+}
+
+/// Read more of the body from the client by `deadline`, first sending the `100 Continue` it
+/// may wait for (`ask`, once).
+async fn fill<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    buf: &mut BytesMut,
+    deadline: Instant,
+    wanted: usize,
+    ask: &mut bool,
+) -> Result<(), BodyFault> {
+    if std::mem::take(ask)
+        && io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return Err(ABORTED);
+    }
+    buf.reserve(wanted.clamp(READ_CHUNK, 16 * READ_CHUNK));
+    match shared.timer.timeout_at(deadline, io.read_buf(buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Err(ABORTED),
+        Ok(Ok(_)) => Ok(()),
+        Err(_) => Err(SLOW),
+    }
+}
+
+/// The trailer fields of a chunked body, from what followed its last data (the CRLF ending
+/// that data, the last chunk's line, the trailer section): checked already by [`Chunked`].
+/// Fields that describe the message or the connection rather than its content are left out.
+fn trailers_of(tail: &[u8]) -> Option<HeaderMap> {
+    let rest = tail.strip_prefix(b"\r\n").unwrap_or(tail);
+    let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let section = &rest[line_end + 2..];
+    if section.starts_with(b"\r\n") {
+        return None;
+    }
+    let mut fields = vec![httparse::EMPTY_HEADER; 128];
+    let Ok(httparse::Status::Complete((_, parsed))) = httparse::parse_headers(section, &mut fields)
+    else {
+        return None;
+    };
+    let mut trailers = HeaderMap::new();
+    for field in parsed {
+        if Kind::of(field.name.as_bytes()) != Kind::Other {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.as_bytes()),
+            HeaderValue::from_bytes(field.value),
+        ) {
+            trailers.append(name, value);
+        }
+    }
+    (!trailers.is_empty()).then_some(trailers)
+}
+
+/// The HTTP/2 request: the head `upstream_head` wrote in `written`, parsed back, with `body`.
+fn request_of(written: &[u8], head: &RequestHead, body: ReadBody) -> Result<Request<Body>, String> {
+    let mut fields = vec![httparse::EMPTY_HEADER; head.fields.len() + 32];
+    let mut parsed = httparse::Request::new(&mut fields);
+    match parsed.parse(written) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err("incomplete head".to_owned()),
+        Err(error) => return Err(error.to_string()),
+    }
+    let method =
+        Method::from_bytes(parsed.method.unwrap_or("GET").as_bytes()).map_err(|e| e.to_string())?;
+    let uri = Uri::try_from(parsed.path.unwrap_or("/")).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|e| e.to_string())?;
+        // The framing is the body's own now (HTTP/2 frames it; its length is set below); an
+        // empty `Host` stands for none.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || (name == header::HOST && field.value.is_empty())
+        {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(field.value).map_err(|e| e.to_string())?;
+        headers.append(name, value);
+    }
+    if head.framing != Framing::None {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.data.len()));
+    }
+    let body = Full::new(body.data)
+        .map_err(|never| match never {})
+        .with_trailers(std::future::ready(body.trailers.map(Ok)))
+        .boxed();
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// How the answer's body goes to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToClient {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Write the HTTP/2 answer to the HTTP/1.1 client: its head, then its body as it comes, then
+/// its trailers when it goes chunked.
+async fn respond<S>(
+    shared: &Shared,
+    ctx: &Ctx,
+    io: &mut S,
+    head: &RequestHead,
+    out: &mut Vec<u8>,
+    response: http::Response<UpstreamBody>,
+) -> (StatusCode, Next, bool)
+where
+    S: AsyncWrite + Unpin,
+{
+    let (mut parts, mut body) = response.into_parts();
+    let status = parts.status;
+    strip_hop_by_hop(&mut parts.headers, false);
+    let bodiless = ctx.method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational();
+    let length = if hyper::body::Body::is_end_stream(&body) {
+        Some(0)
+    } else {
+        parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let framing = match length {
+        _ if bodiless => ToClient::None,
+        Some(n) => ToClient::Length(n),
+        None if head.minor == 1 => ToClient::Chunked,
+        None => ToClient::UntilClose,
+    };
+    let close = head.close || framing == ToClient::UntilClose || draining(shared);
+
+    out.clear();
+    status_line(
+        out,
+        head.minor,
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+    );
+    let mut dated = false;
+    for (name, value) in &parts.headers {
+        // A bodiless answer keeps the length it announces (a HEAD's); others get the
+        // framing line written below.
+        if *name == header::CONTENT_LENGTH && !bodiless {
+            continue;
+        }
+        dated |= *name == header::DATE;
+        field_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !dated {
+        date(out);
+    }
+    match framing {
+        ToClient::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ToClient::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ToClient::None | ToClient::UntilClose => {}
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if head.minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == ToClient::None {
+        // The stream is dropped unread: hyper resets it if the upstream sent more.
+        let next = if close { Next::Close } else { Next::KeepAlive };
+        return (status, next, true);
+    }
+
+    let body_timeout = shared.config.timeouts.read();
+    let mut sent = 0u64;
+    let mut trailers = None;
+    let ended = loop {
+        if !out.is_empty() {
+            if io.write_all(out).await.is_err() {
+                return (client_gone(), Next::Close, false);
+            }
+            out.clear();
+        }
+        let frame = match shared
+            .timer
+            .timeout_at(Instant::now() + body_timeout, body.frame())
+            .await
+        {
+            Ok(None) => break true,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(error))) => {
+                tracing::debug!(%error, "upstream broke an HTTP/2 response body");
+                break false;
+            }
+            Err(_) => {
+                tracing::debug!("upstream HTTP/2 response body timed out");
+                break false;
+            }
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(fields) = frame.into_trailers() {
+                    trailers = Some(fields);
+                }
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match framing {
+            ToClient::Length(n) => {
+                let room = usize::try_from(n - sent).unwrap_or(usize::MAX);
+                if data.len() > room {
+                    // More than announced: what fits goes, and the close tells the rest.
+                    out.extend_from_slice(&data[..room]);
+                    break false;
+                }
+                out.extend_from_slice(&data);
+                sent += data.len() as u64;
+            }
+            ToClient::Chunked => {
+                let mut size = [0u8; 16];
+                let size = hex(data.len(), &mut size);
+                out.extend_from_slice(size);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            }
+            ToClient::UntilClose | ToClient::None => out.extend_from_slice(&data),
+        }
+    };
+    let whole = ended
+        && match framing {
+            ToClient::Length(n) => sent == n,
+            _ => true,
+        };
+    if whole && framing == ToClient::Chunked {
+        out.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers.iter().flatten() {
+            field_line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    // A body cut short ends the client's connection too: that is how it learns.
+    let next = if close || !whole {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    };
+    (status, next, true)
+}
+
+fn client_gone() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// `n` in lowercase hex, in `out`.
+fn hex(mut n: usize, out: &mut [u8; 16]) -> &[u8] {
+    let mut at = out.len();
+    loop {
+        at -= 1;
+        out[at] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            return &out[at..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_come_from_after_the_last_chunk() {
+        let with_data = b"\r\n0;ext=1\r\ngrpc-status: 0\r\nContent-Length: 3\r\nx-b: two\r\n\r\n";
+        let trailers = trailers_of(with_data).expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-b"], "two");
+        assert!(trailers.get(header::CONTENT_LENGTH).is_none());
+        assert!(trailers_of(b"0\r\nx-a: 1\r\n\r\n").is_some());
+        assert!(trailers_of(b"\r\n0\r\n\r\n").is_none());
+        assert!(trailers_of(b"0\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        let mut out = [0u8; 16];
+        assert_eq!(hex(0, &mut out), b"0");
+        assert_eq!(hex(255, &mut out), b"ff");
+        assert_eq!(hex(0x1a2b, &mut out), b"1a2b");
+    }
+}

@@ -1,0 +1,507 @@
+//! HTTP/1.1 clients through the gateway's own codec (the default `http1_codec`) to pools with
+//! `protocol: h2`: the request goes upstream over HTTP/2 with the fields the codec adds, and
+//! the HTTP/2 answer comes back as HTTP/1.1 — Content-Length when it has one, else chunked with
+//! its trailers (HTTP/1.1) or until the close (HTTP/1.0) — on a connection that stays open.
+//! An idempotent request whose first endpoint refuses connections goes to the next one.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::Gateway;
+use gateway::config::GatewayConfig;
+use http::{HeaderMap, Request, Response, Version};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{SECRET, loopback_listeners, refusing_address};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What the HTTP/2 upstream received.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    uri: String,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// An HTTP/2 (h2c) upstream that logs each request before answering it. `/fixed` is answered
+/// with a Content-Length body; anything else with `echo:` and the request body, in two data
+/// frames and no length, then trailers (`grpc-status: 0`, `x-upstream-trailer`).
+async fn h2_upstream() -> (SocketAddr, Log) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let collected = body.collect().await?;
+                        let trailers = collected.trailers().cloned();
+                        let body = collected.to_bytes();
+                        let path = parts.uri.path().to_owned();
+                        seen.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
+                            method: parts.method.to_string(),
+                            uri: parts.uri.to_string(),
+                            version: parts.version,
+                            headers: parts.headers,
+                            body: body.clone(),
+                            trailers,
+                        });
+                        let frames = if path == "/fixed" {
+                            vec![Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(
+                                b"fixed body",
+                            )))]
+                        } else {
+                            let mut trailers = HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().expect("v"));
+                            trailers.insert("x-upstream-trailer", "late".parse().expect("v"));
+                            vec![
+                                Ok(Frame::data(Bytes::from_static(b"echo:"))),
+                                Ok(Frame::data(body)),
+                                Ok(Frame::trailers(trailers)),
+                            ]
+                        };
+                        let mut response =
+                            Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+                        response
+                            .headers_mut()
+                            .insert("x-upstream", "h2".parse().expect("v"));
+                        if path == "/fixed" {
+                            response
+                                .headers_mut()
+                                .insert("content-length", "10".parse().expect("v"));
+                        }
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+fn config(table: &Path, extra: &str) -> GatewayConfig {
+    let text = format!(
+        "region: local\nlisten: {{ http: [\"127.0.0.1:0\"] }}\nadmin: {{ listen: \"127.0.0.1:0\" }}\ntable: {{ file: {}, poll_interval_ms: 3600000 }}\nhop_secret: {SECRET}\naccess_log: false\nhealth_check: {{ interval_ms: 0 }}\n{extra}",
+        table.display()
+    );
+    GatewayConfig::parse(&text, "test").expect("config")
+}
+
+/// One region: `/retry` to a pool whose first endpoint refuses connections, `/down` to one
+/// that has only such an endpoint, the rest to the live HTTP/2 upstream; all `protocol: h2`.
+struct Setup {
+    gateway: Gateway,
+    log: Log,
+    live: SocketAddr,
+    refusing: SocketAddr,
+    _reserved: tokio::net::TcpSocket,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(extra: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (live, log) = h2_upstream().await;
+    let (reserved, refusing) = refusing_address();
+    let route = |name: &str, prefix: &str| {
+        format!(
+            "  - {{ name: {name}, match: {{ path_prefix: {prefix} }}, service: {name}, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}\n"
+        )
+    };
+    let table = format!(
+        "version: 1\nregions:\n  - {{ name: local, pools: {{ app: {{ endpoints: [\"{live}\"], protocol: h2 }}, retry: {{ endpoints: [\"{refusing}\", \"{live}\"], protocol: h2 }}, down: {{ endpoints: [\"{refusing}\"], protocol: h2 }} }} }}\nunits:\n  - {{ name: u1, center: true, slots: [[0, 9999]], region: local }}\nroutes:\n{}{}{}",
+        route("retry", "/retry"),
+        route("down", "/down"),
+        route("app", "/"),
+    );
+    let table_path = dir.path().join("table.yaml");
+    std::fs::write(&table_path, table).expect("table");
+    let gateway = Gateway::start(config(&table_path, extra), loopback_listeners())
+        .await
+        .expect("gateway");
+    Setup {
+        gateway,
+        log,
+        live,
+        refusing,
+        _reserved: reserved,
+        _dir: dir,
+    }
+}
+
+/// An HTTP/1.x response as the client read it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        find(&self.headers, name)
+    }
+
+    fn trailer(&self, name: &str) -> Option<&str> {
+        find(&self.trailers, name)
+    }
+}
+
+fn find<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// A client connection, with what it read and did not use yet.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Read more; false at the end of the stream.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("the gateway answers in time")
+            .expect("read");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next CRLF-ended line, without its CRLF.
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.buf[..at].to_vec()).expect("text");
+                self.buf.drain(..at + 2);
+                return line;
+            }
+            assert!(self.fill().await, "closed inside a line: {:?}", self.buf);
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "closed inside a body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    async fn fields(&mut self) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                return fields;
+            }
+            let (name, value) = line.split_once(':').expect("a field line");
+            fields.push((name.to_owned(), value.trim().to_owned()));
+        }
+    }
+
+    /// Read one response to a request of `method`.
+    async fn answer(&mut self, method: &str) -> Answer {
+        let status_line = self.line().await;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status");
+        let headers = self.fields().await;
+        let mut answer = Answer {
+            status,
+            headers,
+            body: Vec::new(),
+            trailers: Vec::new(),
+        };
+        if method == "HEAD" || status == 204 || status == 304 {
+            return answer;
+        }
+        if let Some(length) = answer.header("content-length") {
+            let length = length.parse().expect("a length");
+            answer.body = self.take(length).await;
+        } else if answer.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let size_line = self.line().await;
+                let size =
+                    usize::from_str_radix(size_line.split(';').next().expect("a size").trim(), 16)
+                        .expect("a hex size");
+                if size == 0 {
+                    answer.trailers = self.fields().await;
+                    break;
+                }
+                let data = self.take(size + 2).await;
+                assert_eq!(&data[size..], b"\r\n");
+                answer.body.extend_from_slice(&data[..size]);
+            }
+        } else {
+            while self.fill().await {}
+            answer.body = std::mem::take(&mut self.buf);
+        }
+        answer
+    }
+
+    /// Whether the gateway closed the connection (and sent nothing more).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+fn value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_requests_for_an_h2_pool_go_over_http2_and_come_back_as_http1() {
+    let setup = setup("").await;
+    let addr = setup.gateway.http_addrs[0];
+    let mut client = Client::connect(addr).await;
+
+    // A POST with a Content-Length body (gRPC's content type): chunked back, with the
+    // upstream's trailers.
+    client
+        .send(
+            b"POST /pkg.Svc/Call?q=1 HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nContent-Type: application/grpc\r\nX-Unitgate-Unit: forged\r\nContent-Length: 11\r\n\r\nhello world",
+        )
+        .await;
+    let answer = client.answer("POST").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("x-upstream"), Some("h2"));
+    assert_eq!(answer.header("transfer-encoding"), Some("chunked"));
+    assert!(answer.header("date").is_some());
+    assert_eq!(answer.body, b"echo:hello world");
+    assert_eq!(answer.trailer("grpc-status"), Some("0"), "{answer:?}");
+    assert_eq!(answer.trailer("x-upstream-trailer"), Some("late"));
+
+    let seen = setup
+        .log
+        .lock()
+        .expect("log")
+        .last()
+        .cloned()
+        .expect("seen");
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.uri, "http://api.example/pkg.Svc/Call?q=1");
+    assert_eq!(seen.body, "hello world");
+    let headers = &seen.headers;
+    assert_eq!(value(headers, "x-user-id"), Some("42"));
+    assert_eq!(value(headers, "x-unitgate-unit"), Some("u1"), "{headers:?}");
+    assert_eq!(value(headers, "x-unitgate-region"), Some("local"));
+    assert_eq!(value(headers, "x-unitgate-class"), Some("C"));
+    assert_eq!(value(headers, "x-unitgate-table-version"), Some("1"));
+    assert_eq!(value(headers, "x-unitgate-key"), Some("42"));
+    assert_eq!(value(headers, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(value(headers, "x-forwarded-proto"), Some("http"));
+    assert!(value(headers, "traceparent").is_some_and(|t| t.starts_with("00-")));
+    assert_eq!(value(headers, "te"), Some("trailers"));
+    assert_eq!(value(headers, "content-length"), Some("11"));
+    assert!(headers.get("host").is_none() && headers.get("connection").is_none());
+
+    // On the same connection: a chunked POST with a trailer, which reaches the upstream.
+    client
+        .send(
+            b"POST /chunked HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n3;x=y\r\nfgh\r\n0\r\nx-client-trailer: from-client\r\n\r\n",
+        )
+        .await;
+    let answer = client.answer("POST").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body, b"echo:abcdefgh");
+    let seen = setup
+        .log
+        .lock()
+        .expect("log")
+        .last()
+        .cloned()
+        .expect("seen");
+    assert_eq!(seen.body, "abcdefgh");
+    assert_eq!(value(&seen.headers, "content-length"), Some("8"));
+    assert!(value(&seen.headers, "te").is_none(), "not gRPC: no TE");
+    let trailers = seen.trailers.expect("the client's trailers");
+    assert_eq!(value(&trailers, "x-client-trailer"), Some("from-client"));
+
+    // A GET answered with a length: Content-Length back, and the connection goes on.
+    client
+        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\n\r\n")
+        .await;
+    let answer = client.answer("GET").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("content-length"), Some("10"));
+    assert!(answer.header("transfer-encoding").is_none());
+    assert_eq!(answer.body, b"fixed body");
+    let seen = setup
+        .log
+        .lock()
+        .expect("log")
+        .last()
+        .cloned()
+        .expect("seen");
+    assert_eq!((seen.method.as_str(), seen.body.len()), ("GET", 0));
+    assert!(seen.headers.get("content-length").is_none());
+
+    // A HEAD: the head only.
+    client
+        .send(b"HEAD /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\n\r\n")
+        .await;
+    let answer = client.answer("HEAD").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("x-upstream"), Some("h2"));
+
+    // Pipelined after it, and asking to close: answered, then closed.
+    client
+        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nConnection: close\r\n\r\n")
+        .await;
+    let answer = client.answer("GET").await;
+    assert_eq!(answer.body, b"fixed body");
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(client.closed().await);
+
+    // HTTP/1.0 and no length: the body ends with the connection, and no trailers.
+    let mut client = Client::connect(addr).await;
+    client
+        .send(b"GET /old HTTP/1.0\r\nHost: api.example\r\nX-User-Id: 42\r\n\r\n")
+        .await;
+    let answer = client.answer("GET").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.header("transfer-encoding").is_none());
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert_eq!(answer.body, b"echo:");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_goes_on_to_the_next_endpoint_when_the_first_refuses() {
+    let setup = setup("").await;
+    let addr = setup.gateway.http_addrs[0];
+    let mut client = Client::connect(addr).await;
+    // The pool's first endpoint refuses: the first request starts there and goes on; the
+    // second, in turn, starts either there or on the live one.
+    for round in 0..2 {
+        client
+            .send(b"GET /retry/x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 7\r\n\r\n")
+            .await;
+        let answer = client.answer("GET").await;
+        assert_eq!(answer.status, 200, "round {round}: {answer:?}");
+        assert_eq!(answer.body, b"echo:");
+        assert_eq!(answer.trailer("grpc-status"), Some("0"));
+    }
+    assert_eq!(setup.log.lock().expect("log").len(), 2);
+    let metrics = support::get_text(&support::client(), setup.gateway.admin_addr, "/metrics").await;
+    let refused = format!(
+        "unitgate_upstream_errors_total{{endpoint=\"{}\",kind=\"connect\"}}",
+        setup.refusing
+    );
+    assert!(metrics.contains(&refused), "{metrics}");
+    let live = format!("endpoint=\"{}\"", setup.live);
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("unitgate_upstream_errors_total") && l.contains(&live)),
+        "{metrics}"
+    );
+
+    // A POST is not retried: its only endpoint refuses, and the gateway says so, its body
+    // read, the connection still open.
+    client
+        .send(b"POST /down HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 7\r\nContent-Length: 4\r\n\r\nbody")
+        .await;
+    let answer = client.answer("POST").await;
+    assert_eq!(answer.status, 502, "{answer:?}");
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+    assert_eq!(body["error"], "upstream unreachable");
+    assert_eq!(body["upstream"], setup.refusing.to_string());
+    client
+        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 7\r\n\r\n")
+        .await;
+    assert_eq!(client.answer("GET").await.body, b"fixed body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_is_asked_for_limited_and_timed_like_on_the_http1_path() {
+    let setup = setup("limits: { max_body_bytes: 16 }\ntimeouts: { read_ms: 300 }\n").await;
+    let addr = setup.gateway.http_addrs[0];
+
+    // `Expect: 100-continue`: the client is told to go on, then answered.
+    let mut client = Client::connect(addr).await;
+    client
+        .send(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await;
+    assert_eq!(client.line().await, "HTTP/1.1 100 Continue");
+    assert_eq!(client.line().await, "");
+    client.send(b"abcde").await;
+    let answer = client.answer("POST").await;
+    assert_eq!(
+        (answer.status, answer.body.as_slice()),
+        (200, &b"echo:abcde"[..])
+    );
+    let seen = setup
+        .log
+        .lock()
+        .expect("log")
+        .last()
+        .cloned()
+        .expect("seen");
+    assert!(seen.headers.get("expect").is_none());
+
+    // A chunked body over `max_body_bytes`: 413, and the connection closes.
+    client
+        .send(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n1\r\nX\r\n0\r\n\r\n")
+        .await;
+    let answer = client.answer("POST").await;
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert!(client.closed().await);
+
+    // A body that stops coming: 408 once the read timeout has passed, and the close.
+    let mut client = Client::connect(addr).await;
+    client
+        .send(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 10\r\n\r\nabc")
+        .await;
+    let answer = client.answer("POST").await;
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(client.closed().await);
+    assert_eq!(
+        setup.log.lock().expect("log").len(),
+        1,
+        "nothing more went upstream"
+    );
+}
