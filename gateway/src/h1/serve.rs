@@ -624,7 +624,9 @@ where
         Target::Region(_) => None,
     };
     if super::via_h2::wanted(&decided) {
-        return super::via_h2::forward(
+        // Boxed: its state (HTTP/2 request and response, the body held whole) would otherwise
+        // sit in every connection's future, copied whole as each connection is spawned.
+        return Box::pin(super::via_h2::forward(
             shared,
             conn,
             ctx,
@@ -637,7 +639,7 @@ where
             pool,
             affinity_key,
             table_pool,
-        )
+        ))
         .await;
     }
     let timeouts = shared.config.timeouts;
