@@ -72,6 +72,18 @@ impl CoarseTimer {
         }
     }
 
+    /// `future`'s output, or `Err(TimedOut)` once it has waited `after`: the clock is read
+    /// only if `future` has to wait at all, so a write that goes straight into the socket
+    /// costs no clock reading and no deadline.
+    pub fn timeout_after<F: Future>(&self, after: Duration, future: F) -> TimeoutAfter<'_, F> {
+        TimeoutAfter {
+            future,
+            timer: self,
+            after,
+            deadline: None,
+        }
+    }
+
     /// Deadlines armed and not yet dropped.
     #[cfg(test)]
     fn armed(&self) -> usize {
@@ -185,6 +197,36 @@ impl<F: Future> Future for Timeout<F> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// See [`CoarseTimer::timeout_after`].
+    pub struct TimeoutAfter<'a, F> {
+        #[pin]
+        future: F,
+        timer: &'a CoarseTimer,
+        after: Duration,
+        deadline: Option<CoarseSleep>,
+    }
+}
+
+impl<F: Future> Future for TimeoutAfter<'_, F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let (timer, after) = (*this.timer, *this.after);
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| timer.deadline(Instant::now() + after));
+        match Pin::new(deadline).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(TimedOut)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +253,20 @@ mod tests {
         assert_eq!(timer.armed(), 1);
         drop(pending);
         assert_eq!(timer.armed(), 0, "a dropped deadline is disarmed");
+
+        let ready = timer.timeout_after(Duration::from_millis(1), async { 3 });
+        tokio::pin!(ready);
+        assert_eq!(ready.as_mut().await, Ok(3));
+        assert_eq!(
+            timer.armed(),
+            0,
+            "nothing armed for a future that did not wait"
+        );
+        let waited = timer
+            .timeout_after(Duration::from_millis(120), std::future::pending::<()>())
+            .await;
+        assert_eq!(waited, Err(TimedOut));
+        assert!(start.elapsed() >= Duration::from_millis(240));
+        assert_eq!(timer.armed(), 0);
     }
 }

@@ -321,3 +321,58 @@ async fn an_upgrade_becomes_a_tunnel_once_the_upstream_switched() {
     );
     assert!(seen[0].contains("connection: upgrade\r\n"), "{}", seen[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_read_timeout() {
+    // An upstream with a body far larger than the sockets' buffers; it reports how its write
+    // ended.
+    const BODY: usize = 64 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (ended, write_ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        while request_end(&buf).is_none() {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the gateway closed before sending the request");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let mut reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+        reply.resize(reply.len() + BODY, b'x');
+        let _ = ended.send(stream.write_all(&reply).await.is_err());
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[addr],
+        "health_check: { interval_ms: 0 }\ntimeouts: { read_ms: 300 }\n",
+    )
+    .await;
+    let mut client = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: shop\r\nX-User-Id: 42\r\n\r\n")
+        .await
+        .expect("send");
+    // The client reads nothing: the gateway gives up on it and drops the upstream connection,
+    // which the upstream sees as its write failing.
+    let failed = tokio::time::timeout(T, write_ended)
+        .await
+        .expect("the upstream's write ended")
+        .expect("reported");
+    assert!(failed, "the upstream could write the whole body to nobody");
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(T, client.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the gateway kept the connection open"),
+        }
+    }
+    assert!(got < BODY, "the client got the whole body ({got} bytes)");
+    drop(gateway);
+}

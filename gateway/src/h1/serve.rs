@@ -297,10 +297,27 @@ where
     finish(shared, &ctx, snapshot.as_deref(), conn, status);
     // The last of a forwarded answer goes out after the log line and the metrics, so a client
     // that has its answer finds the request counted and logged.
-    if unsent && io.write_all(scratch).await.and(io.flush().await).is_err() {
+    if unsent && !to_client(shared, io, scratch).await {
         next = Next::Close;
     }
     next
+}
+
+/// Write `bytes` to the client; `false` when it went away or did not take them within the
+/// read timeout. A client that stops reading would otherwise hold the upstream connection (and
+/// the memory of the answer) for as long as it liked.
+async fn to_client<S: AsyncWrite + Unpin>(shared: &Shared, io: &mut S, bytes: &[u8]) -> bool {
+    let write = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    matches!(
+        shared
+            .timer
+            .timeout_after(shared.config.timeouts.read(), write)
+            .await,
+        Ok(Ok(()))
+    )
 }
 
 /// Answer with a reply of the gateway's own, the request not forwarded: its body (at the
@@ -1059,7 +1076,7 @@ where
             // the client's itself, so an upstream's 100 was asked for by nobody.
             if head.minor == 1 && response.status != 100 {
                 let interim = &upstream.buf[..response.len];
-                if io.write_all(interim).await.is_err() {
+                if !to_client(shared, io, interim).await {
                     return Err(Failed::ClientGone);
                 }
             }
@@ -1134,7 +1151,7 @@ where
     // on another connection the moment it has this answer finds the connection there.
     let body_timeout = shared.config.timeouts.read();
     while !relay.done() {
-        if io.write_all(out).await.is_err() {
+        if !to_client(shared, io, out).await {
             return Err(Failed::ClientGone);
         }
         out.clear();
