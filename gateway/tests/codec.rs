@@ -286,6 +286,25 @@ async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0
         "{answer}"
     );
     assert!(answer.ends_with("\r\n\r\nonetwo"), "{answer}");
+
+    // The gateway's own fields may not ride in a request's trailers: the upstream never gets
+    // the whole request, and the client a 400 naming why.
+    let mut forger = TcpStream::connect(addr).await.expect("connect");
+    forger
+        .write_all(b"POST /forged HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-Unitgate-Unit: u9\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut forger).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("X-Unitgate-* field in the trailers"),
+        "{answer}"
+    );
+    assert!(
+        upstream.seen().iter().all(|r| !r.contains("u9")),
+        "{:?}",
+        upstream.seen()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

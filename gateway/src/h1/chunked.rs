@@ -27,6 +27,8 @@ pub enum ChunkError {
     BadTrailer,
     /// The trailer section is longer than [`MAX_TRAILER_BYTES`].
     TrailerTooLong,
+    /// A request's trailer names one of the gateway's own fields (`X-Unitgate-*`).
+    InternalTrailer,
 }
 
 impl std::fmt::Display for ChunkError {
@@ -47,6 +49,7 @@ impl ChunkError {
             ChunkError::BadLineEnd => "chunk line not ended by CRLF",
             ChunkError::BadTrailer => "malformed trailer field",
             ChunkError::TrailerTooLong => "trailer section too long",
+            ChunkError::InternalTrailer => "X-Unitgate-* field in the trailers",
         }
     }
 }
@@ -113,6 +116,9 @@ pub struct Step {
     pub data: std::ops::Range<usize>,
 }
 
+/// The gateway's own fields start so; a request may not carry them in its trailers.
+const INTERNAL_PREFIX: &[u8] = b"x-unitgate-";
+
 /// Follows a chunked body through its framing.
 #[derive(Debug, Clone)]
 pub struct Chunked {
@@ -120,6 +126,11 @@ pub struct Chunked {
     size: u64,
     extension: usize,
     trailer: usize,
+    /// Refuse trailer fields named `X-Unitgate-*` (a request's body).
+    refuse_internal: bool,
+    /// Bytes of the current trailer name so far, and whether they match [`INTERNAL_PREFIX`].
+    name_len: usize,
+    name_internal: bool,
 }
 
 impl Default for Chunked {
@@ -136,6 +147,19 @@ impl Chunked {
             size: 0,
             extension: 0,
             trailer: 0,
+            refuse_internal: false,
+            name_len: 0,
+            name_internal: false,
+        }
+    }
+
+    /// At the start of a request's body: relayed as it came, so a trailer field named like the
+    /// gateway's own (`X-Unitgate-*`, which it strips from every request head) is refused
+    /// rather than passed to an upstream that may read trailers as fields.
+    pub fn for_request() -> Self {
+        Self {
+            refuse_internal: true,
+            ..Self::new()
         }
     }
 
@@ -270,12 +294,25 @@ impl Chunked {
             },
             State::TrailerStart => match b {
                 b'\r' => State::FinalLf,
-                b if is_token_byte(b) => self.trailer_byte(State::TrailerName)?,
+                b if is_token_byte(b) => {
+                    (self.name_len, self.name_internal) = (0, true);
+                    self.name_byte(b);
+                    self.trailer_byte(State::TrailerName)?
+                }
                 _ => return Err(ChunkError::BadTrailer),
             },
             State::TrailerName => match b {
+                b':' if self.refuse_internal
+                    && self.name_internal
+                    && self.name_len > INTERNAL_PREFIX.len() =>
+                {
+                    return Err(ChunkError::InternalTrailer);
+                }
                 b':' => self.trailer_byte(State::TrailerValue)?,
-                b if is_token_byte(b) => self.trailer_byte(State::TrailerName)?,
+                b if is_token_byte(b) => {
+                    self.name_byte(b);
+                    self.trailer_byte(State::TrailerName)?
+                }
                 _ => return Err(ChunkError::BadTrailer),
             },
             State::TrailerValue => match b {
@@ -294,6 +331,14 @@ impl Chunked {
             State::Done => State::Done,
         };
         Ok(())
+    }
+
+    /// Follow a trailer name's byte against [`INTERNAL_PREFIX`].
+    fn name_byte(&mut self, b: u8) {
+        if let Some(&expected) = INTERNAL_PREFIX.get(self.name_len) {
+            self.name_internal &= b.eq_ignore_ascii_case(&expected);
+        }
+        self.name_len += 1;
     }
 
     fn trailer_byte(&mut self, next: State) -> Result<State, ChunkError> {
@@ -344,6 +389,44 @@ mod tests {
         }
         let mut chunked = Chunked::new();
         assert_eq!(chunked.skip(body), Ok(body.len() - 4));
+    }
+
+    #[test]
+    fn a_request_may_not_carry_the_gateways_fields_in_its_trailers() {
+        for trailer in [
+            "X-Unitgate-Unit: u9",
+            "x-unitgate-hop: forged",
+            "X-UNITGATE-REGION: sz",
+        ] {
+            let body = format!("1\r\na\r\n0\r\n{trailer}\r\n\r\n");
+            for piece in [1, 3, 100] {
+                let mut chunked = Chunked::for_request();
+                let mut at = 0;
+                let result = loop {
+                    let end = (at + piece).min(body.len());
+                    match chunked.step(&body.as_bytes()[at..end]) {
+                        Ok(step) => at += step.consumed,
+                        Err(error) => break Err(error),
+                    }
+                    if chunked.is_done() {
+                        break Ok(());
+                    }
+                };
+                assert_eq!(result, Err(ChunkError::InternalTrailer), "{trailer}");
+            }
+            // A response's trailers are the upstream's business.
+            let (data, _) = decode(body.as_bytes(), 2).expect("a response's trailers pass");
+            assert_eq!(data, b"a");
+        }
+        for name in ["x-unitgate-", "x-unitgat", "x-unitgatex-unit", "x-check"] {
+            let body = format!("1\r\na\r\n0\r\n{name}: 1\r\n\r\n");
+            let mut chunked = Chunked::for_request();
+            let mut at = 0;
+            while !chunked.is_done() {
+                at += chunked.step(&body.as_bytes()[at..]).expect(name).consumed;
+            }
+            assert_eq!(at, body.len(), "{name}");
+        }
     }
 
     #[test]

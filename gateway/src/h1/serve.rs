@@ -886,7 +886,7 @@ impl BodyRelay {
                 Framing::Length(n) => n,
                 _ => 0,
             },
-            chunked: Chunked::new(),
+            chunked: Chunked::for_request(),
             data: 0,
             max,
             relayed: 0,
@@ -938,11 +938,14 @@ impl BodyRelay {
     }
 }
 
-fn chunk_fault(_: ChunkError) -> Failed {
+fn chunk_fault(error: ChunkError) -> Failed {
     Failed::Client(
         ClientEvent::BodyMalformed,
         StatusCode::BAD_REQUEST,
-        "malformed request body",
+        match error {
+            ChunkError::InternalTrailer => error.as_str(),
+            _ => "malformed request body",
+        },
     )
 }
 
