@@ -395,3 +395,43 @@ async fn a_client_that_stops_reading_is_closed_after_the_read_timeout() {
     assert!(got < BODY, "the client got the whole body ({got} bytes)");
     drop(gateway);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_requests_trailers_reach_an_http1_upstream_without_the_gateways_fields() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gateway) = gateway(&upstream).await;
+    let tcp = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(connection);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", http::HeaderValue::from_static("6"));
+    trailers.insert("x-unitgate-unit", http::HeaderValue::from_static("u9"));
+    let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+            b"hello",
+        ))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let request = http::Request::post("http://a/post")
+        .header("x-user-id", "7")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(response.status(), 200);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].ends_with("5\r\nhello\r\n0\r\nx-sum: 6\r\n\r\n"),
+        "{}",
+        seen[0]
+    );
+}

@@ -14,6 +14,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::Chunked;
+use super::fields::Kind;
 use super::client::{Pool, READ_CHUNK, UpstreamConn};
 use super::request::Framing;
 use super::response::{self, RESPONSE_FIELD_ROOM, ResponseHead};
@@ -131,6 +132,13 @@ pub async fn send(
                 if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
                     out.extend_from_slice(b"0\r\n");
                     for (name, value) in &trailers {
+                        // The gateway's own fields are stripped from trailers as from heads.
+                        if matches!(
+                            Kind::of(name.as_str().as_bytes()),
+                            Kind::Internal | Kind::HopMarker
+                        ) {
+                            continue;
+                        }
                         out.extend_from_slice(name.as_str().as_bytes());
                         out.extend_from_slice(b": ");
                         out.extend_from_slice(value.as_bytes());
