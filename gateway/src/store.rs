@@ -35,6 +35,9 @@ pub struct Snapshot {
     pub digest: String,
     /// When it was applied.
     pub applied_at: SystemTime,
+    /// Its place in the sequence of snapshots this store swapped in (1 for the first): what
+    /// [`TableStore::refresh`] compares.
+    pub generation: u64,
     /// What this gateway keeps for each route, by route position.
     pub routes: Vec<RouteState>,
     /// What this gateway keeps for each unit, by unit position.
@@ -121,10 +124,24 @@ pub struct Health {
 }
 
 impl Health {
-    /// Whether the endpoint takes traffic now.
+    /// Whether the endpoint takes traffic now. An endpoint never ejected (or whose last
+    /// ejection was found over) answers without reading the clock.
     pub fn is_healthy(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+        if self.down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if until > now_ms() {
+            return false;
+        }
+        // Over: forgotten, unless a new ejection came in meanwhile.
+        let _ =
+            self.ejected_until_ms
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        true
     }
 
     /// Record an active check's result.
@@ -271,6 +288,8 @@ pub struct TableStore {
     last_rejected: Mutex<Option<Rejection>>,
     /// Serialises applies, so a version check and its swap cannot interleave with another.
     apply_lock: Mutex<()>,
+    /// The generation of the snapshot in force, set once it is in force (0: none yet).
+    generation: AtomicU64,
     applied: watch::Sender<u64>,
 }
 
@@ -288,6 +307,7 @@ impl TableStore {
             connectors: Arc::new(Connectors::default()),
             last_rejected: Mutex::new(None),
             apply_lock: Mutex::new(()),
+            generation: AtomicU64::new(0),
             applied: watch::channel(0).0,
         }
     }
@@ -295,6 +315,18 @@ impl TableStore {
     /// The snapshot in force: one atomic load.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
+    }
+
+    /// Bring `held`, a reader's own reference to the snapshot, up to the one in force. While
+    /// it is that one already this is one atomic load, and the snapshot's reference count (a
+    /// cache line every worker thread would otherwise write on every request) is not touched.
+    /// A snapshot is marked in force before the version it holds is announced as applied, so a
+    /// request that starts after the announcement sees it.
+    pub fn refresh(&self, held: &mut Option<Arc<Snapshot>>) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if held.as_ref().map(|s| s.generation) != Some(generation) {
+            *held = self.current();
+        }
     }
 
     /// This gateway's region.
@@ -420,9 +452,11 @@ impl TableStore {
         };
         let digest = control_api::table_digest(table.raw());
         self.persist(&table, &digest, origin);
-        let snapshot = self.build(table, region, origin, digest, &connectors);
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let snapshot = self.build(table, region, origin, digest, &connectors, generation);
         self.connectors.update(&connectors);
         self.current.store(Some(Arc::new(snapshot)));
+        self.generation.store(generation, Ordering::Release);
         self.metrics.table_version.store(version, Ordering::Relaxed);
         self.metrics.table_swaps.fetch_add(1, Ordering::Relaxed);
         self.applied.send_replace(version);
@@ -555,6 +589,7 @@ impl TableStore {
         origin: &str,
         digest: String,
         connectors: &TableConnectors,
+        generation: u64,
     ) -> Snapshot {
         let names = &self.metrics.names;
         let regions = table
@@ -584,6 +619,7 @@ impl TableStore {
             origin: origin.to_owned(),
             digest,
             applied_at: SystemTime::now(),
+            generation,
             routes: table
                 .routes()
                 .iter()
@@ -669,5 +705,44 @@ mod tests {
         let pool = here.pools[cart].as_ref().expect("hz has a cart pool");
         assert_eq!(pool.endpoints.len(), 3);
         assert_eq!(here.header, "hz");
+    }
+
+    #[test]
+    fn a_held_snapshot_is_kept_until_another_is_in_force() {
+        let text = include_str!("../../deploy/examples/three-regions.yaml");
+        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
+        let mut held = None;
+        store.refresh(&mut held);
+        assert!(held.is_none(), "no table yet");
+        store
+            .load_text(text, false, "test")
+            .expect("the table applies");
+        store.refresh(&mut held);
+        let first = held.clone().expect("the table in force");
+        store.refresh(&mut held);
+        assert!(Arc::ptr_eq(&first, held.as_ref().expect("held")));
+        let next = text.replacen("version: 1", "version: 2", 1);
+        assert_ne!(next, text, "the example starts at version 1");
+        store
+            .load_text(&next, false, "test")
+            .expect("the next table applies");
+        store.refresh(&mut held);
+        let second = held.expect("the next table");
+        assert_eq!(second.table.version(), 2);
+        assert_eq!(second.generation, first.generation + 1);
+    }
+
+    #[test]
+    fn an_ejection_that_is_over_is_forgotten() {
+        let health = Health::default();
+        assert!(health.is_healthy());
+        health.failure(1, Duration::from_secs(3600));
+        assert!(!health.is_healthy(), "ejected for an hour");
+        let over = Health::default();
+        over.failure(1, Duration::ZERO);
+        assert!(over.is_healthy(), "an ejection of no time is over at once");
+        assert_eq!(over.ejected_until_ms.load(Ordering::Relaxed), 0);
+        over.set_down(true);
+        assert!(!over.is_healthy());
     }
 }

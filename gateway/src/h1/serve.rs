@@ -63,6 +63,9 @@ pub async fn serve<S>(
     };
     let mut head = RequestHead::default();
     let mut scratch = Vec::with_capacity(1024);
+    // The connection's reference to the table in force, brought up to date before each
+    // request (`TableStore::refresh`).
+    let mut snapshot = None;
     let mut first = true;
     // One wait for the stop signal for the connection's whole life, polled only while it is
     // idle: made anew for every read, its registration would cost more than the read.
@@ -122,7 +125,17 @@ pub async fn serve<S>(
             refuse_head(&shared, &mut io, &mut scratch, error).await;
             return;
         }
-        let next = exchange(&shared, &conn, &mut io, &mut buf, &head, &mut scratch).await;
+        shared.store.refresh(&mut snapshot);
+        let next = exchange(
+            &shared,
+            &conn,
+            &mut io,
+            &mut buf,
+            &head,
+            &mut scratch,
+            snapshot.as_deref(),
+        )
+        .await;
         if next == Next::Close {
             // TLS says goodbye with close_notify; a plain connection's FIN goes with the
             // close as it is dropped, one system call fewer.
@@ -241,8 +254,9 @@ impl RequestView for HeadView<'_> {
     }
 }
 
-/// Serve the request whose head is at the start of `buf`; on return `buf` holds what follows
-/// it (the next pipelined request).
+/// Serve the request whose head is at the start of `buf`, by `snapshot` (the table in force,
+/// loaded once for the request); on return `buf` holds what follows it (the next pipelined
+/// request).
 async fn exchange<S>(
     shared: &Shared,
     conn: &Conn,
@@ -250,6 +264,7 @@ async fn exchange<S>(
     buf: &mut BytesMut,
     head: &RequestHead,
     scratch: &mut Vec<u8>,
+    snapshot: Option<&Snapshot>,
 ) -> Next
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -261,7 +276,6 @@ where
         Method::from_bytes(head.method.get(raw)).unwrap_or(Method::GET),
         view.path,
     );
-    let snapshot = shared.store.current();
     let stress_name = shared.stress_header.as_str().as_bytes();
     let mut facts = Facts {
         content_length: match head.framing {
@@ -278,7 +292,7 @@ where
         }
         facts.stress |= field.name.get(raw).eq_ignore_ascii_case(stress_name);
     }
-    let decided = decide(shared, &mut ctx, snapshot.as_deref(), &view, &facts);
+    let decided = decide(shared, &mut ctx, snapshot, &view, &facts);
     // The head's bytes, split off the buffer (no copy): `buf` now starts with the body.
     let raw = buf.split_to(head.len);
     let (status, mut next, unsent) = match decided {
@@ -294,7 +308,7 @@ where
             .await
         }
     };
-    finish(shared, &ctx, snapshot.as_deref(), conn, status);
+    finish(shared, &ctx, snapshot, conn, status);
     // The last of a forwarded answer goes out after the log line and the metrics, so a client
     // that has its answer finds the request counted and logged.
     if unsent && !to_client(shared, io, scratch).await {
