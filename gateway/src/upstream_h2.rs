@@ -338,17 +338,34 @@ static CONNECTION_SPECIFIC: [HeaderName; 5] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Marks a request whose `:authority` [`into_h2`] filled in with the endpoint's address rather
+/// than a name the client gave: handed back unsent and sent to another endpoint, it names that
+/// one instead.
+#[derive(Clone, Copy)]
+struct EndpointAuthority;
+
 /// `request` as an HTTP/2 request to `endpoint`.
 fn into_h2(mut request: Request<Body>, endpoint: &Authority) -> Request<Body> {
     // `:authority` takes `Host`'s place: the name the client asked for and the gateway routed
     // by, or the endpoint's own when there is none. A request handed back unsent and sent
-    // again has it in its URI already.
-    let routed = request.uri().authority().cloned();
-    let headers = request.headers_mut();
-    let host = headers
+    // again has the client's in its URI already.
+    let filled = request
+        .extensions_mut()
+        .remove::<EndpointAuthority>()
+        .is_some();
+    let routed = request.uri().authority().filter(|_| !filled).cloned();
+    let host = request
+        .headers_mut()
         .remove(header::HOST)
         .and_then(|host| Authority::try_from(host.as_bytes()).ok());
-    let authority = routed.or(host).unwrap_or_else(|| endpoint.clone());
+    let authority = match routed.or(host) {
+        Some(authority) => authority,
+        None => {
+            request.extensions_mut().insert(EndpointAuthority);
+            endpoint.clone()
+        }
+    };
+    let headers = request.headers_mut();
     for name in &CONNECTION_SPECIFIC {
         headers.remove(name);
     }
@@ -560,5 +577,8 @@ mod tests {
         let request = into_h2(request, &endpoint);
         assert_eq!(request.uri(), "http://10.0.0.1:50051/health?deep=1");
         assert!(request.headers().get(header::TE).is_none());
+        // Handed back unsent and sent to another endpoint: that one names itself.
+        let again = into_h2(request, &Authority::from_static("10.0.0.2:50051"));
+        assert_eq!(again.uri(), "http://10.0.0.2:50051/health?deep=1");
     }
 }

@@ -3,6 +3,8 @@
 //! the HTTP/2 answer comes back as HTTP/1.1 — Content-Length when it has one, else chunked with
 //! its trailers (HTTP/1.1) or until the close (HTTP/1.0) — on a connection that stays open.
 //! An idempotent request whose first endpoint refuses connections goes to the next one.
+//! Clients that stop reading, send their body slowly, pipeline, or get an answer the upstream
+//! breaks off are served as on the HTTP/1.1 path.
 
 mod support;
 
@@ -22,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{SECRET, loopback_listeners, refusing_address};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 
 /// What the HTTP/2 upstream received.
 #[derive(Debug, Clone)]
@@ -36,28 +39,83 @@ struct Seen {
 
 type Log = Arc<Mutex<Vec<Seen>>>;
 
+type BoxError = std::io::Error;
+type UpstreamResponse = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>;
+
+/// The length of `/big`'s body: more than the socket buffers and HTTP/2 windows between the
+/// upstream and a client that does not read can hold.
+const BIG: u64 = 12 << 20;
+
+/// What the upstream tells its test, and is told by it.
+struct Big {
+    /// The bytes of every `/big` body made so far.
+    made: watch::Sender<u64>,
+    /// How much of a `/big` body had been made when it was given up before its end (its
+    /// stream reset).
+    cut: mpsc::UnboundedSender<u64>,
+    /// Breaks off a `/break` body (once per notification).
+    break_off: Arc<tokio::sync::Notify>,
+}
+
+/// One `/big` body on its way: reports it when it is dropped before its end.
+struct BigBody {
+    big: Arc<Big>,
+    made: u64,
+}
+
+impl Drop for BigBody {
+    fn drop(&mut self) {
+        if self.made < BIG {
+            let _ = self.big.cut.send(self.made);
+        }
+    }
+}
+
+/// An HTTP/2 (h2c) upstream, as its test sees it.
+struct Upstream {
+    addr: SocketAddr,
+    log: Log,
+    made: watch::Receiver<u64>,
+    cut: mpsc::UnboundedReceiver<u64>,
+    break_off: Arc<tokio::sync::Notify>,
+}
+
 /// An HTTP/2 (h2c) upstream that logs each request before answering it. `/fixed` is answered
-/// with a Content-Length body; anything else with `echo:` and the request body, in two data
-/// frames and no length, then trailers (`grpc-status: 0`, `x-upstream-trailer`).
-async fn h2_upstream() -> (SocketAddr, Log) {
+/// with a Content-Length body; `/empty` with a head that ends the stream; `/big` with [`BIG`]
+/// bytes and their length; `/reset` with a reset stream, no head; `/break` and
+/// `/break-chunked` with a head (with and without a length) and a little of the body, then,
+/// once told to break off, a reset stream; `/slow?ms=N` like anything else, N ms late; anything else with `echo:` and
+/// the request body, in two data frames and no length, then trailers (`grpc-status: 0`,
+/// `x-upstream-trailer`).
+async fn h2_upstream() -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let log: Log = Arc::default();
     let seen = log.clone();
+    let (made_tx, made) = watch::channel(0);
+    let (cut_tx, cut) = mpsc::unbounded_channel();
+    let break_off = Arc::new(tokio::sync::Notify::new());
+    let big = Arc::new(Big {
+        made: made_tx,
+        cut: cut_tx,
+        break_off: break_off.clone(),
+    });
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let seen = seen.clone();
+            let big = big.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let seen = seen.clone();
+                    let big = big.clone();
                     async move {
                         let (parts, body) = request.into_parts();
-                        let collected = body.collect().await?;
+                        let collected = body.collect().await.map_err(BoxError::other)?;
                         let trailers = collected.trailers().cloned();
                         let body = collected.to_bytes();
                         let path = parts.uri.path().to_owned();
@@ -69,31 +127,18 @@ async fn h2_upstream() -> (SocketAddr, Log) {
                             body: body.clone(),
                             trailers,
                         });
-                        let frames = if path == "/fixed" {
-                            vec![Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(
-                                b"fixed body",
-                            )))]
-                        } else {
-                            let mut trailers = HeaderMap::new();
-                            trailers.insert("grpc-status", "0".parse().expect("v"));
-                            trailers.insert("x-upstream-trailer", "late".parse().expect("v"));
-                            vec![
-                                Ok(Frame::data(Bytes::from_static(b"echo:"))),
-                                Ok(Frame::data(body)),
-                                Ok(Frame::trailers(trailers)),
-                            ]
-                        };
-                        let mut response =
-                            Response::new(StreamBody::new(futures_util::stream::iter(frames)));
-                        response
-                            .headers_mut()
-                            .insert("x-upstream", "h2".parse().expect("v"));
-                        if path == "/fixed" {
-                            response
-                                .headers_mut()
-                                .insert("content-length", "10".parse().expect("v"));
+                        if path == "/slow" {
+                            let ms = parts
+                                .uri
+                                .query()
+                                .and_then(|q| q.strip_prefix("ms="))
+                                .and_then(|ms| ms.parse().ok())
+                                .expect("/slow?ms=N");
+                            // The upstream being slow is what is tested: not a wait for
+                            // anything.
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
                         }
-                        Ok::<_, hyper::Error>(response)
+                        answer_to(&path, body, big)
                     }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -102,7 +147,82 @@ async fn h2_upstream() -> (SocketAddr, Log) {
             });
         }
     });
-    (addr, log)
+    Upstream {
+        addr,
+        log,
+        made,
+        cut,
+        break_off,
+    }
+}
+
+/// The upstream's answer to a request for `path` whose body was `body`.
+fn answer_to(path: &str, body: Bytes, big: Arc<Big>) -> Result<UpstreamResponse, BoxError> {
+    type Frames = Vec<Result<Frame<Bytes>, BoxError>>;
+    let stream = |frames: Frames| StreamBody::new(futures_util::stream::iter(frames));
+    let broken = |big: Arc<Big>| {
+        use futures_util::StreamExt;
+        let data = Ok(Frame::data(Bytes::from_static(b"0123456789")));
+        let error = async move {
+            big.break_off.notified().await;
+            Err(BoxError::other("the upstream breaks off"))
+        };
+        StreamBody::new(futures_util::stream::iter([data]).chain(futures_util::stream::once(error)))
+            .boxed_unsync()
+    };
+    let (body, length) = match path {
+        "/reset" => return Err(BoxError::other("the upstream resets the stream")),
+        "/fixed" => (
+            stream(vec![Ok(Frame::data(Bytes::from_static(b"fixed body")))]).boxed_unsync(),
+            Some(10),
+        ),
+        "/empty" => (
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            None,
+        ),
+        "/big" => {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let body = futures_util::stream::unfold(BigBody { big, made: 0 }, move |mut body| {
+                let chunk = chunk.clone();
+                async move {
+                    if body.made >= BIG {
+                        return None;
+                    }
+                    body.made += chunk.len() as u64;
+                    body.big
+                        .made
+                        .send_modify(|made| *made += chunk.len() as u64);
+                    Some((Ok::<_, BoxError>(Frame::data(chunk)), body))
+                }
+            });
+            (StreamBody::new(body).boxed_unsync(), Some(BIG))
+        }
+        "/break" => (broken(big), Some(100)),
+        "/break-chunked" => (broken(big), None),
+        _ => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().expect("v"));
+            trailers.insert("x-upstream-trailer", "late".parse().expect("v"));
+            let frames = vec![
+                Ok(Frame::data(Bytes::from_static(b"echo:"))),
+                Ok(Frame::data(body)),
+                Ok(Frame::trailers(trailers)),
+            ];
+            (stream(frames).boxed_unsync(), None)
+        }
+    };
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert("x-upstream", "h2".parse().expect("v"));
+    if let Some(length) = length {
+        response
+            .headers_mut()
+            .insert("content-length", length.into());
+    }
+    Ok(response)
 }
 
 fn config(table: &Path, extra: &str) -> GatewayConfig {
@@ -118,6 +238,9 @@ fn config(table: &Path, extra: &str) -> GatewayConfig {
 struct Setup {
     gateway: Gateway,
     log: Log,
+    made: watch::Receiver<u64>,
+    cut: mpsc::UnboundedReceiver<u64>,
+    break_off: Arc<tokio::sync::Notify>,
     live: SocketAddr,
     refusing: SocketAddr,
     _reserved: tokio::net::TcpSocket,
@@ -126,7 +249,13 @@ struct Setup {
 
 async fn setup(extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (live, log) = h2_upstream().await;
+    let Upstream {
+        addr: live,
+        log,
+        made,
+        cut,
+        break_off,
+    } = h2_upstream().await;
     let (reserved, refusing) = refusing_address();
     let route = |name: &str, prefix: &str| {
         format!(
@@ -147,6 +276,9 @@ async fn setup(extra: &str) -> Setup {
     Setup {
         gateway,
         log,
+        made,
+        cut,
+        break_off,
         live,
         refusing,
         _reserved: reserved,
@@ -504,4 +636,264 @@ async fn the_body_is_asked_for_limited_and_timed_like_on_the_http1_path() {
         1,
         "nothing more went upstream"
     );
+}
+
+/// Requests to `route` answered with `status`, by the gateway's metrics.
+async fn counted(setup: &Setup, route: &str, status: u16) -> u64 {
+    let metrics = support::get_text(&support::client(), setup.gateway.admin_addr, "/metrics").await;
+    let (route, status) = (format!("route=\"{route}\""), format!("status=\"{status}\""));
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("unitgate_requests_total{"))
+        .filter(|l| l.contains(&route) && l.contains(&status))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_the_shared_upstream_connection() {
+    // One worker, so every request below goes over the same HTTP/2 connection.
+    let mut setup = setup("threads: 1\ntimeouts: { read_ms: 1000 }\n").await;
+    let addr = setup.gateway.http_addrs[0];
+    // Clients that ask for a large answer and never read: the data waiting for them can use
+    // up the connection's window (hyper's: 5 MiB, 2 MiB a stream).
+    const STALLED: usize = 3;
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("buffer size");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n")
+            .await
+            .expect("write");
+        stalled.push(stream);
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        setup.made.wait_for(|made| *made >= 5 << 20),
+    )
+    .await
+    .expect("the upstream sends a connection window's worth")
+    .expect("upstream");
+
+    // Another client of the same pool is answered all the same.
+    let started = std::time::Instant::now();
+    let mut client = Client::connect(addr).await;
+    client
+        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 2\r\n\r\n")
+        .await;
+    let answer = client.answer("GET").await;
+    assert_eq!(
+        (answer.status, answer.body.as_slice()),
+        (200, &b"fixed body"[..]),
+        "{answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+
+    // The stalled clients' streams are given up once a write has waited the read timeout...
+    for _ in 0..STALLED {
+        let made = tokio::time::timeout(Duration::from_secs(10), setup.cut.recv())
+            .await
+            .expect("a stalled client's stream is reset")
+            .expect("upstream");
+        assert!(made < BIG);
+    }
+    // ...and their connections closed, the answer cut short.
+    for mut stream in stalled {
+        let mut got = 0u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+                .await
+                .expect("the gateway closes the connection")
+                .expect("read");
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        assert!(got < BIG, "{got} bytes");
+    }
+    assert_eq!(counted(&setup, "app", 499).await, STALLED as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_leaves_the_upstream_its_whole_read_timeout() {
+    let setup = setup("timeouts: { read_ms: 1000 }\n").await;
+    let addr = setup.gateway.http_addrs[0];
+    let mut client = Client::connect(addr).await;
+    client
+        .send(b"POST /slow?ms=500 HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 4\r\n\r\nab")
+        .await;
+    // The client is slow (that is what is tested): most of the read timeout goes by before
+    // the rest of its body; the upstream then takes half of it to answer.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.send(b"cd").await;
+    let answer = client.answer("POST").await;
+    assert_eq!(
+        (answer.status, answer.body.as_slice()),
+        (200, &b"echo:abcd"[..]),
+        "{answer:?}"
+    );
+    let metrics = support::get_text(&support::client(), setup.gateway.admin_addr, "/metrics").await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("unitgate_upstream_errors_total{")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_names_no_host_names_each_endpoint_it_is_sent_to() {
+    let setup = setup("").await;
+    let addr = setup.gateway.http_addrs[0];
+    // HTTP/1.0 without `Host`: `:authority` is the endpoint's. The pool's first endpoint
+    // refuses, so at least one request goes on from it to the live one.
+    for round in 0..2 {
+        let mut client = Client::connect(addr).await;
+        client
+            .send(b"GET /retry/x HTTP/1.0\r\nX-User-Id: 7\r\n\r\n")
+            .await;
+        let answer = client.answer("GET").await;
+        assert_eq!(answer.status, 200, "round {round}: {answer:?}");
+    }
+    let metrics = support::get_text(&support::client(), setup.gateway.admin_addr, "/metrics").await;
+    let refused = format!(
+        "unitgate_upstream_errors_total{{endpoint=\"{}\",kind=\"connect\"}}",
+        setup.refusing
+    );
+    assert!(metrics.contains(&refused), "{metrics}");
+    let seen = setup.log.lock().expect("log").clone();
+    assert_eq!(seen.len(), 2);
+    for seen in seen {
+        assert_eq!(seen.uri, format!("http://{}/retry/x", setup.live));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_failure_after_the_whole_body_keeps_the_connection() {
+    let setup = setup("timeouts: { read_ms: 300 }\n").await;
+    let addr = setup.gateway.http_addrs[0];
+    let mut client = Client::connect(addr).await;
+    client
+        .send(b"POST /slow?ms=3000 HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    let answer = client.answer("POST").await;
+    assert_eq!(answer.status, 504, "{answer:?}");
+    assert_eq!(answer.header("connection"), None);
+
+    client
+        .send(b"GET /reset HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n")
+        .await;
+    let answer = client.answer("GET").await;
+    assert_eq!(answer.status, 502, "{answer:?}");
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+    assert_eq!(body["error"], "upstream exchange failed");
+    assert_eq!(answer.header("connection"), None);
+
+    client
+        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n")
+        .await;
+    assert_eq!(client.answer("GET").await.body, b"fixed body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_read_from_where_the_body_before_them_ends() {
+    let setup = setup("").await;
+    let addr = setup.gateway.http_addrs[0];
+    let mut client = Client::connect(addr).await;
+    // A body larger than one read, then a chunked one, then a GET, in one write.
+    let body = vec![b'b'; 300 * 1024 + 7];
+    let mut bytes = format!(
+        "POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(b"POST /y HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    bytes.extend_from_slice(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n");
+    client.send(&bytes).await;
+
+    let answer = client.answer("POST").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(&answer.body[..5], b"echo:");
+    assert!(answer.body[5..] == body[..], "the first body, whole");
+    let answer = client.answer("POST").await;
+    assert_eq!(answer.body, b"echo:abc", "{answer:?}");
+    let answer = client.answer("GET").await;
+    assert_eq!(answer.body, b"fixed body", "{answer:?}");
+    let seen = setup.log.lock().expect("log").clone();
+    let sizes: Vec<_> = seen
+        .iter()
+        .map(|s| (s.uri.as_str(), s.body.len()))
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("http://api.example/x", body.len()),
+            ("http://api.example/y", 3),
+            ("http://api.example/fixed", 0)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_upstream_breaks_off_closes_the_client_connection() {
+    let setup = setup("").await;
+    let addr = setup.gateway.http_addrs[0];
+    for path in ["/break", "/break-chunked"] {
+        let mut client = Client::connect(addr).await;
+        client
+            .send(
+                format!("GET {path} HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+        assert_eq!(client.line().await, "HTTP/1.1 200 OK", "{path}");
+        let fields = client.fields().await;
+        setup.break_off.notify_one();
+        // Whatever of the body came, the connection ends after it (a read that times out
+        // instead fails the test).
+        while client.fill().await {}
+        let body = std::mem::take(&mut client.buf);
+        if path == "/break" {
+            assert_eq!(find(&fields, "content-length"), Some("100"), "{fields:?}");
+            assert!(body.len() < 100, "{path}: {body:?}");
+        } else {
+            assert_eq!(find(&fields, "transfer-encoding"), Some("chunked"));
+            assert!(!body.ends_with(b"0\r\n\r\n"), "{path}: {body:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_its_whole_answer_finds_the_request_counted() {
+    let setup = setup("").await;
+    let addr = setup.gateway.http_addrs[0];
+    let mut client = Client::connect(addr).await;
+    // A length, chunked with trailers, a head that ends the stream, a HEAD.
+    let requests = [
+        ("GET", "/fixed"),
+        ("POST", "/echo"),
+        ("GET", "/empty"),
+        ("HEAD", "/fixed"),
+    ];
+    for (n, (method, path)) in requests.into_iter().enumerate() {
+        client
+            .send(format!("{method} {path} HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 0\r\n\r\n").as_bytes())
+            .await;
+        let answer = client.answer(method).await;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        assert_eq!(
+            counted(&setup, "app", 200).await,
+            n as u64 + 1,
+            "{method} {path}"
+        );
+    }
 }

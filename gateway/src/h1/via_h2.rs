@@ -17,6 +17,7 @@
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -105,16 +106,35 @@ where
 {
     let timeouts = shared.config.timeouts;
     let total_deadline = ctx.start + timeouts.total();
-    // The body has the first attempt's time, as on the HTTP/1.1 path, where it is sent within
-    // that attempt's deadline.
+    let idempotent = is_idempotent(&ctx.method);
+    let attempts = if idempotent {
+        pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
+    } else {
+        1
+    };
+    let choose = |tried: &[usize]| match (affinity_key, table_pool) {
+        (Some(key), Some(table_pool)) => {
+            pool.first_healthy(table_pool.affinity_indices(key), tried)
+        }
+        _ => pool.round_robin(tried),
+    };
+    // The first endpoint is chosen before the body is asked for: a request no endpoint can
+    // take is answered without making the client send its body.
+    let Some(first) = choose(&[]) else {
+        let reply = Reply::new(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "no endpoint to forward to", "tried": 0}),
+        );
+        return unforwarded(shared, io, buf, head, scratch, reply).await;
+    };
+    // The body has the time of a read from the request's start, as on the HTTP/1.1 path.
     let body_deadline = (ctx.start + timeouts.read()).min(total_deadline);
     let body = match read_body(shared, io, buf, head, body_deadline).await {
         Ok(body) => body,
         Err(BodyFault(event, status, error)) => {
             shared.metrics.client_event(event);
             let reply = closing(Reply::new(status, json!({ "error": error })));
-            let _ = write_reply(io, scratch, reply, head.minor).await;
-            return (status, Next::Close, false);
+            return answer(shared, io, head, scratch, reply).await;
         }
     };
     // No endpoint's address stands in for a missing `Host` here: the HTTP/2 client names the
@@ -131,21 +151,14 @@ where
         }
     };
 
-    let idempotent = is_idempotent(&ctx.method);
-    let attempts = if idempotent {
-        pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
-    } else {
-        1
-    };
     let http1 = Http1Client::Codec(&shared.codec_upstream, timeouts.read());
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut last = None;
     for attempt in 0..attempts {
-        let index = match (affinity_key, table_pool) {
-            (Some(key), Some(table_pool)) => {
-                pool.first_healthy(table_pool.affinity_indices(key), &tried[..attempt])
-            }
-            _ => pool.round_robin(&tried[..attempt]),
+        let index = if attempt == 0 {
+            Some(first)
+        } else {
+            choose(&tried[..attempt])
         };
         let (Some(index), Some(upstream_request)) = (index, request.take()) else {
             break;
@@ -155,12 +168,9 @@ where
         if shared.config.access_log.enabled {
             ctx.upstream = Some(endpoint.address.clone());
         }
-        let attempt_start = if attempt == 0 {
-            ctx.start
-        } else {
-            Instant::now()
-        };
-        let deadline = (attempt_start + timeouts.read()).min(total_deadline);
+        // Every attempt's time starts as it does, the first's once the body is all here: time
+        // the client took to send it is never counted against the upstream.
+        let deadline = (Instant::now() + timeouts.read()).min(total_deadline);
         let sent = shared
             .timer
             .timeout_at(
@@ -209,10 +219,10 @@ where
                         .metrics
                         .upstream_error(endpoint.id, UpstreamFailure::Timeout);
                     eject(shared, &endpoint.health);
-                    closing(Reply::new(
+                    Reply::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         json!({"error": "upstream timed out", "upstream": address}),
-                    ))
+                    )
                 }
                 Failed::Upstream(message) => {
                     tracing::debug!(%message, upstream = address, "upstream exchange failed");
@@ -220,10 +230,10 @@ where
                         .metrics
                         .upstream_error(endpoint.id, UpstreamFailure::Other);
                     eject(shared, &endpoint.health);
-                    closing(Reply::new(
+                    Reply::new(
                         StatusCode::BAD_GATEWAY,
                         json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
-                    ))
+                    )
                 }
             }
         }
@@ -232,11 +242,32 @@ where
             json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
         ),
     };
+    // The body was read whole: the connection is in step, and may go on after the reply.
     answer(shared, io, head, scratch, reply).await
 }
 
-/// Answer with a reply of the gateway's own once the body has been read: the connection may
-/// go on unless the reply or the client says otherwise.
+/// Answer with a reply of the gateway's own, the body not read: it is skipped when it is all
+/// here already, else the connection closes after the reply.
+async fn unforwarded<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+    mut reply: Reply,
+) -> (StatusCode, Next, bool) {
+    let here = match head.framing {
+        Framing::None => Some(0),
+        Framing::Length(n) => usize::try_from(n).ok().filter(|n| *n <= buf.len()),
+        Framing::Chunked | Framing::UntilClose => None,
+    };
+    reply.close |= here.is_none();
+    buf.advance(here.unwrap_or(buf.len()));
+    answer(shared, io, head, scratch, reply).await
+}
+
+/// Answer with a reply of the gateway's own once the body has been read (or skipped): the
+/// connection may go on unless the reply or the client says otherwise.
 async fn answer<S: AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut S,
@@ -247,10 +278,30 @@ async fn answer<S: AsyncWrite + Unpin>(
     let status = reply.status;
     reply.close |= head.close || draining(shared);
     let close = reply.close;
-    match write_reply(io, scratch, reply, head.minor).await {
-        Ok(()) if !close => (status, Next::KeepAlive, false),
+    let write = write_reply(io, scratch, reply, head.minor);
+    let written = shared
+        .timer
+        .timeout_after(shared.config.timeouts.read(), write)
+        .await;
+    match written {
+        Ok(Ok(())) if !close => (status, Next::KeepAlive, false),
         _ => (status, Next::Close, false),
     }
+}
+
+/// Write `bytes` to the client within the read timeout; `false` when it went away or did not
+/// take them in time. While a write waits, the HTTP/2 stream's unread data holds its share of
+/// the upstream connection's window, which every client of the worker shares: a client that
+/// stops reading must not hold it for as long as it likes.
+async fn write_client<S: AsyncWrite + Unpin>(shared: &Shared, io: &mut S, bytes: &[u8]) -> bool {
+    let write = io.write_all(bytes);
+    matches!(
+        shared
+            .timer
+            .timeout_after(shared.config.timeouts.read(), write)
+            .await,
+        Ok(Ok(()))
+    )
 }
 
 /// The request body, read whole by its framing.
@@ -267,6 +318,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     deadline: Instant,
 ) -> Result<ReadBody, BodyFault> {
     let max = shared.config.limits.max_body_bytes;
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
     // A client waiting to be told to send its body is told when the body is needed and not
     // all here, as the HTTP/1.1 path tells it once the upstream connection is there.
     let mut ask = head.expect_continue && head.minor == 1;
@@ -279,7 +331,8 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
             // `decide` refused a length above `max_body_bytes` before this.
             let n = usize::try_from(n).map_err(|_| TOO_LARGE)?;
             while buf.len() < n {
-                fill(shared, io, buf, deadline, n - buf.len(), &mut ask).await?;
+                grow(buf, (n - buf.len()).min(READ_CHUNK), n);
+                fill(shared, io, buf, deadline, &mut ask).await?;
             }
             Ok(ReadBody {
                 data: buf.split_to(n).freeze(),
@@ -299,17 +352,22 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
                         tail.extend_from_slice(&buf[..step.consumed]);
                     } else {
                         tail.clear();
-                        data.extend_from_slice(&buf[step.data.clone()]);
-                        if data.len() as u64 > max {
+                        let piece = &buf[step.data.clone()];
+                        if (data.len() + piece.len()) as u64 > max {
                             return Err(TOO_LARGE);
                         }
+                        grow(&mut data, piece.len(), limit);
+                        data.extend_from_slice(piece);
                     }
                     buf.advance(step.consumed);
                 }
                 if chunked.is_done() {
                     break;
                 }
-                fill(shared, io, buf, deadline, READ_CHUNK, &mut ask).await?;
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(READ_CHUNK);
+                }
+                fill(shared, io, buf, deadline, &mut ask).await?;
             }
             Ok(ReadBody {
                 data: data.freeze(),
@@ -319,30 +377,54 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Read more of the body from the client by `deadline`, first sending the `100 Continue` it
-/// may wait for (`ask`, once).
+/// Read more of the body from the client (into the room `buf` has) by `deadline`, first
+/// sending the `100 Continue` it may wait for (`ask`, once).
 async fn fill<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut S,
     buf: &mut BytesMut,
     deadline: Instant,
-    wanted: usize,
     ask: &mut bool,
 ) -> Result<(), BodyFault> {
-    if std::mem::take(ask)
-        && io
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-    {
-        return Err(ABORTED);
+    if std::mem::take(ask) {
+        let asked = shared
+            .timer
+            .timeout_at(deadline, io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"))
+            .await;
+        match asked {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ABORTED),
+            Err(_) => return Err(SLOW),
+        }
     }
-    buf.reserve(wanted.clamp(READ_CHUNK, 16 * READ_CHUNK));
     match shared.timer.timeout_at(deadline, io.read_buf(buf)).await {
         Ok(Ok(0)) | Ok(Err(_)) => Err(ABORTED),
         Ok(Ok(_)) => Ok(()),
         Err(_) => Err(SLOW),
     }
+}
+
+/// The least a body's buffer grows by (more, by doubling, once it holds more than this).
+const GROW_STEP: usize = 256 * 1024;
+
+/// Room in `b` for `more` bytes: when it must grow, to twice what it holds (at least
+/// [`GROW_STEP`] more), but not past `limit` unless `more` needs it. `BytesMut::reserve`
+/// doubles the allocation, which near the end of a body as large as the limit would allocate
+/// up to twice the limit; growing by what has come also keeps a client that announces a large
+/// body and sends little from having the whole of it allocated.
+fn grow(b: &mut BytesMut, more: usize, limit: usize) {
+    let len = b.len();
+    if b.capacity() - len >= more {
+        return;
+    }
+    let target = len
+        .saturating_mul(2)
+        .max(len.saturating_add(GROW_STEP))
+        .min(limit)
+        .max(len.saturating_add(more));
+    let mut grown = BytesMut::with_capacity(target);
+    grown.extend_from_slice(b);
+    *b = grown;
 }
 
 /// The trailer fields of a chunked body, from what followed its last data (the CRLF ending
@@ -502,29 +584,43 @@ where
         return (status, next, true);
     }
 
+    // `out` holds what the client gets next. It goes out when the next frame is not there yet
+    // (or it has grown large), so the last of the answer is left in it for the caller to write
+    // once the request is logged and counted, as on the HTTP/1.1 path; a body whose announced
+    // length is all in `out` waits there for the stream's end.
     let body_timeout = shared.config.timeouts.read();
     let mut sent = 0u64;
     let mut trailers = None;
     let ended = loop {
-        if !out.is_empty() {
-            if io.write_all(out).await.is_err() {
+        let complete = matches!(framing, ToClient::Length(n) if sent == n);
+        let ready = body.frame().now_or_never();
+        if !out.is_empty() && !complete && (ready.is_none() || out.len() >= FLUSH_AT) {
+            // Returning drops the stream, which resets it: its window goes back to the
+            // connection.
+            if !write_client(shared, io, out).await {
                 return (client_gone(), Next::Close, false);
             }
             out.clear();
         }
-        let frame = match shared
-            .timer
-            .timeout_at(Instant::now() + body_timeout, body.frame())
-            .await
-        {
-            Ok(None) => break true,
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(error))) => {
+        let polled = match ready {
+            Some(polled) => polled,
+            None => match shared
+                .timer
+                .timeout_at(Instant::now() + body_timeout, body.frame())
+                .await
+            {
+                Ok(polled) => polled,
+                Err(_) => {
+                    tracing::debug!("upstream HTTP/2 response body timed out");
+                    break false;
+                }
+            },
+        };
+        let frame = match polled {
+            None => break true,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
                 tracing::debug!(%error, "upstream broke an HTTP/2 response body");
-                break false;
-            }
-            Err(_) => {
-                tracing::debug!("upstream HTTP/2 response body timed out");
                 break false;
             }
         };
@@ -583,6 +679,9 @@ where
     (status, next, true)
 }
 
+/// How much of the answer may gather in `out` before it is written though more is there.
+const FLUSH_AT: usize = 4 * READ_CHUNK;
+
 fn client_gone() -> StatusCode {
     StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
@@ -614,6 +713,31 @@ mod tests {
         assert!(trailers_of(b"0\r\nx-a: 1\r\n\r\n").is_some());
         assert!(trailers_of(b"\r\n0\r\n\r\n").is_none());
         assert!(trailers_of(b"0\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn a_body_buffer_grows_with_what_came_and_never_past_its_limit() {
+        let n = 4 * GROW_STEP + 123;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut allocated = 0;
+        while buf.len() < n {
+            let before = buf.capacity();
+            let more = (n - buf.len()).min(READ_CHUNK);
+            grow(&mut buf, more, n);
+            if buf.capacity() != before {
+                allocated += 1;
+            }
+            assert!(buf.capacity() <= n, "{} past {n}", buf.capacity());
+            assert!(buf.capacity() <= (2 * buf.len()).max(buf.len() + GROW_STEP));
+            let read = (buf.capacity() - buf.len()).min(READ_CHUNK);
+            buf.extend_from_slice(&vec![7; read]);
+        }
+        assert_eq!(buf.len(), n);
+        assert!(allocated <= 4, "{allocated} allocations");
+        // Chunked data: room for a piece that needs more than the usual step.
+        let mut data = BytesMut::new();
+        grow(&mut data, 3 * GROW_STEP, usize::MAX);
+        assert!(data.capacity() >= 3 * GROW_STEP);
     }
 
     #[test]
