@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# How much CPU per proxied request io_uring could save: the same minimal keep-alive proxy
+# (bench/uring-floor: find the request head, pick upstream A or B by X-User-Id, add three
+# header lines, forward, read the Content-Length response, send it back) on tokio/epoll
+# (floor-epoll) and on one io_uring ring (floor-uring: SINGLE_ISSUER + DEFER_TASKRUN, a
+# registered ring fd, each send linked to the recv after it; floor-uring-plain: a default ring,
+# no links), beside nginx and unitgate with one worker each, behind bench/proxy.sh's origin and
+# header-keyed workload. ROUNDS rounds, interleaved; user and system CPU per request are taken
+# apart (utime and stime of /proc/PID/stat). Then system calls per request of each floor and of
+# unitgate by `strace -c -f` (counts only: strace slows everything down).
+#
+#   bench/uring.sh                   # 3 rounds of 10 s, report on stdout
+#   ROUNDS=1 DURATION=5 bench/uring.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-32}
+TARGETS=${TARGETS:-"nginx floor-epoll floor-uring floor-uring-plain unitgate"}
+
+need=()
+for tool in nginx wrk strace; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q --bin unitgate
+# Its own workspace, lock file and target dir, named here so that CARGO_TARGET_DIR cannot move
+# the binaries.
+cargo build --release -q --manifest-path bench/uring-floor/Cargo.toml --target-dir bench/uring-floor/target
+FLOOR=bench/uring-floor/target/release
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [[ -n ${PROXY_PID:-} ]]; then kill -KILL "$PROXY_PID" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# shellcheck source=bench/common.sh
+source bench/common.sh
+PROXY_PORT=19000 ADMIN_PORT=19090
+TICKS=$(getconf CLK_TCK)
+
+start_origin "$WORK"
+PIDS+=("$ORIGIN_PID")
+write_workload "$WORK"
+write_table "$WORK"
+
+pids_of() { # a process and its children
+  echo "$1"; pgrep -P "$1" || true
+}
+cpu_ticks() { # "utime stime" summed over the given pids
+  local u=0 s=0 pid
+  for pid in $1; do
+    if [[ -r /proc/$pid/stat ]]; then
+      read -r pu ps < <(awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$pid/stat")
+      u=$((u + pu)) s=$((s + ps))
+    fi
+  done
+  echo "$u $s"
+}
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2; return 1
+}
+
+UPSTREAMS="127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B"
+start_proxy() { # name -> sets PROXY_PID
+  local name=$1 dir="$WORK/$1"
+  mkdir -p "$dir/logs"
+  case $name in
+    nginx)
+      # bench/proxy.sh's nginx, one worker.
+      cat > "$dir/nginx.conf" <<CONF
+daemon off; worker_processes 1; error_log $dir/logs/error.log; pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000;
+  upstream origin { hash \$http_x_user_id consistent; server 127.0.0.1:$ORIGIN_A; server 127.0.0.1:$ORIGIN_B; keepalive 256; }
+  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+CONF
+      nginx -p "$dir" -c "$dir/nginx.conf" & ;;
+    floor-epoll) "$FLOOR/floor-epoll" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" 2>"$dir/logs/err" & ;;
+    floor-uring) "$FLOOR/floor-uring" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" 2>"$dir/logs/err" & ;;
+    floor-uring-plain) "$FLOOR/floor-uring" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" plain 2>"$dir/logs/err" & ;;
+    unitgate)
+      # bench/proxy.sh's unitgate, one worker thread.
+      cat > "$dir/gateway.yaml" <<CONF
+region: hz
+threads: 1
+listen: { http: ["127.0.0.1:$PROXY_PORT"] }
+admin: { listen: "127.0.0.1:$ADMIN_PORT" }
+table: { file: $WORK/table.yaml }
+hop_secret: benchmark-secret-0123456789abcdef0123
+access_log: false
+upgrade_socket: $dir/upgrade.sock
+CONF
+      RUST_LOG=warn target/release/unitgate --config "$dir/gateway.yaml" 2>"$dir/logs/err" & ;;
+  esac
+  PROXY_PID=$!
+  wait_port "$PROXY_PORT"
+}
+
+stop_proxy() {
+  [[ -n ${PROXY_PID:-} ]] || return 0
+  kill -INT "$PROXY_PID" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$PROXY_PID" 2>/dev/null || true
+  wait "$PROXY_PID" 2>/dev/null || true
+  PROXY_PID=""
+  # nginx workers may outlive the master for a moment; the port must be free again.
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null || return 0; sleep 0.05; done
+}
+
+run_one() { # name -> prints "name rps p99_us user_us_per_req sys_us_per_req errors"
+  local name=$1
+  start_proxy "$name"
+  wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" >/dev/null  # warm-up
+  local pids; pids=$(pids_of "$PROXY_PID")
+  local before after result
+  before=$(cpu_ticks "$pids")
+  result=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" | awk '/^RESULT/')
+  after=$(cpu_ticks "$pids")
+  stop_proxy
+  read -r _ requests duration_us errors non2xx _ p99 <<<"$result"
+  read -r u0 s0 <<<"$before"
+  read -r u1 s1 <<<"$after"
+  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v t="$TICKS" \
+      -v p99="$p99" -v e=$((errors + non2xx)) \
+      'BEGIN { printf "%s %.0f %d %.2f %.2f %d\n", n, r / (d / 1e6), p99, (u / t * 1e6) / r, (s / t * 1e6) / r, e }'
+}
+
+results="$WORK/results"
+: > "$results"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in $TARGETS; do
+    line=$(run_one "$name")
+    echo "round=$round $line" >&2
+    echo "$round $line" >> "$results"
+  done
+done
+
+# Medians over rounds, ratios of the medians; then every round's values.
+summary() {
+  awk -v targets="$TARGETS" '
+    function median(name, col,   n, i, j, t, v) {
+      n = 0; for (i = 1; i <= rows; i++) if (name_of[i] == name) v[++n] = val[i, col]
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+      return v[int((n + 1) / 2)]
+    }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2fx", a / b) : "-" }
+    { rows++; name_of[rows] = $2; for (c = 3; c <= 7; c++) val[rows, c] = $c; round_of[rows] = $1 }
+    END {
+      k = split(targets, names, " ")
+      for (i = 1; i <= k; i++) { n = names[i]; u[n] = median(n, 5); s[n] = median(n, 6); tot[n] = u[n] + s[n] }
+      print "| target | requests/s | p99 | user µs/req | system µs/req | total µs/req | user vs nginx | system vs nginx | total vs nginx | user vs floor-epoll | system vs floor-epoll | total vs floor-epoll | errors |"
+      print "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+      for (i = 1; i <= k; i++) {
+        n = names[i]
+        printf "| %s | %d | %.2f ms | %.2f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %d |\n", n, median(n, 3), median(n, 4) / 1000, u[n], s[n], tot[n],
+          ratio(u[n], u["nginx"]), ratio(s[n], s["nginx"]), ratio(tot[n], tot["nginx"]),
+          ratio(u[n], u["floor-epoll"]), ratio(s[n], s["floor-epoll"]), ratio(tot[n], tot["floor-epoll"]), median(n, 7)
+      }
+      print ""
+      print "Every round (requests/s, p99 ms, user µs/req, system µs/req):"
+      print ""
+      print "| round | target | requests/s | p99 | user µs/req | system µs/req |"
+      print "|---|---|---|---|---|---|"
+      for (i = 1; i <= rows; i++) printf "| %d | %s | %d | %.2f ms | %.2f | %.2f |\n", round_of[i], name_of[i], val[i, 3], val[i, 4] / 1000, val[i, 5], val[i, 6]
+    }' "$1"
+}
+
+# System calls per request: strace attached to every thread of the proxy (not to io_uring's
+# kernel workers, which cannot be traced) for a 5 s run at the same concurrency.
+tasks() {
+  local pid task
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    for task in $(ls "/proc/$pid/task" 2>/dev/null); do
+      [[ $(cat "/proc/$pid/task/$task/comm" 2>/dev/null) == iou-* ]] || echo "$task"
+    done
+  done
+}
+count() { # name -> "name syscalls_per_request top_calls"
+  local name=$1
+  start_proxy "$name"
+  wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" >/dev/null   # warm-up
+  local attach=()
+  for task in $(tasks "$PROXY_PID"); do attach+=(-p "$task"); done
+  strace -c -f -o "$WORK/$name.strace" "${attach[@]}" 2>/dev/null &
+  local tracer=$!
+  sleep 1   # strace attaches asynchronously; the run starts once it has
+  local requests
+  requests=$(wrk -t1 -c"$CONNECTIONS" -d5s -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" | awk '/ requests in / { print $1 }')
+  kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+  stop_proxy
+  awk -v n="$name" -v r="$requests" '
+    $NF == "total" { total = $4 }
+    $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { calls[$NF] = $4 }
+    END {
+      top = ""; for (c in calls) if (calls[c] / r >= 0.01) top = top sprintf(" %s=%.2f", c, calls[c] / r)
+      printf "| %s | %d | %.2f |%s |\n", n, r, total / r, top
+    }' "$WORK/$name.strace"
+}
+
+{
+  echo "Run on $(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) vCPUs, kernel $(uname -r), wrk -t1 -c$CONNECTIONS, $ROUNDS rounds of ${DURATION} s interleaved (after a 2 s warm-up each), one worker per proxy; medians over rounds, ratios of medians."
+  echo
+  summary "$results"
+  echo
+  echo "System calls per request, strace -c -f, wrk -t1 -c$CONNECTIONS for 5 s:"
+  echo
+  echo "| target | requests (under strace) | syscalls/req | per request (≥ 0.01) |"
+  echo "|---|---|---|---|"
+  for name in $TARGETS; do
+    [[ $name == nginx ]] && continue
+    count "$name"
+  done
+}
