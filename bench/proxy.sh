@@ -55,33 +55,6 @@ write_workload "$WORK"
 write_table "$WORK"
 target/release/unitctl validate "$WORK/table.yaml" >/dev/null 2>&1 || cargo run --release -q --bin unitctl -- validate "$WORK/table.yaml"
 
-pids_of() { # a process and its children
-  echo "$1"; pgrep -P "$1" || true
-}
-cpu_ticks() { # utime+stime of the given pids
-  local total=0
-  for pid in $1; do
-    if [[ -r /proc/$pid/stat ]]; then
-      total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
-    fi
-  done
-  echo "$total"
-}
-rss_kib() {
-  local total=0
-  for pid in $1; do
-    [[ -r /proc/$pid/status ]] && total=$((total + $(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")))
-  done
-  echo "$total"
-}
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; return 1
-}
-
 start_proxy() { # name workers -> sets PROXY_PID
   local name=$1 workers=$2 dir="$WORK/$1"
   mkdir -p "$dir/logs"
@@ -92,15 +65,7 @@ start_proxy() { # name workers -> sets PROXY_PID
       # cannot compute them): the same header work without the routing.
       local added=""
       [[ $name == nginx-headers ]] && added='proxy_set_header X-Unitgate-Unit hz-u1; proxy_set_header X-Unitgate-Slot \$http_x_user_id; proxy_set_header X-Unitgate-Region hz; proxy_set_header X-Unitgate-Class C; proxy_set_header X-Unitgate-Table-Version 1; proxy_set_header X-Unitgate-Key \$http_x_user_id; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header traceparent 00-\$request_id-00f067aa0ba902b7-01;'
-      cat > "$dir/nginx.conf" <<CONF
-daemon off; worker_processes $workers; error_log $dir/logs/error.log; pid $dir/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000;
-  upstream origin { hash \$http_x_user_id consistent; server 127.0.0.1:$ORIGIN_A; server 127.0.0.1:$ORIGIN_B; keepalive 256; }
-  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; $added } }
-}
-CONF
+      write_nginx_proxy "$dir" "$workers" "$added"
       nginx -p "$dir" -c "$dir/nginx.conf" & ;;
     haproxy)
       cat > "$dir/haproxy.cfg" <<CONF
@@ -130,68 +95,47 @@ CONF
       printf 'version: 1\nthreads: %s\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' "$workers" > "$dir/conf.yaml"
       "$PINGORA_BIN" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" -c "$dir/conf.yaml" >"$dir/logs/out" 2>&1 & ;;
     unitgate)
-      cat > "$dir/gateway.yaml" <<CONF
-region: hz
-threads: $workers
-listen: { http: ["127.0.0.1:$PROXY_PORT"] }
-admin: { listen: "127.0.0.1:$ADMIN_PORT" }
-table: { file: $WORK/table.yaml }
-hop_secret: benchmark-secret-0123456789abcdef0123
-access_log: false
-upgrade_socket: $dir/upgrade.sock
-CONF
+      write_unitgate "$dir" "$workers"
       RUST_LOG=warn target/release/unitgate --config "$dir/gateway.yaml" 2>"$dir/logs/err" & ;;
   esac
   PROXY_PID=$!
   wait_port "$PROXY_PORT"
 }
 
-stop_proxy() {
-  [[ -n ${PROXY_PID:-} ]] || return 0
-  # SIGINT: a fast stop for every peer (pingora drains for minutes on SIGTERM); whatever is
-  # still there after 2 s is killed.
-  kill -INT "$PROXY_PID" 2>/dev/null || true
-  for _ in $(seq 1 40); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$PROXY_PID" 2>/dev/null || true
-  wait "$PROXY_PID" 2>/dev/null || true
-  # nginx workers may outlive the master for a moment; the port must be free again.
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null || return 0; sleep 0.05; done
-}
-
-run_one() { # name workers [workload] -> prints "name rps p50_us p99_us cpu_us_per_req rss_kib errors"
+run_one() { # name workers [workload] -> prints "name rps p50_us p99_us cpu_us_per_req rss_kib errors user_us_per_req system_us_per_req"
   local name=$1 workers=$2 workload=${3:-users} port=$PROXY_PORT
   start_proxy "$name" "$workers"
   [[ $name == none ]] && port=$ORIGIN_A
   wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/$workload.lua" "http://127.0.0.1:$port/" >/dev/null  # warm-up
   local pids; pids=$( [[ -n ${PROXY_PID:-} ]] && pids_of "$PROXY_PID" )
-  local before; before=$(cpu_ticks "$pids")
+  local user0 system0; read -r user0 system0 < <(cpu_ticks "$pids")
   local result; result=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/$workload.lua" "http://127.0.0.1:$port/" | awk '/^RESULT/')
-  local after; after=$(cpu_ticks "$pids")
+  local user1 system1; read -r user1 system1 < <(cpu_ticks "$pids")
   local rss; rss=$(rss_kib "$pids")
   stop_proxy
   read -r _ requests duration_us errors non2xx p50 p99 <<<"$result"
-  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v c=$((after - before)) -v t="$TICKS" \
+  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v u=$((user1 - user0)) -v s=$((system1 - system0)) -v t="$TICKS" \
       -v p50="$p50" -v p99="$p99" -v rss="$rss" -v e=$((errors + non2xx)) \
-      'BEGIN { printf "%s %.0f %d %d %.2f %d %d\n", n, r / (d / 1e6), p50, p99, (c / t * 1e6) / r, rss, e }'
+      'BEGIN { us = 1e6 / t / r; printf "%s %.0f %d %d %.2f %d %d %.2f %.2f\n", n, r / (d / 1e6), p50, p99, (u + s) * us, rss, e, u * us, s * us }'
 }
 
 # The markdown table of a results file (a line per run_one), medians over its rounds.
 table() {
-  echo "| target | requests/s | p50 | p99 | proxy CPU per request | CPU vs nginx | CPU vs HAProxy | RSS | errors |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| target | requests/s | p50 | p99 | proxy CPU per request | of which user / system | CPU vs nginx | CPU vs HAProxy | RSS | errors |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   awk '
     function median(name, col,   n, i, j, t, v) {
       n = 0; for (i = 1; i <= rows; i++) if (row_name[i] == name) v[++n] = row[i, col]
       for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
       return v[int((n + 1) / 2)]
     }
-    { rows++; row_name[rows] = $1; for (c = 2; c <= 7; c++) row[rows, c] = $c; seen[$1] = 1; if (!(($1) in order)) { order[$1] = ++k; names[k] = $1 } }
+    { rows++; row_name[rows] = $1; for (c = 2; c <= 9; c++) row[rows, c] = $c; seen[$1] = 1; if (!(($1) in order)) { order[$1] = ++k; names[k] = $1 } }
     END {
       ng = median("nginx", 5); hp = median("haproxy", 5)
       for (i = 1; i <= k; i++) {
         n = names[i]; cpu = median(n, 5)
-        if (n == "none") { printf "| %s (wrk to the origin) | %d | %.2f ms | %.2f ms | - | - | - | - | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, median(n, 7); continue }
-        printf "| %s | %d | %.2f ms | %.2f ms | %.1f µs | %.2fx | %.2fx | %.1f MiB | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, cpu, cpu / ng, cpu / hp, median(n, 6) / 1024, median(n, 7)
+        if (n == "none") { printf "| %s (wrk to the origin) | %d | %.2f ms | %.2f ms | - | - | - | - | - | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, median(n, 7); continue }
+        printf "| %s | %d | %.2f ms | %.2f ms | %.1f µs | %.1f / %.1f µs | %.2fx | %.2fx | %.1f MiB | %d |\n", n, median(n, 2), median(n, 3) / 1000, median(n, 4) / 1000, cpu, median(n, 8), median(n, 9), cpu / ng, cpu / hp, median(n, 6) / 1024, median(n, 7)
       }
     }' "$1"
 }
@@ -199,7 +143,7 @@ table() {
 REPORT="$WORK/report.md"
 {
   echo "Run on $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t1 -c$CONNECTIONS, $ROUNDS rounds of ${DURATION} s interleaved (after a 2 s warm-up each); figures are medians over rounds."
-  echo "CPU is the proxy's utime+stime (all its processes) per request; RSS after the run. nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR==1 { print $3 }'), pingora 0.9."
+  echo "CPU is the proxy's utime+stime (all its processes) per request, split into user (utime) and system (stime) time; RSS after the run. nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $(haproxy -v | awk 'NR==1 { print $3 }'), pingora 0.9."
   echo
 } > "$REPORT"
 for workers in $WORKER_SETS; do

@@ -88,13 +88,6 @@ trap 'exit 130' INT TERM HUP
 source bench/common.sh
 ORIGIN_A=19301 ORIGIN_B=19302   # common.sh's own ports belong to bench/proxy.sh
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; return 1
-}
 metrics() { curl -sf --max-time 2 "http://127.0.0.1:$ADMIN_PORT/metrics"; }
 
 start_origin "$WORK"
@@ -330,16 +323,14 @@ sampler() {
   done
 }
 
-cpu_ticks() { # utime+stime of the given pids
-  local total=0 pid
-  for pid in $1; do
-    [[ -r /proc/$pid/stat ]] && total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
-  done
-  echo "$total"
+cpu_total() { # utime+stime of the given pids (common.sh's cpu_ticks, summed)
+  local user system
+  read -r user system < <(cpu_ticks "$1")
+  echo $((user + system))
 }
 cpu_snapshot() { # "machine_busy machine_all irq_softirq gateway origin attackers", in ticks
   echo "$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $7 + $8 }' /proc/stat)" \
-    "$(cpu_ticks "$GW") $(cpu_ticks "$ORIGIN_PIDS") $(cpu_ticks "$ATTACKER_PIDS")"
+    "$(cpu_total "$GW") $(cpu_total "$ORIGIN_PIDS") $(cpu_total "$ATTACKER_PIDS")"
 }
 children_cpu_ms() { # user+system CPU of this shell's reaped children, in ms (wrk's, across run_wrk)
   times > "$WORK/times"  # in this shell: a command substitution would report its own children

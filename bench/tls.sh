@@ -82,33 +82,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 
-pids_of() { # a process and its children
-  echo "$1"; pgrep -P "$1" || true
-}
-cpu_ticks() { # utime+stime of the given pids
-  local total=0
-  for pid in $1; do
-    if [[ -r /proc/$pid/stat ]]; then
-      total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
-    fi
-  done
-  echo "$total"
-}
-rss_kib() {
-  local total=0
-  for pid in $1; do
-    [[ -r /proc/$pid/status ]] && total=$((total + $(awk '/VmRSS/ { print $2 }' "/proc/$pid/status")))
-  done
-  echo "$total"
-}
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; return 1
-}
-
 start_proxy() { # name workers [access log format] -> sets PROXY_PID
   local name=$1 workers=$2 log=${3:-} dir="$WORK/$1"
   mkdir -p "$dir/logs"
@@ -152,17 +125,6 @@ CONF
   wait_port "$PROXY_PORT"
 }
 
-stop_proxy() {
-  [[ -n ${PROXY_PID:-} ]] || return 0
-  kill -INT "$PROXY_PID" 2>/dev/null || true
-  for _ in $(seq 1 40); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$PROXY_PID" 2>/dev/null || true
-  wait "$PROXY_PID" 2>/dev/null || true
-  PROXY_PID=""
-  # nginx workers may outlive the master for a moment; the port must be free again.
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null || return 0; sleep 0.05; done
-}
-
 # One load of `row` against the running proxy for `secs` seconds; prints
 # "requests duration_us errors p50_us p99_us" (p50/p99 0 where the tool cannot tell).
 load() {
@@ -194,13 +156,13 @@ run_one() { # name workers row -> "name rps p50_us p99_us cpu_us_per_req rss_kib
   start_proxy "$name" "$workers"
   load "$row" 2 >/dev/null  # warm-up
   local pids; pids=$(pids_of "$PROXY_PID")
-  local before; before=$(cpu_ticks "$pids")
+  local user0 system0; read -r user0 system0 < <(cpu_ticks "$pids")
   local result; result=$(load "$row" "$DURATION")
-  local after; after=$(cpu_ticks "$pids")
+  local user1 system1; read -r user1 system1 < <(cpu_ticks "$pids")
   local rss; rss=$(rss_kib "$pids")
   stop_proxy
   read -r requests duration_us errors p50 p99 <<<"$result"
-  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v c=$((after - before)) -v t="$TICKS" \
+  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v c=$((user1 + system1 - user0 - system0)) -v t="$TICKS" \
       -v p50="$p50" -v p99="$p99" -v rss="$rss" -v e="$errors" \
       'BEGIN { printf "%s %.0f %d %d %.2f %d %d\n", n, r / (d / 1e6), p50, p99, (c / t * 1e6) / r, rss, e }'
 }

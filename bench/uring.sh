@@ -49,27 +49,6 @@ PIDS+=("$ORIGIN_PID")
 write_workload "$WORK"
 write_table "$WORK"
 
-pids_of() { # a process and its children
-  echo "$1"; pgrep -P "$1" || true
-}
-cpu_ticks() { # "utime stime" summed over the given pids
-  local u=0 s=0 pid
-  for pid in $1; do
-    if [[ -r /proc/$pid/stat ]]; then
-      read -r pu ps < <(awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$pid/stat")
-      u=$((u + pu)) s=$((s + ps))
-    fi
-  done
-  echo "$u $s"
-}
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; return 1
-}
-
 UPSTREAMS="127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B"
 start_proxy() { # name -> sets PROXY_PID
   local name=$1 dir="$WORK/$1"
@@ -77,46 +56,18 @@ start_proxy() { # name -> sets PROXY_PID
   case $name in
     nginx)
       # bench/proxy.sh's nginx, one worker.
-      cat > "$dir/nginx.conf" <<CONF
-daemon off; worker_processes 1; error_log $dir/logs/error.log; pid $dir/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000;
-  upstream origin { hash \$http_x_user_id consistent; server 127.0.0.1:$ORIGIN_A; server 127.0.0.1:$ORIGIN_B; keepalive 256; }
-  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-}
-CONF
+      write_nginx_proxy "$dir" 1
       nginx -p "$dir" -c "$dir/nginx.conf" & ;;
     floor-epoll) "$FLOOR/floor-epoll" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" 2>"$dir/logs/err" & ;;
     floor-uring) "$FLOOR/floor-uring" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" 2>"$dir/logs/err" & ;;
     floor-uring-plain) "$FLOOR/floor-uring" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" plain 2>"$dir/logs/err" & ;;
     unitgate)
       # bench/proxy.sh's unitgate, one worker thread.
-      cat > "$dir/gateway.yaml" <<CONF
-region: hz
-threads: 1
-listen: { http: ["127.0.0.1:$PROXY_PORT"] }
-admin: { listen: "127.0.0.1:$ADMIN_PORT" }
-table: { file: $WORK/table.yaml }
-hop_secret: benchmark-secret-0123456789abcdef0123
-access_log: false
-upgrade_socket: $dir/upgrade.sock
-CONF
+      write_unitgate "$dir" 1
       RUST_LOG=warn target/release/unitgate --config "$dir/gateway.yaml" 2>"$dir/logs/err" & ;;
   esac
   PROXY_PID=$!
   wait_port "$PROXY_PORT"
-}
-
-stop_proxy() {
-  [[ -n ${PROXY_PID:-} ]] || return 0
-  kill -INT "$PROXY_PID" 2>/dev/null || true
-  for _ in $(seq 1 40); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$PROXY_PID" 2>/dev/null || true
-  wait "$PROXY_PID" 2>/dev/null || true
-  PROXY_PID=""
-  # nginx workers may outlive the master for a moment; the port must be free again.
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null || return 0; sleep 0.05; done
 }
 
 run_one() { # name -> prints "name rps p99_us user_us_per_req sys_us_per_req errors"
