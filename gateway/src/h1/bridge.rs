@@ -14,8 +14,8 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::Chunked;
-use super::fields::Kind;
 use super::client::{Pool, READ_CHUNK, UpstreamConn};
+use super::fields::Kind;
 use super::request::Framing;
 use super::response::{self, RESPONSE_FIELD_ROOM, ResponseHead};
 use crate::metrics::NameId;
