@@ -416,9 +416,17 @@ impl Runner {
     }
 
     async fn replication(&mut self) -> Result<(), String> {
-        self.begin(StepName::Replication).await;
         let check = self.flip.replication_check.clone().unwrap_or_default();
         let timeout = Duration::from_secs(check.timeout_s.unwrap_or(DEFAULT_REPLICATION_TIMEOUT_S));
+        // A wait for a confirmation carries its deadline from the first record that shows the
+        // step running: a reader never sees the wait without it.
+        let confirm_from_ms = (check.url.is_none() && check.confirm == Some(true)).then(|| {
+            let now = now_ms();
+            self.flip.confirm_by_ms =
+                Some(now + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX / 2));
+            now
+        });
+        self.begin(StepName::Replication).await;
         let result = if let Some(url) = &check.url {
             if url.contains(UNIT_PLACEHOLDER) && self.moves.len() > 1 {
                 // A probe per unit, all at once: the step takes as long as the slowest.
@@ -434,8 +442,8 @@ impl Runner {
                 let url = url.replace(UNIT_PLACEHOLDER, &self.flip.unit);
                 self.probe(&url, timeout).await
             }
-        } else if check.confirm == Some(true) {
-            self.wait_for_confirmation(timeout).await
+        } else if let Some(started_ms) = confirm_from_ms {
+            self.wait_for_confirmation(timeout, started_ms).await
         } else if let Some(delay) = check.delay_s {
             self.wait(Duration::from_secs(delay))
                 .await
@@ -476,10 +484,13 @@ impl Runner {
     }
 
     /// Wait for an operator's confirmation, `timeout` plus what operators added
-    /// (`extend`), saying until when in the record.
-    async fn wait_for_confirmation(&mut self, timeout: Duration) -> Result<String, String> {
+    /// (`extend`) from `started_ms`, saying until when in the record.
+    async fn wait_for_confirmation(
+        &mut self,
+        timeout: Duration,
+        started_ms: u64,
+    ) -> Result<String, String> {
         let started = tokio::time::Instant::now();
-        let started_ms = now_ms();
         loop {
             let signals = self
                 .cp
