@@ -787,14 +787,9 @@ where
     let reply = match last {
         Some((index, failed)) => {
             let endpoint = &pool.endpoints[index];
-            let address = &*endpoint.address;
             match failed {
                 Failed::Connect(message) => {
-                    tracing::debug!(%message, upstream = address, "upstream connect failed");
-                    Reply::new(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": "upstream unreachable", "upstream": address}),
-                    )
+                    upstream_fault(shared, endpoint, UpstreamFault::Connect(message))
                 }
                 // Time ran out while the client's body was still arriving: the client's doing,
                 // never counted against the upstream.
@@ -806,26 +801,13 @@ where
                     ))
                 }
                 Failed::Timeout => {
-                    shared
-                        .metrics
-                        .upstream_error(endpoint.id, UpstreamFailure::Timeout);
-                    eject(shared, &endpoint.health);
-                    closing(Reply::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        json!({"error": "upstream timed out", "upstream": address}),
-                    ))
+                    closing(upstream_fault(shared, endpoint, UpstreamFault::Timeout))
                 }
-                Failed::Upstream(message) => {
-                    tracing::debug!(%message, upstream = address, "upstream exchange failed");
-                    shared
-                        .metrics
-                        .upstream_error(endpoint.id, UpstreamFailure::Other);
-                    eject(shared, &endpoint.health);
-                    closing(Reply::new(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
-                    ))
-                }
+                Failed::Upstream(message) => closing(upstream_fault(
+                    shared,
+                    endpoint,
+                    UpstreamFault::Broken(message),
+                )),
                 Failed::Client(event, status, error) => {
                     shared.metrics.client_event(event);
                     closing(Reply::new(status, json!({ "error": error })))
@@ -839,10 +821,7 @@ where
                 }
             }
         }
-        None => Reply::new(
-            StatusCode::BAD_GATEWAY,
-            json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
-        ),
+        None => no_endpoint(&tried),
     };
     let status = reply.status;
     if body.untouched() {
@@ -862,6 +841,65 @@ where
     reply.close |= next == Next::Close || head.close;
     let _ = write_reply(io, scratch, reply, head.minor).await;
     (status, if head.close { Next::Close } else { next }, false)
+}
+
+/// How the last attempt on an endpoint failed on the upstream's side.
+pub(super) enum UpstreamFault {
+    /// No connection could be made (counted when it happened).
+    Connect(String),
+    /// No answer in time.
+    Timeout,
+    /// The exchange broke (closed, reset, or something malformed came).
+    Broken(String),
+}
+
+/// The reply to a request whose last attempt `endpoint` failed; a timeout or a broken exchange
+/// counts against the endpoint (and may eject it).
+pub(super) fn upstream_fault(
+    shared: &Shared,
+    endpoint: &crate::store::EndpointState,
+    fault: UpstreamFault,
+) -> Reply {
+    let address = &*endpoint.address;
+    match fault {
+        UpstreamFault::Connect(message) => {
+            tracing::debug!(%message, upstream = address, "upstream connect failed");
+            Reply::new(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "upstream unreachable", "upstream": address}),
+            )
+        }
+        UpstreamFault::Timeout => {
+            shared
+                .metrics
+                .upstream_error(endpoint.id, UpstreamFailure::Timeout);
+            eject(shared, &endpoint.health);
+            Reply::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                json!({"error": "upstream timed out", "upstream": address}),
+            )
+        }
+        UpstreamFault::Broken(message) => {
+            tracing::debug!(%message, upstream = address, "upstream exchange failed");
+            shared
+                .metrics
+                .upstream_error(endpoint.id, UpstreamFailure::Other);
+            eject(shared, &endpoint.health);
+            Reply::new(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
+            )
+        }
+    }
+}
+
+/// The reply when no endpoint could be tried; `tried` holds the positions tried
+/// (`usize::MAX` where none was).
+pub(super) fn no_endpoint(tried: &[usize]) -> Reply {
+    Reply::new(
+        StatusCode::BAD_GATEWAY,
+        json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
+    )
 }
 
 pub(super) fn eject(shared: &Shared, health: &crate::store::Health) {

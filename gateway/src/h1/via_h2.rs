@@ -30,7 +30,8 @@ use super::client::READ_CHUNK;
 use super::fields::Kind;
 use super::request::{Framing, RequestHead};
 use super::serve::{
-    Next, closing, date, draining, eject, field_line, status_line, upstream_head, write_reply,
+    Next, UpstreamFault, closing, date, draining, eject, field_line, no_endpoint, status_line,
+    upstream_fault, upstream_head, write_reply,
 };
 use crate::decide::Decided;
 use crate::headers::strip_hop_by_hop;
@@ -75,13 +76,6 @@ const TOO_LARGE: BodyFault = BodyFault(
     "request body too large",
 );
 
-/// How an attempt ended without an answer.
-enum Failed {
-    Connect(String),
-    Timeout,
-    Upstream(String),
-}
-
 /// Forward the decided request over HTTP/2 to an endpoint of `pool` (chosen, retried and
 /// health-counted as the HTTP/1.1 path does) and write the answer as HTTP/1.1. Returns what
 /// `serve::forward` returns: the status, how the connection goes on, and whether the last
@@ -121,11 +115,7 @@ where
     // The first endpoint is chosen before the body is asked for: a request no endpoint can
     // take is answered without making the client send its body.
     let Some(first) = choose(&[]) else {
-        let reply = Reply::new(
-            StatusCode::BAD_GATEWAY,
-            json!({"error": "no endpoint to forward to", "tried": 0}),
-        );
-        return unforwarded(shared, io, buf, head, scratch, reply).await;
+        return unforwarded(shared, io, buf, head, scratch, no_endpoint(&[])).await;
     };
     // The body has the time of a read from the request's start, as on the HTTP/1.1 path.
     let body_deadline = (ctx.start + timeouts.read()).min(total_deadline);
@@ -190,57 +180,21 @@ where
                     .metrics
                     .upstream_error(endpoint.id, UpstreamFailure::Connect);
                 eject(shared, &endpoint.health);
-                last = Some((index, Failed::Connect(message)));
+                last = Some((index, UpstreamFault::Connect(message)));
             }
             Ok(Err(error)) => {
-                last = Some((index, Failed::Upstream(error.to_string())));
+                last = Some((index, UpstreamFault::Broken(error.to_string())));
                 break;
             }
             Err(_) => {
-                last = Some((index, Failed::Timeout));
+                last = Some((index, UpstreamFault::Timeout));
                 break;
             }
         }
     }
     let reply = match last {
-        Some((index, failed)) => {
-            let endpoint = &pool.endpoints[index];
-            let address = &*endpoint.address;
-            match failed {
-                Failed::Connect(message) => {
-                    tracing::debug!(%message, upstream = address, "upstream connect failed");
-                    Reply::new(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": "upstream unreachable", "upstream": address}),
-                    )
-                }
-                Failed::Timeout => {
-                    shared
-                        .metrics
-                        .upstream_error(endpoint.id, UpstreamFailure::Timeout);
-                    eject(shared, &endpoint.health);
-                    Reply::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        json!({"error": "upstream timed out", "upstream": address}),
-                    )
-                }
-                Failed::Upstream(message) => {
-                    tracing::debug!(%message, upstream = address, "upstream exchange failed");
-                    shared
-                        .metrics
-                        .upstream_error(endpoint.id, UpstreamFailure::Other);
-                    eject(shared, &endpoint.health);
-                    Reply::new(
-                        StatusCode::BAD_GATEWAY,
-                        json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
-                    )
-                }
-            }
-        }
-        None => Reply::new(
-            StatusCode::BAD_GATEWAY,
-            json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
-        ),
+        Some((index, fault)) => upstream_fault(shared, &pool.endpoints[index], fault),
+        None => no_endpoint(&tried),
     };
     // The body was read whole: the connection is in step, and may go on after the reply.
     answer(shared, io, head, scratch, reply).await
