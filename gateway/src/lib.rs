@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod attempts;
 pub mod client_body;
 pub mod coarse_timer;
 pub mod config;

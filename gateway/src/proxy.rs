@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -22,10 +22,11 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use router_rules::table::{Pool as TablePool, RegionIndex};
-use router_rules::{Action, Balance, Class, RequestView};
+use router_rules::table::RegionIndex;
+use router_rules::{Action, Class, RequestView};
 use serde_json::json;
 
+use crate::attempts::{Attempts, UpstreamFault, connect_failed, upstream_fault};
 use crate::client_body::{BodyFault, BodyState, ClientBody};
 use crate::coarse_timer::CoarseTimer;
 use crate::config::{GatewayConfig, Http1Codec, RoutingKeyLog};
@@ -355,11 +356,8 @@ struct Outbound<'a> {
     /// The client's body as it is relayed: tells a failed exchange that was the client's
     /// doing from one that was the upstream's.
     body: Arc<BodyState>,
-    pool: &'a PoolState,
-    /// Set when the route keeps a key on the same endpoints.
-    affinity_key: Option<&'a str>,
-    /// The table's side of a local pool, which orders the endpoints for a key.
-    table_pool: Option<&'a TablePool>,
+    /// The endpoints it may go to.
+    attempts: Attempts<'a>,
     http1: upstream_h2::Http1Client<'a>,
     /// Set when the serving region's pool speaks HTTP/2.
     h2: Option<&'a H2Upstream>,
@@ -388,8 +386,8 @@ fn prepare<'a>(
     let table = &snapshot.table;
     let trusted = conn.trusted_proxy || hop_in.is_some();
     forwarding_headers(&mut parts, seen, seen.is_upgrade(), conn, trusted, trace);
-    let (pool, affinity_key) = match *target {
-        Target::Local(pool) => {
+    match *target {
+        Target::Local(_) => {
             add_unit_headers(
                 &mut parts.headers,
                 snapshot,
@@ -397,12 +395,8 @@ fn prepare<'a>(
                 route.class,
                 ctx.stress,
             );
-            let key = (route.balance == Balance::KeyAffinity)
-                .then_some(routed.key.as_deref())
-                .flatten();
-            (pool, key)
         }
-        Target::Region(region) => {
+        Target::Region(_) => {
             let marker = HopMarker {
                 origin: hop_in.as_ref().map_or_else(
                     || table.regions()[snapshot.region].name.to_string(),
@@ -420,13 +414,8 @@ fn prepare<'a>(
                     .headers
                     .insert(shared.stress_header.clone(), HeaderValue::from_static("1"));
             }
-            (&snapshot.regions[region].gateways, None)
         }
-    };
-    let table_pool = match target {
-        Target::Local(_) => table.regions()[snapshot.region].pool(route.service),
-        Target::Region(_) => None,
-    };
+    }
     parts.uri = upstream_uri(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
     // HTTP/2 when the serving region's pool asks for it (gRPC), to its endpoints or to its
@@ -448,18 +437,14 @@ fn prepare<'a>(
     Outbound {
         request: Request::from_parts(parts, client_body.boxed()),
         body: body_state,
-        pool,
-        affinity_key,
-        table_pool,
+        attempts: Attempts::new(shared, ctx, decided),
         http1,
         h2,
     }
 }
 
-/// Send the request to the pool's endpoints in turn until one answers. Only an idempotent
-/// request goes to another endpoint, and only after a connect failure: a connect failure
-/// hands the request back untouched, so it can go on as it is. Each attempt has its own read
-/// deadline within the request's total one.
+/// Send the request to the pool's endpoints in turn until one answers (`crate::attempts`
+/// decides which, and by when).
 async fn exchange(
     shared: &Shared,
     ctx: &mut Ctx,
@@ -468,92 +453,59 @@ async fn exchange(
     let Outbound {
         request,
         body,
-        pool,
-        affinity_key,
-        table_pool,
+        mut attempts,
         http1,
         h2,
     } = outbound;
-    let retryable = is_idempotent(request.method());
-    let timeouts = shared.config.timeouts;
-    let total_deadline = ctx.start + timeouts.total();
     let mut request = Some(request);
-    let attempts = if retryable {
-        pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
-    } else {
-        1
-    };
-    let mut tried = [usize::MAX; MAX_ATTEMPTS];
-    for attempt in 0..attempts {
-        let index = match (affinity_key, table_pool) {
-            (Some(key), Some(table_pool)) => {
-                pool.first_healthy(table_pool.affinity_indices(key), &tried[..attempt])
-            }
-            _ => pool.round_robin(&tried[..attempt]),
-        };
-        let (Some(index), Some(upstream_request)) = (index, request.take()) else {
+    let mut last = None;
+    while let Some((index, endpoint)) = attempts.next() {
+        let Some(upstream_request) = request.take() else {
             break;
         };
-        tried[attempt] = index;
-        let endpoint = &pool.endpoints[index];
         if shared.config.access_log.enabled {
             ctx.upstream = Some(endpoint.address.clone());
         }
-        // The first attempt starts as the request did (no clock read).
-        let attempt_start = if attempt == 0 {
-            ctx.start
-        } else {
-            Instant::now()
-        };
-        let deadline = (attempt_start + timeouts.read()).min(total_deadline);
         let result = shared
             .timer
             .timeout_at(
-                deadline,
+                attempts.deadline(),
                 upstream_h2::send(http1, h2, endpoint, upstream_request),
             )
             .await;
-        let failure = match result {
+        let fault = match result {
             Ok(Ok(response)) => {
                 endpoint.health.success();
                 return Ok(response);
             }
             Ok(Err(error)) if error.is_connect() => {
+                let message = error.to_string();
+                // A connect failure hands the request back as it was: it may go on.
                 request = error.into_unsent();
-                UpstreamFailure::Connect
+                UpstreamFault::Connect(message)
             }
-            Ok(Err(error)) => {
-                tracing::debug!(%error, upstream = %endpoint.address, "upstream exchange failed");
-                UpstreamFailure::Other
-            }
-            Err(_) => UpstreamFailure::Timeout,
+            Ok(Err(error)) => UpstreamFault::Broken(error.to_string()),
+            Err(_) => UpstreamFault::Timeout,
+        };
+        let failure = match fault {
+            UpstreamFault::Connect(_) => UpstreamFailure::Connect,
+            UpstreamFault::Timeout => UpstreamFailure::Timeout,
+            UpstreamFault::Broken(_) => UpstreamFailure::Other,
         };
         if let Some(reply) = client_fault(&shared.metrics, &body, failure) {
             return Err(reply);
         }
-        shared.metrics.upstream_error(endpoint.id, failure);
-        let health = &shared.config.health_check;
-        endpoint.health.failure(
-            health.eject_after_failures,
-            Duration::from_millis(health.eject_for_ms),
-        );
-        if !matches!(failure, UpstreamFailure::Connect) || attempt + 1 == attempts {
-            return Err(match failure {
-                UpstreamFailure::Timeout => Reply::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    json!({"error": "upstream timed out", "upstream": &*endpoint.address}),
-                ),
-                _ => Reply::new(
-                    StatusCode::BAD_GATEWAY,
-                    json!({"error": "upstream unreachable", "upstream": &*endpoint.address}),
-                ),
-            });
+        if let UpstreamFault::Connect(_) = fault {
+            connect_failed(shared, endpoint);
+            last = Some((index, fault));
+            continue;
         }
+        return Err(upstream_fault(shared, endpoint, fault));
     }
-    Err(Reply::new(
-        StatusCode::BAD_GATEWAY,
-        json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
-    ))
+    Err(match last {
+        Some((index, fault)) => upstream_fault(shared, attempts.endpoint(index), fault),
+        None => attempts.no_endpoint(),
+    })
 }
 
 /// Phase 7: the upstream's answer for the client. A `101` to an upgrade request turns both
@@ -593,9 +545,6 @@ pub(crate) const WRITE_FREEZE_RETRY_S: u64 = 2;
 /// Headers the gateway adds to a request at most: host, forwarding, trace context and the
 /// seven `X-Unitgate-*` headers.
 const ADDED_HEADERS: usize = 11;
-
-/// Endpoints an idempotent request is tried on when connections to them fail.
-pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 pub(crate) struct Routed {
     pub(crate) action: Action,
@@ -747,13 +696,6 @@ fn join_cookies(headers: &mut HeaderMap) {
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, value);
     }
-}
-
-pub(crate) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 fn upstream_uri(path_and_query: Option<&http::uri::PathAndQuery>) -> Uri {

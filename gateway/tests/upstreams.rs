@@ -116,6 +116,85 @@ async fn an_idempotent_request_with_a_body_is_retried_whole() {
     assert!(failures >= 1, "{metrics}");
 }
 
+/// An upstream that reads a request's head and closes without answering.
+async fn hanging_up() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A broken exchange gets the same reply, and counts the same against the endpoint, whichever
+/// front end the request came through: the codec's for HTTP/1.1, hyper's for HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_exchange_gets_one_reply_over_http1_and_http2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = hanging_up().await;
+    let gateway = gateway_with_pool(
+        dir.path(),
+        &[upstream],
+        "health_check: { interval_ms: 0, eject_after_failures: 100 }\n",
+    )
+    .await;
+    let addr = gateway.http_addrs[0];
+    let (status, _, body) = send(
+        &client(),
+        request("POST", addr, "/x", &[("x-user-id", "1")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "HTTP/1.1: {body}");
+    assert_eq!(
+        body["error"], "upstream exchange failed",
+        "HTTP/1.1: {body}"
+    );
+    assert_eq!(body["upstream"], upstream.to_string(), "HTTP/1.1: {body}");
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(connection);
+    let request = Request::post("http://a/x")
+        .header("x-user-id", "1")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+    assert_eq!(body["error"], "upstream exchange failed", "HTTP/2: {body}");
+    assert_eq!(body["upstream"], upstream.to_string(), "HTTP/2: {body}");
+
+    let metrics = get_text(&client(), gateway.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "unitgate_upstream_errors_total{{endpoint=\"{upstream}\",kind=\"other\"}} 2"
+        )),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_not_retried() {
     let dir = tempfile::tempdir().expect("tempdir");

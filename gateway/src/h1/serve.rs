@@ -8,11 +8,11 @@
 //! read on.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
-use router_rules::{Balance, Class, RequestView};
+use router_rules::{Class, RequestView};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -22,11 +22,12 @@ use super::client::{READ_CHUNK, UpstreamConn};
 use super::fields::{Kind, Span};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
+use crate::attempts::{Attempts, UpstreamFault, connect_failed, upstream_fault};
 use crate::decide::{Decided, Facts, decide};
 use crate::headers::write_header_safe;
 use crate::hop::HopMarker;
-use crate::metrics::{ClientEvent, UpstreamFailure};
-use crate::proxy::{Conn, Ctx, MAX_ATTEMPTS, Reply, Shared, Target, finish, is_idempotent};
+use crate::metrics::ClientEvent;
+use crate::proxy::{Conn, Ctx, Reply, Shared, Target, finish};
 use crate::server::CLOSE_LINGER;
 use crate::store::Snapshot;
 use crate::workers::stopped;
@@ -640,83 +641,32 @@ async fn forward<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let snapshot: &Snapshot = decided.snapshot;
-    let (pool, affinity_key) = match decided.target {
-        Target::Local(pool) => (
-            pool,
-            (decided.route.balance == Balance::KeyAffinity)
-                .then_some(decided.routed.key.as_deref())
-                .flatten(),
-        ),
-        Target::Region(region) => (&snapshot.regions[region].gateways, None),
-    };
-    let table_pool = match decided.target {
-        Target::Local(_) => snapshot.table.regions()[snapshot.region].pool(decided.route.service),
-        Target::Region(_) => None,
-    };
+    let mut attempts = Attempts::new(shared, ctx, &decided);
     if super::via_h2::wanted(&decided) {
         // Boxed: its state (HTTP/2 request and response, the body held whole) would otherwise
         // sit in every connection's future, copied whole as each connection is spawned.
         return Box::pin(super::via_h2::forward(
-            shared,
-            conn,
-            ctx,
-            io,
-            raw,
-            buf,
-            head,
-            scratch,
-            &decided,
-            pool,
-            affinity_key,
-            table_pool,
+            shared, conn, ctx, io, raw, buf, head, scratch, &decided, attempts,
         ))
         .await;
     }
-    let timeouts = shared.config.timeouts;
-    let total_deadline = ctx.start + timeouts.total();
-    let idempotent = is_idempotent(&ctx.method);
-    let attempts = if idempotent {
-        pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
-    } else {
-        1
-    };
-    let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut body = BodyRelay::new(head.framing, shared.config.limits.max_body_bytes);
     let mut last = None;
-    let mut attempt = 0;
     // A pooled connection the upstream closed just as it was taken is tried again once, on a
     // new connection, without counting as an attempt.
     let mut stale_retry = true;
-    while attempt < attempts {
-        let index = match (affinity_key, table_pool) {
-            (Some(key), Some(table_pool)) => {
-                pool.first_healthy(table_pool.affinity_indices(key), &tried[..attempt])
-            }
-            _ => pool.round_robin(&tried[..attempt]),
-        };
-        let Some(index) = index else { break };
-        tried[attempt] = index;
-        attempt += 1;
-        let endpoint = &pool.endpoints[index];
+    while let Some((index, endpoint)) = attempts.next() {
         if shared.config.access_log.enabled {
             ctx.upstream = Some(endpoint.address.clone());
         }
-        // One deadline per attempt: its read deadline, or the request's total one if sooner.
-        // The first attempt starts as the request did (no clock read).
-        let attempt_start = if attempt == 1 {
-            ctx.start
-        } else {
-            Instant::now()
-        };
-        let deadline = (attempt_start + timeouts.read()).min(total_deadline);
+        let deadline = attempts.deadline();
         let mut upstream = match shared.codec_upstream.checkout(endpoint.id, ctx.start) {
             Some(upstream) => upstream,
             None => {
                 match shared
                     .timer
                     .timeout_at(
-                        total_deadline,
+                        attempts.total_deadline(),
                         shared.codec_upstream.connect(&endpoint.address),
                     )
                     .await
@@ -724,10 +674,7 @@ where
                     Ok(Ok(upstream)) => upstream,
                     Ok(Err(message)) => {
                         last = Some((index, Failed::Connect(message)));
-                        shared
-                            .metrics
-                            .upstream_error(endpoint.id, UpstreamFailure::Connect);
-                        eject(shared, &endpoint.health);
+                        connect_failed(shared, endpoint);
                         continue;
                     }
                     Err(_) => {
@@ -774,8 +721,7 @@ where
             // was answered, and one whose body is all sent already may go again.
             Err(Failed::Upstream(_)) if upstream.reused && body.untouched() && stale_retry => {
                 stale_retry = false;
-                attempt -= 1;
-                tried[attempt] = usize::MAX;
+                attempts.take_back();
                 continue;
             }
             Err(failed) => {
@@ -786,7 +732,7 @@ where
     }
     let reply = match last {
         Some((index, failed)) => {
-            let endpoint = &pool.endpoints[index];
+            let endpoint = attempts.endpoint(index);
             match failed {
                 Failed::Connect(message) => {
                     upstream_fault(shared, endpoint, UpstreamFault::Connect(message))
@@ -821,7 +767,7 @@ where
                 }
             }
         }
-        None => no_endpoint(&tried),
+        None => attempts.no_endpoint(),
     };
     let status = reply.status;
     if body.untouched() {
@@ -841,73 +787,6 @@ where
     reply.close |= next == Next::Close || head.close;
     let _ = write_reply(io, scratch, reply, head.minor).await;
     (status, if head.close { Next::Close } else { next }, false)
-}
-
-/// How the last attempt on an endpoint failed on the upstream's side.
-pub(super) enum UpstreamFault {
-    /// No connection could be made (counted when it happened).
-    Connect(String),
-    /// No answer in time.
-    Timeout,
-    /// The exchange broke (closed, reset, or something malformed came).
-    Broken(String),
-}
-
-/// The reply to a request whose last attempt `endpoint` failed; a timeout or a broken exchange
-/// counts against the endpoint (and may eject it).
-pub(super) fn upstream_fault(
-    shared: &Shared,
-    endpoint: &crate::store::EndpointState,
-    fault: UpstreamFault,
-) -> Reply {
-    let address = &*endpoint.address;
-    match fault {
-        UpstreamFault::Connect(message) => {
-            tracing::debug!(%message, upstream = address, "upstream connect failed");
-            Reply::new(
-                StatusCode::BAD_GATEWAY,
-                json!({"error": "upstream unreachable", "upstream": address}),
-            )
-        }
-        UpstreamFault::Timeout => {
-            shared
-                .metrics
-                .upstream_error(endpoint.id, UpstreamFailure::Timeout);
-            eject(shared, &endpoint.health);
-            Reply::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                json!({"error": "upstream timed out", "upstream": address}),
-            )
-        }
-        UpstreamFault::Broken(message) => {
-            tracing::debug!(%message, upstream = address, "upstream exchange failed");
-            shared
-                .metrics
-                .upstream_error(endpoint.id, UpstreamFailure::Other);
-            eject(shared, &endpoint.health);
-            Reply::new(
-                StatusCode::BAD_GATEWAY,
-                json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
-            )
-        }
-    }
-}
-
-/// The reply when no endpoint could be tried; `tried` holds the positions tried
-/// (`usize::MAX` where none was).
-pub(super) fn no_endpoint(tried: &[usize]) -> Reply {
-    Reply::new(
-        StatusCode::BAD_GATEWAY,
-        json!({"error": "no endpoint to forward to", "tried": tried.iter().filter(|i| **i != usize::MAX).count()}),
-    )
-}
-
-pub(super) fn eject(shared: &Shared, health: &crate::store::Health) {
-    let config = &shared.config.health_check;
-    health.failure(
-        config.eject_after_failures,
-        Duration::from_millis(config.eject_for_ms),
-    );
 }
 
 /// A finished exchange.

@@ -21,7 +21,6 @@ use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use router_rules::table::Pool;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -30,14 +29,13 @@ use super::client::READ_CHUNK;
 use super::fields::Kind;
 use super::request::{Framing, RequestHead};
 use super::serve::{
-    Next, UpstreamFault, closing, date, draining, eject, field_line, no_endpoint, status_line,
-    upstream_fault, upstream_head, write_reply,
+    Next, closing, date, draining, field_line, status_line, upstream_head, write_reply,
 };
+use crate::attempts::{Attempts, UpstreamFault, connect_failed, upstream_fault};
 use crate::decide::Decided;
 use crate::headers::strip_hop_by_hop;
-use crate::metrics::{ClientEvent, UpstreamFailure};
-use crate::proxy::{Conn, Ctx, MAX_ATTEMPTS, Reply, Shared, Target, is_idempotent};
-use crate::store::PoolState;
+use crate::metrics::ClientEvent;
+use crate::proxy::{Conn, Ctx, Reply, Shared, Target};
 use crate::upstream::Body;
 use crate::upstream_h2::{self, Http1Client, UpstreamBody};
 
@@ -91,34 +89,18 @@ pub(super) async fn forward<S>(
     head: &RequestHead,
     scratch: &mut Vec<u8>,
     decided: &Decided<'_>,
-    pool: &PoolState,
-    affinity_key: Option<&str>,
-    table_pool: Option<&Pool>,
+    mut attempts: Attempts<'_>,
 ) -> (StatusCode, Next, bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let timeouts = shared.config.timeouts;
-    let total_deadline = ctx.start + timeouts.total();
-    let idempotent = is_idempotent(&ctx.method);
-    let attempts = if idempotent {
-        pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
-    } else {
-        1
-    };
-    let choose = |tried: &[usize]| match (affinity_key, table_pool) {
-        (Some(key), Some(table_pool)) => {
-            pool.first_healthy(table_pool.affinity_indices(key), tried)
-        }
-        _ => pool.round_robin(tried),
-    };
     // The first endpoint is chosen before the body is asked for: a request no endpoint can
     // take is answered without making the client send its body.
-    let Some(first) = choose(&[]) else {
-        return unforwarded(shared, io, buf, head, scratch, no_endpoint(&[])).await;
+    let Some(mut chosen) = attempts.next() else {
+        return unforwarded(shared, io, buf, head, scratch, attempts.no_endpoint()).await;
     };
     // The body has the time of a read from the request's start, as on the HTTP/1.1 path.
-    let body_deadline = (ctx.start + timeouts.read()).min(total_deadline);
+    let body_deadline = attempts.deadline_from(ctx.start);
     let body = match read_body(shared, io, buf, head, body_deadline).await {
         Ok(body) => body,
         Err(BodyFault(event, status, error)) => {
@@ -131,7 +113,7 @@ where
     // endpoint it sends to, whichever attempt that is.
     upstream_head(scratch, shared, conn, ctx, raw, head, decided, "");
     let mut request = match request_of(scratch, head, body) {
-        Ok(request) => Some(request),
+        Ok(request) => request,
         Err(detail) => {
             let reply = Reply::new(
                 StatusCode::BAD_REQUEST,
@@ -141,31 +123,20 @@ where
         }
     };
 
-    let http1 = Http1Client::Codec(&shared.codec_upstream, timeouts.read());
-    let mut tried = [usize::MAX; MAX_ATTEMPTS];
-    let mut last = None;
-    for attempt in 0..attempts {
-        let index = if attempt == 0 {
-            Some(first)
-        } else {
-            choose(&tried[..attempt])
-        };
-        let (Some(index), Some(upstream_request)) = (index, request.take()) else {
-            break;
-        };
-        tried[attempt] = index;
-        let endpoint = &pool.endpoints[index];
+    let http1 = Http1Client::Codec(&shared.codec_upstream, shared.config.timeouts.read());
+    let (index, fault) = loop {
+        let (index, endpoint) = chosen;
         if shared.config.access_log.enabled {
             ctx.upstream = Some(endpoint.address.clone());
         }
         // Every attempt's time starts as it does, the first's once the body is all here: time
         // the client took to send it is never counted against the upstream.
-        let deadline = (Instant::now() + timeouts.read()).min(total_deadline);
+        let deadline = attempts.deadline_from(Instant::now());
         let sent = shared
             .timer
             .timeout_at(
                 deadline,
-                upstream_h2::send(http1, Some(&shared.upstream_h2), endpoint, upstream_request),
+                upstream_h2::send(http1, Some(&shared.upstream_h2), endpoint, request),
             )
             .await;
         match sent {
@@ -175,27 +146,21 @@ where
             }
             Ok(Err(error)) if error.is_connect() => {
                 let message = error.to_string();
-                request = error.into_unsent();
-                shared
-                    .metrics
-                    .upstream_error(endpoint.id, UpstreamFailure::Connect);
-                eject(shared, &endpoint.health);
-                last = Some((index, UpstreamFault::Connect(message)));
+                connect_failed(shared, endpoint);
+                // A connect failure hands the request back as it was: it may go on.
+                match (error.into_unsent(), attempts.next()) {
+                    (Some(unsent), Some(next)) => {
+                        request = unsent;
+                        chosen = next;
+                    }
+                    _ => break (index, UpstreamFault::Connect(message)),
+                }
             }
-            Ok(Err(error)) => {
-                last = Some((index, UpstreamFault::Broken(error.to_string())));
-                break;
-            }
-            Err(_) => {
-                last = Some((index, UpstreamFault::Timeout));
-                break;
-            }
+            Ok(Err(error)) => break (index, UpstreamFault::Broken(error.to_string())),
+            Err(_) => break (index, UpstreamFault::Timeout),
         }
-    }
-    let reply = match last {
-        Some((index, fault)) => upstream_fault(shared, &pool.endpoints[index], fault),
-        None => no_endpoint(&tried),
     };
+    let reply = upstream_fault(shared, attempts.endpoint(index), fault);
     // The body was read whole: the connection is in step, and may go on after the reply.
     answer(shared, io, head, scratch, reply).await
 }

@@ -1,0 +1,211 @@
+//! Which endpoints a decided request is sent to, in what order and by when, and what the client
+//! hears when none of them answered. Every front end goes through here — hyper's, the codec's
+//! HTTP/1.1 path and its HTTP/2 detour — so retries, key affinity, deadlines, health counting
+//! and the replies for an upstream's failure are the same whichever way a request came in.
+//!
+//! An idempotent request goes to another endpoint only when no connection could be made to
+//! the one before (nothing of it was sent); any other failure ends the request.
+
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use router_rules::Balance;
+use router_rules::table::Pool as TablePool;
+use serde_json::json;
+
+use crate::decide::Decided;
+use crate::metrics::UpstreamFailure;
+use crate::proxy::{Ctx, Reply, Shared, Target};
+use crate::store::{EndpointState, Health, PoolState};
+
+/// Endpoints an idempotent request is tried on when connections to them fail.
+pub(crate) const MAX_ATTEMPTS: usize = 3;
+
+/// Methods whose requests may be sent again: RFC 9110's idempotent ones.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The attempts of one request on the endpoints of the pool it was decided for.
+pub(crate) struct Attempts<'a> {
+    /// This region's pool for the route, or the target region's gateways.
+    pool: &'a PoolState,
+    /// A key the route keeps on the same endpoints, with the table's side of the pool, which
+    /// orders the endpoints for it.
+    affinity: Option<(&'a str, &'a TablePool)>,
+    /// Positions in `pool` tried so far, `usize::MAX` past the last.
+    tried: [usize; MAX_ATTEMPTS],
+    made: usize,
+    limit: usize,
+    /// When the request started: the first attempt's time counts from there.
+    start: Instant,
+    read: Duration,
+    total_deadline: Instant,
+}
+
+impl<'a> Attempts<'a> {
+    /// The attempts `decided` allows: up to `MAX_ATTEMPTS` (never more than the pool has
+    /// endpoints) for an idempotent request, one for any other.
+    pub(crate) fn new<'s: 'a>(shared: &Shared, ctx: &Ctx, decided: &'a Decided<'s>) -> Self {
+        let (pool, affinity) = match decided.target {
+            Target::Local(pool) => {
+                let table_pool = decided.snapshot.table.regions()[decided.snapshot.region]
+                    .pool(decided.route.service);
+                let key = (decided.route.balance == Balance::KeyAffinity)
+                    .then_some(decided.routed.key.as_deref())
+                    .flatten();
+                (pool, key.zip(table_pool))
+            }
+            Target::Region(region) => (&decided.snapshot.regions[region].gateways, None),
+        };
+        let limit = if is_idempotent(&ctx.method) {
+            pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
+        } else {
+            1
+        };
+        let timeouts = shared.config.timeouts;
+        Self {
+            pool,
+            affinity,
+            tried: [usize::MAX; MAX_ATTEMPTS],
+            made: 0,
+            limit,
+            start: ctx.start,
+            read: timeouts.read(),
+            total_deadline: ctx.start + timeouts.total(),
+        }
+    }
+
+    /// The next endpoint to try (healthy ones first: by the key's order under key affinity,
+    /// else by round robin), counted as an attempt; `None` once the attempts are used up or
+    /// every endpoint was tried.
+    pub(crate) fn next(&mut self) -> Option<(usize, &'a EndpointState)> {
+        if self.made == self.limit {
+            return None;
+        }
+        let tried = &self.tried[..self.made];
+        let index = match self.affinity {
+            Some((key, table_pool)) => self
+                .pool
+                .first_healthy(table_pool.affinity_indices(key), tried),
+            None => self.pool.round_robin(tried),
+        }?;
+        self.tried[self.made] = index;
+        self.made += 1;
+        Some((index, &self.pool.endpoints[index]))
+    }
+
+    /// Take the last attempt back: its endpoint may be chosen again, and it does not count
+    /// (a pooled connection the upstream had closed as it was taken).
+    pub(crate) fn take_back(&mut self) {
+        if self.made > 0 {
+            self.made -= 1;
+            self.tried[self.made] = usize::MAX;
+        }
+    }
+
+    /// The endpoint at position `index` of the pool.
+    pub(crate) fn endpoint(&self, index: usize) -> &'a EndpointState {
+        &self.pool.endpoints[index]
+    }
+
+    /// The current attempt's deadline: a read timeout from the request's start for the first
+    /// attempt (no clock read), from now for the ones after, never past the request's total
+    /// deadline.
+    pub(crate) fn deadline(&self) -> Instant {
+        let start = if self.made <= 1 {
+            self.start
+        } else {
+            Instant::now()
+        };
+        self.deadline_from(start)
+    }
+
+    /// A read timeout from `start`, never past the request's total deadline.
+    pub(crate) fn deadline_from(&self, start: Instant) -> Instant {
+        (start + self.read).min(self.total_deadline)
+    }
+
+    /// When the request as a whole runs out of time.
+    pub(crate) fn total_deadline(&self) -> Instant {
+        self.total_deadline
+    }
+
+    /// The reply when no endpoint could be tried.
+    pub(crate) fn no_endpoint(&self) -> Reply {
+        Reply::new(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "no endpoint to forward to", "tried": self.made}),
+        )
+    }
+}
+
+/// A connection to `endpoint` could not be made: counted against it (and may eject it).
+pub(crate) fn connect_failed(shared: &Shared, endpoint: &EndpointState) {
+    shared
+        .metrics
+        .upstream_error(endpoint.id, UpstreamFailure::Connect);
+    eject(shared, &endpoint.health);
+}
+
+/// How the last attempt on an endpoint failed on the upstream's side.
+pub(crate) enum UpstreamFault {
+    /// No connection could be made (counted by `connect_failed` when it happened).
+    Connect(String),
+    /// No answer in time.
+    Timeout,
+    /// The exchange broke (closed, reset, or something malformed came).
+    Broken(String),
+}
+
+/// The reply to a request whose last attempt `endpoint` failed; a timeout or a broken exchange
+/// counts against the endpoint (and may eject it).
+pub(crate) fn upstream_fault(
+    shared: &Shared,
+    endpoint: &EndpointState,
+    fault: UpstreamFault,
+) -> Reply {
+    let address = &*endpoint.address;
+    match fault {
+        UpstreamFault::Connect(message) => {
+            tracing::debug!(%message, upstream = address, "upstream connect failed");
+            Reply::new(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "upstream unreachable", "upstream": address}),
+            )
+        }
+        UpstreamFault::Timeout => {
+            shared
+                .metrics
+                .upstream_error(endpoint.id, UpstreamFailure::Timeout);
+            eject(shared, &endpoint.health);
+            Reply::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                json!({"error": "upstream timed out", "upstream": address}),
+            )
+        }
+        UpstreamFault::Broken(message) => {
+            tracing::debug!(%message, upstream = address, "upstream exchange failed");
+            shared
+                .metrics
+                .upstream_error(endpoint.id, UpstreamFailure::Other);
+            eject(shared, &endpoint.health);
+            Reply::new(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
+            )
+        }
+    }
+}
+
+/// One more failed exchange for an endpoint's health: enough in a row eject it for a while.
+fn eject(shared: &Shared, health: &Health) {
+    let config = &shared.config.health_check;
+    health.failure(
+        config.eject_after_failures,
+        Duration::from_millis(config.eject_for_ms),
+    );
+}
