@@ -319,9 +319,14 @@ where
 }
 
 /// Write `bytes` to the client; `false` when it went away or did not take them within the
-/// read timeout. A client that stops reading would otherwise hold the upstream connection (and
-/// the memory of the answer) for as long as it liked.
-async fn to_client<S: AsyncWrite + Unpin>(shared: &Shared, io: &mut S, bytes: &[u8]) -> bool {
+/// read timeout. A client that stops reading would otherwise hold the upstream connection (or
+/// its HTTP/2 stream's share of the connection's window) and the memory of the answer for as
+/// long as it liked.
+pub(super) async fn to_client<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    bytes: &[u8],
+) -> bool {
     let write = async {
         io.write_all(bytes).await?;
         io.flush().await
@@ -338,7 +343,7 @@ async fn to_client<S: AsyncWrite + Unpin>(shared: &Shared, io: &mut S, bytes: &[
 /// Answer with a reply of the gateway's own, the request not forwarded: its body (at the
 /// start of `buf`) is skipped when it is all here already, else the connection closes after
 /// the reply.
-async fn answer_unforwarded<S: AsyncWrite + Unpin>(
+pub(super) async fn answer_unforwarded<S: AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut S,
     buf: &mut BytesMut,
@@ -352,12 +357,30 @@ async fn answer_unforwarded<S: AsyncWrite + Unpin>(
         Framing::Length(n) if n <= after_head as u64 => Some(n as usize),
         _ => None,
     };
-    reply.close |= body_here.is_none() || head.close || draining(shared);
-    let close = reply.close;
-    let minor = head.minor;
+    reply.close |= body_here.is_none();
     buf.advance(body_here.unwrap_or(after_head));
-    match write_reply(io, scratch, reply, minor).await {
-        Ok(()) if !close => Next::KeepAlive,
+    answer(shared, io, head, scratch, reply).await
+}
+
+/// Answer with a reply of the gateway's own once the request's body is read or skipped: the
+/// connection goes on unless the reply, the client or a drain says otherwise, or the client
+/// does not take the reply within the read timeout.
+pub(super) async fn answer<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+    mut reply: Reply,
+) -> Next {
+    reply.close |= head.close || draining(shared);
+    let close = reply.close;
+    let write = write_reply(io, scratch, reply, head.minor);
+    let written = shared
+        .timer
+        .timeout_after(shared.config.timeouts.read(), write)
+        .await;
+    match written {
+        Ok(Ok(())) if !close => Next::KeepAlive,
         _ => Next::Close,
     }
 }
@@ -778,15 +801,13 @@ where
         );
     }
     // Part of the body may be unread: the connection cannot be read on.
-    let next = if body.done() && !reply.close {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    };
     let mut reply = reply;
-    reply.close |= next == Next::Close || head.close;
-    let _ = write_reply(io, scratch, reply, head.minor).await;
-    (status, if head.close { Next::Close } else { next }, false)
+    reply.close |= !body.done();
+    (
+        status,
+        answer(shared, io, head, scratch, reply).await,
+        false,
+    )
 }
 
 /// A finished exchange.

@@ -29,7 +29,8 @@ use super::client::READ_CHUNK;
 use super::fields::Kind;
 use super::request::{Framing, RequestHead};
 use super::serve::{
-    Next, closing, date, draining, field_line, status_line, upstream_head, write_reply,
+    Next, answer, answer_unforwarded, closing, date, draining, field_line, status_line, to_client,
+    upstream_head,
 };
 use crate::attempts::{Attempts, UpstreamFault, connect_failed, upstream_fault};
 use crate::decide::Decided;
@@ -97,7 +98,10 @@ where
     // The first endpoint is chosen before the body is asked for: a request no endpoint can
     // take is answered without making the client send its body.
     let Some(mut chosen) = attempts.next() else {
-        return unforwarded(shared, io, buf, head, scratch, attempts.no_endpoint()).await;
+        let reply = attempts.no_endpoint();
+        let status = reply.status;
+        let next = answer_unforwarded(shared, io, buf, head, scratch, reply).await;
+        return (status, next, false);
     };
     // The body has the time of a read from the request's start, as on the HTTP/1.1 path.
     let body_deadline = attempts.deadline_from(ctx.start);
@@ -106,7 +110,7 @@ where
         Err(BodyFault(event, status, error)) => {
             shared.metrics.client_event(event);
             let reply = closing(Reply::new(status, json!({ "error": error })));
-            return answer(shared, io, head, scratch, reply).await;
+            return answered(shared, io, head, scratch, reply).await;
         }
     };
     // No endpoint's address stands in for a missing `Host` here: the HTTP/2 client names the
@@ -119,7 +123,7 @@ where
                 StatusCode::BAD_REQUEST,
                 json!({"error": "request not expressible in HTTP/2", "detail": detail}),
             );
-            return answer(shared, io, head, scratch, reply).await;
+            return answered(shared, io, head, scratch, reply).await;
         }
     };
 
@@ -162,64 +166,22 @@ where
     };
     let reply = upstream_fault(shared, attempts.endpoint(index), fault);
     // The body was read whole: the connection is in step, and may go on after the reply.
-    answer(shared, io, head, scratch, reply).await
+    answered(shared, io, head, scratch, reply).await
 }
 
-/// Answer with a reply of the gateway's own, the body not read: it is skipped when it is all
-/// here already, else the connection closes after the reply.
-async fn unforwarded<S: AsyncWrite + Unpin>(
-    shared: &Shared,
-    io: &mut S,
-    buf: &mut BytesMut,
-    head: &RequestHead,
-    scratch: &mut Vec<u8>,
-    mut reply: Reply,
-) -> (StatusCode, Next, bool) {
-    let here = match head.framing {
-        Framing::None => Some(0),
-        Framing::Length(n) => usize::try_from(n).ok().filter(|n| *n <= buf.len()),
-        Framing::Chunked | Framing::UntilClose => None,
-    };
-    reply.close |= here.is_none();
-    buf.advance(here.unwrap_or(buf.len()));
-    answer(shared, io, head, scratch, reply).await
-}
-
-/// Answer with a reply of the gateway's own once the body has been read (or skipped): the
-/// connection may go on unless the reply or the client says otherwise.
-async fn answer<S: AsyncWrite + Unpin>(
+/// `serve::answer`, returning what `forward` returns.
+async fn answered<S: AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut S,
     head: &RequestHead,
     scratch: &mut Vec<u8>,
-    mut reply: Reply,
+    reply: Reply,
 ) -> (StatusCode, Next, bool) {
     let status = reply.status;
-    reply.close |= head.close || draining(shared);
-    let close = reply.close;
-    let write = write_reply(io, scratch, reply, head.minor);
-    let written = shared
-        .timer
-        .timeout_after(shared.config.timeouts.read(), write)
-        .await;
-    match written {
-        Ok(Ok(())) if !close => (status, Next::KeepAlive, false),
-        _ => (status, Next::Close, false),
-    }
-}
-
-/// Write `bytes` to the client within the read timeout; `false` when it went away or did not
-/// take them in time. While a write waits, the HTTP/2 stream's unread data holds its share of
-/// the upstream connection's window, which every client of the worker shares: a client that
-/// stops reading must not hold it for as long as it likes.
-async fn write_client<S: AsyncWrite + Unpin>(shared: &Shared, io: &mut S, bytes: &[u8]) -> bool {
-    let write = io.write_all(bytes);
-    matches!(
-        shared
-            .timer
-            .timeout_after(shared.config.timeouts.read(), write)
-            .await,
-        Ok(Ok(()))
+    (
+        status,
+        answer(shared, io, head, scratch, reply).await,
+        false,
     )
 }
 
@@ -516,7 +478,7 @@ where
         if !out.is_empty() && !complete && (ready.is_none() || out.len() >= FLUSH_AT) {
             // Returning drops the stream, which resets it: its window goes back to the
             // connection.
-            if !write_client(shared, io, out).await {
+            if !to_client(shared, io, out).await {
                 return (client_gone(), Next::Close, false);
             }
             out.clear();
