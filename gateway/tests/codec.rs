@@ -114,14 +114,7 @@ fn answer(path: &str) -> Vec<u8> {
 }
 
 async fn gateway(upstream: &Scripted) -> (tempfile::TempDir, gateway::Gateway) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gateway = gateway_with_pool(
-        dir.path(),
-        &[upstream.addr],
-        "health_check: { interval_ms: 0 }\n",
-    )
-    .await;
-    (dir, gateway)
+    pool_gateway(&[upstream.addr], "health_check: { interval_ms: 0 }\n").await
 }
 
 /// Read from `stream` until `until` holds for what was read (or the stream closes).
@@ -151,9 +144,6 @@ const T: std::time::Duration = std::time::Duration::from_secs(10);
 async fn pipelined_requests_are_answered_in_order_and_head_answers_have_no_body() {
     let upstream = Scripted::start(answer).await;
     let (_dir, gateway) = gateway(&upstream).await;
-    let mut client = TcpStream::connect(gateway.http_addrs[0])
-        .await
-        .expect("connect");
     let one = |path: &str, method: &str| {
         format!("{method} {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\n")
     };
@@ -164,7 +154,7 @@ async fn pipelined_requests_are_answered_in_order_and_head_answers_have_no_body(
         "GET /c HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nConnection: close\r\n\r\n".to_owned(),
     ]
     .concat();
-    client.write_all(pipelined.as_bytes()).await.expect("write");
+    let mut client = connect_and_write(gateway.http_addrs[0], pipelined.as_bytes()).await;
     let answers = read_to_close(&mut client).await;
     // Four answers, in the order asked; the HEAD answer keeps the upstream's length and has
     // no body: the next answer starts right after its head.
@@ -188,11 +178,8 @@ async fn pipelined_requests_are_answered_in_order_and_head_answers_have_no_body(
 async fn http_1_0_keeps_the_connection_only_when_asked() {
     let upstream = Scripted::start(answer).await;
     let (_dir, gateway) = gateway(&upstream).await;
-    let mut client = TcpStream::connect(gateway.http_addrs[0])
-        .await
-        .expect("connect");
     let kept = "GET /a HTTP/1.0\r\nConnection: keep-alive\r\nX-User-Id: 7\r\n\r\n";
-    client.write_all(kept.as_bytes()).await.expect("write");
+    let mut client = connect_and_write(gateway.http_addrs[0], kept.as_bytes()).await;
     let first = read_until(&mut client, |s| s.ends_with("/a")).await;
     assert!(first.starts_with("HTTP/1.0 200"), "{first}");
     assert!(
@@ -220,13 +207,11 @@ async fn http_1_0_keeps_the_connection_only_when_asked() {
 async fn expect_100_continue_is_answered_before_the_body_and_not_passed_on() {
     let upstream = Scripted::start(answer).await;
     let (_dir, gateway) = gateway(&upstream).await;
-    let mut client = TcpStream::connect(gateway.http_addrs[0])
-        .await
-        .expect("connect");
-    client
-        .write_all(b"PUT /put HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
-        .await
-        .expect("write");
+    let mut client = connect_and_write(
+        gateway.http_addrs[0],
+        b"PUT /put HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await;
     let interim = read_until(&mut client, |s| s.ends_with("\r\n\r\n")).await;
     assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
     client.write_all(b"hello").await.expect("body");
@@ -247,12 +232,12 @@ async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0
     let (_dir, gateway) = gateway(&upstream).await;
     let addr = gateway.http_addrs[0];
     // A chunked request body reaches the upstream chunk for chunk, its trailer included.
-    let mut client = TcpStream::connect(addr).await.expect("connect");
     let body = "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-check: 1\r\n\r\n";
-    client
-        .write_all(format!("POST /post HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nTransfer-Encoding: chunked\r\n\r\n{body}").as_bytes())
-        .await
-        .expect("write");
+    let mut client = connect_and_write(
+        addr,
+        format!("POST /post HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nTransfer-Encoding: chunked\r\n\r\n{body}").as_bytes(),
+    )
+    .await;
     let answer = read_until(&mut client, |s| s.ends_with("/post")).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
@@ -275,10 +260,7 @@ async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0
         "{answer}"
     );
     // An HTTP/1.0 client gets the data decoded, ended by the close.
-    let mut old = TcpStream::connect(addr).await.expect("connect");
-    old.write_all(b"GET /trailers HTTP/1.0\r\nX-User-Id: 7\r\n\r\n")
-        .await
-        .expect("write");
+    let mut old = connect_and_write(addr, b"GET /trailers HTTP/1.0\r\nX-User-Id: 7\r\n\r\n").await;
     let answer = read_to_close(&mut old).await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     assert!(
@@ -289,11 +271,11 @@ async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0
 
     // The gateway's own fields may not ride in a request's trailers: the upstream never gets
     // the whole request, and the client a 400 naming why.
-    let mut forger = TcpStream::connect(addr).await.expect("connect");
-    forger
-        .write_all(b"POST /forged HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-Unitgate-Unit: u9\r\n\r\n")
-        .await
-        .expect("write");
+    let mut forger = connect_and_write(
+        addr,
+        b"POST /forged HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-Unitgate-Unit: u9\r\n\r\n",
+    )
+    .await;
     let answer = read_to_close(&mut forger).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(
@@ -311,13 +293,11 @@ async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0
 async fn an_upgrade_becomes_a_tunnel_once_the_upstream_switched() {
     let upstream = Scripted::start(answer).await;
     let (_dir, gateway) = gateway(&upstream).await;
-    let mut client = TcpStream::connect(gateway.http_addrs[0])
-        .await
-        .expect("connect");
-    client
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-        .await
-        .expect("write");
+    let mut client = connect_and_write(
+        gateway.http_addrs[0],
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
     let switched = read_until(&mut client, |s| s.ends_with("\r\n\r\n")).await;
     assert!(switched.starts_with("HTTP/1.1 101"), "{switched}");
     assert!(
@@ -362,20 +342,16 @@ async fn a_client_that_stops_reading_is_closed_after_the_read_timeout() {
         reply.resize(reply.len() + BODY, b'x');
         let _ = ended.send(stream.write_all(&reply).await.is_err());
     });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gateway = gateway_with_pool(
-        dir.path(),
+    let (_dir, gateway) = pool_gateway(
         &[addr],
         "health_check: { interval_ms: 0 }\ntimeouts: { read_ms: 300 }\n",
     )
     .await;
-    let mut client = TcpStream::connect(gateway.http_addrs[0])
-        .await
-        .expect("connect");
-    client
-        .write_all(b"GET /big HTTP/1.1\r\nHost: shop\r\nX-User-Id: 42\r\n\r\n")
-        .await
-        .expect("send");
+    let mut client = connect_and_write(
+        gateway.http_addrs[0],
+        b"GET /big HTTP/1.1\r\nHost: shop\r\nX-User-Id: 42\r\n\r\n",
+    )
+    .await;
     // The client reads nothing: the gateway gives up on it and drops the upstream connection,
     // which the upstream sees as its write failing.
     let failed = tokio::time::timeout(T, write_ended)
@@ -400,16 +376,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_read_timeout() {
 async fn an_http2_requests_trailers_reach_an_http1_upstream_without_the_gateways_fields() {
     let upstream = Scripted::start(answer).await;
     let (_dir, gateway) = gateway(&upstream).await;
-    let tcp = TcpStream::connect(gateway.http_addrs[0])
-        .await
-        .expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2c");
-    tokio::spawn(connection);
+    let mut sender = h2c(gateway.http_addrs[0]).await;
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-sum", http::HeaderValue::from_static("6"));
     trailers.insert("x-unitgate-unit", http::HeaderValue::from_static("u9"));

@@ -286,6 +286,41 @@ async fn setup(extra: &str) -> Setup {
     }
 }
 
+impl Setup {
+    /// The gateway's plain HTTP listener.
+    fn addr(&self) -> SocketAddr {
+        self.gateway.http_addrs[0]
+    }
+
+    /// A new client connection to the gateway.
+    async fn client(&self) -> Client {
+        Client::connect(self.addr()).await
+    }
+
+    /// Every request the upstream received, in order.
+    fn seen(&self) -> Vec<Seen> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// The last request the upstream received.
+    fn last_seen(&self) -> Seen {
+        self.log.lock().expect("log").last().cloned().expect("seen")
+    }
+
+    /// The gateway's metrics, as text.
+    async fn metrics(&self) -> String {
+        support::get_text(&support::client(), self.gateway.admin_addr, "/metrics").await
+    }
+
+    /// The series counting the connections the refusing endpoint refused.
+    fn refused_series(&self) -> String {
+        format!(
+            "unitgate_upstream_errors_total{{endpoint=\"{}\",kind=\"connect\"}}",
+            self.refusing
+        )
+    }
+}
+
 /// An HTTP/1.x response as the client read it.
 #[derive(Debug)]
 struct Answer {
@@ -418,6 +453,25 @@ impl Client {
     async fn closed(&mut self) -> bool {
         self.buf.is_empty() && !self.fill().await
     }
+
+    /// Send a whole request and read its answer.
+    async fn exchange(&mut self, request: &[u8]) -> Answer {
+        self.send(request).await;
+        let method = request.split(|b| *b == b' ').next().expect("a method");
+        self.answer(std::str::from_utf8(method).expect("a method"))
+            .await
+    }
+
+    /// Send [`bodiless`]'s request and read its answer.
+    async fn ask(&mut self, method: &str, target: &str, user: &str) -> Answer {
+        self.exchange(&bodiless(method, target, user)).await
+    }
+}
+
+/// An HTTP/1.1 request without a body for `api.example`, keyed by `user`.
+fn bodiless(method: &str, target: &str, user: &str) -> Vec<u8> {
+    format!("{method} {target} HTTP/1.1\r\nHost: api.example\r\nX-User-Id: {user}\r\n\r\n")
+        .into_bytes()
 }
 
 fn value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -427,17 +481,13 @@ fn value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_requests_for_an_h2_pool_go_over_http2_and_come_back_as_http1() {
     let setup = setup("").await;
-    let addr = setup.gateway.http_addrs[0];
-    let mut client = Client::connect(addr).await;
+    let mut client = setup.client().await;
 
     // A POST with a Content-Length body (gRPC's content type): chunked back, with the
     // upstream's trailers.
-    client
-        .send(
-            b"POST /pkg.Svc/Call?q=1 HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nContent-Type: application/grpc\r\nX-Unitgate-Unit: forged\r\nContent-Length: 11\r\n\r\nhello world",
-        )
+    let answer = client
+        .exchange(b"POST /pkg.Svc/Call?q=1 HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nContent-Type: application/grpc\r\nX-Unitgate-Unit: forged\r\nContent-Length: 11\r\n\r\nhello world")
         .await;
-    let answer = client.answer("POST").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.header("x-upstream"), Some("h2"));
     assert_eq!(answer.header("transfer-encoding"), Some("chunked"));
@@ -446,13 +496,7 @@ async fn http1_requests_for_an_h2_pool_go_over_http2_and_come_back_as_http1() {
     assert_eq!(answer.trailer("grpc-status"), Some("0"), "{answer:?}");
     assert_eq!(answer.trailer("x-upstream-trailer"), Some("late"));
 
-    let seen = setup
-        .log
-        .lock()
-        .expect("log")
-        .last()
-        .cloned()
-        .expect("seen");
+    let seen = setup.last_seen();
     assert_eq!(seen.version, Version::HTTP_2);
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.uri, "http://api.example/pkg.Svc/Call?q=1");
@@ -472,21 +516,12 @@ async fn http1_requests_for_an_h2_pool_go_over_http2_and_come_back_as_http1() {
     assert!(headers.get("host").is_none() && headers.get("connection").is_none());
 
     // On the same connection: a chunked POST with a trailer, which reaches the upstream.
-    client
-        .send(
-            b"POST /chunked HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n3;x=y\r\nfgh\r\n0\r\nx-client-trailer: from-client\r\n\r\n",
-        )
+    let answer = client
+        .exchange(b"POST /chunked HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n3;x=y\r\nfgh\r\n0\r\nx-client-trailer: from-client\r\n\r\n")
         .await;
-    let answer = client.answer("POST").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.body, b"echo:abcdefgh");
-    let seen = setup
-        .log
-        .lock()
-        .expect("log")
-        .last()
-        .cloned()
-        .expect("seen");
+    let seen = setup.last_seen();
     assert_eq!(seen.body, "abcdefgh");
     assert_eq!(value(&seen.headers, "content-length"), Some("8"));
     assert!(value(&seen.headers, "te").is_none(), "not gRPC: no TE");
@@ -494,47 +529,33 @@ async fn http1_requests_for_an_h2_pool_go_over_http2_and_come_back_as_http1() {
     assert_eq!(value(&trailers, "x-client-trailer"), Some("from-client"));
 
     // A GET answered with a length: Content-Length back, and the connection goes on.
-    client
-        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\n\r\n")
-        .await;
-    let answer = client.answer("GET").await;
+    let answer = client.ask("GET", "/fixed", "42").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.header("content-length"), Some("10"));
     assert!(answer.header("transfer-encoding").is_none());
     assert_eq!(answer.body, b"fixed body");
-    let seen = setup
-        .log
-        .lock()
-        .expect("log")
-        .last()
-        .cloned()
-        .expect("seen");
+    let seen = setup.last_seen();
     assert_eq!((seen.method.as_str(), seen.body.len()), ("GET", 0));
     assert!(seen.headers.get("content-length").is_none());
 
     // A HEAD: the head only.
-    client
-        .send(b"HEAD /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\n\r\n")
-        .await;
-    let answer = client.answer("HEAD").await;
+    let answer = client.ask("HEAD", "/fixed", "42").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.header("x-upstream"), Some("h2"));
 
     // Pipelined after it, and asking to close: answered, then closed.
-    client
-        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nConnection: close\r\n\r\n")
+    let answer = client
+        .exchange(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 42\r\nConnection: close\r\n\r\n")
         .await;
-    let answer = client.answer("GET").await;
     assert_eq!(answer.body, b"fixed body");
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(client.closed().await);
 
     // HTTP/1.0 and no length: the body ends with the connection, and no trailers.
-    let mut client = Client::connect(addr).await;
-    client
-        .send(b"GET /old HTTP/1.0\r\nHost: api.example\r\nX-User-Id: 42\r\n\r\n")
+    let mut client = setup.client().await;
+    let answer = client
+        .exchange(b"GET /old HTTP/1.0\r\nHost: api.example\r\nX-User-Id: 42\r\n\r\n")
         .await;
-    let answer = client.answer("GET").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(answer.header("transfer-encoding").is_none());
     assert_eq!(answer.header("connection"), Some("close"));
@@ -544,26 +565,18 @@ async fn http1_requests_for_an_h2_pool_go_over_http2_and_come_back_as_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_request_goes_on_to_the_next_endpoint_when_the_first_refuses() {
     let setup = setup("").await;
-    let addr = setup.gateway.http_addrs[0];
-    let mut client = Client::connect(addr).await;
+    let mut client = setup.client().await;
     // The pool's first endpoint refuses: the first request starts there and goes on; the
     // second, in turn, starts either there or on the live one.
     for round in 0..2 {
-        client
-            .send(b"GET /retry/x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 7\r\n\r\n")
-            .await;
-        let answer = client.answer("GET").await;
+        let answer = client.ask("GET", "/retry/x", "7").await;
         assert_eq!(answer.status, 200, "round {round}: {answer:?}");
         assert_eq!(answer.body, b"echo:");
         assert_eq!(answer.trailer("grpc-status"), Some("0"));
     }
-    assert_eq!(setup.log.lock().expect("log").len(), 2);
-    let metrics = support::get_text(&support::client(), setup.gateway.admin_addr, "/metrics").await;
-    let refused = format!(
-        "unitgate_upstream_errors_total{{endpoint=\"{}\",kind=\"connect\"}}",
-        setup.refusing
-    );
-    assert!(metrics.contains(&refused), "{metrics}");
+    assert_eq!(setup.seen().len(), 2);
+    let metrics = setup.metrics().await;
+    assert!(metrics.contains(&setup.refused_series()), "{metrics}");
     let live = format!("endpoint=\"{}\"", setup.live);
     assert!(
         !metrics
@@ -574,27 +587,22 @@ async fn an_idempotent_request_goes_on_to_the_next_endpoint_when_the_first_refus
 
     // A POST is not retried: its only endpoint refuses, and the gateway says so, its body
     // read, the connection still open.
-    client
-        .send(b"POST /down HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 7\r\nContent-Length: 4\r\n\r\nbody")
+    let answer = client
+        .exchange(b"POST /down HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 7\r\nContent-Length: 4\r\n\r\nbody")
         .await;
-    let answer = client.answer("POST").await;
     assert_eq!(answer.status, 502, "{answer:?}");
     let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
     assert_eq!(body["error"], "upstream unreachable");
     assert_eq!(body["upstream"], setup.refusing.to_string());
-    client
-        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 7\r\n\r\n")
-        .await;
-    assert_eq!(client.answer("GET").await.body, b"fixed body");
+    assert_eq!(client.ask("GET", "/fixed", "7").await.body, b"fixed body");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_body_is_asked_for_limited_and_timed_like_on_the_http1_path() {
     let setup = setup("limits: { max_body_bytes: 16 }\ntimeouts: { read_ms: 300 }\n").await;
-    let addr = setup.gateway.http_addrs[0];
 
     // `Expect: 100-continue`: the client is told to go on, then answered.
-    let mut client = Client::connect(addr).await;
+    let mut client = setup.client().await;
     client
         .send(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
         .await;
@@ -606,41 +614,29 @@ async fn the_body_is_asked_for_limited_and_timed_like_on_the_http1_path() {
         (answer.status, answer.body.as_slice()),
         (200, &b"echo:abcde"[..])
     );
-    let seen = setup
-        .log
-        .lock()
-        .expect("log")
-        .last()
-        .cloned()
-        .expect("seen");
+    let seen = setup.last_seen();
     assert!(seen.headers.get("expect").is_none());
 
     // A chunked body over `max_body_bytes`: 413, and the connection closes.
-    client
-        .send(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n1\r\nX\r\n0\r\n\r\n")
+    let answer = client
+        .exchange(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n1\r\nX\r\n0\r\n\r\n")
         .await;
-    let answer = client.answer("POST").await;
     assert_eq!(answer.status, 413, "{answer:?}");
     assert!(client.closed().await);
 
     // A body that stops coming: 408 once the read timeout has passed, and the close.
-    let mut client = Client::connect(addr).await;
-    client
-        .send(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 10\r\n\r\nabc")
+    let mut client = setup.client().await;
+    let answer = client
+        .exchange(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 10\r\n\r\nabc")
         .await;
-    let answer = client.answer("POST").await;
     assert_eq!(answer.status, 408, "{answer:?}");
     assert!(client.closed().await);
-    assert_eq!(
-        setup.log.lock().expect("log").len(),
-        1,
-        "nothing more went upstream"
-    );
+    assert_eq!(setup.seen().len(), 1, "nothing more went upstream");
 }
 
 /// Requests to `route` answered with `status`, by the gateway's metrics.
 async fn counted(setup: &Setup, route: &str, status: u16) -> u64 {
-    let metrics = support::get_text(&support::client(), setup.gateway.admin_addr, "/metrics").await;
+    let metrics = setup.metrics().await;
     let (route, status) = (format!("route=\"{route}\""), format!("status=\"{status}\""));
     metrics
         .lines()
@@ -654,7 +650,6 @@ async fn counted(setup: &Setup, route: &str, status: u16) -> u64 {
 async fn a_client_that_stops_reading_does_not_hold_the_shared_upstream_connection() {
     // One worker, so every request below goes over the same HTTP/2 connection.
     let mut setup = setup("threads: 1\ntimeouts: { read_ms: 1000 }\n").await;
-    let addr = setup.gateway.http_addrs[0];
     // Clients that ask for a large answer and never read: the data waiting for them can use
     // up the connection's window (hyper's: 5 MiB, 2 MiB a stream).
     const STALLED: usize = 3;
@@ -662,9 +657,9 @@ async fn a_client_that_stops_reading_does_not_hold_the_shared_upstream_connectio
     for _ in 0..STALLED {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(16 * 1024).expect("buffer size");
-        let mut stream = socket.connect(addr).await.expect("connect");
+        let mut stream = socket.connect(setup.addr()).await.expect("connect");
         stream
-            .write_all(b"GET /big HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n")
+            .write_all(&bodiless("GET", "/big", "1"))
             .await
             .expect("write");
         stalled.push(stream);
@@ -679,11 +674,8 @@ async fn a_client_that_stops_reading_does_not_hold_the_shared_upstream_connectio
 
     // Another client of the same pool is answered all the same.
     let started = std::time::Instant::now();
-    let mut client = Client::connect(addr).await;
-    client
-        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 2\r\n\r\n")
-        .await;
-    let answer = client.answer("GET").await;
+    let mut client = setup.client().await;
+    let answer = client.ask("GET", "/fixed", "2").await;
     assert_eq!(
         (answer.status, answer.body.as_slice()),
         (200, &b"fixed body"[..]),
@@ -725,8 +717,7 @@ async fn a_client_that_stops_reading_does_not_hold_the_shared_upstream_connectio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_leaves_the_upstream_its_whole_read_timeout() {
     let setup = setup("timeouts: { read_ms: 1000 }\n").await;
-    let addr = setup.gateway.http_addrs[0];
-    let mut client = Client::connect(addr).await;
+    let mut client = setup.client().await;
     client
         .send(b"POST /slow?ms=500 HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 4\r\n\r\nab")
         .await;
@@ -740,7 +731,7 @@ async fn a_slow_body_leaves_the_upstream_its_whole_read_timeout() {
         (200, &b"echo:abcd"[..]),
         "{answer:?}"
     );
-    let metrics = support::get_text(&support::client(), setup.gateway.admin_addr, "/metrics").await;
+    let metrics = setup.metrics().await;
     assert!(
         !metrics
             .lines()
@@ -752,24 +743,18 @@ async fn a_slow_body_leaves_the_upstream_its_whole_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_names_no_host_names_each_endpoint_it_is_sent_to() {
     let setup = setup("").await;
-    let addr = setup.gateway.http_addrs[0];
     // HTTP/1.0 without `Host`: `:authority` is the endpoint's. The pool's first endpoint
     // refuses, so at least one request goes on from it to the live one.
     for round in 0..2 {
-        let mut client = Client::connect(addr).await;
-        client
-            .send(b"GET /retry/x HTTP/1.0\r\nX-User-Id: 7\r\n\r\n")
+        let mut client = setup.client().await;
+        let answer = client
+            .exchange(b"GET /retry/x HTTP/1.0\r\nX-User-Id: 7\r\n\r\n")
             .await;
-        let answer = client.answer("GET").await;
         assert_eq!(answer.status, 200, "round {round}: {answer:?}");
     }
-    let metrics = support::get_text(&support::client(), setup.gateway.admin_addr, "/metrics").await;
-    let refused = format!(
-        "unitgate_upstream_errors_total{{endpoint=\"{}\",kind=\"connect\"}}",
-        setup.refusing
-    );
-    assert!(metrics.contains(&refused), "{metrics}");
-    let seen = setup.log.lock().expect("log").clone();
+    let metrics = setup.metrics().await;
+    assert!(metrics.contains(&setup.refused_series()), "{metrics}");
+    let seen = setup.seen();
     assert_eq!(seen.len(), 2);
     for seen in seen {
         assert_eq!(seen.uri, format!("http://{}/retry/x", setup.live));
@@ -779,35 +764,26 @@ async fn a_request_that_names_no_host_names_each_endpoint_it_is_sent_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_failure_after_the_whole_body_keeps_the_connection() {
     let setup = setup("timeouts: { read_ms: 300 }\n").await;
-    let addr = setup.gateway.http_addrs[0];
-    let mut client = Client::connect(addr).await;
-    client
-        .send(b"POST /slow?ms=3000 HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 2\r\n\r\nhi")
+    let mut client = setup.client().await;
+    let answer = client
+        .exchange(b"POST /slow?ms=3000 HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 2\r\n\r\nhi")
         .await;
-    let answer = client.answer("POST").await;
     assert_eq!(answer.status, 504, "{answer:?}");
     assert_eq!(answer.header("connection"), None);
 
-    client
-        .send(b"GET /reset HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n")
-        .await;
-    let answer = client.answer("GET").await;
+    let answer = client.ask("GET", "/reset", "1").await;
     assert_eq!(answer.status, 502, "{answer:?}");
     let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
     assert_eq!(body["error"], "upstream exchange failed");
     assert_eq!(answer.header("connection"), None);
 
-    client
-        .send(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n")
-        .await;
-    assert_eq!(client.answer("GET").await.body, b"fixed body");
+    assert_eq!(client.ask("GET", "/fixed", "1").await.body, b"fixed body");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_read_from_where_the_body_before_them_ends() {
     let setup = setup("").await;
-    let addr = setup.gateway.http_addrs[0];
-    let mut client = Client::connect(addr).await;
+    let mut client = setup.client().await;
     // A body larger than one read, then a chunked one, then a GET, in one write.
     let body = vec![b'b'; 300 * 1024 + 7];
     let mut bytes = format!(
@@ -817,7 +793,7 @@ async fn pipelined_requests_are_read_from_where_the_body_before_them_ends() {
     .into_bytes();
     bytes.extend_from_slice(&body);
     bytes.extend_from_slice(b"POST /y HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
-    bytes.extend_from_slice(b"GET /fixed HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n");
+    bytes.extend_from_slice(&bodiless("GET", "/fixed", "1"));
     client.send(&bytes).await;
 
     let answer = client.answer("POST").await;
@@ -828,7 +804,7 @@ async fn pipelined_requests_are_read_from_where_the_body_before_them_ends() {
     assert_eq!(answer.body, b"echo:abc", "{answer:?}");
     let answer = client.answer("GET").await;
     assert_eq!(answer.body, b"fixed body", "{answer:?}");
-    let seen = setup.log.lock().expect("log").clone();
+    let seen = setup.seen();
     let sizes: Vec<_> = seen
         .iter()
         .map(|s| (s.uri.as_str(), s.body.len()))
@@ -846,15 +822,9 @@ async fn pipelined_requests_are_read_from_where_the_body_before_them_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_the_upstream_breaks_off_closes_the_client_connection() {
     let setup = setup("").await;
-    let addr = setup.gateway.http_addrs[0];
     for path in ["/break", "/break-chunked"] {
-        let mut client = Client::connect(addr).await;
-        client
-            .send(
-                format!("GET {path} HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await;
+        let mut client = setup.client().await;
+        client.send(&bodiless("GET", path, "1")).await;
         assert_eq!(client.line().await, "HTTP/1.1 200 OK", "{path}");
         let fields = client.fields().await;
         setup.break_off.notify_one();
@@ -875,8 +845,7 @@ async fn an_answer_the_upstream_breaks_off_closes_the_client_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_its_whole_answer_finds_the_request_counted() {
     let setup = setup("").await;
-    let addr = setup.gateway.http_addrs[0];
-    let mut client = Client::connect(addr).await;
+    let mut client = setup.client().await;
     // A length, chunked with trailers, a head that ends the stream, a HEAD.
     let requests = [
         ("GET", "/fixed"),
@@ -885,10 +854,9 @@ async fn a_client_with_its_whole_answer_finds_the_request_counted() {
         ("HEAD", "/fixed"),
     ];
     for (n, (method, path)) in requests.into_iter().enumerate() {
-        client
-            .send(format!("{method} {path} HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        let answer = client
+            .exchange(format!("{method} {path} HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 0\r\n\r\n").as_bytes())
             .await;
-        let answer = client.answer(method).await;
         assert_eq!(answer.status, 200, "{path}: {answer:?}");
         assert_eq!(
             counted(&setup, "app", 200).await,

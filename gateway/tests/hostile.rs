@@ -25,9 +25,14 @@ async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> S
 
 /// Send `bytes` on a fresh connection and read what comes back until the gateway closes.
 async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    read_until_closed(&mut stream).await
+    read_until_closed(&mut connect_and_write(addr, bytes).await).await
+}
+
+/// A gateway whose `app` pool is one echo upstream; `extra` is more of its config.
+async fn echo_gateway(extra: &str) -> (tempfile::TempDir, Echo, gateway::Gateway) {
+    let echo = Echo::start("app", "local").await;
+    let (dir, gateway) = pool_gateway(&[echo.addr], extra).await;
+    (dir, echo, gateway)
 }
 
 /// The value of a metric line `name` (labels included) on the admin listener.
@@ -53,12 +58,8 @@ async fn metric_reaching(admin: SocketAddr, name: &str, value: f64) -> Option<f6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_broken_body_never_counts_against_the_upstream() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let echo = Echo::start("app", "local").await;
     // One failure would eject the endpoint: a client's fault must not count as one.
-    let gateway = gateway_with_pool(
-        dir.path(),
-        &[echo.addr],
+    let (_dir, echo, gateway) = echo_gateway(
         "health_check: { interval_ms: 0, eject_after_failures: 1, eject_for_ms: 600000 }\ntimeouts: { read_ms: 300 }\nlimits: { max_body_bytes: 1024 }\n",
     )
     .await;
@@ -80,18 +81,19 @@ async fn a_clients_broken_body_never_counts_against_the_upstream() {
     let too_large = exchange(addr, big.as_bytes()).await;
     assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
     // A body that stops coming: the upstream's time runs out while the body is incomplete.
-    let mut slow = TcpStream::connect(addr).await.expect("connect");
-    slow.write_all(format!("{head}Content-Length: 10\r\n\r\nab").as_bytes())
-        .await
-        .expect("write");
+    let mut slow = connect_and_write(
+        addr,
+        format!("{head}Content-Length: 10\r\n\r\nab").as_bytes(),
+    )
+    .await;
     let slow = read_until_closed(&mut slow).await;
     assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
     // A body cut off: the client closes its side half-way.
-    let mut aborted = TcpStream::connect(addr).await.expect("connect");
-    aborted
-        .write_all(format!("{head}Content-Length: 100\r\n\r\nonly ten b").as_bytes())
-        .await
-        .expect("write");
+    let mut aborted = connect_and_write(
+        addr,
+        format!("{head}Content-Length: 100\r\n\r\nonly ten b").as_bytes(),
+    )
+    .await;
     aborted.shutdown().await.expect("half-close");
     let _ = read_until_closed(&mut aborted).await;
 
@@ -143,14 +145,7 @@ async fn a_clients_broken_body_never_counts_against_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let echo = Echo::start("app", "local").await;
-    let gateway = gateway_with_pool(
-        dir.path(),
-        &[echo.addr],
-        "timeouts: { client_header_ms: 200 }\n",
-    )
-    .await;
+    let (_dir, _echo, gateway) = echo_gateway("timeouts: { client_header_ms: 200 }\n").await;
     let mut silent = TcpStream::connect(gateway.http_addrs[0])
         .await
         .expect("connect");
@@ -255,11 +250,7 @@ async fn silent_tls_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_from_one_address_are_capped_and_the_admin_still_answers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let echo = Echo::start("app", "local").await;
-    let gateway = gateway_with_pool(
-        dir.path(),
-        &[echo.addr],
+    let (_dir, _echo, gateway) = echo_gateway(
         "limits: { max_connections_per_ip: 2 }\ntimeouts: { client_header_ms: 60000 }\n",
     )
     .await;
@@ -288,14 +279,12 @@ async fn connections_from_one_address_are_capped_and_the_admin_still_answers() {
     drop(held);
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        if read_until_closed(&mut stream)
-            .await
-            .starts_with("HTTP/1.1 200")
+        if exchange(
+            addr,
+            b"GET /x HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 200")
         {
             break;
         }
@@ -306,9 +295,7 @@ async fn connections_from_one_address_are_capped_and_the_admin_still_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_framing_check_covers_requests_after_an_upgrade_that_did_not_happen() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let echo = Echo::start("app", "local").await;
-    let gateway = gateway_with_pool(dir.path(), &[echo.addr], "").await;
+    let (_dir, echo, gateway) = echo_gateway("").await;
     let addr = gateway.http_addrs[0];
     let smuggled = "POST /b HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     // The upstream answers 200, not 101: the connection stays HTTP/1.
@@ -332,9 +319,7 @@ async fn the_framing_check_covers_requests_after_an_upgrade_that_did_not_happen(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_and_method_are_checked_before_routing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let echo = Echo::start("app", "local").await;
-    let gateway = gateway_with_pool(dir.path(), &[echo.addr], "").await;
+    let (_dir, echo, gateway) = echo_gateway("").await;
     let addr = gateway.http_addrs[0];
     let rest = "X-User-Id: 1\r\nConnection: close\r\n\r\n";
     for (head, status) in [
@@ -374,19 +359,8 @@ async fn host_and_method_are_checked_before_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_authority_must_agree_with_host_and_cookies_are_joined() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let echo = Echo::start("app", "local").await;
-    let gateway = gateway_with_pool(dir.path(), &[echo.addr], "").await;
-    let tcp = TcpStream::connect(gateway.http_addrs[0])
-        .await
-        .expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2c");
-    tokio::spawn(connection);
+    let (_dir, echo, gateway) = echo_gateway("").await;
+    let mut sender = h2c(gateway.http_addrs[0]).await;
     let request = |host: Option<&str>, cookies: &[&str]| {
         let mut builder = http::Request::get("http://shop.example/x").header("x-user-id", "1");
         if let Some(host) = host {
@@ -430,9 +404,7 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
             "https",
         ),
     ] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let echo = Echo::start("app", "local").await;
-        let gateway = gateway_with_pool(dir.path(), &[echo.addr], extra).await;
+        let (_dir, echo, gateway) = echo_gateway(extra).await;
         let (status, _, _) = send(
             &client(),
             request("GET", gateway.http_addrs[0], "/x", &spoof),
@@ -447,9 +419,7 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_keys_are_one_length_and_unambiguous() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let echo = Echo::start("app", "local").await;
-    let gateway = gateway_with_pool(dir.path(), &[echo.addr], "").await;
+    let (_dir, echo, gateway) = echo_gateway("").await;
     let addr = gateway.http_addrs[0];
     let long = "7".repeat(200);
     for (head, why) in [

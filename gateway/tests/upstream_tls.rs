@@ -261,6 +261,17 @@ async fn gateway(dir: &Path, table: &str, health: &str) -> Gateway {
 
 const NO_HEALTH_CHECKS: &str = "{ interval_ms: 0 }";
 
+/// A pool's `tls` that trusts the certificates `ca` issued.
+fn trusting(ca: &TestCa) -> String {
+    format!("{{ ca_file: {} }}", ca.pem_path.display())
+}
+
+/// A gateway without health checks whose `app` pool (table version 1) is `upstream`, reached
+/// with `tls`.
+async fn gateway_to(dir: &Path, upstream: &TlsUpstream, tls: &str) -> Gateway {
+    gateway(dir, &table(1, &[upstream.addr], tls), NO_HEALTH_CHECKS).await
+}
+
 /// A GET through the gateway, keyed by user 42, over HTTP/1.1: the gateway's own codec.
 async fn get(gateway: &Gateway, path: &str) -> (StatusCode, serde_json::Value) {
     let (status, _, body) = send(
@@ -294,13 +305,7 @@ async fn requests_reach_an_https_upstream_whose_certificate_the_pool_trusts() {
     let ca = TestCa::new(dir.path(), "services");
     let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1", "app.local.test"]);
     let upstream = TlsUpstream::start(&leaf, None, true).await;
-    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
-    let gateway = gateway(
-        dir.path(),
-        &table(1, &[upstream.addr], &tls),
-        NO_HEALTH_CHECKS,
-    )
-    .await;
+    let gateway = gateway_to(dir.path(), &upstream, &trusting(&ca)).await;
 
     let (status, body) = get(&gateway, "/cart/1").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -351,13 +356,7 @@ async fn an_untrusted_upstream_certificate_is_a_502_and_a_log_line_naming_endpoi
     let other = TestCa::new(dir.path(), "other");
     let leaf = other.leaf(dir.path(), "app", &["127.0.0.1"]);
     let upstream = TlsUpstream::start(&leaf, None, true).await;
-    let tls = format!("{{ ca_file: {} }}", trusted.pem_path.display());
-    let gateway = gateway(
-        dir.path(),
-        &table(1, &[upstream.addr], &tls),
-        NO_HEALTH_CHECKS,
-    )
-    .await;
+    let gateway = gateway_to(dir.path(), &upstream, &trusting(&trusted)).await;
 
     for (status, body) in [
         get(&gateway, "/cart/1").await,
@@ -403,12 +402,7 @@ async fn a_certificate_for_another_name_is_a_502() {
         "{{ ca_file: {}, server_name: billing.local.test }}",
         ca.pem_path.display()
     );
-    let gateway = gateway(
-        dir.path(),
-        &table(1, &[upstream.addr], &tls),
-        NO_HEALTH_CHECKS,
-    )
-    .await;
+    let gateway = gateway_to(dir.path(), &upstream, &tls).await;
 
     let (status, body) = get(&gateway, "/cart/1").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -431,13 +425,7 @@ async fn the_client_certificate_is_presented_when_the_pool_has_one() {
     let upstream = TlsUpstream::start(&leaf, Some(&gateways), true).await;
 
     // Without a client certificate the upstream refuses the gateway: 502, nothing served.
-    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
-    let gateway = gateway(
-        dir.path(),
-        &table(1, &[upstream.addr], &tls),
-        NO_HEALTH_CHECKS,
-    )
-    .await;
+    let gateway = gateway_to(dir.path(), &upstream, &trusting(&ca)).await;
     let (status, body) = get(&gateway, "/cart/1").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(upstream.requests().is_empty());
@@ -482,13 +470,8 @@ async fn a_new_connection_resumes_the_session_also_after_a_table_swap() {
     let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
     // Every response closes its connection: each request makes a new one.
     let upstream = TlsUpstream::start(&leaf, None, false).await;
-    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
-    let gateway = gateway(
-        dir.path(),
-        &table(1, &[upstream.addr], &tls),
-        NO_HEALTH_CHECKS,
-    )
-    .await;
+    let tls = trusting(&ca);
+    let gateway = gateway_to(dir.path(), &upstream, &tls).await;
 
     for path in ["/a", "/b"] {
         let (status, body) = get(&gateway, path).await;
@@ -521,13 +504,7 @@ async fn a_table_naming_a_file_the_gateway_cannot_read_is_refused_and_the_old_on
     let ca = TestCa::new(dir.path(), "services");
     let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
     let upstream = TlsUpstream::start(&leaf, None, true).await;
-    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
-    let gateway = gateway(
-        dir.path(),
-        &table(1, &[upstream.addr], &tls),
-        NO_HEALTH_CHECKS,
-    )
-    .await;
+    let gateway = gateway_to(dir.path(), &upstream, &trusting(&ca)).await;
 
     let missing = dir.path().join("missing-ca.pem");
     let refused = gateway
@@ -592,7 +569,7 @@ async fn health_checks_go_over_tls_and_find_an_untrusted_endpoint_down() {
     let other = TestCa::new(dir.path(), "other");
     let good = TlsUpstream::start(&ca.leaf(dir.path(), "good", &["127.0.0.1"]), None, true).await;
     let bad = TlsUpstream::start(&other.leaf(dir.path(), "bad", &["127.0.0.1"]), None, true).await;
-    let tls = format!("{{ ca_file: {} }}", ca.pem_path.display());
+    let tls = trusting(&ca);
     let gateway = gateway(
         dir.path(),
         &table(1, &[good.addr, bad.addr], &tls),
@@ -861,7 +838,7 @@ fn unitgate_check_reads_the_tls_files_the_table_names() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, stderr) = check(&format!("{{ ca_file: {} }}", ca.pem_path.display()));
+    let (code, stderr) = check(&trusting(&ca));
     assert_eq!(code, Some(0), "{stderr}");
     let (code, stderr) = check(&format!("{{ ca_file: {} }}", missing.display()));
     assert_eq!(code, Some(1));

@@ -26,10 +26,9 @@ struct DeadThenLive {
 }
 
 async fn dead_then_live(health: &str) -> DeadThenLive {
-    let dir = tempfile::tempdir().expect("tempdir");
     let live = Echo::start("app", "local").await;
     let (reserved, dead) = refusing_address();
-    let gateway = gateway_with_pool(dir.path(), &[dead, live.addr], health).await;
+    let (dir, gateway) = pool_gateway(&[dead, live.addr], health).await;
     DeadThenLive {
         gateway,
         live,
@@ -37,6 +36,20 @@ async fn dead_then_live(health: &str) -> DeadThenLive {
         _reserved: reserved,
         _dir: dir,
     }
+}
+
+/// The errors of `kind` the gateway counted against `endpoint` (0 before the first), and the
+/// metrics they were read from.
+async fn upstream_errors(gateway: &Gateway, endpoint: SocketAddr, kind: &str) -> (u64, String) {
+    let metrics = get_text(&client(), gateway.admin_addr, "/metrics").await;
+    let series =
+        format!("unitgate_upstream_errors_total{{endpoint=\"{endpoint}\",kind=\"{kind}\"}} ");
+    let count = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (count, metrics)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,10 +76,8 @@ async fn idempotent_requests_retry_on_connect_failure_and_dead_endpoints_are_eje
     assert_eq!(live.count(), 10);
     // Round robin met the dead endpoint, retried on the live one, and after two connect
     // failures ejected it: no request reaches it any more.
-    let metrics = get_text(&client, gateway.admin_addr, "/metrics").await;
-    let failures =
-        format!("unitgate_upstream_errors_total{{endpoint=\"{dead}\",kind=\"connect\"}} 2");
-    assert!(metrics.contains(&failures), "{metrics}");
+    let (failures, metrics) = upstream_errors(&gateway, dead, "connect").await;
+    assert_eq!(failures, 2, "{metrics}");
     assert!(
         metrics.contains(&format!(
             "unitgate_upstream_healthy{{region=\"local\",service=\"app\",endpoint=\"{dead}\"}} 0"
@@ -106,13 +117,7 @@ async fn an_idempotent_request_with_a_body_is_retried_whole() {
         assert_eq!(r.headers["content-length"], "9", "the body went on whole");
     }
     // Each attempt moves the round robin on: at least one of the two met the dead endpoint.
-    let metrics = get_text(&client, gateway.admin_addr, "/metrics").await;
-    let series = format!("unitgate_upstream_errors_total{{endpoint=\"{dead}\",kind=\"connect\"}} ");
-    let failures: u64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let (failures, metrics) = upstream_errors(&gateway, dead, "connect").await;
     assert!(failures >= 1, "{metrics}");
 }
 
@@ -143,10 +148,8 @@ async fn hanging_up() -> SocketAddr {
 /// front end the request came through: the codec's for HTTP/1.1, hyper's for HTTP/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_exchange_gets_one_reply_over_http1_and_http2() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let upstream = hanging_up().await;
-    let gateway = gateway_with_pool(
-        dir.path(),
+    let (_dir, gateway) = pool_gateway(
         &[upstream],
         "health_check: { interval_ms: 0, eject_after_failures: 100 }\n",
     )
@@ -164,14 +167,7 @@ async fn a_broken_exchange_gets_one_reply_over_http1_and_http2() {
     );
     assert_eq!(body["upstream"], upstream.to_string(), "HTTP/1.1: {body}");
 
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2c");
-    tokio::spawn(connection);
+    let mut sender = h2c(addr).await;
     let request = Request::post("http://a/x")
         .header("x-user-id", "1")
         .body(Full::new(Bytes::new()))
@@ -186,21 +182,14 @@ async fn a_broken_exchange_gets_one_reply_over_http1_and_http2() {
     assert_eq!(body["error"], "upstream exchange failed", "HTTP/2: {body}");
     assert_eq!(body["upstream"], upstream.to_string(), "HTTP/2: {body}");
 
-    let metrics = get_text(&client(), gateway.admin_addr, "/metrics").await;
-    assert!(
-        metrics.contains(&format!(
-            "unitgate_upstream_errors_total{{endpoint=\"{upstream}\",kind=\"other\"}} 2"
-        )),
-        "{metrics}"
-    );
+    let (errors, metrics) = upstream_errors(&gateway, upstream, "other").await;
+    assert_eq!(errors, 2, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_not_retried() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let (_reserved, dead) = refusing_address();
-    let gateway =
-        gateway_with_pool(dir.path(), &[dead], "health_check: { interval_ms: 0 }\n").await;
+    let (_dir, gateway) = pool_gateway(&[dead], "health_check: { interval_ms: 0 }\n").await;
     let (status, _, body) = send(
         &client(),
         request("POST", gateway.http_addrs[0], "/x", &[("x-user-id", "1")]),
@@ -208,18 +197,12 @@ async fn writes_are_not_retried() {
     .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(body["error"], "upstream unreachable");
-    let metrics = get_text(&client(), gateway.admin_addr, "/metrics").await;
-    assert!(
-        metrics.contains(&format!(
-            "unitgate_upstream_errors_total{{endpoint=\"{dead}\",kind=\"connect\"}} 1"
-        )),
-        "{metrics}"
-    );
+    let (failures, metrics) = upstream_errors(&gateway, dead, "connect").await;
+    assert_eq!(failures, 1, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstreams_time_out_with_504() {
-    let dir = tempfile::tempdir().expect("tempdir");
     // Accepts connections and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -231,8 +214,7 @@ async fn slow_upstreams_time_out_with_504() {
             held.push(stream);
         }
     });
-    let gateway = gateway_with_pool(
-        dir.path(),
+    let (_dir, gateway) = pool_gateway(
         &[silent_addr],
         "timeouts: { read_ms: 200 }\nhealth_check: { interval_ms: 0 }\n",
     )
@@ -286,20 +268,12 @@ async fn protocol_upgrades_pass_through() {
             });
         }
     });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gateway = gateway_with_pool(
-        dir.path(),
-        &[upstream],
-        "health_check: { interval_ms: 0 }\n",
+    let (_dir, gateway) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
+    let mut stream = connect_and_write(
+        gateway.http_addrs[0],
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nX-User-Id: 7\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     )
     .await;
-    let mut stream = tokio::net::TcpStream::connect(gateway.http_addrs[0])
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nX-User-Id: 7\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .expect("write");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -356,11 +330,9 @@ async fn counting_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::A
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused_whatever_the_body() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let (upstream, accepted) = counting_upstream().await;
     // One worker: each worker keeps its own upstream connections.
-    let gateway = gateway_with_pool(
-        dir.path(),
+    let (_dir, gateway) = pool_gateway(
         &[upstream],
         "health_check: { interval_ms: 0 }\nthreads: 1\n",
     )
@@ -425,10 +397,8 @@ async fn until_closed(stream: &mut tokio::net::TcpStream) -> std::time::Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_clients_are_closed_but_slow_bodies_stream_on() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let upstream = trickling_upstream().await;
-    let gateway = gateway_with_pool(
-        dir.path(),
+    let (_dir, gateway) = pool_gateway(
         &[upstream],
         "health_check: { interval_ms: 0 }\ntimeouts: { client_header_ms: 300 }\n",
     )
@@ -436,10 +406,7 @@ async fn slow_and_idle_clients_are_closed_but_slow_bodies_stream_on() {
     let addr = gateway.http_addrs[0];
 
     // A head that never ends.
-    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    slow.write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\n")
-        .await
-        .expect("write");
+    let mut slow = connect_and_write(addr, b"GET /x HTTP/1.1\r\nHost: shop\r\n").await;
     let waited = until_closed(&mut slow).await;
     assert!(
         waited >= std::time::Duration::from_millis(250),
@@ -448,11 +415,11 @@ async fn slow_and_idle_clients_are_closed_but_slow_bodies_stream_on() {
 
     // A response body that takes 1.2 s, four times the header timeout, arrives whole; then
     // the idle keep-alive connection is closed.
-    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    client
-        .write_all(b"GET /x HTTP/1.1\r\nHost: shop\r\nX-User-Id: 1\r\n\r\n")
-        .await
-        .expect("write");
+    let mut client = connect_and_write(
+        addr,
+        b"GET /x HTTP/1.1\r\nHost: shop\r\nX-User-Id: 1\r\n\r\n",
+    )
+    .await;
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
     while !received.ends_with(b"0\r\n\r\n") {

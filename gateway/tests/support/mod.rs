@@ -14,8 +14,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 
 pub const SECRET: &str = "test-hop-secret-0123456789abcdef0123";
 pub const REGIONS: [&str; 3] = ["hz", "sh", "sz"];
@@ -269,6 +270,36 @@ pub async fn gateway_with_pool(
     let config = gateway::config::GatewayConfig::parse(&text, "test").expect("config");
     let listeners = loopback_listeners();
     Gateway::start(config, listeners).await.expect("gateway")
+}
+
+/// [`gateway_with_pool`] in a directory of its own, which must live as long as the gateway.
+pub async fn pool_gateway(endpoints: &[SocketAddr], extra: &str) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = gateway_with_pool(dir.path(), endpoints, extra).await;
+    (dir, gateway)
+}
+
+/// A new connection to `addr` on which `bytes` have been written.
+pub async fn connect_and_write(addr: SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}
+
+/// An HTTP/2 connection to `addr` with prior knowledge (h2c), driven in the background.
+pub async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c");
+    tokio::spawn(connection);
+    sender
 }
 
 /// The body of a GET of `path` from `addr`, as text.
