@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// An upstream that answers each request by its path (`answer`), records every request's raw
-/// bytes, and after a `101` echoes whatever it reads.
+/// bytes, after a `101` echoes whatever it reads, and closes after the answer to `/cut`.
 struct Scripted {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -50,6 +50,10 @@ impl Scripted {
                         let reply = answer(&path);
                         let upgraded = reply.starts_with(b"HTTP/1.1 101");
                         if stream.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                        if path == "/cut" {
+                            // The answer ends inside its body, with the connection.
                             return;
                         }
                         if upgraded {
@@ -103,6 +107,7 @@ fn answer(path: &str) -> Vec<u8> {
         "/trailers" => {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\nx-sum: 6\r\n\r\n".to_vec()
         }
+        "/cut" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
         "/ws" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
             .to_vec(),
         path => format!(
@@ -401,4 +406,35 @@ async fn an_http2_requests_trailers_reach_an_http1_upstream_without_the_gateways
         "{}",
         seen[0]
     );
+}
+
+/// An answer the upstream cuts short inside its body ends the client's connection with a
+/// reset: for an HTTP/1.0 client, whose decoded body ends with the connection, an orderly
+/// close would pass for the body's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_resets_the_client_connection() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gateway) = gateway(&upstream).await;
+    for version in ["1.0", "1.1"] {
+        let request = format!("GET /cut HTTP/{version}\r\nHost: a\r\nX-User-Id: 7\r\n\r\n");
+        let mut client = connect_and_write(gateway.http_addrs[0], request.as_bytes()).await;
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let read = tokio::time::timeout(T, client.read(&mut chunk))
+                .await
+                .expect("the gateway ends the connection in time");
+            match read {
+                Ok(0) => break Ok(()),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(error) => break Err(error.kind()),
+            }
+        };
+        assert_eq!(
+            end,
+            Err(std::io::ErrorKind::ConnectionReset),
+            "HTTP/{version}: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
 }

@@ -8,13 +8,14 @@
 //! read on.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
 use router_rules::{Class, RequestView};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::chunked::{ChunkError, Chunked};
@@ -42,6 +43,30 @@ pub(super) enum Next {
     KeepAlive,
     /// Close it.
     Close,
+    /// Reset it: an answer broke after its head went out. A reset, not an orderly close, is
+    /// how a client whose answer ends with the connection (HTTP/1.0, or a body without a
+    /// length) learns that the answer is incomplete.
+    Reset,
+}
+
+/// A client connection the codec serves: plain TCP or TLS.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Make the connection's close a reset (RST) instead of an orderly FIN.
+    fn reset_on_close(&self);
+}
+
+impl ClientIo for TcpStream {
+    fn reset_on_close(&self) {
+        // A zero linger time: the close discards what is unsent and sends RST.
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        // No close_notify goes out either: a TLS client sees the truncation as such.
+        self.get_ref().0.reset_on_close();
+    }
 }
 
 /// Serve HTTP/1.1 requests on `io` until the client closes, a request asks to, `stop` turns
@@ -54,7 +79,7 @@ pub async fn serve<S>(
     conn: Conn,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ClientIo,
 {
     let config = &shared.config;
     let limits = Limits {
@@ -137,13 +162,20 @@ pub async fn serve<S>(
             snapshot.as_deref(),
         )
         .await;
-        if next == Next::Close {
-            // TLS says goodbye with close_notify; a plain connection's FIN goes with the
-            // close as it is dropped, one system call fewer.
-            if conn.tls {
-                let _ = io.shutdown().await;
+        match next {
+            Next::KeepAlive => {}
+            Next::Close => {
+                // TLS says goodbye with close_notify; a plain connection's FIN goes with the
+                // close as it is dropped, one system call fewer.
+                if conn.tls {
+                    let _ = io.shutdown().await;
+                }
+                return;
             }
-            return;
+            Next::Reset => {
+                io.reset_on_close();
+                return;
+            }
         }
     }
 }
@@ -312,7 +344,7 @@ where
     finish(shared, &ctx, snapshot, conn, status);
     // The last of a forwarded answer goes out after the log line and the metrics, so a client
     // that has its answer finds the request counted and logged.
-    if unsent && !to_client(shared, io, scratch).await {
+    if unsent && !to_client(shared, io, scratch).await && next == Next::KeepAlive {
         next = Next::Close;
     }
     next
@@ -1053,7 +1085,7 @@ where
     // bytes after one that does not are a protocol error, caught when the connection is
     // taken next.
     let chunked_to_client = response.framing == Framing::Chunked && head.minor == 1;
-    let mut close = head.close
+    let close = head.close
         || response.framing == Framing::UntilClose
         || (response.framing == Framing::Chunked && head.minor == 0)
         || draining(shared);
@@ -1118,7 +1150,7 @@ where
                 }
                 break;
             }
-            // The head went out: the client learns of the break by the close.
+            // The head went out: the client learns of the break by the reset.
             Err(_) => break,
         }
         match relay.take(&upstream.buf, out) {
@@ -1129,12 +1161,15 @@ where
             }
         }
     }
-    // A body cut short ends the client's connection too: that is how it learns.
+    // A body cut short ends the client's connection with a reset: that is how it learns.
     let whole = relay.done();
-    close |= !whole;
     Ok(Done {
         status,
-        next: if close { Next::Close } else { Next::KeepAlive },
+        next: match (whole, close) {
+            (false, _) => Next::Reset,
+            (true, true) => Next::Close,
+            (true, false) => Next::KeepAlive,
+        },
         upstream_reusable: whole && !upstream_closes && upstream.buf.is_empty(),
     })
 }

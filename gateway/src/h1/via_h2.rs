@@ -521,7 +521,7 @@ where
             ToClient::Length(n) => {
                 let room = usize::try_from(n - sent).unwrap_or(usize::MAX);
                 if data.len() > room {
-                    // More than announced: what fits goes, and the close tells the rest.
+                    // More than announced: what fits goes, and the reset tells the rest.
                     out.extend_from_slice(&data[..room]);
                     break false;
                 }
@@ -551,11 +551,11 @@ where
         }
         out.extend_from_slice(b"\r\n");
     }
-    // A body cut short ends the client's connection too: that is how it learns.
-    let next = if close || !whole {
-        Next::Close
-    } else {
-        Next::KeepAlive
+    // A body cut short ends the client's connection with a reset: that is how it learns.
+    let next = match (whole, close) {
+        (false, _) => Next::Reset,
+        (true, true) => Next::Close,
+        (true, false) => Next::KeepAlive,
     };
     (status, next, true)
 }
