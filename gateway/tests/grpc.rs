@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{SECRET, loopback_listeners, refusing_address};
+use support::{SECRET, h2c, loopback_listeners, refusing_address};
 use tonic::Code;
 use tonic_prost::ProstCodec;
 
@@ -249,14 +249,7 @@ async fn unary_and_streaming_calls_keep_their_trailers_in_the_region_and_across_
 async fn request_and_response_trailers_pass_through_in_the_region_and_across_regions() {
     let grpc = Grpc::start().await;
     for user in [IN_HZ, IN_SH] {
-        let stream = tokio::net::TcpStream::connect(grpc.hz.http_addrs[0])
-            .await
-            .expect("connect");
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("h2c handshake");
-        tokio::spawn(connection);
+        let mut sender = h2c(grpc.hz.http_addrs[0]).await;
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-client-trailer", "from-client".parse().expect("v"));
         let frames = vec![
