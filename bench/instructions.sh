@@ -9,43 +9,23 @@
 # PROFILE_DIR=DIR keeps the callgrind profiles (callgrind_annotate DIR/unitgate.callgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release -q --bin unitgate --example minimal_proxy
-WORK=$(mktemp -d)
-ORIGIN=0
-cleanup() { [[ $ORIGIN != 0 ]] && kill "$ORIGIN" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
 # shellcheck source=bench/common.sh
 source bench/common.sh
-start_origin "$WORK"
-ORIGIN=$ORIGIN_PID
-write_workload "$WORK"
-write_table "$WORK"
-cat > "$WORK/gateway.yaml" <<CONF
-region: hz
-threads: 1
-listen: { http: ["127.0.0.1:19000"] }
-admin: { listen: "127.0.0.1:19090" }
-table: { file: $WORK/table.yaml }
-hop_secret: benchmark-secret-0123456789abcdef0123
-access_log: false
-health_check: { interval_ms: 0 }
-CONF
+install_missing valgrind nginx wrk
+cargo build --release -q --bin unitgate --example minimal_proxy
+make_work
+PROXY_PORT=19000 ADMIN_PORT=19090
+prepare_origin
+write_gateway "$WORK/gateway.yaml" 1 "{ http: [\"127.0.0.1:$PROXY_PORT\"] }" "health_check: { interval_ms: 0 }"
 count() { # name workload command... -> "name instructions_per_request"
   local name=$1 workload=$2; shift 2
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "$@" >/dev/null 2>"$WORK/$name.err" &
   local pid=$!
-  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/19000) 2>/dev/null && break; sleep 0.1; done
-  wrk -t1 -c8 -d3s -s "$WORK/$workload.lua" http://127.0.0.1:19000/ >/dev/null   # warm-up
+  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$PROXY_PORT") 2>/dev/null && break; sleep 0.1; done
+  wrk -t1 -c8 -d3s -s "$WORK/$workload.lua" "http://127.0.0.1:$PROXY_PORT/" >/dev/null   # warm-up
   callgrind_control -z "$pid" >/dev/null 2>&1
   local requests
-  requests=$(wrk -t1 -c8 -d10s -s "$WORK/$workload.lua" http://127.0.0.1:19000/ | awk '/ requests in / { print $1 }')
+  requests=$(wrk -t1 -c8 -d10s -s "$WORK/$workload.lua" "http://127.0.0.1:$PROXY_PORT/" | awk '/ requests in / { print $1 }')
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -INT "$pid"; sleep 1; kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   local instructions
@@ -53,7 +33,7 @@ count() { # name workload command... -> "name instructions_per_request"
   [[ -n ${PROFILE_DIR:-} ]] && mkdir -p "$PROFILE_DIR" && cp "$WORK/$name.out.1" "$PROFILE_DIR/$name.callgrind"
   echo "$name $((instructions / requests))"
 }
-minimal=$(count minimal users target/release/examples/minimal_proxy 127.0.0.1:19000 127.0.0.1:19101,127.0.0.1:19102)
+minimal=$(count minimal users target/release/examples/minimal_proxy "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B")
 unitgate=$(count unitgate users target/release/unitgate --config "$WORK/gateway.yaml")
 unitgate_close=$(count unitgate-new-connection users-close target/release/unitgate --config "$WORK/gateway.yaml")
 echo "$minimal"

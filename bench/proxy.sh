@@ -14,45 +14,25 @@
 #   ROUNDS=1 DURATION=5 bench/proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source bench/common.sh
 ROOT=$PWD
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-32}
+comparison_settings
 WORKER_SETS=${WORKER_SETS:-"1 2"}
 OUT=${OUT:-docs/BENCHMARKS.md}
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
-command -v cmake >/dev/null || need+=(cmake)  # pingora builds zlib-ng with it
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing nginx haproxy wrk cmake  # pingora builds zlib-ng with cmake
 cargo build --release -q --bin unitgate --example minimal_proxy
 # The pingora peer is its own workspace (it needs cmake, which the main workspace must not):
 # its own lock file and target dir, named here so that CARGO_TARGET_DIR cannot move the binary.
 cargo build --release -q --manifest-path bench/pingora-proxy/Cargo.toml --target-dir bench/pingora-proxy/target
 PINGORA_BIN=bench/pingora-proxy/target/release/pingora-proxy-bench
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# shellcheck source=bench/common.sh
-source bench/common.sh
+make_work
 PROXY_PORT=19000 ADMIN_PORT=19090
 TICKS=$(getconf CLK_TCK)
 
-start_origin "$WORK"
-PIDS+=("$ORIGIN_PID")
-write_workload "$WORK"
-write_table "$WORK"
+prepare_origin
 target/release/unitctl validate "$WORK/table.yaml" >/dev/null 2>&1 || cargo run --release -q --bin unitctl -- validate "$WORK/table.yaml"
 
 start_proxy() { # name workers -> sets PROXY_PID
@@ -68,26 +48,7 @@ start_proxy() { # name workers -> sets PROXY_PID
       write_nginx_proxy "$dir" "$workers" "$added"
       nginx -p "$dir" -c "$dir/nginx.conf" & ;;
     haproxy)
-      cat > "$dir/haproxy.cfg" <<CONF
-global
-  nbthread $workers
-  maxconn 2000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$PROXY_PORT
-  default_backend origin
-backend origin
-  balance hdr(X-User-Id)
-  hash-type consistent
-  server a 127.0.0.1:$ORIGIN_A
-  server b 127.0.0.1:$ORIGIN_B
-CONF
+      write_haproxy "$dir/haproxy.cfg" "$workers" "maxconn 2000"
       haproxy -f "$dir/haproxy.cfg" -db & ;;
     hyper-minimal)
       target/release/examples/minimal_proxy "127.0.0.1:$PROXY_PORT" "127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B" >"$dir/logs/out" 2>&1 & ;;
@@ -106,15 +67,10 @@ run_one() { # name workers [workload] -> prints "name rps p50_us p99_us cpu_us_p
   local name=$1 workers=$2 workload=${3:-users} port=$PROXY_PORT
   start_proxy "$name" "$workers"
   [[ $name == none ]] && port=$ORIGIN_A
-  wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/$workload.lua" "http://127.0.0.1:$port/" >/dev/null  # warm-up
-  local pids; pids=$( [[ -n ${PROXY_PID:-} ]] && pids_of "$PROXY_PID" )
-  local user0 system0; read -r user0 system0 < <(cpu_ticks "$pids")
-  local result; result=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/$workload.lua" "http://127.0.0.1:$port/" | awk '/^RESULT/')
-  local user1 system1; read -r user1 system1 < <(cpu_ticks "$pids")
-  local rss; rss=$(rss_kib "$pids")
+  local measured; measured=$(measure_load wrk_result "$workload" "$port")
   stop_proxy
-  read -r _ requests duration_us errors non2xx p50 p99 <<<"$result"
-  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v u=$((user1 - user0)) -v s=$((system1 - system0)) -v t="$TICKS" \
+  read -r user system rss _ requests duration_us errors non2xx p50 p99 <<<"$measured"
+  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v u="$user" -v s="$system" -v t="$TICKS" \
       -v p50="$p50" -v p99="$p99" -v rss="$rss" -v e=$((errors + non2xx)) \
       'BEGIN { us = 1e6 / t / r; printf "%s %.0f %d %d %.2f %d %d %.2f %.2f\n", n, r / (d / 1e6), p50, p99, (u + s) * us, rss, e, u * us, s * us }'
 }
@@ -123,12 +79,7 @@ run_one() { # name workers [workload] -> prints "name rps p50_us p99_us cpu_us_p
 table() {
   echo "| target | requests/s | p50 | p99 | proxy CPU per request | of which user / system | CPU vs nginx | CPU vs HAProxy | RSS | errors |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
-  awk '
-    function median(name, col,   n, i, j, t, v) {
-      n = 0; for (i = 1; i <= rows; i++) if (row_name[i] == name) v[++n] = row[i, col]
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-      return v[int((n + 1) / 2)]
-    }
+  awk "$MEDIAN_AWK"'
     { rows++; row_name[rows] = $1; for (c = 2; c <= 9; c++) row[rows, c] = $c; seen[$1] = 1; if (!(($1) in order)) { order[$1] = ++k; names[k] = $1 } }
     END {
       ng = median("nginx", 5); hp = median("haproxy", 5)
@@ -193,6 +144,7 @@ RUST_LOG=warn target/release/unitgate --config "$WORK/unitgate/gateway.yaml" --u
 new=$!
 PIDS+=("$new")
 wait "$old" 2>/dev/null || true
+PROXY_PID=""  # gone: the new process, in PIDS, has its sockets
 wait "$wrk_pid"
 read -r _ requests _ errors non2xx _ _ < <(awk '/^RESULT/' "$WORK/upgrade.wrk")
 kill "$new" 2>/dev/null || true

@@ -27,6 +27,9 @@
 # 19301-19302); every process started here is stopped on exit, whatever the exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source bench/common.sh
+ORIGIN_A=19301 ORIGIN_B=19302   # common.sh's own ports belong to bench/proxy.sh
 
 SOAK_S=${SOAK_S:-60}
 BASELINE_S=${BASELINE_S:-10}
@@ -47,13 +50,7 @@ if (($(ulimit -n) < 3 * (SILENT + SLOW))); then
   exit 2
 fi
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing nginx wrk curl
 command -v python3 >/dev/null || { echo "python3 is needed for the attackers" >&2; exit 2; }
 cargo build --release -q -p gateway --bin unitgate
 
@@ -84,33 +81,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# shellcheck source=bench/common.sh
-source bench/common.sh
-ORIGIN_A=19301 ORIGIN_B=19302   # common.sh's own ports belong to bench/proxy.sh
-
 metrics() { curl -sf --max-time 2 "http://127.0.0.1:$ADMIN_PORT/metrics"; }
 
-start_origin "$WORK"
-PIDS+=("$ORIGIN_PID")
-write_workload "$WORK"
-write_table "$WORK"
+prepare_origin
 # Every local pool on the origin, so every endpoint the gateway health-checks is up.
 sed -i -e "s/127.0.0.1:18102/127.0.0.1:$ORIGIN_A/" -e "s/127.0.0.1:18103/127.0.0.1:$ORIGIN_B/" "$WORK/table.yaml"
 wait_port "$ORIGIN_A"
 
-mkdir -p "$WORK/gw"
-cat > "$WORK/gw/gateway.yaml" <<CONF
-region: hz
-threads: $THREADS
-listen: { http: ["127.0.0.1:$PROXY_PORT"] }
-admin: { listen: "127.0.0.1:$ADMIN_PORT" }
-table: { file: $WORK/table.yaml }
-hop_secret: soak-benchmark-secret-0123456789abcdef
-access_log: false
-timeouts: { client_header_ms: 2000, read_ms: 2000 }
-limits: { max_connections_per_ip: 0, max_body_bytes: $MAX_BODY }
-health_check: { interval_ms: 500 }
-CONF
+write_gateway "$WORK/gw/gateway.yaml" "$THREADS" "{ http: [\"127.0.0.1:$PROXY_PORT\"] }" \
+  "timeouts: { client_header_ms: 2000, read_ms: 2000 }" \
+  "limits: { max_connections_per_ip: 0, max_body_bytes: $MAX_BODY }" \
+  "health_check: { interval_ms: 500 }"
 RUST_LOG=warn target/release/unitgate --config "$WORK/gw/gateway.yaml" 2>"$WORK/gw/err" &
 GW=$!
 PIDS+=("$GW")

@@ -7,96 +7,29 @@
 #   bench/syscalls.sh            (installs strace, nginx, haproxy and wrk if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need=()
-for tool in strace nginx haproxy wrk; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release -q --bin unitgate
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
 # shellcheck source=bench/common.sh
 source bench/common.sh
-start_origin "$WORK"
-PIDS+=("$ORIGIN_PID")
-write_workload "$WORK"
-write_table "$WORK"
-PORT=19000
-cat > "$WORK/gateway.yaml" <<CONF
-region: hz
-threads: 1
-listen: { http: ["127.0.0.1:$PORT"] }
-admin: { listen: "127.0.0.1:19090" }
-table: { file: $WORK/table.yaml }
-hop_secret: benchmark-secret-0123456789abcdef0123
-access_log: false
-health_check: { interval_ms: 0 }
-CONF
-cat > "$WORK/nginx.conf" <<CONF
-daemon off; master_process off; worker_processes 1; error_log $WORK/nginx-error.log; pid $WORK/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000;
-  upstream origin { hash \$http_x_user_id consistent; server 127.0.0.1:$ORIGIN_A; server 127.0.0.1:$ORIGIN_B; keepalive 256; }
-  server { listen 127.0.0.1:$PORT; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-}
-CONF
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$PORT
-  default_backend origin
-backend origin
-  balance hdr(X-User-Id)
-  hash-type consistent
-  server a 127.0.0.1:$ORIGIN_A
-  server b 127.0.0.1:$ORIGIN_B
-CONF
-tasks() { # every thread of a process and of its children
-  local pid
-  for pid in "$1" $(pgrep -P "$1" || true); do ls "/proc/$pid/task" 2>/dev/null; done
-}
+install_missing strace nginx haproxy wrk
+cargo build --release -q --bin unitgate
+make_work
+PROXY_PORT=19000 ADMIN_PORT=19090
+prepare_origin
+write_gateway "$WORK/gateway.yaml" 1 "{ http: [\"127.0.0.1:$PROXY_PORT\"] }" "health_check: { interval_ms: 0 }"
+write_nginx_proxy "$WORK/nginx" 1 "" "master_process off;"
+write_haproxy "$WORK/haproxy.cfg" 1
 count() { # name workload command... -> "name workload syscalls_per_request top_calls"
   local name=$1 workload=$2; shift 2
   "$@" >/dev/null 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
-  wrk -t1 -c8 -d2s -s "$WORK/$workload.lua" "http://127.0.0.1:$PORT/" >/dev/null   # warm-up
-  # Attached to every thread for the measured run only; stopped (and its summary written)
-  # once wrk is done.
-  local attach=()
-  for task in $(tasks "$pid"); do attach+=(-p "$task"); done
-  strace -c -f -o "$WORK/$name.strace" "${attach[@]}" 2>/dev/null &
-  local tracer=$!
-  sleep 1   # strace attaches asynchronously; the run starts once it has
+  PROXY_PID=$!
+  wait_port "$PROXY_PORT"
+  wrk -t1 -c8 -d2s -s "$WORK/$workload.lua" "http://127.0.0.1:$PROXY_PORT/" >/dev/null   # warm-up
   local requests
-  requests=$(wrk -t1 -c8 -d5s -s "$WORK/$workload.lua" "http://127.0.0.1:$PORT/" | awk '/ requests in / { print $1 }')
-  kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
-  kill -INT "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null || break; sleep 0.05; done
-  awk -v n="$name" -v w="$workload" -v r="$requests" '
-    $NF == "total" { total = $4 }
-    $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { calls[$NF] = $4 }
-    END {
-      top = ""; for (c in calls) if (calls[c] / r >= 0.05) top = top sprintf(" %s=%.2f", c, calls[c] / r)
-      printf "%s %s %.2f%s\n", n, w, total / r, top
-    }' "$WORK/$name.strace"
+  requests=$(strace_wrk "$PROXY_PID" "$WORK/$name.strace" "$workload" 8)
+  stop_proxy
+  echo "$name $workload $(syscalls_per_request "$WORK/$name.strace" "$requests" 0.05)"
 }
 for workload in users users-close; do
   count unitgate "$workload" target/release/unitgate --config "$WORK/gateway.yaml"
-  count nginx "$workload" nginx -p "$WORK" -c "$WORK/nginx.conf"
+  count nginx "$workload" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
   count haproxy "$workload" haproxy -f "$WORK/haproxy.cfg" -db
 done

@@ -30,9 +30,9 @@
 # beside bench/proxy.sh. Installs nginx, wrk, h2load (nghttp2-client) and openssl when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-32}
+# shellcheck source=bench/common.sh
+source bench/common.sh
+comparison_settings
 H2_CLIENTS=${H2_CLIENTS:-32}
 H2_STREAMS=${H2_STREAMS:-10}
 H2_USER=${H2_USER:-10003}  # slot 3: hz's unit u01, like the first of users.lua's IDs
@@ -44,36 +44,15 @@ UNITGATE_BASE=${UNITGATE_BASE:-}
 UNITGATE_ENV=${UNITGATE_ENV:-}
 OUT=${OUT:-}
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v openssl >/dev/null || need+=(openssl)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing nginx wrk h2load:nghttp2-client openssl
 [[ $BUILD == 0 ]] || cargo build --release -q --bin unitgate --bin unitctl
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -n ${PROXY_PID:-} ]] && kill -KILL "$PROXY_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# shellcheck source=bench/common.sh
-source bench/common.sh
+make_work
 ORIGIN_A=19401 ORIGIN_B=19402  # not common.sh's: this may run beside bench/proxy.sh
 PROXY_PORT=19443 ADMIN_PORT=19490
 TICKS=$(getconf CLK_TCK)
 
-start_origin "$WORK"
-PIDS+=("$ORIGIN_PID")
-write_workload "$WORK"
-write_table "$WORK"
+prepare_origin
 target/release/unitctl validate "$WORK/table.yaml" >/dev/null
 
 # One certificate for both: ECDSA P-256 (what most sites serve now; an RSA key would make the
@@ -109,16 +88,9 @@ CONF
       local bin=$UNITGATE_BIN env=()
       [[ $name == unitgate-base ]] && bin=$UNITGATE_BASE
       [[ $name == unitgate-env ]] && read -r -a env <<<"$UNITGATE_ENV"
-      cat > "$dir/gateway.yaml" <<CONF
-region: hz
-threads: $workers
-listen: { https: [{ address: "127.0.0.1:$PROXY_PORT", cert: $WORK/cert.pem, key: $WORK/key.pem }] }
-admin: { listen: "127.0.0.1:$ADMIN_PORT" }
-table: { file: $WORK/table.yaml }
-hop_secret: benchmark-secret-0123456789abcdef0123
-access_log: false
-upgrade_socket: $dir/upgrade.sock
-CONF
+      write_gateway "$dir/gateway.yaml" "$workers" \
+        "{ https: [{ address: \"127.0.0.1:$PROXY_PORT\", cert: $WORK/cert.pem, key: $WORK/key.pem }] }" \
+        "upgrade_socket: $dir/upgrade.sock"
       env "${env[@]}" RUST_LOG=warn "$bin" --config "$dir/gateway.yaml" >/dev/null 2>"$dir/logs/err" & ;;
   esac
   PROXY_PID=$!
@@ -154,15 +126,10 @@ load() {
 run_one() { # name workers row -> "name rps p50_us p99_us cpu_us_per_req rss_kib errors"
   local name=$1 workers=$2 row=$3
   start_proxy "$name" "$workers"
-  load "$row" 2 >/dev/null  # warm-up
-  local pids; pids=$(pids_of "$PROXY_PID")
-  local user0 system0; read -r user0 system0 < <(cpu_ticks "$pids")
-  local result; result=$(load "$row" "$DURATION")
-  local user1 system1; read -r user1 system1 < <(cpu_ticks "$pids")
-  local rss; rss=$(rss_kib "$pids")
+  local measured; measured=$(measure_load load "$row")
   stop_proxy
-  read -r requests duration_us errors p50 p99 <<<"$result"
-  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v c=$((user1 + system1 - user0 - system0)) -v t="$TICKS" \
+  read -r user system rss requests duration_us errors p50 p99 <<<"$measured"
+  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v c=$((user + system)) -v t="$TICKS" \
       -v p50="$p50" -v p99="$p99" -v rss="$rss" -v e="$errors" \
       'BEGIN { printf "%s %.0f %d %d %.2f %d %d\n", n, r / (d / 1e6), p50, p99, (c / t * 1e6) / r, rss, e }'
 }
@@ -171,12 +138,7 @@ run_one() { # name workers row -> "name rps p50_us p99_us cpu_us_per_req rss_kib
 table() {
   echo "| target | requests/s | p50 | p99 | proxy CPU per request | CPU vs nginx | RSS | RSS vs nginx | errors |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  awk '
-    function median(name, col,   n, i, j, t, v) {
-      n = 0; for (i = 1; i <= rows; i++) if (row_name[i] == name) v[++n] = row[i, col]
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-      return v[int((n + 1) / 2)]
-    }
+  awk "$MEDIAN_AWK"'
     { rows++; row_name[rows] = $1; for (c = 2; c <= 7; c++) row[rows, c] = $c; if (!(($1) in order)) { order[$1] = ++k; names[k] = $1 } }
     END {
       ng = median("nginx", 5); ngr = median("nginx", 6)

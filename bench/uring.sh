@@ -13,41 +13,23 @@
 #   ROUNDS=1 DURATION=5 bench/uring.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-32}
+# shellcheck source=bench/common.sh
+source bench/common.sh
+comparison_settings
 TARGETS=${TARGETS:-"nginx floor-epoll floor-uring floor-uring-plain unitgate"}
 
-need=()
-for tool in nginx wrk strace; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing nginx wrk strace
 cargo build --release -q --bin unitgate
 # Its own workspace, lock file and target dir, named here so that CARGO_TARGET_DIR cannot move
 # the binaries.
 cargo build --release -q --manifest-path bench/uring-floor/Cargo.toml --target-dir bench/uring-floor/target
 FLOOR=bench/uring-floor/target/release
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  if [[ -n ${PROXY_PID:-} ]]; then kill -KILL "$PROXY_PID" 2>/dev/null || true; fi
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# shellcheck source=bench/common.sh
-source bench/common.sh
+make_work
 PROXY_PORT=19000 ADMIN_PORT=19090
 TICKS=$(getconf CLK_TCK)
 
-start_origin "$WORK"
-PIDS+=("$ORIGIN_PID")
-write_workload "$WORK"
-write_table "$WORK"
+prepare_origin
 
 UPSTREAMS="127.0.0.1:$ORIGIN_A,127.0.0.1:$ORIGIN_B"
 start_proxy() { # name -> sets PROXY_PID
@@ -73,17 +55,10 @@ start_proxy() { # name -> sets PROXY_PID
 run_one() { # name -> prints "name rps p99_us user_us_per_req sys_us_per_req errors"
   local name=$1
   start_proxy "$name"
-  wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" >/dev/null  # warm-up
-  local pids; pids=$(pids_of "$PROXY_PID")
-  local before after result
-  before=$(cpu_ticks "$pids")
-  result=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" | awk '/^RESULT/')
-  after=$(cpu_ticks "$pids")
+  local measured; measured=$(measure_load wrk_result users "$PROXY_PORT")
   stop_proxy
-  read -r _ requests duration_us errors non2xx _ p99 <<<"$result"
-  read -r u0 s0 <<<"$before"
-  read -r u1 s1 <<<"$after"
-  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v t="$TICKS" \
+  read -r user system _ _ requests duration_us errors non2xx _ p99 <<<"$measured"
+  awk -v n="$name" -v r="$requests" -v d="$duration_us" -v u="$user" -v s="$system" -v t="$TICKS" \
       -v p99="$p99" -v e=$((errors + non2xx)) \
       'BEGIN { printf "%s %.0f %d %.2f %.2f %d\n", n, r / (d / 1e6), p99, (u / t * 1e6) / r, (s / t * 1e6) / r, e }'
 }
@@ -100,14 +75,9 @@ done
 
 # Medians over rounds, ratios of the medians; then every round's values.
 summary() {
-  awk -v targets="$TARGETS" '
-    function median(name, col,   n, i, j, t, v) {
-      n = 0; for (i = 1; i <= rows; i++) if (name_of[i] == name) v[++n] = val[i, col]
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-      return v[int((n + 1) / 2)]
-    }
+  awk -v targets="$TARGETS" "$MEDIAN_AWK"'
     function ratio(a, b) { return b > 0 ? sprintf("%.2fx", a / b) : "-" }
-    { rows++; name_of[rows] = $2; for (c = 3; c <= 7; c++) val[rows, c] = $c; round_of[rows] = $1 }
+    { rows++; row_name[rows] = $2; for (c = 3; c <= 7; c++) row[rows, c] = $c; round_of[rows] = $1 }
     END {
       k = split(targets, names, " ")
       for (i = 1; i <= k; i++) { n = names[i]; u[n] = median(n, 5); s[n] = median(n, 6); tot[n] = u[n] + s[n] }
@@ -124,40 +94,21 @@ summary() {
       print ""
       print "| round | target | requests/s | p99 | user µs/req | system µs/req |"
       print "|---|---|---|---|---|---|"
-      for (i = 1; i <= rows; i++) printf "| %d | %s | %d | %.2f ms | %.2f | %.2f |\n", round_of[i], name_of[i], val[i, 3], val[i, 4] / 1000, val[i, 5], val[i, 6]
+      for (i = 1; i <= rows; i++) printf "| %d | %s | %d | %.2f ms | %.2f | %.2f |\n", round_of[i], row_name[i], row[i, 3], row[i, 4] / 1000, row[i, 5], row[i, 6]
     }' "$1"
 }
 
 # System calls per request: strace attached to every thread of the proxy (not to io_uring's
 # kernel workers, which cannot be traced) for a 5 s run at the same concurrency.
-tasks() {
-  local pid task
-  for pid in "$1" $(pgrep -P "$1" || true); do
-    for task in $(ls "/proc/$pid/task" 2>/dev/null); do
-      [[ $(cat "/proc/$pid/task/$task/comm" 2>/dev/null) == iou-* ]] || echo "$task"
-    done
-  done
-}
-count() { # name -> "name syscalls_per_request top_calls"
+count() { # name -> "| name | requests | syscalls_per_request | top_calls |"
   local name=$1
   start_proxy "$name"
   wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" >/dev/null   # warm-up
-  local attach=()
-  for task in $(tasks "$PROXY_PID"); do attach+=(-p "$task"); done
-  strace -c -f -o "$WORK/$name.strace" "${attach[@]}" 2>/dev/null &
-  local tracer=$!
-  sleep 1   # strace attaches asynchronously; the run starts once it has
-  local requests
-  requests=$(wrk -t1 -c"$CONNECTIONS" -d5s -s "$WORK/users.lua" "http://127.0.0.1:$PROXY_PORT/" | awk '/ requests in / { print $1 }')
-  kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+  local requests per_request top
+  requests=$(strace_wrk "$PROXY_PID" "$WORK/$name.strace" users "$CONNECTIONS")
   stop_proxy
-  awk -v n="$name" -v r="$requests" '
-    $NF == "total" { total = $4 }
-    $1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { calls[$NF] = $4 }
-    END {
-      top = ""; for (c in calls) if (calls[c] / r >= 0.01) top = top sprintf(" %s=%.2f", c, calls[c] / r)
-      printf "| %s | %d | %.2f |%s |\n", n, r, total / r, top
-    }' "$WORK/$name.strace"
+  read -r per_request top < <(syscalls_per_request "$WORK/$name.strace" "$requests" 0.01)
+  echo "| $name | $requests | $per_request |${top:+ $top} |"
 }
 
 {
