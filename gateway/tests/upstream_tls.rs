@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -15,69 +15,18 @@ use http::StatusCode;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::{SECRET, client, loopback_listeners, request, send};
+use testkit::tls::{Leaf, TestCa};
 
 // ---- certificates -------------------------------------------------------------------------
 
-/// A certificate authority for tests, with its certificate in `dir/<name>-ca.pem`.
-struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    pem_path: PathBuf,
-}
-
-/// A certificate and key signed by a [`TestCa`], in DER and as PEM files.
-struct Leaf {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    cert_path: PathBuf,
-    key_path: PathBuf,
-}
-
-impl TestCa {
-    fn new(dir: &Path, name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer =
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-        let pem_path = dir.join(format!("{name}-ca.pem"));
-        std::fs::write(&pem_path, issuer.pem()).expect("write ca");
-        TestCa { issuer, pem_path }
-    }
-
-    /// A certificate for `names` (IP addresses become IP SANs), named `file` in `dir`.
-    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> Leaf {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, file);
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        let cert_path = dir.join(format!("{file}.pem"));
-        let key_path = dir.join(format!("{file}.key"));
-        std::fs::write(&cert_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        Leaf {
-            chain: vec![cert.der().clone()],
-            key: PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
-            cert_path,
-            key_path,
-        }
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
+/// `leaf`'s certificate chain and key, for a rustls server or client.
+fn identity(leaf: &Leaf) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    (
+        vec![CertificateDer::from(leaf.cert_der.clone())],
+        PrivateKeyDer::try_from(leaf.key_der.clone()).expect("key der"),
+    )
 }
 
 // ---- an HTTPS upstream that records what it sees ------------------------------------------
@@ -114,7 +63,7 @@ impl TlsUpstream {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.der()).expect("root");
+                roots.add(CertificateDer::from(ca.der())).expect("root");
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
@@ -124,9 +73,8 @@ impl TlsUpstream {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let mut config = builder
-            .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
-            .expect("server config");
+        let (chain, key) = identity(leaf);
+        let mut config = builder.with_single_cert(chain, key).expect("server config");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -720,13 +668,14 @@ async fn a_hop_to_another_region_goes_over_mutual_tls_and_keeps_its_marker() {
     // A client of sh's listener with a fleet certificate but a forged marker: the marker is
     // not trusted (ignored and counted); the request is served as one entering sh.
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(fleet.der()).expect("root");
+    roots.add(CertificateDer::from(fleet.der())).expect("root");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (chain, key) = identity(&hz_client);
     let direct = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots.clone())
-        .with_client_auth_cert(hz_client.chain.clone(), hz_client.key.clone_key())
+        .with_client_auth_cert(chain, key)
         .expect("client config");
     let forged = "v1 origin=hz version=1 hops=1 ts=1 sig=00";
     let answer = raw_exchange(
@@ -753,11 +702,12 @@ async fn a_hop_to_another_region_goes_over_mutual_tls_and_keeps_its_marker() {
     .await;
     assert!(refused.is_err(), "{refused:?}");
     // Nor does a certificate from another CA get in.
+    let (chain, key) = identity(&stranger);
     let strangers = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots)
-        .with_client_auth_cert(stranger.chain.clone(), stranger.key.clone_key())
+        .with_client_auth_cert(chain, key)
         .expect("client config");
     let refused = raw_exchange(
         strangers,

@@ -1,7 +1,9 @@
 //! Test support for unitgate's multi-process tests: child processes whose output is collected
 //! and can be awaited line by line, ports that stay free until a child binds them, and a real
-//! etcd on such ports.
+//! etcd on such ports; certificates from a test CA (`tls`).
 #![forbid(unsafe_code)]
+
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

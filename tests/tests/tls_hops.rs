@@ -6,71 +6,23 @@
 //! `502` and a log line naming it and the reason.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use http::Method;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
+use testkit::tls::{Leaf, TestCa};
 use unitgate_e2e::{HOP_SECRET, Process, bin, free_port, send};
 
-/// A test CA; its certificate is `<dir>/<name>-ca.pem`.
-struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    pem: PathBuf,
-}
-
-impl TestCa {
-    fn new(dir: &Path, name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} e2e CA"));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer =
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-        let pem = dir.join(format!("{name}-ca.pem"));
-        std::fs::write(&pem, issuer.pem()).expect("write ca");
-        TestCa { issuer, pem }
-    }
-
-    /// A certificate for `names`, as `<dir>/<file>.pem` and its key `<dir>/<file>.key`.
-    fn issue(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, file);
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        let (cert_path, key_path) = (
-            dir.join(format!("{file}.pem")),
-            dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        (cert_path, key_path)
-    }
-}
-
 /// `unitgate-demo upstream`, over TLS when given a certificate and key; and its address.
-async fn upstream(
-    service: &str,
-    region: &str,
-    tls: Option<&(PathBuf, PathBuf)>,
-) -> (Process, SocketAddr) {
+async fn upstream(service: &str, region: &str, tls: Option<&Leaf>) -> (Process, SocketAddr) {
     let mut command = Command::new(bin("unitgate-demo"));
     command.args(["upstream", "--service", service, "--region", region]);
-    if let Some((cert, key)) = tls {
+    if let Some(leaf) = tls {
         command
             .arg("--tls-cert")
-            .arg(cert)
+            .arg(&leaf.cert_path)
             .arg("--tls-key")
-            .arg(key);
+            .arg(&leaf.key_path);
     }
     let process = Process::spawn(&format!("upstream {region}/{service}"), command);
     let line = process
@@ -131,10 +83,10 @@ async fn a_tls_upstream_pool_and_a_mutual_tls_hop_between_regions() {
     let services = TestCa::new(d, "services");
     let fleet = TestCa::new(d, "fleet");
     let stranger = TestCa::new(d, "stranger");
-    let cart_hz_cert = services.issue(d, "cart-hz", &["cart.hz.e2e"]);
-    let order_hz_cert = stranger.issue(d, "order-hz", &["127.0.0.1"]);
-    let sh_gateway_cert = fleet.issue(d, "gw-sh", &["gw.sh.e2e"]);
-    let hz_gateway_cert = fleet.issue(d, "gw-hz", &["gw.hz.e2e"]);
+    let cart_hz_cert = services.leaf(d, "cart-hz", &["cart.hz.e2e"]);
+    let order_hz_cert = stranger.leaf(d, "order-hz", &["127.0.0.1"]);
+    let sh_gateway_cert = fleet.leaf(d, "gw-sh", &["gw.sh.e2e"]);
+    let hz_gateway_cert = fleet.leaf(d, "gw-hz", &["gw.hz.e2e"]);
 
     let (cart_hz, cart_hz_addr) = upstream("cart", "hz", Some(&cart_hz_cert)).await;
     let (order_hz, order_hz_addr) = upstream("order", "hz", Some(&order_hz_cert)).await;
@@ -173,10 +125,10 @@ routes:
   - {{ name: cart, match: {{ path_prefix: /cart }}, service: cart, class: C, key: [{{ header: X-User-Id }}] }}
   - {{ name: order, match: {{ path_prefix: /order }}, service: order, class: C, key: [{{ header: X-User-Id }}] }}
 "#,
-            services_ca = services.pem.display(),
-            fleet_ca = fleet.pem.display(),
-            hz_cert = hz_gateway_cert.0.display(),
-            hz_key = hz_gateway_cert.1.display(),
+            services_ca = services.pem_path.display(),
+            fleet_ca = fleet.pem_path.display(),
+            hz_cert = hz_gateway_cert.cert_path.display(),
+            hz_key = hz_gateway_cert.key_path.display(),
         ),
     )
     .expect("write table");
@@ -185,9 +137,9 @@ routes:
         "sh",
         &format!(
             "{{ https: [{{ address: \"{sh_addr}\", cert: \"{}\", key: \"{}\", client_ca: \"{}\" }}] }}",
-            sh_gateway_cert.0.display(),
-            sh_gateway_cert.1.display(),
-            fleet.pem.display()
+            sh_gateway_cert.cert_path.display(),
+            sh_gateway_cert.key_path.display(),
+            fleet.pem_path.display()
         ),
         &table,
     )
