@@ -130,6 +130,39 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// The protocol a connection is made for, as offered by ALPN over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    Http1,
+    H2,
+}
+
+impl Alpn {
+    /// The reason for a handshake whose endpoint did not agree to this protocol.
+    fn refused(self, detail: &str) -> String {
+        let (name, protocol) = match self {
+            Alpn::Http1 => ("HTTP/1.1", "http1"),
+            Alpn::H2 => ("HTTP/2", "h2"),
+        };
+        format!(
+            "the endpoint did not agree to {name} by ALPN{detail}; does it speak it (the pool's protocol says {protocol})?"
+        )
+    }
+}
+
+/// Whether a handshake failed on the endpoint's `no_application_protocol` alert: it speaks
+/// none of the protocols the gateway offered.
+fn no_application_protocol(error: &std::io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+    )
+}
+
 /// Why no connection could be had. Either way nothing was sent, so the request may go to
 /// another endpoint as it is; the kinds differ in what they say about the endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,7 +197,10 @@ pub struct Connector {
 struct TlsClient {
     settings: UpstreamTls,
     config: Arc<rustls::ClientConfig>,
+    /// Offers `http/1.1` by ALPN.
     connector: TlsConnector,
+    /// Offers `h2` by ALPN, with the same trust, identity and session cache.
+    h2_connector: TlsConnector,
     /// The configured server name; `None`: each endpoint's host.
     server_name: Option<ServerName<'static>>,
 }
@@ -211,11 +247,15 @@ impl Connector {
             }
         };
         let config = configs.config(settings)?;
+        // A clone shares the session store: a session resumes whichever protocol it was for.
+        let mut h2_config = (*config).clone();
+        h2_config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             role,
             tls: Some(TlsClient {
                 settings: settings.clone(),
                 connector: TlsConnector::from(config.clone()),
+                h2_connector: TlsConnector::from(Arc::new(h2_config)),
                 config,
                 server_name,
             }),
@@ -239,10 +279,30 @@ impl Connector {
             }
     }
 
-    /// Connect to `endpoint` (`host:port`), the TLS handshake included, within `timeout`.
-    /// TLS failures are also logged here (throttled), since they are a configuration
-    /// problem an operator must see: the client only gets a `502`.
+    /// Connect to `endpoint` (`host:port`) for HTTP/1.1, the TLS handshake included (ALPN
+    /// `http/1.1`), within `timeout`. TLS failures are also logged here (throttled), since
+    /// they are a configuration problem an operator must see: the client only gets a `502`.
     pub async fn connect(&self, endpoint: &str, timeout: Duration) -> Result<Stream, ConnectError> {
+        self.connect_for(endpoint, timeout, Alpn::Http1).await
+    }
+
+    /// The same for HTTP/2: over TLS, ALPN `h2`, which the endpoint must agree to (HTTP/2 over
+    /// TLS is only ever negotiated so, RFC 9113 section 3.2); plain TCP is HTTP/2 with prior
+    /// knowledge.
+    pub async fn connect_h2(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<Stream, ConnectError> {
+        self.connect_for(endpoint, timeout, Alpn::H2).await
+    }
+
+    async fn connect_for(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+        alpn: Alpn,
+    ) -> Result<Stream, ConnectError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(endpoint)).await {
             Ok(Ok(tcp)) => tcp,
@@ -277,8 +337,27 @@ impl Connector {
                 }
             },
         };
-        match tokio::time::timeout_at(deadline, tls.connector.connect(name, tcp)).await {
-            Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
+        let connector = match alpn {
+            Alpn::Http1 => &tls.connector,
+            Alpn::H2 => &tls.h2_connector,
+        };
+        match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+            Ok(Ok(stream)) => {
+                let agreed = stream.get_ref().1.alpn_protocol();
+                if alpn == Alpn::H2 && agreed != Some(b"h2") {
+                    let chose = agreed.map_or_else(
+                        || "none".to_owned(),
+                        |p| String::from_utf8_lossy(p).into_owned(),
+                    );
+                    return Err(
+                        self.tls_failed(endpoint, alpn.refused(&format!(" (it chose {chose})")))
+                    );
+                }
+                Ok(Stream::Tls(Box::new(stream)))
+            }
+            Ok(Err(error)) if no_application_protocol(&error) => {
+                Err(self.tls_failed(endpoint, alpn.refused("")))
+            }
             Ok(Err(error)) => Err(self.tls_failed(endpoint, describe(&error))),
             Err(_) => Err(self.tls_failed(
                 endpoint,

@@ -44,6 +44,19 @@ pub(crate) struct Decided<'s> {
     pub(crate) _permits: (Option<Permit>, Option<Permit>),
 }
 
+impl Decided<'_> {
+    /// Whether the request goes upstream over HTTP/2: the serving region's pool for the
+    /// route's service says `protocol: h2`, whether the request goes to that pool or to that
+    /// region's gateways.
+    pub(crate) fn over_h2(&self) -> bool {
+        let serving = match self.target {
+            Target::Local(_) => self.snapshot.region,
+            Target::Region(region) => region,
+        };
+        crate::upstream_h2::wanted(&self.snapshot.table, serving, self.route.service)
+    }
+}
+
 /// Decide `view` by the table in `snapshot` (loaded once by the caller), noting in `ctx` what
 /// was learnt; every refusal is the reply to send.
 pub(crate) fn decide<'s>(

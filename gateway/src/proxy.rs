@@ -420,11 +420,7 @@ fn prepare<'a>(
     parts.version = Version::HTTP_11;
     // HTTP/2 when the serving region's pool asks for it (gRPC), to its endpoints or to its
     // gateways: `upstream_h2` makes the request an HTTP/2 one.
-    let (to, hop) = match *target {
-        Target::Local(_) => (snapshot.region, false),
-        Target::Region(region) => (region, true),
-    };
-    let h2 = upstream_h2::wanted(table, to, route.service, hop).then_some(&shared.upstream_h2);
+    let h2 = decided.over_h2().then_some(&shared.upstream_h2);
     // With the codec serving HTTP/1.1, HTTP/2 clients' requests go upstream over its client
     // too; with hyper's (the reference), over hyper's, upgrades and all.
     let http1 = match shared.config.http1_codec {

@@ -314,17 +314,19 @@ pub fn spawn_health_checks(store: Arc<TableStore>, upstream: Upstream, config: H
             let mut checks = Vec::new();
             for (service, pool) in snapshot.here().pools.iter().enumerate() {
                 let Some(pool) = pool else { continue };
-                let h2 =
-                    crate::upstream_h2::wanted(&snapshot.table, snapshot.region, service, false)
-                        .then(|| h2.clone());
+                let h2 = crate::upstream_h2::wanted(&snapshot.table, snapshot.region, service)
+                    .then(|| h2.clone());
                 for endpoint in &pool.endpoints {
                     let health = endpoint.health.clone();
                     let authority = endpoint.authority.clone();
+                    let connector = endpoint.connector.clone();
                     let upstream = upstream.clone();
                     let config = config.clone();
                     let h2 = h2.clone();
                     checks.push(tokio::spawn(async move {
-                        let ok = check_once(&upstream, h2.as_ref(), &authority, &config).await;
+                        let ok =
+                            check_once(&upstream, h2.as_ref(), &authority, &connector, &config)
+                                .await;
                         if health.is_healthy() != ok {
                             tracing::warn!(endpoint = %authority, healthy = ok, "upstream health changed");
                         }
@@ -343,6 +345,7 @@ async fn check_once(
     upstream: &Upstream,
     h2: Option<&crate::upstream_h2::H2Upstream>,
     authority: &http::uri::Authority,
+    connector: &Arc<crate::connect::Connector>,
     config: &HealthCheck,
 ) -> bool {
     let timeout = Duration::from_millis(config.timeout_ms);
@@ -358,7 +361,11 @@ async fn check_once(
             Ok(Ok(_))
         ),
         (Some(path), Some(h2)) => matches!(
-            tokio::time::timeout(timeout, crate::upstream_h2::check(h2, authority, path)).await,
+            tokio::time::timeout(
+                timeout,
+                crate::upstream_h2::check(h2, authority, connector, path)
+            )
+            .await,
             Ok(true)
         ),
         (Some(path), None) => {

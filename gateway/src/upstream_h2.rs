@@ -9,9 +9,9 @@
 //! A connection unused for [`IDLE_TIMEOUT`] is given up by its own task, so endpoints that left
 //! the table do not keep connections open.
 //!
-//! Connections are h2c (HTTP/2 with prior knowledge) over plain TCP. TLS with ALPN `h2` is not
-//! offered yet: the table's validation refuses `protocol: h2` with `tls`, and `h2` pools in a
-//! table whose gateways are reached over TLS.
+//! Connections are made by the endpoint's [`Connector`], as its pool (or the region's
+//! `gateways`) says: over TLS with ALPN `h2`, which the endpoint must agree to; over plain TCP,
+//! h2c (HTTP/2 with prior knowledge).
 //!
 //! Requests leave as HTTP/2 should: absolute URI (`:scheme`, `:authority` from the `Host` the
 //! gateway routed by), no connection-specific fields (RFC 9113 section 8.2.2), `TE: trailers`
@@ -37,6 +37,7 @@ use router_rules::table::RegionIndex;
 use router_rules::{CompiledTable, UpstreamProtocol};
 
 use crate::config::Timeouts;
+use crate::connect::Connector;
 use crate::h1::bridge::BridgeError;
 use crate::store::EndpointState;
 use crate::upstream::{Body, BoxError, PooledBody, Upstream, UpstreamError};
@@ -50,16 +51,13 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether requests for `service` go over HTTP/2 when `region` serves them: that region's pool
 /// for the service says `protocol: h2`. The same answer holds for the hop to that region's
-/// gateways (`hop`), so that gRPC's trailers cross regions on HTTP/2 too — unless the hop is
-/// over TLS, which this client does not speak: such a hop stays HTTP/1.1.
-pub fn wanted(table: &CompiledTable, region: RegionIndex, service: usize, hop: bool) -> bool {
-    let Some(region) = table.regions().get(region) else {
-        return false;
-    };
-    region
-        .pool(service)
+/// gateways, plain or TLS, so that gRPC's trailers cross regions on HTTP/2 too.
+pub fn wanted(table: &CompiledTable, region: RegionIndex, service: usize) -> bool {
+    table
+        .regions()
+        .get(region)
+        .and_then(|region| region.pool(service))
         .is_some_and(|pool| pool.protocol == UpstreamProtocol::H2)
-        && !(hop && region.gateway_tls.is_some())
 }
 
 /// Why an HTTP/2 exchange failed.
@@ -124,6 +122,8 @@ struct Slot {
 
 struct Open {
     sender: SendRequest<Body>,
+    /// How it was made: a table that changes the endpoint's TLS settings gets a new one.
+    connector: Arc<Connector>,
     /// Tells this connection from the one that may replace it.
     id: u64,
 }
@@ -134,11 +134,14 @@ struct Failure {
 }
 
 impl Slot {
-    /// The open connection, if it is still usable.
-    fn sender(&self) -> Option<SendRequest<Body>> {
+    /// The open connection, if it is still usable and was made as `connector` makes them.
+    fn sender(&self, connector: &Arc<Connector>) -> Option<SendRequest<Body>> {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.as_ref()
-            .filter(|o| !o.sender.is_closed())
+            .filter(|o| {
+                !o.sender.is_closed()
+                    && (Arc::ptr_eq(&o.connector, connector) || o.connector.same_as(connector))
+            })
             .map(|o| o.sender.clone())
     }
 
@@ -171,20 +174,22 @@ impl H2Upstream {
         }
     }
 
-    /// Send `request` (origin-form URI, as the proxy makes it) to `endpoint` over HTTP/2.
+    /// Send `request` (origin-form URI, as the proxy makes it) to `endpoint` over HTTP/2, on a
+    /// connection `connector` makes.
     pub async fn send(
         &self,
         endpoint: &Authority,
+        connector: &Arc<Connector>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, H2Error> {
-        let mut request = into_h2(request, endpoint);
+        let mut request = into_h2(request, endpoint, connector.is_tls());
         let slot = self.pool.slot(endpoint.as_str());
         // A connection that closed under us before taking the request gives it back: one more
         // try, on a new connection.
         for _ in 0..2 {
-            let mut sender = match slot.sender() {
+            let mut sender = match slot.sender(connector) {
                 Some(sender) => sender,
-                None => match self.pool.connect(&slot, endpoint).await {
+                None => match self.pool.connect(&slot, endpoint, connector).await {
                     Ok(sender) => sender,
                     Err(message) => {
                         return Err(H2Error {
@@ -233,10 +238,11 @@ impl Pool {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         endpoint: &Authority,
+        connector: &Arc<Connector>,
     ) -> Result<SendRequest<Body>, String> {
         let waiting_since = Instant::now();
         let mut connecting = slot.connecting.lock().await;
-        if let Some(sender) = slot.sender() {
+        if let Some(sender) = slot.sender(connector) {
             return Ok(sender);
         }
         // Someone made the attempt while this request waited, and it failed: that is this
@@ -244,11 +250,12 @@ impl Pool {
         if let Some(failure) = connecting.as_ref().filter(|f| f.at >= waiting_since) {
             return Err(failure.message.clone());
         }
-        match self.handshake(endpoint).await {
+        match self.handshake(endpoint, connector).await {
             Ok((sender, id)) => {
                 *connecting = None;
                 *slot.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(Open {
                     sender: sender.clone(),
+                    connector: connector.clone(),
                     id,
                 });
                 self.watch(slot, id);
@@ -264,13 +271,16 @@ impl Pool {
         }
     }
 
-    async fn handshake(&self, endpoint: &Authority) -> Result<(SendRequest<Body>, u64), String> {
+    async fn handshake(
+        &self,
+        endpoint: &Authority,
+        connector: &Connector,
+    ) -> Result<(SendRequest<Body>, u64), String> {
         let made = async {
-            let stream = tokio::net::TcpStream::connect(endpoint.as_str())
+            let stream = connector
+                .connect_h2(endpoint.as_str(), self.connect_timeout)
                 .await
-                .map_err(|e| format!("{endpoint}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let _ = rustix::net::sockopt::set_socket_keepalive(&stream, true);
+                .map_err(|e| e.to_string())?;
             let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
@@ -344,8 +354,8 @@ static CONNECTION_SPECIFIC: [HeaderName; 5] = [
 #[derive(Clone, Copy)]
 struct EndpointAuthority;
 
-/// `request` as an HTTP/2 request to `endpoint`.
-fn into_h2(mut request: Request<Body>, endpoint: &Authority) -> Request<Body> {
+/// `request` as an HTTP/2 request to `endpoint`, over TLS when `tls` (`:scheme` says which).
+fn into_h2(mut request: Request<Body>, endpoint: &Authority, tls: bool) -> Request<Body> {
     // `:authority` takes `Host`'s place: the name the client asked for and the gateway routed
     // by, or the endpoint's own when there is none. A request handed back unsent and sent
     // again has the client's in its URI already.
@@ -377,7 +387,7 @@ fn into_h2(mut request: Request<Body>, endpoint: &Authority) -> Request<Body> {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let mut parts = std::mem::take(request.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
     parts.authority = Some(authority);
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -493,7 +503,7 @@ pub async fn send(
     let endpoint = &upstream.authority;
     match (h2, http1) {
         (Some(h2), _) => h2
-            .send(endpoint, request)
+            .send(endpoint, &upstream.connector, request)
             .await
             .map(|response| response.map(UpstreamBody::H2))
             .map_err(SendError::H2),
@@ -513,14 +523,19 @@ pub async fn send(
 
 /// One health check of an HTTP/2 endpoint: a GET of `path` over the pool's HTTP/2 client, any
 /// 2xx healthy.
-pub async fn check(h2: &H2Upstream, endpoint: &Authority, path: &str) -> bool {
+pub async fn check(
+    h2: &H2Upstream,
+    endpoint: &Authority,
+    connector: &Arc<Connector>,
+    path: &str,
+) -> bool {
     let Ok(request) = Request::get(path)
         .header(header::USER_AGENT, "unitgate-health-check")
         .body(crate::upstream::empty())
     else {
         return false;
     };
-    matches!(h2.send(endpoint, request).await, Ok(response) if response.status().is_success())
+    matches!(h2.send(endpoint, connector, request).await, Ok(response) if response.status().is_success())
 }
 
 #[cfg(test)]
@@ -553,7 +568,7 @@ mod tests {
             ("x-user-id", "4321"),
         ]);
         let endpoint = Authority::from_static("10.0.0.1:50051");
-        let request = into_h2(request, &endpoint);
+        let request = into_h2(request, &endpoint, false);
         assert_eq!(request.version(), Version::HTTP_2);
         assert_eq!(request.uri(), "http://api.example:443/pkg.Svc/Call");
         let headers = request.headers();
@@ -564,7 +579,7 @@ mod tests {
         assert_eq!(headers[header::TE], "trailers");
         assert_eq!(headers["x-user-id"], "4321");
         // Handed back unsent and sent to another endpoint: the same request.
-        let again = into_h2(request, &Authority::from_static("10.0.0.2:50051"));
+        let again = into_h2(request, &Authority::from_static("10.0.0.2:50051"), false);
         assert_eq!(again.uri(), "http://api.example:443/pkg.Svc/Call");
         assert_eq!(again.headers()[header::TE], "trailers");
 
@@ -574,11 +589,11 @@ mod tests {
             .body(crate::upstream::empty())
             .expect("request");
         *request.headers_mut() = header_map(&[("te", "gzip")]);
-        let request = into_h2(request, &endpoint);
+        let request = into_h2(request, &endpoint, false);
         assert_eq!(request.uri(), "http://10.0.0.1:50051/health?deep=1");
         assert!(request.headers().get(header::TE).is_none());
         // Handed back unsent and sent to another endpoint: that one names itself.
-        let again = into_h2(request, &Authority::from_static("10.0.0.2:50051"));
+        let again = into_h2(request, &Authority::from_static("10.0.0.2:50051"), false);
         assert_eq!(again.uri(), "http://10.0.0.2:50051/health?deep=1");
     }
 }

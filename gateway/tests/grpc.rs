@@ -23,6 +23,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{SECRET, h2c, loopback_listeners, refusing_address};
+use testkit::tls::TestCa;
 use tonic::Code;
 use tonic_prost::ProstCodec;
 
@@ -466,14 +467,15 @@ async fn an_endpoint_gets_one_shared_connection_made_again_when_it_closes() {
     let (addr, accepted, cut) = counting_h2(Duration::from_millis(100)).await;
     let endpoint = http::uri::Authority::try_from(addr.to_string().as_str()).expect("authority");
     let client = H2Upstream::with_connect_timeout(Duration::from_secs(1));
+    let plain = std::sync::Arc::new(gateway::connect::Connector::plain());
     // Twenty requests at once, none yet connected: one connection carries them all.
-    let sends = (0..20).map(|_| client.send(&endpoint, origin_form("/x")));
+    let sends = (0..20).map(|_| client.send(&endpoint, &plain, origin_form("/x")));
     for response in futures_util::future::join_all(sends).await {
         assert_eq!(response.expect("response").status(), StatusCode::OK);
     }
     assert_eq!(accepted.load(SeqCst), 1);
     client
-        .send(&endpoint, origin_form("/again"))
+        .send(&endpoint, &plain, origin_form("/again"))
         .await
         .expect("on the same connection");
     assert_eq!(accepted.load(SeqCst), 1);
@@ -482,7 +484,7 @@ async fn an_endpoint_gets_one_shared_connection_made_again_when_it_closes() {
     cut.notify_waiters();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match client.send(&endpoint, origin_form("/after")).await {
+        match client.send(&endpoint, &plain, origin_form("/after")).await {
             Ok(response) => {
                 assert_eq!(response.status(), StatusCode::OK);
                 break;
@@ -500,7 +502,7 @@ async fn an_endpoint_gets_one_shared_connection_made_again_when_it_closes() {
     let refusing =
         http::uri::Authority::try_from(refusing.to_string().as_str()).expect("authority");
     let error = client
-        .send(&refusing, origin_form("/x"))
+        .send(&refusing, &plain, origin_form("/x"))
         .await
         .expect_err("refused");
     assert!(error.is_connect(), "{error}");
@@ -533,4 +535,87 @@ async fn an_http1_clients_request_crosses_regions_over_http2_with_the_default_co
         "{forwarded}"
     );
     let _ = &grpc.sh;
+}
+
+/// gRPC across regions whose hop is mutual TLS: hz reaches sh's HTTPS listener (which demands
+/// a fleet certificate) over HTTP/2 agreed by ALPN, and the calls' replies, statuses and
+/// trailers come back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_cross_a_mutual_tls_hop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = TestCa::new(dir.path(), "fleet");
+    let sh_cert = fleet.leaf(dir.path(), "gw-sh", &["gw.sh.test"]);
+    let hz_client = fleet.leaf(dir.path(), "gw-hz", &["gw.hz.test"]);
+    let servers = [grpc_echo::serve("hz").await, grpc_echo::serve("sh").await];
+    let hz_listeners = loopback_listeners();
+    let hz_addr = hz_listeners.http[0].local_addr().expect("addr");
+    let sh_https = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sh_addr = sh_https.local_addr().expect("addr");
+    let table = format!(
+        "version: 1\nregions:\n  - {{ name: hz, gateways: [\"{hz_addr}\"], pools: {{ echo: {{ endpoints: [\"{}\"], protocol: h2 }} }} }}\n  - name: sh\n    gateways:\n      endpoints: [\"{sh_addr}\"]\n      tls: {{ ca_file: {}, server_name: gw.sh.test, client_cert: {}, client_key: {} }}\n    pools: {{ echo: {{ endpoints: [\"{}\"], protocol: h2 }} }}\nunits:\n  - {{ name: u1, center: true, slots: [[0, 3332]], region: hz }}\n  - {{ name: u2, slots: [[3333, 9999]], region: sh }}\nroutes:\n  - {{ name: echo, match: {{ path_prefix: /unitgate.test.Echo/ }}, service: echo, class: C, key: [{{ header: X-User-Id }}], missing_key: reject }}\n",
+        servers[0].addr,
+        fleet.pem_path.display(),
+        hz_client.cert_path.display(),
+        hz_client.key_path.display(),
+        servers[1].addr,
+    );
+    let table_path = dir.path().join("table.yaml");
+    std::fs::write(&table_path, table).expect("table");
+    let health = "health_check: { interval_ms: 0 }\n";
+    let hz = Gateway::start(config("hz", &table_path, health), hz_listeners)
+        .await
+        .expect("hz gateway");
+    let sh_listen = gateway::config::TlsListen {
+        address: sh_addr,
+        cert: sh_cert.cert_path.clone(),
+        key: sh_cert.key_path.clone(),
+        client_ca: Some(fleet.pem_path.clone()),
+    };
+    let sh_listeners = gateway::Listeners {
+        http: vec![],
+        https: vec![(sh_https, sh_listen.server_config().expect("tls"))],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    };
+    let sh = Gateway::start(config("sh", &table_path, health), sh_listeners)
+        .await
+        .expect("sh gateway");
+
+    let mut client = grpc_echo::client(hz_addr).await;
+    let reply = say(
+        &mut client,
+        request(echo("over tls", 0, false), &[("x-user-id", IN_SH)]),
+    )
+    .await
+    .unwrap_or_else(|status| panic!("Say: {status:?}"));
+    let reply = reply.into_inner();
+    assert_eq!(
+        (reply.text.as_str(), reply.served_by.as_str()),
+        ("over tls", "sh")
+    );
+    let (messages, end) = count(
+        &mut client,
+        request(echo("tick", 2, true), &[("x-user-id", IN_SH)]),
+    )
+    .await
+    .unwrap_or_else(|status| panic!("Count: {status:?}"));
+    assert_eq!(messages.len(), 2);
+    assert!(messages.iter().all(|m| m.served_by == "sh"));
+    let status = end.expect_err("the stream ends in DATA_LOSS");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-reason")
+            .and_then(|v| v.to_str().ok()),
+        Some("asked")
+    );
+    let forwarded = support::get_text(&support::client(), hz.admin_addr, "/metrics").await;
+    assert!(
+        forwarded.contains("unitgate_cross_region_forwards_total{region=\"sh\"} 2"),
+        "{forwarded}"
+    );
+    drop((hz, sh));
+    for server in servers {
+        server.stop().await;
+    }
 }

@@ -50,11 +50,22 @@ struct TlsUpstream {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// What a [`TlsUpstream`] speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Serve {
+    /// HTTP/1.1 (ALPN `http/1.1`), connections kept alive.
+    KeepAlive,
+    /// HTTP/1.1, every response closing its connection: every request needs a new one (and a
+    /// handshake).
+    CloseEach,
+    /// HTTP/2 (ALPN `h2`).
+    H2,
+}
+
 impl TlsUpstream {
-    /// Serve HTTP/1.1 over TLS with `leaf`; with `client_ca`, demand a client certificate
-    /// issued by it. Without `keep_alive`, every response closes its connection, so every
-    /// request needs a new one (and a handshake).
-    async fn start(leaf: &Leaf, client_ca: Option<&TestCa>, keep_alive: bool) -> TlsUpstream {
+    /// Serve `serve` over TLS with `leaf`; with `client_ca`, demand a client certificate
+    /// issued by it.
+    async fn start(leaf: &Leaf, client_ca: Option<&TestCa>, serve: Serve) -> TlsUpstream {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -75,7 +86,10 @@ impl TlsUpstream {
         };
         let (chain, key) = identity(leaf);
         let mut config = builder.with_single_cert(chain, key).expect("server config");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match serve {
+            Serve::H2 => vec![b"h2".to_vec()],
+            _ => vec![b"http/1.1".to_vec()],
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -117,10 +131,21 @@ impl TlsUpstream {
                             )))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(keep_alive)
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let _ = match serve {
+                        Serve::H2 => {
+                            hyper::server::conn::http2::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await
+                        }
+                        _ => {
+                            hyper::server::conn::http1::Builder::new()
+                                .keep_alive(serve == Serve::KeepAlive)
+                                .serve_connection(TokioIo::new(tls), service)
+                                .await
+                        }
+                    };
                 });
             }
         });
@@ -252,7 +277,7 @@ async fn requests_reach_an_https_upstream_whose_certificate_the_pool_trusts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new(dir.path(), "services");
     let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1", "app.local.test"]);
-    let upstream = TlsUpstream::start(&leaf, None, true).await;
+    let upstream = TlsUpstream::start(&leaf, None, Serve::KeepAlive).await;
     let gateway = gateway_to(dir.path(), &upstream, &trusting(&ca)).await;
 
     let (status, body) = get(&gateway, "/cart/1").await;
@@ -297,13 +322,69 @@ async fn requests_reach_an_https_upstream_whose_certificate_the_pool_trusts() {
     gateway.shutdown(Duration::from_secs(1)).await;
 }
 
+/// An `h2` pool with `tls` is HTTP/2 over TLS, agreed by ALPN, for HTTP/1.1 clients (the
+/// codec's detour) and HTTP/2 clients alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_pool_with_tls_speaks_http2_agreed_by_alpn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
+    let upstream = TlsUpstream::start(&leaf, None, Serve::H2).await;
+    let table = table(1, &[upstream.addr], &trusting(&ca))
+        .replace("        tls: ", "        protocol: h2\n        tls: ");
+    let gateway = gateway(dir.path(), &table, NO_HEALTH_CHECKS).await;
+
+    let (status, body) = get(&gateway, "/cart/1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["served_by"], "tls upstream");
+    let (status, body) = get_h2c(&gateway, "/cart/h2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(upstream.requests(), ["/cart/1", "/cart/h2"]);
+    // One connection per gateway worker, whichever took each request.
+    let handshakes = upstream.handshakes();
+    assert!(!handshakes.is_empty());
+    for handshake in &handshakes {
+        assert!(
+            matches!(handshake, Handshake::Done { alpn: Some(alpn), .. } if alpn == b"h2"),
+            "{handshakes:?}"
+        );
+    }
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
+
+/// An endpoint of an `h2` pool that does not agree to `h2` by ALPN is unreachable: a 502, and
+/// a log line that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_pool_endpoint_that_refuses_h2_by_alpn_is_unreachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "services");
+    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
+    let upstream = TlsUpstream::start(&leaf, None, Serve::KeepAlive).await;
+    let table = table(1, &[upstream.addr], &trusting(&ca))
+        .replace("        tls: ", "        protocol: h2\n        tls: ");
+    let gateway = gateway(dir.path(), &table, NO_HEALTH_CHECKS).await;
+
+    let (status, body) = get(&gateway, "/cart/1").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], "upstream unreachable", "{body}");
+    assert!(upstream.requests().is_empty());
+    let lines = log_lines(&format!("upstream {}", upstream.addr));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("did not agree to HTTP/2 by ALPN")),
+        "{lines:?}"
+    );
+    gateway.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_upstream_certificate_is_a_502_and_a_log_line_naming_endpoint_and_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let trusted = TestCa::new(dir.path(), "trusted");
     let other = TestCa::new(dir.path(), "other");
     let leaf = other.leaf(dir.path(), "app", &["127.0.0.1"]);
-    let upstream = TlsUpstream::start(&leaf, None, true).await;
+    let upstream = TlsUpstream::start(&leaf, None, Serve::KeepAlive).await;
     let gateway = gateway_to(dir.path(), &upstream, &trusting(&trusted)).await;
 
     for (status, body) in [
@@ -345,7 +426,7 @@ async fn a_certificate_for_another_name_is_a_502() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new(dir.path(), "services");
     let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1", "app.local.test"]);
-    let upstream = TlsUpstream::start(&leaf, None, true).await;
+    let upstream = TlsUpstream::start(&leaf, None, Serve::KeepAlive).await;
     let tls = format!(
         "{{ ca_file: {}, server_name: billing.local.test }}",
         ca.pem_path.display()
@@ -370,7 +451,7 @@ async fn the_client_certificate_is_presented_when_the_pool_has_one() {
     let gateways = TestCa::new(dir.path(), "gateways");
     let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
     let client_leaf = gateways.leaf(dir.path(), "gateway-local", &["gateway.local.test"]);
-    let upstream = TlsUpstream::start(&leaf, Some(&gateways), true).await;
+    let upstream = TlsUpstream::start(&leaf, Some(&gateways), Serve::KeepAlive).await;
 
     // Without a client certificate the upstream refuses the gateway: 502, nothing served.
     let gateway = gateway_to(dir.path(), &upstream, &trusting(&ca)).await;
@@ -417,7 +498,7 @@ async fn a_new_connection_resumes_the_session_also_after_a_table_swap() {
     let ca = TestCa::new(dir.path(), "services");
     let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
     // Every response closes its connection: each request makes a new one.
-    let upstream = TlsUpstream::start(&leaf, None, false).await;
+    let upstream = TlsUpstream::start(&leaf, None, Serve::CloseEach).await;
     let tls = trusting(&ca);
     let gateway = gateway_to(dir.path(), &upstream, &tls).await;
 
@@ -451,7 +532,7 @@ async fn a_table_naming_a_file_the_gateway_cannot_read_is_refused_and_the_old_on
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new(dir.path(), "services");
     let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
-    let upstream = TlsUpstream::start(&leaf, None, true).await;
+    let upstream = TlsUpstream::start(&leaf, None, Serve::KeepAlive).await;
     let gateway = gateway_to(dir.path(), &upstream, &trusting(&ca)).await;
 
     let missing = dir.path().join("missing-ca.pem");
@@ -515,8 +596,18 @@ async fn health_checks_go_over_tls_and_find_an_untrusted_endpoint_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new(dir.path(), "services");
     let other = TestCa::new(dir.path(), "other");
-    let good = TlsUpstream::start(&ca.leaf(dir.path(), "good", &["127.0.0.1"]), None, true).await;
-    let bad = TlsUpstream::start(&other.leaf(dir.path(), "bad", &["127.0.0.1"]), None, true).await;
+    let good = TlsUpstream::start(
+        &ca.leaf(dir.path(), "good", &["127.0.0.1"]),
+        None,
+        Serve::KeepAlive,
+    )
+    .await;
+    let bad = TlsUpstream::start(
+        &other.leaf(dir.path(), "bad", &["127.0.0.1"]),
+        None,
+        Serve::KeepAlive,
+    )
+    .await;
     let tls = trusting(&ca);
     let gateway = gateway(
         dir.path(),

@@ -356,20 +356,6 @@ impl Validator {
                 self.check_endpoints(&pool_path, "endpoint", pool, &mut reached);
             }
         }
-        // A gRPC call crosses regions on HTTP/2 to keep its trailers, and this gateway speaks
-        // HTTP/2 in plain text only.
-        if let Some(tls_hop) = raw.regions.iter().position(|r| r.gateways.tls().is_some()) {
-            for (i, region) in raw.regions.iter().enumerate() {
-                for (service, pool) in &region.pools {
-                    if pool.protocol() == UpstreamProtocol::H2 {
-                        self.problem(
-                            format!("regions[{i}].pools.{service}.protocol"),
-                            format!("h2 pools need the hop between regions in plain text for now (it speaks HTTP/2 for them, to keep gRPC's trailers), and regions[{tls_hop}].gateways has tls; use protocol http1 or leave the gateways' tls out"),
-                        );
-                    }
-                }
-            }
-        }
         for (i, region) in raw.regions.iter().enumerate() {
             if region.capacity == Some(0) {
                 self.problem(
@@ -429,18 +415,11 @@ impl Validator {
         if let Some(tls) = pool.tls() {
             self.check_tls(&format!("{path}.tls"), tls);
         }
-        if pool.protocol() == UpstreamProtocol::H2 {
-            if what == "gateway" {
-                self.problem(
-                    format!("{path}.protocol"),
-                    "h2 is a pool's protocol: the hop to a region's gateways speaks HTTP/2 for the services whose pool there says h2, HTTP/1.1 for the others; leave protocol out here",
-                );
-            } else if pool.tls().is_some() {
-                self.problem(
-                    format!("{path}.protocol"),
-                    "h2 is spoken over plain TCP (h2c) only for now; leave tls out, or use protocol http1 for TLS",
-                );
-            }
+        if pool.protocol() == UpstreamProtocol::H2 && what == "gateway" {
+            self.problem(
+                format!("{path}.protocol"),
+                "h2 is a pool's protocol: the hop to a region's gateways speaks HTTP/2 for the services whose pool there says h2, HTTP/1.1 for the others; leave protocol out here",
+            );
         }
     }
 
@@ -1240,7 +1219,7 @@ mod tests {
     const H2_TABLE: &str = "version: 1\nregions:\n  - name: hz\n    gateways: [\"127.0.0.1:8001\"]\n    pools:\n      cart: [\"127.0.0.1:18101\"]\n      ledger: { endpoints: [\"10.0.0.9:50051\"], protocol: h2 }\n  - name: sh\n    gateways: [\"127.0.0.1:8002\"]\n    pools:\n      cart: [\"127.0.0.1:18201\"]\n      ledger: { endpoints: [\"10.0.1.9:50051\"], protocol: h2 }\nunits: [{ name: u1, center: true, slots: [[0, 9999]], region: hz }]\nroutes: [{ name: ledger, match: { path_prefix: /ledger. }, service: ledger, class: P }, { name: cart, match: { path_prefix: / }, service: cart, class: P }]\n";
 
     #[test]
-    fn a_pool_may_speak_h2_in_plain_text() {
+    fn a_pool_may_speak_h2_in_plain_text_or_over_tls() {
         let table = crate::load_yaml(H2_TABLE).expect("valid");
         let service = |name: &str| {
             let index = table.services().iter().position(|s| &**s == name);
@@ -1256,27 +1235,37 @@ mod tests {
                 .expect_err("refused")
                 .render("t.yaml")
         };
-        assert_eq!(
-            refused(
+        // HTTP/2 over TLS (ALPN h2), to a pool and over a TLS hop between regions.
+        let accepted = |edits: &[(&str, &str)]| {
+            let mut text = H2_TABLE.to_owned();
+            for (edit, with) in edits {
+                text = text.replacen(edit, with, 1);
+            }
+            crate::load_yaml(&text).expect("accepted")
+        };
+        let table = accepted(&[
+            (
                 "protocol: h2 }",
-                "protocol: h2, tls: { server_name: ledger.hz.internal } }"
+                "protocol: h2, tls: { server_name: ledger.hz.internal } }",
             ),
-            "t.yaml:7:58: regions[0].pools.ledger.protocol: h2 is spoken over plain TCP (h2c) only for now; leave tls out, or use protocol http1 for TLS\n"
-        );
+            (
+                "gateways: [\"127.0.0.1:8002\"]",
+                "gateways: { endpoints: [\"127.0.0.1:8002\"], tls: { server_name: gw.sh.internal } }",
+            ),
+        ]);
+        let ledger = table.services().iter().position(|s| &**s == "ledger");
+        let hz_ledger = table.regions()[0]
+            .pool(ledger.expect("service"))
+            .expect("pool");
+        assert_eq!(hz_ledger.protocol, UpstreamProtocol::H2);
+        assert!(hz_ledger.tls.is_some());
+        assert!(table.regions()[1].gateway_tls.is_some());
         assert_eq!(
             refused(
                 "gateways: [\"127.0.0.1:8001\"]",
                 "gateways: { endpoints: [\"127.0.0.1:8001\"], protocol: h2 }"
             ),
             "t.yaml:4:58: regions[0].gateways.protocol: h2 is a pool's protocol: the hop to a region's gateways speaks HTTP/2 for the services whose pool there says h2, HTTP/1.1 for the others; leave protocol out here\n"
-        );
-        assert_eq!(
-            refused(
-                "gateways: [\"127.0.0.1:8002\"]",
-                "gateways: { endpoints: [\"127.0.0.1:8002\"], tls: { server_name: gw.sh.internal } }"
-            ),
-            "t.yaml:7:58: regions[0].pools.ledger.protocol: h2 pools need the hop between regions in plain text for now (it speaks HTTP/2 for them, to keep gRPC's trailers), and regions[1].gateways has tls; use protocol http1 or leave the gateways' tls out\n\
-             t.yaml:12:58: regions[1].pools.ledger.protocol: h2 pools need the hop between regions in plain text for now (it speaks HTTP/2 for them, to keep gRPC's trailers), and regions[1].gateways has tls; use protocol http1 or leave the gateways' tls out\n"
         );
     }
 

@@ -697,7 +697,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut attempts = Attempts::new(shared, ctx, &decided);
-    if super::via_h2::wanted(&decided) {
+    if decided.over_h2() {
         // Boxed: its state (HTTP/2 request and response, the body held whole) would otherwise
         // sit in every connection's future, copied whole as each connection is spawned.
         return Box::pin(super::via_h2::forward(

@@ -1,5 +1,5 @@
 //! HTTP/1.1 clients' requests whose serving pool speaks HTTP/2 (`protocol: h2`, gRPC services),
-//! or whose hop goes to the gateways of a region whose pool does ([`crate::upstream_h2::wanted`]):
+//! or whose hop goes to the gateways of a region whose pool does (`Decided::over_h2`):
 //! parsed and decided by the codec like any other, sent through the HTTP/2 client the hyper path
 //! uses, and answered to the client as HTTP/1.1.
 //!
@@ -36,20 +36,9 @@ use crate::attempts::{Attempts, UpstreamFault, connect_failed, upstream_fault};
 use crate::decide::Decided;
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::ClientEvent;
-use crate::proxy::{Conn, Ctx, Reply, Shared, Target};
+use crate::proxy::{Conn, Ctx, Reply, Shared};
 use crate::upstream::Body;
 use crate::upstream_h2::{self, Http1Client, UpstreamBody};
-
-/// Whether the decided request goes upstream over HTTP/2: the condition the hyper path
-/// computes, for the region that serves it, or for the hop to that region's gateways.
-pub(super) fn wanted(decided: &Decided<'_>) -> bool {
-    let snapshot = decided.snapshot;
-    let (to, hop) = match decided.target {
-        Target::Local(_) => (snapshot.region, false),
-        Target::Region(region) => (region, true),
-    };
-    upstream_h2::wanted(&snapshot.table, to, decided.route.service, hop)
-}
 
 /// The client broke its body: the event to count and the reply (the connection closes).
 struct BodyFault(ClientEvent, StatusCode, &'static str);
