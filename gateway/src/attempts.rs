@@ -14,7 +14,7 @@ use router_rules::table::Pool as TablePool;
 use serde_json::json;
 
 use crate::decide::Decided;
-use crate::metrics::UpstreamFailure;
+use crate::metrics::{ClientEvent, UpstreamFailure};
 use crate::proxy::{Ctx, Reply, Shared, Target};
 use crate::store::{EndpointState, Health, PoolState};
 
@@ -43,7 +43,10 @@ pub(crate) struct Attempts<'a> {
     /// When the request started: the first attempt's time counts from there.
     start: Instant,
     read: Duration,
+    /// The request's total deadline, or the client's own when that comes first.
     total_deadline: Instant,
+    /// The client's own deadline (`grpc-timeout`), when it comes before the gateway's.
+    client_deadline: Option<Instant>,
 }
 
 impl<'a> Attempts<'a> {
@@ -67,6 +70,8 @@ impl<'a> Attempts<'a> {
             1
         };
         let timeouts = shared.config.timeouts;
+        let total_deadline = ctx.start + timeouts.total();
+        let client_deadline = ctx.client_deadline.filter(|d| *d < total_deadline);
         Self {
             pool,
             affinity,
@@ -75,7 +80,8 @@ impl<'a> Attempts<'a> {
             limit,
             start: ctx.start,
             read: timeouts.read(),
-            total_deadline: ctx.start + timeouts.total(),
+            total_deadline: client_deadline.unwrap_or(total_deadline),
+            client_deadline,
         }
     }
 
@@ -134,6 +140,23 @@ impl<'a> Attempts<'a> {
         self.total_deadline
     }
 
+    /// The reply to a request whose last attempt, on the endpoint at `index`, failed with
+    /// `fault`. Time that ran out on the client's own deadline is the client's: a `504` that
+    /// says so (gRPC's `DEADLINE_EXCEEDED`), never counted against the endpoint.
+    pub(crate) fn failed(&self, shared: &Shared, index: usize, fault: UpstreamFault) -> Reply {
+        if let (UpstreamFault::Timeout, Some(deadline)) = (&fault, self.client_deadline)
+            && Instant::now() >= deadline
+        {
+            shared.metrics.client_event(ClientEvent::DeadlineExceeded);
+            let after = deadline.saturating_duration_since(self.start);
+            return Reply::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                json!({"error": "the client's deadline (grpc-timeout) ran out", "deadline_ms": after.as_millis()}),
+            );
+        }
+        upstream_fault(shared, self.endpoint(index), fault)
+    }
+
     /// The reply when no endpoint could be tried.
     pub(crate) fn no_endpoint(&self) -> Reply {
         Reply::new(
@@ -163,11 +186,7 @@ pub(crate) enum UpstreamFault {
 
 /// The reply to a request whose last attempt `endpoint` failed; a timeout or a broken exchange
 /// counts against the endpoint (and may eject it).
-pub(crate) fn upstream_fault(
-    shared: &Shared,
-    endpoint: &EndpointState,
-    fault: UpstreamFault,
-) -> Reply {
+fn upstream_fault(shared: &Shared, endpoint: &EndpointState, fault: UpstreamFault) -> Reply {
     let address = &*endpoint.address;
     match fault {
         UpstreamFault::Connect(message) => {

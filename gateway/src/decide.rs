@@ -28,6 +28,8 @@ pub struct Facts<'a> {
     pub stress: bool,
     /// The declared body length.
     pub content_length: Option<u64>,
+    /// The `grpc-timeout` value: the client's own deadline for the call.
+    pub grpc_timeout: Option<&'a [u8]>,
 }
 
 /// Where a request goes and what it carries there.
@@ -93,6 +95,10 @@ pub(crate) fn decide<'s>(
         .and_then(|marker| verify_hop(shared, marker, view.method(), view.path()));
     ctx.hops_in = hop_in.as_ref().map_or(0, |m| m.hops);
     ctx.stress = facts.stress;
+    ctx.client_deadline = facts
+        .grpc_timeout
+        .and_then(crate::grpc::timeout)
+        .map(|timeout| ctx.start + timeout);
 
     // Phase 3: resolve.
     let routed = {

@@ -8,6 +8,8 @@
 //! `content-type: application/grpc`, `grpc-status` and the percent-encoded `grpc-message` in the
 //! one header block, and no body — on HTTP/2 a single HEADERS frame with END_STREAM.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
@@ -19,6 +21,30 @@ use crate::upstream::Body;
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// `grpc-message`.
 pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// `grpc-timeout`: the client's deadline for the call.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// A `grpc-timeout` value as a duration: at most 8 digits and a unit, `H`ours, `M`inutes,
+/// `S`econds, `m`illiseconds, `u`microseconds or `n`anoseconds (PROTOCOL-HTTP2.md). `None` for
+/// anything else: a value the gateway cannot read is passed on, not acted on.
+pub fn timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
 
 /// Whether a request (or response) with `headers` is gRPC: its content type is
 /// `application/grpc`, alone or with a `+format` or parameters. gRPC-Web
@@ -97,6 +123,32 @@ mod tests {
             HeaderValue::from_str(value).expect("value"),
         );
         headers
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_by_their_unit() {
+        let read = |value: &str| timeout(value.as_bytes());
+        assert_eq!(read("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(read("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(read("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(read("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(read("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(read("5n"), Some(Duration::from_nanos(5)));
+        // More than 8 digits, no digits, no or an unknown unit, a sign, a space: not read.
+        for bad in [
+            "123456789m",
+            "m",
+            "100",
+            "100x",
+            "-1S",
+            "+1S",
+            " 1S",
+            "1 S",
+            "1s",
+            "",
+        ] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -259,10 +259,12 @@ pub enum ClientEvent {
     BodySlow,
     /// A request body over `max_body_bytes`.
     BodyTooLarge,
+    /// The client's own deadline (`grpc-timeout`) ran out before an upstream answered.
+    DeadlineExceeded,
 }
 
 impl ClientEvent {
-    const ALL: [ClientEvent; 10] = [
+    const ALL: [ClientEvent; 11] = [
         ClientEvent::AcceptError,
         ClientEvent::RefusedTotal,
         ClientEvent::RefusedPerIp,
@@ -273,6 +275,7 @@ impl ClientEvent {
         ClientEvent::BodyAborted,
         ClientEvent::BodySlow,
         ClientEvent::BodyTooLarge,
+        ClientEvent::DeadlineExceeded,
     ];
 
     /// The metric and label it is counted under.
@@ -307,6 +310,7 @@ impl ClientEvent {
             ClientEvent::BodyTooLarge => {
                 ("unitgate_client_body_errors_total", "kind=\"too_large\"")
             }
+            ClientEvent::DeadlineExceeded => ("unitgate_client_deadlines_exceeded_total", ""),
         }
     }
 }

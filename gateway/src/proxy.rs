@@ -26,7 +26,7 @@ use router_rules::table::RegionIndex;
 use router_rules::{Action, Class, RequestView};
 use serde_json::json;
 
-use crate::attempts::{Attempts, UpstreamFault, connect_failed, upstream_fault};
+use crate::attempts::{Attempts, UpstreamFault, connect_failed};
 use crate::client_body::{BodyFault, BodyState, ClientBody};
 use crate::coarse_timer::CoarseTimer;
 use crate::config::{GatewayConfig, Http1Codec, RoutingKeyLog};
@@ -167,6 +167,8 @@ pub(crate) struct Ctx {
     pub(crate) forwarded_to: Option<RegionIndex>,
     pub(crate) upstream: Option<Arc<str>>,
     pub(crate) stress: bool,
+    /// When the client's own deadline (`grpc-timeout`) runs out.
+    pub(crate) client_deadline: Option<Instant>,
 }
 
 impl Ctx {
@@ -192,6 +194,7 @@ impl Ctx {
             forwarded_to: None,
             upstream: None,
             stress: false,
+            client_deadline: None,
         }
     }
 }
@@ -292,6 +295,10 @@ async fn proxy(
         traceparent: seen.traceparent.as_ref().map(HeaderValue::as_bytes),
         stress: seen.stress,
         content_length: seen.content_length(),
+        grpc_timeout: parts
+            .headers
+            .get(grpc::GRPC_TIMEOUT)
+            .map(HeaderValue::as_bytes),
     };
     // Held to the end of the request: its flow-control permits go with it.
     let decided = decide(shared, ctx, snapshot, &PartsView(&parts), &facts)?;
@@ -496,10 +503,10 @@ async fn exchange(
             last = Some((index, fault));
             continue;
         }
-        return Err(upstream_fault(shared, endpoint, fault));
+        return Err(attempts.failed(shared, index, fault));
     }
     Err(match last {
-        Some((index, fault)) => upstream_fault(shared, attempts.endpoint(index), fault),
+        Some((index, fault)) => attempts.failed(shared, index, fault),
         None => attempts.no_endpoint(),
     })
 }

@@ -121,8 +121,9 @@ async fn an_idempotent_request_with_a_body_is_retried_whole() {
     assert!(failures >= 1, "{metrics}");
 }
 
-/// An upstream that reads a request's head and closes without answering.
-async fn hanging_up() -> SocketAddr {
+/// An upstream that reads a request's head and never answers: it closes the connection
+/// (`hang_up`), or holds it open until the gateway closes it.
+async fn not_answering(hang_up: bool) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -132,10 +133,13 @@ async fn hanging_up() -> SocketAddr {
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                loop {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    if hang_up && head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
                     }
                 }
             });
@@ -148,7 +152,7 @@ async fn hanging_up() -> SocketAddr {
 /// front end the request came through: the codec's for HTTP/1.1, hyper's for HTTP/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_exchange_gets_one_reply_over_http1_and_http2() {
-    let upstream = hanging_up().await;
+    let upstream = not_answering(true).await;
     let (_dir, gateway) = pool_gateway(
         &[upstream],
         "health_check: { interval_ms: 0, eject_after_failures: 100 }\n",
@@ -184,6 +188,65 @@ async fn a_broken_exchange_gets_one_reply_over_http1_and_http2() {
 
     let (errors, metrics) = upstream_errors(&gateway, upstream, "other").await;
     assert_eq!(errors, 2, "{metrics}");
+}
+
+/// A client's own deadline (`grpc-timeout`) shorter than the gateway's read timeout ends the
+/// request when it runs out: a `504` saying so (`DEADLINE_EXCEEDED` for a gRPC client), counted
+/// as the client's, never against the upstream, over either front end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_grpc_timeout_ends_the_request_without_blaming_the_upstream() {
+    let upstream = not_answering(false).await;
+    let (_dir, gateway) = pool_gateway(
+        &[upstream],
+        "health_check: { interval_ms: 0, eject_after_failures: 1 }\n",
+    )
+    .await;
+    let addr = gateway.http_addrs[0];
+    let (status, _, body) = send(
+        &client(),
+        request(
+            "GET",
+            addr,
+            "/x",
+            &[("x-user-id", "1"), ("grpc-timeout", "100m")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "HTTP/1.1: {body}");
+    assert_eq!(
+        body["error"], "the client's deadline (grpc-timeout) ran out",
+        "HTTP/1.1: {body}"
+    );
+    assert_eq!(body["deadline_ms"], 100, "HTTP/1.1: {body}");
+
+    let mut sender = h2c(addr).await;
+    let request = Request::post("http://a/pkg.Service/Method")
+        .header("x-user-id", "1")
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "100000u")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a gRPC status rides on a 200"
+    );
+    assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+
+    let metrics = get_text(&client(), gateway.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("unitgate_client_deadlines_exceeded_total 2"),
+        "{metrics}"
+    );
+    let (timeouts, metrics) = upstream_errors(&gateway, upstream, "timeout").await;
+    assert_eq!(timeouts, 0, "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "unitgate_upstream_healthy{{region=\"local\",service=\"app\",endpoint=\"{upstream}\"}} 1"
+        )),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,8 @@ pub enum Kind {
     ForwardedProto,
     /// `traceparent`.
     TraceParent,
+    /// `grpc-timeout`, a gRPC client's deadline.
+    GrpcTimeout,
     /// `X-Unitgate-Hop`, another gateway's signed marker.
     HopMarker,
     /// Any other `X-Unitgate-*`: only the gateway sets them.
@@ -90,6 +92,7 @@ impl Kind {
             10 if is(b"connection") => Kind::Connection,
             10 if is(b"keep-alive") => Kind::HopByHop,
             11 if is(b"traceparent") => Kind::TraceParent,
+            12 if is(b"grpc-timeout") => Kind::GrpcTimeout,
             14 if is(b"content-length") => Kind::ContentLength,
             14 if is(b"x-unitgate-hop") => Kind::HopMarker,
             15 if is(b"x-forwarded-for") => Kind::ForwardedFor,

@@ -23,7 +23,7 @@ use super::client::{READ_CHUNK, UpstreamConn};
 use super::fields::{Kind, Span};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
-use crate::attempts::{Attempts, UpstreamFault, connect_failed, upstream_fault};
+use crate::attempts::{Attempts, UpstreamFault, connect_failed};
 use crate::decide::{Decided, Facts, decide};
 use crate::headers::write_header_safe;
 use crate::hop::HopMarker;
@@ -321,6 +321,7 @@ where
         match field.kind {
             Kind::HopMarker => facts.hop = Some(field.value.get(raw)),
             Kind::TraceParent => facts.traceparent = Some(field.value.get(raw)),
+            Kind::GrpcTimeout => facts.grpc_timeout = Some(field.value.get(raw)),
             _ => {}
         }
         facts.stress |= field.name.get(raw).eq_ignore_ascii_case(stress_name);
@@ -787,10 +788,9 @@ where
     }
     let reply = match last {
         Some((index, failed)) => {
-            let endpoint = attempts.endpoint(index);
             match failed {
                 Failed::Connect(message) => {
-                    upstream_fault(shared, endpoint, UpstreamFault::Connect(message))
+                    attempts.failed(shared, index, UpstreamFault::Connect(message))
                 }
                 // Time ran out while the client's body was still arriving: the client's doing,
                 // never counted against the upstream.
@@ -801,14 +801,10 @@ where
                         json!({"error": "request body too slow"}),
                     ))
                 }
-                Failed::Timeout => {
-                    closing(upstream_fault(shared, endpoint, UpstreamFault::Timeout))
+                Failed::Timeout => closing(attempts.failed(shared, index, UpstreamFault::Timeout)),
+                Failed::Upstream(message) => {
+                    closing(attempts.failed(shared, index, UpstreamFault::Broken(message)))
                 }
-                Failed::Upstream(message) => closing(upstream_fault(
-                    shared,
-                    endpoint,
-                    UpstreamFault::Broken(message),
-                )),
                 Failed::Client(event, status, error) => {
                     shared.metrics.client_event(event);
                     closing(Reply::new(status, json!({ "error": error })))

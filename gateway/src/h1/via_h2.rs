@@ -32,7 +32,7 @@ use super::serve::{
     Next, answer, answer_unforwarded, closing, date, draining, field_line, status_line, to_client,
     upstream_head,
 };
-use crate::attempts::{Attempts, UpstreamFault, connect_failed, upstream_fault};
+use crate::attempts::{Attempts, UpstreamFault, connect_failed};
 use crate::decide::Decided;
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::ClientEvent;
@@ -153,7 +153,7 @@ where
             Err(_) => break (index, UpstreamFault::Timeout),
         }
     };
-    let reply = upstream_fault(shared, attempts.endpoint(index), fault);
+    let reply = attempts.failed(shared, index, fault);
     // The body was read whole: the connection is in step, and may go on after the reply.
     answered(shared, io, head, scratch, reply).await
 }
