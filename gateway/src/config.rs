@@ -315,6 +315,11 @@ pub struct RequestLimits {
     /// Most bytes of request body.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+    /// Most bytes of request bodies held whole in memory at once, over the whole gateway (an
+    /// HTTP/1.1 client's request to an `h2` pool is read whole before it is sent): a body that
+    /// would not fit is refused with `503`. At least `max_body_bytes`.
+    #[serde(default = "default_max_buffered_body")]
+    pub max_buffered_body_bytes: u64,
 }
 
 fn default_max_headers() -> usize {
@@ -329,6 +334,9 @@ fn default_max_header_bytes() -> usize {
 fn default_max_body() -> u64 {
     16 * 1024 * 1024
 }
+fn default_max_buffered_body() -> u64 {
+    64 * 1024 * 1024
+}
 
 impl Default for RequestLimits {
     fn default() -> Self {
@@ -338,6 +346,7 @@ impl Default for RequestLimits {
             max_header_count: default_max_headers(),
             max_header_bytes: default_max_header_bytes(),
             max_body_bytes: default_max_body(),
+            max_buffered_body_bytes: default_max_buffered_body(),
         }
     }
 }
@@ -578,6 +587,15 @@ impl GatewayConfig {
                 ),
             ));
         }
+        if self.limits.max_buffered_body_bytes < self.limits.max_body_bytes {
+            problems.push(Problem::at(
+                "limits.max_buffered_body_bytes",
+                format!(
+                    "{} is below limits.max_body_bytes ({}): a body the gateway must hold whole could never fit",
+                    self.limits.max_buffered_body_bytes, self.limits.max_body_bytes
+                ),
+            ));
+        }
         if self.table.poll_interval_ms == 0 {
             problems.push(Problem::at("table.poll_interval_ms", "must be above 0"));
         }
@@ -744,6 +762,19 @@ mod tests {
                 "gw.yaml:3:42: table.poll_interval_ms: must be above 0",
                 "gw.yaml:5:12: timeouts.read_ms: must be above 0",
             ]
+        );
+    }
+
+    #[test]
+    fn a_body_budget_below_the_body_limit_is_refused() {
+        let text =
+            format!("{MINIMAL}limits:\n  max_body_bytes: 2000\n  max_buffered_body_bytes: 1000\n");
+        let error = GatewayConfig::parse(&text, "gw.yaml").expect_err("refused");
+        assert!(
+            error.contains(
+                "limits.max_buffered_body_bytes: 1000 is below limits.max_body_bytes (2000)"
+            ),
+            "{error}"
         );
     }
 

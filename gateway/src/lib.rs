@@ -204,6 +204,7 @@ impl Gateway {
         let hop_secret = config.hop_secret()?;
         let hop = HopKey::new(&hop_secret);
         let key_log = proxy::KeyLog::new(config.access_log.routing_key, &hop_secret);
+        let body_budget = limits::BodyBudget::new(config.limits.max_buffered_body_bytes);
         let workers = Arc::new(Workers::start(workers, |worker| Shared {
             worker,
             timer: coarse_timer::CoarseTimer::new(),
@@ -220,6 +221,7 @@ impl Gateway {
             key_log: key_log.clone(),
             stress_header: stress_header.clone(),
             draining: false.into(),
+            body_budget: body_budget.clone(),
         })?);
         let tracker = Arc::new(ConnTracker::new(
             config.limits.max_connections,

@@ -137,6 +137,74 @@ impl Drop for Permit {
     }
 }
 
+/// Memory for the request bodies the gateway holds whole — an HTTP/1.1 client's request to an
+/// `h2` pool is read whole before it is sent — over every worker at once. A body that would
+/// not fit is refused (`503`), so that many large bodies at once cannot take the process's
+/// memory; every other body is relayed as it comes and needs none.
+#[derive(Debug)]
+pub struct BodyBudget {
+    limit: u64,
+    held: AtomicU64,
+}
+
+/// What one request holds of the [`BodyBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct BodyHold {
+    budget: Arc<BodyBudget>,
+    bytes: u64,
+}
+
+impl BodyBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            held: AtomicU64::new(0),
+        })
+    }
+
+    /// Nothing held yet, for one request.
+    pub fn hold(self: &Arc<Self>) -> BodyHold {
+        BodyHold {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes held now, over every request.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+impl BodyHold {
+    /// Hold `bytes` in all (more than before, or as much): `false`, holding no more than
+    /// before, when the budget has not that much left.
+    pub fn grow_to(&mut self, bytes: u64) -> bool {
+        let more = bytes.saturating_sub(self.bytes);
+        if more == 0 {
+            return true;
+        }
+        let taken = self
+            .budget
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(more)
+                    .filter(|total| *total <= self.budget.limit)
+            });
+        if taken.is_ok() {
+            self.bytes = bytes;
+        }
+        taken.is_ok()
+    }
+}
+
+impl Drop for BodyHold {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +236,23 @@ mod tests {
         assert_eq!(limiter.admit().expect_err("third"), Refusal::Concurrency);
         drop(a);
         assert!(limiter.admit().is_ok());
+    }
+
+    #[test]
+    fn body_budget_refuses_what_does_not_fit_and_frees_on_drop() {
+        let budget = BodyBudget::new(100);
+        let mut a = budget.hold();
+        assert!(a.grow_to(60));
+        let mut b = budget.hold();
+        assert!(!b.grow_to(50), "60 + 50 is over 100");
+        assert!(b.grow_to(40));
+        assert_eq!(budget.held(), 100);
+        assert!(!a.grow_to(61), "no room left");
+        assert!(a.grow_to(60), "as much as held already");
+        drop(a);
+        assert_eq!(budget.held(), 40);
+        assert!(b.grow_to(100));
+        drop(b);
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -261,10 +261,12 @@ pub enum ClientEvent {
     BodyTooLarge,
     /// The client's own deadline (`grpc-timeout`) ran out before an upstream answered.
     DeadlineExceeded,
+    /// A request body to be held whole did not fit in `limits.max_buffered_body_bytes`.
+    ShedBufferedBody,
 }
 
 impl ClientEvent {
-    const ALL: [ClientEvent; 11] = [
+    const ALL: [ClientEvent; 12] = [
         ClientEvent::AcceptError,
         ClientEvent::RefusedTotal,
         ClientEvent::RefusedPerIp,
@@ -276,6 +278,7 @@ impl ClientEvent {
         ClientEvent::BodySlow,
         ClientEvent::BodyTooLarge,
         ClientEvent::DeadlineExceeded,
+        ClientEvent::ShedBufferedBody,
     ];
 
     /// The metric and label it is counted under.
@@ -311,6 +314,10 @@ impl ClientEvent {
                 ("unitgate_client_body_errors_total", "kind=\"too_large\"")
             }
             ClientEvent::DeadlineExceeded => ("unitgate_client_deadlines_exceeded_total", ""),
+            ClientEvent::ShedBufferedBody => (
+                "unitgate_requests_shed_total",
+                "reason=\"max_buffered_body_bytes\"",
+            ),
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Shared {
     /// Set when the gateway stops: HTTP/1 responses then carry `Connection: close`, so
     /// clients move to another connection (and process) instead of racing a close.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Memory for request bodies held whole, shared by every worker.
+    pub body_budget: Arc<crate::limits::BodyBudget>,
 }
 
 /// How the access log shows routing keys (`access_log.routing_key`).

@@ -649,6 +649,59 @@ async fn the_body_is_asked_for_limited_and_timed_like_on_the_http1_path() {
     assert_eq!(setup.seen().len(), 1, "nothing more went upstream");
 }
 
+/// Bodies the gateway holds whole share `limits.max_buffered_body_bytes`: one that would not
+/// fit while others are held is refused with a `503` (and `Retry-After`), and fits again once
+/// they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_held_whole_share_one_budget() {
+    let setup = setup("limits: { max_body_bytes: 1000, max_buffered_body_bytes: 1500 }\n").await;
+    let post = |length: usize| {
+        format!(
+            "POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    // The first holds 1000 bytes from the moment it is told to send its body.
+    let mut first = setup.client().await;
+    first.send(post(1000).as_bytes()).await;
+    assert_eq!(first.line().await, "HTTP/1.1 100 Continue");
+    assert_eq!(first.line().await, "");
+
+    // 1000 more do not fit: refused before a byte of the body is asked for.
+    let mut second = setup.client().await;
+    second.send(post(1000).as_bytes()).await;
+    let answer = second.answer("POST").await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(
+        answer
+            .headers
+            .iter()
+            .any(|(name, value)| name == "retry-after" && value == "1"),
+        "{answer:?}"
+    );
+    // 500 do.
+    let mut third = setup.client().await;
+    third.send(post(500).as_bytes()).await;
+    assert_eq!(third.line().await, "HTTP/1.1 100 Continue");
+    assert_eq!(third.line().await, "");
+    third.send(&[b'c'; 500]).await;
+    assert_eq!(third.answer("POST").await.status, 200);
+
+    // Once the first is answered, its share is free again.
+    first.send(&[b'a'; 1000]).await;
+    assert_eq!(first.answer("POST").await.status, 200);
+    let mut again = setup.client().await;
+    let mut request = post(1000)
+        .replace("Expect: 100-continue\r\n", "")
+        .into_bytes();
+    request.extend_from_slice(&[b'b'; 1000]);
+    assert_eq!(again.exchange(&request).await.status, 200);
+    let metrics = setup.metrics().await;
+    assert!(
+        metrics.contains("unitgate_requests_shed_total{reason=\"max_buffered_body_bytes\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// Requests to `route` answered with `status`, by the gateway's metrics.
 async fn counted(setup: &Setup, route: &str, status: u16) -> u64 {
     let metrics = setup.metrics().await;

@@ -35,6 +35,7 @@ use super::serve::{
 use crate::attempts::{Attempts, UpstreamFault, connect_failed};
 use crate::decide::Decided;
 use crate::headers::strip_hop_by_hop;
+use crate::limits::BodyHold;
 use crate::metrics::ClientEvent;
 use crate::proxy::{Conn, Ctx, Reply, Shared};
 use crate::upstream::Body;
@@ -62,6 +63,11 @@ const TOO_LARGE: BodyFault = BodyFault(
     ClientEvent::BodyTooLarge,
     StatusCode::PAYLOAD_TOO_LARGE,
     "request body too large",
+);
+const NO_ROOM: BodyFault = BodyFault(
+    ClientEvent::ShedBufferedBody,
+    StatusCode::SERVICE_UNAVAILABLE,
+    "too many request bodies held at once (limits.max_buffered_body_bytes); try again",
 );
 
 /// Forward the decided request over HTTP/2 to an endpoint of `pool` (chosen, retried and
@@ -94,11 +100,17 @@ where
     };
     // The body has the time of a read from the request's start, as on the HTTP/1.1 path.
     let body_deadline = attempts.deadline_from(ctx.start);
-    let body = match read_body(shared, io, buf, head, body_deadline).await {
+    // Held until the exchange ends: the body may go to another endpoint after a connect
+    // failure.
+    let mut hold = shared.body_budget.hold();
+    let body = match read_body(shared, io, buf, head, body_deadline, &mut hold).await {
         Ok(body) => body,
         Err(BodyFault(event, status, error)) => {
             shared.metrics.client_event(event);
-            let reply = closing(Reply::new(status, json!({ "error": error })));
+            let mut reply = closing(Reply::new(status, json!({ "error": error })));
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                reply.retry_after_s = Some(1);
+            }
             return answered(shared, io, head, scratch, reply).await;
         }
     };
@@ -186,6 +198,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     head: &RequestHead,
     deadline: Instant,
+    hold: &mut BodyHold,
 ) -> Result<ReadBody, BodyFault> {
     let max = shared.config.limits.max_body_bytes;
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
@@ -200,6 +213,9 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
         Framing::Length(n) => {
             // `decide` refused a length above `max_body_bytes` before this.
             let n = usize::try_from(n).map_err(|_| TOO_LARGE)?;
+            if !hold.grow_to(n as u64) {
+                return Err(NO_ROOM);
+            }
             while buf.len() < n {
                 grow(buf, (n - buf.len()).min(READ_CHUNK), n);
                 fill(shared, io, buf, deadline, &mut ask).await?;
@@ -227,6 +243,9 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
                             return Err(TOO_LARGE);
                         }
                         grow(&mut data, piece.len(), limit);
+                        if !hold.grow_to(data.capacity() as u64) {
+                            return Err(NO_ROOM);
+                        }
                         data.extend_from_slice(piece);
                     }
                     buf.advance(step.consumed);
