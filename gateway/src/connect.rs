@@ -189,6 +189,8 @@ impl ConnectError {
 pub struct Connector {
     /// `upstream` or `gateway`: how errors name the endpoint.
     role: &'static str,
+    /// Tells connectors that reach an endpoint differently apart (`Connector::key`).
+    key: Box<str>,
     tls: Option<TlsClient>,
     /// TLS failures are logged at most once a second per connector, with a count.
     refused: LogThrottle,
@@ -223,6 +225,7 @@ impl Connector {
     fn plain_for(role: &'static str) -> Self {
         Self {
             role,
+            key: "plain".into(),
             tls: None,
             refused: LogThrottle::new(),
         }
@@ -250,8 +253,15 @@ impl Connector {
         // A clone shares the session store: a session resumes whichever protocol it was for.
         let mut h2_config = (*config).clone();
         h2_config.alpn_protocols = vec![b"h2".to_vec()];
+        // The config stands for its files' content (`TlsConfigs` builds one per content).
+        let key = format!(
+            "tls/{:p}/{}",
+            Arc::as_ptr(&config),
+            settings.server_name.as_deref().unwrap_or("")
+        );
         Ok(Self {
             role,
+            key: key.into(),
             tls: Some(TlsClient {
                 settings: settings.clone(),
                 connector: TlsConnector::from(config.clone()),
@@ -261,6 +271,13 @@ impl Connector {
             }),
             refused: LogThrottle::new(),
         })
+    }
+
+    /// The same for connectors that reach an endpoint the same way (plain, or TLS with the same
+    /// trust, identity and server name), different otherwise: connections made by one may
+    /// serve another with the same key.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// Whether connections are TLS.

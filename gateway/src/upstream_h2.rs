@@ -104,11 +104,16 @@ pub struct H2Upstream {
 }
 
 struct Pool {
-    endpoints: Mutex<HashMap<Box<str>, Arc<Slot>, FnvBuildHasher>>,
+    /// By how they are reached ([`Connector::key`]), then by address: two pools may reach one
+    /// address differently (another server name or CA), each with a connection of its own.
+    endpoints: Mutex<HashMap<Box<str>, Slots, FnvBuildHasher>>,
     connect_timeout: Duration,
     /// The clock `Slot::last_used` counts from.
     epoch: Instant,
 }
+
+/// The connections to the endpoints reached one way, by address.
+type Slots = HashMap<Box<str>, Arc<Slot>, FnvBuildHasher>;
 
 /// One endpoint's connection.
 #[derive(Default)]
@@ -183,7 +188,7 @@ impl H2Upstream {
         request: Request<Body>,
     ) -> Result<Response<Incoming>, H2Error> {
         let mut request = into_h2(request, endpoint, connector.is_tls());
-        let slot = self.pool.slot(endpoint.as_str());
+        let slot = self.pool.slot(connector, endpoint.as_str());
         // A connection that closed under us before taking the request gives it back: one more
         // try, on a new connection.
         for _ in 0..2 {
@@ -225,11 +230,15 @@ impl Pool {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn slot(&self, endpoint: &str) -> Arc<Slot> {
+    fn slot(&self, connector: &Connector, endpoint: &str) -> Arc<Slot> {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        match endpoints.get(endpoint) {
+        let slots = match endpoints.get_mut(connector.key()) {
+            Some(slots) => slots,
+            None => endpoints.entry(connector.key().into()).or_default(),
+        };
+        match slots.get(endpoint) {
             Some(slot) => slot.clone(),
-            None => endpoints.entry(endpoint.into()).or_default().clone(),
+            None => slots.entry(endpoint.into()).or_default().clone(),
         }
     }
 

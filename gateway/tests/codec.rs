@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// An upstream that answers each request by its path (`answer`), records every request's raw
-/// bytes, after a `101` echoes whatever it reads, and closes after the answer to `/cut`.
+/// bytes, after a `101` echoes whatever it reads, and closes after the answers to `/cut` and
+/// `/until-close`.
 struct Scripted {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -52,8 +53,8 @@ impl Scripted {
                         if stream.write_all(&reply).await.is_err() {
                             return;
                         }
-                        if path == "/cut" {
-                            // The answer ends inside its body, with the connection.
+                        if path == "/cut" || path == "/until-close" {
+                            // The connection ends the answer: inside its body, or as its end.
                             return;
                         }
                         if upgraded {
@@ -108,6 +109,7 @@ fn answer(path: &str) -> Vec<u8> {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\nx-sum: 6\r\n\r\n".to_vec()
         }
         "/cut" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+        "/until-close" => b"HTTP/1.1 200 OK\r\n\r\nwhole".to_vec(),
         "/ws" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
             .to_vec(),
         path => format!(
@@ -408,33 +410,58 @@ async fn an_http2_requests_trailers_reach_an_http1_upstream_without_the_gateways
     );
 }
 
-/// An answer the upstream cuts short inside its body ends the client's connection with a
-/// reset: for an HTTP/1.0 client, whose decoded body ends with the connection, an orderly
-/// close would pass for the body's end.
+/// How the gateway ends a client's connection after `request`: `Ok` for an orderly close, the
+/// error's kind for a reset; and what the client got before.
+async fn ending(
+    gateway: &gateway::Gateway,
+    request: &str,
+) -> (Result<(), std::io::ErrorKind>, String) {
+    let mut client = connect_and_write(gateway.http_addrs[0], request.as_bytes()).await;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        let read = tokio::time::timeout(T, client.read(&mut chunk))
+            .await
+            .expect("the gateway ends the connection in time");
+        match read {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(error) => break Err(error.kind()),
+        }
+    };
+    (end, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// An answer the upstream cuts short inside its body ends the client's connection: with a
+/// reset for an HTTP/1.0 client, whose decoded body ends with the connection (an orderly close
+/// would pass for the body's end); with a close for an HTTP/1.1 client, whose chunked body
+/// shows it is cut (no last chunk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_cut_short_resets_the_client_connection() {
+async fn an_answer_cut_short_resets_the_connection_only_where_its_framing_cannot_tell() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gateway) = gateway(&upstream).await;
+    let request = |version| format!("GET /cut HTTP/{version}\r\nHost: a\r\nX-User-Id: 7\r\n\r\n");
+    let (end, got) = ending(&gateway, &request("1.0")).await;
+    assert_eq!(
+        end,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "HTTP/1.0: {got}"
+    );
+    let (end, got) = ending(&gateway, &request("1.1")).await;
+    assert_eq!(end, Ok(()), "HTTP/1.1: {got}");
+    assert!(got.ends_with("5\r\nhello\r\n"), "no last chunk: {got}");
+}
+
+/// An answer that ends with the upstream's connection (no length, not chunked) is whole when
+/// the upstream closes: the client's connection ends in an orderly close after all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_ended_by_the_upstreams_close_is_whole() {
     let upstream = Scripted::start(answer).await;
     let (_dir, gateway) = gateway(&upstream).await;
     for version in ["1.0", "1.1"] {
-        let request = format!("GET /cut HTTP/{version}\r\nHost: a\r\nX-User-Id: 7\r\n\r\n");
-        let mut client = connect_and_write(gateway.http_addrs[0], request.as_bytes()).await;
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            let read = tokio::time::timeout(T, client.read(&mut chunk))
-                .await
-                .expect("the gateway ends the connection in time");
-            match read {
-                Ok(0) => break Ok(()),
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
-                Err(error) => break Err(error.kind()),
-            }
-        };
-        assert_eq!(
-            end,
-            Err(std::io::ErrorKind::ConnectionReset),
-            "HTTP/{version}: {}",
-            String::from_utf8_lossy(&got)
-        );
+        let request = format!("GET /until-close HTTP/{version}\r\nHost: a\r\nX-User-Id: 7\r\n\r\n");
+        let (end, got) = ending(&gateway, &request).await;
+        assert_eq!(end, Ok(()), "HTTP/{version}: {got}");
+        assert!(got.ends_with("\r\n\r\nwhole"), "HTTP/{version}: {got}");
     }
 }

@@ -141,7 +141,11 @@ pub async fn serve<S>(
                         StatusCode::REQUEST_TIMEOUT,
                         json!({"error": "request head too slow"}),
                     ));
-                    let _ = write_reply(&mut io, &mut scratch, reply, 1).await;
+                    let write = write_reply(&mut io, &mut scratch, reply, 1);
+                    let _ = shared
+                        .timer
+                        .timeout_after(config.timeouts.read(), write)
+                        .await;
                     return;
                 }
             }
@@ -165,10 +169,14 @@ pub async fn serve<S>(
         match next {
             Next::KeepAlive => {}
             Next::Close => {
-                // TLS says goodbye with close_notify; a plain connection's FIN goes with the
-                // close as it is dropped, one system call fewer.
+                // TLS says goodbye with close_notify (within the read timeout: a client that
+                // stops reading must not hold the connection); a plain connection's FIN goes
+                // with the close as it is dropped, one system call fewer.
                 if conn.tls {
-                    let _ = io.shutdown().await;
+                    let _ = shared
+                        .timer
+                        .timeout_after(config.timeouts.read(), io.shutdown())
+                        .await;
                 }
                 return;
             }
@@ -205,8 +213,15 @@ async fn refuse_head<S: AsyncWrite + Unpin>(
         }
         _ => json!({"error": error.message()}),
     };
-    let _ = write_reply(io, scratch, closing(Reply::new(status, body)), 1).await;
-    let _ = io.shutdown().await;
+    let refused = async {
+        write_reply(io, scratch, closing(Reply::new(status, body)), 1).await?;
+        io.shutdown().await
+    };
+    // Within the read timeout: a client that stops reading must not hold the connection.
+    let _ = shared
+        .timer
+        .timeout_after(shared.config.timeouts.read(), refused)
+        .await;
 }
 
 pub(super) fn closing(mut reply: Reply) -> Reply {
@@ -1141,6 +1156,8 @@ where
         match read_upstream(timer, Instant::now() + body_timeout, upstream).await {
             Ok(true) => {}
             Ok(false) => {
+                // The end of a body that ends with the connection; any other is cut short.
+                relay.upstream_closed = true;
                 if relay.framing != Framing::UntilClose {
                     tracing::debug!("upstream closed inside a response body");
                 }
@@ -1157,16 +1174,23 @@ where
             }
         }
     }
-    // A body cut short ends the client's connection with a reset: that is how it learns.
+    // A body cut short ends the client's connection: a client that can tell the end of a
+    // body from its framing learns from the close; one whose body ends with the connection
+    // learns from a reset.
     let whole = relay.done();
+    let delimited_by_close =
+        framing == Framing::UntilClose || (framing == Framing::Chunked && head.minor == 0);
     Ok(Done {
         status,
         next: match (whole, close) {
-            (false, _) => Next::Reset,
-            (true, true) => Next::Close,
+            (false, _) if delimited_by_close => Next::Reset,
+            (false, _) | (true, true) => Next::Close,
             (true, false) => Next::KeepAlive,
         },
-        upstream_reusable: whole && !upstream_closes && upstream.buf.is_empty(),
+        upstream_reusable: whole
+            && !upstream_closes
+            && framing != Framing::UntilClose
+            && upstream.buf.is_empty(),
     })
 }
 
@@ -1177,6 +1201,8 @@ struct ResponseBody {
     chunked: Chunked,
     /// Chunked data is handed on decoded (to an HTTP/1.0 client).
     decode: bool,
+    /// The upstream closed the connection: the end of a body that ends with it.
+    upstream_closed: bool,
 }
 
 impl ResponseBody {
@@ -1189,6 +1215,7 @@ impl ResponseBody {
             },
             chunked: Chunked::new(),
             decode: decode && framing == Framing::Chunked,
+            upstream_closed: false,
         }
     }
 
@@ -1197,8 +1224,9 @@ impl ResponseBody {
             Framing::None => true,
             Framing::Length(_) => self.left == 0,
             Framing::Chunked => self.chunked.is_done(),
-            // Ends only with the connection: never whole while it is open.
-            Framing::UntilClose => false,
+            // Ends with the connection, and only so (a read that failed or timed out is a
+            // body cut short).
+            Framing::UntilClose => self.upstream_closed,
         }
     }
 

@@ -547,11 +547,12 @@ where
             ToClient::UntilClose | ToClient::None => out.extend_from_slice(&data),
         }
     };
-    let whole = ended
-        && match framing {
-            ToClient::Length(n) => sent == n,
-            _ => true,
-        };
+    // A body of announced length is whole once all of it came, whatever became of the stream
+    // after.
+    let whole = match framing {
+        ToClient::Length(n) => sent == n,
+        _ => ended,
+    };
     if whole && framing == ToClient::Chunked {
         out.extend_from_slice(b"0\r\n");
         for (name, value) in trailers.iter().flatten() {
@@ -559,10 +560,12 @@ where
         }
         out.extend_from_slice(b"\r\n");
     }
-    // A body cut short ends the client's connection with a reset: that is how it learns.
+    // A body cut short ends the client's connection: a client that can tell the end of a
+    // body from its framing learns from the close; one whose body ends with the connection
+    // learns from a reset.
     let next = match (whole, close) {
-        (false, _) => Next::Reset,
-        (true, true) => Next::Close,
+        (false, _) if framing == ToClient::UntilClose => Next::Reset,
+        (false, _) | (true, true) => Next::Close,
         (true, false) => Next::KeepAlive,
     };
     (status, next, true)
