@@ -660,7 +660,8 @@ async fn bodies_held_whole_share_one_budget() {
             "POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
         )
     };
-    // The first holds 1000 bytes from the moment it is told to send its body.
+    // The first holds its 1000 bytes (its connection's buffer has room for them) from the
+    // moment it is told to send its body.
     let mut first = setup.client().await;
     first.send(post(1000).as_bytes()).await;
     assert_eq!(first.line().await, "HTTP/1.1 100 Continue");
@@ -700,6 +701,31 @@ async fn bodies_held_whole_share_one_budget() {
         metrics.contains("unitgate_requests_shed_total{reason=\"max_buffered_body_bytes\"} 1"),
         "{metrics}"
     );
+}
+
+/// What a body holds of `limits.max_buffered_body_bytes` grows as it comes: clients that
+/// announce large bodies and send little cannot take the budget from the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_body_holds_only_what_came_of_it() {
+    let setup =
+        setup("limits: { max_body_bytes: 1048576, max_buffered_body_bytes: 1048576 }\n").await;
+    let post = "POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nExpect: 100-continue\r\nContent-Length: 1048576\r\n\r\n";
+    // Two clients announce the whole budget each; both are asked for their bodies.
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let mut client = setup.client().await;
+        client.send(post.as_bytes()).await;
+        assert_eq!(client.line().await, "HTTP/1.1 100 Continue");
+        assert_eq!(client.line().await, "");
+        waiting.push(client);
+    }
+    // A third, with a small body, is served meanwhile.
+    let mut small = setup.client().await;
+    let answer = small
+        .exchange(b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    drop(waiting);
 }
 
 /// Requests to `route` answered with `status`, by the gateway's metrics.

@@ -213,12 +213,19 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
         Framing::Length(n) => {
             // `decide` refused a length above `max_body_bytes` before this.
             let n = usize::try_from(n).map_err(|_| TOO_LARGE)?;
-            if !hold.grow_to(n as u64) {
-                return Err(NO_ROOM);
-            }
+            // What is held grows with what was allocated, as the body comes: a client that
+            // sends slowly holds no more than it sent.
             while buf.len() < n {
                 grow(buf, (n - buf.len()).min(READ_CHUNK), n);
+                // The connection's buffer has room of its own for a read anyway: only what the
+                // body takes of it counts.
+                if !hold.grow_to(buf.capacity().min(n) as u64) {
+                    return Err(NO_ROOM);
+                }
                 fill(shared, io, buf, deadline, &mut ask).await?;
+            }
+            if !hold.grow_to(n as u64) {
+                return Err(NO_ROOM);
             }
             Ok(ReadBody {
                 data: buf.split_to(n).freeze(),
@@ -293,8 +300,10 @@ async fn fill<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The least a body's buffer grows by (more, by doubling, once it holds more than this).
-const GROW_STEP: usize = 256 * 1024;
+/// The least a body's buffer grows by (more, by doubling, once it holds more than this): one
+/// read's worth, so that a client that announces a large body and sends little holds little
+/// of the gateway's memory and of `limits.max_buffered_body_bytes`.
+const GROW_STEP: usize = READ_CHUNK;
 
 /// Room in `b` for `more` bytes: when it must grow, to twice what it holds (at least
 /// [`GROW_STEP`] more), but not past `limit` unless `more` needs it. `BytesMut::reserve`
