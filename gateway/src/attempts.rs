@@ -6,6 +6,7 @@
 //! An idempotent request goes to another endpoint only when no connection could be made to
 //! the one before (nothing of it was sent); any other failure ends the request.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -47,6 +48,9 @@ pub(crate) struct Attempts<'a> {
     total_deadline: Instant,
     /// The client's own deadline (`grpc-timeout`), when it comes before the gateway's.
     client_deadline: Option<Instant>,
+    /// Whether the last deadline handed out was the client's own, sooner than the gateway's:
+    /// a wait that timed out ran out at it.
+    clients_deadline: Cell<bool>,
 }
 
 impl<'a> Attempts<'a> {
@@ -82,6 +86,7 @@ impl<'a> Attempts<'a> {
             read: timeouts.read(),
             total_deadline: client_deadline.unwrap_or(total_deadline),
             client_deadline,
+            clients_deadline: Cell::new(false),
         }
     }
 
@@ -132,10 +137,15 @@ impl<'a> Attempts<'a> {
 
     /// A read timeout from `start`, never past the request's total deadline.
     pub(crate) fn deadline_from(&self, start: Instant) -> Instant {
-        (start + self.read).min(self.total_deadline)
+        let read = start + self.read;
+        self.clients_deadline
+            .set(self.client_deadline.is_some_and(|deadline| deadline < read));
+        read.min(self.total_deadline)
     }
 
-    /// When the request as a whole runs out of time.
+    /// When the request as a whole runs out of time: the client's deadline, when it has one,
+    /// or the gateway's total one. (A wait bounded by it is judged by the attempt's deadline:
+    /// the client's when that was sooner than the gateway's own.)
     pub(crate) fn total_deadline(&self) -> Instant {
         self.total_deadline
     }
@@ -144,8 +154,11 @@ impl<'a> Attempts<'a> {
     /// `fault`. Time that ran out on the client's own deadline is the client's: a `504` that
     /// says so (gRPC's `DEADLINE_EXCEEDED`), never counted against the endpoint.
     pub(crate) fn failed(&self, shared: &Shared, index: usize, fault: UpstreamFault) -> Reply {
+        // The client's deadline is the one that ran out when it was the one waited for, sooner
+        // than the gateway's own (timers fire a little late, so the clock alone could not tell
+        // the two apart).
         if let (UpstreamFault::Timeout, Some(deadline)) = (&fault, self.client_deadline)
-            && Instant::now() >= deadline
+            && self.clients_deadline.get()
         {
             shared.metrics.client_event(ClientEvent::DeadlineExceeded);
             let after = deadline.saturating_duration_since(self.start);

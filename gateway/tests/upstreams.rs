@@ -220,13 +220,13 @@ async fn a_clients_grpc_timeout_ends_the_request_without_blaming_the_upstream() 
     assert_eq!(body["deadline_ms"], 100, "HTTP/1.1: {body}");
 
     let mut sender = h2c(addr).await;
-    let request = Request::post("http://a/pkg.Service/Method")
+    let grpc_request = Request::post("http://a/pkg.Service/Method")
         .header("x-user-id", "1")
         .header("content-type", "application/grpc")
         .header("grpc-timeout", "100000u")
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let response = sender.send_request(request).await.expect("answered");
+    let response = sender.send_request(grpc_request).await.expect("answered");
     assert_eq!(
         response.status(),
         StatusCode::OK,
@@ -247,6 +247,28 @@ async fn a_clients_grpc_timeout_ends_the_request_without_blaming_the_upstream() 
         )),
         "{metrics}"
     );
+
+    // A client deadline later than the gateway's read timeout: the gateway's runs out first,
+    // and that is the upstream's doing.
+    let (_dir, gateway) = pool_gateway(
+        &[upstream],
+        "health_check: { interval_ms: 0, eject_after_failures: 100 }\ntimeouts: { read_ms: 100 }\n",
+    )
+    .await;
+    let (status, _, body) = send(
+        &client(),
+        request(
+            "GET",
+            gateway.http_addrs[0],
+            "/x",
+            &[("x-user-id", "1"), ("grpc-timeout", "10S")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"], "upstream timed out", "{body}");
+    let (timeouts, metrics) = upstream_errors(&gateway, upstream, "timeout").await;
+    assert_eq!(timeouts, 1, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,9 @@ where
         match sent {
             Ok(Ok(response)) => {
                 endpoint.health.success();
+                // The body is the upstream's now: what it held of the budget is free while the
+                // answer streams.
+                drop(hold);
                 return respond(shared, ctx, io, head, scratch, response).await;
             }
             Ok(Err(error)) if error.is_connect() => {
@@ -227,8 +230,14 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
             if !hold.grow_to(n as u64) {
                 return Err(NO_ROOM);
             }
+            let data = buf.split_to(n).freeze();
+            // The body keeps the allocation it came in; the connection goes on with one of its
+            // own, or it would keep a large body's memory for as long as it stays open.
+            if n > READ_CHUNK {
+                *buf = BytesMut::from(&buf[..]);
+            }
             Ok(ReadBody {
-                data: buf.split_to(n).freeze(),
+                data,
                 trailers: None,
             })
         }
