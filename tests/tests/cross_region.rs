@@ -79,12 +79,15 @@ async fn a_request_in_the_wrong_region_takes_one_hop_under_one_trace() {
         &[("x-user-id", &user2), ("traceparent", &traceparent)],
     )
     .await;
-    system.gateways["sh"]
-        .process
-        .wait_line("the caller's trace id", |l| {
-            l.contains("unitgate::access") && l.contains(caller_trace)
-        })
-        .await;
+    // Each gateway's output is read as it comes: wait for both lines before reading them.
+    for region in ["hz", "sh"] {
+        system.gateways[region]
+            .process
+            .wait_line("the caller's trace id", |l| {
+                l.contains("unitgate::access") && l.contains(caller_trace)
+            })
+            .await;
+    }
     assert_eq!(
         access_line(&system, "hz", &user2)[0]["trace_id"],
         caller_trace
