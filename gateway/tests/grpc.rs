@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{SECRET, h2c, loopback_listeners, refusing_address};
+use support::{SECRET, h2c, https_listeners, loopback_listeners, refusing_address};
 use testkit::tls::TestCa;
 use tonic::Code;
 use tonic_prost::ProstCodec;
@@ -565,17 +565,12 @@ async fn grpc_calls_cross_a_mutual_tls_hop() {
     let hz = Gateway::start(config("hz", &table_path, health), hz_listeners)
         .await
         .expect("hz gateway");
-    let sh_listen = gateway::config::TlsListen {
-        address: sh_addr,
-        cert: sh_cert.cert_path.clone(),
-        key: sh_cert.key_path.clone(),
-        client_ca: Some(fleet.pem_path.clone()),
-    };
-    let sh_listeners = gateway::Listeners {
-        http: vec![],
-        https: vec![(sh_https, sh_listen.server_config().expect("tls"))],
-        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
-    };
+    let sh_listeners = https_listeners(
+        sh_https,
+        &sh_cert.cert_path,
+        &sh_cert.key_path,
+        Some(&fleet.pem_path),
+    );
     let sh = Gateway::start(config("sh", &table_path, health), sh_listeners)
         .await
         .expect("sh gateway");

@@ -322,17 +322,23 @@ async fn requests_reach_an_https_upstream_whose_certificate_the_pool_trusts() {
     gateway.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A gateway without health checks whose `app` pool says `protocol: h2` and `tls`, its one
+/// endpoint an upstream that serves `serve` with a certificate the pool trusts.
+async fn h2_pool_gateway(dir: &Path, serve: Serve) -> (TlsUpstream, Gateway) {
+    let ca = TestCa::new(dir, "services");
+    let upstream = TlsUpstream::start(&ca.leaf(dir, "app", &["127.0.0.1"]), None, serve).await;
+    let table = table(1, &[upstream.addr], &trusting(&ca))
+        .replace("        tls: ", "        protocol: h2\n        tls: ");
+    let gateway = gateway(dir, &table, NO_HEALTH_CHECKS).await;
+    (upstream, gateway)
+}
+
 /// An `h2` pool with `tls` is HTTP/2 over TLS, agreed by ALPN, for HTTP/1.1 clients (the
 /// codec's detour) and HTTP/2 clients alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_pool_with_tls_speaks_http2_agreed_by_alpn() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new(dir.path(), "services");
-    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
-    let upstream = TlsUpstream::start(&leaf, None, Serve::H2).await;
-    let table = table(1, &[upstream.addr], &trusting(&ca))
-        .replace("        tls: ", "        protocol: h2\n        tls: ");
-    let gateway = gateway(dir.path(), &table, NO_HEALTH_CHECKS).await;
+    let (upstream, gateway) = h2_pool_gateway(dir.path(), Serve::H2).await;
 
     let (status, body) = get(&gateway, "/cart/1").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -357,12 +363,7 @@ async fn an_h2_pool_with_tls_speaks_http2_agreed_by_alpn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_pool_endpoint_that_refuses_h2_by_alpn_is_unreachable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new(dir.path(), "services");
-    let leaf = ca.leaf(dir.path(), "app", &["127.0.0.1"]);
-    let upstream = TlsUpstream::start(&leaf, None, Serve::KeepAlive).await;
-    let table = table(1, &[upstream.addr], &trusting(&ca))
-        .replace("        tls: ", "        protocol: h2\n        tls: ");
-    let gateway = gateway(dir.path(), &table, NO_HEALTH_CHECKS).await;
+    let (upstream, gateway) = h2_pool_gateway(dir.path(), Serve::KeepAlive).await;
 
     let (status, body) = get(&gateway, "/cart/1").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -699,17 +700,12 @@ async fn a_hop_to_another_region_goes_over_mutual_tls_and_keeps_its_marker() {
         Gateway::start(config, listeners)
     };
     log();
-    let sh_listen = gateway::config::TlsListen {
-        address: sh_addr,
-        cert: sh_cert.cert_path.clone(),
-        key: sh_cert.key_path.clone(),
-        client_ca: Some(fleet.pem_path.clone()),
-    };
-    let sh_listeners = gateway::Listeners {
-        http: vec![],
-        https: vec![(sh_https, sh_listen.server_config().expect("tls"))],
-        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
-    };
+    let sh_listeners = support::https_listeners(
+        sh_https,
+        &sh_cert.cert_path,
+        &sh_cert.key_path,
+        Some(&fleet.pem_path),
+    );
     let sh = start(
         "sh",
         &format!(

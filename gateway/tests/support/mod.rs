@@ -286,6 +286,27 @@ pub async fn connect_and_write(addr: SocketAddr, bytes: &[u8]) -> tokio::net::Tc
     stream
 }
 
+/// Listeners for a gateway that serves HTTPS only on `listener`, with the certificate and key
+/// in `cert` and `key`, demanding client certificates from `client_ca` when given.
+pub fn https_listeners(
+    listener: std::net::TcpListener,
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> gateway::Listeners {
+    let tls = gateway::config::TlsListen {
+        address: listener.local_addr().expect("addr"),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        client_ca: client_ca.map(Path::to_path_buf),
+    };
+    gateway::Listeners {
+        http: vec![],
+        https: vec![(listener, tls.server_config().expect("tls"))],
+        admin: std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    }
+}
+
 /// An HTTP/2 connection to `addr` with prior knowledge (h2c), driven in the background.
 pub async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
 where
