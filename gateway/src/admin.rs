@@ -23,6 +23,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set while draining: `/readyz` turns 503 so load balancers stop sending.
     pub draining: AtomicBool,
+    /// Memory for request bodies held whole (`limits.max_buffered_body_bytes`).
+    pub body_budget: Arc<crate::limits::BodyBudget>,
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
@@ -90,7 +92,13 @@ pub async fn handle(
                 }
                 None => Vec::new(),
             };
-            reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render(&health))
+            let mut text = state.metrics.render(&health);
+            text.push_str("# HELP unitgate_buffered_body_bytes Bytes of request bodies held whole now (limits.max_buffered_body_bytes).\n# TYPE unitgate_buffered_body_bytes gauge\n");
+            text.push_str(&format!(
+                "unitgate_buffered_body_bytes {}\n",
+                state.body_budget.held()
+            ));
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/table" => {
             let body = match &snapshot {

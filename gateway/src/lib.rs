@@ -236,6 +236,7 @@ impl Gateway {
             store: store.clone(),
             metrics: metrics.clone(),
             draining: false.into(),
+            body_budget: body_budget.clone(),
         });
         let mut http_addrs = Vec::new();
         let mut https_addrs = Vec::new();

@@ -701,6 +701,43 @@ async fn bodies_held_whole_share_one_budget() {
         metrics.contains("unitgate_requests_shed_total{reason=\"max_buffered_body_bytes\"} 1"),
         "{metrics}"
     );
+    assert_eq!(
+        held(&setup).await,
+        0,
+        "every answered body gave its share back"
+    );
+
+    // A body refused as too large, and one whose client goes away, give theirs back too.
+    let mut large = setup.client().await;
+    let mut request =
+        b"POST /x HTTP/1.1\r\nHost: api.example\r\nX-User-Id: 1\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n"
+            .to_vec();
+    request.extend_from_slice(&[b'x'; 1001]);
+    let answer = large.exchange(&request).await;
+    assert_eq!(answer.status, 413, "{answer:?}");
+    let mut gone = setup.client().await;
+    gone.send(post(1000).as_bytes()).await;
+    assert_eq!(gone.line().await, "HTTP/1.1 100 Continue");
+    assert!(held(&setup).await > 0);
+    drop(gone);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while held(&setup).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a share never came back"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Bytes of bodies held whole now, by the gateway's gauge.
+async fn held(setup: &Setup) -> u64 {
+    let metrics = setup.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("unitgate_buffered_body_bytes "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no gauge: {metrics}"))
 }
 
 /// What a body holds of `limits.max_buffered_body_bytes` grows as it comes: clients that
