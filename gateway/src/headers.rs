@@ -86,6 +86,18 @@ pub struct RequestHeaders {
     /// `X-Forwarded-For` / `X-Forwarded-Proto` are there.
     pub forwarded_for: bool,
     pub forwarded_proto: bool,
+    /// Some value starts or ends with whitespace, or holds NUL, CR or LF: malformed in
+    /// HTTP/2 (RFC 9113 section 8.2.1), and a strict next hop would refuse it.
+    pub malformed_value: bool,
+}
+
+/// A field value HTTP/2 calls malformed (RFC 9113 section 8.2.1): whitespace at either end, or
+/// NUL, CR or LF anywhere. hyper's HTTP/1 parser trims the ends and refuses the rest already;
+/// its HTTP/2 server passes them on.
+fn is_malformed_value(value: &[u8]) -> bool {
+    matches!(value.first(), Some(b' ' | b'\t'))
+        || matches!(value.last(), Some(b' ' | b'\t'))
+        || value.iter().any(|b| matches!(b, b'\0' | b'\r' | b'\n'))
 }
 
 impl RequestHeaders {
@@ -134,6 +146,7 @@ impl RequestHeaders {
             if name == stress {
                 seen.stress = true;
             }
+            seen.malformed_value |= is_malformed_value(value.as_bytes());
         }
         seen
     }

@@ -558,6 +558,12 @@ impl Metrics {
                     "unitgate_client_connections_closed_total" => {
                         "Client connections closed before a request: silent, or a failed or slow TLS handshake."
                     }
+                    "unitgate_client_deadlines_exceeded_total" => {
+                        "Requests whose client's own deadline (grpc-timeout) ran out before an upstream answered; never counted against upstreams."
+                    }
+                    "unitgate_requests_shed_total" => {
+                        "Requests refused to protect the gateway, by reason."
+                    }
                     _ => {
                         "Request bodies that failed on the client's side; never counted against upstreams."
                     }

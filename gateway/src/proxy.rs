@@ -334,6 +334,18 @@ fn check(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         framing_refusal(why)
     })?;
+    if seen.malformed_value {
+        // Passed on, it could make a strict upstream reset the connection every other request
+        // shares, and count against a healthy endpoint.
+        shared
+            .metrics
+            .malformed_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(Reply::new(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "malformed header value: whitespace at an end, or NUL, CR or LF"}),
+        ));
+    }
     check_request_line(request.method(), request.version(), request.uri(), &seen).map_err(
         |(status, why)| {
             shared

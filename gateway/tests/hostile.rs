@@ -389,6 +389,38 @@ async fn http2_authority_must_agree_with_host_and_cookies_are_joined() {
     assert_eq!(received[0].headers["host"], "shop.example");
 }
 
+/// An HTTP/2 field value with whitespace at an end is malformed (RFC 9113 section 8.2.1):
+/// refused, never passed on, where a strict upstream would reset the connection every other
+/// request shares and the gateway would count it against a healthy endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_field_values_with_whitespace_at_an_end_are_refused() {
+    let (_dir, echo, gateway) = echo_gateway("").await;
+    let mut sender = h2c(gateway.http_addrs[0]).await;
+    for value in [" 100m", "100m ", "\t100m"] {
+        let request = http::Request::get("http://shop.example/x")
+            .header("x-user-id", "1")
+            .header("grpc-timeout", value)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let refused = sender.send_request(request).await.expect("answered");
+        assert_eq!(refused.status(), 400, "{value:?}");
+    }
+    assert_eq!(echo.count(), 0, "nothing reached the upstream");
+    let request = http::Request::get("http://shop.example/x")
+        .header("x-user-id", "1")
+        .header("x-note", "inner\tspace is fine")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    assert_eq!(
+        sender
+            .send_request(request)
+            .await
+            .expect("answered")
+            .status(),
+        200
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
     let spoof = [

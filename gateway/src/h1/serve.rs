@@ -336,7 +336,10 @@ where
         match field.kind {
             Kind::HopMarker => facts.hop = Some(field.value.get(raw)),
             Kind::TraceParent => facts.traceparent = Some(field.value.get(raw)),
-            Kind::GrpcTimeout => facts.grpc_timeout = Some(field.value.get(raw)),
+            // The first, as the HTTP/2 front end reads it.
+            Kind::GrpcTimeout if facts.grpc_timeout.is_none() => {
+                facts.grpc_timeout = Some(field.value.get(raw));
+            }
             _ => {}
         }
         facts.stress |= field.name.get(raw).eq_ignore_ascii_case(stress_name);
