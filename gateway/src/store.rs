@@ -144,9 +144,9 @@ impl Health {
         true
     }
 
-    /// Record an active check's result.
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::Relaxed);
+    /// Record an active check's result; whether it differs from the last one.
+    pub fn set_down(&self, down: bool) -> bool {
+        self.down.swap(down, Ordering::Relaxed) != down
     }
 
     /// Record a failed exchange; eject after `eject_after` in a row.

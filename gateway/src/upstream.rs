@@ -327,10 +327,11 @@ pub fn spawn_health_checks(store: Arc<TableStore>, upstream: Upstream, config: H
                         let ok =
                             check_once(&upstream, h2.as_ref(), &authority, &connector, &config)
                                 .await;
-                        if health.is_healthy() != ok {
+                        // Said when the active checks' verdict changes: an endpoint ejected by
+                        // failed requests that passes its checks is not news every round.
+                        if health.set_down(!ok) {
                             tracing::warn!(endpoint = %authority, healthy = ok, "upstream health changed");
                         }
-                        health.set_down(!ok);
                     }));
                 }
             }
