@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::headers::TraceParent;
 use crate::hop::{HopMarker, MAX_HOPS};
-use crate::limits::{Permit, Refusal};
+use crate::limits::{Permits, Refusal};
 use crate::metrics::LimitScope;
 use crate::proxy::{
     Ctx, HOP_REJECTED, KeyLog, Reply, Routed, Shared, Target, WRITE_FREEZE_RETRY_S, limited,
@@ -42,8 +42,8 @@ pub(crate) struct Decided<'s> {
     /// The verified marker of the gateway that forwarded it here.
     pub(crate) hop_in: Option<HopMarker>,
     pub(crate) trace: TraceParent,
-    /// Held until the request ends: flow control counts it in flight.
-    pub(crate) _permits: (Option<Permit>, Option<Permit>),
+    /// Held until the request ends, its answer all sent: flow control counts it in flight.
+    pub(crate) permits: Permits,
 }
 
 impl Decided<'_> {
@@ -237,7 +237,7 @@ pub(crate) fn decide<'s>(
         target,
         hop_in,
         trace,
-        _permits: (route_permit, unit_permit),
+        permits: (route_permit, unit_permit),
     })
 }
 

@@ -129,6 +129,9 @@ pub struct Permit {
     limiter: Option<Arc<Limiter>>,
 }
 
+/// A request's permits: its route's and its unit's.
+pub type Permits = (Option<Permit>, Option<Permit>);
+
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(limiter) = &self.limiter {

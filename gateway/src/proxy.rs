@@ -40,7 +40,7 @@ use crate::headers::{
     strip_internal_headers,
 };
 use crate::hop::{HopKey, HopMarker, KeyHasher};
-use crate::limits::Refusal;
+use crate::limits::{Permits, Refusal};
 use crate::metrics::{ClientEvent, Hop, Metrics, NONE, RequestLabels, UpstreamFailure};
 use crate::store::{PoolState, Snapshot, TableStore};
 use crate::upstream::{Body, Upstream, empty};
@@ -302,15 +302,16 @@ async fn proxy(
             .get(grpc::GRPC_TIMEOUT)
             .map(HeaderValue::as_bytes),
     };
-    // Held to the end of the request: its flow-control permits go with it.
-    let decided = decide(shared, ctx, snapshot, &PartsView(&parts), &facts)?;
+    let mut decided = decide(shared, ctx, snapshot, &PartsView(&parts), &facts)?;
+    // Held to the end of the answer: the request is in flight until then.
+    let permits = std::mem::take(&mut decided.permits);
 
     // Phase 6: forward.
     let outbound = prepare(shared, conn, ctx, parts, body, &seen, &decided);
     let response = exchange(shared, ctx, outbound).await?;
 
     // Phase 7: respond.
-    Ok(respond(conn, response, on_client_upgrade))
+    Ok(respond(conn, response, on_client_upgrade, permits))
 }
 
 /// Phase 1: refuse what cannot be forwarded safely — ambiguous framing, a bad request line,
@@ -531,6 +532,7 @@ fn respond(
     conn: &Conn,
     mut response: Response<UpstreamBody>,
     on_client_upgrade: Option<OnUpgrade>,
+    permits: Permits,
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(on_client_upgrade) = on_client_upgrade
@@ -539,6 +541,8 @@ fn respond(
         // From here on the client's bytes are tunnel data, not requests.
         conn.watch.tunnel_established();
         tokio::spawn(async move {
+            // A tunnel is in flight for as long as it is open.
+            let _permits = permits;
             if let (Ok(client), Ok(upstream)) = (on_client_upgrade.await, on_upstream_upgrade.await)
             {
                 let mut client = hyper_util::rt::TokioIo::new(client);
@@ -550,7 +554,40 @@ fn respond(
         return Response::from_parts(parts, empty());
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    response.map(BodyExt::boxed)
+    response.map(|body| {
+        InFlight {
+            body,
+            _permits: permits,
+        }
+        .boxed()
+    })
+}
+
+/// An answer's body that keeps its request counted in flight (its flow-control permits) until
+/// the body ends or is dropped, as the codec's path does.
+struct InFlight {
+    body: UpstreamBody,
+    _permits: Permits,
+}
+
+impl hyper::body::Body for InFlight {
+    type Data = bytes::Bytes;
+    type Error = crate::upstream::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Forged or stale hop markers, for the log.

@@ -4,6 +4,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use gateway::Gateway;
@@ -532,4 +533,115 @@ async fn slow_and_idle_clients_are_closed_but_slow_bodies_stream_on() {
         idle >= std::time::Duration::from_millis(250),
         "closed too soon: {idle:?}"
     );
+}
+
+/// An upstream whose answers to `/slow` stop after their first 5 bytes until `release` is
+/// notified (once per answer); other paths are answered whole at once.
+async fn streaming_slowly(release: Arc<tokio::sync::Notify>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let release = release.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let slow = head.starts_with(b"GET /slow ");
+                    head.drain(..end + 4);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if slow {
+                        release.notified().await;
+                    }
+                    if stream.write_all(b"world").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A unit's concurrency limit counts a request in flight until its answer is all sent, on
+/// either front end: while one request's answer still streams, another for the same unit is
+/// refused, whichever protocol each came over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_in_flight_until_its_answer_is_all_sent() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let upstream = streaming_slowly(release.clone()).await;
+    let (_dir, gateway) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
+    let table = format!(
+        "version: 2\nregions: [{{ name: local, pools: {{ app: [\"{upstream}\"] }} }}]\nunits: [{{ name: u1, center: true, slots: [[0, 9999]], region: local, limits: {{ concurrency: 1 }} }}]\nroutes: [{{ name: app, match: {{ path_prefix: / }}, service: app, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}]\n"
+    );
+    gateway
+        .store
+        .load_text(&table, false, "test")
+        .expect("applied");
+    let addr = gateway.http_addrs[0];
+    let get_h1 = || async {
+        send(
+            &client(),
+            request("GET", addr, "/fast", &[("x-user-id", "1")]),
+        )
+        .await
+    };
+
+    // Over HTTP/2 (hyper's front end): its answer's head is here, its body is not.
+    let mut sender = h2c(addr).await;
+    let slow = Request::get("http://a/slow")
+        .header("x-user-id", "1")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(slow).await.expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let (status, _, body) = get_h1().await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["limit"], "concurrency", "{body}");
+    release.notify_one();
+    let whole = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&whole[..], b"helloworld");
+    let (status, _, body) = get_h1().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Over HTTP/1.1 (the codec): the same, the other way round.
+    let mut slow = connect_and_write(
+        addr,
+        b"GET /slow HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\n\r\n",
+    )
+    .await;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"hello") {
+        let n = slow.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let fast = Request::get("http://a/fast")
+        .header("x-user-id", "1")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let refused = sender.send_request(fast).await.expect("answered");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    release.notify_one();
+    while !got.ends_with(b"helloworld") {
+        let n = slow.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
 }
