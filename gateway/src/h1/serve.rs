@@ -1124,18 +1124,7 @@ where
         }
         copy_line(out, raw, field);
     }
-    if !dated {
-        date(out);
-    }
-    if chunked_to_client {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if head.minor == 0 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    end_answer_head(out, dated, chunked_to_client, close, head.minor);
     let head_len = response.len;
     upstream.buf.advance(head_len);
     let (framing, upstream_closes) = (response.framing, response.close);
@@ -1195,6 +1184,29 @@ where
             && framing != Framing::UntilClose
             && upstream.buf.is_empty(),
     })
+}
+
+/// The end of an answer's head for the client: a `Date` unless the upstream sent one, the
+/// gateway's framing and connection fields, and the empty line.
+pub(super) fn end_answer_head(
+    out: &mut Vec<u8>,
+    dated: bool,
+    chunked: bool,
+    close: bool,
+    minor: u8,
+) {
+    if !dated {
+        date(out);
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The response body on its way from the upstream to the client.

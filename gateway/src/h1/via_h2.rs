@@ -29,8 +29,8 @@ use super::client::READ_CHUNK;
 use super::fields::Kind;
 use super::request::{Framing, RequestHead};
 use super::serve::{
-    Next, answer, answer_unforwarded, closing, date, draining, field_line, status_line, to_client,
-    upstream_head,
+    Next, answer, answer_unforwarded, closing, draining, end_answer_head, field_line, status_line,
+    to_client, upstream_head,
 };
 use crate::attempts::{Attempts, UpstreamFault, connect_failed};
 use crate::decide::Decided;
@@ -467,24 +467,12 @@ where
         dated |= *name == header::DATE;
         field_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !dated {
-        date(out);
+    if let ToClient::Length(n) = framing {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    match framing {
-        ToClient::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        ToClient::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        ToClient::None | ToClient::UntilClose => {}
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if head.minor == 0 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    end_answer_head(out, dated, framing == ToClient::Chunked, close, head.minor);
     if framing == ToClient::None {
         // The stream is dropped unread: hyper resets it if the upstream sent more.
         let next = if close { Next::Close } else { Next::KeepAlive };
