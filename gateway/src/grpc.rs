@@ -24,6 +24,16 @@ pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// `grpc-timeout`: the client's deadline for the call.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// The `grpc-timeout` value for the time left until `deadline`, in milliseconds (at least 1): a
+/// client's deadline goes on to the next hop as what is left of it, so that the upstream, or
+/// another region's gateway, stops when the client has stopped waiting.
+pub fn time_left(deadline: std::time::Instant) -> String {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    // Eight digits at most: about 27 hours of milliseconds.
+    let millis = left.as_millis().clamp(1, 99_999_999);
+    format!("{millis}m")
+}
+
 /// A `grpc-timeout` value as a duration: at most 8 digits and a unit, `H`ours, `M`inutes,
 /// `S`econds, `m`illiseconds, `u`microseconds or `n`anoseconds (PROTOCOL-HTTP2.md). `None` for
 /// anything else: a value the gateway cannot read is passed on, not acted on.

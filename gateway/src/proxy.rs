@@ -438,6 +438,11 @@ fn prepare<'a>(
             }
         }
     }
+    if let Some(deadline) = ctx.client_deadline
+        && let Ok(left) = HeaderValue::from_str(&grpc::time_left(deadline))
+    {
+        parts.headers.insert(grpc::GRPC_TIMEOUT, left);
+    }
     parts.uri = upstream_uri(parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
     // HTTP/2 when the serving region's pool asks for it (gRPC), to its endpoints or to its

@@ -645,3 +645,41 @@ async fn a_request_is_in_flight_until_its_answer_is_all_sent() {
         got.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A client's deadline goes on to the upstream as the time left of it, over either front end:
+/// the upstream stops when the client has stopped waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_time_left_of_the_clients_deadline() {
+    let echo = Echo::start("app", "local").await;
+    let (_dir, gateway) = pool_gateway(&[echo.addr], "health_check: { interval_ms: 0 }\n").await;
+    let addr = gateway.http_addrs[0];
+    let (status, _, body) = send(
+        &client(),
+        request(
+            "GET",
+            addr,
+            "/x",
+            &[("x-user-id", "1"), ("grpc-timeout", "10S")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut sender = h2c(addr).await;
+    let over_h2 = Request::get("http://a/x")
+        .header("x-user-id", "1")
+        .header("grpc-timeout", "10000000u")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let answered = sender.send_request(over_h2).await.expect("answered");
+    assert_eq!(answered.status(), StatusCode::OK);
+    let received = echo.received();
+    assert_eq!(received.len(), 2);
+    for seen in &received {
+        let left = &seen.headers["grpc-timeout"];
+        let millis: u64 = left
+            .strip_suffix('m')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{left:?}"));
+        assert!(millis > 0 && millis <= 10_000, "{left:?}");
+    }
+}

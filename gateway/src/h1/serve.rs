@@ -597,6 +597,8 @@ pub(super) fn upstream_head(
             }
             Kind::ForwardedProto if !trusted => continue,
             Kind::ForwardedProto => forwarded_proto = true,
+            // The time left of it goes instead (below).
+            Kind::GrpcTimeout if ctx.client_deadline.is_some() => continue,
             _ => {}
         }
         if head.connection_names_fields && head.connection_lists(raw, name) {
@@ -635,6 +637,9 @@ pub(super) fn upstream_head(
     }
     if let Some(trace) = &ctx.trace {
         line(out, b"traceparent: ", &trace.child_bytes());
+    }
+    if let Some(deadline) = ctx.client_deadline {
+        line(out, b"grpc-timeout: ", crate::grpc::time_left(deadline).as_bytes());
     }
     let snapshot = decided.snapshot;
     let routed = &decided.routed;
