@@ -639,7 +639,11 @@ pub(super) fn upstream_head(
         line(out, b"traceparent: ", &trace.child_bytes());
     }
     if let Some(deadline) = ctx.client_deadline {
-        line(out, b"grpc-timeout: ", crate::grpc::time_left(deadline).as_bytes());
+        line(
+            out,
+            b"grpc-timeout: ",
+            crate::grpc::time_left(deadline).as_bytes(),
+        );
     }
     let snapshot = decided.snapshot;
     let routed = &decided.routed;
