@@ -173,10 +173,7 @@ async fn a_broken_exchange_gets_one_reply_over_http1_and_http2() {
     assert_eq!(body["upstream"], upstream.to_string(), "HTTP/1.1: {body}");
 
     let mut sender = h2c(addr).await;
-    let request = Request::post("http://a/x")
-        .header("x-user-id", "1")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let request = request("POST", addr, "/x", &[("x-user-id", "1")]);
     let response = sender.send_request(request).await.expect("answered");
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let bytes = http_body_util::BodyExt::collect(response.into_body())
@@ -226,12 +223,16 @@ async fn a_clients_grpc_timeout_ends_the_request_without_blaming_the_upstream() 
     assert_eq!(body["deadline_ms"], 100, "HTTP/1.1: {body}");
 
     let mut sender = h2c(addr).await;
-    let grpc_request = Request::post("http://a/pkg.Service/Method")
-        .header("x-user-id", "1")
-        .header("content-type", "application/grpc")
-        .header("grpc-timeout", "100000u")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let grpc_request = request(
+        "POST",
+        addr,
+        "/pkg.Service/Method",
+        &[
+            ("x-user-id", "1"),
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "100000u"),
+        ],
+    );
     let response = sender.send_request(grpc_request).await.expect("answered");
     assert_eq!(
         response.status(),
@@ -601,10 +602,7 @@ async fn a_request_is_in_flight_until_its_answer_is_all_sent() {
 
     // Over HTTP/2 (hyper's front end): its answer's head is here, its body is not.
     let mut sender = h2c(addr).await;
-    let slow = Request::get("http://a/slow")
-        .header("x-user-id", "1")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let slow = request("GET", addr, "/slow", &[("x-user-id", "1")]);
     let response = sender.send_request(slow).await.expect("answered");
     assert_eq!(response.status(), StatusCode::OK);
     let (status, _, body) = get_h1().await;
@@ -632,10 +630,7 @@ async fn a_request_is_in_flight_until_its_answer_is_all_sent() {
         assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&chunk[..n]);
     }
-    let fast = Request::get("http://a/fast")
-        .header("x-user-id", "1")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let fast = request("GET", addr, "/fast", &[("x-user-id", "1")]);
     let refused = sender.send_request(fast).await.expect("answered");
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     release.notify_one();
@@ -665,11 +660,12 @@ async fn the_upstream_gets_the_time_left_of_the_clients_deadline() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let mut sender = h2c(addr).await;
-    let over_h2 = Request::get("http://a/x")
-        .header("x-user-id", "1")
-        .header("grpc-timeout", "10000000u")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let over_h2 = request(
+        "GET",
+        addr,
+        "/x",
+        &[("x-user-id", "1"), ("grpc-timeout", "10000000u")],
+    );
     let answered = sender.send_request(over_h2).await.expect("answered");
     assert_eq!(answered.status(), StatusCode::OK);
     let received = echo.received();
