@@ -195,6 +195,10 @@ pub(crate) enum UpstreamFault {
     Timeout,
     /// The exchange broke (closed, reset, or something malformed came).
     Broken(String),
+    /// The upstream refused this one request as malformed (an HTTP/2 stream reset with
+    /// PROTOCOL_ERROR) on a connection that goes on serving others: the request's doing, so
+    /// not counted against the endpoint.
+    Refused(String),
 }
 
 /// The reply to a request whose last attempt `endpoint` failed; a timeout or a broken exchange
@@ -228,6 +232,13 @@ fn upstream_fault(shared: &Shared, endpoint: &EndpointState, fault: UpstreamFaul
             Reply::new(
                 StatusCode::BAD_GATEWAY,
                 json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
+            )
+        }
+        UpstreamFault::Refused(message) => {
+            tracing::debug!(%message, upstream = address, "upstream refused the request");
+            Reply::new(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "upstream refused the request", "upstream": address, "detail": message}),
             )
         }
     }

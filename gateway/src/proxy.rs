@@ -507,13 +507,14 @@ async fn exchange(
                 request = error.into_unsent();
                 UpstreamFault::Connect(message)
             }
+            Ok(Err(error)) if error.is_refused() => UpstreamFault::Refused(error.to_string()),
             Ok(Err(error)) => UpstreamFault::Broken(error.to_string()),
             Err(_) => UpstreamFault::Timeout,
         };
         let failure = match fault {
             UpstreamFault::Connect(_) => UpstreamFailure::Connect,
             UpstreamFault::Timeout => UpstreamFailure::Timeout,
-            UpstreamFault::Broken(_) => UpstreamFailure::Other,
+            UpstreamFault::Broken(_) | UpstreamFault::Refused(_) => UpstreamFailure::Other,
         };
         if let Some(reply) = client_fault(&shared.metrics, &body, failure) {
             return Err(reply);

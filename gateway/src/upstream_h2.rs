@@ -65,10 +65,19 @@ pub struct H2Error {
     /// The request, when no connection could be had: nothing was sent, so it may be sent
     /// elsewhere as it is.
     unsent: Option<Request<Body>>,
+    /// The upstream reset the request's stream as malformed (not the connection).
+    refused: bool,
     message: String,
 }
 
 impl H2Error {
+    /// The upstream reset this request's stream as malformed, its connection going on: it
+    /// refused the one request (a field it found malformed), which says nothing about the
+    /// endpoint.
+    pub fn is_refused(&self) -> bool {
+        self.refused
+    }
+
     /// No connection could be made (nothing was sent: safe to try elsewhere).
     pub fn is_connect(&self) -> bool {
         self.unsent.is_some()
@@ -199,6 +208,7 @@ impl H2Upstream {
                     Err(message) => {
                         return Err(H2Error {
                             unsent: Some(request),
+                            refused: false,
                             message,
                         });
                     }
@@ -210,9 +220,11 @@ impl H2Upstream {
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
                     None => {
+                        let error = error.into_error();
                         return Err(H2Error {
                             unsent: None,
-                            message: format!("{endpoint}: {}", error.into_error()),
+                            refused: is_refused_as_malformed(&error),
+                            message: format!("{endpoint}: {error}"),
                         });
                     }
                 },
@@ -220,6 +232,7 @@ impl H2Upstream {
         }
         Err(H2Error {
             unsent: Some(request),
+            refused: false,
             message: format!("{endpoint}: HTTP/2 connections closed before taking the request"),
         })
     }
@@ -348,6 +361,23 @@ impl Pool {
     }
 }
 
+/// Whether `error` is the upstream resetting one stream as malformed (RST_STREAM with
+/// PROTOCOL_ERROR), its connection going on. Other resets (INTERNAL_ERROR, REFUSED_STREAM, ...)
+/// and connection failures say something about the endpoint.
+fn is_refused_as_malformed(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_reset()
+                && h2.is_remote()
+                && !h2.is_go_away()
+                && h2.reason() == Some(h2::Reason::PROTOCOL_ERROR);
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Connection-specific fields, which HTTP/2 forbids (RFC 9113 section 8.2.2).
 static CONNECTION_SPECIFIC: [HeaderName; 5] = [
     header::CONNECTION,
@@ -462,6 +492,12 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// The upstream refused the one request as malformed on a connection that goes on (an
+    /// HTTP/2 stream reset with PROTOCOL_ERROR).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, SendError::H2(error) if error.is_refused())
+    }
+
     /// No connection could be made (nothing was sent: safe to try elsewhere).
     pub fn is_connect(&self) -> bool {
         match self {

@@ -614,3 +614,77 @@ async fn grpc_calls_cross_a_mutual_tls_hop() {
         server.stop().await;
     }
 }
+
+/// An HTTP/2 upstream that resets every request's stream (RST_STREAM PROTOCOL_ERROR), its
+/// connection going on.
+async fn resetting_h2() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    respond.send_reset(h2::Reason::PROTOCOL_ERROR);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A stream the upstream resets as malformed is that one request refused, on a connection that
+/// goes on: a 502 that says so, never counted against the endpoint (a client's request the
+/// upstream finds malformed must not eject it), over either front end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_refuses_does_not_count_against_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = resetting_h2().await;
+    let table = format!(
+        "version: 1\nregions: [{{ name: local, pools: {{ app: {{ endpoints: [\"{upstream}\"], protocol: h2 }} }} }}]\nunits: [{{ name: u1, center: true, slots: [[0, 9999]], region: local }}]\nroutes: [{{ name: app, match: {{ path_prefix: / }}, service: app, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}]\n"
+    );
+    let table_path = dir.path().join("table.yaml");
+    std::fs::write(&table_path, table).expect("table");
+    let listeners = loopback_listeners();
+    let gateway = Gateway::start(
+        config(
+            "local",
+            &table_path,
+            "health_check: { interval_ms: 0, eject_after_failures: 1 }\n",
+        ),
+        listeners,
+    )
+    .await
+    .expect("gateway");
+    let addr = gateway.http_addrs[0];
+    let mut sender = h2c(addr).await;
+    for _ in 0..3 {
+        let (status, _, body) = support::send(
+            &support::client(),
+            support::request("POST", addr, "/x", &[("x-user-id", "1")]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "HTTP/1.1: {body}");
+        assert_eq!(body["error"], "upstream refused the request", "{body}");
+        let over_h2 = support::request("POST", addr, "/x", &[("x-user-id", "1")]);
+        let response = sender.send_request(over_h2).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    }
+    let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
+    assert!(
+        !metrics.contains(&format!(
+            "unitgate_upstream_errors_total{{endpoint=\"{upstream}\""
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "unitgate_upstream_healthy{{region=\"local\",service=\"app\",endpoint=\"{upstream}\"}} 1"
+        )),
+        "{metrics}"
+    );
+}

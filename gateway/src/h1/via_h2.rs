@@ -164,6 +164,9 @@ where
                     _ => break (index, UpstreamFault::Connect(message)),
                 }
             }
+            Ok(Err(error)) if error.is_refused() => {
+                break (index, UpstreamFault::Refused(error.to_string()));
+            }
             Ok(Err(error)) => break (index, UpstreamFault::Broken(error.to_string())),
             Err(_) => break (index, UpstreamFault::Timeout),
         }
