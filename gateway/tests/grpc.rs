@@ -618,23 +618,15 @@ async fn grpc_calls_cross_a_mutual_tls_hop() {
 /// An HTTP/2 upstream that resets every request's stream (RST_STREAM PROTOCOL_ERROR), its
 /// connection going on.
 async fn resetting_h2() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut connection) = h2::server::handshake(stream).await else {
-                    return;
-                };
-                while let Some(Ok((_, mut respond))) = connection.accept().await {
-                    respond.send_reset(h2::Reason::PROTOCOL_ERROR);
-                }
-            });
+    support::serve_each(|stream| async move {
+        let Ok(mut connection) = h2::server::handshake(stream).await else {
+            return;
+        };
+        while let Some(Ok((_, mut respond))) = connection.accept().await {
+            respond.send_reset(h2::Reason::PROTOCOL_ERROR);
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A stream the upstream resets as malformed is that one request refused, on a connection that

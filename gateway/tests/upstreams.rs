@@ -125,28 +125,20 @@ async fn an_idempotent_request_with_a_body_is_retried_whole() {
 /// An upstream that reads a request's head and never answers: it closes the connection
 /// (`hang_up`), or holds it open until the gateway closes it.
 async fn not_answering(hang_up: bool) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                    if hang_up && head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            });
+    serve_each(move |mut stream| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+            if hang_up && head.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A broken exchange gets the same reply, and counts the same against the endpoint, whichever
@@ -539,41 +531,35 @@ async fn slow_and_idle_clients_are_closed_but_slow_bodies_stream_on() {
 /// An upstream whose answers to `/slow` stop after their first 5 bytes until `release` is
 /// notified (once per answer); other paths are answered whole at once.
 async fn streaming_slowly(release: Arc<tokio::sync::Notify>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let release = release.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let slow = head.starts_with(b"GET /slow ");
-                    head.drain(..end + 4);
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
+    serve_each(move |mut stream| {
+        let release = release.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
-                    if slow {
-                        release.notified().await;
-                    }
-                    if stream.write_all(b"world").await.is_err() {
-                        return;
-                    }
+                    continue;
+                };
+                let slow = head.starts_with(b"GET /slow ");
+                head.drain(..end + 4);
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
+                if stream.write_all(answer).await.is_err() {
+                    return;
                 }
-            });
+                if slow {
+                    release.notified().await;
+                }
+                if stream.write_all(b"world").await.is_err() {
+                    return;
+                }
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A unit's concurrency limit counts a request in flight until its answer is all sent, on
