@@ -270,6 +270,17 @@ async fn get_h2c(gateway: &Gateway, path: &str) -> (StatusCode, serde_json::Valu
     (status, body)
 }
 
+/// A GET over HTTP/1.1 (`/cart/1`) and one over HTTP/2 (`/cart/h2`) are both served by
+/// `upstream`, in that order.
+async fn served_over_both_front_ends(gateway: &Gateway, upstream: &TlsUpstream) {
+    let (status, body) = get(gateway, "/cart/1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["served_by"], "tls upstream");
+    let (status, body) = get_h2c(gateway, "/cart/h2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(upstream.requests(), ["/cart/1", "/cart/h2"]);
+}
+
 // ---- tests ------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,12 +291,7 @@ async fn requests_reach_an_https_upstream_whose_certificate_the_pool_trusts() {
     let upstream = TlsUpstream::start(&leaf, None, Serve::KeepAlive).await;
     let gateway = gateway_to(dir.path(), &upstream, &trusting(&ca)).await;
 
-    let (status, body) = get(&gateway, "/cart/1").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["served_by"], "tls upstream");
-    let (status, body) = get_h2c(&gateway, "/cart/h2").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(upstream.requests(), ["/cart/1", "/cart/h2"]);
+    served_over_both_front_ends(&gateway, &upstream).await;
     // Without server_name the endpoint's host is the name checked (its IP SAN); an IP address
     // is never sent as SNI. ALPN says http/1.1.
     let handshakes = upstream.handshakes();
@@ -340,12 +346,7 @@ async fn an_h2_pool_with_tls_speaks_http2_agreed_by_alpn() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (upstream, gateway) = h2_pool_gateway(dir.path(), Serve::H2).await;
 
-    let (status, body) = get(&gateway, "/cart/1").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["served_by"], "tls upstream");
-    let (status, body) = get_h2c(&gateway, "/cart/h2").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(upstream.requests(), ["/cart/1", "/cart/h2"]);
+    served_over_both_front_ends(&gateway, &upstream).await;
     // One connection per gateway worker, whichever took each request.
     let handshakes = upstream.handshakes();
     assert!(!handshakes.is_empty());

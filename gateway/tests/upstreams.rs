@@ -315,43 +315,36 @@ async fn slow_upstreams_time_out_with_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_upgrades_pass_through() {
     // An upstream that switches to an echo protocol.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let upstream = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+    let upstream = serve_each(|stream| async move {
+        let service = service_fn(|mut request: Request<Incoming>| async move {
+            let upgrade = hyper::upgrade::on(&mut request);
             tokio::spawn(async move {
-                let service = service_fn(|mut request: Request<Incoming>| async move {
-                    let upgrade = hyper::upgrade::on(&mut request);
-                    tokio::spawn(async move {
-                        if let Ok(upgraded) = upgrade.await {
-                            let mut io = TokioIo::new(upgraded);
-                            let mut buf = [0u8; 64];
-                            while let Ok(n) = io.read(&mut buf).await {
-                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                    break;
-                                }
-                            }
+                if let Ok(upgraded) = upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
                         }
-                    });
-                    let mut response = Response::new(Full::new(Bytes::new()));
-                    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                    response
-                        .headers_mut()
-                        .insert("upgrade", http::HeaderValue::from_static("echo"));
-                    response
-                        .headers_mut()
-                        .insert("connection", http::HeaderValue::from_static("upgrade"));
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
+                    }
+                }
             });
-        }
-    });
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response
+                .headers_mut()
+                .insert("upgrade", http::HeaderValue::from_static("echo"));
+            response
+                .headers_mut()
+                .insert("connection", http::HeaderValue::from_static("upgrade"));
+            Ok::<_, Infallible>(response)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+    })
+    .await;
     let (_dir, gateway) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
     let mut stream = connect_and_write(
         gateway.http_addrs[0],
@@ -439,30 +432,23 @@ async fn upstream_connections_are_reused_whatever_the_body() {
 
 /// An upstream whose response body is eight chunks, 150 ms apart.
 async fn trickling_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(|_: Request<Incoming>| async {
-                let chunks = futures_util::stream::unfold(0u8, |i| async move {
-                    if i == 8 {
-                        return None;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-                    let frame = hyper::body::Frame::data(Bytes::from(format!("tick{i}\n")));
-                    Some((Ok::<_, Infallible>(frame), i + 1))
-                });
-                Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(chunks)))
+    serve_each(|stream| async move {
+        let service = service_fn(|_: Request<Incoming>| async {
+            let chunks = futures_util::stream::unfold(0u8, |i| async move {
+                if i == 8 {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                let frame = hyper::body::Frame::data(Bytes::from(format!("tick{i}\n")));
+                Some((Ok::<_, Infallible>(frame), i + 1))
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    addr
+            Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(chunks)))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// Read until the peer closes; how long that took.
