@@ -223,6 +223,13 @@ pub async fn serve_proxy(
         && socket2::SockRef::from(&listener)
             .set_tcp_nodelay(true)
             .is_ok();
+    // Delayed ACKs from a connection's start, as HAProxy's HTTP mode does (`option
+    // smart-accept`): the client speaks first, so the ACK of its request can ride on the
+    // answer instead of leaving alone. Linux hands this on to accepted connections too; it
+    // saves one segment, and its send and receive work, per new connection.
+    if cfg!(target_os = "linux") {
+        let _ = socket2::SockRef::from(&listener).set_tcp_quickack(false);
+    }
     // Out of file descriptors, accept fails at once for as long as it lasts: back off (up to a
     // second) instead of spinning, and log once a second.
     let mut backoff = Duration::from_millis(5);
@@ -623,5 +630,27 @@ mod tests {
             std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
         let (accepted, _) = listener.accept().expect("accept");
         assert!(accepted.nodelay().expect("read"));
+    }
+
+    /// `serve_proxy` turns quick ACKs off on the listener: accepted connections start with
+    /// delayed ACKs, so a request's ACK goes with its answer.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accepted_connections_inherit_delayed_acks_from_the_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let _before = std::net::TcpStream::connect(address).expect("connect");
+        let (quick, _) = listener.accept().expect("accept");
+        assert!(socket2::SockRef::from(&quick).tcp_quickack().expect("read"));
+        socket2::SockRef::from(&listener)
+            .set_tcp_quickack(false)
+            .expect("set on the listener");
+        let _after = std::net::TcpStream::connect(address).expect("connect");
+        let (delayed, _) = listener.accept().expect("accept");
+        assert!(
+            !socket2::SockRef::from(&delayed)
+                .tcp_quickack()
+                .expect("read")
+        );
     }
 }

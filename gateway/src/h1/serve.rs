@@ -53,6 +53,10 @@ pub(super) enum Next {
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// Make the connection's close a reset (RST) instead of an orderly FIN.
     fn reset_on_close(&self);
+
+    /// Hold what is written from now on until the connection closes (or a full segment is
+    /// ready), so that the last answer's bytes and the FIN leave in one segment.
+    fn hold_until_close(&self);
 }
 
 impl ClientIo for TcpStream {
@@ -60,12 +64,22 @@ impl ClientIo for TcpStream {
         // A zero linger time: the close discards what is unsent and sends RST.
         let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
     }
+
+    fn hold_until_close(&self) {
+        // TCP_CORK: the close pushes what is held with the FIN set on its last segment.
+        let _ = socket2::SockRef::from(self).set_tcp_cork(true);
+    }
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     fn reset_on_close(&self) {
         // No close_notify goes out either: a TLS client sees the truncation as such.
         self.get_ref().0.reset_on_close();
+    }
+
+    fn hold_until_close(&self) {
+        // The answer's last record, close_notify and the FIN then share a segment.
+        self.get_ref().0.hold_until_close();
     }
 }
 
@@ -315,7 +329,7 @@ async fn exchange<S>(
     snapshot: Option<&Snapshot>,
 ) -> Next
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ClientIo,
 {
     let raw = &buf[..head.len];
     let view = HeadView::new(raw, head);
@@ -363,8 +377,13 @@ where
     finish(shared, &ctx, snapshot, conn, status);
     // The last of a forwarded answer goes out after the log line and the metrics, so a client
     // that has its answer finds the request counted and logged.
-    if unsent && !to_client(shared, io, scratch).await && next == Next::KeepAlive {
-        next = Next::Close;
+    if unsent {
+        if next == Next::Close {
+            io.hold_until_close();
+        }
+        if !to_client(shared, io, scratch).await && next == Next::KeepAlive {
+            next = Next::Close;
+        }
     }
     next
 }
@@ -1339,4 +1358,32 @@ where
         next: Next::Close,
         upstream_reusable: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::ClientIo;
+
+    /// A held answer is not lost: the close sends it, then the end of the connection.
+    #[tokio::test]
+    async fn what_is_held_until_close_arrives_with_the_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        let answer = vec![b'a'; 100_000];
+        server.hold_until_close();
+        server.write_all(&answer).await.expect("write");
+        drop(server);
+        let mut received = Vec::new();
+        client
+            .read_to_end(&mut received)
+            .await
+            .expect("read to the end");
+        assert_eq!(received, answer);
+    }
 }
