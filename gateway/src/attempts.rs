@@ -3,8 +3,10 @@
 //! HTTP/1.1 path and its HTTP/2 detour — so retries, key affinity, deadlines, health counting
 //! and the replies for an upstream's failure are the same whichever way a request came in.
 //!
-//! An idempotent request goes to another endpoint only when no connection could be made to
-//! the one before (nothing of it was sent); any other failure ends the request.
+//! A request goes to another endpoint only when nothing of it reached the one before: an
+//! idempotent one when no connection could be made, any one when an HTTP/2 upstream left it
+//! unprocessed (RFC 9113 section 8.7) and it can be sent again; any other failure ends the
+//! request.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use crate::metrics::{ClientEvent, UpstreamFailure};
 use crate::proxy::{Ctx, Reply, Shared, Target};
 use crate::store::{EndpointState, Health, PoolState};
 
-/// Endpoints an idempotent request is tried on when connections to them fail.
+/// Endpoints a request is tried on at most (see [`Attempts::after`]).
 pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// Methods whose requests may be sent again: RFC 9110's idempotent ones.
@@ -41,6 +43,8 @@ pub(crate) struct Attempts<'a> {
     tried: [usize; MAX_ATTEMPTS],
     made: usize,
     limit: usize,
+    /// Whether a connect failure lets the request go on (an unprocessed one goes on anyway).
+    idempotent: bool,
     /// When the request started: the first attempt's time counts from there.
     start: Instant,
     read: Duration,
@@ -54,8 +58,8 @@ pub(crate) struct Attempts<'a> {
 }
 
 impl<'a> Attempts<'a> {
-    /// The attempts `decided` allows: up to `MAX_ATTEMPTS` (never more than the pool has
-    /// endpoints) for an idempotent request, one for any other.
+    /// The attempts `decided` allows: up to `MAX_ATTEMPTS`, never more than the pool has
+    /// endpoints; after the first, only as [`Attempts::next`] and [`Attempts::after`] say.
     pub(crate) fn new<'s: 'a>(shared: &Shared, ctx: &Ctx, decided: &'a Decided<'s>) -> Self {
         let (pool, affinity) = match decided.target {
             Target::Local(pool) => {
@@ -68,11 +72,7 @@ impl<'a> Attempts<'a> {
             }
             Target::Region(region) => (&decided.snapshot.regions[region].gateways, None),
         };
-        let limit = if is_idempotent(&ctx.method) {
-            pool.endpoints.len().clamp(1, MAX_ATTEMPTS)
-        } else {
-            1
-        };
+        let limit = pool.endpoints.len().clamp(1, MAX_ATTEMPTS);
         let timeouts = shared.config.timeouts;
         let total_deadline = ctx.start + timeouts.total();
         let client_deadline = ctx.client_deadline.filter(|d| *d < total_deadline);
@@ -82,6 +82,7 @@ impl<'a> Attempts<'a> {
             tried: [usize::MAX; MAX_ATTEMPTS],
             made: 0,
             limit,
+            idempotent: is_idempotent(&ctx.method),
             start: ctx.start,
             read: timeouts.read(),
             total_deadline: client_deadline.unwrap_or(total_deadline),
@@ -90,10 +91,50 @@ impl<'a> Attempts<'a> {
         }
     }
 
-    /// The next endpoint to try (healthy ones first: by the key's order under key affinity,
-    /// else by round robin), counted as an attempt; `None` once the attempts are used up or
-    /// every endpoint was tried.
+    /// The first endpoint to try, or the next one after a connect failure: counted as an
+    /// attempt; `None` once the attempts are used up, every endpoint was tried, or the request
+    /// is not idempotent and had its one.
     pub(crate) fn next(&mut self) -> Option<(usize, &'a EndpointState)> {
+        if self.made > 0 && !self.idempotent {
+            return None;
+        }
+        self.pick()
+    }
+
+    /// What follows an attempt on `endpoint` that failed with `fault`, its request handed back
+    /// (`unsent`) when it may be sent again as it is: the failure counted, and the endpoint to
+    /// try next when the request may go on. After a connect failure an idempotent request may;
+    /// after the upstream left it unprocessed any request may, whatever its method: the
+    /// upstream did nothing with it (RFC 9113 section 8.7).
+    pub(crate) fn after(
+        &mut self,
+        shared: &Shared,
+        endpoint: &EndpointState,
+        fault: &UpstreamFault,
+        unsent: bool,
+    ) -> Option<(usize, &'a EndpointState)> {
+        match fault {
+            UpstreamFault::Connect(_) => {
+                connect_failed(shared, endpoint);
+                if unsent { self.next() } else { None }
+            }
+            UpstreamFault::Unprocessed(_) => {
+                // Counted for operators to see, never against the endpoint's health: an
+                // upstream refuses streams at its concurrency limit, or while it goes away,
+                // not because it is failing.
+                shared
+                    .metrics
+                    .upstream_error(endpoint.id, UpstreamFailure::Unprocessed);
+                if unsent { self.pick() } else { None }
+            }
+            UpstreamFault::Timeout | UpstreamFault::Broken(_) | UpstreamFault::Refused(_) => None,
+        }
+    }
+
+    /// The next endpoint (healthy ones first: by the key's order under key affinity, else by
+    /// round robin), counted as an attempt; `None` once the attempts are used up or every
+    /// endpoint was tried.
+    fn pick(&mut self) -> Option<(usize, &'a EndpointState)> {
         if self.made == self.limit {
             return None;
         }
@@ -199,6 +240,10 @@ pub(crate) enum UpstreamFault {
     /// PROTOCOL_ERROR) on a connection that goes on serving others: the request's doing, so
     /// not counted against the endpoint.
     Refused(String),
+    /// The upstream did not process the request (an HTTP/2 stream reset with REFUSED_STREAM,
+    /// or one a GOAWAY says it left alone): counted by [`Attempts::after`] when it happened,
+    /// never against the endpoint. Answered as a refusal when it cannot go on.
+    Unprocessed(String),
 }
 
 /// The reply to a request whose last attempt `endpoint` failed; a timeout or a broken exchange
@@ -234,7 +279,7 @@ fn upstream_fault(shared: &Shared, endpoint: &EndpointState, fault: UpstreamFaul
                 json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),
             )
         }
-        UpstreamFault::Refused(message) => {
+        UpstreamFault::Refused(message) | UpstreamFault::Unprocessed(message) => {
             tracing::debug!(%message, upstream = address, "upstream refused the request");
             Reply::new(
                 StatusCode::BAD_GATEWAY,

@@ -340,6 +340,9 @@ pub enum UpstreamFailure {
     Timeout,
     /// Failed after connecting.
     Other,
+    /// Left unprocessed by an HTTP/2 upstream (REFUSED_STREAM, or above a GOAWAY's last stream
+    /// id): safe to send elsewhere, and never counted against the endpoint's health.
+    Unprocessed,
 }
 
 /// Request counts, latencies and open connections of one proxy worker. Each worker counts in
@@ -681,6 +684,7 @@ impl Metrics {
             let kind = match kind {
                 k if k == UpstreamFailure::Connect as u8 => "connect",
                 k if k == UpstreamFailure::Timeout as u8 => "timeout",
+                k if k == UpstreamFailure::Unprocessed as u8 => "unprocessed",
                 _ => "other",
             };
             let _ = writeln!(

@@ -26,7 +26,7 @@ use router_rules::table::RegionIndex;
 use router_rules::{Action, Class, RequestView};
 use serde_json::json;
 
-use crate::attempts::{Attempts, UpstreamFault, connect_failed};
+use crate::attempts::{Attempts, UpstreamFault};
 use crate::client_body::{BodyFault, BodyState, ClientBody};
 use crate::coarse_timer::CoarseTimer;
 use crate::config::{GatewayConfig, Http1Codec, RoutingKeyLog};
@@ -474,18 +474,17 @@ async fn exchange(
     outbound: Outbound<'_>,
 ) -> Result<Response<UpstreamBody>, Reply> {
     let Outbound {
-        request,
+        mut request,
         body,
         mut attempts,
         http1,
         h2,
     } = outbound;
-    let mut request = Some(request);
-    let mut last = None;
-    while let Some((index, endpoint)) = attempts.next() {
-        let Some(upstream_request) = request.take() else {
-            break;
-        };
+    let Some(mut chosen) = attempts.next() else {
+        return Err(attempts.no_endpoint());
+    };
+    loop {
+        let (index, endpoint) = chosen;
         if shared.config.access_log.enabled {
             ctx.upstream = Some(endpoint.address.clone());
         }
@@ -493,43 +492,37 @@ async fn exchange(
             .timer
             .timeout_at(
                 attempts.deadline(),
-                upstream_h2::send(http1, h2, endpoint, upstream_request),
+                upstream_h2::send(http1, h2, endpoint, request),
             )
             .await;
-        let fault = match result {
+        let (fault, unsent) = match result {
             Ok(Ok(response)) => {
                 endpoint.health.success();
                 return Ok(response);
             }
-            Ok(Err(error)) if error.is_connect() => {
-                let message = error.to_string();
-                // A connect failure hands the request back as it was: it may go on.
-                request = error.into_unsent();
-                UpstreamFault::Connect(message)
-            }
-            Ok(Err(error)) if error.is_refused() => UpstreamFault::Refused(error.to_string()),
-            Ok(Err(error)) => UpstreamFault::Broken(error.to_string()),
-            Err(_) => UpstreamFault::Timeout,
+            Ok(Err(error)) => error.into_fault(),
+            Err(_) => (UpstreamFault::Timeout, None),
         };
         let failure = match fault {
             UpstreamFault::Connect(_) => UpstreamFailure::Connect,
             UpstreamFault::Timeout => UpstreamFailure::Timeout,
             UpstreamFault::Broken(_) | UpstreamFault::Refused(_) => UpstreamFailure::Other,
+            UpstreamFault::Unprocessed(_) => UpstreamFailure::Unprocessed,
         };
         if let Some(reply) = client_fault(&shared.metrics, &body, failure) {
             return Err(reply);
         }
-        if let UpstreamFault::Connect(_) = fault {
-            connect_failed(shared, endpoint);
-            last = Some((index, fault));
-            continue;
+        match (
+            attempts.after(shared, endpoint, &fault, unsent.is_some()),
+            unsent,
+        ) {
+            (Some(next), Some(unsent)) => {
+                request = unsent;
+                chosen = next;
+            }
+            _ => return Err(attempts.failed(shared, index, fault)),
         }
-        return Err(attempts.failed(shared, index, fault));
     }
-    Err(match last {
-        Some((index, fault)) => attempts.failed(shared, index, fault),
-        None => attempts.no_endpoint(),
-    })
 }
 
 /// Phase 7: the upstream's answer for the client. A `101` to an upgrade request turns both

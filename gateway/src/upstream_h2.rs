@@ -13,6 +13,10 @@
 //! `gateways`) says: over TLS with ALPN `h2`, which the endpoint must agree to; over plain TCP,
 //! h2c (HTTP/2 with prior knowledge).
 //!
+//! A request the upstream did not process (a stream reset with REFUSED_STREAM, or one above a
+//! GOAWAY's last stream id) is handed back to be sent elsewhere when it can be made again: its
+//! body empty, or held whole ([`held`]).
+//!
 //! Requests leave as HTTP/2 should: absolute URI (`:scheme`, `:authority` from the `Host` the
 //! gateway routed by), no connection-specific fields (RFC 9113 section 8.2.2), `TE: trailers`
 //! for gRPC. Trailers pass both ways as body frames: the client's to the upstream, the
@@ -30,12 +34,14 @@ use fnv::FnvBuildHasher;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use router_rules::table::RegionIndex;
 use router_rules::{CompiledTable, UpstreamProtocol};
 
+use crate::attempts::UpstreamFault;
 use crate::config::Timeouts;
 use crate::connect::Connector;
 use crate::h1::bridge::BridgeError;
@@ -62,12 +68,23 @@ pub fn wanted(table: &CompiledTable, region: RegionIndex, service: usize) -> boo
 
 /// Why an HTTP/2 exchange failed.
 pub struct H2Error {
-    /// The request, when no connection could be had: nothing was sent, so it may be sent
-    /// elsewhere as it is.
+    /// The request, when it may be sent elsewhere as it is: nothing of it was sent (no
+    /// connection), or the upstream left it unprocessed and it could be made again.
     unsent: Option<Request<Body>>,
-    /// The upstream reset the request's stream as malformed (not the connection).
-    refused: bool,
+    kind: H2Failure,
     message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H2Failure {
+    /// No connection could be had.
+    Connect,
+    /// The upstream did not process the request (RFC 9113 section 8.7).
+    Unprocessed,
+    /// The upstream reset the request's stream as malformed (not the connection).
+    Refused,
+    /// Anything else after the request went out.
+    Broken,
 }
 
 impl H2Error {
@@ -75,15 +92,23 @@ impl H2Error {
     /// refused the one request (a field it found malformed), which says nothing about the
     /// endpoint.
     pub fn is_refused(&self) -> bool {
-        self.refused
+        self.kind == H2Failure::Refused
+    }
+
+    /// The upstream did not process the request: it reset the stream with REFUSED_STREAM, or
+    /// its GOAWAY's last stream id is below the request's stream (or came before the stream
+    /// was opened). [`H2Error::into_unsent`] gives it back when its body was empty or held
+    /// whole ([`held`]); a streamed body is gone.
+    pub fn is_unprocessed(&self) -> bool {
+        self.kind == H2Failure::Unprocessed
     }
 
     /// No connection could be made (nothing was sent: safe to try elsewhere).
     pub fn is_connect(&self) -> bool {
-        self.unsent.is_some()
+        self.kind == H2Failure::Connect
     }
 
-    /// The request back, when nothing of it was sent.
+    /// The request back, when it may be sent again as it is.
     pub fn into_unsent(self) -> Option<Request<Body>> {
         self.unsent
     }
@@ -92,7 +117,8 @@ impl H2Error {
 impl std::fmt::Debug for H2Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H2Error")
-            .field("connect", &self.is_connect())
+            .field("kind", &self.kind)
+            .field("unsent", &self.unsent.is_some())
             .field("message", &self.message)
             .finish()
     }
@@ -208,23 +234,36 @@ impl H2Upstream {
                     Err(message) => {
                         return Err(H2Error {
                             unsent: Some(request),
-                            refused: false,
+                            kind: H2Failure::Connect,
                             message,
                         });
                     }
                 },
             };
             slot.last_used.store(self.pool.now_ms(), Ordering::Relaxed);
+            // hyper gives a request back only when its connection never took it; one the
+            // upstream leaves unprocessed is gone with its stream, so a copy is kept of any that
+            // could be sent again.
+            let copy = copy_of(&request);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
                     None => {
                         let error = error.into_error();
+                        let kind = failure_of(&error);
+                        let unsent = copy
+                            .filter(|_| kind == H2Failure::Unprocessed)
+                            .map(from_copy);
+                        // hyper's own words ("http2 error") say little: the frame's do.
+                        let message = match std::error::Error::source(&error) {
+                            Some(cause) => format!("{endpoint}: {error}: {cause}"),
+                            None => format!("{endpoint}: {error}"),
+                        };
                         return Err(H2Error {
-                            unsent: None,
-                            refused: is_refused_as_malformed(&error),
-                            message: format!("{endpoint}: {error}"),
+                            unsent,
+                            kind,
+                            message,
                         });
                     }
                 },
@@ -232,10 +271,67 @@ impl H2Upstream {
         }
         Err(H2Error {
             unsent: Some(request),
-            refused: false,
+            kind: H2Failure::Connect,
             message: format!("{endpoint}: HTTP/2 connections closed before taking the request"),
         })
     }
+}
+
+/// A request body the gateway holds whole (an HTTP/1.1 client's, read before it goes to an
+/// `h2` pool), kept beside the request so that it can be sent again.
+#[derive(Clone)]
+struct Held {
+    data: Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Held {
+    fn body(&self) -> Body {
+        Full::new(self.data.clone())
+            .map_err(|never| match never {})
+            .with_trailers(std::future::ready(self.trailers.clone().map(Ok)))
+            .boxed()
+    }
+}
+
+/// `head` with a body held whole, `data` then `trailers`: a request that can be sent to another
+/// endpoint should the upstream leave it unprocessed.
+pub fn held(
+    head: http::request::Parts,
+    data: Bytes,
+    trailers: Option<http::HeaderMap>,
+) -> Request<Body> {
+    let held = Held { data, trailers };
+    let body = held.body();
+    let mut request = Request::from_parts(head, body);
+    request.extensions_mut().insert(held);
+    request
+}
+
+/// A copy of `request`'s head, when the request could be made again: its body is empty, or
+/// held whole ([`held`]); a streamed body cannot be had twice.
+fn copy_of(request: &Request<Body>) -> Option<Request<()>> {
+    if !hyper::body::Body::is_end_stream(request.body())
+        && request.extensions().get::<Held>().is_none()
+    {
+        return None;
+    }
+    let mut copy = Request::new(());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
+}
+
+/// The request [`copy_of`] copied, whole again.
+fn from_copy(copy: Request<()>) -> Request<Body> {
+    let body = copy
+        .extensions()
+        .get::<Held>()
+        .map_or_else(crate::upstream::empty, Held::body);
+    copy.map(|()| body)
 }
 
 impl Pool {
@@ -361,21 +457,29 @@ impl Pool {
     }
 }
 
-/// Whether `error` is the upstream resetting one stream as malformed (RST_STREAM with
-/// PROTOCOL_ERROR), its connection going on. Other resets (INTERNAL_ERROR, REFUSED_STREAM, ...)
-/// and connection failures say something about the endpoint.
-fn is_refused_as_malformed(error: &hyper::Error) -> bool {
+/// What a failed stream says, by what the upstream sent:
+/// - unprocessed: it reset the stream with REFUSED_STREAM, or sent a GOAWAY. h2 gives the
+///   peer's GOAWAY only to the streams above its last stream id and to requests made after it
+///   arrived (streams at or below it that the connection's end cuts off get a broken pipe), so
+///   either way the upstream did nothing with the request (RFC 9113 section 8.7);
+/// - refused: it reset the one stream as malformed (PROTOCOL_ERROR), its connection going on;
+/// - broken: anything else (other resets, connection failures), which says something about
+///   the endpoint.
+fn failure_of(error: &hyper::Error) -> H2Failure {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.is_reset()
-                && h2.is_remote()
-                && !h2.is_go_away()
-                && h2.reason() == Some(h2::Reason::PROTOCOL_ERROR);
+            return match h2.reason() {
+                _ if !h2.is_remote() => H2Failure::Broken,
+                _ if h2.is_go_away() => H2Failure::Unprocessed,
+                Some(h2::Reason::REFUSED_STREAM) => H2Failure::Unprocessed,
+                Some(h2::Reason::PROTOCOL_ERROR) => H2Failure::Refused,
+                _ => H2Failure::Broken,
+            };
         }
         source = cause.source();
     }
-    false
+    H2Failure::Broken
 }
 
 /// Connection-specific fields, which HTTP/2 forbids (RFC 9113 section 8.2.2).
@@ -492,27 +596,24 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// The upstream refused the one request as malformed on a connection that goes on (an
-    /// HTTP/2 stream reset with PROTOCOL_ERROR).
-    pub fn is_refused(&self) -> bool {
-        matches!(self, SendError::H2(error) if error.is_refused())
-    }
-
-    /// No connection could be made (nothing was sent: safe to try elsewhere).
-    pub fn is_connect(&self) -> bool {
+    /// The forward phase's view of the failure, with the request back when it may be sent
+    /// again as it is (for [`crate::attempts::Attempts::after`] to decide whether it goes on).
+    pub(crate) fn into_fault(self) -> (UpstreamFault, Option<Request<Body>>) {
+        let message = self.to_string();
         match self {
-            SendError::Http1(error) => error.is_connect(),
-            SendError::H2(error) => error.is_connect(),
-            SendError::Codec(error) => error.is_connect(),
-        }
-    }
-
-    /// The request back, when nothing of it was sent.
-    pub fn into_unsent(self) -> Option<Request<Body>> {
-        match self {
-            SendError::Http1(error) => error.into_unsent(),
-            SendError::H2(error) => error.into_unsent(),
-            SendError::Codec(error) => error.into_unsent(),
+            SendError::H2(error) => match error.kind {
+                H2Failure::Connect => (UpstreamFault::Connect(message), error.unsent),
+                H2Failure::Unprocessed => (UpstreamFault::Unprocessed(message), error.unsent),
+                H2Failure::Refused => (UpstreamFault::Refused(message), None),
+                H2Failure::Broken => (UpstreamFault::Broken(message), None),
+            },
+            SendError::Http1(error) if error.is_connect() => {
+                (UpstreamFault::Connect(message), error.into_unsent())
+            }
+            SendError::Codec(error) if error.is_connect() => {
+                (UpstreamFault::Connect(message), error.into_unsent())
+            }
+            SendError::Http1(_) | SendError::Codec(_) => (UpstreamFault::Broken(message), None),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! their trailers (the server's `grpc-status` and its own metadata) in the region and across
 //! regions; a client's request trailers reach the upstream; the gateway's own answers reach a
 //! gRPC client as gRPC statuses; an h2 pool's health is checked over HTTP/2; an HTTP/1.1
-//! client's request, served by the gateway's own codec, crosses to them over HTTP/2 too.
+//! client's request, served by the gateway's own codec, crosses to them over HTTP/2 too; a
+//! request an h2 upstream refuses is answered, or left unprocessed goes to the next endpoint.
 
 #[path = "support/grpc_echo.rs"]
 mod grpc_echo;
@@ -11,6 +12,9 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -462,7 +466,6 @@ fn origin_form(path: &str) -> Request<gateway::upstream::Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_gets_one_shared_connection_made_again_when_it_closes() {
     use gateway::upstream_h2::H2Upstream;
-    use std::sync::atomic::Ordering::SeqCst;
 
     let (addr, accepted, cut) = counting_h2(Duration::from_millis(100)).await;
     let endpoint = http::uri::Authority::try_from(addr.to_string().as_str()).expect("authority");
@@ -615,18 +618,105 @@ async fn grpc_calls_cross_a_mutual_tls_hop() {
     }
 }
 
-/// An HTTP/2 upstream that resets every request's stream (RST_STREAM PROTOCOL_ERROR), its
-/// connection going on.
-async fn resetting_h2() -> SocketAddr {
-    support::serve_each(|stream| async move {
-        let Ok(mut connection) = h2::server::handshake(stream).await else {
-            return;
-        };
-        while let Some(Ok((_, mut respond))) = connection.accept().await {
-            respond.send_reset(h2::Reason::PROTOCOL_ERROR);
+/// An HTTP/2 upstream that resets every request's stream with `reason`, its connection going
+/// on; how many streams it reset (counted before the reset goes out).
+async fn resetting_h2(reason: h2::Reason) -> (SocketAddr, Arc<AtomicUsize>) {
+    let reset = Arc::new(AtomicUsize::new(0));
+    let counter = reset.clone();
+    let addr = support::serve_each(move |stream| {
+        let counter = counter.clone();
+        async move {
+            let Ok(mut connection) = h2::server::handshake(stream).await else {
+                return;
+            };
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                counter.fetch_add(1, SeqCst);
+                respond.send_reset(reason);
+            }
         }
     })
+    .await;
+    (addr, reset)
+}
+
+/// An HTTP/2 upstream, spoken frame by frame, that answers a request's HEADERS with a GOAWAY
+/// whose last stream id is 0 (it processed none) and then waits for the client to close; how
+/// many requests it turned away so (counted before the GOAWAY goes out).
+async fn going_away_h2() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const SETTINGS_ACK: [u8; 9] = [0, 0, 0, 4, 1, 0, 0, 0, 0];
+    // Length 8, type GOAWAY, stream 0; last stream id 0, NO_ERROR.
+    const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let turned_away = Arc::new(AtomicUsize::new(0));
+    let counter = turned_away.clone();
+    let addr = support::serve_each(move |mut stream| {
+        let counter = counter.clone();
+        async move {
+            let mut preface = [0u8; 24];
+            if stream.read_exact(&mut preface).await.is_err()
+                || stream.write_all(&SETTINGS).await.is_err()
+            {
+                return;
+            }
+            let mut head = [0u8; 9];
+            while stream.read_exact(&mut head).await.is_ok() {
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if stream.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                let (kind, flags) = (head[3], head[4]);
+                let reply: &[u8] = match kind {
+                    4 if flags & 1 == 0 => &SETTINGS_ACK,
+                    1 => {
+                        counter.fetch_add(1, SeqCst);
+                        &GOAWAY
+                    }
+                    _ => continue,
+                };
+                if stream.write_all(reply).await.is_err() {
+                    return;
+                }
+                if kind == 1 {
+                    // Read on until the client closes: closing with its frames unread would
+                    // reset the connection, and the GOAWAY might be lost with it.
+                    let mut rest = [0u8; 4096];
+                    while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, turned_away)
+}
+
+/// A one-region gateway whose `app` pool (every path, keyed by X-User-Id) is the HTTP/2
+/// `endpoints`, eject after one failure; its directory, which must live as long as it.
+async fn h2_pool_gateway(endpoints: &[SocketAddr]) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let endpoints = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let table = format!(
+        "version: 1\nregions: [{{ name: local, pools: {{ app: {{ endpoints: [{endpoints}], protocol: h2 }} }} }}]\nunits: [{{ name: u1, center: true, slots: [[0, 9999]], region: local }}]\nroutes: [{{ name: app, match: {{ path_prefix: / }}, service: app, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}]\n"
+    );
+    let table_path = dir.path().join("table.yaml");
+    std::fs::write(&table_path, table).expect("table");
+    let gateway = Gateway::start(
+        config(
+            "local",
+            &table_path,
+            "health_check: { interval_ms: 0, eject_after_failures: 1 }\n",
+        ),
+        loopback_listeners(),
+    )
     .await
+    .expect("gateway");
+    (dir, gateway)
 }
 
 /// A stream the upstream resets as malformed is that one request refused, on a connection that
@@ -634,24 +724,8 @@ async fn resetting_h2() -> SocketAddr {
 /// upstream finds malformed must not eject it), over either front end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_upstream_refuses_does_not_count_against_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let upstream = resetting_h2().await;
-    let table = format!(
-        "version: 1\nregions: [{{ name: local, pools: {{ app: {{ endpoints: [\"{upstream}\"], protocol: h2 }} }} }}]\nunits: [{{ name: u1, center: true, slots: [[0, 9999]], region: local }}]\nroutes: [{{ name: app, match: {{ path_prefix: / }}, service: app, class: C, key: [{{ header: X-User-Id }}], missing_key: local }}]\n"
-    );
-    let table_path = dir.path().join("table.yaml");
-    std::fs::write(&table_path, table).expect("table");
-    let listeners = loopback_listeners();
-    let gateway = Gateway::start(
-        config(
-            "local",
-            &table_path,
-            "health_check: { interval_ms: 0, eject_after_failures: 1 }\n",
-        ),
-        listeners,
-    )
-    .await
-    .expect("gateway");
+    let (upstream, _) = resetting_h2(h2::Reason::PROTOCOL_ERROR).await;
+    let (_dir, gateway) = h2_pool_gateway(&[upstream]).await;
     let addr = gateway.http_addrs[0];
     let mut sender = h2c(addr).await;
     for _ in 0..3 {
@@ -673,10 +747,181 @@ async fn a_request_the_upstream_refuses_does_not_count_against_it() {
         )),
         "{metrics}"
     );
+    assert!(metrics.contains(&healthy(upstream)), "{metrics}");
+}
+
+/// The metrics line saying endpoint `upstream` of the `app` pool takes traffic.
+fn healthy(upstream: SocketAddr) -> String {
+    format!(
+        "unitgate_upstream_healthy{{region=\"local\",service=\"app\",endpoint=\"{upstream}\"}} 1"
+    )
+}
+
+/// The metrics line counting the requests endpoint `upstream` left unprocessed.
+fn unprocessed(upstream: SocketAddr, n: usize) -> String {
+    format!("unitgate_upstream_errors_total{{endpoint=\"{upstream}\",kind=\"unprocessed\"}} {n}")
+}
+
+/// A POST with body `four` from an HTTP/1.1 client (read whole by the codec before it goes).
+fn post_four(addr: SocketAddr) -> Request<http_body_util::Full<Bytes>> {
+    Request::post(format!("http://{addr}/x"))
+        .header("x-user-id", "1")
+        .body(http_body_util::Full::new(Bytes::from_static(b"four")))
+        .expect("request")
+}
+
+/// A gRPC-style call with no message (its HEADERS end the stream) from an HTTP/2 client.
+fn grpc_style(addr: SocketAddr) -> Request<http_body_util::Full<Bytes>> {
+    support::request(
+        "POST",
+        addr,
+        "/pkg.Svc/Call",
+        &[
+            ("x-user-id", "1"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+    )
+}
+
+/// A request an HTTP/2 upstream refuses with REFUSED_STREAM was not processed (RFC 9113
+/// section 8.7): it goes to the next endpoint whatever its method, when it can be sent again
+/// (a body the codec read whole, or none), and the refusing endpoint is never ejected for it
+/// (it is at its concurrency limit, not failing): later requests are still tried on it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_an_h2_upstream_refuses_unprocessed_goes_to_the_next_endpoint() {
+    let (refusing, refused) = resetting_h2(h2::Reason::REFUSED_STREAM).await;
+    let serving = trailer_echo().await;
+    let (_dir, gateway) = h2_pool_gateway(&[refusing, serving]).await;
+    let addr = gateway.http_addrs[0];
+    // Round robin over the two: of any two requests in a row, one is tried on the refusing
+    // endpoint first (and, retried on the other, every one after it is too).
+    let http = support::client();
+    let before = refused.load(SeqCst);
+    for _ in 0..3 {
+        let response = http.request(post_four(addr)).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK, "HTTP/1.1");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        // The body went again whole.
+        assert_eq!(body, "HTTP/2.0 4");
+    }
+    assert!(refused.load(SeqCst) > before, "HTTP/1.1: never tried first");
+
+    let mut sender = h2c(addr).await;
+    let before = refused.load(SeqCst);
+    for _ in 0..3 {
+        let response = sender
+            .send_request(grpc_style(addr))
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), StatusCode::OK, "HTTP/2");
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("the upstream's trailers");
+        assert_eq!(trailers["x-upstream-trailer"], "from-upstream");
+        assert_eq!(collected.to_bytes(), "HTTP/2.0 0");
+    }
+    // Refused with eject_after_failures 1 and still tried: not ejected.
+    assert!(refused.load(SeqCst) > before, "HTTP/2: never tried first");
+
+    let metrics = support::get_text(&http, gateway.admin_addr, "/metrics").await;
     assert!(
-        metrics.contains(&format!(
-            "unitgate_upstream_healthy{{region=\"local\",service=\"app\",endpoint=\"{upstream}\"}} 1"
-        )),
+        metrics.contains(&unprocessed(refusing, refused.load(SeqCst))),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&healthy(refusing)), "{metrics}");
+    assert!(
+        !metrics.contains("kind=\"other\"") && !metrics.contains("kind=\"connect\""),
+        "{metrics}"
+    );
+}
+
+/// When every endpoint leaves the request unprocessed the client hears the refusal (a `502`, or
+/// gRPC's UNAVAILABLE), having had each endpoint tried once; a body that streamed cannot go
+/// again, so its request is refused after one; no endpoint is ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_endpoint_refuses_the_client_hears_so_and_none_is_ejected() {
+    let (first, first_refused) = resetting_h2(h2::Reason::REFUSED_STREAM).await;
+    let (second, second_refused) = resetting_h2(h2::Reason::REFUSED_STREAM).await;
+    let (_dir, gateway) = h2_pool_gateway(&[first, second]).await;
+    let addr = gateway.http_addrs[0];
+    let refused = || first_refused.load(SeqCst) + second_refused.load(SeqCst);
+
+    let (status, _, body) = support::send(&support::client(), post_four(addr)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], "upstream refused the request", "{body}");
+    assert_eq!(
+        (first_refused.load(SeqCst), second_refused.load(SeqCst)),
+        (1, 1)
+    );
+
+    let mut sender = h2c(addr).await;
+    let response = sender
+        .send_request(grpc_style(addr))
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "14", "UNAVAILABLE");
+    assert_eq!(refused(), 4);
+
+    // The body streams from an HTTP/2 client: gone once sent, so tried on one endpoint only.
+    let streamed = Request::post(format!("http://{addr}/x"))
+        .header("x-user-id", "1")
+        .body(http_body_util::Full::new(Bytes::from_static(b"four")))
+        .expect("request");
+    let response = sender.send_request(streamed).await.expect("answered");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["error"], "upstream refused the request", "{body}");
+    assert_eq!(refused(), 5);
+
+    let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
+    for (upstream, n) in [(first, &first_refused), (second, &second_refused)] {
+        assert!(
+            metrics.contains(&unprocessed(upstream, n.load(SeqCst))),
+            "{metrics}"
+        );
+        assert!(metrics.contains(&healthy(upstream)), "{metrics}");
+    }
+}
+
+/// Requests above a GOAWAY's last stream id were not processed either: a POST the upstream
+/// turned away so is served by the next endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_a_goaway_left_unprocessed_goes_to_the_next_endpoint() {
+    let (going_away, turned_away) = going_away_h2().await;
+    let serving = trailer_echo().await;
+    let (_dir, gateway) = h2_pool_gateway(&[going_away, serving]).await;
+    let addr = gateway.http_addrs[0];
+    let http = support::client();
+    for _ in 0..3 {
+        let response = http.request(post_four(addr)).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body, "HTTP/2.0 4");
+    }
+    assert!(turned_away.load(SeqCst) > 0, "never tried first");
+    let metrics = support::get_text(&http, gateway.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(&unprocessed(going_away, turned_away.load(SeqCst))),
         "{metrics}"
     );
 }

@@ -10,9 +10,10 @@
 //! The request body is read whole, up to `limits.max_body_bytes`, before the request is sent.
 //! hyper's HTTP/2 connection task polls a request body on its own, so streaming it would need
 //! this task to read the client while it also waits for, and writes, the answer on the same
-//! connection; a body held whole is also one an idempotent request can take on to the next
-//! endpoint as it is after a connect failure. `h2` pools serve gRPC, whose requests are
-//! messages rather than uploads. The response is streamed.
+//! connection; a body held whole is also one a request can take on to the next endpoint as it
+//! is, an idempotent one after a connect failure, any one after the upstream left it
+//! unprocessed (`Attempts::after`). `h2` pools serve gRPC, whose requests are messages rather
+//! than uploads. The response is streamed.
 
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -32,7 +33,7 @@ use super::serve::{
     Next, answer, answer_unforwarded, closing, draining, end_answer_head, field_line, status_line,
     to_client, upstream_head,
 };
-use crate::attempts::{Attempts, UpstreamFault, connect_failed};
+use crate::attempts::{Attempts, UpstreamFault};
 use crate::decide::Decided;
 use crate::headers::strip_hop_by_hop;
 use crate::limits::BodyHold;
@@ -101,7 +102,7 @@ where
     // The body has the time of a read from the request's start, as on the HTTP/1.1 path.
     let body_deadline = attempts.deadline_from(ctx.start);
     // Held until the exchange ends: the body may go to another endpoint after a connect
-    // failure.
+    // failure, or after an upstream left the request unprocessed.
     let mut hold = shared.body_budget.hold();
     let body = match read_body(shared, io, buf, head, body_deadline, &mut hold).await {
         Ok(body) => body,
@@ -144,7 +145,7 @@ where
                 upstream_h2::send(http1, Some(&shared.upstream_h2), endpoint, request),
             )
             .await;
-        match sent {
+        let (fault, unsent) = match sent {
             Ok(Ok(response)) => {
                 endpoint.health.success();
                 // The body is the upstream's now: what it held of the budget is free while the
@@ -152,23 +153,18 @@ where
                 drop(hold);
                 return respond(shared, ctx, io, head, scratch, response).await;
             }
-            Ok(Err(error)) if error.is_connect() => {
-                let message = error.to_string();
-                connect_failed(shared, endpoint);
-                // A connect failure hands the request back as it was: it may go on.
-                match (error.into_unsent(), attempts.next()) {
-                    (Some(unsent), Some(next)) => {
-                        request = unsent;
-                        chosen = next;
-                    }
-                    _ => break (index, UpstreamFault::Connect(message)),
-                }
+            Ok(Err(error)) => error.into_fault(),
+            Err(_) => (UpstreamFault::Timeout, None),
+        };
+        match (
+            attempts.after(shared, endpoint, &fault, unsent.is_some()),
+            unsent,
+        ) {
+            (Some(next), Some(unsent)) => {
+                request = unsent;
+                chosen = next;
             }
-            Ok(Err(error)) if error.is_refused() => {
-                break (index, UpstreamFault::Refused(error.to_string()));
-            }
-            Ok(Err(error)) => break (index, UpstreamFault::Broken(error.to_string())),
-            Err(_) => break (index, UpstreamFault::Timeout),
+            _ => break (index, fault),
         }
     };
     let reply = attempts.failed(shared, index, fault);
@@ -396,15 +392,12 @@ fn request_of(written: &[u8], head: &RequestHead, body: ReadBody) -> Result<Requ
     if head.framing != Framing::None {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.data.len()));
     }
-    let body = Full::new(body.data)
-        .map_err(|never| match never {})
-        .with_trailers(std::future::ready(body.trailers.map(Ok)))
-        .boxed();
-    let mut request = Request::new(body);
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    Ok(request)
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.headers = headers;
+    // Held whole, so the request can go to another endpoint should one leave it unprocessed.
+    Ok(upstream_h2::held(parts, body.data, body.trailers))
 }
 
 /// How the answer's body goes to the client.
