@@ -224,12 +224,12 @@ pub async fn serve_proxy(
             .set_tcp_nodelay(true)
             .is_ok();
     // Delayed ACKs from a connection's start, as HAProxy's HTTP mode does (`option
-    // smart-accept`): the client speaks first, so the ACK of its request can ride on the
+    // tcp-smart-accept`): the client speaks first, so the ACK of its request can ride on the
     // answer instead of leaving alone. Linux hands this on to accepted connections too; it
-    // saves one segment, and its send and receive work, per new connection.
-    if cfg!(target_os = "linux") {
-        let _ = socket2::SockRef::from(&listener).set_tcp_quickack(false);
-    }
+    // saves one segment, and its send and receive work, per new connection. A request whose
+    // body is still to come turns quick ACKs back on (`ClientIo::ack_promptly`).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(&listener).set_tcp_quickack(false);
     // Out of file descriptors, accept fails at once for as long as it lasts: back off (up to a
     // second) instead of spinning, and log once a second.
     let mut backoff = Duration::from_millis(5);

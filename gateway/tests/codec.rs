@@ -465,3 +465,76 @@ async fn an_answer_ended_by_the_upstreams_close_is_whole() {
         assert!(got.ends_with("\r\n\r\nwhole"), "HTTP/{version}: {got}");
     }
 }
+
+/// An answer that ends the connection arrives whole though the client sent more after its
+/// request, bytes the gateway never reads: a close with bytes unread resets the connection,
+/// and the kernel drops whatever it still holds of the answer (its last segment waits for the
+/// FIN to go with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_ends_the_connection_arrives_whole_with_bytes_unread_behind_it() {
+    const BODY: usize = 100_000;
+    let (received, got_request) = tokio::sync::mpsc::channel::<()>(1);
+    let got_request = Arc::new(tokio::sync::Mutex::new(got_request));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let answer_now = go.clone();
+    let upstream = serve_each(move |mut stream| {
+        let (received, answer_now) = (received.clone(), answer_now.clone());
+        async move {
+            let mut head = Vec::new();
+            while request_end(&head).is_none() {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = received.send(()).await;
+            answer_now.notified().await;
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+            answer.resize(answer.len() + BODY, b'a');
+            let _ = stream.write_all(&answer).await;
+        }
+    })
+    .await;
+    let (_dir, gateway) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
+    let mut client = TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    // The gateway has read the request (the upstream has it): what comes now stays unread.
+    got_request
+        .lock()
+        .await
+        .recv()
+        .await
+        .expect("the request went upstream");
+    client
+        .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    go.notify_one();
+    let mut answer = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    // The connection may end in a reset once the answer is in: it is the answer that counts.
+    while let Ok(n) = client.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an answer head")
+        + 4;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..head_end])
+    );
+    assert_eq!(answer.len() - head_end, BODY, "the whole body");
+}

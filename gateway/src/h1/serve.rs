@@ -54,9 +54,14 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// Make the connection's close a reset (RST) instead of an orderly FIN.
     fn reset_on_close(&self);
 
-    /// Hold what is written from now on until the connection closes (or a full segment is
-    /// ready), so that the last answer's bytes and the FIN leave in one segment.
+    /// Hold what is written from now on until the connection is shut down (or a full segment
+    /// is ready), so that the last answer's bytes and the FIN leave in one segment.
     fn hold_until_close(&self);
+
+    /// Acknowledge what arrives at once for a while: the client is sending a body, and one
+    /// that writes it after its head without `TCP_NODELAY` waits for the head's ACK (Nagle),
+    /// which a connection started with delayed ACKs (`server::serve_proxy`) would hold back.
+    fn ack_promptly(&self);
 }
 
 impl ClientIo for TcpStream {
@@ -66,8 +71,14 @@ impl ClientIo for TcpStream {
     }
 
     fn hold_until_close(&self) {
-        // TCP_CORK: the close pushes what is held with the FIN set on its last segment.
+        // TCP_CORK: the shutdown pushes what is held with the FIN set on its last segment.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         let _ = socket2::SockRef::from(self).set_tcp_cork(true);
+    }
+
+    fn ack_promptly(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(self).set_tcp_quickack(true);
     }
 }
 
@@ -80,6 +91,10 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     fn hold_until_close(&self) {
         // The answer's last record, close_notify and the FIN then share a segment.
         self.get_ref().0.hold_until_close();
+    }
+
+    fn ack_promptly(&self) {
+        self.get_ref().0.ack_promptly();
     }
 }
 
@@ -170,6 +185,9 @@ pub async fn serve<S>(
             return;
         }
         shared.store.refresh(&mut snapshot);
+        if body_to_come(&head, buf.len()) {
+            io.ack_promptly();
+        }
         let next = exchange(
             &shared,
             &conn,
@@ -183,15 +201,14 @@ pub async fn serve<S>(
         match next {
             Next::KeepAlive => {}
             Next::Close => {
-                // TLS says goodbye with close_notify (within the read timeout: a client that
-                // stops reading must not hold the connection); a plain connection's FIN goes
-                // with the close as it is dropped, one system call fewer.
-                if conn.tls {
-                    let _ = shared
-                        .timer
-                        .timeout_after(config.timeouts.read(), io.shutdown())
-                        .await;
-                }
+                // The FIN (after TLS's close_notify) goes out with the answer's held tail
+                // before the close: a close with a pipelined request unread would send a reset
+                // instead, and the kernel would drop what it still held. Within the read
+                // timeout: a client that stops reading must not hold the connection.
+                let _ = shared
+                    .timer
+                    .timeout_after(config.timeouts.read(), io.shutdown())
+                    .await;
                 return;
             }
             Next::Reset => {
@@ -199,6 +216,16 @@ pub async fn serve<S>(
                 return;
             }
         }
+    }
+}
+
+/// Whether some of the body `head` announces is still to arrive, `buffered` bytes (the head's
+/// among them) being here. A chunked body's end cannot be told without reading it.
+fn body_to_come(head: &RequestHead, buffered: usize) -> bool {
+    match head.framing {
+        Framing::None => false,
+        Framing::Length(n) => ((buffered - head.len) as u64) < n,
+        Framing::Chunked | Framing::UntilClose => true,
     }
 }
 
