@@ -125,7 +125,11 @@ impl<'a> Attempts<'a> {
                 shared
                     .metrics
                     .upstream_error(endpoint.id, UpstreamFailure::Unprocessed);
-                if unsent { self.pick() } else { None }
+                if unsent {
+                    self.pick().or_else(|| self.again())
+                } else {
+                    None
+                }
             }
             UpstreamFault::Timeout | UpstreamFault::Broken(_) | UpstreamFault::Refused(_) => None,
         }
@@ -145,6 +149,21 @@ impl<'a> Attempts<'a> {
                 .first_healthy(table_pool.affinity_indices(key), tried),
             None => self.pool.round_robin(tried),
         }?;
+        self.tried[self.made] = index;
+        self.made += 1;
+        Some((index, &self.pool.endpoints[index]))
+    }
+
+    /// The last attempt's endpoint once more, counted as an attempt, when no other is left to
+    /// try: a request an upstream left unprocessed may find it able to take it on a new
+    /// connection (a draining instance's GOAWAY, behind a single address such as a Service's)
+    /// or a stream free (REFUSED_STREAM at its concurrency limit). `None` once the attempts
+    /// are used up.
+    fn again(&mut self) -> Option<(usize, &'a EndpointState)> {
+        if self.made == 0 || self.made == MAX_ATTEMPTS {
+            return None;
+        }
+        let index = self.tried[self.made - 1];
         self.tried[self.made] = index;
         self.made += 1;
         Some((index, &self.pool.endpoints[index]))

@@ -79,8 +79,11 @@ pub struct H2Error {
 enum H2Failure {
     /// No connection could be had.
     Connect,
-    /// The upstream did not process the request (RFC 9113 section 8.7).
+    /// The upstream did not process the request (RFC 9113 section 8.7): it refused the stream.
     Unprocessed,
+    /// The upstream did not process the request because it is closing the connection
+    /// (GOAWAY): the connection takes no new request, another one may.
+    GoneAway,
     /// The upstream reset the request's stream as malformed (not the connection).
     Refused,
     /// Anything else after the request went out.
@@ -100,7 +103,7 @@ impl H2Error {
     /// was opened). [`H2Error::into_unsent`] gives it back when its body was empty or held
     /// whole ([`held`]); a streamed body is gone.
     pub fn is_unprocessed(&self) -> bool {
-        self.kind == H2Failure::Unprocessed
+        matches!(self.kind, H2Failure::Unprocessed | H2Failure::GoneAway)
     }
 
     /// No connection could be made (nothing was sent: safe to try elsewhere).
@@ -174,15 +177,16 @@ struct Failure {
 }
 
 impl Slot {
-    /// The open connection, if it is still usable and was made as `connector` makes them.
-    fn sender(&self, connector: &Arc<Connector>) -> Option<SendRequest<Body>> {
+    /// The open connection and its id, if it is still usable and was made as `connector`
+    /// makes them.
+    fn sender(&self, connector: &Arc<Connector>) -> Option<(SendRequest<Body>, u64)> {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.as_ref()
             .filter(|o| {
                 !o.sender.is_closed()
                     && (Arc::ptr_eq(&o.connector, connector) || o.connector.same_as(connector))
             })
-            .map(|o| o.sender.clone())
+            .map(|o| (o.sender.clone(), o.id))
     }
 
     /// Forget connection `id` (closed, or idle): the next request makes a new one.
@@ -227,8 +231,8 @@ impl H2Upstream {
         // A connection that closed under us before taking the request gives it back: one more
         // try, on a new connection.
         for _ in 0..2 {
-            let mut sender = match slot.sender(connector) {
-                Some(sender) => sender,
+            let (mut sender, id) = match slot.sender(connector) {
+                Some(open) => open,
                 None => match self.pool.connect(&slot, endpoint, connector).await {
                     Ok(sender) => sender,
                     Err(message) => {
@@ -252,8 +256,16 @@ impl H2Upstream {
                     None => {
                         let error = error.into_error();
                         let kind = failure_of(&error);
+                        if kind == H2Failure::GoneAway {
+                            // A draining upstream's connection serves its streams to the end
+                            // but takes no new one: the next request (this one, sent again
+                            // included) makes a new connection, to an instance still there.
+                            slot.retire(id);
+                        }
                         let unsent = copy
-                            .filter(|_| kind == H2Failure::Unprocessed)
+                            .filter(|_| {
+                                matches!(kind, H2Failure::Unprocessed | H2Failure::GoneAway)
+                            })
                             .map(from_copy);
                         // hyper's own words ("http2 error") say little: the frame's do.
                         let message = match std::error::Error::source(&error) {
@@ -357,11 +369,11 @@ impl Pool {
         slot: &Arc<Slot>,
         endpoint: &Authority,
         connector: &Arc<Connector>,
-    ) -> Result<SendRequest<Body>, String> {
+    ) -> Result<(SendRequest<Body>, u64), String> {
         let waiting_since = Instant::now();
         let mut connecting = slot.connecting.lock().await;
-        if let Some(sender) = slot.sender(connector) {
-            return Ok(sender);
+        if let Some(open) = slot.sender(connector) {
+            return Ok(open);
         }
         // Someone made the attempt while this request waited, and it failed: that is this
         // request's answer too, rather than another connect timeout of its own.
@@ -377,7 +389,7 @@ impl Pool {
                     id,
                 });
                 self.watch(slot, id);
-                Ok(sender)
+                Ok((sender, id))
             }
             Err(message) => {
                 *connecting = Some(Failure {
@@ -458,10 +470,11 @@ impl Pool {
 }
 
 /// What a failed stream says, by what the upstream sent:
-/// - unprocessed: it reset the stream with REFUSED_STREAM, or sent a GOAWAY. h2 gives the
-///   peer's GOAWAY only to the streams above its last stream id and to requests made after it
-///   arrived (streams at or below it that the connection's end cuts off get a broken pipe), so
-///   either way the upstream did nothing with the request (RFC 9113 section 8.7);
+/// - unprocessed: it reset the stream with REFUSED_STREAM;
+/// - gone away: it sent a GOAWAY. h2 gives the peer's GOAWAY only to the streams above its
+///   last stream id and to requests made after it arrived (streams at or below it that the
+///   connection's end cuts off get a broken pipe), so the upstream did nothing with the
+///   request either (RFC 9113 section 8.7);
 /// - refused: it reset the one stream as malformed (PROTOCOL_ERROR), its connection going on;
 /// - broken: anything else (other resets, connection failures), which says something about
 ///   the endpoint.
@@ -471,7 +484,7 @@ fn failure_of(error: &hyper::Error) -> H2Failure {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
             return match h2.reason() {
                 _ if !h2.is_remote() => H2Failure::Broken,
-                _ if h2.is_go_away() => H2Failure::Unprocessed,
+                _ if h2.is_go_away() => H2Failure::GoneAway,
                 Some(h2::Reason::REFUSED_STREAM) => H2Failure::Unprocessed,
                 Some(h2::Reason::PROTOCOL_ERROR) => H2Failure::Refused,
                 _ => H2Failure::Broken,
@@ -603,7 +616,9 @@ impl SendError {
         match self {
             SendError::H2(error) => match error.kind {
                 H2Failure::Connect => (UpstreamFault::Connect(message), error.unsent),
-                H2Failure::Unprocessed => (UpstreamFault::Unprocessed(message), error.unsent),
+                H2Failure::Unprocessed | H2Failure::GoneAway => {
+                    (UpstreamFault::Unprocessed(message), error.unsent)
+                }
                 H2Failure::Refused => (UpstreamFault::Refused(message), None),
                 H2Failure::Broken => (UpstreamFault::Broken(message), None),
             },
