@@ -12,7 +12,7 @@
 //! 7. **respond** and **log** — one access-log line and the metrics, per request.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -139,8 +139,7 @@ impl Conn {
     pub fn new(peer: SocketAddr, tls: bool, watch: Verdicts, config: &GatewayConfig) -> Self {
         Self {
             peer,
-            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            peer_ip: ip_text(peer.ip()),
             tls,
             watch,
             trusted_proxy: config
@@ -149,6 +148,32 @@ impl Conn {
                 .any(|net| net.contains(&peer.ip())),
         }
     }
+}
+
+/// `ip` as a field value. An IPv4 address is written digit by digit: through `Display` it
+/// costs about 700 instructions, a tenth of what a new connection costs the gateway itself.
+fn ip_text(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        for (digit, shown) in [(octet / 100, octet >= 100), (octet / 10 % 10, octet >= 10)] {
+            if shown {
+                text[len] = b'0' + digit;
+                len += 1;
+            }
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// What a request learnt on its way, for the response, the log and the metrics.
@@ -876,5 +901,22 @@ mod tests {
         // Segments count as the key sources count them: empty ones do not.
         assert_eq!(without_segment("//users//4321", 2), "//users//{key}");
         assert_eq!(without_segment("/users", 2), "/users");
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "100.9.99.255",
+            "255.255.255.255",
+            "::1",
+            "::ffff:1.2.3.4",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().expect("address");
+            assert_eq!(ip_text(ip), ip.to_string().as_str());
+        }
     }
 }
