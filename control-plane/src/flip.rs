@@ -32,6 +32,15 @@ pub const DEFAULT_CONVERGE_TIMEOUT_S: u64 = 30;
 /// Default wait for a replication probe or an operator's confirmation.
 pub const DEFAULT_REPLICATION_TIMEOUT_S: u64 = 60;
 
+/// `how_long` after `from`, or thirty years after it when that is further than an `Instant`
+/// reaches: a flip may ask for any number of seconds (`converge_timeout_s`, a replication
+/// check's `timeout_s` and `delay_s` go up to `u64::MAX`), and an overflowing deadline would
+/// panic the task running the flip.
+pub(crate) fn deadline(from: tokio::time::Instant, how_long: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    from.checked_add(how_long).unwrap_or(from + FAR)
+}
+
 /// A flip id: time-ordered and unique enough across replicas.
 pub fn new_id() -> String {
     format!("f{:011x}-{:04x}", now_ms(), fastrand::u16(..))
@@ -465,7 +474,7 @@ impl Runner {
 
     /// Sleep `how_long` unless cancelled.
     async fn wait(&self, how_long: Duration) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + how_long;
+        let deadline = deadline(tokio::time::Instant::now(), how_long);
         loop {
             if let Some(why) = self.cancelled().await {
                 return Err(why);
@@ -505,9 +514,10 @@ impl Runner {
                 self.flip.confirm_by_ms = None;
                 return Ok("confirmed by an operator".into());
             }
-            let waited = timeout + Duration::from_secs(signals.extended_s);
-            let deadline = started + waited;
-            let by_ms = started_ms + u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+            let waited = timeout.saturating_add(Duration::from_secs(signals.extended_s));
+            let deadline = deadline(started, waited);
+            let by_ms =
+                started_ms.saturating_add(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
             if self.flip.confirm_by_ms != Some(by_ms) {
                 self.flip.confirm_by_ms = Some(by_ms);
                 self.save().await;
@@ -543,7 +553,7 @@ impl Runner {
                 ))
             })
             .collect();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline(tokio::time::Instant::now(), timeout);
         loop {
             if let Some(why) = self.cancelled().await {
                 return Err(why);

@@ -254,7 +254,7 @@ impl Registry {
         min_gateways: &BTreeMap<String, u32>,
         timeout: Duration,
     ) -> Result<usize, NotConverged> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::flip::deadline(tokio::time::Instant::now(), timeout);
         let mut changed = self.changed.subscribe();
         loop {
             changed.mark_unchanged();

@@ -851,3 +851,31 @@ async fn a_confirmation_wait_says_its_deadline_and_an_operator_extends_it() {
     let refused = operator.extend_flip(&id, 60).await.expect_err("ended");
     assert_eq!(refused.status(), Some(StatusCode::CONFLICT));
 }
+
+/// A flip may ask for the longest waits the API takes (`u64::MAX` seconds to converge and to
+/// be confirmed, extended on top): they are waits without end in practice, not deadlines past
+/// what the clock can hold, which would panic the task running the flip and leave it stuck.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_longest_waits_the_api_takes_are_waited_for() {
+    let s = setup(1).await;
+    applied(&s.gateways[0], 1).await;
+    let operator = s.cp.client(&s.tokens.operator);
+    let id = start_flip(
+        &operator,
+        "u03",
+        serde_json::json!({
+            "to": "sz", "mode": "planned", "reason": "drill", "converge_timeout_s": u64::MAX,
+            "replication_check": {"confirm": true, "timeout_s": u64::MAX}
+        }),
+    )
+    .await
+    .expect("accepted");
+    let waiting =
+        support::flip_until(&operator, &id, "a deadline", |f| f.confirm_by_ms.is_some()).await;
+    assert_eq!(waiting.confirm_by_ms, Some(u64::MAX), "{waiting:?}");
+    operator.extend_flip(&id, 86_400).await.expect("extended");
+    operator.confirm_flip(&id).await.expect("confirmed");
+    let flip = wait_flip(&operator, &id).await;
+    assert_eq!(flip.state, FlipState::Succeeded, "{flip:?}");
+    all_serve(&s.gateways, 4, "u03", ("sz", "active")).await;
+}
