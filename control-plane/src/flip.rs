@@ -102,8 +102,23 @@ impl Runner {
     }
 }
 
+/// Run `flip` to its end in a task of its own (it holds every unit's lock), watched: should the
+/// task fail (a panic), its locks go with it and the flip is taken over as one whose control
+/// plane stopped (`recover`: completed if every unit arrived, else rolled back), rather than
+/// left running with its units frozen until a restart.
+pub fn start(cp: Arc<ControlPlane>, flip: FlipRecord, locks: Vec<UnitLock>) {
+    let id = flip.id.clone();
+    let runner = tokio::spawn(run(cp.clone(), flip, locks));
+    tokio::spawn(async move {
+        if let Err(error) = runner.await {
+            tracing::error!(flip = id, %error, "a flip's task failed; taking the flip over");
+            cp.recover_flips().await;
+        }
+    });
+}
+
 /// Run `flip` to its end (it holds every unit's lock).
-pub async fn run(cp: Arc<ControlPlane>, flip: FlipRecord, locks: Vec<UnitLock>) {
+async fn run(cp: Arc<ControlPlane>, flip: FlipRecord, locks: Vec<UnitLock>) {
     let mut runner = Runner::new(cp, flip, locks);
     let outcome = match runner.flip.mode {
         FlipMode::Planned => runner.planned().await,

@@ -439,7 +439,7 @@ async fn start_moves(
         }),
     })
     .await;
-    tokio::spawn(super::run(cp.clone(), record.clone(), locks));
+    super::start(cp.clone(), record.clone(), locks);
     Ok(record)
 }
 
