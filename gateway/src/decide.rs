@@ -98,7 +98,7 @@ pub(crate) fn decide<'s>(
     ctx.client_deadline = facts
         .grpc_timeout
         .and_then(crate::grpc::timeout)
-        .map(|timeout| ctx.start + timeout);
+        .and_then(|timeout| ctx.start.checked_add(timeout));
 
     // Phase 3: resolve.
     let routed = {
