@@ -7,8 +7,8 @@
 //!    forwarding loops (508);
 //! 5. **pick** — this region's pool (health-aware round robin or key affinity), or another
 //!    region's gateways (error correction, with an authenticated hop marker);
-//! 6. **forward** — with timeouts, retrying idempotent requests on connect failure within the
-//!    same region only;
+//! 6. **forward** — with timeouts, retrying idempotent requests on connect failure, and any
+//!    request an HTTP/2 upstream left unprocessed, within the same region only;
 //! 7. **respond** and **log** — one access-log line and the metrics, per request.
 
 use std::convert::Infallible;
@@ -482,8 +482,15 @@ fn prepare<'a>(
         Http1Codec::Hyper => upstream_h2::Http1Client::Hyper(&shared.upstream),
     };
     let (client_body, body_state) = ClientBody::new(body, shared.config.limits.max_body_bytes);
+    // A body to an HTTP/2 pool is recorded as it streams, so that the request can go again if
+    // the upstream leaves it unprocessed (REFUSED_STREAM, GOAWAY), as an empty one can.
+    let request = if h2.is_some() && !hyper::body::Body::is_end_stream(&client_body) {
+        upstream_h2::recorded(parts, client_body.boxed(), shared.body_budget.hold())
+    } else {
+        Request::from_parts(parts, client_body.boxed())
+    };
     Outbound {
-        request: Request::from_parts(parts, client_body.boxed()),
+        request,
         body: body_state,
         attempts: Attempts::new(shared, ctx, decided),
         http1,

@@ -15,7 +15,8 @@
 //!
 //! A request the upstream did not process (a stream reset with REFUSED_STREAM, or one above a
 //! GOAWAY's last stream id) is handed back to be sent elsewhere when it can be made again: its
-//! body empty, or held whole ([`held`]).
+//! body empty, held whole ([`held`]), or streamed and recorded as it went, all of it that left
+//! the client still kept ([`recorded`]).
 //!
 //! Requests leave as HTTP/2 should: absolute URI (`:scheme`, `:authority` from the `Host` the
 //! gateway routed by), no connection-specific fields (RFC 9113 section 8.2.2), `TE: trailers`
@@ -42,11 +43,18 @@ use router_rules::table::RegionIndex;
 use router_rules::{CompiledTable, UpstreamProtocol};
 
 use crate::attempts::UpstreamFault;
+use crate::client_body::{RecordedBody, Recording};
 use crate::config::Timeouts;
 use crate::connect::Connector;
 use crate::h1::bridge::BridgeError;
+use crate::limits::BodyHold;
 use crate::store::EndpointState;
 use crate::upstream::{Body, BoxError, PooledBody, Upstream, UpstreamError};
+
+/// The most bytes of a streamed request body kept to send it again ([`recorded`]), per
+/// request: gRPC's unary calls, and the first messages of streaming ones, fit many times over
+/// (Envoy keeps as much by default for its retries); a larger body streams on without a copy.
+pub const MAX_RECORDED_BODY_BYTES: u64 = 64 * 1024;
 
 /// A connection unused this long is closed (by its own task; streams still open finish first).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -100,8 +108,9 @@ impl H2Error {
 
     /// The upstream did not process the request: it reset the stream with REFUSED_STREAM, or
     /// its GOAWAY's last stream id is below the request's stream (or came before the stream
-    /// was opened). [`H2Error::into_unsent`] gives it back when its body was empty or held
-    /// whole ([`held`]); a streamed body is gone.
+    /// was opened). [`H2Error::into_unsent`] gives it back when its body was empty, held whole
+    /// ([`held`]), or recorded with all of it that was sent ([`recorded`]); any other
+    /// streamed body is gone.
     pub fn is_unprocessed(&self) -> bool {
         matches!(self.kind, H2Failure::Unprocessed | H2Failure::GoneAway)
     }
@@ -249,10 +258,21 @@ impl H2Upstream {
             // upstream leaves unprocessed is gone with its stream, so a copy is kept of any that
             // could be sent again.
             let copy = copy_of(&request);
+            // A recorded body's copies are let go when this attempt ends any other way than
+            // with the request to be sent again: the upstream answered (the answer's head is
+            // in, so nothing of the request will go again), failed it, or ran out of time.
+            let mut recording = StopRecording(
+                copy.as_ref()
+                    .and_then(|copy| copy.extensions().get::<Recording>())
+                    .cloned(),
+            );
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
                 Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
+                    Some(unsent) => {
+                        recording.keep();
+                        request = unsent;
+                    }
                     None => {
                         let error = error.into_error();
                         let kind = failure_of(&error);
@@ -262,16 +282,22 @@ impl H2Upstream {
                             // included) makes a new connection, to an instance still there.
                             slot.retire(id);
                         }
-                        let unsent = copy
-                            .filter(|_| {
-                                matches!(kind, H2Failure::Unprocessed | H2Failure::GoneAway)
-                            })
-                            .map(from_copy);
+                        let unprocessed =
+                            matches!(kind, H2Failure::Unprocessed | H2Failure::GoneAway);
+                        if unprocessed {
+                            recording.keep();
+                        }
+                        let unsent = copy.filter(|_| unprocessed).and_then(from_copy);
                         // hyper's own words ("http2 error") say little: the frame's do.
-                        let message = match std::error::Error::source(&error) {
+                        let mut message = match std::error::Error::source(&error) {
                             Some(cause) => format!("{endpoint}: {error}: {cause}"),
                             None => format!("{endpoint}: {error}"),
                         };
+                        if unprocessed && unsent.is_none() {
+                            message.push_str(
+                                "; the request's body streamed past what is kept to send it again",
+                            );
+                        }
                         return Err(H2Error {
                             unsent,
                             kind,
@@ -320,11 +346,46 @@ pub fn held(
     request
 }
 
-/// A copy of `request`'s head, when the request could be made again: its body is empty, or
-/// held whole ([`held`]); a streamed body cannot be had twice.
+/// `head` with a client's streamed body, which goes on to the upstream as it comes and is
+/// recorded as it goes, up to [`MAX_RECORDED_BODY_BYTES`] held through `hold` (the gateway's
+/// body budget): a request that can be sent to another endpoint should the upstream leave it
+/// unprocessed, as long as all of its body that left the client is still kept. The copies are
+/// let go once the upstream answers.
+pub fn recorded(head: http::request::Parts, body: Body, hold: BodyHold) -> Request<Body> {
+    let (body, recording) = RecordedBody::new(body, MAX_RECORDED_BODY_BYTES, hold);
+    let mut request = Request::from_parts(head, body.boxed());
+    request.extensions_mut().insert(recording);
+    request
+}
+
+/// Ends a recorded body's recording when dropped, unless kept.
+struct StopRecording(Option<Recording>);
+
+impl StopRecording {
+    /// The request goes again: its copies too.
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopRecording {
+    fn drop(&mut self) {
+        if let Some(recording) = self.0.take() {
+            recording.stop();
+        }
+    }
+}
+
+/// A copy of `request`'s head, when the request could be made again: its body is empty, held
+/// whole ([`held`]), or recorded with all of it that left the client ([`recorded`]); any
+/// other streamed body cannot be had twice.
 fn copy_of(request: &Request<Body>) -> Option<Request<()>> {
+    let extensions = request.extensions();
     if !hyper::body::Body::is_end_stream(request.body())
-        && request.extensions().get::<Held>().is_none()
+        && extensions.get::<Held>().is_none()
+        && !extensions
+            .get::<Recording>()
+            .is_some_and(Recording::can_replay)
     {
         return None;
     }
@@ -337,13 +398,18 @@ fn copy_of(request: &Request<Body>) -> Option<Request<()>> {
     Some(copy)
 }
 
-/// The request [`copy_of`] copied, whole again.
-fn from_copy(copy: Request<()>) -> Request<Body> {
-    let body = copy
-        .extensions()
-        .get::<Held>()
-        .map_or_else(crate::upstream::empty, Held::body);
-    copy.map(|()| body)
+/// The request [`copy_of`] copied, whole again; `None` when its recorded body went past what
+/// is kept while the copy was out.
+fn from_copy(copy: Request<()>) -> Option<Request<Body>> {
+    let extensions = copy.extensions();
+    let body = if let Some(held) = extensions.get::<Held>() {
+        held.body()
+    } else if let Some(recording) = extensions.get::<Recording>() {
+        recording.replay()?.boxed()
+    } else {
+        crate::upstream::empty()
+    };
+    Some(copy.map(|()| body))
 }
 
 impl Pool {

@@ -4,7 +4,8 @@
 //! regions; a client's request trailers reach the upstream; the gateway's own answers reach a
 //! gRPC client as gRPC statuses; an h2 pool's health is checked over HTTP/2; an HTTP/1.1
 //! client's request, served by the gateway's own codec, crosses to them over HTTP/2 too; a
-//! request an h2 upstream refuses is answered, or left unprocessed goes to the next endpoint.
+//! request an h2 upstream refuses is answered, or left unprocessed goes to the next endpoint,
+//! its body too when it streamed (recorded as it went, up to a limit).
 
 #[path = "support/grpc_echo.rs"]
 mod grpc_echo;
@@ -39,46 +40,38 @@ const FROZEN: &str = "7000";
 /// A raw HTTP/2 upstream: answers `/raw` with a body and trailers that repeat the request's
 /// trailers (`x-echoed-<name>`) and add `x-upstream-trailer`.
 async fn trailer_echo() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let version = format!("{:?}", request.version());
-                    let collected = request.into_body().collect().await?;
-                    let mut trailers = http::HeaderMap::new();
-                    for (name, value) in collected.trailers().into_iter().flatten() {
-                        let echoed =
-                            http::HeaderName::from_bytes(format!("x-echoed-{name}").as_bytes())
-                                .expect("name");
-                        trailers.insert(echoed, value.clone());
-                    }
-                    trailers.insert("x-upstream-trailer", "from-upstream".parse().expect("v"));
-                    let body = collected.to_bytes();
-                    let frames = vec![
-                        Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!(
-                            "{version} {}",
-                            body.len()
-                        )))),
-                        Ok(Frame::trailers(trailers)),
-                    ];
-                    Ok::<_, hyper::Error>(Response::new(StreamBody::new(
-                        futures_util::stream::iter(frames),
-                    )))
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    support::serve_each(serve_trailer_echo).await
+}
+
+/// [`trailer_echo`]'s HTTP/2 on one connection: each request answered with `<version> <bytes
+/// of its body>` and trailers that repeat the request's (`x-echoed-<name>`) and add
+/// `x-upstream-trailer`.
+async fn serve_trailer_echo(stream: tokio::net::TcpStream) {
+    let service = service_fn(|request: Request<Incoming>| async move {
+        let version = format!("{:?}", request.version());
+        let collected = request.into_body().collect().await?;
+        let mut trailers = http::HeaderMap::new();
+        for (name, value) in collected.trailers().into_iter().flatten() {
+            let echoed =
+                http::HeaderName::from_bytes(format!("x-echoed-{name}").as_bytes()).expect("name");
+            trailers.insert(echoed, value.clone());
         }
+        trailers.insert("x-upstream-trailer", "from-upstream".parse().expect("v"));
+        let body = collected.to_bytes();
+        let frames = vec![
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!(
+                "{version} {}",
+                body.len()
+            )))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        Ok::<_, hyper::Error>(Response::new(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
     });
-    addr
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Two regions, each with a gateway, a tonic echo server and a raw HTTP/2 upstream.
@@ -697,7 +690,8 @@ async fn turn_away(mut stream: tokio::net::TcpStream, turned_away: &AtomicUsize)
 }
 
 /// One address with a draining instance behind it: its first connection turns the first
-/// request away with a GOAWAY (counted), the ones after are served (`served` 200s).
+/// request away with a GOAWAY (counted), the ones after are served as [`trailer_echo`] serves
+/// them.
 async fn draining_then_serving_h2() -> (SocketAddr, Arc<AtomicUsize>) {
     let turned_away = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
@@ -708,18 +702,7 @@ async fn draining_then_serving_h2() -> (SocketAddr, Arc<AtomicUsize>) {
             if first {
                 return turn_away(stream, &counter).await;
             }
-            let Ok(mut connection) = h2::server::handshake(stream).await else {
-                return;
-            };
-            while let Some(Ok((_, mut respond))) = connection.accept().await {
-                let response = http::Response::builder()
-                    .status(200)
-                    .body(())
-                    .expect("head");
-                if let Ok(mut body) = respond.send_response(response, false) {
-                    let _ = body.send_data(Bytes::from_static(b"served"), true);
-                }
-            }
+            serve_trailer_echo(stream).await;
         }
     })
     .await;
@@ -879,8 +862,8 @@ async fn a_request_an_h2_upstream_refuses_unprocessed_goes_to_the_next_endpoint(
 
 /// When every endpoint leaves the request unprocessed the client hears the refusal (a `502`, or
 /// gRPC's UNAVAILABLE), having had each endpoint tried and the last once more (three attempts
-/// in all); a body that streamed cannot go again, so its request is refused after one; no
-/// endpoint is ejected.
+/// in all), whether its body was read whole, empty or streamed (recorded as it went, so it
+/// goes again too); no endpoint is ejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_endpoint_refuses_the_client_hears_so_and_none_is_ejected() {
     let (first, first_refused) = resetting_h2(h2::Reason::REFUSED_STREAM).await;
@@ -904,7 +887,8 @@ async fn when_every_endpoint_refuses_the_client_hears_so_and_none_is_ejected() {
     assert_eq!(response.headers()["grpc-status"], "14", "UNAVAILABLE");
     assert_eq!(refused(), 6);
 
-    // The body streams from an HTTP/2 client: gone once sent, so tried on one endpoint only.
+    // The body streams from an HTTP/2 client: recorded as it went, it goes again like the
+    // others, three attempts in all.
     let streamed = Request::post(format!("http://{addr}/x"))
         .header("x-user-id", "1")
         .body(http_body_util::Full::new(Bytes::from_static(b"four")))
@@ -919,7 +903,7 @@ async fn when_every_endpoint_refuses_the_client_hears_so_and_none_is_ejected() {
         .to_bytes();
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(body["error"], "upstream refused the request", "{body}");
-    assert_eq!(refused(), 7);
+    assert_eq!(refused(), 9);
 
     let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
     for (upstream, n) in [(first, &first_refused), (second, &second_refused)] {
@@ -977,10 +961,367 @@ async fn a_request_a_goaway_left_unprocessed_goes_again_on_a_new_connection() {
             .await
             .expect("body")
             .to_bytes();
-        assert_eq!(body, "served");
+        assert_eq!(body, "HTTP/2.0 4");
     }
     assert_eq!(turned_away.load(SeqCst), 1);
     let metrics = support::get_text(&http, gateway.admin_addr, "/metrics").await;
     assert!(metrics.contains(&unprocessed(address, 1)), "{metrics}");
     assert!(metrics.contains(&healthy(address)), "{metrics}");
+}
+
+/// The body [`frames`] makes.
+type Frames = StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
+>;
+
+/// A request body of `data` frames, then `trailer` (`x-client-trailer`) when given, as an
+/// HTTP/2 client streams it.
+fn frames(data: &[&'static str], trailer: Option<&str>) -> Frames {
+    let mut frames: Vec<_> = data
+        .iter()
+        .map(|d| Ok(Frame::data(Bytes::from_static(d.as_bytes()))))
+        .collect();
+    if let Some(value) = trailer {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-client-trailer", value.parse().expect("value"));
+        frames.push(Ok(Frame::trailers(trailers)));
+    }
+    StreamBody::new(futures_util::stream::iter(frames))
+}
+
+/// A POST of `body` from an HTTP/2 client; gRPC-style (`content-type: application/grpc`,
+/// `te: trailers`) when `grpc`.
+fn streamed_post<B>(addr: SocketAddr, body: B, grpc: bool) -> Request<B> {
+    let mut request = Request::post(format!("http://{addr}/pkg.Svc/Call")).header("x-user-id", "1");
+    if grpc {
+        request = request
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    }
+    request.body(body).expect("request")
+}
+
+/// A message and its client trailer, gRPC-style: the message is 5 bytes.
+fn grpc_message() -> Frames {
+    frames(&["hel", "lo"], Some("from-client"))
+}
+
+/// The status, body and trailers of `response`.
+async fn read(response: Response<Incoming>) -> (StatusCode, Bytes, Option<http::HeaderMap>) {
+    let status = response.status();
+    let collected = response.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    (status, collected.to_bytes(), trailers)
+}
+
+/// The gauge line of the bytes of request bodies the gateway holds.
+fn buffered(bytes: usize) -> String {
+    format!("unitgate_buffered_body_bytes {bytes}\n")
+}
+
+/// A request body an HTTP/2 client streams, that a POST with a body or a gRPC call carries,
+/// left unprocessed (REFUSED_STREAM) by the first endpoint: recorded as it went, it goes to the
+/// next one whole, trailers and all, and the copy is let go once answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_an_h2_upstream_refuses_unprocessed_goes_to_the_next_endpoint_whole() {
+    let (refusing, refused) = resetting_h2(h2::Reason::REFUSED_STREAM).await;
+    let serving = trailer_echo().await;
+    let (_dir, gateway) = h2_pool_gateway(&[refusing, serving]).await;
+    let addr = gateway.http_addrs[0];
+    let mut sender = h2c(addr).await;
+    // Round robin over the two: of any two requests in a row, one is tried on the refusing
+    // endpoint first.
+    let before = refused.load(SeqCst);
+    for _ in 0..3 {
+        let request = streamed_post(addr, frames(&["fo", "ur"], None), false);
+        let response = sender.send_request(request).await.expect("answered");
+        let (status, body, _) = read(response).await;
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        assert_eq!(body, "HTTP/2.0 4");
+    }
+    assert!(refused.load(SeqCst) > before, "POST: never tried first");
+
+    let before = refused.load(SeqCst);
+    for _ in 0..3 {
+        let request = streamed_post(addr, grpc_message(), true);
+        let response = sender.send_request(request).await.expect("answered");
+        let (status, body, trailers) = read(response).await;
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        assert_eq!(body, "HTTP/2.0 5");
+        let trailers = trailers.expect("the upstream's trailers");
+        assert_eq!(trailers["x-echoed-x-client-trailer"], "from-client");
+        assert_eq!(trailers["x-upstream-trailer"], "from-upstream");
+    }
+    assert!(refused.load(SeqCst) > before, "gRPC: never tried first");
+
+    let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(&unprocessed(refusing, refused.load(SeqCst))),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&healthy(refusing)), "{metrics}");
+    assert!(metrics.contains(&buffered(0)), "{metrics}");
+}
+
+/// The same behind one address whose first connection goes away (GOAWAY): the streamed body
+/// goes again whole on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_a_goaway_left_unprocessed_goes_again_on_a_new_connection() {
+    for grpc in [false, true] {
+        let (address, turned_away) = draining_then_serving_h2().await;
+        let (_dir, gateway) = h2_pool_gateway(&[address]).await;
+        let addr = gateway.http_addrs[0];
+        let mut sender = h2c(addr).await;
+        let body = if grpc {
+            grpc_message()
+        } else {
+            frames(&["fo", "ur"], None)
+        };
+        let response = sender
+            .send_request(streamed_post(addr, body, grpc))
+            .await
+            .expect("answered");
+        let (status, body, trailers) = read(response).await;
+        assert_eq!(status, StatusCode::OK, "gRPC {grpc}: {body:?}");
+        assert_eq!(turned_away.load(SeqCst), 1, "gRPC {grpc}");
+        if grpc {
+            assert_eq!(body, "HTTP/2.0 5");
+            let trailers = trailers.expect("the upstream's trailers");
+            assert_eq!(trailers["x-echoed-x-client-trailer"], "from-client");
+        } else {
+            assert_eq!(body, "HTTP/2.0 4");
+        }
+        let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
+        assert!(metrics.contains(&unprocessed(address, 1)), "{metrics}");
+        assert!(metrics.contains(&buffered(0)), "{metrics}");
+    }
+}
+
+/// An HTTP/2 upstream that reads `bytes` of each request's body (or to its end, if shorter),
+/// then resets the stream with REFUSED_STREAM — the first `refusals` streams; the ones after
+/// are served as [`trailer_echo`] serves them (`served <bytes>`). How many it refused (counted
+/// before the reset goes out, and told each time).
+async fn refusing_after_reading_h2(
+    bytes: usize,
+    refusals: usize,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let told = Arc::new(tokio::sync::Notify::new());
+    let streams = Arc::new(AtomicUsize::new(0));
+    let (counter, tell) = (refused.clone(), told.clone());
+    let addr = support::serve_each(move |stream| {
+        let (counter, tell, streams) = (counter.clone(), tell.clone(), streams.clone());
+        async move {
+            let Ok(mut connection) = h2::server::handshake(stream).await else {
+                return;
+            };
+            while let Some(Ok((request, respond))) = connection.accept().await {
+                let refuse = streams.fetch_add(1, SeqCst) < refusals;
+                let (counter, tell) = (counter.clone(), tell.clone());
+                tokio::spawn(async move {
+                    let mut body = request.into_body();
+                    if refuse {
+                        let mut respond = respond;
+                        let mut seen = 0;
+                        while seen < bytes {
+                            let Some(Ok(chunk)) = body.data().await else {
+                                break;
+                            };
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            seen += chunk.len();
+                        }
+                        counter.fetch_add(1, SeqCst);
+                        tell.notify_one();
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        echo_h2(body, respond).await;
+                    }
+                });
+            }
+        }
+    })
+    .await;
+    (addr, refused, told)
+}
+
+/// Answer a stream as [`trailer_echo`] does, with `served <bytes of its body>`.
+async fn echo_h2(mut body: h2::RecvStream, mut respond: h2::server::SendResponse<Bytes>) {
+    let mut len = 0;
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        len += chunk.len();
+    }
+    let received = body.trailers().await.ok().flatten();
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in received.iter().flatten() {
+        let echoed =
+            http::HeaderName::from_bytes(format!("x-echoed-{name}").as_bytes()).expect("name");
+        trailers.insert(echoed, value.clone());
+    }
+    trailers.insert("x-upstream-trailer", "from-upstream".parse().expect("v"));
+    if let Ok(mut send) = respond.send_response(Response::new(()), false) {
+        let _ = send.send_data(Bytes::from(format!("served {len}")), false);
+        let _ = send.send_trailers(trailers);
+    }
+}
+
+/// A body the client sends a first message of, and then, once the upstream has refused the
+/// stream, the rest: the request goes again with the copy, then what came after it, trailers
+/// included; the copy is let go once answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_refused_midway_goes_again_with_what_came_after() {
+    let (address, refused, told) = refusing_after_reading_h2(1, 1).await;
+    let (_dir, gateway) = h2_pool_gateway(&[address]).await;
+    let addr = gateway.http_addrs[0];
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    let body = StreamBody::new(Box::pin(stream));
+    let mut sender = h2c(addr).await;
+    let response = tokio::spawn(sender.send_request(streamed_post(addr, body, true)));
+    let send = |frame: Frame<Bytes>| {
+        tx.send(Ok::<_, std::convert::Infallible>(frame))
+            .expect("the body is read");
+    };
+    send(Frame::data(Bytes::from_static(b"hel")));
+    told.notified().await;
+    assert_eq!(refused.load(SeqCst), 1);
+    send(Frame::data(Bytes::from_static(b"lo")));
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-client-trailer", "from-client".parse().expect("value"));
+    send(Frame::trailers(trailers));
+    drop(tx);
+    let response = response.await.expect("task").expect("answered");
+    let (status, body, trailers) = read(response).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(body, "served 5");
+    let trailers = trailers.expect("the upstream's trailers");
+    assert_eq!(trailers["x-echoed-x-client-trailer"], "from-client");
+    assert_eq!(refused.load(SeqCst), 1);
+    let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
+    assert!(metrics.contains(&unprocessed(address, 1)), "{metrics}");
+    assert!(metrics.contains(&buffered(0)), "{metrics}");
+}
+
+/// A streamed body is kept to be sent again only up to 64 KiB: past that, a request left
+/// unprocessed is refused (`502`) after one attempt, where a small one went three times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_past_the_limit_cannot_go_again() {
+    let (address, refused, _) = refusing_after_reading_h2(usize::MAX, usize::MAX).await;
+    let (_dir, gateway) = h2_pool_gateway(&[address]).await;
+    let addr = gateway.http_addrs[0];
+    let mut sender = h2c(addr).await;
+    let refusal = |response: (StatusCode, Bytes, Option<http::HeaderMap>)| {
+        let (status, body, _) = response;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"], "upstream refused the request", "{body}");
+        body["detail"].as_str().expect("detail").to_owned()
+    };
+
+    let small = Bytes::from_static(b"four");
+    let request = streamed_post(addr, http_body_util::Full::new(small), false);
+    let response = sender.send_request(request).await.expect("answered");
+    let detail = refusal(read(response).await);
+    assert_eq!(refused.load(SeqCst), 3, "went again: {detail}");
+
+    let large = Bytes::from(vec![b'x'; 100 * 1024]);
+    let request = streamed_post(addr, http_body_util::Full::new(large), false);
+    let response = sender.send_request(request).await.expect("answered");
+    let detail = refusal(read(response).await);
+    assert_eq!(refused.load(SeqCst), 4, "went once: {detail}");
+    assert!(detail.contains("past what is kept"), "{detail}");
+
+    let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
+    assert!(metrics.contains(&unprocessed(address, 4)), "{metrics}");
+    assert!(metrics.contains(&buffered(0)), "{metrics}");
+}
+
+/// An HTTP/2 upstream that, on each request, reads the body's first chunk, tells `got`, waits
+/// for `answer`, then answers and echoes each further chunk as it comes: a bidirectional
+/// stream.
+async fn answering_when_told_h2() -> (
+    SocketAddr,
+    Arc<tokio::sync::Notify>,
+    Arc<tokio::sync::Notify>,
+) {
+    let got = Arc::new(tokio::sync::Notify::new());
+    let answer = Arc::new(tokio::sync::Notify::new());
+    let (tell, told) = (got.clone(), answer.clone());
+    let addr = support::serve_each(move |stream| {
+        let (tell, told) = (tell.clone(), told.clone());
+        async move {
+            let Ok(mut connection) = h2::server::handshake(stream).await else {
+                return;
+            };
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
+                let (tell, told) = (tell.clone(), told.clone());
+                tokio::spawn(async move {
+                    let mut body = request.into_body();
+                    let Some(Ok(first)) = body.data().await else {
+                        return;
+                    };
+                    let _ = body.flow_control().release_capacity(first.len());
+                    tell.notify_one();
+                    told.notified().await;
+                    let Ok(mut send) = respond.send_response(Response::new(()), false) else {
+                        return;
+                    };
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        let _ = send.send_data(chunk, false);
+                    }
+                    let _ = send.send_data(Bytes::new(), true);
+                });
+            }
+        }
+    })
+    .await;
+    (addr, got, answer)
+}
+
+/// The copy of a streamed body is held (and counted against `limits.max_buffered_body_bytes`)
+/// only until the upstream answers; the body streams on both ways without waiting for its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_bodys_copy_is_let_go_once_the_upstream_answers() {
+    let (address, got, answer) = answering_when_told_h2().await;
+    let (_dir, gateway) = h2_pool_gateway(&[address]).await;
+    let addr = gateway.http_addrs[0];
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    let body = StreamBody::new(Box::pin(stream));
+    let mut sender = h2c(addr).await;
+    let response = tokio::spawn(sender.send_request(streamed_post(addr, body, true)));
+    let send = |data: &'static [u8]| {
+        tx.send(Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::from_static(data),
+        )))
+        .expect("the body is read");
+    };
+    let http = support::client();
+    send(b"ping");
+    got.notified().await;
+    let metrics = support::get_text(&http, gateway.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(&buffered(4)),
+        "held until answered: {metrics}"
+    );
+    answer.notify_one();
+    let response = response.await.expect("task").expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let metrics = support::get_text(&http, gateway.admin_addr, "/metrics").await;
+    assert!(metrics.contains(&buffered(0)), "let go: {metrics}");
+    // The request's body is still open, and the answer streams.
+    let mut body = response.into_body();
+    send(b"pong");
+    let frame = body.frame().await.expect("a frame").expect("data");
+    assert_eq!(frame.into_data().expect("data"), "pong");
+    drop(tx);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the answer ends well");
+        assert!(frame.into_data().is_ok_and(|d| d.is_empty()));
+    }
 }
