@@ -162,9 +162,9 @@ impl HttpBody for ClientBody {
 /// A streamed body that keeps a copy of what passed, so that it can be sent again: Envoy's
 /// retry buffer. Frames go on to the upstream as they come (a bidirectional stream's next
 /// message may wait for the answer to this one, so nothing waits for the body's end), and each
-/// is copied first, up to `limit` data bytes held of the gateway's body budget. A copy that
-/// would pass the limit, or not fit in the budget, ends the recording: from then on the body
-/// only streams, and cannot be sent again.
+/// is copied first, up to `limit` bytes (data and each copy's entry) held of the first half of
+/// the gateway's body budget. A copy that would pass the limit, or not fit there, ends the
+/// recording: from then on the body only streams, and cannot be sent again.
 ///
 /// The source lives in the record, shared with the handle ([`Recording`]), not in the body:
 /// the body an upstream left unprocessed is dropped by its HTTP/2 client, and the next
@@ -187,7 +187,8 @@ struct Record {
     copies: VecDeque<Kept>,
     /// How many of `copies` the current attempt has sent (while recording).
     sent: usize,
-    /// Data bytes in `copies`, held of the budget through `hold`.
+    /// What `copies` cost ([`Kept::charge`]), held of the budget through `hold` (within its
+    /// first half: bodies held whole come first).
     bytes: u64,
     limit: u64,
     /// `None` once recording stopped (and the copies left, if any, were sent).
@@ -218,6 +219,19 @@ impl Kept {
             Kept::Data(data) => u64::try_from(data.len()).unwrap_or(u64::MAX),
             Kept::Trailers(_) => 0,
         }
+    }
+
+    /// What keeping it costs: its bytes and its entry, so that a client sending a byte a frame
+    /// holds memory in proportion to what it is charged.
+    fn charge(&self) -> u64 {
+        let bytes = match self {
+            Kept::Data(data) => data.len(),
+            Kept::Trailers(trailers) => trailers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum(),
+        };
+        u64::try_from(bytes + std::mem::size_of::<Kept>()).unwrap_or(u64::MAX)
     }
 }
 
@@ -276,12 +290,18 @@ impl Record {
             return;
         }
         let kept = match (frame.data_ref(), frame.trailers_ref()) {
-            (Some(data), _) => Kept::Data(data.clone()),
+            // Copied, not shared: a slice of the connection's read buffer would keep all of
+            // that buffer alive for as long as the copy.
+            (Some(data), _) => Kept::Data(Bytes::copy_from_slice(data)),
             (None, Some(trailers)) => Kept::Trailers(trailers.clone()),
             (None, None) => return,
         };
-        let bytes = self.bytes.saturating_add(kept.len());
-        let held = bytes <= self.limit && self.hold.as_mut().is_some_and(|h| h.grow_to(bytes));
+        let bytes = self.bytes.saturating_add(kept.charge());
+        let held = bytes <= self.limit
+            && self
+                .hold
+                .as_mut()
+                .is_some_and(|h| h.grow_to_within_half(bytes));
         if !held {
             self.stop();
             return;
@@ -437,14 +457,19 @@ mod tests {
         })
     }
 
+    /// What `entries` copies of `data` bytes in all are charged.
+    fn charge(data: u64, entries: u64) -> u64 {
+        data + entries * std::mem::size_of::<Kept>() as u64
+    }
+
     #[tokio::test]
     async fn a_replay_yields_the_copies_then_goes_on_with_the_source() {
-        let budget = BodyBudget::new(1000);
+        let budget = BodyBudget::new(100_000);
         let source = streamed(&["ab", "cd", "ef"], Some("t"));
-        let (mut first, recording) = RecordedBody::new(source, 100, budget.hold());
+        let (mut first, recording) = RecordedBody::new(source, 10_000, budget.hold());
         assert_eq!(next(&mut first).await.as_deref(), Some("ab"));
         assert_eq!(next(&mut first).await.as_deref(), Some("cd"));
-        assert_eq!(budget.held(), 4);
+        assert_eq!(budget.held(), charge(4, 2));
         assert!(recording.can_replay());
 
         let mut second = recording.replay().expect("replayable");
@@ -457,7 +482,8 @@ mod tests {
         assert_eq!(next(&mut second).await.as_deref(), Some("trailers:t"));
         assert!(second.is_end_stream());
         assert_eq!(next(&mut second).await, None);
-        assert_eq!(budget.held(), 6);
+        // The trailers are charged their names and values: `x-trailer: t`.
+        assert_eq!(budget.held(), charge(6 + 10, 4));
 
         // A third attempt, after the source ended: all of it from the copies.
         let mut third = recording.replay().expect("replayable");
@@ -474,9 +500,9 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_limit_the_body_streams_on_and_cannot_go_again() {
-        let budget = BodyBudget::new(1000);
+        let budget = BodyBudget::new(100_000);
         let source = streamed(&["ab", "cd", "ef"], None);
-        let (mut body, recording) = RecordedBody::new(source, 3, budget.hold());
+        let (mut body, recording) = RecordedBody::new(source, charge(2, 1) + 1, budget.hold());
         assert_eq!(next(&mut body).await.as_deref(), Some("ab"));
         assert!(recording.can_replay());
         assert_eq!(next(&mut body).await.as_deref(), Some("cd"));
@@ -488,12 +514,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_that_would_not_fit_in_the_budget_is_not_recorded() {
-        let budget = BodyBudget::new(3);
+    async fn a_body_that_would_not_fit_in_half_the_budget_is_not_recorded() {
+        // Copies may take half the budget: the other half is for bodies held whole.
+        let budget = BodyBudget::new(2 * charge(2, 1) + 1);
         let source = streamed(&["ab", "cd"], None);
-        let (mut body, recording) = RecordedBody::new(source, 100, budget.hold());
+        let (mut body, recording) = RecordedBody::new(source, 10_000, budget.hold());
         assert_eq!(next(&mut body).await.as_deref(), Some("ab"));
-        assert_eq!(budget.held(), 2);
+        assert_eq!(budget.held(), charge(2, 1));
         assert_eq!(next(&mut body).await.as_deref(), Some("cd"));
         assert!(!recording.can_replay());
         assert_eq!(budget.held(), 0);
@@ -501,9 +528,9 @@ mod tests {
 
     #[tokio::test]
     async fn stopped_mid_replay_the_copies_not_yet_sent_still_go() {
-        let budget = BodyBudget::new(1000);
+        let budget = BodyBudget::new(100_000);
         let source = streamed(&["ab", "cd", "ef"], None);
-        let (mut first, recording) = RecordedBody::new(source, 100, budget.hold());
+        let (mut first, recording) = RecordedBody::new(source, 10_000, budget.hold());
         assert_eq!(next(&mut first).await.as_deref(), Some("ab"));
         assert_eq!(next(&mut first).await.as_deref(), Some("cd"));
         let mut second = recording.replay().expect("replayable");

@@ -184,6 +184,18 @@ impl BodyHold {
     /// Hold `bytes` in all (more than before, or as much): `false`, holding no more than
     /// before, when the budget has not that much left.
     pub fn grow_to(&mut self, bytes: u64) -> bool {
+        self.grow_under(bytes, self.budget.limit)
+    }
+
+    /// As [`BodyHold::grow_to`], but only while no more than half the budget is held: for what
+    /// the gateway keeps by choice (copies for a retry), so that it runs short of room before
+    /// a body that must be held whole is refused.
+    pub fn grow_to_within_half(&mut self, bytes: u64) -> bool {
+        self.grow_under(bytes, self.budget.limit / 2)
+    }
+
+    /// Hold `bytes` in all unless that takes the budget's total past `ceiling`.
+    fn grow_under(&mut self, bytes: u64, ceiling: u64) -> bool {
         let more = bytes.saturating_sub(self.bytes);
         if more == 0 {
             return true;
@@ -192,8 +204,7 @@ impl BodyHold {
             .budget
             .held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                held.checked_add(more)
-                    .filter(|total| *total <= self.budget.limit)
+                held.checked_add(more).filter(|total| *total <= ceiling)
             });
         if taken.is_ok() {
             self.bytes = bytes;

@@ -295,7 +295,7 @@ impl H2Upstream {
                         };
                         if unprocessed && unsent.is_none() {
                             message.push_str(
-                                "; the request's body streamed past what is kept to send it again",
+                                "; the request's body was not kept whole to send it again (it streamed past what is kept, or the buffered-body budget was short)",
                             );
                         }
                         return Err(H2Error {
