@@ -779,6 +779,23 @@ fn unprocessed(upstream: SocketAddr, n: usize) -> String {
     format!("unitgate_upstream_errors_total{{endpoint=\"{upstream}\",kind=\"unprocessed\"}} {n}")
 }
 
+/// Three POSTs of `four` from an HTTP/1.1 client, each answered by the trailer echo with the
+/// body whole.
+async fn posts_are_served_whole(addr: SocketAddr) {
+    let http = support::client();
+    for _ in 0..3 {
+        let response = http.request(post_four(addr)).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body, "HTTP/2.0 4");
+    }
+}
+
 /// A POST with body `four` from an HTTP/1.1 client (read whole by the codec before it goes).
 fn post_four(addr: SocketAddr) -> Request<http_body_util::Full<Bytes>> {
     Request::post(format!("http://{addr}/x"))
@@ -923,20 +940,9 @@ async fn a_request_a_goaway_left_unprocessed_goes_to_the_next_endpoint() {
     let serving = trailer_echo().await;
     let (_dir, gateway) = h2_pool_gateway(&[going_away, serving]).await;
     let addr = gateway.http_addrs[0];
-    let http = support::client();
-    for _ in 0..3 {
-        let response = http.request(post_four(addr)).await.expect("response");
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        assert_eq!(body, "HTTP/2.0 4");
-    }
+    posts_are_served_whole(addr).await;
     assert!(turned_away.load(SeqCst) > 0, "never tried first");
-    let metrics = support::get_text(&http, gateway.admin_addr, "/metrics").await;
+    let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
     assert!(
         metrics.contains(&unprocessed(going_away, turned_away.load(SeqCst))),
         "{metrics}"
@@ -951,20 +957,9 @@ async fn a_request_a_goaway_left_unprocessed_goes_again_on_a_new_connection() {
     let (address, turned_away) = draining_then_serving_h2().await;
     let (_dir, gateway) = h2_pool_gateway(&[address]).await;
     let addr = gateway.http_addrs[0];
-    let http = support::client();
-    for _ in 0..3 {
-        let response = http.request(post_four(addr)).await.expect("response");
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        assert_eq!(body, "HTTP/2.0 4");
-    }
+    posts_are_served_whole(addr).await;
     assert_eq!(turned_away.load(SeqCst), 1);
-    let metrics = support::get_text(&http, gateway.admin_addr, "/metrics").await;
+    let metrics = support::get_text(&support::client(), gateway.admin_addr, "/metrics").await;
     assert!(metrics.contains(&unprocessed(address, 1)), "{metrics}");
     assert!(metrics.contains(&healthy(address)), "{metrics}");
 }
