@@ -103,36 +103,34 @@ impl<'a> Attempts<'a> {
 
     /// What follows an attempt on `endpoint` that failed with `fault`, its request handed back
     /// (`unsent`) when it may be sent again as it is: the failure counted, and the endpoint to
-    /// try next when the request may go on. After a connect failure an idempotent request may;
-    /// after the upstream left it unprocessed any request may, whatever its method: the
-    /// upstream did nothing with it (RFC 9113 section 8.7).
-    pub(crate) fn after(
+    /// try next with that request when it may go on. After a connect failure an idempotent
+    /// request may; after the upstream left it unprocessed any request may, whatever its
+    /// method: the upstream did nothing with it (RFC 9113 section 8.7).
+    pub(crate) fn after<R>(
         &mut self,
         shared: &Shared,
         endpoint: &EndpointState,
         fault: &UpstreamFault,
-        unsent: bool,
-    ) -> Option<(usize, &'a EndpointState)> {
+        unsent: Option<R>,
+    ) -> Option<((usize, &'a EndpointState), R)> {
         match fault {
-            UpstreamFault::Connect(_) => {
-                connect_failed(shared, endpoint);
-                if unsent { self.next() } else { None }
+            UpstreamFault::Connect(_) => connect_failed(shared, endpoint),
+            // Counted for operators to see, never against the endpoint's health: an upstream
+            // refuses streams at its concurrency limit, or while it goes away, not because it
+            // is failing.
+            UpstreamFault::Unprocessed(_) => shared
+                .metrics
+                .upstream_error(endpoint.id, UpstreamFailure::Unprocessed),
+            UpstreamFault::Timeout | UpstreamFault::Broken(_) | UpstreamFault::Refused(_) => {
+                return None;
             }
-            UpstreamFault::Unprocessed(_) => {
-                // Counted for operators to see, never against the endpoint's health: an
-                // upstream refuses streams at its concurrency limit, or while it goes away,
-                // not because it is failing.
-                shared
-                    .metrics
-                    .upstream_error(endpoint.id, UpstreamFailure::Unprocessed);
-                if unsent {
-                    self.pick().or_else(|| self.again())
-                } else {
-                    None
-                }
-            }
-            UpstreamFault::Timeout | UpstreamFault::Broken(_) | UpstreamFault::Refused(_) => None,
         }
+        let unsent = unsent?;
+        let next = match fault {
+            UpstreamFault::Unprocessed(_) => self.pick().or_else(|| self.again()),
+            _ => self.next(),
+        }?;
+        Some((next, unsent))
     }
 
     /// The next endpoint (healthy ones first: by the key's order under key affinity, else by

@@ -544,15 +544,12 @@ async fn exchange(
         if let Some(reply) = client_fault(&shared.metrics, &body, failure) {
             return Err(reply);
         }
-        match (
-            attempts.after(shared, endpoint, &fault, unsent.is_some()),
-            unsent,
-        ) {
-            (Some(next), Some(unsent)) => {
+        match attempts.after(shared, endpoint, &fault, unsent) {
+            Some((next, unsent)) => {
                 request = unsent;
                 chosen = next;
             }
-            _ => return Err(attempts.failed(shared, index, fault)),
+            None => return Err(attempts.failed(shared, index, fault)),
         }
     }
 }

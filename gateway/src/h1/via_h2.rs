@@ -156,15 +156,12 @@ where
             Ok(Err(error)) => error.into_fault(),
             Err(_) => (UpstreamFault::Timeout, None),
         };
-        match (
-            attempts.after(shared, endpoint, &fault, unsent.is_some()),
-            unsent,
-        ) {
-            (Some(next), Some(unsent)) => {
+        match attempts.after(shared, endpoint, &fault, unsent) {
+            Some((next, unsent)) => {
                 request = unsent;
                 chosen = next;
             }
-            _ => break (index, fault),
+            None => break (index, fault),
         }
     };
     let reply = attempts.failed(shared, index, fault);
