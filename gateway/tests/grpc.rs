@@ -1160,6 +1160,28 @@ async fn echo_h2(mut body: h2::RecvStream, mut respond: h2::server::SendResponse
     }
 }
 
+/// What feeds a [`fed_body`].
+type Feed = tokio::sync::mpsc::UnboundedSender<Result<Frame<Bytes>, std::convert::Infallible>>;
+
+/// A request body the test feeds frame by frame, open until its feed is dropped.
+fn fed_body() -> (
+    Feed,
+    StreamBody<
+        std::pin::Pin<
+            Box<
+                dyn futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>>
+                    + Send,
+            >,
+        >,
+    >,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    (tx, StreamBody::new(Box::pin(stream)))
+}
+
 /// A body the client sends a first message of, and then, once the upstream has refused the
 /// stream, the rest: the request goes again with the copy, then what came after it, trailers
 /// included; the copy is let go once answered.
@@ -1168,16 +1190,11 @@ async fn a_streamed_body_refused_midway_goes_again_with_what_came_after() {
     let (address, refused, told) = refusing_after_reading_h2(1, 1).await;
     let (_dir, gateway) = h2_pool_gateway(&[address]).await;
     let addr = gateway.http_addrs[0];
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (frame, rx))
-    });
-    let body = StreamBody::new(Box::pin(stream));
+    let (tx, body) = fed_body();
     let mut sender = h2c(addr).await;
     let response = tokio::spawn(sender.send_request(streamed_post(addr, body, true)));
     let send = |frame: Frame<Bytes>| {
-        tx.send(Ok::<_, std::convert::Infallible>(frame))
-            .expect("the body is read");
+        tx.send(Ok(frame)).expect("the body is read");
     };
     send(Frame::data(Bytes::from_static(b"hel")));
     told.notified().await;
@@ -1283,18 +1300,12 @@ async fn a_streamed_bodys_copy_is_let_go_once_the_upstream_answers() {
     let (address, got, answer) = answering_when_told_h2().await;
     let (_dir, gateway) = h2_pool_gateway(&[address]).await;
     let addr = gateway.http_addrs[0];
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (frame, rx))
-    });
-    let body = StreamBody::new(Box::pin(stream));
+    let (tx, body) = fed_body();
     let mut sender = h2c(addr).await;
     let response = tokio::spawn(sender.send_request(streamed_post(addr, body, true)));
     let send = |data: &'static [u8]| {
-        tx.send(Ok::<_, std::convert::Infallible>(Frame::data(
-            Bytes::from_static(data),
-        )))
-        .expect("the body is read");
+        tx.send(Ok(Frame::data(Bytes::from_static(data))))
+            .expect("the body is read");
     };
     let http = support::client();
     send(b"ping");
