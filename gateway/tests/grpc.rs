@@ -1160,21 +1160,17 @@ async fn echo_h2(mut body: h2::RecvStream, mut respond: h2::server::SendResponse
     }
 }
 
+/// A frame of a [`fed_body`].
+type Fed = Result<Frame<Bytes>, std::convert::Infallible>;
+
 /// What feeds a [`fed_body`].
-type Feed = tokio::sync::mpsc::UnboundedSender<Result<Frame<Bytes>, std::convert::Infallible>>;
+type Feed = tokio::sync::mpsc::UnboundedSender<Fed>;
+
+/// A [`fed_body`]'s frames as they come.
+type FedFrames = std::pin::Pin<Box<dyn futures_util::Stream<Item = Fed> + Send>>;
 
 /// A request body the test feeds frame by frame, open until its feed is dropped.
-fn fed_body() -> (
-    Feed,
-    StreamBody<
-        std::pin::Pin<
-            Box<
-                dyn futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>>
-                    + Send,
-            >,
-        >,
-    >,
-) {
+fn fed_body() -> (Feed, StreamBody<FedFrames>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|frame| (frame, rx))
