@@ -41,7 +41,9 @@ pub struct ConnTracker {
     closed: Notify,
     max: usize,
     max_per_ip: usize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections per client address. foldhash, not SipHash: it is hashed on every
+    /// accept and close, and still seeded at random per process.
+    per_ip: Mutex<HashMap<IpAddr, usize, foldhash::fast::RandomState>>,
 }
 
 /// Why a connection was refused.
@@ -83,7 +85,7 @@ impl ConnTracker {
             closed: Notify::new(),
             max,
             max_per_ip,
-            per_ip: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::default()),
         }
     }
 
@@ -233,6 +235,11 @@ pub async fn serve_proxy(
     // Out of file descriptors, accept fails at once for as long as it lasts: back off (up to a
     // second) instead of spinning, and log once a second.
     let mut backoff = Duration::from_millis(5);
+    // Each connection gets its own receiver; the loop's is waited on by one future for the
+    // listener's whole life, not one made anew for every accept.
+    let conn_stop = stop.clone();
+    let stop_signal = stopped(&mut stop);
+    tokio::pin!(stop_signal);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -250,7 +257,7 @@ pub async fn serve_proxy(
                     continue;
                 }
             },
-            () = stopped(&mut stop) => return,
+            () = &mut stop_signal => return,
         };
         let guard = match tracker.admit(peer.ip()) {
             Ok(guard) => guard,
@@ -278,7 +285,7 @@ pub async fn serve_proxy(
             tls: tls.clone(),
             builder: worker.http.clone(),
             guards: (guard, worker.serving()),
-            stop: stop.clone(),
+            stop: conn_stop.clone(),
         };
         let shared = worker.shared.clone();
         // A connection's future holds hyper's whole connection state; boxed, spawning it moves

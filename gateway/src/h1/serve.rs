@@ -7,6 +7,7 @@
 //! trusted (a refused head, a broken body, an upstream that broke its own) is closed, never
 //! read on.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,9 +55,12 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// Make the connection's close a reset (RST) instead of an orderly FIN.
     fn reset_on_close(&self);
 
-    /// Hold what is written from now on until the connection is shut down (or a full segment
-    /// is ready), so that the last answer's bytes and the FIN leave in one segment.
-    fn hold_until_close(&self);
+    /// Write the connection's last bytes, held back until the shutdown that follows (or until
+    /// a full segment is ready), so that they and the FIN leave in one segment.
+    fn write_last<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'a;
 
     /// Acknowledge what arrives at once for a while: the client is sending a body, and one
     /// that writes it after its head without `TCP_NODELAY` waits for the head's ACK (Nagle),
@@ -70,10 +74,26 @@ impl ClientIo for TcpStream {
         let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
     }
 
-    fn hold_until_close(&self) {
-        // TCP_CORK: the shutdown pushes what is held with the FIN set on its last segment.
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        let _ = socket2::SockRef::from(self).set_tcp_cork(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    async fn write_last(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // MSG_MORE holds the bytes as TCP_CORK would, without a system call to set it: the
+        // shutdown then sets the FIN on the held segment and sends it.
+        let stream: &TcpStream = self;
+        let mut sent = 0;
+        while sent < bytes.len() {
+            sent += stream
+                .async_io(tokio::io::Interest::WRITABLE, || {
+                    socket2::SockRef::from(stream)
+                        .send_with_flags(&bytes[sent..], libc::MSG_MORE | libc::MSG_NOSIGNAL)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    async fn write_last(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes).await
     }
 
     fn ack_promptly(&self) {
@@ -88,9 +108,13 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
         self.get_ref().0.reset_on_close();
     }
 
-    fn hold_until_close(&self) {
-        // The answer's last record, close_notify and the FIN then share a segment.
-        self.get_ref().0.hold_until_close();
+    async fn write_last(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // TCP_CORK: the answer's last record, close_notify and the FIN then share a segment
+        // (rustls writes the records, so MSG_MORE cannot be passed on).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(self.get_ref().0).set_tcp_cork(true);
+        self.write_all(bytes).await?;
+        self.flush().await
     }
 
     fn ack_promptly(&self) {
@@ -116,7 +140,12 @@ pub async fn serve<S>(
         max_head: config.limits.max_header_bytes,
         max_headers: config.limits.max_header_count,
     };
-    let mut head = RequestHead::default();
+    // Room for a usual request's field lines from the start, instead of growing into it on
+    // every new connection.
+    let mut head = RequestHead {
+        fields: Vec::with_capacity(16),
+        ..RequestHead::default()
+    };
     let mut scratch = Vec::with_capacity(1024);
     // The connection's reference to the table in force, brought up to date before each
     // request (`TableStore::refresh`).
@@ -406,9 +435,12 @@ where
     // that has its answer finds the request counted and logged.
     if unsent {
         if next == Next::Close {
-            io.hold_until_close();
-        }
-        if !to_client(shared, io, scratch).await && next == Next::KeepAlive {
+            let write = io.write_last(scratch);
+            let _ = shared
+                .timer
+                .timeout_after(shared.config.timeouts.read(), write)
+                .await;
+        } else if !to_client(shared, io, scratch).await {
             next = Next::Close;
         }
     }
@@ -1389,7 +1421,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
     use super::ClientIo;
@@ -1403,8 +1435,7 @@ mod tests {
             .expect("connect");
         let (mut server, _) = listener.accept().await.expect("accept");
         let answer = vec![b'a'; 100_000];
-        server.hold_until_close();
-        server.write_all(&answer).await.expect("write");
+        server.write_last(&answer).await.expect("write");
         drop(server);
         let mut received = Vec::new();
         client
