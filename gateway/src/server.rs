@@ -41,9 +41,9 @@ pub struct ConnTracker {
     closed: Notify,
     max: usize,
     max_per_ip: usize,
-    /// Open connections per client address. foldhash, not SipHash: it is hashed on every
-    /// accept and close, and still seeded at random per process.
-    per_ip: Mutex<HashMap<IpAddr, usize, foldhash::fast::RandomState>>,
+    /// Open connections per client address. Keyed SipHash (the standard `RandomState`): a
+    /// client with a block of IPv6 addresses picks the keys.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// Why a connection was refused.
@@ -85,7 +85,7 @@ impl ConnTracker {
             closed: Notify::new(),
             max,
             max_per_ip,
-            per_ip: Mutex::new(HashMap::default()),
+            per_ip: Mutex::new(HashMap::new()),
         }
     }
 

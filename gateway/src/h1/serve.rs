@@ -440,7 +440,7 @@ where
                 .timer
                 .timeout_after(shared.config.timeouts.read(), write)
                 .await;
-        } else if !to_client(shared, io, scratch).await {
+        } else if !to_client(shared, io, scratch).await && next == Next::KeepAlive {
             next = Next::Close;
         }
     }
