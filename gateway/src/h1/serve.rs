@@ -55,8 +55,9 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// Make the connection's close a reset (RST) instead of an orderly FIN.
     fn reset_on_close(&self);
 
-    /// Write the connection's last bytes, held back until the shutdown that follows (or until
-    /// a full segment is ready), so that they and the FIN leave in one segment.
+    /// Write the connection's last bytes, held back for the shutdown that follows, so that
+    /// they and the FIN leave in one segment (a full segment, or on plain TCP an ACK that
+    /// arrives first, sends them sooner: nothing is lost, a segment may be spent).
     fn write_last<'a>(
         &'a mut self,
         bytes: &'a [u8],
