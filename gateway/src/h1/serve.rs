@@ -1141,16 +1141,18 @@ where
     // The connection's own head, whose field list keeps its room from the last exchange.
     let mut response = std::mem::take(&mut upstream.response);
     loop {
-        let complete = match response::parse(
-            &upstream.buf,
-            shared.config.limits.max_header_bytes,
-            super::response::RESPONSE_FIELD_ROOM,
-            head_request,
-            &mut response,
-        ) {
-            Ok(complete) => complete,
-            Err(error) => return Err(Failed::Upstream(error.message().to_owned())),
-        };
+        // Right after the request went out nothing has come yet: read before parsing.
+        let complete = !upstream.buf.is_empty()
+            && match response::parse(
+                &upstream.buf,
+                shared.config.limits.max_header_bytes,
+                super::response::RESPONSE_FIELD_ROOM,
+                head_request,
+                &mut response,
+            ) {
+                Ok(complete) => complete,
+                Err(error) => return Err(Failed::Upstream(error.message().to_owned())),
+            };
         if !complete {
             if !read_upstream(timer, deadline, upstream).await? {
                 return Err(Failed::Upstream(
