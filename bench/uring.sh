@@ -4,13 +4,16 @@
 # header lines, forward, read the Content-Length response, send it back) on tokio/epoll
 # (floor-epoll) and on one io_uring ring (floor-uring: SINGLE_ISSUER + DEFER_TASKRUN, a
 # registered ring fd, each send linked to the recv after it; floor-uring-plain: a default ring,
-# no links), beside nginx and unitgate with one worker each, behind bench/proxy.sh's origin and
+# no links) and on the monoio runtime (floor-monoio: its default ring; floor-monoio-defer: with
+# SINGLE_ISSUER + DEFER_TASKRUN; floor-monoio-legacy: its epoll driver, for where io_uring is
+# refused), beside nginx and unitgate with one worker each, behind bench/proxy.sh's origin and
 # header-keyed workload. ROUNDS rounds, interleaved; user and system CPU per request are taken
 # apart (utime and stime of /proc/PID/stat). Then system calls per request of each floor and of
 # unitgate by `strace -c -f` (counts only: strace slows everything down).
 #
 #   bench/uring.sh                   # 3 rounds of 10 s, report on stdout
 #   ROUNDS=1 DURATION=5 bench/uring.sh
+#   TARGETS="floor-epoll floor-monoio-defer floor-monoio-legacy" ROUNDS=7 bench/uring.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/common.sh
@@ -43,6 +46,9 @@ start_proxy() { # name -> sets PROXY_PID
     floor-epoll) "$FLOOR/floor-epoll" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" 2>"$dir/logs/err" & ;;
     floor-uring) "$FLOOR/floor-uring" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" 2>"$dir/logs/err" & ;;
     floor-uring-plain) "$FLOOR/floor-uring" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" plain 2>"$dir/logs/err" & ;;
+    floor-monoio) "$FLOOR/floor-monoio" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" 2>"$dir/logs/err" & ;;
+    floor-monoio-defer) "$FLOOR/floor-monoio" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" defer 2>"$dir/logs/err" & ;;
+    floor-monoio-legacy) "$FLOOR/floor-monoio" "127.0.0.1:$PROXY_PORT" "$UPSTREAMS" legacy 2>"$dir/logs/err" & ;;
     unitgate)
       # bench/proxy.sh's unitgate, one worker thread.
       write_unitgate "$dir" 1
