@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// An upstream that answers each request by its path (`answer`), records every request's raw
-/// bytes, after a `101` echoes whatever it reads, and closes after the answers to `/cut` and
-/// `/until-close`.
+/// bytes, after a `101` echoes whatever it reads, closes after the answers to `/cut` and
+/// `/until-close`, and closes without answering `/drop`.
 struct Scripted {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -48,6 +48,11 @@ impl Scripted {
                             .unwrap_or("")
                             .to_owned();
                         log.lock().expect("lock").push(request);
+                        if path == "/drop" {
+                            // Closed without an answer, as an upstream that acted on a request
+                            // and then failed would.
+                            return;
+                        }
                         let reply = answer(&path);
                         let upgraded = reply.starts_with(b"HTTP/1.1 101");
                         if stream.write_all(&reply).await.is_err() {
@@ -537,4 +542,36 @@ async fn an_answer_that_ends_the_connection_arrives_whole_with_bytes_unread_behi
         String::from_utf8_lossy(&answer[..head_end])
     );
     assert_eq!(answer.len() - head_end, BODY, "the whole body");
+}
+
+/// A pooled connection that the upstream closes after a request arrived on it: the request may
+/// have been acted on, so only an idempotent one goes again (RFC 9112 section 9.3.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_idempotent_requests_go_again_after_a_pooled_connection_closes() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gw) = gateway(&upstream).await;
+    for (method, sent) in [("POST", 1), ("PATCH", 1), ("GET", 2), ("PUT", 2)] {
+        let before = upstream.seen().len();
+        let mut client = TcpStream::connect(gw.http_addrs[0]).await.expect("connect");
+        // The first request leaves its upstream connection in the pool; the second takes it.
+        client
+            .write_all(b"GET /warm HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\n")
+            .await
+            .expect("write");
+        read_until(&mut client, |got| got.ends_with("/warm")).await;
+        let request = format!(
+            "{method} /drop HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nContent-Length: 0\r\n\r\n"
+        );
+        client.write_all(request.as_bytes()).await.expect("write");
+        let got = read_until(&mut client, |got| got.contains("\r\n\r\n")).await;
+        assert!(got.starts_with("HTTP/1.1 502"), "{method}: {got}");
+        let drops = upstream.seen()[before..]
+            .iter()
+            .filter(|r| r.contains(" /drop "))
+            .count();
+        assert_eq!(
+            drops, sent,
+            "{method} /drop reached the upstream {drops} times"
+        );
+    }
 }

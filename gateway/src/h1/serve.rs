@@ -880,8 +880,15 @@ where
                 return (done.status, done.next, true);
             }
             // A pooled connection the upstream closed as it was taken: nothing of the request
-            // was answered, and one whose body is all sent already may go again.
-            Err(Failed::Upstream(_)) if upstream.reused && body.untouched() && stale_retry => {
+            // was answered. It may still have been processed (an upstream can close after
+            // acting on a request), so only an idempotent one goes again (RFC 9112 section
+            // 9.3.1: a proxy MUST NOT retry a non-idempotent request by itself).
+            Err(Failed::Upstream(_))
+                if upstream.reused
+                    && body.untouched()
+                    && stale_retry
+                    && crate::attempts::is_idempotent(&ctx.method) =>
+            {
                 stale_retry = false;
                 attempts.take_back();
                 continue;
