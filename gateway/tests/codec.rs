@@ -575,3 +575,33 @@ async fn only_idempotent_requests_go_again_after_a_pooled_connection_closes() {
         );
     }
 }
+
+/// An upstream that sends interim answers without end is always readable, so no read times
+/// out: the exchange still ends, with a `502`, after a bounded number of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_flooding_interim_answers_gets_a_502() {
+    let flood = serve_each(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        while stream
+            .write_all(b"HTTP/1.1 102 Processing\r\n\r\n")
+            .await
+            .is_ok()
+        {}
+    })
+    .await;
+    let (_dir, gw) = pool_gateway(&[flood], "health_check: { interval_ms: 0 }\n").await;
+    let mut client = connect_and_write(
+        gw.http_addrs[0],
+        b"GET /x HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\n",
+    )
+    .await;
+    let got = tokio::time::timeout(
+        T,
+        read_until(&mut client, |got| got.contains("HTTP/1.1 502")),
+    )
+    .await
+    .expect("the flood was relayed for 10 s without an end");
+    let relayed = got.matches("HTTP/1.1 102 Processing").count();
+    assert!(relayed <= 16, "{relayed} interim answers relayed");
+}

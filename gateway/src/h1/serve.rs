@@ -1128,6 +1128,9 @@ async fn read_upstream(
     }
 }
 
+/// Interim (1xx) answers an upstream may send before its final one to a request.
+const MAX_INTERIM_RESPONSES: usize = 16;
+
 /// Read the upstream's response head (passing interim ones on) and relay the response.
 #[allow(clippy::too_many_arguments)]
 async fn relay_response<S>(
@@ -1147,6 +1150,7 @@ where
     let head_request = ctx.method == Method::HEAD;
     // The connection's own head, whose field list keeps its room from the last exchange.
     let mut response = std::mem::take(&mut upstream.response);
+    let mut interim_count = 0;
     loop {
         // Right after the request went out nothing has come yet: read before parsing.
         let complete = !upstream.buf.is_empty()
@@ -1169,6 +1173,18 @@ where
             continue;
         }
         if response.is_interim() {
+            // An upstream that keeps sending interim answers is always readable, so the read
+            // timeout never gets to fire: the deadline is checked here, and their number is
+            // bounded.
+            interim_count += 1;
+            if interim_count > MAX_INTERIM_RESPONSES {
+                return Err(Failed::Upstream(format!(
+                    "more than {MAX_INTERIM_RESPONSES} interim responses"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(Failed::Timeout);
+            }
             // 102 and 103 go on to an HTTP/1.1 client as they came; the final answer follows.
             // A 100 is not passed on: the gateway took `Expect` off the request and answers
             // the client's itself, so an upstream's 100 was asked for by nobody.
