@@ -305,32 +305,41 @@ async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0
 async fn an_upgrade_becomes_a_tunnel_once_the_upstream_switched() {
     let upstream = Scripted::start(answer).await;
     let (_dir, gateway) = gateway(&upstream).await;
-    let mut client = connect_and_write(
-        gateway.http_addrs[0],
-        b"GET /ws HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-    )
-    .await;
-    let switched = read_until(&mut client, |s| s.ends_with("\r\n\r\n")).await;
-    assert!(switched.starts_with("HTTP/1.1 101"), "{switched}");
-    assert!(
-        switched.to_ascii_lowercase().contains("upgrade: websocket"),
-        "{switched}"
-    );
-    client
-        .write_all(b"ping through the tunnel")
-        .await
-        .expect("write");
-    let echoed = read_until(&mut client, |s| s.ends_with("tunnel")).await;
-    assert_eq!(echoed, "ping through the tunnel");
-    let seen = upstream.seen();
-    assert!(
-        seen[0]
-            .to_ascii_lowercase()
-            .contains("upgrade: websocket\r\n"),
-        "{}",
-        seen[0]
-    );
-    assert!(seen[0].contains("connection: upgrade\r\n"), "{}", seen[0]);
+    // `Connection` as most clients send it, and as Firefox does (with `keep-alive`), here
+    // with a field of the client's own named in it too: that one goes, `Upgrade` stays.
+    for connection in ["Upgrade", "keep-alive, Upgrade, X-Own"] {
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nUpgrade: websocket\r\nX-Own: 1\r\nConnection: {connection}\r\n\r\n"
+        );
+        let mut client = connect_and_write(gateway.http_addrs[0], request.as_bytes()).await;
+        let switched = read_until(&mut client, |s| s.ends_with("\r\n\r\n")).await;
+        assert!(switched.starts_with("HTTP/1.1 101"), "{switched}");
+        assert!(
+            switched.to_ascii_lowercase().contains("upgrade: websocket"),
+            "{switched}"
+        );
+        client
+            .write_all(b"ping through the tunnel")
+            .await
+            .expect("write");
+        let echoed = read_until(&mut client, |s| s.ends_with("tunnel")).await;
+        assert_eq!(echoed, "ping through the tunnel");
+        let seen = upstream.seen();
+        let sent = seen.last().expect("a request").to_ascii_lowercase();
+        assert!(
+            sent.contains("upgrade: websocket\r\n"),
+            "{connection}: {sent}"
+        );
+        assert!(
+            sent.contains("connection: upgrade\r\n"),
+            "{connection}: {sent}"
+        );
+        assert_eq!(
+            sent.contains("x-own:"),
+            connection == "Upgrade",
+            "{connection}: {sent}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

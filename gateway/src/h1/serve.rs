@@ -664,6 +664,11 @@ pub(super) fn upstream_head(
             | Kind::HopMarker
             | Kind::TraceParent => continue,
             Kind::Upgrade if !head.upgrade => continue,
+            // Named in `Connection` as it must be, yet kept: the upgrade goes upstream.
+            Kind::Upgrade => {
+                copy_line(out, raw, field);
+                continue;
+            }
             Kind::ForwardedFor => {
                 if trusted {
                     let joined = forwarded_for.get_or_insert_with(Vec::new);
