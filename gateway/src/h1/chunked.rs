@@ -228,15 +228,23 @@ impl Chunked {
                     self.extension = 0;
                     State::Extension(Ext::BeforeName)
                 }
-                (None, b' ' | b'\t') => State::SizeSpace,
+                (None, b' ' | b'\t') => {
+                    // Whitespace before an extension counts as part of it: unbounded, it
+                    // would be a size line of any length passed on.
+                    self.extension = 1;
+                    State::SizeSpace
+                }
                 _ => return Err(ChunkError::BadSize),
             },
             State::SizeSpace => match b {
-                b' ' | b'\t' => State::SizeSpace,
-                b';' => {
-                    self.extension = 0;
-                    State::Extension(Ext::BeforeName)
+                b' ' | b'\t' => {
+                    self.extension += 1;
+                    if self.extension > MAX_EXTENSION_BYTES {
+                        return Err(ChunkError::ExtensionTooLong);
+                    }
+                    State::SizeSpace
                 }
+                b';' => State::Extension(Ext::BeforeName),
                 _ => return Err(ChunkError::BadSize),
             },
             State::Extension(part) => {
@@ -468,6 +476,11 @@ mod tests {
         let long = format!("1;{}\r\n", "a".repeat(MAX_EXTENSION_BYTES + 1));
         assert_eq!(
             Chunked::new().skip(long.as_bytes()),
+            Err(ChunkError::ExtensionTooLong)
+        );
+        let spaced = format!("1{};a\r\n", " ".repeat(MAX_EXTENSION_BYTES + 1));
+        assert_eq!(
+            Chunked::new().skip(spaced.as_bytes()),
             Err(ChunkError::ExtensionTooLong)
         );
         let trailer = format!("0\r\nx: {}\r\n\r\n", "a".repeat(MAX_TRAILER_BYTES));
