@@ -115,6 +115,7 @@ fn answer(path: &str) -> Vec<u8> {
         }
         "/cut" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
         "/until-close" => b"HTTP/1.1 200 OK\r\n\r\nwhole".to_vec(),
+        "/no-content" => b"HTTP/1.1 204 No Content\r\nContent-Length: 44\r\n\r\n".to_vec(),
         "/ws" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
             .to_vec(),
         path => format!(
@@ -613,4 +614,25 @@ async fn an_upstream_flooding_interim_answers_gets_a_502() {
     .expect("the flood was relayed for 10 s without an end");
     let relayed = got.matches("HTTP/1.1 102 Processing").count();
     assert!(relayed <= 16, "{relayed} interim answers relayed");
+}
+
+/// A 204 answer goes on without the Content-Length an upstream gave it (RFC 9110 section 8.6),
+/// and the answer after it on the connection is read as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_content_answer_loses_its_content_length() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gw) = gateway(&upstream).await;
+    let mut client = connect_and_write(
+        gw.http_addrs[0],
+        b"GET /no-content HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = read_to_close(&mut client).await;
+    let (no_content, after) = got.split_once("HTTP/1.1 200 OK\r\n").expect("two answers");
+    assert!(no_content.starts_with("HTTP/1.1 204"), "{got}");
+    assert!(
+        !no_content.to_ascii_lowercase().contains("content-length"),
+        "{no_content}"
+    );
+    assert!(after.ends_with("\r\n\r\n/after"), "{after}");
 }

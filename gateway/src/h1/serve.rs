@@ -1234,6 +1234,9 @@ where
         let name = field.name.get(raw);
         match field.kind {
             k if k.is_hop_by_hop() => continue,
+            // RFC 9110 section 8.6: a 204 carries no Content-Length; a client that believed
+            // one would read the next answer as this one's body.
+            Kind::ContentLength if response.status == 204 => continue,
             Kind::Date => dated = true,
             _ => {}
         }
