@@ -71,7 +71,8 @@ pub struct RequestHeaders {
     pub hop: Option<HeaderValue>,
     /// The stress-test marker is there.
     pub stress: bool,
-    /// Some `X-Unitgate-*` header is there (to be removed).
+    /// Some `X-Unitgate-*` header, or a name with an underscore, is there (to be removed:
+    /// servers that read `_` as `-` would take `X_Unitgate_Unit` for the gateway's own).
     pub internal: bool,
     /// Some hop-by-hop header is there (to be removed).
     pub hop_by_hop: bool,
@@ -141,6 +142,8 @@ impl RequestHeaders {
                 if *name == X_UNITGATE_HOP {
                     seen.hop = Some(value.clone());
                 }
+            } else if name.as_str().contains('_') {
+                seen.internal = true;
             }
             // Not `else`: the stress marker may have any name, an internal one among them.
             if name == stress {
@@ -258,11 +261,12 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value.to_str().unwrap_or_default().split(',').map(str::trim)
 }
 
-/// Remove every `X-Unitgate-*` header: only the gateway may set them.
+/// Remove every `X-Unitgate-*` header (only the gateway may set them) and every name with an
+/// underscore (which some servers read as the same name with `-`).
 pub fn strip_internal_headers(headers: &mut HeaderMap) {
     let internal: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX) || name.as_str().contains('_'))
         .cloned()
         .collect();
     for name in internal {

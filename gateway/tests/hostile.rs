@@ -421,6 +421,49 @@ async fn http2_field_values_with_whitespace_at_an_end_are_refused() {
     );
 }
 
+/// A name with an underscore never reaches the upstream, over HTTP/1.1 or HTTP/2: servers
+/// that read `_` as `-` (CGI, and those that follow it) would take `X_Unitgate_Unit` for the
+/// gateway's own field and `X_Forwarded_For` for the address it vouches for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_alike_names_with_underscores_are_dropped() {
+    let (_dir, echo, gateway) = echo_gateway("").await;
+    let look_alikes = [
+        ("x_unitgate_unit", "u99"),
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("x_user_id", "666"),
+        ("x-real_ip", "6.6.6.6"),
+    ];
+    let mut fields = vec![("x-user-id", "1")];
+    fields.extend(look_alikes);
+    let (status, _, _) = send(
+        &client(),
+        request("GET", gateway.http_addrs[0], "/x", &fields),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut sender = h2c(gateway.http_addrs[0]).await;
+    let mut h2_request = http::Request::get("http://shop.example/x").header("x-user-id", "1");
+    for (name, value) in look_alikes {
+        h2_request = h2_request.header(name, value);
+    }
+    let h2_request = h2_request
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let answer = sender.send_request(h2_request).await.expect("answered");
+    assert_eq!(answer.status(), 200);
+    let received = echo.received();
+    assert_eq!(received.len(), 2);
+    for got in received {
+        for (name, _) in look_alikes {
+            assert!(
+                !got.headers.contains_key(name),
+                "{name} reached the upstream"
+            );
+        }
+        assert_eq!(got.headers["x-forwarded-for"], "127.0.0.1");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
     let spoof = [

@@ -76,6 +76,10 @@ pub enum Kind {
     HopMarker,
     /// Any other `X-Unitgate-*`: only the gateway sets them.
     Internal,
+    /// A name with an underscore: never passed on (nginx's default too). CGI and the servers
+    /// that follow it read `X_Unitgate_Unit` as `X-Unitgate-Unit`, so it would pass for a field
+    /// the gateway sets or rewrites.
+    Underscored,
 }
 
 impl Kind {
@@ -102,6 +106,7 @@ impl Kind {
             18 if is(b"proxy-authenticate") => Kind::HopByHop,
             19 if is(b"proxy-authorization") => Kind::HopByHop,
             n if n > 11 && name[..11].eq_ignore_ascii_case(b"x-unitgate-") => Kind::Internal,
+            _ if name.contains(&b'_') => Kind::Underscored,
             _ => Kind::Other,
         }
     }
@@ -329,6 +334,9 @@ mod tests {
         assert_eq!(Kind::of(b"x-unitgate-"), Kind::Other);
         assert_eq!(Kind::of(b"Content-Lengthx"), Kind::Other);
         assert!(Kind::of(b"Keep-Alive").is_hop_by_hop());
+        assert_eq!(Kind::of(b"X_Unitgate_Unit"), Kind::Underscored);
+        assert_eq!(Kind::of(b"x_forwarded_for"), Kind::Underscored);
+        assert_eq!(Kind::of(b"x-user_id"), Kind::Underscored);
     }
 
     #[test]
