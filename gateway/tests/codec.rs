@@ -636,3 +636,71 @@ async fn a_no_content_answer_loses_its_content_length() {
     );
     assert!(after.ends_with("\r\n\r\n/after"), "{after}");
 }
+
+/// An upstream that answers before the request body is all there (a 413 for a body it will
+/// not take) gets its answer to the client, whether it then closes with the body unread (a
+/// reset) or holds the connection without reading on; it is not blamed for either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_whole_body_reaches_the_client() {
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let held = hold.clone();
+    let upstream = serve_each(move |mut stream| {
+        let held = held.clone();
+        async move {
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+                .await;
+            if head.starts_with(b"POST /hold ") {
+                // Neither reads on nor closes, until the test ends.
+                held.notified().await;
+            }
+            // Dropped with the body unread: the kernel resets the connection.
+        }
+    })
+    .await;
+    let (_dir, gw) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
+    for path in ["/reset", "/hold", "/reset", "/hold"] {
+        let client = TcpStream::connect(gw.http_addrs[0]).await.expect("connect");
+        let (mut from_gateway, mut to_gateway) = client.into_split();
+        let sender = tokio::spawn(async move {
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nContent-Length: 8388608\r\n\r\n"
+            );
+            to_gateway.write_all(head.as_bytes()).await?;
+            let chunk = vec![b'x'; 65536];
+            for _ in 0..128 {
+                to_gateway.write_all(&chunk).await?;
+            }
+            std::io::Result::Ok(())
+        });
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The connection may end in a reset once the answer is in: it is the answer that counts.
+        while !got.ends_with(b"too big!") {
+            match tokio::time::timeout(T, from_gateway.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("{path}: no answer within {T:?}"),
+            }
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 413"), "{path}: {got}");
+        assert!(got.ends_with("\r\n\r\ntoo big!"), "{path}: {got}");
+        sender.abort();
+    }
+    hold.notify_waiters();
+    let metrics = gw.metrics.render(&[]);
+    let blamed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("unitgate_upstream_errors_total"))
+        .collect();
+    assert!(blamed.is_empty(), "{blamed:?}");
+}

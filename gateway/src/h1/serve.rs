@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -44,6 +45,10 @@ pub(super) enum Next {
     KeepAlive,
     /// Close it.
     Close,
+    /// Close it, then read and drop what the client still sends, for a while at most: part of
+    /// its body is still coming, and a close with bytes unread sends a reset, on which the
+    /// kernel drops whatever of the answer it has not sent yet.
+    Linger,
     /// Reset it: an answer broke after its head went out. A reset, not an orderly close, is
     /// how a client whose answer ends with the connection (HTTP/1.0, or a body without a
     /// length) learns that the answer is incomplete.
@@ -230,7 +235,7 @@ pub async fn serve<S>(
         .await;
         match next {
             Next::KeepAlive => {}
-            Next::Close => {
+            Next::Close | Next::Linger => {
                 // The FIN (after TLS's close_notify) goes out with the answer's held tail
                 // before the close: a close with a pipelined request unread would send a reset
                 // instead, and the kernel would drop what it still held. Within the read
@@ -239,12 +244,33 @@ pub async fn serve<S>(
                     .timer
                     .timeout_after(config.timeouts.read(), io.shutdown())
                     .await;
+                if next == Next::Linger {
+                    linger(&shared, &mut io, &mut buf).await;
+                }
                 return;
             }
             Next::Reset => {
                 io.reset_on_close();
                 return;
             }
+        }
+    }
+}
+
+/// How long a closing connection reads on what its client still sends (nginx's
+/// `lingering_time` is 30 s): long enough for a body already on its way to arrive, short
+/// enough that a client cannot hold the connection with it.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Read and drop what the client sends until it closes, or [`LINGER`] has passed.
+async fn linger<S: AsyncRead + Unpin>(shared: &Shared, io: &mut S, buf: &mut BytesMut) {
+    let until = Instant::now() + LINGER;
+    loop {
+        buf.clear();
+        buf.reserve(READ_CHUNK);
+        match shared.timer.timeout_at(until, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
         }
     }
 }
@@ -435,7 +461,7 @@ where
     // The last of a forwarded answer goes out after the log line and the metrics, so a client
     // that has its answer finds the request counted and logged.
     if unsent {
-        if next == Next::Close {
+        if matches!(next, Next::Close | Next::Linger) {
             let write = io.write_last(scratch);
             let _ = shared
                 .timer
@@ -489,7 +515,10 @@ pub(super) async fn answer_unforwarded<S: AsyncWrite + Unpin>(
     };
     reply.close |= body_here.is_none();
     buf.advance(body_here.unwrap_or(after_head));
-    answer(shared, io, head, scratch, reply).await
+    match answer(shared, io, head, scratch, reply).await {
+        Next::Close if body_here.is_none() => Next::Linger,
+        next => next,
+    }
 }
 
 /// Answer with a reply of the gateway's own once the request's body is read or skipped: the
@@ -662,7 +691,8 @@ pub(super) fn upstream_head(
             | Kind::HopByHop
             | Kind::Internal
             | Kind::HopMarker
-            | Kind::TraceParent => continue,
+            | Kind::TraceParent
+            | Kind::Underscored => continue,
             Kind::Upgrade if !head.upgrade => continue,
             // Named in `Connection` as it must be, yet kept: the upgrade goes upstream.
             Kind::Upgrade => {
@@ -949,11 +979,11 @@ where
     // Part of the body may be unread: the connection cannot be read on.
     let mut reply = reply;
     reply.close |= !body.done();
-    (
-        status,
-        answer(shared, io, head, scratch, reply).await,
-        false,
-    )
+    let next = match answer(shared, io, head, scratch, reply).await {
+        Next::Close if !body.done() => Next::Linger,
+        next => next,
+    };
+    (status, next, false)
 }
 
 /// A finished exchange.
@@ -1069,15 +1099,30 @@ where
     out.extend_from_slice(&buf[..here]);
     buf.advance(here);
     write_upstream(timer, deadline, upstream, out).await?;
+    // An upstream may answer before the body is all there (a 413 for a body it will not take,
+    // a 401) and then stop reading it, or close: that answer is the response, relayed as any
+    // other, and the endpoint did nothing wrong. The rest of the body goes nowhere, so both
+    // connections close after it.
+    let mut answered_early = false;
     if !body.done() {
         if head.expect_continue {
             let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
-        let body_deadline = deadline;
         while !body.done() {
             if buf.is_empty() {
                 buf.reserve(READ_CHUNK);
-                match timer.timeout_at(body_deadline, io.read_buf(buf)).await {
+                if upstream.buf.capacity() - upstream.buf.len() < 1024 {
+                    upstream.buf.reserve(READ_CHUNK);
+                }
+                let read = tokio::select! {
+                    // Whatever it is (an answer, a close, a reset), the response read says.
+                    _ = upstream.io.read_buf(&mut upstream.buf) => {
+                        answered_early = true;
+                        break;
+                    }
+                    read = timer.timeout_at(deadline, io.read_buf(buf)) => read,
+                };
+                match read {
                     Ok(Ok(0)) | Ok(Err(_)) => {
                         return Err(Failed::Client(
                             ClientEvent::BodyAborted,
@@ -1090,11 +1135,73 @@ where
                 }
             }
             let taken = body.take(buf)?;
-            write_upstream(timer, deadline, upstream, &buf[..taken]).await?;
+            let written = write_body(timer, deadline, upstream, &buf[..taken]).await?;
             buf.advance(taken);
+            if written == Written::Interrupted {
+                answered_early = true;
+                break;
+            }
         }
     }
-    relay_response(shared, ctx, io, buf, head, out, upstream, deadline).await
+    let mut done = relay_response(shared, ctx, io, buf, head, out, upstream, deadline).await?;
+    if answered_early {
+        done.upstream_reusable = false;
+        if done.next != Next::Reset {
+            done.next = Next::Linger;
+        }
+    }
+    Ok(done)
+}
+
+/// How a piece of a request body went upstream.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// All of it.
+    All,
+    /// Not all: the upstream sent something (an early answer, a close) while it would not take
+    /// more, or the write failed (it reset the connection, maybe after answering). The
+    /// response read tells which.
+    Interrupted,
+}
+
+/// Write `bytes` of a request body upstream by `deadline`, watching for an early answer
+/// whenever the upstream takes no more: one that stopped reading would otherwise hold the
+/// request until the deadline and be blamed for it.
+async fn write_body(
+    timer: &crate::coarse_timer::CoarseTimer,
+    deadline: Instant,
+    upstream: &mut UpstreamConn,
+    mut bytes: &[u8],
+) -> Result<Written, Failed> {
+    let UpstreamConn {
+        io, buf: answer, ..
+    } = upstream;
+    let write = std::future::poll_fn(|cx| {
+        while !bytes.is_empty() {
+            match std::pin::Pin::new(&mut *io).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Interrupted),
+                Poll::Ready(Ok(n)) => bytes = &bytes[n..],
+                Poll::Pending => {
+                    if answer.capacity() - answer.len() < 1024 {
+                        answer.reserve(READ_CHUNK);
+                    }
+                    return match tokio_util::io::poll_read_buf(
+                        std::pin::Pin::new(&mut *io),
+                        cx,
+                        answer,
+                    ) {
+                        Poll::Ready(_) => Poll::Ready(Written::Interrupted),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+        Poll::Ready(Written::All)
+    });
+    timer
+        .timeout_at(deadline, write)
+        .await
+        .map_err(|_| Failed::Timeout)
 }
 
 async fn write_upstream(
