@@ -196,6 +196,9 @@ pub(crate) struct Ctx {
     pub(crate) stress: bool,
     /// When the client's own deadline (`grpc-timeout`) runs out.
     pub(crate) client_deadline: Option<Instant>,
+    /// The path as routed and sent upstream, when normalizing changed the client's
+    /// (`router_rules::path::normalize`).
+    pub(crate) normalized_path: Option<String>,
 }
 
 impl Ctx {
@@ -222,6 +225,7 @@ impl Ctx {
             upstream: None,
             stress: false,
             client_deadline: None,
+            normalized_path: None,
         }
     }
 }
@@ -313,6 +317,9 @@ async fn proxy(
 ) -> Result<Response<Body>, Reply> {
     // Phase 1: limits and framing.
     let seen = check(shared, &mut request, smuggling)?;
+    if normalize_path(shared, &mut request)? && shared.config.access_log.enabled {
+        ctx.path = request.uri().path().to_owned();
+    }
     let on_client_upgrade = seen.is_upgrade().then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
 
@@ -337,6 +344,37 @@ async fn proxy(
 
     // Phase 7: respond.
     Ok(respond(conn, response, on_client_upgrade, permits))
+}
+
+/// Put the request's path in the form a server acts on (`router_rules::path::normalize`): it
+/// is routed, signed and sent upstream so. `true` when that changed it.
+fn normalize_path<B>(shared: &Shared, request: &mut Request<B>) -> Result<bool, Reply> {
+    let refuse = |why: &str| {
+        shared
+            .metrics
+            .malformed_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Reply::new(StatusCode::BAD_REQUEST, json!({ "error": why }))
+    };
+    let uri = request.uri();
+    let path = match router_rules::path::normalize(uri.path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(false),
+        Ok(std::borrow::Cow::Owned(path)) => path,
+        Err(error) => return Err(refuse(error.as_str())),
+    };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| refuse("request target not valid once normalized"))?,
+    );
+    *request.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| refuse("request target not valid once normalized"))?;
+    Ok(true)
 }
 
 /// Phase 1: refuse what cannot be forwarded safely — ambiguous framing, a bad request line,

@@ -300,6 +300,37 @@ async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0
         "{:?}",
         upstream.seen()
     );
+    // Nor may the fields that frame, route, forward or authenticate a request: an upstream
+    // that merges trailers into the header section would take the client's word for them.
+    for trailer in [
+        "Content-Length: 0",
+        "Host: admin.internal",
+        "X-Forwarded-For: 10.6.6.6",
+        "X-Real-IP: 10.6.6.6",
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "Authorization: Bearer forged",
+        "X_User_Id: 4321",
+    ] {
+        let mut forger = connect_and_write(
+            addr,
+            format!("POST /forged HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n{trailer}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let answer = read_to_close(&mut forger).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{trailer}: {answer}");
+        assert!(
+            answer.contains("field in the trailers that only the header section may carry"),
+            "{answer}"
+        );
+    }
+    assert!(
+        upstream
+            .seen()
+            .iter()
+            .all(|r| !r.contains("6.6") && !r.contains("forged") && !r.contains("4321")),
+        "{:?}",
+        upstream.seen()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,13 +426,21 @@ async fn a_client_that_stops_reading_is_closed_after_the_read_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_requests_trailers_reach_an_http1_upstream_without_the_gateways_fields() {
+async fn an_http2_requests_trailers_reach_an_http1_upstream_without_the_fields_it_may_not_carry() {
     let upstream = Scripted::start(answer).await;
     let (_dir, gateway) = gateway(&upstream).await;
     let mut sender = h2c(gateway.http_addrs[0]).await;
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-sum", http::HeaderValue::from_static("6"));
     trailers.insert("x-unitgate-unit", http::HeaderValue::from_static("u9"));
+    trailers.insert(
+        "x-forwarded-for",
+        http::HeaderValue::from_static("10.6.6.6"),
+    );
+    trailers.insert(
+        "authorization",
+        http::HeaderValue::from_static("Bearer forged"),
+    );
     let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
         Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
             b"hello",

@@ -464,6 +464,55 @@ async fn look_alike_names_with_underscores_are_dropped() {
     }
 }
 
+/// Escapes that servers read differently (an encoded `/` or `\\`, a NUL, a `%` without two hex
+/// digits) are refused with a 400 over HTTP/1.1 and HTTP/2; other spellings of a path reach
+/// the upstream in the one form it resolves them to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_paths_are_refused_and_the_rest_normalized() {
+    let (_dir, echo, gateway) = echo_gateway("").await;
+    let addr = gateway.http_addrs[0];
+    let mut sender = h2c(addr).await;
+    for path in ["/a%2F..%2Fb", "/a%5cb", "/a%00.json", "/a%zz", "/a%4"] {
+        let answer = exchange(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        let h2_request = http::Request::get(format!("http://shop.example{path}"))
+            .header("x-user-id", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let answer = sender.send_request(h2_request).await.expect("answered");
+        assert_eq!(answer.status(), 400, "{path} over HTTP/2");
+    }
+    assert_eq!(echo.count(), 0, "nothing reached the upstream");
+    for (path, normal) in [
+        ("/private/../%70rivate/./x?q=%2F", "/private/x"),
+        ("/a/b/..", "/a/"),
+    ] {
+        let answer = exchange(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        let h2_request = http::Request::get(format!("http://shop.example{path}"))
+            .header("x-user-id", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let answer = sender.send_request(h2_request).await.expect("answered");
+        assert_eq!(answer.status(), 200, "{path} over HTTP/2");
+        let received = echo.received();
+        let last_two = &received[received.len() - 2..];
+        for got in last_two {
+            assert_eq!(got.path, normal, "{path}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
     let spoof = [

@@ -154,6 +154,51 @@ async fn spoofed_internal_and_hop_headers_are_ignored() {
     assert_eq!(status, 200);
 }
 
+/// A path is routed as the upstream will resolve it: a key taken from the path cannot be
+/// swapped behind a dot segment or an escape (`/order/10/../4321` is user 4321's request, and
+/// goes to 4321's unit, not 10's), and the upstream gets the path the gateway routed by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_routed_and_sent_in_the_form_the_upstream_resolves() {
+    let topo = Topology::start_with(|_, t| {
+        t.replace(
+            "    match: { path_prefix: /order }\n    service: order\n    class: C\n    key:\n      - header: X-User-Id",
+            "    match: { path_prefix: /order }\n    service: order\n    class: C\n    key:\n      - path_segment: 2",
+        )
+    })
+    .await;
+    let client = client();
+    let hz = topo.region("hz").http;
+    let (status, _, direct) = send(&client, request("GET", hz, "/order/4321", &[])).await;
+    assert_eq!(status, 200, "{direct}");
+    let (_, _, other) = send(&client, request("GET", hz, "/order/10", &[])).await;
+    assert_ne!(
+        direct["unit"], other["unit"],
+        "the test needs users of two units"
+    );
+    for spelled in [
+        "/order/10/../4321",
+        "/order/10/%2e%2e/4321",
+        "/%6Frder/./4321",
+        "/order/%34%33%32%31",
+    ] {
+        let (status, _, body) = send(&client, request("GET", hz, spelled, &[])).await;
+        assert_eq!(status, 200, "{spelled}: {body}");
+        assert_eq!(body["unit"], direct["unit"], "{spelled}");
+        assert_eq!(body["region"], direct["region"], "{spelled}");
+        assert_eq!(body["user"], "4321", "{spelled}");
+    }
+    let served_in = direct["region"].as_str().expect("region").to_owned();
+    let paths: Vec<String> = topo.region(&served_in).upstreams["order"]
+        .received()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        paths.iter().all(|p| p == "/order/4321" || p == "/order/10"),
+        "{paths:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_freeze_refuses_writes_and_keeps_reads() {
     let topo = Topology::start_with(|_, t| {

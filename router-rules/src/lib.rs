@@ -12,6 +12,7 @@
 pub mod diff;
 pub mod error;
 pub mod key;
+pub mod path;
 pub mod placement;
 pub mod raw;
 pub mod report;

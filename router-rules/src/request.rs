@@ -57,6 +57,15 @@ impl SimpleRequest {
         }
     }
 
+    /// Put the path in the form the gateway routes by ([`crate::path::normalize`]); an error
+    /// where the gateway refuses the request.
+    pub fn normalize_path(&mut self) -> Result<(), crate::path::PathError> {
+        if let std::borrow::Cow::Owned(path) = crate::path::normalize(&self.path)? {
+            self.path = path;
+        }
+        Ok(())
+    }
+
     /// Add a header (the name is lowercased).
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.add_header(name, value);

@@ -150,6 +150,8 @@ fn json_request(
             );
             r.headers = template.headers.clone();
             r.host = template.host.clone();
+            r.normalize_path()
+                .map_err(|error| format!("the gateway answers 400: {error}"))?;
             r
         }
     };

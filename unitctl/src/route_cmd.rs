@@ -136,6 +136,10 @@ pub fn base_request(table: &CompiledTable, args: &RouteArgs) -> Result<SimpleReq
         None => default_path(table),
     };
     let mut request = SimpleRequest::new(&args.method.to_ascii_uppercase(), &path);
+    // Routed as the gateway routes it.
+    request.normalize_path().map_err(|error| {
+        Failure::input(format!("--path {path:?}: the gateway answers 400: {error}"))
+    })?;
     request.host = args.host.clone();
     for header in &args.headers {
         let (name, value) = header

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::Chunked;
 use super::client::{Pool, READ_CHUNK, UpstreamConn};
-use super::fields::Kind;
+use super::fields::is_refused_in_trailers;
 use super::request::Framing;
 use super::response::{self, RESPONSE_FIELD_ROOM, ResponseHead};
 use crate::metrics::NameId;
@@ -132,11 +132,9 @@ pub async fn send(
                 if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
                     out.extend_from_slice(b"0\r\n");
                     for (name, value) in &trailers {
-                        // The gateway's own fields are stripped from trailers as from heads.
-                        if matches!(
-                            Kind::of(name.as_str().as_bytes()),
-                            Kind::Internal | Kind::HopMarker
-                        ) {
+                        // The gateway's own fields are stripped from trailers as from heads,
+                        // and so are those only a header section may carry.
+                        if is_refused_in_trailers(name.as_str().as_bytes()) {
                             continue;
                         }
                         out.extend_from_slice(name.as_str().as_bytes());

@@ -2,7 +2,7 @@
 //! gateway relays chunked bodies as they came, so it only needs to know where each chunk and
 //! the whole body end, and that nothing in between is ambiguous.
 
-use super::fields::{is_field_value_byte, is_token_byte};
+use super::fields::{Kind, is_field_value_byte, is_refused_in_trailers, is_token_byte};
 
 /// Hex digits a chunk size may have: 15 keep every size below 2^60, far above any body limit,
 /// and refuse the overflow tricks (`ffffffffffffffff1`) without arithmetic checks.
@@ -29,6 +29,9 @@ pub enum ChunkError {
     TrailerTooLong,
     /// A request's trailer names one of the gateway's own fields (`X-Unitgate-*`).
     InternalTrailer,
+    /// A request's trailer names a field that frames, routes, forwards or authenticates it
+    /// ([`is_refused_in_trailers`]).
+    RefusedTrailer,
 }
 
 impl std::fmt::Display for ChunkError {
@@ -50,6 +53,9 @@ impl ChunkError {
             ChunkError::BadTrailer => "malformed trailer field",
             ChunkError::TrailerTooLong => "trailer section too long",
             ChunkError::InternalTrailer => "X-Unitgate-* field in the trailers",
+            ChunkError::RefusedTrailer => {
+                "field in the trailers that only the header section may carry"
+            }
         }
     }
 }
@@ -116,8 +122,9 @@ pub struct Step {
     pub data: std::ops::Range<usize>,
 }
 
-/// The gateway's own fields start so; a request may not carry them in its trailers.
-const INTERNAL_PREFIX: &[u8] = b"x-unitgate-";
+/// Bytes of a trailer name kept to tell what it names: more than the longest name
+/// [`is_refused_in_trailers`] knows, and the `X-Unitgate-` prefix.
+const NAME_KEPT: usize = 24;
 
 /// Follows a chunked body through its framing.
 #[derive(Debug, Clone)]
@@ -126,11 +133,13 @@ pub struct Chunked {
     size: u64,
     extension: usize,
     trailer: usize,
-    /// Refuse trailer fields named `X-Unitgate-*` (a request's body).
-    refuse_internal: bool,
-    /// Bytes of the current trailer name so far, and whether they match [`INTERNAL_PREFIX`].
+    /// Refuse trailer fields a request may not carry (a request's body).
+    refuse_fields: bool,
+    /// The current trailer name's first bytes, how long it is so far, and whether it holds an
+    /// underscore.
+    name: [u8; NAME_KEPT],
     name_len: usize,
-    name_internal: bool,
+    name_underscore: bool,
 }
 
 impl Default for Chunked {
@@ -147,18 +156,21 @@ impl Chunked {
             size: 0,
             extension: 0,
             trailer: 0,
-            refuse_internal: false,
+            refuse_fields: false,
+            name: [0; NAME_KEPT],
             name_len: 0,
-            name_internal: false,
+            name_underscore: false,
         }
     }
 
     /// At the start of a request's body: relayed as it came, so a trailer field named like the
-    /// gateway's own (`X-Unitgate-*`, which it strips from every request head) is refused
-    /// rather than passed to an upstream that may read trailers as fields.
+    /// gateway's own (`X-Unitgate-*`, which it strips from every request head), or one that
+    /// only a header section may carry (framing, routing, forwarding, credentials:
+    /// [`is_refused_in_trailers`]), is refused rather than passed to an upstream that may merge
+    /// trailers into the header section.
     pub fn for_request() -> Self {
         Self {
-            refuse_internal: true,
+            refuse_fields: true,
             ..Self::new()
         }
     }
@@ -303,18 +315,16 @@ impl Chunked {
             State::TrailerStart => match b {
                 b'\r' => State::FinalLf,
                 b if is_token_byte(b) => {
-                    (self.name_len, self.name_internal) = (0, true);
+                    (self.name_len, self.name_underscore) = (0, false);
                     self.name_byte(b);
                     self.trailer_byte(State::TrailerName)?
                 }
                 _ => return Err(ChunkError::BadTrailer),
             },
             State::TrailerName => match b {
-                b':' if self.refuse_internal
-                    && self.name_internal
-                    && self.name_len > INTERNAL_PREFIX.len() =>
-                {
-                    return Err(ChunkError::InternalTrailer);
+                b':' if self.refuse_fields => {
+                    self.check_name()?;
+                    self.trailer_byte(State::TrailerValue)?
                 }
                 b':' => self.trailer_byte(State::TrailerValue)?,
                 b if is_token_byte(b) => {
@@ -341,12 +351,26 @@ impl Chunked {
         Ok(())
     }
 
-    /// Follow a trailer name's byte against [`INTERNAL_PREFIX`].
+    /// Keep a trailer name's byte.
     fn name_byte(&mut self, b: u8) {
-        if let Some(&expected) = INTERNAL_PREFIX.get(self.name_len) {
-            self.name_internal &= b.eq_ignore_ascii_case(&expected);
+        if let Some(kept) = self.name.get_mut(self.name_len) {
+            *kept = b;
         }
+        self.name_underscore |= b == b'_';
         self.name_len += 1;
+    }
+
+    /// Whether the trailer name just read may be in a request's trailers.
+    fn check_name(&self) -> Result<(), ChunkError> {
+        // A longer name is cut: it can only be an `X-Unitgate-*` one of those refused.
+        let name = &self.name[..self.name_len.min(NAME_KEPT)];
+        if matches!(Kind::of(name), Kind::Internal | Kind::HopMarker) {
+            return Err(ChunkError::InternalTrailer);
+        }
+        if self.name_underscore || (self.name_len <= NAME_KEPT && is_refused_in_trailers(name)) {
+            return Err(ChunkError::RefusedTrailer);
+        }
+        Ok(())
     }
 
     fn trailer_byte(&mut self, next: State) -> Result<State, ChunkError> {
@@ -426,7 +450,45 @@ mod tests {
             let (data, _) = decode(body.as_bytes(), 2).expect("a response's trailers pass");
             assert_eq!(data, b"a");
         }
-        for name in ["x-unitgate-", "x-unitgat", "x-unitgatex-unit", "x-check"] {
+        for trailer in [
+            "Content-Length: 5",
+            "transfer-encoding: chunked",
+            "Host: admin.internal",
+            "X-Forwarded-For: 10.0.0.1",
+            "x-forwarded-proto: https",
+            "X-Forwarded-Host: admin",
+            "Forwarded: for=10.0.0.1",
+            "X-Real-IP: 10.0.0.1",
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "Connection: close",
+            "Authorization: Bearer x",
+            "Cookie: uid=1",
+            "X_User_Id: 4321",
+            "x-a-name-far-longer-than-twenty-four_bytes: 1",
+        ] {
+            let body = format!("1\r\na\r\n0\r\n{trailer}\r\n\r\n");
+            let mut chunked = Chunked::for_request();
+            let mut at = 0;
+            let result = loop {
+                match chunked.step(&body.as_bytes()[at..]) {
+                    Ok(step) => at += step.consumed,
+                    Err(error) => break Err(error),
+                }
+                if chunked.is_done() {
+                    break Ok(());
+                }
+            };
+            assert_eq!(result, Err(ChunkError::RefusedTrailer), "{trailer}");
+        }
+        for name in [
+            "x-unitgate-",
+            "x-unitgat",
+            "x-unitgatex-unit",
+            "x-check",
+            "x-checksum-of-the-whole-body-as-sent",
+            "grpc-status-details",
+            "content-md5",
+        ] {
             let body = format!("1\r\na\r\n0\r\n{name}: 1\r\n\r\n");
             let mut chunked = Chunked::for_request();
             let mut at = 0;

@@ -120,6 +120,30 @@ impl Kind {
     }
 }
 
+/// Whether a request's trailers may not carry the field `name` (any case): RFC 9110 section
+/// 6.5.1 keeps the fields that frame, route, forward or authenticate a message, and those that
+/// control the connection, to the header section. The gateway reads and sets them there; an
+/// upstream that merges trailers into the header section would otherwise take the client's
+/// word for them.
+pub fn is_refused_in_trailers(name: &[u8]) -> bool {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match Kind::of(name) {
+        Kind::Other => {
+            is(b"trailer")
+                || is(b"authorization")
+                || is(b"forwarded")
+                || is(b"x-forwarded-host")
+                || is(b"x-real-ip")
+                || is(b"content-type")
+                || is(b"content-encoding")
+                || is(b"content-range")
+                || is(b"max-forwards")
+        }
+        Kind::Date => false,
+        _ => true,
+    }
+}
+
 /// One field line.
 #[derive(Debug, Clone, Copy)]
 pub struct Field {

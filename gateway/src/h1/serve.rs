@@ -416,6 +416,12 @@ where
 {
     let raw = &buf[..head.len];
     let view = HeadView::new(raw, head);
+    // Routed, signed and sent upstream as a server would resolve it (`/a/../b` is `/b`).
+    let normalized = router_rules::path::normalize(view.path);
+    let view = match &normalized {
+        Ok(path) => HeadView { path, ..view },
+        Err(_) => view,
+    };
     let mut ctx = Ctx::new(
         shared,
         Method::from_bytes(head.method.get(raw)).unwrap_or(Method::GET),
@@ -441,7 +447,22 @@ where
         }
         facts.stress |= field.name.get(raw).eq_ignore_ascii_case(stress_name);
     }
-    let decided = decide(shared, &mut ctx, snapshot, &view, &facts);
+    let decided = match &normalized {
+        Err(error) => {
+            shared
+                .metrics
+                .malformed_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(Reply::new(
+                StatusCode::BAD_REQUEST,
+                json!({"error": error.as_str()}),
+            ))
+        }
+        Ok(_) => decide(shared, &mut ctx, snapshot, &view, &facts),
+    };
+    if let Ok(std::borrow::Cow::Owned(path)) = normalized {
+        ctx.normalized_path = Some(path);
+    }
     // The head's bytes, split off the buffer (no copy): `buf` now starts with the body.
     let raw = buf.split_to(head.len);
     let (status, mut next, unsent) = match decided {
@@ -657,7 +678,13 @@ pub(super) fn upstream_head(
     out.reserve(raw.len() + 512);
     out.extend_from_slice(head.method.get(raw));
     out.push(b' ');
-    if head.authority.is_some() {
+    if let Some(path) = &ctx.normalized_path {
+        out.extend_from_slice(path.as_bytes());
+        if let Some(query) = head.query {
+            out.push(b'?');
+            out.extend_from_slice(query.get(raw));
+        }
+    } else if head.authority.is_some() {
         match head.path.get(raw) {
             b"" => out.push(b'/'),
             path => out.extend_from_slice(path),
@@ -794,9 +821,13 @@ pub(super) fn upstream_head(
                 version: ctx.version,
                 hops: ctx.hops_in + 1,
             };
-            let path = HeadView::new(raw, head).path.to_owned();
             let method = text(raw, head.method);
-            let value = shared.hop.sign(&marker, method, &path);
+            let value = match &ctx.normalized_path {
+                Some(path) => shared.hop.sign(&marker, method, path),
+                None => shared
+                    .hop
+                    .sign(&marker, method, HeadView::new(raw, head).path),
+            };
             line(out, b"x-unitgate-hop: ", value.as_bytes());
             if ctx.stress {
                 field_line(out, stress_name, b"1");
@@ -1071,7 +1102,7 @@ fn chunk_fault(error: ChunkError) -> Failed {
         ClientEvent::BodyMalformed,
         StatusCode::BAD_REQUEST,
         match error {
-            ChunkError::InternalTrailer => error.as_str(),
+            ChunkError::InternalTrailer | ChunkError::RefusedTrailer => error.as_str(),
             _ => "malformed request body",
         },
     )

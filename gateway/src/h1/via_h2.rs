@@ -238,7 +238,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
             })
         }
         Framing::Chunked => {
-            let mut chunked = Chunked::new();
+            let mut chunked = Chunked::for_request();
             let mut data = BytesMut::new();
             // What followed the last chunk data so far: at the end, the last chunk's line and
             // the trailer section.
