@@ -116,6 +116,7 @@ fn answer(path: &str) -> Vec<u8> {
         "/cut" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
         "/until-close" => b"HTTP/1.1 200 OK\r\n\r\nwhole".to_vec(),
         "/no-content" => b"HTTP/1.1 204 No Content\r\nContent-Length: 44\r\n\r\n".to_vec(),
+        "/early-hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: x-secret\r\nX-Secret: 1\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
         "/ws" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
             .to_vec(),
         path => format!(
@@ -742,4 +743,33 @@ async fn an_answer_before_the_whole_body_reaches_the_client() {
         .filter(|l| l.starts_with("unitgate_upstream_errors_total"))
         .collect();
     assert!(blamed.is_empty(), "{blamed:?}");
+}
+
+/// An interim answer (103 Early Hints) goes on with its fields but none about framing or the
+/// connection: it has no body, and a client that believed a Content-Length on it would read
+/// the final answer as that body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_answers_go_on_without_framing_or_connection_fields() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gw) = gateway(&upstream).await;
+    let mut client = connect_and_write(
+        gw.http_addrs[0],
+        b"GET /early-hints HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = read_to_close(&mut client).await;
+    let (interim, last) = got.split_once("\r\n\r\n").expect("an interim head");
+    assert!(interim.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{got}");
+    assert!(
+        interim.contains("\r\nLink: </s.css>; rel=preload"),
+        "{interim}"
+    );
+    for gone in ["content-length", "connection", "x-secret", "keep-alive"] {
+        assert!(
+            !interim.to_ascii_lowercase().contains(gone),
+            "{gone} in {interim}"
+        );
+    }
+    assert!(last.starts_with("HTTP/1.1 200 OK\r\n"), "{last}");
+    assert!(last.ends_with("\r\n\r\nok"), "{last}");
 }

@@ -9,6 +9,9 @@ use super::fields::{Kind, is_field_value_byte, is_refused_in_trailers, is_token_
 const MAX_SIZE_DIGITS: u8 = 15;
 /// Bytes of chunk extensions allowed per chunk (nobody uses them; some servers choke on them).
 pub const MAX_EXTENSION_BYTES: usize = 1024;
+/// Bytes of chunk extensions allowed per body: without it, a body of one-byte chunks could carry
+/// a thousand times its data in extensions, each passed on.
+pub const MAX_BODY_EXTENSION_BYTES: usize = 16 * 1024;
 /// Bytes of trailer section allowed after the last chunk.
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
@@ -19,7 +22,8 @@ pub enum ChunkError {
     BadSize,
     /// More hex digits than any body here can need.
     SizeTooLong,
-    /// Chunk extensions longer than [`MAX_EXTENSION_BYTES`].
+    /// Chunk extensions longer than [`MAX_EXTENSION_BYTES`] in a chunk, or than
+    /// [`MAX_BODY_EXTENSION_BYTES`] in the body.
     ExtensionTooLong,
     /// A line did not end in CRLF where it had to (bare LF, bare CR, data longer than its size).
     BadLineEnd,
@@ -132,6 +136,8 @@ pub struct Chunked {
     state: State,
     size: u64,
     extension: usize,
+    /// Extension bytes of the whole body so far.
+    extensions: usize,
     trailer: usize,
     /// Refuse trailer fields a request may not carry (a request's body).
     refuse_fields: bool,
@@ -155,6 +161,7 @@ impl Chunked {
             state: State::SizeStart,
             size: 0,
             extension: 0,
+            extensions: 0,
             trailer: 0,
             refuse_fields: false,
             name: [0; NAME_KEPT],
@@ -243,27 +250,22 @@ impl Chunked {
                 (None, b' ' | b'\t') => {
                     // Whitespace before an extension counts as part of it: unbounded, it
                     // would be a size line of any length passed on.
-                    self.extension = 1;
+                    self.extension = 0;
+                    self.extension_byte()?;
                     State::SizeSpace
                 }
                 _ => return Err(ChunkError::BadSize),
             },
             State::SizeSpace => match b {
                 b' ' | b'\t' => {
-                    self.extension += 1;
-                    if self.extension > MAX_EXTENSION_BYTES {
-                        return Err(ChunkError::ExtensionTooLong);
-                    }
+                    self.extension_byte()?;
                     State::SizeSpace
                 }
                 b';' => State::Extension(Ext::BeforeName),
                 _ => return Err(ChunkError::BadSize),
             },
             State::Extension(part) => {
-                self.extension += 1;
-                if self.extension > MAX_EXTENSION_BYTES {
-                    return Err(ChunkError::ExtensionTooLong);
-                }
+                self.extension_byte()?;
                 let space = matches!(b, b' ' | b'\t');
                 match (part, b) {
                     (Ext::BeforeName | Ext::BeforeValue | Ext::AfterName | Ext::AfterValue, _)
@@ -348,6 +350,16 @@ impl Chunked {
             },
             State::Done => State::Done,
         };
+        Ok(())
+    }
+
+    /// Count a byte of a chunk extension against both limits.
+    fn extension_byte(&mut self) -> Result<(), ChunkError> {
+        self.extension += 1;
+        self.extensions += 1;
+        if self.extension > MAX_EXTENSION_BYTES || self.extensions > MAX_BODY_EXTENSION_BYTES {
+            return Err(ChunkError::ExtensionTooLong);
+        }
         Ok(())
     }
 
@@ -549,6 +561,30 @@ mod tests {
         assert_eq!(
             Chunked::new().skip(trailer.as_bytes()),
             Err(ChunkError::TrailerTooLong)
+        );
+    }
+
+    #[test]
+    fn extensions_are_bounded_per_chunk_and_per_body() {
+        let ext = format!(";e={}", "x".repeat(MAX_EXTENSION_BYTES - 3));
+        let chunk = format!("1{ext}\r\na\r\n");
+        // Up to the per-body limit, they pass.
+        let within = MAX_BODY_EXTENSION_BYTES / MAX_EXTENSION_BYTES;
+        let body = format!("{}0\r\n\r\n", chunk.repeat(within));
+        assert_eq!(
+            decode(body.as_bytes(), 100).expect("within").0.len(),
+            within
+        );
+        // One chunk more is too much, though each chunk alone is within its limit.
+        let body = format!("{}0\r\n\r\n", chunk.repeat(within + 1));
+        assert_eq!(
+            decode(body.as_bytes(), 100),
+            Err(ChunkError::ExtensionTooLong)
+        );
+        let long = format!("1;e={}\r\na\r\n0\r\n\r\n", "x".repeat(MAX_EXTENSION_BYTES));
+        assert_eq!(
+            decode(long.as_bytes(), 100),
+            Err(ChunkError::ExtensionTooLong)
         );
     }
 

@@ -1328,12 +1328,22 @@ where
             if Instant::now() >= deadline {
                 return Err(Failed::Timeout);
             }
-            // 102 and 103 go on to an HTTP/1.1 client as they came; the final answer follows.
-            // A 100 is not passed on: the gateway took `Expect` off the request and answers
-            // the client's itself, so an upstream's 100 was asked for by nobody.
+            // 102 and 103 go on to an HTTP/1.1 client, with the fields of a final answer's
+            // head but none about framing (an interim answer has no body); the final answer
+            // follows. A 100 is not passed on: the gateway took `Expect` off the request and
+            // answers the client's itself, so an upstream's 100 was asked for by nobody.
             if head.minor == 1 && response.status != 100 {
-                let interim = &upstream.buf[..response.len];
-                if !to_client(shared, io, interim).await {
+                let raw = &upstream.buf[..response.len];
+                out.clear();
+                status_line(
+                    out,
+                    1,
+                    response.status,
+                    std::str::from_utf8(response.reason.get(raw)).unwrap_or(""),
+                );
+                copy_answer_fields(out, raw, &response, true);
+                out.extend_from_slice(b"\r\n");
+                if !to_client(shared, io, out).await {
                     return Err(Failed::ClientGone);
                 }
             }
@@ -1367,22 +1377,9 @@ where
         response.status,
         std::str::from_utf8(response.reason.get(raw)).unwrap_or(""),
     );
-    let mut dated = false;
-    for field in &response.fields {
-        let name = field.name.get(raw);
-        match field.kind {
-            k if k.is_hop_by_hop() => continue,
-            // RFC 9110 section 8.6: a 204 carries no Content-Length; a client that believed
-            // one would read the next answer as this one's body.
-            Kind::ContentLength if response.status == 204 => continue,
-            Kind::Date => dated = true,
-            _ => {}
-        }
-        if response.connection_names_fields && response.connection_lists(raw, name) {
-            continue;
-        }
-        copy_line(out, raw, field);
-    }
+    // RFC 9110 section 8.6: a 204 carries no Content-Length; a client that believed one would
+    // read the next answer as this one's body.
+    let dated = copy_answer_fields(out, raw, &response, response.status == 204);
     end_answer_head(out, dated, chunked_to_client, close, head.minor);
     let head_len = response.len;
     upstream.buf.advance(head_len);
@@ -1443,6 +1440,31 @@ where
             && framing != Framing::UntilClose
             && upstream.buf.is_empty(),
     })
+}
+
+/// Copy the fields of the upstream's answer head `raw` that go on to the client: not the
+/// hop-by-hop ones nor those `Connection` names, nor `Content-Length` when `no_length` (an
+/// answer without a body of any length). Whether there was a `Date`.
+fn copy_answer_fields(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    response: &ResponseHead,
+    no_length: bool,
+) -> bool {
+    let mut dated = false;
+    for field in &response.fields {
+        match field.kind {
+            k if k.is_hop_by_hop() => continue,
+            Kind::ContentLength if no_length => continue,
+            Kind::Date => dated = true,
+            _ => {}
+        }
+        if response.connection_names_fields && response.connection_lists(raw, field.name.get(raw)) {
+            continue;
+        }
+        copy_line(out, raw, field);
+    }
+    dated
 }
 
 /// The end of an answer's head for the client: a `Date` unless the upstream sent one, the
