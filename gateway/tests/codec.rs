@@ -773,3 +773,42 @@ async fn interim_answers_go_on_without_framing_or_connection_fields() {
     assert!(last.starts_with("HTTP/1.1 200 OK\r\n"), "{last}");
     assert!(last.ends_with("\r\n\r\nok"), "{last}");
 }
+
+/// The same for an HTTP/2 client's requests, which go to an HTTP/1.1 upstream over the
+/// codec's client: a GET that meets a pooled connection the upstream closed goes again once,
+/// on a new one; a POST does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_idempotent_request_goes_again_after_a_pooled_connection_closes() {
+    let upstream = Scripted::start(answer).await;
+    let (_dir, gw) = gateway(&upstream).await;
+    let mut sender = h2c(gw.http_addrs[0]).await;
+    for (method, sent) in [("POST", 1), ("GET", 2), ("DELETE", 2)] {
+        let before = upstream.seen().len();
+        // The first request leaves its upstream connection in the pool; the second takes it.
+        let warm = http::Request::get("http://a/warm")
+            .header("x-user-id", "7")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let response = sender.send_request(warm).await.expect("answered");
+        assert_eq!(response.status(), 200);
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body");
+        let drop = http::Request::builder()
+            .method(method)
+            .uri("http://a/drop")
+            .header("x-user-id", "7")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let response = sender.send_request(drop).await.expect("answered");
+        assert_eq!(response.status(), 502, "{method}");
+        let drops = upstream.seen()[before..]
+            .iter()
+            .filter(|r| r.contains(" /drop "))
+            .count();
+        assert_eq!(
+            drops, sent,
+            "{method} /drop reached the upstream {drops} times"
+        );
+    }
+}

@@ -30,6 +30,8 @@ pub struct BridgeError {
     /// The request, when nothing of it was sent: it may go to another endpoint as it is.
     unsent: Option<Request<Body>>,
     message: String,
+    /// The connection failed with nothing read back (no byte of a response).
+    nothing_read: bool,
 }
 
 impl BridgeError {
@@ -54,6 +56,15 @@ fn failed(endpoint: &str, message: impl std::fmt::Display) -> BridgeError {
     BridgeError {
         unsent: None,
         message: format!("{endpoint}: {message}"),
+        nothing_read: false,
+    }
+}
+
+/// [`failed`], with nothing read back.
+fn unanswered(endpoint: &str, message: impl std::fmt::Display) -> BridgeError {
+    BridgeError {
+        nothing_read: true,
+        ..failed(endpoint, message)
     }
 }
 
@@ -75,6 +86,7 @@ pub async fn send(
                 return Err(BridgeError {
                     unsent: Some(request),
                     message,
+                    nothing_read: true,
                 });
             }
         },
@@ -110,6 +122,24 @@ pub async fn send(
         None => {}
     }
     out.extend_from_slice(b"\r\n");
+    if !chunked && hyper::body::Body::is_end_stream(&body) {
+        // The head is the whole request. On a pooled connection the upstream closed just as
+        // it was taken, it fails with nothing read back; it may still have been acted on, so
+        // only an idempotent request goes again, once, on a new connection (RFC 9112 section
+        // 9.3.1; as the codec's own requests do).
+        let stale_retry = conn.reused && crate::attempts::is_idempotent(&parts.method);
+        let result = head_only(pool, id, endpoint, conn, &out, head_request, body_timeout).await;
+        return match result {
+            Err(error) if error.nothing_read && stale_retry => {
+                let conn = pool
+                    .connect(endpoint)
+                    .await
+                    .map_err(|message| failed(endpoint, message))?;
+                head_only(pool, id, endpoint, conn, &out, head_request, body_timeout).await
+            }
+            result => result,
+        };
+    }
     conn.io
         .write_all(&out)
         .await
@@ -167,6 +197,23 @@ pub async fn send(
     read_response(pool, id, endpoint, conn, head_request, body_timeout).await
 }
 
+/// Send `head`, a request without a body, on `conn` and read the response.
+async fn head_only(
+    pool: &Arc<Pool>,
+    id: NameId,
+    endpoint: &str,
+    mut conn: UpstreamConn,
+    head: &[u8],
+    head_request: bool,
+    body_timeout: Duration,
+) -> Result<Response<Body>, BridgeError> {
+    conn.io
+        .write_all(head)
+        .await
+        .map_err(|e| unanswered(endpoint, e))?;
+    read_response(pool, id, endpoint, conn, head_request, body_timeout).await
+}
+
 /// Read and check the response head; the body follows as the response's stream.
 async fn read_response(
     pool: &Arc<Pool>,
@@ -177,6 +224,7 @@ async fn read_response(
     body_timeout: Duration,
 ) -> Result<Response<Body>, BridgeError> {
     let mut head = ResponseHead::default();
+    let mut interim_read = false;
     loop {
         match response::parse(
             &conn.buf,
@@ -185,14 +233,19 @@ async fn read_response(
             head_request,
             &mut head,
         ) {
-            Ok(true) if head.is_interim() => conn.buf.advance(head.len),
+            Ok(true) if head.is_interim() => {
+                interim_read = true;
+                conn.buf.advance(head.len);
+            }
             Ok(true) => break,
             Ok(false) => {
                 conn.buf.reserve(READ_CHUNK);
+                let nothing_read = conn.buf.is_empty() && !interim_read;
+                let fail = if nothing_read { unanswered } else { failed };
                 match conn.io.read_buf(&mut conn.buf).await {
-                    Ok(0) => return Err(failed(endpoint, "connection closed before a response")),
+                    Ok(0) => return Err(fail(endpoint, "connection closed before a response")),
                     Ok(_) => {}
-                    Err(e) => return Err(failed(endpoint, e)),
+                    Err(e) => return Err(fail(endpoint, &e.to_string())),
                 }
             }
             Err(error) => return Err(failed(endpoint, error.message())),
