@@ -87,6 +87,8 @@ pub struct RequestHeaders {
     /// `X-Forwarded-For` / `X-Forwarded-Proto` are there.
     pub forwarded_for: bool,
     pub forwarded_proto: bool,
+    /// `Forwarded`, `X-Real-IP` or another `X-Forwarded-*` is there.
+    pub forwarded_other: bool,
     /// Some value starts or ends with whitespace, or holds NUL, CR or LF: malformed in
     /// HTTP/2 (RFC 9113 section 8.2.1), and a strict next hop would refuse it.
     pub malformed_value: bool,
@@ -137,6 +139,8 @@ impl RequestHeaders {
                 seen.forwarded_for = true;
             } else if *name == X_FORWARDED_PROTO {
                 seen.forwarded_proto = true;
+            } else if is_other_forwarding(name) {
+                seen.forwarded_other = true;
             } else if name.as_str().starts_with(INTERNAL_PREFIX) {
                 seen.internal = true;
                 if *name == X_UNITGATE_HOP {
@@ -259,6 +263,17 @@ fn lists_token(value: &HeaderValue, token: &str) -> bool {
 /// The comma-separated tokens of a header value, trimmed (none when it is not text).
 fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value.to_str().unwrap_or_default().split(',').map(str::trim)
+}
+
+/// `Forwarded`, `X-Real-IP`, or an `X-Forwarded-*` other than `-For` and `-Proto`: fields in
+/// which a proxy vouches for the client, kept only from a trusted peer.
+pub fn is_other_forwarding(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name == "forwarded"
+        || name == "x-real-ip"
+        || (name.starts_with("x-forwarded-")
+            && name != "x-forwarded-for"
+            && name != "x-forwarded-proto")
 }
 
 /// Remove every `X-Unitgate-*` header (only the gateway may set them) and every name with an

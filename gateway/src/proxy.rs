@@ -36,8 +36,8 @@ use crate::grpc;
 use crate::headers::{
     RequestHeaders, TRACEPARENT, TraceParent, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_UNITGATE_CLASS,
     X_UNITGATE_HOP, X_UNITGATE_KEY, X_UNITGATE_REGION, X_UNITGATE_SLOT, X_UNITGATE_STRESS,
-    X_UNITGATE_TABLE_VERSION, X_UNITGATE_UNIT, check_request_line, header_safe, strip_hop_by_hop,
-    strip_internal_headers,
+    X_UNITGATE_TABLE_VERSION, X_UNITGATE_UNIT, check_request_line, header_safe,
+    is_other_forwarding, strip_hop_by_hop, strip_internal_headers,
 };
 use crate::hop::{HopKey, HopMarker, KeyHasher};
 use crate::limits::{Permits, Refusal};
@@ -734,8 +734,9 @@ fn framing_refusal(why: &str) -> Reply {
 
 /// Headers for the next hop: hop-by-hop ones removed, `Host` the authority the request was
 /// routed by (an absolute-form target's or HTTP/2's `:authority` replaces it),
-/// `X-Forwarded-For`/`-Proto` and the trace context set. The client's `X-Forwarded-*` are
-/// kept only from a `trusted` peer (a configured proxy, or another gateway's hop).
+/// `X-Forwarded-For`/`-Proto` and the trace context set. The client's `X-Forwarded-*`,
+/// `Forwarded` and `X-Real-IP` are kept only from a `trusted` peer (a configured proxy, or
+/// another gateway's hop).
 fn forwarding_headers(
     parts: &mut Parts,
     seen: &RequestHeaders,
@@ -770,6 +771,17 @@ fn forwarding_headers(
         None => conn.peer_ip.clone(),
     };
     parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
+    if !trusted && seen.forwarded_other {
+        let vouching: Vec<HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|name| is_other_forwarding(name))
+            .cloned()
+            .collect();
+        for name in vouching {
+            parts.headers.remove(name);
+        }
+    }
     if !(trusted && seen.forwarded_proto) {
         parts.headers.insert(
             X_FORWARDED_PROTO,

@@ -519,6 +519,9 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
         ("x-user-id", "1"),
         ("x-forwarded-for", "6.6.6.6"),
         ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "admin.internal"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
     ];
     for (extra, forwarded_for, proto) in [
         ("", "127.0.0.1", "http"),
@@ -535,9 +538,25 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
         )
         .await;
         assert_eq!(status, 200);
-        let headers = &echo.received()[0].headers;
-        assert_eq!(headers["x-forwarded-for"], forwarded_for, "{extra}");
-        assert_eq!(headers["x-forwarded-proto"], proto, "{extra}");
+        let mut sender = h2c(gateway.http_addrs[0]).await;
+        let mut h2_request = http::Request::get("http://shop.example/x");
+        for (name, value) in spoof {
+            h2_request = h2_request.header(name, value);
+        }
+        let h2_request = h2_request
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let answer = sender.send_request(h2_request).await.expect("answered");
+        assert_eq!(answer.status(), 200);
+        let trusted = !extra.is_empty();
+        for got in echo.received() {
+            let headers = &got.headers;
+            assert_eq!(headers["x-forwarded-for"], forwarded_for, "{extra}");
+            assert_eq!(headers["x-forwarded-proto"], proto, "{extra}");
+            for name in ["x-forwarded-host", "forwarded", "x-real-ip"] {
+                assert_eq!(headers.contains_key(name), trusted, "{name} {extra}");
+            }
+        }
     }
 }
 

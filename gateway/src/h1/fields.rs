@@ -68,6 +68,9 @@ pub enum Kind {
     ForwardedFor,
     /// `X-Forwarded-Proto`.
     ForwardedProto,
+    /// The other fields in which a proxy vouches for the client: `Forwarded`, `X-Real-IP`,
+    /// `X-Forwarded-Host` and any other `X-Forwarded-*`. Kept only from a trusted peer.
+    ForwardedOther,
     /// `traceparent`.
     TraceParent,
     /// `grpc-timeout`, a gRPC client's deadline.
@@ -105,7 +108,9 @@ impl Kind {
             17 if is(b"x-forwarded-proto") => Kind::ForwardedProto,
             18 if is(b"proxy-authenticate") => Kind::HopByHop,
             19 if is(b"proxy-authorization") => Kind::HopByHop,
+            9 if is(b"forwarded") || is(b"x-real-ip") => Kind::ForwardedOther,
             n if n > 11 && name[..11].eq_ignore_ascii_case(b"x-unitgate-") => Kind::Internal,
+            n if n > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") => Kind::ForwardedOther,
             _ if name.contains(&b'_') => Kind::Underscored,
             _ => Kind::Other,
         }
@@ -361,6 +366,10 @@ mod tests {
         assert_eq!(Kind::of(b"X_Unitgate_Unit"), Kind::Underscored);
         assert_eq!(Kind::of(b"x_forwarded_for"), Kind::Underscored);
         assert_eq!(Kind::of(b"x-user_id"), Kind::Underscored);
+        assert_eq!(Kind::of(b"X-Forwarded-For"), Kind::ForwardedFor);
+        assert_eq!(Kind::of(b"X-Forwarded-Host"), Kind::ForwardedOther);
+        assert_eq!(Kind::of(b"forwarded"), Kind::ForwardedOther);
+        assert_eq!(Kind::of(b"X-Real-IP"), Kind::ForwardedOther);
     }
 
     #[test]

@@ -736,7 +736,7 @@ pub(super) fn upstream_head(
                 }
                 continue;
             }
-            Kind::ForwardedProto if !trusted => continue,
+            Kind::ForwardedProto | Kind::ForwardedOther if !trusted => continue,
             Kind::ForwardedProto => forwarded_proto = true,
             // The time left of it goes instead (below).
             Kind::GrpcTimeout if ctx.client_deadline.is_some() => continue,
