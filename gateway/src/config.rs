@@ -374,6 +374,10 @@ pub struct Timeouts {
     /// On SIGTERM (or after an upgrade), how long in-flight requests may take to finish.
     #[serde(default = "default_drain_s")]
     pub drain_s: u64,
+    /// How long a tunnel (after `101 Switching Protocols`) stays open with nothing passing
+    /// either way.
+    #[serde(default = "default_tunnel_idle_ms")]
+    pub tunnel_idle_ms: u64,
 }
 
 fn default_connect_ms() -> u64 {
@@ -394,6 +398,9 @@ fn default_drain_s() -> u64 {
 fn default_tls_handshake_ms() -> u64 {
     10_000
 }
+fn default_tunnel_idle_ms() -> u64 {
+    300_000
+}
 
 impl Default for Timeouts {
     fn default() -> Self {
@@ -404,6 +411,7 @@ impl Default for Timeouts {
             client_header_ms: default_header_read_ms(),
             tls_handshake_ms: default_tls_handshake_ms(),
             drain_s: default_drain_s(),
+            tunnel_idle_ms: default_tunnel_idle_ms(),
         }
     }
 }
@@ -432,6 +440,10 @@ impl Timeouts {
     /// Client TLS handshake timeout.
     pub fn tls_handshake(&self) -> Duration {
         Duration::from_millis(self.tls_handshake_ms)
+    }
+    /// Idle tunnel timeout.
+    pub fn tunnel_idle(&self) -> Duration {
+        Duration::from_millis(self.tunnel_idle_ms)
     }
 }
 

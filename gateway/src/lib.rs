@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod server;
 pub mod source;
 pub mod store;
+mod tunnel;
 pub mod upgrade;
 pub mod upstream;
 pub mod upstream_h2;

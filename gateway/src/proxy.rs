@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -343,7 +343,8 @@ async fn proxy(
     let response = exchange(shared, ctx, outbound).await?;
 
     // Phase 7: respond.
-    Ok(respond(conn, response, on_client_upgrade, permits))
+    let idle = shared.config.timeouts.tunnel_idle();
+    Ok(respond(conn, response, on_client_upgrade, permits, idle))
 }
 
 /// Put the request's path in the form a server acts on (`router_rules::path::normalize`): it
@@ -599,6 +600,7 @@ fn respond(
     mut response: Response<UpstreamBody>,
     on_client_upgrade: Option<OnUpgrade>,
     permits: Permits,
+    tunnel_idle: Duration,
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(on_client_upgrade) = on_client_upgrade
@@ -613,7 +615,7 @@ fn respond(
             {
                 let mut client = hyper_util::rt::TokioIo::new(client);
                 let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                crate::tunnel::relay(&mut client, &mut upstream, tunnel_idle).await;
             }
         });
         let (parts, _) = response.into_parts();

@@ -119,6 +119,8 @@ fn answer(path: &str) -> Vec<u8> {
         "/early-hints" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: x-secret\r\nX-Secret: 1\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
         "/ws" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
             .to_vec(),
+        "/ws-other" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+            .to_vec(),
         path => format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
             path.len()
@@ -373,6 +375,16 @@ async fn an_upgrade_becomes_a_tunnel_once_the_upstream_switched() {
             "{connection}: {sent}"
         );
     }
+    // A switch to a protocol the client did not offer is no tunnel: a 502, and the
+    // connection closed.
+    let mut client = connect_and_write(
+        gateway.http_addrs[0],
+        b"GET /ws-other HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    let refused = read_to_close(&mut client).await;
+    assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
+    assert!(refused.contains("did not offer"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

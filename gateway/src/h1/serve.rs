@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::chunked::{ChunkError, Chunked};
 use super::client::{READ_CHUNK, UpstreamConn};
-use super::fields::{Kind, Span};
+use super::fields::{Kind, Span, list, lists};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
 use crate::attempts::{Attempts, UpstreamFault, connect_failed};
@@ -927,6 +927,7 @@ where
             ctx,
             io,
             buf,
+            raw,
             head,
             scratch,
             &mut upstream,
@@ -1115,6 +1116,7 @@ async fn send_and_relay<S>(
     ctx: &Ctx,
     io: &mut S,
     buf: &mut BytesMut,
+    raw: &[u8],
     head: &RequestHead,
     out: &mut Vec<u8>,
     upstream: &mut UpstreamConn,
@@ -1174,7 +1176,7 @@ where
             }
         }
     }
-    let mut done = relay_response(shared, ctx, io, buf, head, out, upstream, deadline).await?;
+    let mut done = relay_response(shared, ctx, io, buf, raw, head, out, upstream, deadline).await?;
     if answered_early {
         done.upstream_reusable = false;
         if done.next != Next::Reset {
@@ -1281,6 +1283,7 @@ async fn relay_response<S>(
     ctx: &Ctx,
     io: &mut S,
     buf: &mut BytesMut,
+    raw: &[u8],
     head: &RequestHead,
     out: &mut Vec<u8>,
     upstream: &mut UpstreamConn,
@@ -1359,7 +1362,13 @@ where
                 "101 Switching Protocols to a request that asked for none".to_owned(),
             ));
         }
-        return tunnel(io, buf, out, upstream, &response, status).await;
+        if !switch_offered(raw, head, &upstream.buf[..response.len], &response) {
+            return Err(Failed::Upstream(
+                "101 Switching Protocols to a protocol the request did not offer".to_owned(),
+            ));
+        }
+        let idle = shared.config.timeouts.tunnel_idle();
+        return tunnel(io, buf, out, upstream, &response, status, idle).await;
     }
     // Bytes after a response that ends with the connection are the body, not a next message;
     // bytes after one that does not are a protocol error, caught when the connection is
@@ -1440,6 +1449,34 @@ where
             && framing != Framing::UntilClose
             && upstream.buf.is_empty(),
     })
+}
+
+/// Whether the upstream's `101` (head `answer` in `answer_raw`) names in its `Upgrade` only
+/// protocols the request (`head` in `raw`) offered in its own, and at least one (RFC 9110
+/// section 7.8): a tunnel to a protocol nobody asked for would carry bytes the client does not
+/// speak.
+fn switch_offered(
+    raw: &[u8],
+    head: &RequestHead,
+    answer_raw: &[u8],
+    answer: &ResponseHead,
+) -> bool {
+    let offered = |protocol: &[u8]| {
+        head.fields
+            .iter()
+            .filter(|f| f.kind == Kind::Upgrade)
+            .any(|f| lists(f.value.get(raw), protocol))
+    };
+    let mut named = false;
+    for field in answer.fields.iter().filter(|f| f.kind == Kind::Upgrade) {
+        for protocol in list(field.value.get(answer_raw)) {
+            if !offered(protocol) {
+                return false;
+            }
+            named = true;
+        }
+    }
+    named
 }
 
 /// Copy the fields of the upstream's answer head `raw` that go on to the client: not the
@@ -1570,6 +1607,7 @@ async fn tunnel<S>(
     upstream: &mut UpstreamConn,
     response: &ResponseHead,
     status: StatusCode,
+    idle: Duration,
 ) -> Result<Done, Failed>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -1604,7 +1642,7 @@ where
             });
         }
     }
-    let _ = tokio::io::copy_bidirectional(io, &mut upstream.io).await;
+    crate::tunnel::relay(io, &mut upstream.io, idle).await;
     out.clear();
     Ok(Done {
         status,
