@@ -841,6 +841,17 @@ async fn a_confirmation_wait_says_its_deadline_and_an_operator_extends_it() {
         f.confirm_by_ms == Some(deadline + 300_000)
     })
     .await;
+    // The audit log says by how much.
+    let audit = operator.audit(None).await.expect("audit");
+    let extended = audit
+        .iter()
+        .find(|e| e.action == "flip.extend")
+        .expect("an audit entry");
+    assert_eq!(
+        extended.detail.as_deref(),
+        Some("300 s added"),
+        "{extended:?}"
+    );
     let refused = operator.extend_flip(&id, 0).await.expect_err("0 s");
     assert_eq!(refused.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
     operator.confirm_flip(&id).await.expect("confirmed");

@@ -188,15 +188,19 @@ impl From<ResolveState> for router_rules::UnitState {
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// Planned flips: wait for `unitctl flip-confirm ID` before switching.
-    #[arg(long, conflicts_with_all = ["delay_s", "probe"])]
+    #[arg(long, conflicts_with_all = ["delay_s", "probe"], group = "waits_for_check")]
     confirm: bool,
     /// Planned flips: wait this many seconds for replication before switching.
     #[arg(long, conflicts_with = "probe")]
     delay_s: Option<u64>,
     /// Planned flips: poll this URL until it answers lag 0 before switching (`{unit}` in it
     /// stands for each unit's name: every unit is probed, in parallel).
-    #[arg(long)]
+    #[arg(long, group = "waits_for_check")]
     probe: Option<String>,
+    /// How long --probe may take to answer lag 0, or --confirm may wait, in seconds (the
+    /// control plane's default: 60); the flip rolls back after it.
+    #[arg(long, conflicts_with = "delay_s", requires = "waits_for_check")]
+    check_timeout_s: Option<u64>,
     /// How long each convergence step may take, in seconds.
     #[arg(long)]
     converge_timeout_s: Option<u64>,
@@ -208,6 +212,7 @@ impl CheckArgs {
         if self.confirm {
             Some(ReplicationCheck {
                 confirm: Some(true),
+                timeout_s: self.check_timeout_s,
                 ..Default::default()
             })
         } else if let Some(delay) = self.delay_s {
@@ -218,6 +223,7 @@ impl CheckArgs {
         } else {
             self.probe.clone().map(|url| ReplicationCheck {
                 url: Some(url),
+                timeout_s: self.check_timeout_s,
                 ..Default::default()
             })
         }
@@ -235,7 +241,7 @@ pub struct FlipArgs {
     #[arg(long)]
     to: String,
     /// Switch at once, without waiting for replication (the old region is gone).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["confirm", "delay_s", "probe", "check_timeout_s"])]
     emergency: bool,
     /// Why: kept in the audit log.
     #[arg(long, default_value = "unitctl flip")]
@@ -260,7 +266,7 @@ pub struct EvacuateArgs {
     #[arg(long)]
     to: Option<String>,
     /// Switch at once, without waiting for replication (the region is down).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["confirm", "delay_s", "probe", "check_timeout_s"])]
     emergency: bool,
     /// Why: kept in the audit log.
     #[arg(long)]
@@ -1228,6 +1234,11 @@ enum Signal {
 
 async fn signal(client: &Client, id: &str, signal: Signal, output: Output) -> Result<u8, Failure> {
     let id = segment("flip", id)?;
+    // The deadline an extension moves on: the runner adds the seconds to it at its next look.
+    let deadline_before = match signal {
+        Signal::Extend(_) => client.flip(id).await.ok().and_then(|f| f.confirm_by_ms),
+        _ => None,
+    };
     // The control plane's answer: `{"id": ID, "signal": "confirm"|"cancel"|"extend"}`.
     let (answer, what) = match signal {
         Signal::Confirm => (client.confirm_flip(id).await, "confirm"),
@@ -1240,16 +1251,11 @@ async fn signal(client: &Client, id: &str, signal: Signal, output: Output) -> Re
         return Ok(0);
     }
     outln!("flip {id}: {what} sent");
-    if let Signal::Extend(seconds) = signal {
-        // The runner moves the deadline at its next look (a fraction of a second).
-        if let Ok(flip) = client.flip(id).await
-            && let Some(by) = flip.confirm_by_ms
-        {
-            outln!(
-                "  {seconds} s added; it waits for a confirmation until at least {}",
-                utc(by)
-            );
-        }
+    if let (Signal::Extend(seconds), Some(by)) = (signal, deadline_before) {
+        outln!(
+            "  {seconds} s added; it waits for a confirmation until {}",
+            utc(by.saturating_add(seconds.saturating_mul(1000)))
+        );
     }
     Ok(0)
 }

@@ -1653,12 +1653,27 @@ async fn an_evacuation_of_units_a_running_flip_holds_is_refused_naming_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_confirmation_wait_prints_the_command_and_the_deadline_and_flip_extend_moves_it() {
     let p = plane().await;
+    // An emergency flip waits for nothing: a check asked of it is refused, not ignored.
+    let refused = p
+        .unitctl(
+            &p.operator,
+            &["flip", "u03", "--to", "sz", "--emergency", "--confirm"],
+        )
+        .await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("cannot be used with"),
+        "{}",
+        text(&refused)
+    );
     let mut command = unitctl_command(&[
         "flip",
         "u03",
         "--to",
         "sz",
         "--confirm",
+        "--check-timeout-s",
+        "900",
         "--reason",
         "drill",
         "--wait",
@@ -1702,11 +1717,30 @@ async fn a_confirmation_wait_prints_the_command_and_the_deadline_and_flip_extend
         .expect("flip")
         .confirm_by_ms
         .expect("deadline");
+    // --check-timeout-s set the wait (60 s without it).
+    assert!(
+        before > control_api::now_ms() + 800_000,
+        "{before} is not 900 s on"
+    );
     let out = p
         .unitctl(&p.operator, &["flip-extend", &id, "--seconds", "120"])
         .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("extend sent"), "{}", text(&out));
+    // The deadline it prints is the moved one.
+    let moved_s = (before + 120_000) / 1000 % 86_400;
+    let moved = format!(
+        "{:02}:{:02}:{:02} UTC",
+        moved_s / 3600,
+        moved_s / 60 % 60,
+        moved_s % 60
+    );
+    assert!(
+        text(&out).contains("120 s added; it waits for a confirmation until ")
+            && text(&out).contains(&moved),
+        "{} (expected {moved})",
+        text(&out)
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while p
         .client(&p.operator)

@@ -10,7 +10,7 @@ use control_api::{
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::reply::{Handled, Refusal, json, json_body};
+use super::reply::{Handled, Refusal, json, json_body, with_audit_detail};
 use crate::store::FlipSignal;
 use crate::{ControlPlane, flip, units};
 
@@ -105,7 +105,8 @@ pub async fn extend_flip(cp: &ControlPlane, id: &str, request: Request<Incoming>
             ),
         ));
     }
-    signal_flip(cp, id, FlipSignal::Extend(ask.seconds)).await
+    let reply = signal_flip(cp, id, FlipSignal::Extend(ask.seconds)).await?;
+    Ok(with_audit_detail(reply, format!("{} s added", ask.seconds)))
 }
 
 /// The most one extension adds: a day.

@@ -61,12 +61,23 @@ pub fn empty(status: StatusCode) -> Reply {
 #[derive(Debug, Clone)]
 struct ErrorMessage(String);
 
-/// The message of an error answer, if `reply` is one.
-pub fn reply_message(reply: &Reply) -> Option<String> {
+/// What the audit log's `detail` says of a successful call (an error's is its message).
+#[derive(Debug, Clone)]
+struct AuditDetail(String);
+
+/// `reply` with `detail` for the audit log's entry of the call.
+pub fn with_audit_detail(mut reply: Reply, detail: String) -> Reply {
+    reply.extensions_mut().insert(AuditDetail(detail));
     reply
-        .extensions()
+}
+
+/// The message of an error answer, or the detail a successful one carries for the audit log.
+pub fn reply_message(reply: &Reply) -> Option<String> {
+    let extensions = reply.extensions();
+    extensions
         .get::<ErrorMessage>()
         .map(|m| m.0.clone())
+        .or_else(|| extensions.get::<AuditDetail>().map(|d| d.0.clone()))
 }
 
 /// An error answer, carried out of a handler with `?` (boxed: answers are large).
