@@ -381,7 +381,7 @@ pub enum Action {
 }
 
 impl Action {
-    /// `forward`, `write_frozen`, `missing_key`, `no_route`.
+    /// `forward`, `write_frozen`, `missing_key`, `invalid_key`, `no_route`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Forward => "forward",
