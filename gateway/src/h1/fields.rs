@@ -111,8 +111,16 @@ impl Kind {
             9 if is(b"forwarded") || is(b"x-real-ip") => Kind::ForwardedOther,
             n if n > 11 && name[..11].eq_ignore_ascii_case(b"x-unitgate-") => Kind::Internal,
             n if n > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") => Kind::ForwardedOther,
-            _ if name.contains(&b'_') => Kind::Underscored,
             _ => Kind::Other,
+        }
+    }
+
+    /// The kind of a request's field `name`: as [`Kind::of`], and [`Kind::Underscored`] for
+    /// an other name with an underscore (a response's pass as they are).
+    pub fn of_request_field(name: &[u8]) -> Self {
+        match Kind::of(name) {
+            Kind::Other if name.contains(&b'_') => Kind::Underscored,
+            kind => kind,
         }
     }
 
@@ -236,12 +244,12 @@ const fn classes() -> [u8; 256] {
 }
 
 impl Field {
-    /// The field line `name: value`, both slices of `buf`, told apart by its name.
-    pub fn of(buf: &[u8], name: &[u8], value: &[u8]) -> Self {
+    /// The field line `name: value`, both slices of `buf`, of the given kind.
+    pub fn of(buf: &[u8], name: &[u8], value: &[u8], kind: Kind) -> Self {
         Self {
             name: Span::of(buf, name),
             value: Span::of(buf, value),
-            kind: Kind::of(name),
+            kind,
         }
     }
 }
@@ -363,9 +371,11 @@ mod tests {
         assert_eq!(Kind::of(b"x-unitgate-"), Kind::Other);
         assert_eq!(Kind::of(b"Content-Lengthx"), Kind::Other);
         assert!(Kind::of(b"Keep-Alive").is_hop_by_hop());
-        assert_eq!(Kind::of(b"X_Unitgate_Unit"), Kind::Underscored);
-        assert_eq!(Kind::of(b"x_forwarded_for"), Kind::Underscored);
-        assert_eq!(Kind::of(b"x-user_id"), Kind::Underscored);
+        assert_eq!(Kind::of_request_field(b"X_Unitgate_Unit"), Kind::Underscored);
+        assert_eq!(Kind::of_request_field(b"x_forwarded_for"), Kind::Underscored);
+        assert_eq!(Kind::of_request_field(b"x-user_id"), Kind::Underscored);
+        assert_eq!(Kind::of_request_field(b"x-user-id"), Kind::Other);
+        assert_eq!(Kind::of(b"x-user_id"), Kind::Other);
         assert_eq!(Kind::of(b"X-Forwarded-For"), Kind::ForwardedFor);
         assert_eq!(Kind::of(b"X-Forwarded-Host"), Kind::ForwardedOther);
         assert_eq!(Kind::of(b"forwarded"), Kind::ForwardedOther);

@@ -220,7 +220,8 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
     let mut connection_upgrade = false;
     for field in request.headers.iter() {
         let value = field.value;
-        let line = Field::of(buf, field.name.as_bytes(), value);
+        let name = field.name.as_bytes();
+        let line = Field::of(buf, name, value, Kind::of_request_field(name));
         match line.kind {
             Kind::Host => {
                 hosts += 1;

@@ -116,7 +116,8 @@ pub fn parse(
     let mut keep_alive = false;
     for field in response.headers.iter() {
         let value = field.value;
-        let line = Field::of(buf, field.name.as_bytes(), value);
+        let name = field.name.as_bytes();
+        let line = Field::of(buf, name, value, Kind::of(name));
         match line.kind {
             Kind::ContentLength => {
                 lengths += 1;
