@@ -746,6 +746,8 @@ async fn an_answer_before_the_whole_body_reaches_the_client() {
         let got = String::from_utf8_lossy(&got);
         assert!(got.starts_with("HTTP/1.1 413"), "{path}: {got}");
         assert!(got.ends_with("\r\n\r\ntoo big!"), "{path}: {got}");
+        // The connection ends after it, and says so.
+        assert!(got.contains("\r\nconnection: close\r\n"), "{path}: {got}");
         sender.abort();
     }
     hold.notify_waiters();
@@ -822,5 +824,74 @@ async fn an_http2_clients_idempotent_request_goes_again_after_a_pooled_connectio
             drops, sent,
             "{method} /drop reached the upstream {drops} times"
         );
+    }
+}
+
+/// An interim answer (103, or a 100 nobody asked for) while the request body is still coming
+/// is no early answer: it goes on (a 100 does not), and so does the body, to the final answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_answers_during_the_body_let_the_body_go_on() {
+    const BODY: usize = 6000;
+    let upstream = serve_each(|mut stream| async move {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let interim: &[u8] = if got.starts_with(b"POST /continue ") {
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        } else {
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        };
+        if stream.write_all(interim).await.is_err() {
+            return;
+        }
+        while got.len() - head_end < BODY {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let answer = format!("got {}", got.len() - head_end);
+        let _ = stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+    })
+    .await;
+    let (_dir, gw) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
+    for (path, relayed) in [("/hints", true), ("/continue", false)] {
+        let mut client = connect_and_write(
+            gw.http_addrs[0],
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nContent-Length: {BODY}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        client.write_all(&[b'x'; 1000]).await.expect("write");
+        if relayed {
+            // The rest of the body goes once the client has the interim answer.
+            let hints = read_until(&mut client, |got| got.ends_with("\r\n\r\n")).await;
+            assert!(hints.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{hints}");
+        }
+        client.write_all(&[b'x'; BODY - 1000]).await.expect("write");
+        let answer = read_until(&mut client, |got| got.ends_with(&format!("got {BODY}"))).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{path}: {answer}"
+        );
+        assert!(!answer.contains("100 Continue"), "{path}: {answer}");
     }
 }

@@ -371,8 +371,14 @@ mod tests {
         assert_eq!(Kind::of(b"x-unitgate-"), Kind::Other);
         assert_eq!(Kind::of(b"Content-Lengthx"), Kind::Other);
         assert!(Kind::of(b"Keep-Alive").is_hop_by_hop());
-        assert_eq!(Kind::of_request_field(b"X_Unitgate_Unit"), Kind::Underscored);
-        assert_eq!(Kind::of_request_field(b"x_forwarded_for"), Kind::Underscored);
+        assert_eq!(
+            Kind::of_request_field(b"X_Unitgate_Unit"),
+            Kind::Underscored
+        );
+        assert_eq!(
+            Kind::of_request_field(b"x_forwarded_for"),
+            Kind::Underscored
+        );
         assert_eq!(Kind::of_request_field(b"x-user_id"), Kind::Underscored);
         assert_eq!(Kind::of_request_field(b"x-user-id"), Kind::Other);
         assert_eq!(Kind::of(b"x-user_id"), Kind::Other);

@@ -1137,6 +1137,8 @@ where
     // other, and the endpoint did nothing wrong. The rest of the body goes nowhere, so both
     // connections close after it.
     let mut answered_early = false;
+    // Interim answers that came while the body went.
+    let mut interim = 0;
     if !body.done() {
         if head.expect_continue {
             let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
@@ -1148,10 +1150,19 @@ where
                     upstream.buf.reserve(READ_CHUNK);
                 }
                 let read = tokio::select! {
-                    // Whatever it is (an answer, a close, a reset), the response read says.
-                    _ = upstream.io.read_buf(&mut upstream.buf) => {
-                        answered_early = true;
-                        break;
+                    heard = upstream.io.read_buf(&mut upstream.buf) => {
+                        // A close or a reset: the response read says what came before it.
+                        let closed = !matches!(heard, Ok(n) if n > 0);
+                        if closed
+                            || final_answer_here(
+                                shared, ctx, io, head, upstream, out, &mut interim, deadline,
+                            )
+                            .await?
+                        {
+                            answered_early = true;
+                            break;
+                        }
+                        continue;
                     }
                     read = timer.timeout_at(deadline, io.read_buf(buf)) => read,
                 };
@@ -1168,15 +1179,53 @@ where
                 }
             }
             let taken = body.take(buf)?;
-            let written = write_body(timer, deadline, upstream, &buf[..taken]).await?;
+            let mut rest = &buf[..taken];
+            loop {
+                match write_body(timer, deadline, upstream, rest).await? {
+                    Written::All => break,
+                    Written::Heard(sent) => {
+                        rest = &rest[sent..];
+                        if final_answer_here(
+                            shared,
+                            ctx,
+                            io,
+                            head,
+                            upstream,
+                            out,
+                            &mut interim,
+                            deadline,
+                        )
+                        .await?
+                        {
+                            answered_early = true;
+                            break;
+                        }
+                    }
+                    Written::Broken => {
+                        answered_early = true;
+                        break;
+                    }
+                }
+            }
             buf.advance(taken);
-            if written == Written::Interrupted {
-                answered_early = true;
+            if answered_early {
                 break;
             }
         }
     }
-    let mut done = relay_response(shared, ctx, io, buf, raw, head, out, upstream, deadline).await?;
+    let mut done = relay_response(
+        shared,
+        ctx,
+        io,
+        buf,
+        raw,
+        head,
+        out,
+        upstream,
+        deadline,
+        answered_early,
+    )
+    .await?;
     if answered_early {
         done.upstream_reusable = false;
         if done.next != Next::Reset {
@@ -1191,10 +1240,12 @@ where
 enum Written {
     /// All of it.
     All,
-    /// Not all: the upstream sent something (an early answer, a close) while it would not take
-    /// more, or the write failed (it reset the connection, maybe after answering). The
-    /// response read tells which.
-    Interrupted,
+    /// This much of it, when the upstream sent something while it would take no more: an
+    /// interim answer (the rest goes on after it), or an early final one.
+    Heard(usize),
+    /// Not all: the write failed (the upstream reset the connection, maybe after answering),
+    /// or the upstream closed while it would take no more. The response read tells which.
+    Broken,
 }
 
 /// Write `bytes` of a request body upstream by `deadline`, watching for an early answer
@@ -1204,16 +1255,17 @@ async fn write_body(
     timer: &crate::coarse_timer::CoarseTimer,
     deadline: Instant,
     upstream: &mut UpstreamConn,
-    mut bytes: &[u8],
+    bytes: &[u8],
 ) -> Result<Written, Failed> {
     let UpstreamConn {
         io, buf: answer, ..
     } = upstream;
+    let mut sent = 0;
     let write = std::future::poll_fn(|cx| {
-        while !bytes.is_empty() {
-            match std::pin::Pin::new(&mut *io).poll_write(cx, bytes) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Interrupted),
-                Poll::Ready(Ok(n)) => bytes = &bytes[n..],
+        while sent < bytes.len() {
+            match std::pin::Pin::new(&mut *io).poll_write(cx, &bytes[sent..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Broken),
+                Poll::Ready(Ok(n)) => sent += n,
                 Poll::Pending => {
                     if answer.capacity() - answer.len() < 1024 {
                         answer.reserve(READ_CHUNK);
@@ -1223,7 +1275,8 @@ async fn write_body(
                         cx,
                         answer,
                     ) {
-                        Poll::Ready(_) => Poll::Ready(Written::Interrupted),
+                        Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Written::Heard(sent)),
+                        Poll::Ready(_) => Poll::Ready(Written::Broken),
                         Poll::Pending => Poll::Pending,
                     };
                 }
@@ -1276,7 +1329,8 @@ async fn read_upstream(
 /// Interim (1xx) answers an upstream may send before its final one to a request.
 const MAX_INTERIM_RESPONSES: usize = 16;
 
-/// Read the upstream's response head (passing interim ones on) and relay the response.
+/// Read the upstream's response head (passing interim ones on) and relay the response;
+/// `closing`: the client's connection closes after it whatever the response says.
 #[allow(clippy::too_many_arguments)]
 async fn relay_response<S>(
     shared: &Shared,
@@ -1288,6 +1342,7 @@ async fn relay_response<S>(
     out: &mut Vec<u8>,
     upstream: &mut UpstreamConn,
     deadline: Instant,
+    closing: bool,
 ) -> Result<Done, Failed>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -1319,38 +1374,17 @@ where
             continue;
         }
         if response.is_interim() {
-            // An upstream that keeps sending interim answers is always readable, so the read
-            // timeout never gets to fire: the deadline is checked here, and their number is
-            // bounded.
-            interim_count += 1;
-            if interim_count > MAX_INTERIM_RESPONSES {
-                return Err(Failed::Upstream(format!(
-                    "more than {MAX_INTERIM_RESPONSES} interim responses"
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(Failed::Timeout);
-            }
-            // 102 and 103 go on to an HTTP/1.1 client, with the fields of a final answer's
-            // head but none about framing (an interim answer has no body); the final answer
-            // follows. A 100 is not passed on: the gateway took `Expect` off the request and
-            // answers the client's itself, so an upstream's 100 was asked for by nobody.
-            if head.minor == 1 && response.status != 100 {
-                let raw = &upstream.buf[..response.len];
-                out.clear();
-                status_line(
-                    out,
-                    1,
-                    response.status,
-                    std::str::from_utf8(response.reason.get(raw)).unwrap_or(""),
-                );
-                copy_answer_fields(out, raw, &response, true);
-                out.extend_from_slice(b"\r\n");
-                if !to_client(shared, io, out).await {
-                    return Err(Failed::ClientGone);
-                }
-            }
-            upstream.buf.advance(response.len);
+            interim_answer(
+                shared,
+                io,
+                head,
+                upstream,
+                &response,
+                out,
+                &mut interim_count,
+                deadline,
+            )
+            .await?;
             continue;
         }
         break;
@@ -1374,7 +1408,8 @@ where
     // bytes after one that does not are a protocol error, caught when the connection is
     // taken next.
     let chunked_to_client = response.framing == Framing::Chunked && head.minor == 1;
-    let close = head.close
+    let close = closing
+        || head.close
         || response.framing == Framing::UntilClose
         || (response.framing == Framing::Chunked && head.minor == 0)
         || draining(shared);
@@ -1449,6 +1484,95 @@ where
             && framing != Framing::UntilClose
             && upstream.buf.is_empty(),
     })
+}
+
+/// Pass an interim answer (`response`, parsed at the front of the upstream's buffer) on to
+/// the client, and drop it from the buffer; `count`: how many the request had before.
+#[allow(clippy::too_many_arguments)]
+async fn interim_answer<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut S,
+    head: &RequestHead,
+    upstream: &mut UpstreamConn,
+    response: &ResponseHead,
+    out: &mut Vec<u8>,
+    count: &mut usize,
+    deadline: Instant,
+) -> Result<(), Failed> {
+    // An upstream that keeps sending interim answers is always readable, so the read timeout
+    // never gets to fire: the deadline is checked here, and their number is bounded.
+    *count += 1;
+    if *count > MAX_INTERIM_RESPONSES {
+        return Err(Failed::Upstream(format!(
+            "more than {MAX_INTERIM_RESPONSES} interim responses"
+        )));
+    }
+    if Instant::now() >= deadline {
+        return Err(Failed::Timeout);
+    }
+    // 102 and 103 go on to an HTTP/1.1 client, with the fields of a final answer's head but
+    // none about framing (an interim answer has no body); the final answer follows. A 100 is
+    // not passed on: the gateway took `Expect` off the request and answers the client's
+    // itself, so an upstream's 100 was asked for by nobody.
+    if head.minor == 1 && response.status != 100 {
+        let raw = &upstream.buf[..response.len];
+        out.clear();
+        status_line(
+            out,
+            1,
+            response.status,
+            std::str::from_utf8(response.reason.get(raw)).unwrap_or(""),
+        );
+        copy_answer_fields(out, raw, response, true);
+        out.extend_from_slice(b"\r\n");
+        if !to_client(shared, io, out).await {
+            return Err(Failed::ClientGone);
+        }
+    }
+    upstream.buf.advance(response.len);
+    Ok(())
+}
+
+/// Whether what the upstream sent while the request body was still going holds the head of
+/// its final answer (or bytes that cannot start one): interim answers before it go on as
+/// [`interim_answer`] says, and the body goes on after them.
+#[allow(clippy::too_many_arguments)]
+async fn final_answer_here<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    ctx: &Ctx,
+    io: &mut S,
+    head: &RequestHead,
+    upstream: &mut UpstreamConn,
+    out: &mut Vec<u8>,
+    count: &mut usize,
+    deadline: Instant,
+) -> Result<bool, Failed> {
+    let mut response = std::mem::take(&mut upstream.response);
+    let here = loop {
+        let parsed = response::parse(
+            &upstream.buf,
+            shared.config.limits.max_header_bytes,
+            super::response::RESPONSE_FIELD_ROOM,
+            ctx.method == Method::HEAD,
+            &mut response,
+        );
+        match parsed {
+            Ok(true) if response.is_interim() => {
+                if let Err(failed) =
+                    interim_answer(shared, io, head, upstream, &response, out, count, deadline)
+                        .await
+                {
+                    upstream.response = response;
+                    return Err(failed);
+                }
+            }
+            Ok(complete) => break complete,
+            // The response read says what is wrong with it.
+            Err(_) => break true,
+        }
+    };
+    upstream.response = response;
+    Ok(here)
 }
 
 /// Whether the upstream's `101` (head `answer` in `answer_raw`) names in its `Upgrade` only
