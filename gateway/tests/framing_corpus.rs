@@ -53,15 +53,13 @@ const KNOWN_GAPS: &[&str] = &[
     // `\r\n\r\r\n` at the end of the head: hyper waits for more bytes instead of answering
     // 400 (the connection hangs until the header timeout).
     "bare-cr-head-end",
-    // Targets hyper's URI parser lets through: a fragment (dropped, `/a` is forwarded), a
-    // backslash, an `ftp:` absolute form (forwarded as `/x`).
+    // Targets hyper's URI parser lets through: a fragment (dropped, `/a` is forwarded), an
+    // `ftp:` absolute form (forwarded as `/x`). (A backslash, a target without a leading
+    // slash and authority-form are refused by the path check both front ends share.)
     "target-fragment",
-    "target-backslash",
     "target-absolute-other-scheme",
-    // Authority-form and asterisk-form for GET, and a target without a leading slash, reach
-    // routing and get 404: nothing is forwarded, but the answer is not 400.
-    "target-no-slash",
-    "target-authority-form-get",
+    // Asterisk-form for GET reaches routing and gets 404: nothing is forwarded, but the
+    // answer is not 400.
     "target-asterisk-get",
     // No request-line limit: a 9 KB target is forwarded (the issue sets 8 KiB -> 414).
     "target-too-long",

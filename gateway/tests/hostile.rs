@@ -472,7 +472,15 @@ async fn ambiguous_paths_are_refused_and_the_rest_normalized() {
     let (_dir, echo, gateway) = echo_gateway("").await;
     let addr = gateway.http_addrs[0];
     let mut sender = h2c(addr).await;
-    for path in ["/a%2F..%2Fb", "/a%5cb", "/a%00.json", "/a%zz", "/a%4"] {
+    for path in [
+        "/a%2F..%2Fb",
+        "/a%5cb",
+        "/a%00.json",
+        "/a%zz",
+        "/a%4",
+        "/pub/..;/private/x",
+        "/pub/.;x/private",
+    ] {
         let answer = exchange(
             addr,
             format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n")
@@ -488,9 +496,18 @@ async fn ambiguous_paths_are_refused_and_the_rest_normalized() {
         assert_eq!(answer.status(), 400, "{path} over HTTP/2");
     }
     assert_eq!(echo.count(), 0, "nothing reached the upstream");
+    // Over HTTP/2 a path may hold what an HTTP/1.1 request target cannot: a backslash.
+    let h2_request = http::Request::get("http://shop.example/pub/\\..\\private")
+        .header("x-user-id", "1")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let answer = sender.send_request(h2_request).await.expect("answered");
+    assert_eq!(answer.status(), 400, "a backslash over HTTP/2");
+    assert_eq!(echo.count(), 0, "nothing reached the upstream");
     for (path, normal) in [
         ("/private/../%70rivate/./x?q=%2F", "/private/x"),
         ("/a/b/..", "/a/"),
+        ("//private//x", "/private/x"),
     ] {
         let answer = exchange(
             addr,

@@ -140,7 +140,11 @@ impl KeySource {
                     .filter(|s| !s.is_empty())
                     .nth(index)
                 {
-                    Some(segment) => decode_component(segment),
+                    // Without its parameters (`42;jsessionid=x` is `42` to servers that drop
+                    // them, such as Tomcat and Jetty).
+                    Some(segment) => {
+                        decode_component(segment.split(';').next().unwrap_or_default())
+                    }
                     None => Ok(None),
                 }
             }
@@ -613,6 +617,9 @@ mod tests {
         assert_eq!(key(&RawKeySource::PathSegment(2), &r), Some("42".into()));
         assert_eq!(key(&RawKeySource::PathSegment(4), &r), None);
         assert_eq!(key(&RawKeySource::PathSegment(0), &r), None);
+        // Without the segment's parameters, as servers that drop them read it.
+        let r = SimpleRequest::new("GET", "/order/42;jsessionid=x/items");
+        assert_eq!(key(&RawKeySource::PathSegment(2), &r), Some("42".into()));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Request paths as routing reads them: in the form a server that decodes and resolves them
 //! acts on, so that no route, no frozen or protected unit and no key taken from the path can be
 //! dodged by spelling the same path another way (`/order/42/../5042` is `/order/5042`;
-//! `/%6Frder/5042` is `/order/5042`). The gateway routes by the normalized path and sends it
-//! upstream; the dry-run shows the same.
+//! `/%6Frder/5042` is `/order/5042`; `//order` is `/order`). The gateway routes by the
+//! normalized path and sends it upstream; the dry-run shows the same. What servers read in
+//! different ways is refused instead: encoded separators, a backslash, dot segments with
+//! parameters (`..;`, which Tomcat and Jetty read as `..`).
 
 use std::borrow::Cow;
 
@@ -15,6 +17,12 @@ pub enum PathError {
     EncodedNul,
     /// `%` not followed by two hex digits.
     BadEscape,
+    /// A `\`, a separator to some servers.
+    Backslash,
+    /// A dot segment with parameters (`..;x`, `.;x`): `..` to servers that drop parameters.
+    DotSegmentParameters,
+    /// Neither `*` nor starting with `/`.
+    NotAbsolute,
 }
 
 impl PathError {
@@ -24,6 +32,9 @@ impl PathError {
             PathError::EncodedSeparator => "encoded '/' or '\\' (%2F, %5C) in the path",
             PathError::EncodedNul => "encoded NUL (%00) in the path",
             PathError::BadEscape => "'%' not followed by two hex digits in the path",
+            PathError::Backslash => "'\\' in the path",
+            PathError::DotSegmentParameters => "dot segment with parameters ('..;') in the path",
+            PathError::NotAbsolute => "path does not start with '/'",
         }
     }
 }
@@ -36,11 +47,17 @@ impl std::fmt::Display for PathError {
 
 impl std::error::Error for PathError {}
 
-/// `path` (starting with `/`) with its percent-encoded unreserved characters decoded and its
-/// dot segments removed (RFC 3986 sections 6.2.2.2 and 5.2.4); borrowed as it came when that
-/// changes nothing, as for nearly every path. Other escapes are kept as they are. The result
-/// normalizes to itself.
+/// `path` (starting with `/`, or `*`) with its percent-encoded unreserved characters decoded,
+/// its dot segments removed (RFC 3986 sections 6.2.2.2 and 5.2.4) and runs of `/` made one;
+/// borrowed as it came when that changes nothing, as for nearly every path. Other escapes are
+/// kept as they are. The result normalizes to itself.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if path == "*" {
+        return Ok(Cow::Borrowed(path));
+    }
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
     if !needs_change(path.as_bytes())? {
         return Ok(Cow::Borrowed(path));
     }
@@ -50,13 +67,20 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// Whether `path` has an escape to decode or a dot segment; an error for an escape refused.
 fn needs_change(path: &[u8]) -> Result<bool, PathError> {
-    // Every request's path comes here: most have neither byte, found out in one vector scan.
-    let Some(first) = memchr::memchr2(b'%', b'.', path) else {
+    // Every request's path comes here: most have none of these bytes, found out in one
+    // vector scan (a `/` follows the first byte, always a `/`, only in a run of them).
+    let Some(first) = memchr::memchr3(b'%', b'.', b'\\', path)
+        .into_iter()
+        .chain(memchr::memmem::find(path, b"//"))
+        .min()
+    else {
         return Ok(false);
     };
     let mut change = false;
     for (at, &b) in path.iter().enumerate().skip(first) {
         match b {
+            b'\\' => return Err(PathError::Backslash),
+            b'/' => change |= path.get(at + 1) == Some(&b'/'),
             b'%' => {
                 let byte = escaped(path, at).ok_or(PathError::BadEscape)?;
                 match byte {
@@ -67,8 +91,12 @@ fn needs_change(path: &[u8]) -> Result<bool, PathError> {
             }
             b'.' if at == 0 || path[at - 1] == b'/' => {
                 let rest = &path[at + 1..];
-                let segment_ends = |rest: &[u8]| rest.is_empty() || rest[0] == b'/';
-                change |= segment_ends(rest) || (rest[0] == b'.' && segment_ends(&rest[1..]));
+                let rest = rest.strip_prefix(b".").unwrap_or(rest);
+                match rest.first() {
+                    None | Some(b'/') => change = true,
+                    Some(b';') => return Err(PathError::DotSegmentParameters),
+                    _ => {}
+                }
             }
             _ => {}
         }
@@ -88,32 +116,36 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// `path` with the escapes of unreserved characters decoded (every escape checked already).
+/// `path` with the escapes of unreserved characters decoded (every escape checked already);
+/// its other bytes, UTF-8 among them, as they came.
 fn decode_unreserved(path: &[u8]) -> String {
-    let mut out = String::with_capacity(path.len());
+    let mut out = Vec::with_capacity(path.len());
     let mut at = 0;
     while at < path.len() {
         if path[at] == b'%'
             && let Some(byte) = escaped(path, at).filter(|b| is_unreserved(*b))
         {
-            out.push(char::from(byte));
+            out.push(byte);
             at += 3;
             continue;
         }
-        out.push(char::from(path[at]));
+        out.push(path[at]);
         at += 1;
     }
-    out
+    // UTF-8 as it came, with ASCII bytes put for escapes.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// RFC 3986 section 5.2.4 for an absolute path: `.` segments go, `..` takes the one before
-/// with it (none above the root), and a path that ended in either ends in `/`.
+/// with it (none above the root), and a path that ended in either ends in `/`; empty segments
+/// go too (`//` is `/` to most servers), but a last one (`/a/` stays `/a/`).
 fn remove_dot_segments(path: &str) -> String {
     let mut kept: Vec<&str> = Vec::new();
     let mut segments = path.strip_prefix('/').unwrap_or(path).split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
         match segment {
+            "" if !last => {}
             "." | ".." => {
                 if segment == ".." {
                     kept.pop();
@@ -151,7 +183,9 @@ mod tests {
             "/order/42",
             "/static/app.v2.js",
             "/a/.hidden/..x/...",
-            "/a//b/",
+            "/a/b/",
+            "/a;v=1/b;jsessionid=x",
+            "*",
             "/q%20r/%E4%BD%A0",
             "/%25/%3F",
         ] {
@@ -172,7 +206,10 @@ mod tests {
             ("/..", "/"),
             ("/../../etc", "/etc"),
             ("/a/../../b/./c/..", "/b/"),
-            ("/a//../b", "/a/b"),
+            ("/a//../b", "/b"),
+            ("//private/x", "/private/x"),
+            ("/.//private", "/private"),
+            ("/a///b//", "/a/b/"),
         ] {
             assert_eq!(norm(path).as_deref(), Ok(normal), "{path}");
         }
@@ -187,6 +224,7 @@ mod tests {
             ("/order/42/.%2E/5042", "/order/5042"),
             ("/~a/%7E%2D%5F", "/~a/~-_"),
             ("/keep/%20/%25/%e4", "/keep/%20/%25/%e4"),
+            ("/pub/\u{e9}/%2e/x", "/pub/\u{e9}/x"),
         ] {
             assert_eq!(norm(path).as_deref(), Ok(normal), "{path}");
             assert_eq!(norm(normal).as_deref(), Ok(normal), "{normal} again");
@@ -203,6 +241,11 @@ mod tests {
             ("/a%", PathError::BadEscape),
             ("/a%4", PathError::BadEscape),
             ("/a%zz", PathError::BadEscape),
+            ("/pub/\\..\\private", PathError::Backslash),
+            ("/order/10/..;/5042", PathError::DotSegmentParameters),
+            ("/pub/.;x/private", PathError::DotSegmentParameters),
+            ("?x=1", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
         ] {
             assert_eq!(norm(path), Err(error), "{path}");
         }

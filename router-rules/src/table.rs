@@ -306,7 +306,11 @@ impl PathMatch {
     fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Prefix(prefix) => prefix_matches(prefix, path),
-            PathMatch::Exact(exact) => **exact == *path,
+            // A last segment's parameters (`/a;jsessionid=1`) are no other path to servers
+            // that drop them (Tomcat, Jetty).
+            PathMatch::Exact(exact) => path.strip_prefix(&**exact).is_some_and(|rest| {
+                rest.is_empty() || (rest.starts_with(';') && !rest.contains('/'))
+            }),
         }
     }
 
@@ -320,17 +324,24 @@ impl PathMatch {
 }
 
 /// `/cart` matches `/cart` and `/cart/...` but not `/cartoon`; `/cart/` matches `/cart/...`.
+/// A segment's parameters end it as a `/` does (`/cart;v=1/42` is `/cart/42` to servers that
+/// drop them, such as Tomcat and Jetty).
 pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => {
+            prefix.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with('/')
+                || rest.starts_with(';')
+        }
     }
 }
 
-/// `cart` for `/cart/42`, `` for `/`.
+/// `cart` for `/cart/42` (and `/cart;v=1/42`), `` for `/`.
 pub(crate) fn first_segment(path: &str) -> &str {
     let path = path.strip_prefix('/').unwrap_or(path);
-    path.split('/').next().unwrap_or_default()
+    path.split(['/', ';']).next().unwrap_or_default()
 }
 
 fn strip_port(host: &str) -> &str {
@@ -647,6 +658,13 @@ mod tests {
         assert!(prefix_matches("/cart/", "/cart/1"));
         assert!(!prefix_matches("/cart/", "/cart"));
         assert!(prefix_matches("/", "/anything"));
+        // Parameters end a segment, as servers that drop them read it.
+        assert!(prefix_matches("/cart", "/cart;v=1/1"));
+        assert!(prefix_matches("/cart", "/cart;jsessionid=x"));
+        assert_eq!(first_segment("/cart;v=1/1"), "cart");
+        assert!(PathMatch::Exact("/cart".into()).matches("/cart;jsessionid=x"));
+        assert!(!PathMatch::Exact("/cart".into()).matches("/cart;v=1/1"));
+        assert!(!PathMatch::Exact("/cart".into()).matches("/cartoon"));
     }
 
     #[test]
