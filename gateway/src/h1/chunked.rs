@@ -374,12 +374,13 @@ impl Chunked {
 
     /// Whether the trailer name just read may be in a request's trailers.
     fn check_name(&self) -> Result<(), ChunkError> {
-        // A longer name is cut: it can only be an `X-Unitgate-*` one of those refused.
+        // A longer name is cut: the names refused whole are shorter, so it can only match a
+        // prefix refused (`X-Unitgate-`, `X-Forwarded-`), as the whole name would.
         let name = &self.name[..self.name_len.min(NAME_KEPT)];
         if matches!(Kind::of(name), Kind::Internal | Kind::HopMarker) {
             return Err(ChunkError::InternalTrailer);
         }
-        if self.name_underscore || (self.name_len <= NAME_KEPT && is_refused_in_trailers(name)) {
+        if self.name_underscore || is_refused_in_trailers(name) {
             return Err(ChunkError::RefusedTrailer);
         }
         Ok(())
@@ -477,6 +478,12 @@ mod tests {
             "Cookie: uid=1",
             "X_User_Id: 4321",
             "x-a-name-far-longer-than-twenty-four_bytes: 1",
+            "X-Forwarded-Port: 1",
+            "X-Forwarded-Client-Cert-Chain-Of-Many-Bytes: x",
+            "X-Original-URL: /admin",
+            "X-HTTP-Method-Override: DELETE",
+            "True-Client-IP: 10.0.0.1",
+            "tracestate: a=1",
         ] {
             let body = format!("1\r\na\r\n0\r\n{trailer}\r\n\r\n");
             let mut chunked = Chunked::for_request();

@@ -151,6 +151,14 @@ pub fn is_refused_in_trailers(name: &[u8]) -> bool {
                 || is(b"content-encoding")
                 || is(b"content-range")
                 || is(b"max-forwards")
+                || is(b"tracestate")
+                || is(b"x-client-ip")
+                || is(b"true-client-ip")
+                || is(b"x-original-url")
+                || is(b"x-rewrite-url")
+                || is(b"x-http-method")
+                || is(b"x-method-override")
+                || is(b"x-http-method-override")
         }
         Kind::Date => false,
         _ => true,
