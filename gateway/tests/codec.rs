@@ -895,3 +895,62 @@ async fn interim_answers_during_the_body_let_the_body_go_on() {
         assert!(!answer.contains("100 Continue"), "{path}: {answer}");
     }
 }
+
+/// The same for an HTTP/2 client's request to an HTTP/1.1 upstream: the early answer is the
+/// response, not a 502, and the endpoint is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_whole_body_reaches_an_http2_client() {
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let held = hold.clone();
+    let upstream = serve_each(move |mut stream| {
+        let held = held.clone();
+        async move {
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+                .await;
+            if head.starts_with(b"POST /hold ") {
+                held.notified().await;
+            }
+        }
+    })
+    .await;
+    let (_dir, gw) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
+    let mut sender = h2c(gw.http_addrs[0]).await;
+    for path in ["/reset", "/hold", "/reset", "/hold"] {
+        let chunk = bytes::Bytes::from(vec![b'x'; 65536]);
+        let frames = (0..128).map(move |_| {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))
+        });
+        let request = http::Request::post(format!("http://a{path}"))
+            .header("x-user-id", "7")
+            .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+                frames,
+            )))
+            .expect("request");
+        let response = tokio::time::timeout(T, sender.send_request(request))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer within {T:?}"))
+            .expect("answered");
+        assert_eq!(response.status(), 413, "{path}");
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"too big!", "{path}");
+    }
+    hold.notify_waiters();
+    let metrics = gw.metrics.render(&[]);
+    let blamed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("unitgate_upstream_errors_total"))
+        .collect();
+    assert!(blamed.is_empty(), "{blamed:?}");
+}

@@ -14,7 +14,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::Chunked;
-use super::client::{Pool, READ_CHUNK, UpstreamConn};
+use super::client::{Pool, READ_CHUNK, UpstreamConn, Written};
 use super::fields::is_refused_in_trailers;
 use super::request::Framing;
 use super::response::{self, RESPONSE_FIELD_ROOM, ResponseHead};
@@ -144,8 +144,27 @@ pub async fn send(
         .write_all(&out)
         .await
         .map_err(|e| failed(endpoint, e))?;
-    // The body, frame by frame, framed as the head said.
-    while let Some(frame) = body.frame().await {
+    // The body, frame by frame, framed as the head said. An upstream may answer before it is
+    // all there (`UpstreamConn::write_watching`): that answer is the response, the rest of
+    // the body goes nowhere, and the connection is not used again.
+    let mut ended = false;
+    let answered_early = loop {
+        if conn.buf.capacity() - conn.buf.len() < 1024 {
+            conn.buf.reserve(READ_CHUNK);
+        }
+        let frame = tokio::select! {
+            heard = conn.io.read_buf(&mut conn.buf) => {
+                match heard {
+                    Ok(n) if n > 0 && !final_answer_here(&mut conn, head_request) => continue,
+                    // An answer, a close or a reset: the response read says which.
+                    _ => break true,
+                }
+            }
+            frame = body.frame() => frame,
+        };
+        let Some(frame) = frame else {
+            break false;
+        };
         let frame = frame.map_err(|e| failed(endpoint, format!("request body: {e}")))?;
         out.clear();
         match frame.into_data() {
@@ -159,42 +178,80 @@ pub async fn send(
             }
             Ok(data) => out.extend_from_slice(&data),
             Err(frame) => {
-                if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
-                    out.extend_from_slice(b"0\r\n");
-                    for (name, value) in &trailers {
-                        // The gateway's own fields are stripped from trailers as from heads,
-                        // and so are those only a header section may carry.
-                        if is_refused_in_trailers(name.as_str().as_bytes()) {
-                            continue;
-                        }
-                        out.extend_from_slice(name.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(value.as_bytes());
-                        out.extend_from_slice(b"\r\n");
+                let (Ok(trailers), true) = (frame.into_trailers(), chunked) else {
+                    continue;
+                };
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in &trailers {
+                    // The gateway's own fields are stripped from trailers as from heads, and
+                    // so are those only a header section may carry.
+                    if is_refused_in_trailers(name.as_str().as_bytes()) {
+                        continue;
                     }
+                    out.extend_from_slice(name.as_str().as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value.as_bytes());
                     out.extend_from_slice(b"\r\n");
-                    conn.io
-                        .write_all(&out)
-                        .await
-                        .map_err(|e| failed(endpoint, e))?;
-                    return read_response(pool, id, endpoint, conn, head_request, body_timeout)
-                        .await;
                 }
-                continue;
+                out.extend_from_slice(b"\r\n");
+                ended = true;
             }
         }
-        conn.io
-            .write_all(&out)
-            .await
-            .map_err(|e| failed(endpoint, e))?;
+        if send_watching(&mut conn, &out, head_request).await {
+            break true;
+        }
+        if ended {
+            break false;
+        }
+    };
+    let answered_early = answered_early
+        || (chunked && !ended && send_watching(&mut conn, b"0\r\n\r\n", head_request).await);
+    read_response(
+        pool,
+        id,
+        endpoint,
+        conn,
+        head_request,
+        body_timeout,
+        answered_early,
+    )
+    .await
+}
+
+/// Write `bytes` of a request body to `conn`; `true` when the upstream answered before taking
+/// them all (or broke the connection): the response read says which.
+async fn send_watching(conn: &mut UpstreamConn, mut bytes: &[u8], head_request: bool) -> bool {
+    loop {
+        match conn.write_watching(bytes).await {
+            Written::All => return false,
+            Written::Heard(sent) => {
+                bytes = &bytes[sent..];
+                if final_answer_here(conn, head_request) {
+                    return true;
+                }
+            }
+            Written::Broken => return true,
+        }
     }
-    if chunked {
-        conn.io
-            .write_all(b"0\r\n\r\n")
-            .await
-            .map_err(|e| failed(endpoint, e))?;
+}
+
+/// Whether what the upstream sent so far holds its final answer's head (or bytes that cannot
+/// start one); interim answers before it are dropped, as [`read_response`] drops them.
+fn final_answer_here(conn: &mut UpstreamConn, head_request: bool) -> bool {
+    let mut head = ResponseHead::default();
+    loop {
+        match response::parse(
+            &conn.buf,
+            MAX_RESPONSE_HEAD,
+            RESPONSE_FIELD_ROOM,
+            head_request,
+            &mut head,
+        ) {
+            Ok(true) if head.is_interim() => conn.buf.advance(head.len),
+            Ok(complete) => return complete,
+            Err(_) => return true,
+        }
     }
-    read_response(pool, id, endpoint, conn, head_request, body_timeout).await
 }
 
 /// Send `head`, a request without a body, on `conn` and read the response.
@@ -211,10 +268,12 @@ async fn head_only(
         .write_all(head)
         .await
         .map_err(|e| unanswered(endpoint, e))?;
-    read_response(pool, id, endpoint, conn, head_request, body_timeout).await
+    read_response(pool, id, endpoint, conn, head_request, body_timeout, false).await
 }
 
 /// Read and check the response head; the body follows as the response's stream.
+/// `answered_early`: before the request's body was all sent, so the connection is not used
+/// again.
 async fn read_response(
     pool: &Arc<Pool>,
     id: NameId,
@@ -222,6 +281,7 @@ async fn read_response(
     mut conn: UpstreamConn,
     head_request: bool,
     body_timeout: Duration,
+    answered_early: bool,
 ) -> Result<Response<Body>, BridgeError> {
     let mut head = ResponseHead::default();
     let mut interim_read = false;
@@ -285,7 +345,7 @@ async fn read_response(
             _ => 0,
         },
         chunked: Chunked::new(),
-        reusable: !head.close,
+        reusable: !head.close && !answered_early,
         pool: pool.clone(),
         id,
         body_timeout,

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::response::ResponseHead;
 use crate::connect::{Connectors, Stream};
@@ -39,7 +39,51 @@ pub struct UpstreamConn {
     pub response: ResponseHead,
 }
 
+/// How a piece of a request body went upstream ([`UpstreamConn::write_watching`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// All of it.
+    All,
+    /// This much of it, when the upstream sent something while it would take no more: an
+    /// interim answer (the rest goes on after it), or an early final one.
+    Heard(usize),
+    /// Not all: the write failed (the upstream reset the connection, maybe after answering),
+    /// or the upstream closed while it would take no more. The response read tells which.
+    Broken,
+}
+
 impl UpstreamConn {
+    /// Write `bytes` (of a request body), reading what the upstream sends whenever it takes
+    /// no more: an upstream may answer before the body is all there (a 413 for a body it will
+    /// not take, a 401) and stop reading it, and would otherwise hold the request until a
+    /// deadline and be blamed for it. What it sent is in `buf`.
+    pub async fn write_watching(&mut self, bytes: &[u8]) -> Written {
+        let UpstreamConn {
+            io, buf: answer, ..
+        } = self;
+        let mut sent = 0;
+        std::future::poll_fn(|cx| {
+            while sent < bytes.len() {
+                match Pin::new(&mut *io).poll_write(cx, &bytes[sent..]) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Broken),
+                    Poll::Ready(Ok(n)) => sent += n,
+                    Poll::Pending => {
+                        if answer.capacity() - answer.len() < 1024 {
+                            answer.reserve(READ_CHUNK);
+                        }
+                        return match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, answer) {
+                            Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Written::Heard(sent)),
+                            Poll::Ready(_) => Poll::Ready(Written::Broken),
+                            Poll::Pending => Poll::Pending,
+                        };
+                    }
+                }
+            }
+            Poll::Ready(Written::All)
+        })
+        .await
+    }
+
     /// Whether the upstream closed it (or sent bytes no request asked for) while idle.
     fn is_stale(&mut self) -> bool {
         if !self.buf.is_empty() {

@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -21,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::chunked::{ChunkError, Chunked};
-use super::client::{READ_CHUNK, UpstreamConn};
+use super::client::{READ_CHUNK, UpstreamConn, Written};
 use super::fields::{Kind, Span, list, lists};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
@@ -1235,57 +1234,16 @@ where
     Ok(done)
 }
 
-/// How a piece of a request body went upstream.
-#[derive(Debug, PartialEq, Eq)]
-enum Written {
-    /// All of it.
-    All,
-    /// This much of it, when the upstream sent something while it would take no more: an
-    /// interim answer (the rest goes on after it), or an early final one.
-    Heard(usize),
-    /// Not all: the write failed (the upstream reset the connection, maybe after answering),
-    /// or the upstream closed while it would take no more. The response read tells which.
-    Broken,
-}
-
 /// Write `bytes` of a request body upstream by `deadline`, watching for an early answer
-/// whenever the upstream takes no more: one that stopped reading would otherwise hold the
-/// request until the deadline and be blamed for it.
+/// ([`UpstreamConn::write_watching`]).
 async fn write_body(
     timer: &crate::coarse_timer::CoarseTimer,
     deadline: Instant,
     upstream: &mut UpstreamConn,
     bytes: &[u8],
 ) -> Result<Written, Failed> {
-    let UpstreamConn {
-        io, buf: answer, ..
-    } = upstream;
-    let mut sent = 0;
-    let write = std::future::poll_fn(|cx| {
-        while sent < bytes.len() {
-            match std::pin::Pin::new(&mut *io).poll_write(cx, &bytes[sent..]) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Written::Broken),
-                Poll::Ready(Ok(n)) => sent += n,
-                Poll::Pending => {
-                    if answer.capacity() - answer.len() < 1024 {
-                        answer.reserve(READ_CHUNK);
-                    }
-                    return match tokio_util::io::poll_read_buf(
-                        std::pin::Pin::new(&mut *io),
-                        cx,
-                        answer,
-                    ) {
-                        Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Written::Heard(sent)),
-                        Poll::Ready(_) => Poll::Ready(Written::Broken),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-            }
-        }
-        Poll::Ready(Written::All)
-    });
     timer
-        .timeout_at(deadline, write)
+        .timeout_at(deadline, upstream.write_watching(bytes))
         .await
         .map_err(|_| Failed::Timeout)
 }
