@@ -65,19 +65,24 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
-/// Whether `path` has an escape to decode or a dot segment; an error for an escape refused.
+/// Bytes that may make a path change or be refused: `%`, `.`, `\\` and `/` (in a run).
+static LOOK_CLOSER: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'%' as usize] = true;
+    table[b'.' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[b'/' as usize] = true;
+    table
+};
+
+/// Whether `path` has an escape to decode, a dot segment or a run of `/`; an error for what
+/// is refused. Every request's path comes here: one pass, a table lookup a byte.
 fn needs_change(path: &[u8]) -> Result<bool, PathError> {
-    // Every request's path comes here: most have none of these bytes, found out in one
-    // vector scan (a `/` follows the first byte, always a `/`, only in a run of them).
-    let Some(first) = memchr::memchr3(b'%', b'.', b'\\', path)
-        .into_iter()
-        .chain(memchr::memmem::find(path, b"//"))
-        .min()
-    else {
-        return Ok(false);
-    };
     let mut change = false;
-    for (at, &b) in path.iter().enumerate().skip(first) {
+    for (at, &b) in path.iter().enumerate() {
+        if !LOOK_CLOSER[usize::from(b)] {
+            continue;
+        }
         match b {
             b'\\' => return Err(PathError::Backslash),
             b'/' => change |= path.get(at + 1) == Some(&b'/'),

@@ -1135,83 +1135,14 @@ where
     // a 401) and then stop reading it, or close: that answer is the response, relayed as any
     // other, and the endpoint did nothing wrong. The rest of the body goes nowhere, so both
     // connections close after it.
-    let mut answered_early = false;
-    // Interim answers that came while the body went.
-    let mut interim = 0;
-    if !body.done() {
-        if head.expect_continue {
-            let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
-        }
-        while !body.done() {
-            if buf.is_empty() {
-                buf.reserve(READ_CHUNK);
-                if upstream.buf.capacity() - upstream.buf.len() < 1024 {
-                    upstream.buf.reserve(READ_CHUNK);
-                }
-                let read = tokio::select! {
-                    heard = upstream.io.read_buf(&mut upstream.buf) => {
-                        // A close or a reset: the response read says what came before it.
-                        let closed = !matches!(heard, Ok(n) if n > 0);
-                        if closed
-                            || final_answer_here(
-                                shared, ctx, io, head, upstream, out, &mut interim, deadline,
-                            )
-                            .await?
-                        {
-                            answered_early = true;
-                            break;
-                        }
-                        continue;
-                    }
-                    read = timer.timeout_at(deadline, io.read_buf(buf)) => read,
-                };
-                match read {
-                    Ok(Ok(0)) | Ok(Err(_)) => {
-                        return Err(Failed::Client(
-                            ClientEvent::BodyAborted,
-                            StatusCode::BAD_REQUEST,
-                            "request body cut off by the client",
-                        ));
-                    }
-                    Ok(Ok(_)) => {}
-                    Err(_) => return Err(Failed::Timeout),
-                }
-            }
-            let taken = body.take(buf)?;
-            let mut rest = &buf[..taken];
-            loop {
-                match write_body(timer, deadline, upstream, rest).await? {
-                    Written::All => break,
-                    Written::Heard(sent) => {
-                        rest = &rest[sent..];
-                        if final_answer_here(
-                            shared,
-                            ctx,
-                            io,
-                            head,
-                            upstream,
-                            out,
-                            &mut interim,
-                            deadline,
-                        )
-                        .await?
-                        {
-                            answered_early = true;
-                            break;
-                        }
-                    }
-                    Written::Broken => {
-                        answered_early = true;
-                        break;
-                    }
-                }
-            }
-            buf.advance(taken);
-            if answered_early {
-                break;
-            }
-        }
-    }
+    // Boxed: the upload's state (its reads, writes and interim answers) would otherwise sit
+    // in every connection's future, copied whole as each connection is spawned, though most
+    // requests have no body still to come.
+    let answered_early = !body.done()
+        && Box::pin(upload_rest(
+            shared, ctx, io, buf, head, out, upstream, body, deadline,
+        ))
+        .await?;
     let mut done = relay_response(
         shared,
         ctx,
@@ -1232,6 +1163,102 @@ where
         }
     }
     Ok(done)
+}
+
+/// Send the rest of the request body (what is not in `buf` yet), as it comes; `true` when the
+/// upstream answered (or closed) before it was all sent.
+#[allow(clippy::too_many_arguments)]
+async fn upload_rest<S>(
+    shared: &Shared,
+    ctx: &Ctx,
+    io: &mut S,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    out: &mut Vec<u8>,
+    upstream: &mut UpstreamConn,
+    body: &mut BodyRelay,
+    deadline: Instant,
+) -> Result<bool, Failed>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let timer = &shared.timer;
+    let mut answered_early = false;
+    // Interim answers that came while the body went.
+    let mut interim = 0;
+    if head.expect_continue {
+        let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+    }
+    while !body.done() {
+        if buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            if upstream.buf.capacity() - upstream.buf.len() < 1024 {
+                upstream.buf.reserve(READ_CHUNK);
+            }
+            let read = tokio::select! {
+                heard = upstream.io.read_buf(&mut upstream.buf) => {
+                    // A close or a reset: the response read says what came before it.
+                    let closed = !matches!(heard, Ok(n) if n > 0);
+                    if closed
+                        || final_answer_here(
+                            shared, ctx, io, head, upstream, out, &mut interim, deadline,
+                        )
+                        .await?
+                    {
+                        answered_early = true;
+                        break;
+                    }
+                    continue;
+                }
+                read = timer.timeout_at(deadline, io.read_buf(buf)) => read,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return Err(Failed::Client(
+                        ClientEvent::BodyAborted,
+                        StatusCode::BAD_REQUEST,
+                        "request body cut off by the client",
+                    ));
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => return Err(Failed::Timeout),
+            }
+        }
+        let taken = body.take(buf)?;
+        let mut rest = &buf[..taken];
+        loop {
+            match write_body(timer, deadline, upstream, rest).await? {
+                Written::All => break,
+                Written::Heard(sent) => {
+                    rest = &rest[sent..];
+                    if final_answer_here(
+                        shared,
+                        ctx,
+                        io,
+                        head,
+                        upstream,
+                        out,
+                        &mut interim,
+                        deadline,
+                    )
+                    .await?
+                    {
+                        answered_early = true;
+                        break;
+                    }
+                }
+                Written::Broken => {
+                    answered_early = true;
+                    break;
+                }
+            }
+        }
+        buf.advance(taken);
+        if answered_early {
+            break;
+        }
+    }
+    Ok(answered_early)
 }
 
 /// Write `bytes` of a request body upstream by `deadline`, watching for an early answer
