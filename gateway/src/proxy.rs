@@ -358,6 +358,13 @@ fn normalize_path<B>(shared: &Shared, request: &mut Request<B>) -> Result<bool, 
         Reply::new(StatusCode::BAD_REQUEST, json!({ "error": why }))
     };
     let uri = request.uri();
+    // `Uri::path` says `/` for an HTTP/2 `:path` of a query alone (`?x=1`), which would go
+    // upstream as it came: the target as sent is what must start with `/`.
+    if let Some(target) = uri.path_and_query()
+        && !(target.as_str().starts_with('/') || target.as_str() == "*")
+    {
+        return Err(refuse(router_rules::path::PathError::NotAbsolute.as_str()));
+    }
     let path = match router_rules::path::normalize(uri.path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => return Ok(false),
         Ok(std::borrow::Cow::Owned(path)) => path,

@@ -480,6 +480,8 @@ async fn ambiguous_paths_are_refused_and_the_rest_normalized() {
         "/a%4",
         "/pub/..;/private/x",
         "/pub/.;x/private",
+        "/pub/%2e%2e;/private",
+        "/;/private",
     ] {
         let answer = exchange(
             addr,

@@ -19,8 +19,10 @@ pub enum PathError {
     BadEscape,
     /// A `\`, a separator to some servers.
     Backslash,
-    /// A dot segment with parameters (`..;x`, `.;x`): `..` to servers that drop parameters.
-    DotSegmentParameters,
+    /// A dot segment with parameters (`..;x`, `.;x`, spelt with escapes or not): `..` to
+    /// servers that drop parameters; or a segment of parameters only (`/;x/`), an empty one
+    /// to them.
+    SegmentParameters,
     /// Neither `*` nor starting with `/`.
     NotAbsolute,
 }
@@ -33,7 +35,9 @@ impl PathError {
             PathError::EncodedNul => "encoded NUL (%00) in the path",
             PathError::BadEscape => "'%' not followed by two hex digits in the path",
             PathError::Backslash => "'\\' in the path",
-            PathError::DotSegmentParameters => "dot segment with parameters ('..;') in the path",
+            PathError::SegmentParameters => {
+                "dot or empty segment with parameters ('..;', '/;') in the path"
+            }
             PathError::NotAbsolute => "path does not start with '/'",
         }
     }
@@ -62,7 +66,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path.as_bytes());
-    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+    remove_dot_segments(&decoded).map(Cow::Owned)
 }
 
 /// Bytes that may make a path change or be refused: `%`, `.`, `\\` and `/` (in a run).
@@ -72,6 +76,7 @@ static LOOK_CLOSER: [bool; 256] = {
     table[b'.' as usize] = true;
     table[b'\\' as usize] = true;
     table[b'/' as usize] = true;
+    table[b';' as usize] = true;
     table
 };
 
@@ -86,6 +91,7 @@ fn needs_change(path: &[u8]) -> Result<bool, PathError> {
         match b {
             b'\\' => return Err(PathError::Backslash),
             b'/' => change |= path.get(at + 1) == Some(&b'/'),
+            b';' if path[at - 1] == b'/' => return Err(PathError::SegmentParameters),
             b'%' => {
                 let byte = escaped(path, at).ok_or(PathError::BadEscape)?;
                 match byte {
@@ -99,7 +105,7 @@ fn needs_change(path: &[u8]) -> Result<bool, PathError> {
                 let rest = rest.strip_prefix(b".").unwrap_or(rest);
                 match rest.first() {
                     None | Some(b'/') => change = true,
-                    Some(b';') => return Err(PathError::DotSegmentParameters),
+                    Some(b';') => return Err(PathError::SegmentParameters),
                     _ => {}
                 }
             }
@@ -144,11 +150,17 @@ fn decode_unreserved(path: &[u8]) -> String {
 /// RFC 3986 section 5.2.4 for an absolute path: `.` segments go, `..` takes the one before
 /// with it (none above the root), and a path that ended in either ends in `/`; empty segments
 /// go too (`//` is `/` to most servers), but a last one (`/a/` stays `/a/`).
-fn remove_dot_segments(path: &str) -> String {
+/// The decoded path's dot segments with parameters (`%2e%2e;`) are refused here.
+fn remove_dot_segments(path: &str) -> Result<String, PathError> {
     let mut kept: Vec<&str> = Vec::new();
     let mut segments = path.strip_prefix('/').unwrap_or(path).split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
+        if let Some((name, _)) = segment.split_once(';')
+            && matches!(name, "" | "." | "..")
+        {
+            return Err(PathError::SegmentParameters);
+        }
         match segment {
             "" if !last => {}
             "." | ".." => {
@@ -170,7 +182,7 @@ fn remove_dot_segments(path: &str) -> String {
     if out.is_empty() {
         out.push('/');
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -247,8 +259,15 @@ mod tests {
             ("/a%4", PathError::BadEscape),
             ("/a%zz", PathError::BadEscape),
             ("/pub/\\..\\private", PathError::Backslash),
-            ("/order/10/..;/5042", PathError::DotSegmentParameters),
-            ("/pub/.;x/private", PathError::DotSegmentParameters),
+            ("/order/10/..;/5042", PathError::SegmentParameters),
+            ("/pub/.;x/private", PathError::SegmentParameters),
+            ("/pub/%2e%2e;/private", PathError::SegmentParameters),
+            ("/pub/.%2E;x/private", PathError::SegmentParameters),
+            ("/pub/%2e;/private", PathError::SegmentParameters),
+            ("/;/private", PathError::SegmentParameters),
+            ("/;x/private", PathError::SegmentParameters),
+            ("//;/private", PathError::SegmentParameters),
+            ("/order/;jsessionid=1/4321", PathError::SegmentParameters),
             ("?x=1", PathError::NotAbsolute),
             ("", PathError::NotAbsolute),
         ] {
