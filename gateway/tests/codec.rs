@@ -954,3 +954,108 @@ async fn an_answer_before_the_whole_body_reaches_an_http2_client() {
         .collect();
     assert!(blamed.is_empty(), "{blamed:?}");
 }
+
+/// An upstream that answers as it reads (a 200 straight after the head, then the body echoed
+/// as it comes) gets the whole body, from an HTTP/1.1 client and from an HTTP/2 one: only an
+/// error answer, or one that closes, ends the upload early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_as_it_reads_gets_the_whole_body() {
+    const BODY: usize = 3000;
+    let (heads, mut head_arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let upstream = serve_each(move |mut stream| {
+        let heads = heads.clone();
+        async move {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            };
+            if stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let _ = heads.send(());
+            let mut echoed = head_end;
+            loop {
+                if got.len() > echoed {
+                    let piece = &got[echoed..];
+                    let framed = format!("{:x}\r\n", piece.len());
+                    let mut out = framed.into_bytes();
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    echoed = got.len();
+                }
+                if echoed - head_end >= BODY {
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                    return;
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+    })
+    .await;
+    let (_dir, gw) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
+    // HTTP/1.1: the body goes once the upstream has the head (and has answered).
+    let mut client = connect_and_write(
+        gw.http_addrs[0],
+        format!("POST /echo HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    head_arrived.recv().await.expect("the head went upstream");
+    for _ in 0..3 {
+        client.write_all(&[b'x'; BODY / 3]).await.expect("write");
+    }
+    let answer = read_to_close(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(answer.matches('x').count(), BODY, "{answer}");
+    // HTTP/2.
+    let mut sender = h2c(gw.http_addrs[0]).await;
+    let (pieces, body) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+    let frames = futures_util::stream::unfold(body, |mut body| async move {
+        let piece = body.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(piece)),
+            body,
+        ))
+    });
+    let request = http::Request::post("http://a/echo")
+        .header("x-user-id", "7")
+        .header("content-length", BODY.to_string())
+        .body(http_body_util::StreamBody::new(Box::pin(frames)))
+        .expect("request");
+    let response = tokio::spawn(sender.send_request(request));
+    head_arrived.recv().await.expect("the head went upstream");
+    for _ in 0..3 {
+        pieces
+            .send(bytes::Bytes::from(vec![b'x'; BODY / 3]))
+            .expect("send");
+    }
+    drop(pieces);
+    let response = tokio::time::timeout(T, response)
+        .await
+        .expect("an answer within T")
+        .expect("joined")
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let echoed = tokio::time::timeout(T, http_body_util::BodyExt::collect(response.into_body()))
+        .await
+        .expect("the whole answer within T")
+        .expect("body")
+        .to_bytes();
+    assert_eq!(echoed.len(), BODY);
+}

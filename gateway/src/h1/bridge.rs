@@ -14,7 +14,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::Chunked;
-use super::client::{Pool, READ_CHUNK, UpstreamConn, Written};
+use super::client::{Pool, READ_CHUNK, UpstreamConn, Written, ends_upload};
 use super::fields::is_refused_in_trailers;
 use super::request::Framing;
 use super::response::{self, RESPONSE_FIELD_ROOM, ResponseHead};
@@ -248,7 +248,8 @@ fn final_answer_here(conn: &mut UpstreamConn, head_request: bool) -> bool {
             &mut head,
         ) {
             Ok(true) if head.is_interim() => conn.buf.advance(head.len),
-            Ok(complete) => return complete,
+            Ok(true) => return ends_upload(&head, conn.buf.len()),
+            Ok(false) => return false,
             Err(_) => return true,
         }
     }

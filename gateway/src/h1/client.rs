@@ -39,6 +39,18 @@ pub struct UpstreamConn {
     pub response: ResponseHead,
 }
 
+/// Most bytes of an upstream's answer held while the request body still goes up.
+const MAX_HELD_ANSWER: usize = 64 * 1024;
+
+/// Whether an upstream's final answer `head`, come before the request body was all sent, with
+/// `held` bytes of it read, ends the upload. An error answer (RFC 9112 section 9.3: a client
+/// watches for one and stops sending) or one that closes the connection does; any other lets
+/// the body go on, as an upstream that answers as it reads (a stream, an echo) expects, until
+/// more of the answer waits than the gateway holds.
+pub fn ends_upload(head: &ResponseHead, held: usize) -> bool {
+    head.status >= 400 || head.close || held > MAX_HELD_ANSWER
+}
+
 /// How a piece of a request body went upstream ([`UpstreamConn::write_watching`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::chunked::{ChunkError, Chunked};
-use super::client::{READ_CHUNK, UpstreamConn, Written};
+use super::client::{READ_CHUNK, UpstreamConn, Written, ends_upload};
 use super::fields::{Kind, Span, list, lists};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
@@ -1551,7 +1551,8 @@ async fn final_answer_here<S: AsyncWrite + Unpin>(
                     return Err(failed);
                 }
             }
-            Ok(complete) => break complete,
+            Ok(true) => break ends_upload(&response, upstream.buf.len()),
+            Ok(false) => break false,
             // The response read says what is wrong with it.
             Err(_) => break true,
         }
