@@ -269,11 +269,19 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
 /// which a proxy vouches for the client, kept only from a trusted peer.
 pub fn is_other_forwarding(name: &HeaderName) -> bool {
     let name = name.as_str();
-    name == "forwarded"
-        || name == "x-real-ip"
-        || (name.starts_with("x-forwarded-")
-            && name != "x-forwarded-for"
-            && name != "x-forwarded-proto")
+    matches!(
+        name,
+        "forwarded"
+            | "x-real-ip"
+            | "client-ip"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-cluster-client-ip"
+    ) || (name.starts_with("x-forwarded-")
+        && name != "x-forwarded-for"
+        && name != "x-forwarded-proto")
 }
 
 /// Remove every `X-Unitgate-*` header (only the gateway may set them) and every name with an

@@ -541,6 +541,8 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
         ("x-forwarded-host", "admin.internal"),
         ("forwarded", "for=6.6.6.6"),
         ("x-real-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("cf-connecting-ip", "6.6.6.6"),
     ];
     for (extra, forwarded_for, proto) in [
         ("", "127.0.0.1", "http"),
@@ -572,7 +574,13 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
             let headers = &got.headers;
             assert_eq!(headers["x-forwarded-for"], forwarded_for, "{extra}");
             assert_eq!(headers["x-forwarded-proto"], proto, "{extra}");
-            for name in ["x-forwarded-host", "forwarded", "x-real-ip"] {
+            for name in [
+                "x-forwarded-host",
+                "forwarded",
+                "x-real-ip",
+                "true-client-ip",
+                "cf-connecting-ip",
+            ] {
                 assert_eq!(headers.contains_key(name), trusted, "{name} {extra}");
             }
         }

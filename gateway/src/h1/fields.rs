@@ -69,7 +69,9 @@ pub enum Kind {
     /// `X-Forwarded-Proto`.
     ForwardedProto,
     /// The other fields in which a proxy vouches for the client: `Forwarded`, `X-Real-IP`,
-    /// `X-Forwarded-Host` and any other `X-Forwarded-*`. Kept only from a trusted peer.
+    /// `X-Forwarded-Host` and any other `X-Forwarded-*`, and the client-IP fields of CDNs and
+    /// balancers (`X-Client-IP`, `True-Client-IP`, `CF-Connecting-IP`, ...). Kept only from a
+    /// trusted peer.
     ForwardedOther,
     /// `traceparent`.
     TraceParent,
@@ -108,9 +110,15 @@ impl Kind {
             17 if is(b"x-forwarded-proto") => Kind::ForwardedProto,
             18 if is(b"proxy-authenticate") => Kind::HopByHop,
             19 if is(b"proxy-authorization") => Kind::HopByHop,
-            9 if is(b"forwarded") || is(b"x-real-ip") => Kind::ForwardedOther,
+            9 if is(b"forwarded") || is(b"x-real-ip") || is(b"client-ip") => Kind::ForwardedOther,
+            11 if is(b"x-client-ip") => Kind::ForwardedOther,
+            14 if is(b"true-client-ip") => Kind::ForwardedOther,
+            16 if is(b"cf-connecting-ip") || is(b"fastly-client-ip") => Kind::ForwardedOther,
+            19 if is(b"x-cluster-client-ip") => Kind::ForwardedOther,
             n if n > 11 && name[..11].eq_ignore_ascii_case(b"x-unitgate-") => Kind::Internal,
-            n if n > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") => Kind::ForwardedOther,
+            n if n >= 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") => {
+                Kind::ForwardedOther
+            }
             _ => Kind::Other,
         }
     }
