@@ -689,15 +689,12 @@ async fn a_no_content_answer_loses_its_content_length() {
     assert!(after.ends_with("\r\n\r\n/after"), "{after}");
 }
 
-/// An upstream that answers before the request body is all there (a 413 for a body it will
-/// not take) gets its answer to the client, whether it then closes with the body unread (a
-/// reset) or holds the connection without reading on; it is not blamed for either.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_before_the_whole_body_reaches_the_client() {
-    let hold = Arc::new(tokio::sync::Notify::new());
-    let held = hold.clone();
-    let upstream = serve_each(move |mut stream| {
-        let held = held.clone();
+/// An upstream that answers every request with a 413 as soon as its head is in, without
+/// reading the body: for `POST /hold` it then neither reads on nor closes until `hold` is
+/// notified; for any other it closes at once with the body unread (the kernel resets it).
+async fn answers_413_early(hold: Arc<tokio::sync::Notify>) -> SocketAddr {
+    serve_each(move |mut stream| {
+        let hold = hold.clone();
         async move {
             let mut head = Vec::new();
             while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -711,13 +708,20 @@ async fn an_answer_before_the_whole_body_reaches_the_client() {
                 .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
                 .await;
             if head.starts_with(b"POST /hold ") {
-                // Neither reads on nor closes, until the test ends.
-                held.notified().await;
+                hold.notified().await;
             }
-            // Dropped with the body unread: the kernel resets the connection.
         }
     })
-    .await;
+    .await
+}
+
+/// An upstream that answers before the request body is all there (a 413 for a body it will
+/// not take) gets its answer to the client, whether it then closes with the body unread (a
+/// reset) or holds the connection without reading on; it is not blamed for either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_whole_body_reaches_the_client() {
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let upstream = answers_413_early(hold.clone()).await;
     let (_dir, gw) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
     for path in ["/reset", "/hold", "/reset", "/hold"] {
         let client = TcpStream::connect(gw.http_addrs[0]).await.expect("connect");
@@ -901,27 +905,7 @@ async fn interim_answers_during_the_body_let_the_body_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_whole_body_reaches_an_http2_client() {
     let hold = Arc::new(tokio::sync::Notify::new());
-    let held = hold.clone();
-    let upstream = serve_each(move |mut stream| {
-        let held = held.clone();
-        async move {
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 4096];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
-                .await;
-            if head.starts_with(b"POST /hold ") {
-                held.notified().await;
-            }
-        }
-    })
-    .await;
+    let upstream = answers_413_early(hold.clone()).await;
     let (_dir, gw) = pool_gateway(&[upstream], "health_check: { interval_ms: 0 }\n").await;
     let mut sender = h2c(gw.http_addrs[0]).await;
     for path in ["/reset", "/hold", "/reset", "/hold"] {

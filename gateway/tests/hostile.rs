@@ -464,6 +464,27 @@ async fn look_alike_names_with_underscores_are_dropped() {
     }
 }
 
+/// The answer's status line for `GET path` over HTTP/1.1 on a new connection, and the status
+/// of the same over HTTP/2 on `sender`.
+async fn get_both_ways(
+    addr: SocketAddr,
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    path: &str,
+) -> (String, u16) {
+    let answer = exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let h2_request = http::Request::get(format!("http://shop.example{path}"))
+        .header("x-user-id", "1")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let h2_answer = sender.send_request(h2_request).await.expect("answered");
+    (answer, h2_answer.status().as_u16())
+}
+
 /// Escapes that servers read differently (an encoded `/` or `\\`, a NUL, a `%` without two hex
 /// digits) are refused with a 400 over HTTP/1.1 and HTTP/2; other spellings of a path reach
 /// the upstream in the one form it resolves them to.
@@ -483,19 +504,9 @@ async fn ambiguous_paths_are_refused_and_the_rest_normalized() {
         "/pub/%2e%2e;/private",
         "/;/private",
     ] {
-        let answer = exchange(
-            addr,
-            format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await;
+        let (answer, h2_status) = get_both_ways(addr, &mut sender, path).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
-        let h2_request = http::Request::get(format!("http://shop.example{path}"))
-            .header("x-user-id", "1")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("request");
-        let answer = sender.send_request(h2_request).await.expect("answered");
-        assert_eq!(answer.status(), 400, "{path} over HTTP/2");
+        assert_eq!(h2_status, 400, "{path} over HTTP/2");
     }
     assert_eq!(echo.count(), 0, "nothing reached the upstream");
     // Over HTTP/2 a path may hold what an HTTP/1.1 request target cannot: a backslash.
@@ -511,19 +522,9 @@ async fn ambiguous_paths_are_refused_and_the_rest_normalized() {
         ("/a/b/..", "/a/"),
         ("//private//x", "/private/x"),
     ] {
-        let answer = exchange(
-            addr,
-            format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await;
+        let (answer, h2_status) = get_both_ways(addr, &mut sender, path).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
-        let h2_request = http::Request::get(format!("http://shop.example{path}"))
-            .header("x-user-id", "1")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("request");
-        let answer = sender.send_request(h2_request).await.expect("answered");
-        assert_eq!(answer.status(), 200, "{path} over HTTP/2");
+        assert_eq!(h2_status, 200, "{path} over HTTP/2");
         let received = echo.received();
         let last_two = &received[received.len() - 2..];
         for got in last_two {
