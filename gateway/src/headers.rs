@@ -79,6 +79,8 @@ pub struct RequestHeaders {
     /// `Upgrade` is there, and `Connection` lists `upgrade`.
     upgrade: bool,
     connection_upgrade: bool,
+    /// `Upgrade` lists `h2c`.
+    h2c: bool,
     /// The first `Host`, and how many there are.
     pub host: Option<HeaderValue>,
     pub hosts: usize,
@@ -131,6 +133,8 @@ impl RequestHeaders {
             } else if *name == header::UPGRADE {
                 seen.hop_by_hop = true;
                 seen.upgrade = true;
+                // No tunnel to HTTP/2 over cleartext: see `h1::request`.
+                seen.h2c |= lists_token(value, "h2c");
             } else if hop_by_hop_index(name).is_some() {
                 seen.hop_by_hop = true;
             } else if *name == TRACEPARENT {
@@ -188,7 +192,7 @@ impl RequestHeaders {
 
     /// The request asks to switch protocols (WebSocket and the like).
     pub fn is_upgrade(&self) -> bool {
-        self.upgrade && self.connection_upgrade
+        self.upgrade && self.connection_upgrade && !self.h2c
     }
 }
 

@@ -385,6 +385,21 @@ async fn an_upgrade_becomes_a_tunnel_once_the_upstream_switched() {
     let refused = read_to_close(&mut client).await;
     assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
     assert!(refused.contains("did not offer"), "{refused}");
+    // An upgrade to h2c is no tunnel: the request goes on as a plain one, without `Upgrade`.
+    let mut client = connect_and_write(
+        gateway.http_addrs[0],
+        b"GET /plain HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+    )
+    .await;
+    let plain = read_until(&mut client, |got| got.ends_with("/plain")).await;
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    let seen = upstream.seen();
+    let sent = seen.last().expect("a request").to_ascii_lowercase();
+    assert!(sent.starts_with("get /plain "), "{sent}");
+    assert!(
+        !sent.contains("upgrade") && !sent.contains("http2-settings"),
+        "{sent}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,6 +217,7 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
     let mut listed_close = false;
     let mut listed_keep_alive = false;
     let mut upgrade_field = false;
+    let mut h2c = false;
     let mut connection_upgrade = false;
     for field in request.headers.iter() {
         let value = field.value;
@@ -249,7 +250,13 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
                     }
                 }
             }
-            Kind::Upgrade => upgrade_field = true,
+            // An upgrade to HTTP/2 over cleartext is no tunnel the gateway opens: through it a
+            // client would speak HTTP/2 to the upstream past every check of the gateway's
+            // (h2c smuggling); the request goes on as a plain one.
+            Kind::Upgrade => {
+                upgrade_field = true;
+                h2c |= lists(value, b"h2c");
+            }
             // A list whose only member RFC 9110 defines is `100-continue` (an empty one
             // expects nothing); any other is answered 417.
             Kind::Expect => {
@@ -283,7 +290,7 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<bool
         return Err(HeadError::Bad("line not ended by CRLF"));
     }
     // Upgrade is an HTTP/1.1 mechanism: a server ignores it in HTTP/1.0 (RFC 9110 7.8).
-    head.upgrade = upgrade_field && connection_upgrade && head.minor == 1;
+    head.upgrade = upgrade_field && connection_upgrade && head.minor == 1 && !h2c;
     head.framing = match (codings.seen, lengths) {
         (true, _) if head.minor == 0 => {
             return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
