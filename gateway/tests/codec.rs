@@ -76,6 +76,14 @@ impl Scripted {
         Scripted { addr, seen }
     }
 
+    /// How many requests after the first `before` hold `text`.
+    fn seen_since(&self, before: usize, text: &str) -> usize {
+        self.seen()[before..]
+            .iter()
+            .filter(|r| r.contains(text))
+            .count()
+    }
+
     fn seen(&self) -> Vec<String> {
         self.seen
             .lock()
@@ -642,10 +650,7 @@ async fn only_idempotent_requests_go_again_after_a_pooled_connection_closes() {
         client.write_all(request.as_bytes()).await.expect("write");
         let got = read_until(&mut client, |got| got.contains("\r\n\r\n")).await;
         assert!(got.starts_with("HTTP/1.1 502"), "{method}: {got}");
-        let drops = upstream.seen()[before..]
-            .iter()
-            .filter(|r| r.contains(" /drop "))
-            .count();
+        let drops = upstream.seen_since(before, " /drop ");
         assert_eq!(
             drops, sent,
             "{method} /drop reached the upstream {drops} times"
@@ -840,10 +845,7 @@ async fn an_http2_clients_idempotent_request_goes_again_after_a_pooled_connectio
             .expect("request");
         let response = sender.send_request(drop).await.expect("answered");
         assert_eq!(response.status(), 502, "{method}");
-        let drops = upstream.seen()[before..]
-            .iter()
-            .filter(|r| r.contains(" /drop "))
-            .count();
+        let drops = upstream.seen_since(before, " /drop ");
         assert_eq!(
             drops, sent,
             "{method} /drop reached the upstream {drops} times"

@@ -421,6 +421,20 @@ async fn http2_field_values_with_whitespace_at_an_end_are_refused() {
     );
 }
 
+/// The status of `GET /x` with `fields`, over a new HTTP/2 (h2c) connection to `addr`.
+async fn h2_get(addr: SocketAddr, fields: &[(&str, &str)]) -> u16 {
+    let mut sender = h2c(addr).await;
+    let mut request = http::Request::get("http://shop.example/x");
+    for (name, value) in fields {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("answered");
+    answer.status().as_u16()
+}
+
 /// A name with an underscore never reaches the upstream, over HTTP/1.1 or HTTP/2: servers
 /// that read `_` as `-` (CGI, and those that follow it) would take `X_Unitgate_Unit` for the
 /// gateway's own field and `X_Forwarded_For` for the address it vouches for.
@@ -441,16 +455,9 @@ async fn look_alike_names_with_underscores_are_dropped() {
     )
     .await;
     assert_eq!(status, 200);
-    let mut sender = h2c(gateway.http_addrs[0]).await;
-    let mut h2_request = http::Request::get("http://shop.example/x").header("x-user-id", "1");
-    for (name, value) in look_alikes {
-        h2_request = h2_request.header(name, value);
-    }
-    let h2_request = h2_request
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let answer = sender.send_request(h2_request).await.expect("answered");
-    assert_eq!(answer.status(), 200);
+    let mut h2_fields = vec![("x-user-id", "1")];
+    h2_fields.extend(look_alikes);
+    assert_eq!(h2_get(gateway.http_addrs[0], &h2_fields).await, 200);
     let received = echo.received();
     assert_eq!(received.len(), 2);
     for got in received {
@@ -560,16 +567,7 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
         )
         .await;
         assert_eq!(status, 200);
-        let mut sender = h2c(gateway.http_addrs[0]).await;
-        let mut h2_request = http::Request::get("http://shop.example/x");
-        for (name, value) in spoof {
-            h2_request = h2_request.header(name, value);
-        }
-        let h2_request = h2_request
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("request");
-        let answer = sender.send_request(h2_request).await.expect("answered");
-        assert_eq!(answer.status(), 200);
+        assert_eq!(h2_get(gateway.http_addrs[0], &spoof).await, 200);
         let trusted = !extra.is_empty();
         for got in echo.received() {
             let headers = &got.headers;
