@@ -25,11 +25,27 @@ use crate::store::{EndpointState, Health, PoolState};
 pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// Methods whose requests may be sent again: RFC 9110's idempotent ones.
-pub(crate) fn is_idempotent(method: &Method) -> bool {
+fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// Whether a request with `method` and the method-override field values `overrides` may be
+/// sent again: its method is idempotent and so is every method an override names, which a
+/// framework would execute instead (`router_rules::RequestView::method_overrides`).
+pub(crate) fn may_resend<'a>(
+    method: &Method,
+    mut overrides: impl Iterator<Item = &'a str>,
+) -> bool {
+    const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
+    is_idempotent(method)
+        && overrides.all(|named| {
+            IDEMPOTENT
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(named.trim()))
+        })
 }
 
 /// The attempts of one request on the endpoints of the pool it was decided for.
@@ -82,7 +98,7 @@ impl<'a> Attempts<'a> {
             tried: [usize::MAX; MAX_ATTEMPTS],
             made: 0,
             limit,
-            idempotent: is_idempotent(&ctx.method),
+            idempotent: ctx.resendable,
             start: ctx.start,
             read: timeouts.read(),
             total_deadline: client_deadline.unwrap_or(total_deadline),

@@ -269,8 +269,9 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value.to_str().unwrap_or_default().split(',').map(str::trim)
 }
 
-/// `Forwarded`, `X-Real-IP`, or an `X-Forwarded-*` other than `-For` and `-Proto`: fields in
-/// which a proxy vouches for the client, kept only from a trusted peer.
+/// `Forwarded`, `X-Real-IP`, an `X-Forwarded-*` other than `-For` and `-Proto`, a CDN's
+/// client-IP field or a rewritten URL: fields only a proxy sets, kept only from a trusted peer
+/// (`h1::fields::Kind::ForwardedOther` says why).
 pub fn is_other_forwarding(name: &HeaderName) -> bool {
     let name = name.as_str();
     matches!(
@@ -283,6 +284,8 @@ pub fn is_other_forwarding(name: &HeaderName) -> bool {
             | "cf-connecting-ip"
             | "fastly-client-ip"
             | "x-cluster-client-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
     ) || (name.starts_with("x-forwarded-")
         && name != "x-forwarded-for"
         && name != "x-forwarded-proto")

@@ -23,10 +23,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use router_rules::table::RegionIndex;
-use router_rules::{Action, Class, RequestView};
+use router_rules::{Action, Class, METHOD_OVERRIDE_FIELDS, RequestView};
 use serde_json::json;
 
-use crate::attempts::{Attempts, UpstreamFault};
+use crate::attempts::{Attempts, UpstreamFault, may_resend};
 use crate::client_body::{BodyFault, BodyState, ClientBody};
 use crate::coarse_timer::CoarseTimer;
 use crate::config::{GatewayConfig, Http1Codec, RoutingKeyLog};
@@ -199,6 +199,9 @@ pub(crate) struct Ctx {
     /// The path as routed and sent upstream, when normalizing changed the client's
     /// (`router_rules::path::normalize`).
     pub(crate) normalized_path: Option<String>,
+    /// Whether the request may be sent again (`attempts::may_resend`): its method is
+    /// idempotent, and so is any its method-override fields name.
+    pub(crate) resendable: bool,
 }
 
 impl Ctx {
@@ -226,6 +229,7 @@ impl Ctx {
             stress: false,
             client_deadline: None,
             normalized_path: None,
+            resendable: false,
         }
     }
 }
@@ -334,7 +338,9 @@ async fn proxy(
             .get(grpc::GRPC_TIMEOUT)
             .map(HeaderValue::as_bytes),
     };
-    let mut decided = decide(shared, ctx, snapshot, &PartsView(&parts), &facts)?;
+    let view = PartsView(&parts);
+    ctx.resendable = may_resend(&parts.method, view.method_overrides());
+    let mut decided = decide(shared, ctx, snapshot, &view, &facts)?;
     // Held to the end of the answer: the request is in flight until then.
     let permits = std::mem::take(&mut decided.permits);
 
@@ -882,6 +888,15 @@ impl RequestView for PartsView<'_> {
             .headers
             .iter()
             .filter(move |(n, _)| n.as_str() == name)
+            .filter_map(|(_, v)| v.to_str().ok())
+    }
+
+    fn method_overrides(&self) -> impl Iterator<Item = &str> {
+        // One walk of the headers for the three names.
+        self.0
+            .headers
+            .iter()
+            .filter(|(n, _)| METHOD_OVERRIDE_FIELDS.contains(&n.as_str()))
             .filter_map(|(_, v)| v.to_str().ok())
     }
 }

@@ -551,6 +551,8 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
         ("x-real-ip", "6.6.6.6"),
         ("true-client-ip", "6.6.6.6"),
         ("cf-connecting-ip", "6.6.6.6"),
+        ("x-original-url", "/order/5042"),
+        ("x-rewrite-url", "/order/5042"),
     ];
     for (extra, forwarded_for, proto) in [
         ("", "127.0.0.1", "http"),
@@ -579,6 +581,8 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
                 "x-real-ip",
                 "true-client-ip",
                 "cf-connecting-ip",
+                "x-original-url",
+                "x-rewrite-url",
             ] {
                 assert_eq!(headers.contains_key(name), trusted, "{name} {extra}");
             }

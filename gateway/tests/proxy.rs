@@ -231,6 +231,18 @@ async fn write_freeze_refuses_writes_and_keeps_reads() {
     )
     .await;
     assert_eq!((status.as_u16(), body["unit"].as_str()), (200, Some("u06")));
+    // A GET that a framework would execute as a DELETE is a write.
+    let (status, _, body) = send(
+        &client,
+        request(
+            "GET",
+            sz,
+            "/order",
+            &[("x-user-id", "9000"), ("x-http-method-override", "DELETE")],
+        ),
+    )
+    .await;
+    assert_eq!((status.as_u16(), body["unit"].as_str()), (503, Some("u06")));
     // Other units' writes flow.
     let (status, _, _) = send(
         &client,

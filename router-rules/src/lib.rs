@@ -31,7 +31,7 @@ pub use raw::{
     UpstreamProtocol,
 };
 pub use report::DecisionReport;
-pub use request::{RequestView, SimpleRequest};
+pub use request::{METHOD_OVERRIDE_FIELDS, RequestView, SimpleRequest};
 pub use source::{SourceFile, SourceMap, from_yaml, parse_json, parse_yaml};
 pub use table::{
     Action, ClientAuth, CompiledTable, Decision, Endpoint, Pool, Region, Route, Unit, UpstreamTls,

@@ -19,7 +19,24 @@ pub trait RequestView {
     fn header(&self, name: &str) -> Option<&str> {
         self.header_values(name).next()
     }
+
+    /// The values of the request's method-override fields ([`METHOD_OVERRIDE_FIELDS`]).
+    /// Rails, Express, ASP.NET, Symfony and others execute the method named there instead of
+    /// the request's, so a `GET` carrying `X-HTTP-Method-Override: DELETE` is a write to them.
+    fn method_overrides(&self) -> impl Iterator<Item = &str> {
+        METHOD_OVERRIDE_FIELDS
+            .iter()
+            .flat_map(|name| self.header_values(name))
+    }
 }
+
+/// The fields in which a client names the method a framework is to execute instead of the
+/// request's (lowercase).
+pub const METHOD_OVERRIDE_FIELDS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// An owned request, for the CLI, tests and benchmarks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -16,6 +16,10 @@ use crate::slot::{fnv1a_64, slot_of};
 /// Index of a region in [`CompiledTable::regions`].
 pub type RegionIndex = usize;
 
+/// The safe methods of RFC 9110 section 9.2.1: reads, unless a table's `write_methods` says
+/// otherwise.
+pub const SAFE_METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "TRACE"];
+
 /// An immutable, validated routing table, ready for lookups.
 #[derive(Debug, Clone)]
 pub struct CompiledTable {
@@ -518,13 +522,26 @@ impl CompiledTable {
         (self.unit_of_slot(slot), slot, false)
     }
 
-    /// Whether `method` counts as a write in this table.
+    /// Whether `method` counts as a write in this table: one of its `write_methods`, or by
+    /// default any but [`SAFE_METHODS`].
     pub fn is_write(&self, method: &str) -> bool {
         match &self.write_methods {
             Some(methods) => methods.iter().any(|m| **m == *method),
-            // The safe methods of RFC 9110 section 9.2.1, matched exactly (methods are
-            // case-sensitive; the gateway refuses any other spelling before routing).
-            None => !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"),
+            // Methods are case-sensitive; the gateway refuses any other spelling before
+            // routing.
+            None => !SAFE_METHODS.contains(&method),
+        }
+    }
+
+    /// Whether a method-override field's `value` makes a request a write: as [`Self::is_write`],
+    /// in any case (frameworks upper-case it) and around whitespace.
+    fn is_write_override(&self, value: &str) -> bool {
+        let method = value.trim();
+        match &self.write_methods {
+            Some(methods) => methods.iter().any(|m| m.eq_ignore_ascii_case(method)),
+            None => !SAFE_METHODS
+                .iter()
+                .any(|safe| safe.eq_ignore_ascii_case(method)),
         }
     }
 
@@ -570,7 +587,10 @@ impl CompiledTable {
         entry: RegionIndex,
     ) -> Decision<'t, 'r> {
         let entry_region = &self.regions[entry.min(self.regions.len() - 1)];
-        let is_write = self.is_write(request.method());
+        let is_write = self.is_write(request.method())
+            || request
+                .method_overrides()
+                .any(|method| self.is_write_override(method));
         let mut decision = Decision {
             action: Action::NoRoute,
             route: None,

@@ -147,6 +147,22 @@ fn write_freeze_and_missing_key_policies() {
     assert_eq!(table.resolve(&write, sz).action, Action::WriteFrozen);
     let read = SimpleRequest::new("GET", "/order").with_header("x-user-id", "9000");
     assert_eq!(table.resolve(&read, sz).action, Action::Forward);
+    // A read whose method-override field names a write is a write (frameworks execute the
+    // override), whatever its case; one naming a read stays a read.
+    for (name, value) in [
+        ("x-http-method-override", "DELETE"),
+        ("x-http-method", " patch "),
+        ("x-method-override", "post"),
+    ] {
+        let overridden = read.clone().with_header(name, value);
+        assert_eq!(
+            table.resolve(&overridden, sz).action,
+            Action::WriteFrozen,
+            "{name}: {value}"
+        );
+    }
+    let read_override = read.clone().with_header("x-http-method-override", "head");
+    assert_eq!(table.resolve(&read_override, sz).action, Action::Forward);
     // Another unit's writes are untouched.
     let other = SimpleRequest::new("POST", "/order").with_header("x-user-id", "10");
     assert_eq!(table.resolve(&other, sz).action, Action::Forward);
@@ -178,6 +194,10 @@ fn p_class_reads_stay_local_and_writes_go_to_the_center() {
     assert_eq!(write.region.map(|r| &*r.name), Some("hz"));
     assert_eq!(write.unit.map(|u| &*u.name), Some("u01"));
     assert!(write.is_cross_region());
+    let overridden = get.clone().with_header("x-http-method-override", "PUT");
+    let write = table.resolve(&overridden, sz);
+    assert!(write.is_write);
+    assert_eq!(write.region.map(|r| &*r.name), Some("hz"));
 }
 
 #[test]

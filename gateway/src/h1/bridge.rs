@@ -127,7 +127,11 @@ pub async fn send(
         // it was taken, it fails with nothing read back; it may still have been acted on, so
         // only an idempotent request goes again, once, on a new connection (RFC 9112 section
         // 9.3.1; as the codec's own requests do).
-        let stale_retry = conn.reused && crate::attempts::is_idempotent(&parts.method);
+        let overrides = router_rules::METHOD_OVERRIDE_FIELDS
+            .iter()
+            .flat_map(|name| parts.headers.get_all(*name))
+            .filter_map(|value| value.to_str().ok());
+        let stale_retry = conn.reused && crate::attempts::may_resend(&parts.method, overrides);
         let result = head_only(pool, id, endpoint, conn, &out, head_request, body_timeout).await;
         return match result {
             Err(error) if error.nothing_read && stale_retry => {

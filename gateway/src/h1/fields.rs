@@ -68,13 +68,19 @@ pub enum Kind {
     ForwardedFor,
     /// `X-Forwarded-Proto`.
     ForwardedProto,
-    /// The other fields in which a proxy vouches for the client: `Forwarded`, `X-Real-IP`,
-    /// `X-Forwarded-Host` and any other `X-Forwarded-*`, and the client-IP fields of CDNs and
-    /// balancers (`X-Client-IP`, `True-Client-IP`, `CF-Connecting-IP`, ...). Kept only from a
+    /// The other fields only a proxy sets: those in which it vouches for the client
+    /// (`Forwarded`, `X-Real-IP`, `X-Forwarded-Host` and any other `X-Forwarded-*`, the
+    /// client-IP fields of CDNs and balancers: `X-Client-IP`, `True-Client-IP`,
+    /// `CF-Connecting-IP`, ...) and those in which it hands on the URL it rewrote
+    /// (`X-Original-URL`, `X-Rewrite-URL`: IIS and Symfony serve that URL instead of the
+    /// request's, which would put a request routed by one path on another). Kept only from a
     /// trusted peer.
     ForwardedOther,
     /// `traceparent`.
     TraceParent,
+    /// `X-HTTP-Method-Override`, `X-HTTP-Method` or `X-Method-Override`: the method many
+    /// frameworks execute instead of the request's ([`router_rules::RequestView::method_overrides`]).
+    MethodOverride,
     /// `grpc-timeout`, a gRPC client's deadline.
     GrpcTimeout,
     /// `X-Unitgate-Hop`, another gateway's signed marker.
@@ -112,7 +118,11 @@ impl Kind {
             19 if is(b"proxy-authorization") => Kind::HopByHop,
             9 if is(b"forwarded") || is(b"x-real-ip") || is(b"client-ip") => Kind::ForwardedOther,
             11 if is(b"x-client-ip") => Kind::ForwardedOther,
-            14 if is(b"true-client-ip") => Kind::ForwardedOther,
+            13 if is(b"x-rewrite-url") => Kind::ForwardedOther,
+            13 if is(b"x-http-method") => Kind::MethodOverride,
+            17 if is(b"x-method-override") => Kind::MethodOverride,
+            22 if is(b"x-http-method-override") => Kind::MethodOverride,
+            14 if is(b"true-client-ip") || is(b"x-original-url") => Kind::ForwardedOther,
             16 if is(b"cf-connecting-ip") || is(b"fastly-client-ip") => Kind::ForwardedOther,
             19 if is(b"x-cluster-client-ip") => Kind::ForwardedOther,
             n if n > 11 && name[..11].eq_ignore_ascii_case(b"x-unitgate-") => Kind::Internal,
@@ -152,21 +162,11 @@ pub fn is_refused_in_trailers(name: &[u8]) -> bool {
         Kind::Other => {
             is(b"trailer")
                 || is(b"authorization")
-                || is(b"forwarded")
-                || is(b"x-forwarded-host")
-                || is(b"x-real-ip")
                 || is(b"content-type")
                 || is(b"content-encoding")
                 || is(b"content-range")
                 || is(b"max-forwards")
                 || is(b"tracestate")
-                || is(b"x-client-ip")
-                || is(b"true-client-ip")
-                || is(b"x-original-url")
-                || is(b"x-rewrite-url")
-                || is(b"x-http-method")
-                || is(b"x-method-override")
-                || is(b"x-http-method-override")
         }
         Kind::Date => false,
         _ => true,

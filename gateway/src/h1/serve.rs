@@ -21,10 +21,10 @@ use tokio::sync::watch;
 
 use super::chunked::{ChunkError, Chunked};
 use super::client::{READ_CHUNK, UpstreamConn, Written, ends_upload};
-use super::fields::{Kind, Span, list, lists};
+use super::fields::{Field, Kind, Span, list, lists};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
-use crate::attempts::{Attempts, UpstreamFault, connect_failed};
+use crate::attempts::{Attempts, UpstreamFault, connect_failed, may_resend};
 use crate::decide::{Decided, Facts, decide};
 use crate::headers::write_header_safe;
 use crate::hop::HopMarker;
@@ -391,10 +391,26 @@ impl RequestView for HeadView<'_> {
             .fields
             .iter()
             .filter(move |f| f.name.get(self.buf).eq_ignore_ascii_case(name))
-            .filter_map(|f| match self.whole {
-                Some(whole) => whole.get(f.value.range()),
-                None => std::str::from_utf8(f.value.get(self.buf)).ok(),
-            })
+            .filter_map(|f| self.value(f))
+    }
+
+    fn method_overrides(&self) -> impl Iterator<Item = &str> {
+        // The parse has told these fields apart already.
+        self.head
+            .fields
+            .iter()
+            .filter(|f| f.kind == Kind::MethodOverride)
+            .filter_map(|f| self.value(f))
+    }
+}
+
+impl<'a> HeadView<'a> {
+    /// A field's value as text (none if it is not UTF-8).
+    fn value(&self, field: &Field) -> Option<&'a str> {
+        match self.whole {
+            Some(whole) => whole.get(field.value.range()),
+            None => std::str::from_utf8(field.value.get(self.buf)).ok(),
+        }
     }
 }
 
@@ -426,6 +442,7 @@ where
         Method::from_bytes(head.method.get(raw)).unwrap_or(Method::GET),
         view.path,
     );
+    ctx.resendable = may_resend(&ctx.method, view.method_overrides());
     let stress_name = shared.stress_header.as_str().as_bytes();
     let mut facts = Facts {
         content_length: match head.framing {
@@ -950,10 +967,7 @@ where
             // acting on a request), so only an idempotent one goes again (RFC 9112 section
             // 9.3.1: a proxy MUST NOT retry a non-idempotent request by itself).
             Err(Failed::Upstream(_))
-                if upstream.reused
-                    && body.untouched()
-                    && stale_retry
-                    && crate::attempts::is_idempotent(&ctx.method) =>
+                if upstream.reused && body.untouched() && stale_retry && ctx.resendable =>
             {
                 stale_retry = false;
                 attempts.take_back();
