@@ -137,7 +137,10 @@ impl<'a> Attempts<'a> {
             UpstreamFault::Unprocessed(_) => shared
                 .metrics
                 .upstream_error(endpoint.id, UpstreamFailure::Unprocessed),
-            UpstreamFault::Timeout | UpstreamFault::Broken(_) | UpstreamFault::Refused(_) => {
+            UpstreamFault::Timeout
+            | UpstreamFault::Broken(_)
+            | UpstreamFault::Stale(_)
+            | UpstreamFault::Refused(_) => {
                 return None;
             }
         }
@@ -269,6 +272,11 @@ pub(crate) enum UpstreamFault {
     Timeout,
     /// The exchange broke (closed, reset, or something malformed came).
     Broken(String),
+    /// A pooled connection closed or reset as it was taken, before any byte of the answer:
+    /// the upstream's idle timeout met the request on the wire. That says nothing of the
+    /// endpoint's health (a new connection is what tells), so it is not counted against it;
+    /// the request fails as a broken one when it may not go again on a new connection.
+    Stale(String),
     /// The upstream refused this one request as malformed (an HTTP/2 stream reset with
     /// PROTOCOL_ERROR) on a connection that goes on serving others: the request's doing, so
     /// not counted against the endpoint.
@@ -280,9 +288,10 @@ pub(crate) enum UpstreamFault {
 }
 
 /// The reply to a request whose last attempt `endpoint` failed; a timeout or a broken exchange
-/// counts against the endpoint (and may eject it).
+/// (not a stale pooled connection) counts against the endpoint (and may eject it).
 fn upstream_fault(shared: &Shared, endpoint: &EndpointState, fault: UpstreamFault) -> Reply {
     let address = &*endpoint.address;
+    let stale = matches!(fault, UpstreamFault::Stale(_));
     match fault {
         UpstreamFault::Connect(message) => {
             tracing::debug!(%message, upstream = address, "upstream connect failed");
@@ -301,12 +310,18 @@ fn upstream_fault(shared: &Shared, endpoint: &EndpointState, fault: UpstreamFaul
                 json!({"error": "upstream timed out", "upstream": address}),
             )
         }
-        UpstreamFault::Broken(message) => {
+        UpstreamFault::Broken(message) | UpstreamFault::Stale(message) => {
             tracing::debug!(%message, upstream = address, "upstream exchange failed");
-            shared
-                .metrics
-                .upstream_error(endpoint.id, UpstreamFailure::Other);
-            eject(shared, &endpoint.health);
+            if stale {
+                shared
+                    .metrics
+                    .upstream_error(endpoint.id, UpstreamFailure::Stale);
+            } else {
+                shared
+                    .metrics
+                    .upstream_error(endpoint.id, UpstreamFailure::Other);
+                eject(shared, &endpoint.health);
+            }
             Reply::new(
                 StatusCode::BAD_GATEWAY,
                 json!({"error": "upstream exchange failed", "upstream": address, "detail": message}),

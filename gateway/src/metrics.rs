@@ -343,6 +343,10 @@ pub enum UpstreamFailure {
     /// Left unprocessed by an HTTP/2 upstream (REFUSED_STREAM, or above a GOAWAY's last stream
     /// id): safe to send elsewhere, and never counted against the endpoint's health.
     Unprocessed,
+    /// A pooled connection the upstream closed idle as it was taken, before any of the
+    /// answer: never counted against the endpoint's health. Many of them say the upstream
+    /// closes idle connections sooner than the pool lets them go (90 s).
+    Stale,
 }
 
 /// Request counts, latencies and open connections of one proxy worker. Each worker counts in
@@ -685,6 +689,7 @@ impl Metrics {
                 k if k == UpstreamFailure::Connect as u8 => "connect",
                 k if k == UpstreamFailure::Timeout as u8 => "timeout",
                 k if k == UpstreamFailure::Unprocessed as u8 => "unprocessed",
+                k if k == UpstreamFailure::Stale as u8 => "stale",
                 _ => "other",
             };
             let _ = writeln!(

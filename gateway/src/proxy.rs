@@ -591,6 +591,7 @@ async fn exchange(
             UpstreamFault::Connect(_) => UpstreamFailure::Connect,
             UpstreamFault::Timeout => UpstreamFailure::Timeout,
             UpstreamFault::Broken(_) | UpstreamFault::Refused(_) => UpstreamFailure::Other,
+            UpstreamFault::Stale(_) => UpstreamFailure::Stale,
             UpstreamFault::Unprocessed(_) => UpstreamFailure::Unprocessed,
         };
         if let Some(reply) = client_fault(&shared.metrics, &body, failure) {

@@ -694,6 +694,7 @@ impl SendError {
             SendError::Codec(error) if error.is_connect() => {
                 (UpstreamFault::Connect(message), error.into_unsent())
             }
+            SendError::Codec(error) if error.is_stale() => (UpstreamFault::Stale(message), None),
             SendError::Http1(_) | SendError::Codec(_) => (UpstreamFault::Broken(message), None),
         }
     }

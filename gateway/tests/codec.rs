@@ -664,6 +664,106 @@ async fn only_idempotent_requests_go_again_after_a_pooled_connection_closes() {
             "{method} /drop {extra}reached the upstream {drops} times"
         );
     }
+    // A pooled connection closed as it was taken says nothing of the endpoint: the three
+    // requests that could not go again are counted apart, never against its health. The
+    // three that went again met a close on a new connection, which does count.
+    assert_eq!(upstream_errors(&gw, "stale"), 3);
+    assert_eq!(upstream_errors(&gw, "other"), 3);
+}
+
+/// Pooled connections the upstream closes idle meet requests now and then (its keep-alive
+/// timeout shorter than the pool's). A run of POSTs meeting them, which cannot go again, get
+/// `502`s but leave the endpoint in the pool, where three broken exchanges in a row would
+/// eject it; over both front ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pooled_connections_do_not_eject_a_healthy_endpoint() {
+    const POOLED: usize = 4;
+    // Each connection's first request is answered once all of them are in, so that the one
+    // worker's pool ends up holding `POOLED` connections; any later request is met by a close.
+    let all_in = Arc::new(tokio::sync::Barrier::new(POOLED));
+    let upstream = serve_each(move |mut stream| {
+        let all_in = all_in.clone();
+        async move {
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            all_in.wait().await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            let mut chunk = [0u8; 4096];
+            let _ = stream.read(&mut chunk).await;
+        }
+    })
+    .await;
+    for http2 in [false, true] {
+        let (_dir, gw) = pool_gateway(
+            &[upstream],
+            "health_check: { interval_ms: 0 }\nthreads: 1\n",
+        )
+        .await;
+        let addr = gw.http_addrs[0];
+        let mut sender = h2c(addr).await;
+        let warm = (0..POOLED).map(|_| {
+            let mut sender = sender.clone();
+            async move {
+                if http2 {
+                    let request = http::Request::get("http://a/warm")
+                        .header("x-user-id", "7")
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .expect("request");
+                    let response = sender.send_request(request).await.expect("answered");
+                    assert_eq!(response.status(), 200);
+                    http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .expect("body");
+                } else {
+                    let mut client = TcpStream::connect(addr).await.expect("connect");
+                    client
+                        .write_all(b"GET /warm HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\n")
+                        .await
+                        .expect("write");
+                    read_until(&mut client, |got| got.ends_with("ok")).await;
+                }
+            }
+        });
+        futures_util::future::join_all(warm).await;
+        for _ in 0..POOLED {
+            if http2 {
+                let request = http::Request::post("http://a/drop")
+                    .header("x-user-id", "7")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .expect("request");
+                let response = sender.send_request(request).await.expect("answered");
+                assert_eq!(response.status(), 502);
+            } else {
+                let mut client = TcpStream::connect(addr).await.expect("connect");
+                client
+                    .write_all(
+                        b"POST /drop HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nContent-Length: 0\r\n\r\n",
+                    )
+                    .await
+                    .expect("write");
+                let got = read_until(&mut client, |got| got.contains("\r\n\r\n")).await;
+                assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+            }
+        }
+        assert_eq!(
+            upstream_errors(&gw, "stale"),
+            POOLED as u64,
+            "HTTP/2: {http2}"
+        );
+        let metrics = get_text(&client(), gw.admin_addr, "/metrics").await;
+        let healthy = format!(
+            "unitgate_upstream_healthy{{region=\"local\",service=\"app\",endpoint=\"{upstream}\"}} 1"
+        );
+        assert!(metrics.contains(&healthy), "HTTP/2: {http2}\n{metrics}");
+    }
 }
 
 /// An upstream that sends interim answers without end is always readable, so no read times
@@ -718,6 +818,17 @@ async fn a_no_content_answer_loses_its_content_length() {
 }
 
 /// No upstream failure was counted against any endpoint of `gw`.
+/// The gateway's count of failed upstream exchanges of `kind`.
+fn upstream_errors(gw: &gateway::Gateway, kind: &str) -> u64 {
+    let label = format!("kind=\"{kind}\"}}");
+    gw.metrics
+        .render(&[])
+        .lines()
+        .filter(|l| l.starts_with("unitgate_upstream_errors_total") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn assert_nothing_blamed(gw: &gateway::Gateway) {
     let metrics = gw.metrics.render(&[]);
     let blamed: Vec<&str> = metrics
@@ -868,6 +979,8 @@ async fn an_http2_clients_idempotent_request_goes_again_after_a_pooled_connectio
             "{method} {overrides:?} /drop reached the upstream {drops} times"
         );
     }
+    assert_eq!(upstream_errors(&gw, "stale"), 2);
+    assert_eq!(upstream_errors(&gw, "other"), 2);
 }
 
 /// An interim answer (103, or a 100 nobody asked for) while the request body is still coming

@@ -32,6 +32,9 @@ pub struct BridgeError {
     message: String,
     /// The connection failed with nothing read back (no byte of a response).
     nothing_read: bool,
+    /// It was a pooled connection that failed so: the upstream closed it idle as it was taken
+    /// ([`crate::attempts::UpstreamFault::Stale`]).
+    stale: bool,
 }
 
 impl BridgeError {
@@ -43,6 +46,19 @@ impl BridgeError {
     /// The request back, when nothing of it was sent.
     pub fn into_unsent(self) -> Option<Request<Body>> {
         self.unsent
+    }
+
+    /// Whether a pooled connection closed as it was taken, before any of the answer.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Marked stale when it failed with nothing read on a `reused` connection.
+    fn on(self, reused: bool) -> Self {
+        Self {
+            stale: reused && self.nothing_read,
+            ..self
+        }
     }
 }
 
@@ -57,6 +73,7 @@ fn failed(endpoint: &str, message: impl std::fmt::Display) -> BridgeError {
         unsent: None,
         message: format!("{endpoint}: {message}"),
         nothing_read: false,
+        stale: false,
     }
 }
 
@@ -78,7 +95,7 @@ pub async fn send(
     request: Request<Body>,
     body_timeout: Duration,
 ) -> Result<Response<Body>, BridgeError> {
-    let mut conn = match pool.checkout(id, std::time::Instant::now()) {
+    let conn = match pool.checkout(id, std::time::Instant::now()) {
         Some(conn) => conn,
         None => match pool.connect(endpoint).await {
             Ok(conn) => conn,
@@ -87,12 +104,13 @@ pub async fn send(
                     unsent: Some(request),
                     message,
                     nothing_read: true,
+                    stale: false,
                 });
             }
         },
     };
     let head_request = request.method() == http::Method::HEAD;
-    let (parts, mut body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let chunked = match hyper::body::Body::size_hint(&body).exact() {
         Some(0) if hyper::body::Body::is_end_stream(&body) => false,
         Some(_) => false,
@@ -132,6 +150,7 @@ pub async fn send(
             .flat_map(|name| parts.headers.get_all(*name))
             .filter_map(|value| value.to_str().ok());
         let stale_retry = conn.reused && crate::attempts::may_resend(&parts.method, overrides);
+        let reused = conn.reused;
         let result = head_only(pool, id, endpoint, conn, &out, head_request, body_timeout).await;
         return match result {
             Err(error) if error.nothing_read && stale_retry => {
@@ -141,13 +160,43 @@ pub async fn send(
                     .map_err(|message| failed(endpoint, message))?;
                 head_only(pool, id, endpoint, conn, &out, head_request, body_timeout).await
             }
-            result => result,
+            result => result.map_err(|error| error.on(reused)),
         };
     }
+    let reused = conn.reused;
+    send_body(
+        pool,
+        id,
+        endpoint,
+        conn,
+        &out,
+        body,
+        chunked,
+        head_request,
+        body_timeout,
+    )
+    .await
+    .map_err(|error| error.on(reused))
+}
+
+/// Send `head` and then `body` on `conn`, framed as the head says, and read the response.
+#[allow(clippy::too_many_arguments)]
+async fn send_body(
+    pool: &Arc<Pool>,
+    id: NameId,
+    endpoint: &str,
+    mut conn: UpstreamConn,
+    head: &[u8],
+    mut body: Body,
+    chunked: bool,
+    head_request: bool,
+    body_timeout: Duration,
+) -> Result<Response<Body>, BridgeError> {
     conn.io
-        .write_all(&out)
+        .write_all(head)
         .await
-        .map_err(|e| failed(endpoint, e))?;
+        .map_err(|e| unanswered(endpoint, e))?;
+    let mut out = Vec::with_capacity(1024);
     // The body, frame by frame, framed as the head said. An upstream may answer before it is
     // all there (`UpstreamConn::write_watching`): that answer is the response, the rest of
     // the body goes nowhere, and the connection is not used again.

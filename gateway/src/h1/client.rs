@@ -34,6 +34,9 @@ pub struct UpstreamConn {
     pub buf: BytesMut,
     /// Whether it served an exchange before (a stale pooled connection is retried).
     pub reused: bool,
+    /// Whether an interim answer came in the exchange under way: with nothing in `buf`, no
+    /// byte of an answer has come when this is false.
+    pub interim_heard: bool,
     /// The last response head read on it, kept so that its field list is allocated once per
     /// connection rather than once per response.
     pub response: ResponseHead,
@@ -192,6 +195,7 @@ impl Pool {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
             reused: false,
+            interim_heard: false,
             response: ResponseHead::default(),
         })
     }

@@ -861,6 +861,8 @@ enum Failed {
     Timeout,
     /// The upstream broke the exchange (closed, reset, or sent something malformed).
     Upstream(String),
+    /// A pooled connection did so before any byte of the answer (`UpstreamFault::Stale`).
+    Stale(String),
     /// The client broke it (its body), with the event to count and the reply.
     Client(ClientEvent, StatusCode, &'static str),
     /// The client went away: nobody to answer.
@@ -973,6 +975,14 @@ where
                 attempts.take_back();
                 continue;
             }
+            // Nothing read back (no answer held, no interim one passed on) is how a pooled
+            // connection closed idle meets the request.
+            Err(Failed::Upstream(message))
+                if upstream.reused && upstream.buf.is_empty() && !upstream.interim_heard =>
+            {
+                last = Some((index, Failed::Stale(message)));
+                break;
+            }
             Err(failed) => {
                 last = Some((index, failed));
                 break;
@@ -997,6 +1007,9 @@ where
                 Failed::Timeout => closing(attempts.failed(shared, index, UpstreamFault::Timeout)),
                 Failed::Upstream(message) => {
                     closing(attempts.failed(shared, index, UpstreamFault::Broken(message)))
+                }
+                Failed::Stale(message) => {
+                    closing(attempts.failed(shared, index, UpstreamFault::Stale(message)))
                 }
                 Failed::Client(event, status, error) => {
                     shared.metrics.client_event(event);
@@ -1140,6 +1153,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let timer = &shared.timer;
+    upstream.interim_heard = false;
     // The head and the body bytes already here, in one write.
     let here = body.take(buf)?;
     out.extend_from_slice(&buf[..here]);
@@ -1500,6 +1514,7 @@ async fn interim_answer<S: AsyncWrite + Unpin>(
 ) -> Result<(), Failed> {
     // An upstream that keeps sending interim answers is always readable, so the read timeout
     // never gets to fire: the deadline is checked here, and their number is bounded.
+    upstream.interim_heard = true;
     *count += 1;
     if *count > MAX_INTERIM_RESPONSES {
         return Err(Failed::Upstream(format!(
