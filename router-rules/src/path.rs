@@ -19,7 +19,7 @@ pub enum PathError {
     BadEscape,
     /// A `\`, a separator to some servers.
     Backslash,
-    /// A dot segment with parameters (`..;x`, `.;x`, spelt with escapes or not): `..` to
+    /// A dot segment with parameters (`..;x`, `.;x`, `..%3B`, spelt with escapes or not): `..` to
     /// servers that drop parameters; or a segment of parameters only (`/;x/`), an empty one
     /// to them.
     SegmentParameters,
@@ -97,6 +97,8 @@ fn needs_change(path: &[u8]) -> Result<bool, PathError> {
                 match byte {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0 => return Err(PathError::EncodedNul),
+                    // Checked with the segment it ends (`remove_dot_segments`).
+                    b';' => change = true,
                     _ => change |= is_unreserved(byte),
                 }
             }
@@ -156,9 +158,12 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
     let mut segments = path.strip_prefix('/').unwrap_or(path).split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
-        if let Some((name, _)) = segment.split_once(';')
-            && matches!(name, "" | "." | "..")
-        {
+        // `;` escaped counts too: servers that decode the path before reading parameters
+        // take `..%3B` for `..;`.
+        let name = segment.split(';').next().unwrap_or_default();
+        let name = name.split("%3B").next().unwrap_or_default();
+        let name = name.split("%3b").next().unwrap_or_default();
+        if name.len() < segment.len() && matches!(name, "" | "." | "..") {
             return Err(PathError::SegmentParameters);
         }
         match segment {
@@ -241,6 +246,7 @@ mod tests {
             ("/order/42/.%2E/5042", "/order/5042"),
             ("/~a/%7E%2D%5F", "/~a/~-_"),
             ("/keep/%20/%25/%e4", "/keep/%20/%25/%e4"),
+            ("/a%3Bb/c%3b", "/a%3Bb/c%3b"),
             ("/pub/\u{e9}/%2e/x", "/pub/\u{e9}/x"),
         ] {
             assert_eq!(norm(path).as_deref(), Ok(normal), "{path}");
@@ -268,6 +274,9 @@ mod tests {
             ("/;x/private", PathError::SegmentParameters),
             ("//;/private", PathError::SegmentParameters),
             ("/order/;jsessionid=1/4321", PathError::SegmentParameters),
+            ("/order/10/..%3B/5042", PathError::SegmentParameters),
+            ("/order/10/%2e%2e%3bx/5042", PathError::SegmentParameters),
+            ("/pub/%3Bx/private", PathError::SegmentParameters),
             ("?x=1", PathError::NotAbsolute),
             ("", PathError::NotAbsolute),
         ] {
