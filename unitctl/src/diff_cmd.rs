@@ -130,7 +130,9 @@ pub fn run(args: &DiffArgs, server: &remote::Server) -> Result<u8, Failure> {
         }
         None => None,
     };
-    let changed = !diff.is_empty();
+    // A difference is a finding; so is a refusal against the table in force (an apply of
+    // FILE would fail). Two files of one version compare without one.
+    let finding = !diff.is_empty();
     if let Err(error) = router_rules::check_successor(&old, &new) {
         refusals.extend(error.problems);
     }
@@ -144,7 +146,8 @@ pub fn run(args: &DiffArgs, server: &remote::Server) -> Result<u8, Failure> {
         Output::Json => print_json(&report)?,
         Output::Text => out!("{}", render(&report)),
     }
-    Ok(if changed { EXIT_FINDING } else { 0 })
+    let finding = finding || (args.live.is_some() && !report.refusals.is_empty());
+    Ok(if finding { EXIT_FINDING } else { 0 })
 }
 
 fn render(report: &DiffReport) -> String {

@@ -110,9 +110,15 @@ pub enum TableCommand {
         output: Output,
     },
     /// Validate FILE on the control plane and show what it would change; stores nothing.
+    /// Exits 1 when FILE is invalid or an apply of it would be refused (stale, or moving
+    /// units without a flip).
     Plan {
         /// The proposed table.
         file: PathBuf,
+        /// The version FILE is an edit of, as `table apply --base` takes it, instead of
+        /// FILE's own `version`.
+        #[arg(long, value_name = "VERSION")]
+        base: Option<u64>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -313,8 +319,8 @@ pub fn run(server: &Server, command: Remote) -> Result<u8, Failure> {
         match command {
             Remote::Status { output } => status(&client, output).await,
             Remote::Table(TableCommand::Get { output }) => table_get(&client, output).await,
-            Remote::Table(TableCommand::Plan { file, output }) => {
-                plan(&client, &file, output).await
+            Remote::Table(TableCommand::Plan { file, base, output }) => {
+                plan(&client, &file, base, output).await
             }
             Remote::Table(TableCommand::Apply(args)) => apply(&client, args).await,
             Remote::Flip(args) => flip(&client, args).await,
@@ -773,15 +779,23 @@ fn diff_text(text: &mut String, diff: &serde_json::Value) {
     }
 }
 
-async fn plan(client: &Client, file: &Path, output: Output) -> Result<u8, Failure> {
+async fn plan(
+    client: &Client,
+    file: &Path,
+    base: Option<u64>,
+    output: Output,
+) -> Result<u8, Failure> {
     let table = TableFile::read(file)?;
     let plan = request_plan(client, &table).await?;
+    let base = base.or(table.version);
     if output == Output::Json {
         print_json(&plan)?;
     } else {
-        out!("{}", plan_text(file, &plan, table.version, false));
+        out!("{}", plan_text(file, &plan, base, false));
     }
-    Ok(if plan.valid { 0 } else { EXIT_FINDING })
+    let stale = base.is_some_and(|b| b != plan.current_version);
+    let refused = !plan.valid || stale || plan.put_refused.is_some();
+    Ok(if refused { EXIT_FINDING } else { 0 })
 }
 
 /// An operator's text to be sent in a header, or an input error naming the flag.

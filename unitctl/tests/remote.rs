@@ -174,7 +174,8 @@ async fn status_plan_apply_flip_and_audit() {
         ),
     );
     let out = p.unitctl(&p.operator, &["table", "plan", &moved]).await;
-    assert!(out.status.success(), "{}", text(&out));
+    // Valid, but an apply would be refused (it moves a unit without a flip): a finding.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let shown = text(&out);
     assert!(shown.contains("would be stored as version 2"), "{shown}");
     assert!(
@@ -334,16 +335,27 @@ async fn an_edit_of_a_replaced_version_is_refused_as_stale() {
     let in_force = p.status().await.version;
     assert!(in_force > 1, "the flip stored versions");
 
-    // The plan says the file is stale; the apply is refused and changes nothing.
+    // The plan says the file is stale (exit 1: an apply would be refused); the apply is
+    // refused and changes nothing.
     let out = p.unitctl(&p.operator, &["table", "plan", &old]).await;
     let shown = text(&out);
-    assert!(out.status.success(), "{shown}");
+    assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(
         shown.contains(&format!(
             "STALE: it is an edit of version 1, but version {in_force} is in force"
         )) && shown.contains("409"),
         "{shown}"
     );
+    // Planned as an edit of the version in force (`--base`, as `table apply` takes it), the
+    // file is no longer stale: it would move u03 back without a flip, which is refused too.
+    let base = in_force.to_string();
+    let out = p
+        .unitctl(&p.operator, &["table", "plan", &old, "--base", &base])
+        .await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(!shown.contains("STALE"), "{shown}");
+    assert!(shown.contains("unit u03: moves sz -> sh"), "{shown}");
     let out = p
         .unitctl(
             &p.admin,
@@ -403,7 +415,7 @@ async fn a_table_that_moves_a_unit_is_refused_unless_forced() {
 
     let out = p.unitctl(&p.operator, &["table", "plan", &moved]).await;
     let shown = text(&out);
-    assert!(out.status.success(), "{shown}");
+    assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(shown.contains("moves 1 unit(s) without a flip"), "{shown}");
     assert!(
         shown.contains("unit u02: moves hz -> sh: use a flip (unitctl flip u02 --to sh"),
@@ -417,7 +429,7 @@ async fn a_table_that_moves_a_unit_is_refused_unless_forced() {
     let out = p
         .unitctl(&p.operator, &["table", "plan", &moved, "--output", "json"])
         .await;
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let plan: control_api::PlanResult = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert_eq!(plan.moves.len(), 1, "{:?}", plan.moves);
     assert_eq!(plan.moves[0].unit, "u02");
@@ -1237,6 +1249,18 @@ async fn route_and_diff_against_the_live_table() {
     );
     assert!(shown.contains("no routing change"), "{shown}");
     assert!(!shown.contains("refused"), "{shown}");
+    // The same content as an edit of an older version changes nothing, but an apply of it
+    // would be refused (409): exit 1.
+    let mut older = fetched.clone();
+    older["version"] = (in_force - 1).into();
+    let older = write(&p.path, "older.json", &older.to_string());
+    let out = p.unitctl(&p.operator, &["diff", "--live", &older]).await;
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("no routing change") && shown.contains("409"),
+        "{shown}"
+    );
 
     // An edited copy: the change, exit 1; JSON names the version in force.
     let edited = write(&p.path, "edited.json", &with_standby(&fetched, "u05", "sh"));
