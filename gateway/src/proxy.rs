@@ -366,10 +366,16 @@ fn normalize_path<B>(shared: &Shared, request: &mut Request<B>) -> Result<bool, 
     let uri = request.uri();
     // `Uri::path` says `/` for an HTTP/2 `:path` of a query alone (`?x=1`), which would go
     // upstream as it came: the target as sent is what must start with `/`.
-    if let Some(target) = uri.path_and_query()
-        && !(target.as_str().starts_with('/') || target.as_str() == "*")
-    {
-        return Err(refuse(router_rules::path::PathError::NotAbsolute.as_str()));
+    if let Some(target) = uri.path_and_query() {
+        let target = target.as_str();
+        if !(target.starts_with('/') || target == "*") {
+            return Err(refuse(router_rules::path::PathError::NotAbsolute.as_str()));
+        }
+        // The `http` crate lets `"{}|^` through; the codec's front end refuses
+        // them as RFC 3986 does, and so does this one.
+        if !target.bytes().all(crate::h1::fields::is_target_byte) {
+            return Err(refuse("invalid request target"));
+        }
     }
     let path = match router_rules::path::normalize(uri.path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => return Ok(false),

@@ -509,7 +509,11 @@ async fn ambiguous_paths_are_refused_and_the_rest_normalized() {
         "/pub/..;/private/x",
         "/pub/.;x/private",
         "/pub/%2e%2e;/private",
+        "/pub/..%3B/private",
         "/;/private",
+        "/a{b}",
+        "/a\"b",
+        "/a|b^c",
     ] {
         let (answer, h2_status) = get_both_ways(addr, &mut sender, path).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
