@@ -629,6 +629,45 @@ async fn an_answer_that_ends_the_connection_arrives_whole_with_bytes_unread_behi
     assert_eq!(answer.len() - head_end, BODY, "the whole body");
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// Send `method path` for user 7 with the head lines `extra` (each ending in CRLF) and no
+/// body on `client`, an HTTP/1.1 connection; what came back once `until` holds for it.
+async fn h1_keyed(
+    client: &mut TcpStream,
+    method: &str,
+    path: &str,
+    extra: &str,
+    until: impl Fn(&str) -> bool,
+) -> String {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n{extra}Content-Length: 0\r\n\r\n"
+    );
+    client.write_all(request.as_bytes()).await.expect("write");
+    read_until(client, until).await
+}
+
+/// Send `method path` for user 7 with the fields `extra` and no body over HTTP/2; the
+/// answer's status, its body read to the end.
+async fn h2_keyed(sender: &mut H2Sender, method: &str, path: &str, extra: &[(&str, &str)]) -> u16 {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://a{path}"))
+        .header("x-user-id", "7");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answered");
+    let status = response.status().as_u16();
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body");
+    status
+}
+
 /// A pooled connection that the upstream closes after a request arrived on it: the request may
 /// have been acted on, so only an idempotent one goes again (RFC 9112 section 9.3.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -647,16 +686,14 @@ async fn only_idempotent_requests_go_again_after_a_pooled_connection_closes() {
         let before = upstream.seen().len();
         let mut client = TcpStream::connect(gw.http_addrs[0]).await.expect("connect");
         // The first request leaves its upstream connection in the pool; the second takes it.
-        client
-            .write_all(b"GET /warm HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\n")
-            .await
-            .expect("write");
-        read_until(&mut client, |got| got.ends_with("/warm")).await;
-        let request = format!(
-            "{method} /drop HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n{extra}Content-Length: 0\r\n\r\n"
-        );
-        client.write_all(request.as_bytes()).await.expect("write");
-        let got = read_until(&mut client, |got| got.contains("\r\n\r\n")).await;
+        h1_keyed(&mut client, "GET", "/warm", "", |got| {
+            got.ends_with("/warm")
+        })
+        .await;
+        let got = h1_keyed(&mut client, method, "/drop", extra, |got| {
+            got.contains("\r\n\r\n")
+        })
+        .await;
         assert!(got.starts_with("HTTP/1.1 502"), "{method} {extra}: {got}");
         let drops = upstream.seen_since(before, " /drop ");
         assert_eq!(
@@ -708,50 +745,28 @@ async fn stale_pooled_connections_do_not_eject_a_healthy_endpoint() {
         )
         .await;
         let addr = gw.http_addrs[0];
-        let mut sender = h2c(addr).await;
-        let warm = (0..POOLED).map(|_| {
+        let sender = h2c(addr).await;
+        // Sends `method /path` over the front end under test; the answer's status line.
+        let keyed = |method: &'static str, path: &'static str| {
             let mut sender = sender.clone();
             async move {
                 if http2 {
-                    let request = http::Request::get("http://a/warm")
-                        .header("x-user-id", "7")
-                        .body(http_body_util::Full::new(bytes::Bytes::new()))
-                        .expect("request");
-                    let response = sender.send_request(request).await.expect("answered");
-                    assert_eq!(response.status(), 200);
-                    http_body_util::BodyExt::collect(response.into_body())
-                        .await
-                        .expect("body");
-                } else {
-                    let mut client = TcpStream::connect(addr).await.expect("connect");
-                    client
-                        .write_all(b"GET /warm HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\n\r\n")
-                        .await
-                        .expect("write");
-                    read_until(&mut client, |got| got.ends_with("ok")).await;
+                    return h2_keyed(&mut sender, method, path, &[]).await.to_string();
                 }
-            }
-        });
-        futures_util::future::join_all(warm).await;
-        for _ in 0..POOLED {
-            if http2 {
-                let request = http::Request::post("http://a/drop")
-                    .header("x-user-id", "7")
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .expect("request");
-                let response = sender.send_request(request).await.expect("answered");
-                assert_eq!(response.status(), 502);
-            } else {
                 let mut client = TcpStream::connect(addr).await.expect("connect");
-                client
-                    .write_all(
-                        b"POST /drop HTTP/1.1\r\nHost: a\r\nX-User-Id: 7\r\nContent-Length: 0\r\n\r\n",
-                    )
-                    .await
-                    .expect("write");
-                let got = read_until(&mut client, |got| got.contains("\r\n\r\n")).await;
-                assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+                let got = h1_keyed(&mut client, method, path, "", |got| {
+                    got.contains("\r\n\r\n")
+                })
+                .await;
+                got[9..12].to_owned()
             }
+        };
+        let warm = (0..POOLED).map(|_| keyed("GET", "/warm"));
+        for status in futures_util::future::join_all(warm).await {
+            assert_eq!(status, "200", "HTTP/2: {http2}");
+        }
+        for _ in 0..POOLED {
+            assert_eq!(keyed("POST", "/drop").await, "502", "HTTP/2: {http2}");
         }
         assert_eq!(
             upstream_errors(&gw, "stale"),
@@ -952,27 +967,13 @@ async fn an_http2_clients_idempotent_request_goes_again_after_a_pooled_connectio
     ] {
         let before = upstream.seen().len();
         // The first request leaves its upstream connection in the pool; the second takes it.
-        let warm = http::Request::get("http://a/warm")
-            .header("x-user-id", "7")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("request");
-        let response = sender.send_request(warm).await.expect("answered");
-        assert_eq!(response.status(), 200);
-        http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .expect("body");
-        let mut drop = http::Request::builder()
-            .method(method)
-            .uri("http://a/drop")
-            .header("x-user-id", "7");
-        if let Some(overrides) = overrides {
-            drop = drop.header("x-http-method", overrides);
-        }
-        let drop = drop
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("request");
-        let response = sender.send_request(drop).await.expect("answered");
-        assert_eq!(response.status(), 502, "{method} {overrides:?}");
+        assert_eq!(h2_keyed(&mut sender, "GET", "/warm", &[]).await, 200);
+        let extra: Vec<(&str, &str)> = overrides
+            .map(|m| ("x-http-method", m))
+            .into_iter()
+            .collect();
+        let status = h2_keyed(&mut sender, method, "/drop", &extra).await;
+        assert_eq!(status, 502, "{method} {overrides:?}");
         let drops = upstream.seen_since(before, " /drop ");
         assert_eq!(
             drops, sent,
