@@ -22,7 +22,8 @@ pub struct DecisionReport {
     pub service: Option<String>,
     /// Request method.
     pub method: String,
-    /// Whether the method counts as a write.
+    /// Whether the request counts as a write: by its method, or a method-override field
+    /// naming a write.
     pub is_write: bool,
     /// Routing key.
     pub key: Option<String>,

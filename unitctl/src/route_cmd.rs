@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use router_rules::{Action, Class, CompiledTable, DecisionReport, SimpleRequest};
+use router_rules::{Action, Class, CompiledTable, DecisionReport, RequestView, SimpleRequest};
 
 use crate::request::{entry_region, place_key};
 use crate::{EXIT_FINDING, Failure, Output, batch, print_json, remote, table_file};
@@ -205,13 +205,18 @@ fn explain(
         line("action", "no_route: the gateway answers 404".to_owned());
         return out;
     };
+    // A method-override field can make a read method a write: say which.
+    let overrides: Vec<&str> = request.method_overrides().map(str::trim).collect();
+    let method = match overrides.as_slice() {
+        [] => request.method.clone(),
+        named => format!("{} overridden to {}", request.method, named.join(", ")),
+    };
     line(
         "route",
         format!(
-            "{route} (class {}, service {}; {} is {})",
+            "{route} (class {}, service {}; {method} is {})",
             report.class.unwrap_or("?"),
             report.service.as_deref().unwrap_or("?"),
-            request.method,
             if report.is_write { "a write" } else { "a read" }
         ),
     );

@@ -285,6 +285,23 @@ fn route_covers_cookies_p_class_and_missing_keys() {
         ),
         (Some("P"), Some("hz"), Some(true))
     );
+    // A GET that frameworks execute as a DELETE goes where writes go, and says why.
+    let overridden = unitctl(&[
+        "route",
+        "--table",
+        &example(),
+        "--path",
+        "/item/1",
+        "--header",
+        "X-HTTP-Method-Override: DELETE",
+        "--region",
+        "sz",
+    ]);
+    let text = stdout(&overridden);
+    assert!(
+        text.contains("GET overridden to DELETE is a write") && text.contains("region   hz"),
+        "{text}"
+    );
     let missing = json(&unitctl(&[
         "route",
         "--table",
