@@ -25,12 +25,7 @@ use crate::store::{EndpointState, Health, PoolState};
 pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// Methods whose requests may be sent again: RFC 9110's idempotent ones.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
+const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
 
 /// Whether a request with `method` and the method-override field values `overrides` may be
 /// sent again: its method is idempotent and so is every method an override names, which a
@@ -39,8 +34,7 @@ pub(crate) fn may_resend<'a>(
     method: &Method,
     mut overrides: impl Iterator<Item = &'a str>,
 ) -> bool {
-    const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
-    is_idempotent(method)
+    IDEMPOTENT.contains(&method.as_str())
         && overrides.all(|named| {
             IDEMPOTENT
                 .iter()

@@ -271,24 +271,9 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
 
 /// `Forwarded`, `X-Real-IP`, an `X-Forwarded-*` other than `-For` and `-Proto`, a CDN's
 /// client-IP field or a rewritten URL: fields only a proxy sets, kept only from a trusted peer
-/// (`h1::fields::Kind::ForwardedOther` says why).
+/// (`h1::fields::Kind::ForwardedOther` lists them and says why).
 pub fn is_other_forwarding(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    matches!(
-        name,
-        "forwarded"
-            | "x-real-ip"
-            | "client-ip"
-            | "x-client-ip"
-            | "true-client-ip"
-            | "cf-connecting-ip"
-            | "fastly-client-ip"
-            | "x-cluster-client-ip"
-            | "x-original-url"
-            | "x-rewrite-url"
-    ) || (name.starts_with("x-forwarded-")
-        && name != "x-forwarded-for"
-        && name != "x-forwarded-proto")
+    crate::h1::fields::Kind::of(name.as_str().as_bytes()) == crate::h1::fields::Kind::ForwardedOther
 }
 
 /// Remove every `X-Unitgate-*` header (only the gateway may set them) and every name with an

@@ -398,6 +398,14 @@ mod tests {
         assert_eq!(Kind::of_request_field(b"x-user_id"), Kind::Underscored);
         assert_eq!(Kind::of_request_field(b"x-user-id"), Kind::Other);
         assert_eq!(Kind::of(b"x-user_id"), Kind::Other);
+        // The names routing reads a method override from (router-rules keeps the list).
+        for name in router_rules::METHOD_OVERRIDE_FIELDS {
+            assert_eq!(Kind::of(name.as_bytes()), Kind::MethodOverride, "{name}");
+            let upper = name.to_ascii_uppercase();
+            assert_eq!(Kind::of(upper.as_bytes()), Kind::MethodOverride, "{upper}");
+        }
+        assert_eq!(Kind::of(b"X-Original-URL"), Kind::ForwardedOther);
+        assert_eq!(Kind::of(b"x-forwarded-prefix"), Kind::ForwardedOther);
         assert_eq!(Kind::of(b"X-Forwarded-For"), Kind::ForwardedFor);
         assert_eq!(Kind::of(b"X-Forwarded-Host"), Kind::ForwardedOther);
         assert_eq!(Kind::of(b"forwarded"), Kind::ForwardedOther);
