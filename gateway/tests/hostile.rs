@@ -557,6 +557,14 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
         ("cf-connecting-ip", "6.6.6.6"),
         ("x-original-url", "/order/5042"),
         ("x-rewrite-url", "/order/5042"),
+        ("x-arr-clientcert", "MIIB"),
+        ("x-ssl-client-cert", "MIIB"),
+        ("x-client-cert", "MIIB"),
+        ("x-envoy-retry-on", "5xx"),
+        ("x-script-name", "/admin"),
+        ("x-scheme", "https"),
+        ("forwarded-for", "6.6.6.6"),
+        ("x-original-host", "admin.internal"),
     ];
     for (extra, forwarded_for, proto) in [
         ("", "127.0.0.1", "http"),
@@ -587,6 +595,14 @@ async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
                 "cf-connecting-ip",
                 "x-original-url",
                 "x-rewrite-url",
+                "x-arr-clientcert",
+                "x-ssl-client-cert",
+                "x-client-cert",
+                "x-envoy-retry-on",
+                "x-script-name",
+                "x-scheme",
+                "forwarded-for",
+                "x-original-host",
             ] {
                 assert_eq!(headers.contains_key(name), trusted, "{name} {extra}");
             }

@@ -71,9 +71,11 @@ pub enum Kind {
     /// The other fields only a proxy sets: those in which it vouches for the client
     /// (`Forwarded`, `X-Real-IP`, `X-Forwarded-Host` and any other `X-Forwarded-*`, the
     /// client-IP fields of CDNs and balancers: `X-Client-IP`, `True-Client-IP`,
-    /// `CF-Connecting-IP`, ...) and those in which it hands on the URL it rewrote
-    /// (`X-Original-URL`, `X-Rewrite-URL`: IIS and Symfony serve that URL instead of the
-    /// request's, which would put a request routed by one path on another). Kept only from a
+    /// `CF-Connecting-IP`, ...), for the client's certificate (`X-SSL-*`, `X-ARR-ClientCert`,
+    /// `X-Client-Cert`), and those in which it hands on the URL, host, prefix or scheme it
+    /// rewrote (`X-Original-URL`, `X-Rewrite-URL`, `X-Script-Name`, `X-Scheme`, ...: IIS,
+    /// Symfony, Flask and Tornado serve by them instead of the request's own, which would put a
+    /// request routed by one path on another), and Envoy's `X-Envoy-*`. Kept only from a
     /// trusted peer.
     ForwardedOther,
     /// `traceparent`.
@@ -116,20 +118,52 @@ impl Kind {
             17 if is(b"x-forwarded-proto") => Kind::ForwardedProto,
             18 if is(b"proxy-authenticate") => Kind::HopByHop,
             19 if is(b"proxy-authorization") => Kind::HopByHop,
-            9 if is(b"forwarded") || is(b"x-real-ip") || is(b"client-ip") => Kind::ForwardedOther,
-            11 if is(b"x-client-ip") => Kind::ForwardedOther,
-            13 if is(b"x-rewrite-url") => Kind::ForwardedOther,
             13 if is(b"x-http-method") => Kind::MethodOverride,
             17 if is(b"x-method-override") => Kind::MethodOverride,
             22 if is(b"x-http-method-override") => Kind::MethodOverride,
-            14 if is(b"true-client-ip") || is(b"x-original-url") => Kind::ForwardedOther,
-            16 if is(b"cf-connecting-ip") || is(b"fastly-client-ip") => Kind::ForwardedOther,
-            19 if is(b"x-cluster-client-ip") => Kind::ForwardedOther,
-            n if n > 11 && name[..11].eq_ignore_ascii_case(b"x-unitgate-") => Kind::Internal,
-            n if n >= 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") => {
+            // Client addresses vouched for.
+            9 if is(b"forwarded") || is(b"x-real-ip") || is(b"client-ip") => Kind::ForwardedOther,
+            11 if is(b"x-client-ip") || is(b"x-forwarded") => Kind::ForwardedOther,
+            13 if is(b"forwarded-for") || is(b"fly-client-ip") => Kind::ForwardedOther,
+            14 if is(b"true-client-ip") || is(b"x-proxyuser-ip") => Kind::ForwardedOther,
+            16 if is(b"cf-connecting-ip") || is(b"fastly-client-ip") || is(b"x-azure-clientip") => {
                 Kind::ForwardedOther
             }
+            19 if is(b"x-cluster-client-ip") || is(b"x-appengine-user-ip") => Kind::ForwardedOther,
+            25 if is(b"cloudfront-viewer-address") => Kind::ForwardedOther,
+            // URLs, hosts, prefixes and schemes rewritten.
+            6 if is(b"x-host") => Kind::ForwardedOther,
+            8 if is(b"x-scheme") => Kind::ForwardedOther,
+            13 if is(b"x-rewrite-url") || is(b"x-script-name") => Kind::ForwardedOther,
+            14 if is(b"x-original-url") || is(b"x-original-uri") => Kind::ForwardedOther,
+            15 if is(b"x-original-host") || is(b"front-end-https") => Kind::ForwardedOther,
+            20 if is(b"x-http-host-override") => Kind::ForwardedOther,
+            // Client certificates a TLS-terminating proxy checked.
+            13 if is(b"x-client-cert") => Kind::ForwardedOther,
+            15 if is(b"ssl-client-cert") || is(b"x-client-verify") => Kind::ForwardedOther,
+            n if n > 1 && name[0] | 0x20 == b'x' && name[1] == b'-' => Self::of_x_prefixed(name),
             _ => Kind::Other,
+        }
+    }
+
+    /// The kind of a name starting with `x-` that no whole name above matched, by its prefix.
+    fn of_x_prefixed(name: &[u8]) -> Self {
+        let prefixed = |prefix: &[u8]| {
+            name.len() > prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+        };
+        if prefixed(b"x-unitgate-") {
+            Kind::Internal
+        } else if prefixed(b"x-forwarded-")
+            // nginx's and IIS ARR's client certificate fields (`X-SSL-Client-Cert`,
+            // `X-ARR-ClientCert`), and Envoy's own (`X-Envoy-Retry-On`: a sidecar that counts
+            // the gateway as internal would take a client's word for them).
+            || prefixed(b"x-ssl-")
+            || prefixed(b"x-arr-")
+            || prefixed(b"x-envoy-")
+        {
+            Kind::ForwardedOther
+        } else {
+            Kind::Other
         }
     }
 
