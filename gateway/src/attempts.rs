@@ -28,17 +28,20 @@ pub(crate) const MAX_ATTEMPTS: usize = 3;
 const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
 
 /// Whether a request with `method` and the method-override field values `overrides` may be
-/// sent again: its method is idempotent and so is every method an override names, which a
-/// framework would execute instead (`router_rules::RequestView::method_overrides`).
+/// sent again: its method is idempotent and every override is empty or plainly names an
+/// idempotent method, which a framework would execute instead
+/// (`router_rules::RequestView::method_overrides`).
 pub(crate) fn may_resend<'a>(
     method: &Method,
-    mut overrides: impl Iterator<Item = &'a str>,
+    mut overrides: impl Iterator<Item = &'a [u8]>,
 ) -> bool {
     IDEMPOTENT.contains(&method.as_str())
-        && overrides.all(|named| {
-            IDEMPOTENT
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(named.trim()))
+        && overrides.all(|value| {
+            let named = value.trim_ascii();
+            named.is_empty()
+                || IDEMPOTENT
+                    .iter()
+                    .any(|m| m.as_bytes().eq_ignore_ascii_case(named))
         })
 }
 
@@ -338,4 +341,24 @@ fn eject(shared: &Shared, health: &Health) {
         config.eject_after_failures,
         Duration::from_millis(config.eject_for_ms),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plainly_idempotent_overrides_let_a_request_go_again() {
+        let resend =
+            |method: Method, overrides: &[&[u8]]| may_resend(&method, overrides.iter().copied());
+        assert!(resend(Method::GET, &[]));
+        assert!(resend(Method::GET, &[b" delete\t", b""]));
+        assert!(!resend(Method::POST, &[]));
+        assert!(!resend(Method::PUT, &[b"POST"]));
+        // Express executes what comes before a comma; bytes that are not text name nothing
+        // the gateway can be sure of.
+        assert!(!resend(Method::GET, &[b"POST,\xff"]));
+        assert!(!resend(Method::GET, &[b"GET, POST"]));
+        assert!(!resend(Method::GET, &[b"\xa0GET"]));
+    }
 }

@@ -898,13 +898,13 @@ impl RequestView for PartsView<'_> {
             .filter_map(|(_, v)| v.to_str().ok())
     }
 
-    fn method_overrides(&self) -> impl Iterator<Item = &str> {
+    fn method_overrides(&self) -> impl Iterator<Item = &[u8]> {
         // One walk of the headers for the three names.
         self.0
             .headers
             .iter()
             .filter(|(n, _)| METHOD_OVERRIDE_FIELDS.contains(&n.as_str()))
-            .filter_map(|(_, v)| v.to_str().ok())
+            .map(|(_, v)| v.as_bytes())
     }
 }
 

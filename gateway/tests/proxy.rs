@@ -243,6 +243,33 @@ async fn write_freeze_refuses_writes_and_keeps_reads() {
     )
     .await;
     assert_eq!((status.as_u16(), body["unit"].as_str()), (503, Some("u06")));
+    // So is one whose override is not text (Express reads `DELETE,\xff` as DELETE), over
+    // both front ends.
+    let mut raw = connect_and_write(
+        sz,
+        b"GET /order HTTP/1.1\r\nHost: a\r\nX-User-Id: 9000\r\nX-HTTP-Method-Override: DELETE,\xff\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer)
+        .await
+        .expect("read");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let mut sender = h2c(sz).await;
+    let h2_request = http::Request::get("http://a/order")
+        .header("x-user-id", "9000")
+        .header(
+            "x-http-method-override",
+            http::HeaderValue::from_bytes(b"DELETE,\xff").expect("obs-text"),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let answer = sender.send_request(h2_request).await.expect("answered");
+    assert_eq!(answer.status(), 503, "over HTTP/2");
     // Other units' writes flow.
     let (status, _, _) = send(
         &client,

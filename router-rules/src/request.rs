@@ -20,13 +20,16 @@ pub trait RequestView {
         self.header_values(name).next()
     }
 
-    /// The values of the request's method-override fields ([`METHOD_OVERRIDE_FIELDS`]).
-    /// Rails, Express, ASP.NET, Symfony and others execute the method named there instead of
-    /// the request's, so a `GET` carrying `X-HTTP-Method-Override: DELETE` is a write to them.
-    fn method_overrides(&self) -> impl Iterator<Item = &str> {
+    /// The values of the request's method-override fields ([`METHOD_OVERRIDE_FIELDS`]), as
+    /// bytes: every one, text or not. Rails, Express, ASP.NET, Symfony and others execute the
+    /// method named there instead of the request's, so a `GET` carrying
+    /// `X-HTTP-Method-Override: DELETE` is a write to them. (This default sees only the
+    /// values that are text; the gateway's views yield all.)
+    fn method_overrides(&self) -> impl Iterator<Item = &[u8]> {
         METHOD_OVERRIDE_FIELDS
             .iter()
             .flat_map(|name| self.header_values(name))
+            .map(str::as_bytes)
     }
 }
 

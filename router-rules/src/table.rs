@@ -533,16 +533,17 @@ impl CompiledTable {
         }
     }
 
-    /// Whether a method-override field's `value` makes a request a write: as [`Self::is_write`],
-    /// in any case (frameworks upper-case it) and around whitespace.
-    fn is_write_override(&self, value: &str) -> bool {
-        let method = value.trim();
-        match &self.write_methods {
-            Some(methods) => methods.iter().any(|m| m.eq_ignore_ascii_case(method)),
-            None => !SAFE_METHODS
+    /// Whether a method-override field's `value` makes a request a write: any value but an
+    /// empty one or one naming (in any case, around whitespace) a safe method this table counts
+    /// as a read. Frameworks read these values each their own way (Express takes what comes
+    /// before a comma, JavaScript's trim takes more than ASCII spaces away), so whatever is not
+    /// plainly a read counts as a write.
+    fn is_write_override(&self, value: &[u8]) -> bool {
+        let method = value.trim_ascii();
+        !method.is_empty()
+            && !SAFE_METHODS
                 .iter()
-                .any(|safe| safe.eq_ignore_ascii_case(method)),
-        }
+                .any(|safe| safe.as_bytes().eq_ignore_ascii_case(method) && !self.is_write(safe))
     }
 
     /// The first route that matches `request`.

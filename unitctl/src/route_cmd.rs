@@ -206,7 +206,11 @@ fn explain(
         return out;
     };
     // A method-override field can make a read method a write: say which.
-    let overrides: Vec<&str> = request.method_overrides().map(str::trim).collect();
+    let overrides: Vec<String> = request
+        .method_overrides()
+        .map(|value| String::from_utf8_lossy(value.trim_ascii()).into_owned())
+        .filter(|value| !value.is_empty())
+        .collect();
     let method = match overrides.as_slice() {
         [] => request.method.clone(),
         named => format!("{} overridden to {}", request.method, named.join(", ")),

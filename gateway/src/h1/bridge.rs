@@ -148,7 +148,7 @@ pub async fn send(
         let overrides = router_rules::METHOD_OVERRIDE_FIELDS
             .iter()
             .flat_map(|name| parts.headers.get_all(*name))
-            .filter_map(|value| value.to_str().ok());
+            .map(|value| value.as_bytes());
         let stale_retry = conn.reused && crate::attempts::may_resend(&parts.method, overrides);
         let reused = conn.reused;
         let result = head_only(pool, id, endpoint, conn, &out, head_request, body_timeout).await;

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::chunked::{ChunkError, Chunked};
 use super::client::{READ_CHUNK, UpstreamConn, Written, ends_upload};
-use super::fields::{Field, Kind, Span, list, lists};
+use super::fields::{Kind, Span, list, lists};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
 use crate::attempts::{Attempts, UpstreamFault, connect_failed, may_resend};
@@ -391,26 +391,19 @@ impl RequestView for HeadView<'_> {
             .fields
             .iter()
             .filter(move |f| f.name.get(self.buf).eq_ignore_ascii_case(name))
-            .filter_map(|f| self.value(f))
+            .filter_map(|f| match self.whole {
+                Some(whole) => whole.get(f.value.range()),
+                None => std::str::from_utf8(f.value.get(self.buf)).ok(),
+            })
     }
 
-    fn method_overrides(&self) -> impl Iterator<Item = &str> {
+    fn method_overrides(&self) -> impl Iterator<Item = &[u8]> {
         // The parse has told these fields apart already.
         self.head
             .fields
             .iter()
             .filter(|f| f.kind == Kind::MethodOverride)
-            .filter_map(|f| self.value(f))
-    }
-}
-
-impl<'a> HeadView<'a> {
-    /// A field's value as text (none if it is not UTF-8).
-    fn value(&self, field: &Field) -> Option<&'a str> {
-        match self.whole {
-            Some(whole) => whole.get(field.value.range()),
-            None => std::str::from_utf8(field.value.get(self.buf)).ok(),
-        }
+            .map(|f| f.value.get(self.buf))
     }
 }
 
