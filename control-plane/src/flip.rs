@@ -185,7 +185,14 @@ impl Runner {
         let unfrozen = self
             .change(StepName::Unfreeze, Side::To, UnitState::Active)
             .await?;
-        self.converge(StepName::ConvergeUnfreeze, unfrozen).await
+        // Stored, the unfreeze has let writes into the new regions, where the old ones never
+        // saw them: moving back now would lose them. A gateway that has not confirmed it still
+        // refuses the units' writes (it serves the switch, frozen), so the flip is done; the
+        // step says who did not follow.
+        if let Err(why) = self.converge(StepName::ConvergeUnfreeze, unfrozen).await {
+            tracing::warn!(flip = self.flip.id, %why, "unfreeze stored; not every gateway confirmed it");
+        }
+        Ok(())
     }
 
     async fn emergency(&mut self) -> Result<(), String> {
@@ -624,16 +631,32 @@ impl Runner {
             .await;
             return;
         };
-        let unchanged = self
+        let now = self
             .cp
             .store
             .current()
-            .and_then(|t| placements(&t.table, &self.moves))
-            .as_ref()
-            == Some(&pre);
-        if unchanged {
+            .and_then(|t| placements(&t.table, &self.moves));
+        if now.as_ref() == Some(&pre) {
             // Nothing was stored yet: nothing to undo.
             self.finish(FlipState::RolledBack, Some(why)).await;
+            return;
+        }
+        // A unit already active in its new region has taken writes there that its old region
+        // never saw: putting it back would lose them. Only a flip the other way (with its own
+        // freeze and replication check) may.
+        let taking_writes = now.as_ref().is_some_and(|now| {
+            self.moves.iter().zip(now).any(|(m, p)| {
+                p.region == m.to && p.region != m.from && p.state == UnitState::Active
+            })
+        });
+        if taking_writes {
+            self.finish(
+                FlipState::Succeeded,
+                Some(format!(
+                    "{why}; not rolled back: the units take writes in their new regions since the unfreeze (flip them back to undo it)"
+                )),
+            )
+            .await;
             return;
         }
         self.begin(StepName::Rollback).await;

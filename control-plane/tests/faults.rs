@@ -630,3 +630,90 @@ async fn anonymous_calls_do_not_grow_the_audit_log() {
         &entry.target[1000..]
     );
 }
+
+/// Once the unfreeze is stored the units take writes in their new regions, which the old ones
+/// never saw: a gateway that does not confirm the unfreeze, or an operator's cancel while it
+/// is awaited, ends the flip as done (the step says who did not follow), never moves the unit
+/// back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flip_whose_unfreeze_is_stored_is_never_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let config = support::write_config_with(
+        dir.path(),
+        "cp",
+        "127.0.0.1:0",
+        &file_store(dir.path()),
+        &tokens,
+        "gateway_stale_after_s: 30\nmin_gateways: { hz: 1 }\n",
+    );
+    let cp = ControlProcess::start(&config);
+    let operator = cp.client(&tokens.operator);
+    let hz = cp.client(tokens.gateway("hz"));
+    let current = operator.table().await.expect("table");
+    post_report(&hz, "hz-1", "hz", current.version, Some(&current.digest))
+        .await
+        .expect("reported");
+    for cancel in [false, true] {
+        let (from, to) = if cancel { ("sz", "sh") } else { ("sh", "sz") };
+        let accepted = flip(
+            &operator,
+            "u03",
+            serde_json::json!({"to": to, "mode": "planned", "reason": "drill", "converge_timeout_s": if cancel { 600 } else { 2 }}),
+        )
+        .await
+        .expect("accepted");
+        // hz's gateway follows the freeze and the switch, not the unfreeze.
+        for (stored, step) in [
+            (StepName::Freeze, StepName::ConvergeFreeze),
+            (StepName::Switch, StepName::ConvergeSwitch),
+        ] {
+            let waiting = flip_until(&operator, &accepted.id, "a convergence", |f| {
+                f.steps
+                    .last()
+                    .is_some_and(|s| s.name == step && s.outcome == StepOutcome::Running)
+            })
+            .await;
+            let version = waiting
+                .steps
+                .iter()
+                .find(|s| s.name == stored)
+                .and_then(|s| s.version)
+                .expect("version");
+            post_report(&hz, "hz-1", "hz", version, None)
+                .await
+                .expect("reported");
+        }
+        flip_until(&operator, &accepted.id, "the unfreeze awaited", |f| {
+            f.steps.last().is_some_and(|s| {
+                s.name == StepName::ConvergeUnfreeze && s.outcome == StepOutcome::Running
+            })
+        })
+        .await;
+        if cancel {
+            operator.cancel_flip(&accepted.id).await.expect("cancelled");
+        }
+        let done = flip_until(&operator, &accepted.id, "flip ended", |f| {
+            f.state.is_final()
+        })
+        .await;
+        assert_eq!(
+            done.state,
+            FlipState::Succeeded,
+            "cancel {cancel}: {done:?}"
+        );
+        assert!(
+            !done.steps.iter().any(|s| s.name == StepName::Rollback),
+            "{done:?}"
+        );
+        let table = operator.table().await.expect("table");
+        assert_eq!(
+            unit_placement(&table.table, "u03"),
+            (to.to_owned(), "active".to_owned()),
+            "moved from {from}"
+        );
+        post_report(&hz, "hz-1", "hz", table.version, None)
+            .await
+            .expect("reported");
+    }
+}
