@@ -58,10 +58,9 @@ impl Proposal {
 
 /// What `proposal` would change if stored after `current`: its problems, or the diff and the
 /// units it moves. Stores nothing.
-pub async fn plan(
-    proposal: Proposal,
-    current: Option<Arc<StoredTable>>,
-) -> Result<PlanResult, Refused> {
+pub async fn plan(cp: &ControlPlane, proposal: Proposal) -> Result<PlanResult, Refused> {
+    let current = cp.store.current();
+    let flipping = flipping_units(cp).await?;
     if proposal.body.trim_ascii().is_empty() {
         return Err(Refused::new(
             Kind::BadRequest,
@@ -69,10 +68,14 @@ pub async fn plan(
             "the request body is empty: send the proposed table (YAML, or JSON with Content-Type: application/json)",
         ));
     }
-    off_thread(move || plan_now(&proposal, current)).await?
+    off_thread(move || plan_now(&proposal, current, &flipping)).await?
 }
 
-fn plan_now(proposal: &Proposal, current: Option<Arc<StoredTable>>) -> Result<PlanResult, Refused> {
+fn plan_now(
+    proposal: &Proposal,
+    current: Option<Arc<StoredTable>>,
+    flipping: &[(String, String)],
+) -> Result<PlanResult, Refused> {
     let current_version = current.as_ref().map_or(0, |c| c.version);
     let next_version = current_version + 1;
     let table = match proposal.table(next_version, current.as_deref()) {
@@ -107,14 +110,57 @@ fn plan_now(proposal: &Proposal, current: Option<Arc<StoredTable>>) -> Result<Pl
         .as_ref()
         .map(|c| unit_moves(&c.table, table.raw()))
         .unwrap_or_default();
+    let in_flip = current
+        .as_ref()
+        .and_then(|c| changes_flipping_unit(&c.table, table.raw(), flipping));
     Ok(PlanResult {
         valid: true,
         current_version,
         next_version,
         problems: Vec::new(),
-        put_refused: (!moves.is_empty()).then(|| refusal(&moves)),
+        put_refused: in_flip.or_else(|| (!moves.is_empty()).then(|| refusal(&moves))),
         moves,
         diff,
+    })
+}
+
+/// Every unit a flip is running on, with the flip's id.
+async fn flipping_units(cp: &ControlPlane) -> Result<Vec<(String, String)>, Refused> {
+    Ok(cp
+        .store
+        .flips()
+        .await?
+        .into_iter()
+        .filter(|f| !f.state.is_final())
+        .flat_map(|f| {
+            let id = f.id.clone();
+            f.moves().into_iter().map(move |m| (m.unit, id.clone()))
+        })
+        .collect())
+}
+
+/// Why `next` may not follow `current` while the flips in `flipping` run: it changes the
+/// region, state or slots of one of their units. A flip owns those until it ends (its freeze
+/// keeps the unit's writes out while the data catches up; a table write that unfroze it
+/// would let them in behind the flip's back).
+fn changes_flipping_unit(
+    current: &RawTable,
+    next: &RawTable,
+    flipping: &[(String, String)],
+) -> Option<String> {
+    flipping.iter().find_map(|(unit, flip)| {
+        let before = current.units.iter().find(|u| &u.name == unit);
+        let after = next.units.iter().find(|u| &u.name == unit);
+        let same = match (before, after) {
+            (Some(b), Some(a)) => b.region == a.region && b.state == a.state && b.slots == a.slots,
+            (None, None) => true,
+            _ => false,
+        };
+        (!same).then(|| {
+            format!(
+                "unit {unit} has flip {flip} running: a table write may not change its region, state or slots until the flip ends (wait for it, or cancel it: unitctl flip-cancel {flip})"
+            )
+        })
     })
 }
 
@@ -180,6 +226,12 @@ pub async fn write(cp: &ControlPlane, write: TableWrite) -> Result<u64, Refused>
                 &e,
             )
         })?;
+    if let Some(current) = &current {
+        let flipping = flipping_units(cp).await?;
+        if let Some(why) = changes_flipping_unit(&current.table, table.raw(), &flipping) {
+            return Err(Refused::new(Kind::Conflict, "unit_flipping", why));
+        }
+    }
     let moves = current
         .as_ref()
         .map(|c| unit_moves(&c.table, table.raw()))

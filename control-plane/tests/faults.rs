@@ -717,3 +717,78 @@ async fn a_flip_whose_unfreeze_is_stored_is_never_rolled_back() {
             .expect("reported");
     }
 }
+
+/// A flip owns its units' placement until it ends: a table write that would change the region,
+/// state or slots of one (the "back to version N" recipe run during the replication wait would
+/// unfreeze it in its old region) is refused, forced or not, and the plan says so; other
+/// changes go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_write_cannot_touch_a_unit_while_its_flip_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let cp = ControlProcess::start(&file_plane_config(dir.path(), &tokens));
+    let admin = cp.client(&tokens.admin);
+    let first = admin.table().await.expect("table");
+    let accepted = flip(&admin, "u03", held_for_confirmation("sz"))
+        .await
+        .expect("accepted");
+    let held = flip_until(&admin, &accepted.id, "the replication wait", |f| {
+        f.steps
+            .last()
+            .is_some_and(|s| s.name == StepName::Replication)
+    })
+    .await;
+    let frozen = held
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Freeze)
+        .and_then(|s| s.version)
+        .expect("freeze version");
+    // Version 1's table again, on top of the freeze: u03 active in sh.
+    let body = TableText::of(&first.table);
+    for force in [None, Some("back to v1")] {
+        let put = PutTable {
+            if_match: frozen,
+            reason: None,
+            force,
+        };
+        let (status, error) = refusal(admin.put_table(&body, &put).await);
+        assert_eq!(status, StatusCode::CONFLICT, "{error:?}");
+        assert_eq!(error.error, "unit_flipping");
+        assert!(
+            error.message.contains("unit u03") && error.message.contains(&accepted.id),
+            "{error:?}"
+        );
+    }
+    let plan = admin.plan(&body).await.expect("plan result");
+    assert!(
+        plan.put_refused
+            .as_deref()
+            .is_some_and(|why| why.contains("has flip")),
+        "{plan:?}"
+    );
+    let now = admin.table().await.expect("table");
+    assert_eq!(now.version, frozen);
+    assert_eq!(
+        unit_placement(&now.table, "u03"),
+        ("sh".to_owned(), "write_frozen".to_owned())
+    );
+    // Another unit's change is an ordinary write.
+    let mut table = now.table.clone();
+    let u05 = table
+        .units
+        .iter_mut()
+        .find(|u| u.name == "u05")
+        .expect("u05");
+    u05.state = router_rules::UnitState::WriteFrozen;
+    let put = PutTable {
+        if_match: frozen,
+        reason: None,
+        force: None,
+    };
+    admin
+        .put_table(&TableText::of(&table), &put)
+        .await
+        .expect("stored");
+    admin.cancel_flip(&accepted.id).await.expect("cancelled");
+}

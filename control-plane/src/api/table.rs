@@ -54,7 +54,7 @@ pub async fn plan(cp: &ControlPlane, request: Request<Incoming>) -> Handled {
         body,
         json: json_body,
     };
-    let result = admission::plan(proposal, cp.store.current()).await?;
+    let result = admission::plan(cp, proposal).await?;
     Ok(json(StatusCode::OK, &result))
 }
 
