@@ -9,6 +9,7 @@
 //! new version equal to it where the flip touched it).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use control_api::{
@@ -83,6 +84,10 @@ struct Runner {
     locks: Vec<UnitLock>,
     /// `flip.moves()`, once.
     moves: Vec<FlipUnit>,
+    /// A fenced write found a lock no longer this runner's (its lease ran out, and a
+    /// recovery took the flip over): from then on it writes nothing, not even the flip's
+    /// record, and leaves the flip to whoever holds it now.
+    lock_lost: AtomicBool,
 }
 
 impl Runner {
@@ -93,7 +98,12 @@ impl Runner {
             flip,
             locks,
             moves,
+            lock_lost: AtomicBool::new(false),
         }
+    }
+
+    fn lock_lost(&self) -> bool {
+        self.lock_lost.load(Ordering::Relaxed)
     }
 
     /// What every write must prove: each unit's lock is still held.
@@ -126,6 +136,9 @@ async fn run(cp: Arc<ControlPlane>, flip: FlipRecord, locks: Vec<UnitLock>) {
     };
     match outcome {
         Ok(()) => runner.finish(FlipState::Succeeded, None).await,
+        Err(why) if runner.lock_lost() => {
+            tracing::warn!(flip = runner.flip.id, %why, "the flip's lock is another runner's now; leaving the flip to it");
+        }
         Err(why) => runner.roll_back(why).await,
     }
 }
@@ -262,8 +275,26 @@ impl Runner {
     }
 
     async fn save(&self) {
-        if let Err(error) = self.cp.store.put_flip(&self.flip).await {
-            tracing::error!(flip = self.flip.id, %error, "cannot save the flip record");
+        if self.lock_lost() {
+            return;
+        }
+        match self
+            .cp
+            .store
+            .put_flip_fenced(&self.flip, &self.fences())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    flip = self.flip.id,
+                    "the flip's lock was lost (lease expired); the runner stops"
+                );
+                self.lock_lost.store(true, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::error!(flip = self.flip.id, %error, "cannot save the flip record");
+            }
         }
     }
 
@@ -274,6 +305,9 @@ impl Runner {
         version: Option<u64>,
         detail: Option<String>,
     ) {
+        if self.lock_lost() {
+            return;
+        }
         self.cp
             .audit(AuditEntry {
                 at_ms: now_ms(),
@@ -380,6 +414,7 @@ impl Runner {
                 // whose version this replica may not have received yet): wait for it, redo.
                 PutOutcome::Stale(now) => self.cp.store.wait_for_version(now).await,
                 PutOutcome::LockLost => {
+                    self.lock_lost.store(true, Ordering::Relaxed);
                     return Err("the flip lock was lost (lease expired)".into());
                 }
             }
@@ -692,6 +727,14 @@ impl Runner {
     }
 
     async fn finish(&mut self, state: FlipState, error: Option<String>) {
+        if self.lock_lost() {
+            tracing::warn!(
+                flip = self.flip.id,
+                ?error,
+                "the flip's lock is another runner's now; not ending the flip here"
+            );
+            return;
+        }
         self.flip.state = state;
         self.flip.finished_at_ms = Some(now_ms());
         self.flip.error = error.clone();

@@ -394,3 +394,108 @@ async fn a_replica_killed_mid_evacuation_leaves_every_unit_the_same_way_on_etcd(
         );
     }
 }
+
+/// A flip's runner whose lease ran out (etcd unreachable for longer than the lease, here the
+/// lease revoked) while a recovery took the flip over writes nothing more: not the switch,
+/// not the flip's record. The recovery's rollback is the flip's only end, and no version
+/// ever put the unit in its new region. (The lock names the lease as well as the flip, so the
+/// runner's fenced writes fail.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_whose_lease_ran_out_writes_nothing_once_a_recovery_took_its_flip_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path()).await;
+    let tokens = Tokens::new();
+    let cp = ControlProcess::start(&support::write_config_with(
+        dir.path(),
+        "a",
+        "127.0.0.1:0",
+        &etcd_store(&etcd, "/fence/"),
+        &tokens,
+        "gateway_stale_after_s: 60\nmin_gateways: { hz: 1 }\n",
+    ));
+    let operator = cp.client(&tokens.operator);
+    let hz = cp.client(tokens.gateway("hz"));
+    let report = |version: u64| {
+        let hz = hz.clone();
+        async move {
+            hz.report(&control_api::GatewayReport {
+                gateway: "hz-1".into(),
+                region: "hz".into(),
+                applied: version,
+                digest: None,
+                rejected: None,
+            })
+            .await
+            .expect("reported");
+        }
+    };
+    report(1).await;
+    // The rollback's convergence is never reported: the recovery holds the lock meanwhile.
+    let accepted = operator
+        .start_flip(
+            "u03",
+            &flip_request(serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "converge_timeout_s": 8, "replication_check": {"delay_s": 3}})),
+        )
+        .await
+        .expect("flip");
+    let waiting = flip_until(&operator, &accepted.id, "the freeze awaited", |f| {
+        f.steps
+            .last()
+            .is_some_and(|s| s.name == StepName::ConvergeFreeze)
+    })
+    .await;
+    let freeze = waiting
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Freeze)
+        .and_then(|s| s.version)
+        .expect("freeze version");
+    report(freeze).await;
+    flip_until(&operator, &accepted.id, "the replication wait", |f| {
+        f.steps
+            .last()
+            .is_some_and(|s| s.name == StepName::Replication)
+    })
+    .await;
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .expect("etcd");
+    let lock = client
+        .get("/fence/locks/u03", None)
+        .await
+        .expect("lock")
+        .kvs()
+        .first()
+        .map(|kv| kv.lease())
+        .expect("the flip holds u03's lock");
+    client.lease_revoke(lock).await.expect("revoked");
+    let ended = flip_until(&operator, &accepted.id, "taken over", |f| {
+        f.state.is_final()
+    })
+    .await;
+    assert_eq!(ended.state, FlipState::RolledBack, "{ended:?}");
+    // The runner's wait ended long before the recovery's; still nothing of it was written.
+    let now = operator.table().await.expect("table");
+    assert_eq!(
+        unit_placement(&now.table, "u03"),
+        ("sh".into(), "active".into())
+    );
+    for version in 1..=now.version {
+        let stored = operator.table_version(version).await.expect("version");
+        assert_eq!(
+            unit_placement(&stored.table, "u03").0,
+            "sh",
+            "version {version} moved u03"
+        );
+    }
+    let ends = operator
+        .audit(None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == "flip.end" && e.flip.as_deref() == Some(&accepted.id))
+        .count();
+    assert_eq!(ends, 1);
+    let again = operator.flip(&accepted.id).await.expect("flip");
+    assert_eq!(again.state, FlipState::RolledBack, "{again:?}");
+}

@@ -6,7 +6,7 @@
 //! <prefix>audit/<ms:013>-<replica>-<n:08>   the audit log, ordered by key
 //! <prefix>flips/<id>               flip records
 //! <prefix>signals/<id>/<signal>    confirm/cancel sent to a running flip
-//! <prefix>locks/<unit>             the unit's flip lock: the flip id, on a lease; or,
+//! <prefix>locks/<unit>             the unit's flip lock: the flip id and lease, on the lease; or,
 //!                                  without a lease, a UnitBlock until resolved
 //! <prefix>quarantine/flips/<id>    flip records that could not be read, moved aside
 //! <prefix>gateways/<id>            what some replica last heard from a gateway
@@ -307,6 +307,32 @@ impl EtcdStore {
         self.put_json(&format!("flips/{}", flip.id), flip).await
     }
 
+    /// Save a flip record if every lock in `fences` is still as its runner took it; `false`
+    /// (nothing written) when one is not.
+    pub(super) async fn put_flip_fenced(
+        &self,
+        flip: &FlipRecord,
+        fences: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        let value = serde_json::to_vec(flip).map_err(StoreError::from_display)?;
+        let compares = fences
+            .iter()
+            .map(|(key, holder)| Compare::value(key.clone(), CompareOp::Equal, holder.clone()))
+            .collect::<Vec<_>>();
+        let txn = Txn::new().when(compares).and_then(vec![TxnOp::put(
+            self.key(&format!("flips/{}", flip.id)),
+            value,
+            None,
+        )]);
+        Ok(self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd)?
+            .succeeded())
+    }
+
     pub(super) async fn flip(&self, id: &str) -> Result<Option<FlipRecord>, StoreError> {
         if !super::file::is_flip_id(id) {
             return Ok(None);
@@ -397,6 +423,10 @@ impl EtcdStore {
             .await
             .map_err(etcd)?
             .id();
+        // The flip and the lease: a runner whose lease ran out and a recovery that took the
+        // lock after it hold it for the same flip, and only the second may write (fences
+        // compare this value).
+        let holder = format!("{holder} lease {lease:x}");
         let txn = Txn::new()
             .when(vec![Compare::create_revision(
                 key.clone(),
@@ -405,7 +435,7 @@ impl EtcdStore {
             )])
             .and_then(vec![TxnOp::put(
                 key.clone(),
-                holder,
+                holder.clone(),
                 Some(PutOptions::new().with_lease(lease)),
             )]);
         let taken = client.kv_client().txn(txn).await.map_err(etcd)?.succeeded();
@@ -417,14 +447,14 @@ impl EtcdStore {
         tokio::spawn(keep_alive(
             client.clone(),
             lease,
-            Duration::from_secs(u64::try_from(self.lease_ttl_s).unwrap_or(5)) / 3,
+            Duration::from_secs(u64::try_from(self.lease_ttl_s).unwrap_or(5)),
             stop.clone(),
         ));
         Ok(Some(LeaseLock {
             client,
             lease,
             key,
-            holder: holder.to_owned(),
+            holder,
             stop,
         }))
     }
@@ -572,17 +602,40 @@ async fn follow_once(
     Err(StoreError("etcd watch stream ended".into()))
 }
 
-async fn keep_alive(mut client: Client, lease: i64, every: Duration, stop: Arc<Notify>) {
-    let Ok((mut keeper, mut responses)) = client.lease_keep_alive(lease).await else {
-        return;
-    };
+/// Keep `lease` (of `ttl`) alive until `stop`, renewing it three times a TTL. A failed renewal
+/// is tried again on a new stream until the lease would have run out: an etcd leader change or
+/// a short outage must not cost a running flip its lock.
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, stop: Arc<Notify>) {
+    let every = (ttl / 3).max(Duration::from_millis(300));
+    let mut renewed = tokio::time::Instant::now();
+    let mut stream = None;
     loop {
-        if keeper.keep_alive().await.is_err() || responses.message().await.is_err() {
-            tracing::warn!(lease, "cannot keep the flip lock's lease alive");
-            return;
+        if stream.is_none() {
+            stream = client.lease_keep_alive(lease).await.ok();
         }
+        let alive = match stream.as_mut() {
+            Some((keeper, responses)) => {
+                keeper.keep_alive().await.is_ok()
+                    && matches!(responses.message().await, Ok(Some(r)) if r.ttl() > 0)
+            }
+            None => false,
+        };
+        if alive {
+            renewed = tokio::time::Instant::now();
+        } else {
+            stream = None;
+            if renewed.elapsed() >= ttl {
+                tracing::warn!(lease, "the flip lock's lease ran out");
+                return;
+            }
+        }
+        let wait = if alive {
+            every
+        } else {
+            Duration::from_millis(300)
+        };
         tokio::select! {
-            () = tokio::time::sleep(every.max(Duration::from_millis(300))) => {}
+            () = tokio::time::sleep(wait) => {}
             () = stop.notified() => return,
         }
     }

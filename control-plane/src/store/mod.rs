@@ -362,6 +362,21 @@ impl Store {
         }
     }
 
+    /// Save a flip record for the runner holding the locks `fences` name; `false` (nothing
+    /// written) when one of them is no longer as it took it. (The file store's locks live
+    /// in this process: its runner never loses them.)
+    pub async fn put_flip_fenced(
+        &self,
+        flip: &FlipRecord,
+        fences: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::File(s) => s.put_flip(flip).map(|()| true),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.put_flip_fenced(flip, fences).await,
+        }
+    }
+
     /// One flip.
     pub async fn flip(&self, id: &str) -> Result<Option<FlipRecord>, StoreError> {
         match self {
