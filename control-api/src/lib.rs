@@ -133,6 +133,12 @@ pub struct GatewayReport {
     /// The last version it refused, with why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<RejectedVersion>,
+    /// It is stopping for good (a graceful stop, not an upgrade that hands its sockets on):
+    /// the control plane forgets it, so that flips stop waiting for it. A gateway that stops
+    /// without saying so stays in the fleet, and flips wait for it until it comes back or an
+    /// operator forgets it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// A version a gateway refused.

@@ -28,8 +28,9 @@ pub struct ControlConfig {
     pub initial_table: Option<PathBuf>,
     /// API tokens. At least one; each at least 32 characters.
     pub tokens: Vec<TokenConfig>,
-    /// A gateway not heard from for this long is stale: flips stop waiting for it. Keep it
-    /// well above `watch_hold_s` and the gateways' longest reconnect back-off (5 s).
+    /// A gateway not heard from for this long is stale: shown so (`unitctl status`, metrics)
+    /// and named as such when a flip waits for it. Flips still wait for it until it reports,
+    /// leaves (a gateway that stops says so) or an operator forgets it.
     #[serde(default = "default_stale_s")]
     pub gateway_stale_after_s: u64,
     /// The fewest gateways of a region that must serve a version before a flip step goes on,

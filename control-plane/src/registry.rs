@@ -2,12 +2,13 @@
 //! replica, or before a restart), with the version it serves. Flips wait here until every
 //! expected gateway serves a version.
 //!
-//! Which gateways a step waits for: every gateway that is not stale. A gateway is stale when
-//! it has not been heard from for `gateway_stale_after_s`; after a control-plane start, the
-//! gateways that were live when the control plane last heard from anyone count as heard from
-//! at the start, since a control plane that was down could hear nobody. So a step right after
-//! a restart waits for the gateways that have not reconnected yet, instead of finishing with
-//! whichever came back first.
+//! Which gateways a step waits for: every gateway of the fleet, until it serves the step's
+//! version, leaves (a gateway that stops says so) or an operator forgets it. One not heard
+//! from is no reason to go on without it: cut off from the control plane but not from its
+//! clients, it routes by the version it last had. A gateway is shown stale when it has not
+//! been heard from for `gateway_stale_after_s`; after a control-plane start, the gateways that
+//! were live when the control plane last heard from anyone count as heard from at the start,
+//! since a control plane that was down could hear nobody.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -244,9 +245,9 @@ impl Registry {
             .then(|| self.list())
     }
 
-    /// Wait until every live gateway serves `version` or newer with the stored content, and
-    /// each region named in `min_gateways` has at least that many doing so. Returns how many
-    /// live gateways there are. Fails at once when one refuses the version, and when
+    /// Wait until every gateway of the fleet, stale or not, serves `version` or newer with the
+    /// stored content, and each region named in `min_gateways` has at least that many doing
+    /// so. Returns how many gateways there are. Fails at once when one refuses the version, and when
     /// `timeout` passes.
     pub async fn wait_converged(
         &self,
@@ -258,9 +259,12 @@ impl Registry {
         let mut changed = self.changed.subscribe();
         loop {
             changed.mark_unchanged();
+            // Every gateway of the fleet, stale ones too: a gateway not heard from may be cut
+            // off from the control plane and not from its clients, routing by the version it
+            // last had. It is waited for until it reports or an operator forgets it (or it
+            // left, saying so).
             let gateways = self.list();
-            let live: Vec<&GatewayStatus> = gateways.iter().filter(|g| !g.stale).collect();
-            if let Some(refusing) = live.iter().find(|g| {
+            if let Some(refusing) = gateways.iter().find(|g| {
                 g.applied_version < version
                     && g.rejected
                         .as_ref()
@@ -276,15 +280,15 @@ impl Registry {
                 });
             }
             let serves = |g: &GatewayStatus| g.applied_version >= version && !g.diverged;
-            let behind: Vec<String> = live
+            let behind: Vec<String> = gateways
                 .iter()
                 .filter(|g| !serves(g))
-                .map(|g| describe(g))
+                .map(describe)
                 .collect();
             let short: Vec<String> = min_gateways
                 .iter()
                 .filter_map(|(region, &min)| {
-                    let serving = live
+                    let serving = gateways
                         .iter()
                         .filter(|g| g.region == *region && serves(g))
                         .count();
@@ -296,7 +300,7 @@ impl Registry {
                 })
                 .collect();
             if behind.is_empty() && short.is_empty() {
-                return Ok(live.len());
+                return Ok(gateways.len());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(NotConverged::Timeout { behind, short });
@@ -317,7 +321,15 @@ fn describe(g: &GatewayStatus) -> String {
     } else {
         format!("serves {}", g.applied_version)
     };
-    format!("{} ({}, {serves})", g.id, g.region)
+    if g.stale {
+        let quiet_s = now_ms().saturating_sub(g.last_seen_ms) / 1000;
+        format!(
+            "{} ({}, {serves}, not heard from for {quiet_s} s: if it is gone, forget it with unitctl gateway-forget {})",
+            g.id, g.region, g.id
+        )
+    } else {
+        format!("{} ({}, {serves})", g.id, g.region)
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +401,52 @@ mod tests {
         };
         registry.seen(sighting("late", "hz", 4));
         assert_eq!(waiter.await.expect("task"), Ok(2));
+    }
+
+    /// A gateway not heard from may be cut off from the control plane only, routing by the
+    /// version it last had: a step waits for it, naming it stale, until it reports, leaves or
+    /// is forgotten. One that already serves the version holds nothing.
+    #[tokio::test]
+    async fn a_step_waits_for_a_stale_gateway_until_it_reports_or_is_forgotten() {
+        let registry = Registry::new(Duration::from_secs(60));
+        registry.restore(vec![
+            status("hz-1", now_ms()),
+            status("cut-off", now_ms() - 3_600_000),
+        ]);
+        registry.seen(sighting("hz-1", "hz", 4));
+        let listed = registry.list();
+        assert!(
+            listed.iter().any(|g| g.id == "cut-off" && g.stale),
+            "{listed:?}"
+        );
+        let none = BTreeMap::new();
+        assert_eq!(
+            registry
+                .wait_converged(3, &none, Duration::from_millis(20))
+                .await,
+            Ok(2)
+        );
+        match registry
+            .wait_converged(4, &none, Duration::from_millis(20))
+            .await
+        {
+            Err(NotConverged::Timeout { behind, .. }) => {
+                assert_eq!(behind.len(), 1, "{behind:?}");
+                assert!(
+                    behind[0].starts_with("cut-off (hz, serves 3, not heard from for 3600 s")
+                        && behind[0].contains("unitctl gateway-forget cut-off"),
+                    "{behind:?}"
+                );
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(registry.forget("cut-off"));
+        assert_eq!(
+            registry
+                .wait_converged(4, &none, Duration::from_millis(20))
+                .await,
+            Ok(1)
+        );
     }
 
     #[tokio::test]

@@ -129,7 +129,9 @@ async fn two_replicas_share_flips_and_a_dead_replicas_flip_is_rolled_back() {
         );
     }
     // A flip through A, held at the replication check; A dies.
-    let accepted = via_a        .start_flip("u01", &flip_request(serde_json::json!({"to": "sh", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}})))        .await        .expect("flip");
+    // The gateway that watched A cannot report the rollback: B waits for it, naming it,
+    // until the rollback's convergence times out (here 5 s); the rollback stands either way.
+    let accepted = via_a        .start_flip("u01", &flip_request(serde_json::json!({"to": "sh", "mode": "planned", "reason": "drill", "replication_check": {"confirm": true}, "converge_timeout_s": 5})))        .await        .expect("flip");
     let held = flip_until(&via_b, &accepted.id, "held at replication", |f| {
         f.steps
             .last()
@@ -424,6 +426,7 @@ async fn a_runner_whose_lease_ran_out_writes_nothing_once_a_recovery_took_its_fl
                 applied: version,
                 digest: None,
                 rejected: None,
+                leaving: false,
             })
             .await
             .expect("reported");

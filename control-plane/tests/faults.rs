@@ -33,6 +33,7 @@ async fn post_report(
             applied,
             digest: digest.map(str::to_owned),
             rejected: None,
+            leaving: false,
         })
         .await
 }
@@ -791,4 +792,88 @@ async fn a_table_write_cannot_touch_a_unit_while_its_flip_runs() {
         .await
         .expect("stored");
     admin.cancel_flip(&accepted.id).await.expect("cancelled");
+}
+
+/// A gateway that stops says so and leaves the fleet (audited as `gateway.leave`): flips stop
+/// waiting for it. One that goes quiet without saying so stays, and a flip waits for it,
+/// naming it stale, until an operator forgets it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_leaves_is_forgotten_and_a_quiet_one_is_waited_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::new();
+    let config = support::write_config_with(
+        dir.path(),
+        "cp",
+        "127.0.0.1:0",
+        &file_store(dir.path()),
+        &tokens,
+        "gateway_stale_after_s: 1\n",
+    );
+    let cp = ControlProcess::start(&config);
+    let operator = cp.client(&tokens.operator);
+    let hz = cp.client(tokens.gateway("hz"));
+    post_report(&hz, "hz-quiet", "hz", 1, None)
+        .await
+        .expect("reported");
+    post_report(&hz, "hz-leaving", "hz", 1, None)
+        .await
+        .expect("reported");
+    hz.report(&GatewayReport {
+        gateway: "hz-leaving".into(),
+        region: "hz".into(),
+        applied: 1,
+        digest: None,
+        rejected: None,
+        leaving: true,
+    })
+    .await
+    .expect("left");
+    let fleet = gateways(&operator).await;
+    assert_eq!(
+        fleet.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+        vec!["hz-quiet"]
+    );
+    assert!(
+        audit(&operator)
+            .await
+            .iter()
+            .any(|e| e.action == "gateway.leave" && e.target == "hz-leaving"),
+        "audited"
+    );
+    // hz-quiet goes stale (1 s) and still holds the flip's freeze.
+    let accepted = flip(
+        &operator,
+        "u03",
+        serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "converge_timeout_s": 3}),
+    )
+    .await
+    .expect("accepted");
+    let done = flip_until(&operator, &accepted.id, "flip ended", |f| {
+        f.state.is_final()
+    })
+    .await;
+    assert_eq!(done.state, FlipState::RolledBack, "{done:?}");
+    let error = done.error.unwrap_or_default();
+    assert!(
+        error.contains("hz-quiet (hz, serves 1, not heard from for")
+            && error.contains("unitctl gateway-forget hz-quiet"),
+        "{error}"
+    );
+    // Forgotten, it holds nothing.
+    operator
+        .forget_gateway("hz-quiet")
+        .await
+        .expect("forgotten");
+    let accepted = flip(
+        &operator,
+        "u03",
+        serde_json::json!({"to": "sz", "mode": "planned", "reason": "drill", "converge_timeout_s": 3}),
+    )
+    .await
+    .expect("accepted");
+    let done = flip_until(&operator, &accepted.id, "flip ended", |f| {
+        f.state.is_final()
+    })
+    .await;
+    assert_eq!(done.state, FlipState::Succeeded, "{done:?}");
 }

@@ -20,6 +20,7 @@ async fn report(gateway: &Client, applied: u64) {
             applied,
             digest: None,
             rejected: None,
+            leaving: false,
         })
         .await
         .expect("report");

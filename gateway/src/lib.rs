@@ -126,6 +126,9 @@ pub struct Gateway {
     tracker: Arc<ConnTracker>,
     reload: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
+    /// Says goodbye to the control plane when the gateway stops for good
+    /// ([`Gateway::stop_for_good`]).
+    departure: Option<source::Departure>,
 }
 
 impl Gateway {
@@ -142,6 +145,7 @@ impl Gateway {
         let reload = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let mut departure = None;
         if let Some(path) = &config.table.file {
             let from_source = match source::load_file(&store, path) {
                 Ok(Ok(_)) => Ok(()),
@@ -192,6 +196,7 @@ impl Gateway {
                 url = control.url,
                 "following the control plane"
             );
+            departure = Some(source.departure());
             tasks.push(source.spawn(&store, stop_rx.clone()));
         }
         upstream::spawn_health_checks(
@@ -292,12 +297,28 @@ impl Gateway {
             tracker,
             reload,
             tasks,
+            departure,
         })
     }
 
     /// Re-read the table file now (what SIGHUP does).
     pub fn reload(&self) {
         self.reload.notify_one();
+    }
+
+    /// [`Gateway::shutdown`], then tell the control plane this gateway is gone for good, so
+    /// that flips stop waiting for it (a gateway that stops without saying so is waited for
+    /// until it comes back or an operator forgets it). Not for an upgrade: the new process
+    /// serves under the same id. Said only once drained: until then it still routes what it
+    /// took.
+    pub async fn stop_for_good(mut self, drain: Duration) -> usize {
+        let departure = self.departure.take();
+        let store = self.store.clone();
+        let left = self.shutdown(drain).await;
+        if let Some(departure) = departure {
+            departure.send(&store).await;
+        }
+        left
     }
 
     /// Stop accepting, let in-flight requests finish (at most `drain`), then return the number

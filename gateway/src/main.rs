@@ -180,15 +180,26 @@ fn serve(config: GatewayConfig, upgrade: bool) -> ExitCode {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            () = wait_for_stop(&gateway) => tracing::info!("stopping: draining in-flight requests"),
-            result = handed_over => match result {
-                Ok(Ok(())) => tracing::info!("upgraded: a new process serves; draining in-flight requests"),
-                Ok(Err(error)) => tracing::error!(%error, "upgrade socket failed; draining"),
-                Err(error) => tracing::error!(%error, "upgrade task failed; draining"),
-            },
+        // A stop is for good; after an upgrade the new process serves under the same id.
+        let leaving = tokio::select! {
+            () = wait_for_stop(&gateway) => {
+                tracing::info!("stopping: draining in-flight requests");
+                true
+            }
+            result = handed_over => {
+                match result {
+                    Ok(Ok(())) => tracing::info!("upgraded: a new process serves; draining in-flight requests"),
+                    Ok(Err(error)) => tracing::error!(%error, "upgrade socket failed; draining"),
+                    Err(error) => tracing::error!(%error, "upgrade task failed; draining"),
+                }
+                false
+            }
+        };
+        if leaving {
+            gateway.stop_for_good(drain).await;
+        } else {
+            gateway.shutdown(drain).await;
         }
-        gateway.shutdown(drain).await;
         ExitCode::SUCCESS
     });
     // The upgrade socket's thread may still be blocked in accept(): do not wait for it.

@@ -70,6 +70,34 @@ pub struct ControlPlaneSource {
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
+/// A gateway's goodbye to the control plane: a last report that says it is leaving.
+pub struct Departure {
+    client: control_api::Client,
+    gateway: String,
+}
+
+impl Departure {
+    /// Send it (once the gateway has drained); a control plane that cannot be reached keeps
+    /// the gateway in its fleet, and flips wait for it until an operator forgets it.
+    pub async fn send(&self, store: &TableStore) {
+        let current = store.current();
+        let report = control_api::GatewayReport {
+            gateway: self.gateway.clone(),
+            region: store.region().to_owned(),
+            applied: current.as_ref().map_or(0, |s| s.table.version()),
+            digest: current.as_ref().map(|s| s.digest.clone()),
+            rejected: None,
+            leaving: true,
+        };
+        match self.client.report(&report).await {
+            Ok(()) => tracing::info!(gateway = self.gateway, "left the control plane's fleet"),
+            Err(error) => {
+                tracing::warn!(%error, gateway = self.gateway, "cannot tell the control plane this gateway leaves")
+            }
+        }
+    }
+}
+
 /// What a watch tells the control plane about the table this gateway serves.
 struct Serving {
     applied: u64,
@@ -224,6 +252,15 @@ impl ControlPlaneSource {
         }
     }
 
+    /// What [`Gateway::stop_for_good`](crate::Gateway::stop_for_good) needs: this gateway's
+    /// name and client.
+    pub fn departure(&self) -> Departure {
+        Departure {
+            client: self.client.clone(),
+            gateway: self.gateway.clone(),
+        }
+    }
+
     async fn report(&self, store: &TableStore, rejection: Option<&crate::store::Rejection>) {
         let current = store.current();
         let report = control_api::GatewayReport {
@@ -235,6 +272,7 @@ impl ControlPlaneSource {
                 version: r.version,
                 error: r.error.clone(),
             }),
+            leaving: false,
         };
         if let Err(error) = self.client.report(&report).await {
             tracing::warn!(%error, "cannot report to the control plane");

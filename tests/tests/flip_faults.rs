@@ -823,3 +823,29 @@ async fn a_flip_right_after_a_control_plane_restart_rolls_back_naming_a_gateway_
         step(&flip, StepName::ConvergeRollback).detail
     );
 }
+
+/// A gateway stopped (SIGTERM) drains, then tells the control plane it leaves: the fleet
+/// forgets it and the audit log says so, so flips no longer wait for it. (One that dies
+/// without saying so stays in the fleet, and flips wait for it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_gateway_leaves_the_fleet() {
+    let mut system = System::start(Default::default()).await;
+    let before = fleet(&system).await;
+    assert!(before.iter().any(|g| g.region == "sz"), "{before:?}");
+    let gateway = system.gateways.get_mut("sz").expect("sz");
+    assert_eq!(gateway.process.terminate(), Some(0));
+    let after = fleet(&system).await;
+    assert!(after.iter().all(|g| g.region != "sz"), "{after:?}");
+    assert_eq!(after.len(), before.len() - 1, "{after:?}");
+    let audit = system
+        .control_client(&system.tokens.operator)
+        .audit(None)
+        .await
+        .expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "gateway.leave" && e.target.starts_with("sz")),
+        "{audit:?}"
+    );
+}

@@ -678,6 +678,7 @@ async fn gateway_forget_drops_a_gateway() {
         applied: 1,
         digest: None,
         rejected: None,
+        leaving: false,
     };
     p.client(&p.gateway).report(&report).await.expect("report");
     let out = p.unitctl(&p.operator, &["status"]).await;
@@ -736,6 +737,7 @@ async fn report_gateway(p: &Plane, id: &str) {
         applied: 1,
         digest: None,
         rejected: None,
+        leaving: false,
     };
     p.client(&p.gateway).report(&report).await.expect("report");
 }

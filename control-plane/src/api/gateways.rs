@@ -187,6 +187,29 @@ pub async fn report(
         );
     }
     sighting.rejected = report.rejected;
+    if report.leaving {
+        // Admitted above: the token speaks for this gateway.
+        if cp.registry.forget(&report.gateway) {
+            cp.store
+                .forget_gateway(&report.gateway, &cp.registry)
+                .await?;
+        }
+        cp.audit(control_api::AuditEntry {
+            at_ms: control_api::now_ms(),
+            actor: principal.map_or_else(String::new, |p| p.name.clone()),
+            action: "gateway.leave".into(),
+            target: report.gateway.clone(),
+            outcome: control_api::AuditOutcome::Ok,
+            status: Some(204),
+            version_before: Some(report.applied),
+            version_after: None,
+            reason: Some("the gateway stopped".into()),
+            flip: None,
+            detail: None,
+        })
+        .await;
+        return Ok(empty(StatusCode::NO_CONTENT));
+    }
     cp.gateway_seen(sighting).await;
     Ok(empty(StatusCode::NO_CONTENT))
 }

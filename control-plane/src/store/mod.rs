@@ -365,6 +365,7 @@ impl Store {
     /// Save a flip record for the runner holding the locks `fences` name; `false` (nothing
     /// written) when one of them is no longer as it took it. (The file store's locks live
     /// in this process: its runner never loses them.)
+    #[cfg_attr(not(feature = "etcd"), allow(unused_variables))]
     pub async fn put_flip_fenced(
         &self,
         flip: &FlipRecord,
