@@ -98,6 +98,10 @@ pub async fn handle(
                 "unitgate_buffered_body_bytes {}\n",
                 state.body_budget.held()
             ));
+            let (settled, writes) = state.store.writes_in_flight();
+            text.push_str(&format!(
+                "# HELP unitgate_writes_in_flight Writes routed to a unit and not over yet, by any table version.\n# TYPE unitgate_writes_in_flight gauge\nunitgate_writes_in_flight {writes}\n# HELP unitgate_table_settled_version The table version reported to the control plane as applied: the one in force, or an older one while writes it routed to a unit the newer moved or froze go on.\n# TYPE unitgate_table_settled_version gauge\nunitgate_table_settled_version {settled}\n"
+            ));
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/table" => {

@@ -15,7 +15,7 @@ use crate::proxy::{
     Ctx, HOP_REJECTED, KeyLog, Reply, Routed, Shared, Target, WRITE_FREEZE_RETRY_S, limited,
     without_segment,
 };
-use crate::store::Snapshot;
+use crate::store::{Snapshot, WriteInFlight};
 
 /// What the decision needs of a request's fields, found by the front end in its one pass.
 #[derive(Default)]
@@ -121,6 +121,7 @@ pub(crate) fn decide<'s>(
             invalid_key: decision
                 .key_error
                 .map(|e| (e, decision.key_source.map(ToString::to_string))),
+            is_write: decision.is_write,
         }
     };
     let table = &snapshot.table;
@@ -230,6 +231,13 @@ pub(crate) fn decide<'s>(
         ctx.forwarded_to = Some(region);
         shared.metrics.cross_region(snapshot.regions[region].id);
     }
+    // Counted in flight to its unit until it ends: the gateway reports a newer table as
+    // applied only once such writes to a unit it moved or froze are over
+    // (`TableStore::settled`).
+    let write = routed
+        .unit
+        .filter(|_| routed.is_write)
+        .map(|u| WriteInFlight::start(&snapshot.units[u], &snapshot.settle));
     Ok(Decided {
         snapshot,
         route,
@@ -237,7 +245,7 @@ pub(crate) fn decide<'s>(
         target,
         hop_in,
         trace,
-        permits: (route_permit, unit_permit),
+        permits: (route_permit, unit_permit, write),
     })
 }
 

@@ -129,8 +129,13 @@ pub struct Permit {
     limiter: Option<Arc<Limiter>>,
 }
 
-/// A request's permits: its route's and its unit's.
-pub type Permits = (Option<Permit>, Option<Permit>);
+/// A request's permits: its route's and its unit's, and for a write its place among its
+/// unit's writes in flight.
+pub type Permits = (
+    Option<Permit>,
+    Option<Permit>,
+    Option<crate::store::WriteInFlight>,
+);
 
 impl Drop for Permit {
     fn drop(&mut self) {

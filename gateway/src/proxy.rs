@@ -698,6 +698,8 @@ pub(crate) struct Routed {
     pub(crate) key: Option<String>,
     /// Why the key found cannot be used, and where it was found.
     pub(crate) invalid_key: Option<(router_rules::KeyError, Option<String>)>,
+    /// Whether it is a write (its method, or a method override).
+    pub(crate) is_write: bool,
 }
 
 pub(crate) enum Target<'s> {

@@ -98,6 +98,30 @@ impl Departure {
     }
 }
 
+/// Resolves once the version [`TableStore::settled`] gives is no longer `reported` (or the
+/// store is gone).
+async fn settled_away(
+    store: &std::sync::Weak<TableStore>,
+    settle: &tokio::sync::Notify,
+    reported: u64,
+) {
+    loop {
+        let notified = settle.notified();
+        tokio::pin!(notified);
+        // Listening before looking: a write that ends in between still wakes this.
+        notified.as_mut().enable();
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let settled = store.settled().map_or(0, |s| s.table.version());
+        drop(store);
+        if settled != reported {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// What a watch tells the control plane about the table this gateway serves.
 struct Serving {
     applied: u64,
@@ -106,8 +130,9 @@ struct Serving {
 }
 
 impl Serving {
+    /// What this gateway can vouch for: the settled snapshot ([`TableStore::settled`]).
     fn of(store: &TableStore) -> Self {
-        let current = store.current();
+        let current = store.settled();
         Self {
             applied: current.as_ref().map_or(0, |s| s.table.version()),
             digest: current.map(|s| s.digest.clone()),
@@ -296,6 +321,7 @@ impl ControlPlaneSource {
                 let Some(strong) = store.upgrade() else {
                     return;
                 };
+                let settle = strong.settle_signal();
                 let serving = Serving::of(&strong);
                 drop(strong);
                 let request = self.watch(
@@ -307,6 +333,9 @@ impl ControlPlaneSource {
                 let reply = tokio::select! {
                     reply = request => reply,
                     _ = stop.changed() => return,
+                    // Writes routed by an older version have ended: say so now, not at the
+                    // end of the hold, for a flip waits on it.
+                    () = settled_away(&store, &settle, serving.applied) => continue,
                 };
                 let Some(strong) = store.upgrade() else {
                     return;

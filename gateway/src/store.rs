@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -16,7 +16,7 @@ use http::uri::Authority;
 use router_rules::table::RegionIndex;
 use router_rules::{CompiledTable, RawLimits, RawTable};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::connect::{Connector, Connectors, TableConnectors, TlsConfigs};
 use crate::limits::Limiter;
@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub version_header: http::HeaderValue,
     /// `x-unitgate-table-version: <version>\r\n`, as the codec writes it into upstream heads.
     pub version_line: Box<[u8]>,
+    /// The store's signal that a write routed by some snapshot has ended
+    /// ([`TableStore::settled`]).
+    pub settle: Arc<Notify>,
 }
 
 impl Snapshot {
@@ -75,6 +78,37 @@ pub struct UnitState {
     pub header: http::HeaderValue,
     /// `x-unitgate-unit: <name>\r\n`, as the codec writes it into upstream heads.
     pub line: Box<[u8]>,
+    /// Writes routed to the unit by this snapshot and not over yet ([`WriteInFlight`]).
+    pub writes: Arc<AtomicUsize>,
+}
+
+/// A write in flight, routed by a snapshot to one of its units: counted there until the
+/// request ends. A gateway reports a newer version as applied only once no write routed by an
+/// older one to a unit that version moved or froze is still going on ([`TableStore::settled`]):
+/// "every gateway serves the freeze" must mean no write of the unit is still on its way to the
+/// old region (a body arriving slowly kept one going past the switch).
+pub struct WriteInFlight {
+    count: Arc<AtomicUsize>,
+    settle: Arc<Notify>,
+}
+
+impl WriteInFlight {
+    /// Count a write to `unit` (of the snapshot whose `settle` this is).
+    pub fn start(unit: &UnitState, settle: &Arc<Notify>) -> Self {
+        unit.writes.fetch_add(1, Ordering::AcqRel);
+        Self {
+            count: unit.writes.clone(),
+            settle: settle.clone(),
+        }
+    }
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settle.notify_waiters();
+        }
+    }
 }
 
 /// A region's pools and gateways, metric label and header value.
@@ -291,6 +325,12 @@ pub struct TableStore {
     /// The generation of the snapshot in force, set once it is in force (0: none yet).
     generation: AtomicU64,
     applied: watch::Sender<u64>,
+    /// The snapshots replaced, while anything still holds them: writes they routed may still
+    /// be in flight ([`TableStore::settled`]).
+    retired: Mutex<Vec<Weak<Snapshot>>>,
+    /// Woken when a write ends with none left to its unit in its snapshot, and when a
+    /// snapshot is swapped in.
+    settle: Arc<Notify>,
 }
 
 impl TableStore {
@@ -309,7 +349,68 @@ impl TableStore {
             apply_lock: Mutex::new(()),
             generation: AtomicU64::new(0),
             applied: watch::channel(0).0,
+            retired: Mutex::new(Vec::new()),
+            settle: Arc::new(Notify::new()),
         }
+    }
+
+    /// The snapshot this gateway can vouch for as applied: the one in force, unless a write
+    /// routed by an older one is still in flight to a unit whose region or state the one in
+    /// force changed — then the oldest such, until those writes end. The version reported to
+    /// the control plane is this one's: a flip's step waits for it.
+    pub fn settled(&self) -> Option<Arc<Snapshot>> {
+        let current = self.current()?;
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|s| s.strong_count() > 0);
+        let unsettled = retired
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|old| old.table.version() < current.table.version())
+            .filter(|old| {
+                old.units
+                    .iter()
+                    .zip(old.table.units())
+                    .any(|(state, unit)| {
+                        state.writes.load(Ordering::Acquire) > 0
+                            && current
+                                .table
+                                .units()
+                                .iter()
+                                .find(|u| u.name == unit.name)
+                                .is_none_or(|now| {
+                                    now.region != unit.region || now.state != unit.state
+                                })
+                    })
+            })
+            .min_by_key(|old| old.table.version());
+        Some(unsettled.unwrap_or(current))
+    }
+
+    /// The settled version ([`TableStore::settled`]; 0 with no table) and the writes in
+    /// flight, routed by any snapshot still held.
+    pub fn writes_in_flight(&self) -> (u64, usize) {
+        let settled = self.settled().map_or(0, |s| s.table.version());
+        let count = |s: &Snapshot| {
+            s.units
+                .iter()
+                .map(|u| u.writes.load(Ordering::Relaxed))
+                .sum::<usize>()
+        };
+        let retired: usize = self
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| count(&s))
+            .sum();
+        (settled, retired + self.current().map_or(0, |s| count(&s)))
+    }
+
+    /// Notified when [`TableStore::settled`] may have changed (a write ended, a table was
+    /// swapped in).
+    pub fn settle_signal(&self) -> Arc<Notify> {
+        self.settle.clone()
     }
 
     /// The snapshot in force: one atomic load.
@@ -455,7 +556,12 @@ impl TableStore {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let snapshot = self.build(table, region, origin, digest, &connectors, generation);
         self.connectors.update(&connectors);
-        self.current.store(Some(Arc::new(snapshot)));
+        if let Some(replaced) = self.current.swap(Some(Arc::new(snapshot))) {
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            retired.retain(|s| s.strong_count() > 0);
+            retired.push(Arc::downgrade(&replaced));
+        }
+        self.settle.notify_waiters();
         self.generation.store(generation, Ordering::Release);
         self.metrics.table_version.store(version, Ordering::Relaxed);
         self.metrics.table_swaps.fetch_add(1, Ordering::Relaxed);
@@ -636,11 +742,13 @@ impl TableStore {
                     id: names.id(&u.name),
                     header: header_value(&u.name),
                     line: field_line("x-unitgate-unit", &u.name),
+                    writes: Arc::new(AtomicUsize::new(0)),
                 })
                 .collect(),
             regions,
             version_header: http::HeaderValue::from(table.version()),
             version_line: field_line("x-unitgate-table-version", &table.version().to_string()),
+            settle: self.settle.clone(),
             table,
         }
     }
@@ -705,6 +813,49 @@ mod tests {
         let pool = here.pools[cart].as_ref().expect("hz has a cart pool");
         assert_eq!(pool.endpoints.len(), 3);
         assert_eq!(here.header, "hz");
+    }
+
+    /// A version that freezes a unit is vouched for (reported as applied) only once the
+    /// writes an older version routed to that unit are over; writes to units it left alone
+    /// hold nothing.
+    #[test]
+    fn a_freeze_is_settled_once_the_units_writes_routed_before_it_end() {
+        let v1 = include_str!("../../deploy/examples/three-regions.yaml");
+        let v2 = v1.replace("version: 1\n", "version: 2\n").replace(
+            "state: active       # write_frozen during a flip",
+            "state: write_frozen",
+        );
+        let v3 = v2.replace("version: 2\n", "version: 3\n");
+        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
+        store.load_text(v1, false, "test").expect("v1");
+        let first = store.current().expect("v1");
+        let unit = |snapshot: &Snapshot, name: &str| {
+            let at = snapshot
+                .table
+                .units()
+                .iter()
+                .position(|u| &*u.name == name)
+                .expect("unit");
+            WriteInFlight::start(&snapshot.units[at], &snapshot.settle)
+        };
+        // u06 is the unit the example freezes; u01 stays as it is.
+        // Requests hold the snapshot that routed them to their end.
+        let frozen = unit(&first, "u06");
+        let other = unit(&first, "u01");
+        store.load_text(&v2, false, "test").expect("v2");
+        let settled = |store: &TableStore| store.settled().map(|s| s.table.version());
+        assert_eq!(
+            settled(&store),
+            Some(1),
+            "a write to u06 routed by v1 goes on"
+        );
+        store.load_text(&v3, false, "test").expect("v3");
+        assert_eq!(settled(&store), Some(1), "still");
+        drop(frozen);
+        assert_eq!(settled(&store), Some(3), "u01's write holds nothing");
+        drop(other);
+        drop(first);
+        assert_eq!(settled(&store), Some(3));
     }
 
     #[test]

@@ -849,3 +849,105 @@ async fn a_stopped_gateway_leaves_the_fleet() {
         "{audit:?}"
     );
 }
+
+/// A write whose body is still arriving when a flip freezes its unit keeps the freeze from
+/// converging: a gateway reports the freeze as applied only once the writes its older table
+/// routed to the unit are over, so the old region takes no write of the unit after the flip
+/// went on (a slow body used to land there after the switch).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_in_flight_holds_the_freeze_until_it_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let system = System::start(Default::default()).await;
+    let user = users_of(UNIT, 1).remove(0);
+    let entry = system.gateways[FROM].http;
+    let mut client = tokio::net::TcpStream::connect(entry)
+        .await
+        .expect("connect");
+    client
+        .write_all(
+            format!(
+                "POST /cart HTTP/1.1\r\nHost: shop\r\nX-User-Id: {user}\r\nContent-Length: 2\r\n\r\nx"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("head and a byte");
+    // The write is routed (counted in flight by the entry gateway) when the flip starts; the
+    // body's last byte comes only once the freeze is awaited.
+    let admin = Client::new(
+        &format!("http://{}", system.gateways[FROM].admin),
+        None,
+        None,
+    )
+    .expect("admin client");
+    let gauge = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    loop {
+        let reply = admin
+            .send(Method::GET, "/metrics", &[], None, T)
+            .await
+            .expect("metrics");
+        let metrics = String::from_utf8_lossy(&reply.body).into_owned();
+        if gauge(&metrics, "unitgate_writes_in_flight ") == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = start_flip(&system, 20, 0).await;
+    let held = loop {
+        let flip = flip_record(&system, &id).await;
+        if let Some(step) = flip.steps.last()
+            && step.name == StepName::ConvergeFreeze
+        {
+            break flip;
+        }
+        assert!(!flip.state.is_final(), "{flip:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The entry gateway applied the freeze but does not vouch for it yet.
+    let fleet_now = fleet(&system).await;
+    let freeze = held
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Freeze)
+        .and_then(|s| s.version)
+        .expect("freeze version");
+    loop {
+        if admin_version(&system, FROM).await >= Some(freeze) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entry_gateway = fleet_now
+        .iter()
+        .find(|g| g.region == FROM)
+        .expect("the entry gateway");
+    let reported = fleet(&system)
+        .await
+        .into_iter()
+        .find(|g| g.id == entry_gateway.id)
+        .expect("listed");
+    assert!(reported.applied_version < freeze, "{reported:?}");
+    let flip = flip_record(&system, &id).await;
+    assert_eq!(
+        flip.steps.last().map(|s| (s.name, s.outcome)),
+        Some((StepName::ConvergeFreeze, StepOutcome::Running)),
+        "{flip:?}"
+    );
+    client.write_all(b"y").await.expect("the last byte");
+    let mut answer = vec![0u8; 4096];
+    let n = client.read(&mut answer).await.expect("answer");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let done = loop {
+        let flip = flip_record(&system, &id).await;
+        if flip.state.is_final() {
+            break flip;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.state, FlipState::Succeeded, "{done:?}");
+}
