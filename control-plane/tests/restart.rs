@@ -26,6 +26,26 @@ async fn report(gateway: &Client, applied: u64) {
         .expect("report");
 }
 
+/// The gateway follows the rollback the recovered flip stores: flips wait for every gateway
+/// of the fleet, this quiet one too.
+async fn follow_rollback(operator: &Client, gateway: &Client, id: &str) {
+    let rolling = flip_until(operator, id, "the rollback stored", |f| {
+        f.state.is_final()
+            || f.steps
+                .iter()
+                .any(|s| s.name == StepName::Rollback && s.version.is_some())
+    })
+    .await;
+    if let Some(version) = rolling
+        .steps
+        .iter()
+        .find(|s| s.name == StepName::Rollback)
+        .and_then(|s| s.version)
+    {
+        report(gateway, version).await;
+    }
+}
+
 fn waiting_at(step: StepName) -> impl Fn(&FlipRecord) -> bool {
     move |f| {
         f.steps
@@ -142,6 +162,7 @@ async fn kill_9_between_flip_steps_loses_nothing() {
             "round {round}"
         );
         // The flip ends, and the table is consistent with how it ended.
+        follow_rollback(&operator, &cp.client(tokens.gateway("hz")), &id).await;
         let flip = flip_until(&operator, &id, "recovered", |f| f.state.is_final()).await;
         assert_eq!(flip.state, ending, "round {round}: {flip:?}");
         assert!(
@@ -240,6 +261,7 @@ async fn kill_9_mid_evacuation_ends_every_unit_the_same_way() {
         cp.kill9();
         cp = ControlProcess::start(&config);
         let operator = cp.client(&tokens.operator);
+        follow_rollback(&operator, &cp.client(tokens.gateway("hz")), &id).await;
         let flip = flip_until(&operator, &id, "recovered", |f| f.state.is_final()).await;
         assert_eq!(flip.state, FlipState::RolledBack, "round {round}: {flip:?}");
         assert_eq!(
