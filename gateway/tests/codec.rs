@@ -708,6 +708,67 @@ async fn only_idempotent_requests_go_again_after_a_pooled_connection_closes() {
     assert_eq!(upstream_errors(&gw, "other"), 3);
 }
 
+/// An upstream whose connections answer their first request and meet any later one by
+/// closing, after holding it for `hold`.
+async fn answers_once_per_connection(hold: std::time::Duration) -> SocketAddr {
+    serve_each(move |mut stream| async move {
+        let mut first = true;
+        loop {
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if !first {
+                tokio::time::sleep(hold).await;
+                return;
+            }
+            first = false;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await
+}
+
+/// A GET that meets a stale pooled connection goes again on a new connection, not on another
+/// pooled one (here the other endpoint's, as stale); and a close that comes only after the
+/// upstream held the request is no stale connection but the upstream's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_retry_takes_a_new_connection_and_a_late_close_is_a_failure() {
+    let quick = std::time::Duration::ZERO;
+    let (a, b) = (
+        answers_once_per_connection(quick).await,
+        answers_once_per_connection(quick).await,
+    );
+    let (_dir, gw) = pool_gateway(&[a, b], "health_check: { interval_ms: 0 }\nthreads: 1\n").await;
+    let mut client = TcpStream::connect(gw.http_addrs[0]).await.expect("connect");
+    // Round robin: one pooled connection on each endpoint.
+    for path in ["/warm/1", "/warm/2"] {
+        let got = h1_keyed(&mut client, "GET", path, "", |got| got.ends_with("ok")).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    }
+    let got = h1_keyed(&mut client, "GET", "/again", "", |got| got.ends_with("ok")).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+
+    let slow = answers_once_per_connection(std::time::Duration::from_millis(1500)).await;
+    let (_dir, gw) = pool_gateway(&[slow], "health_check: { interval_ms: 0 }\nthreads: 1\n").await;
+    let mut client = TcpStream::connect(gw.http_addrs[0]).await.expect("connect");
+    let got = h1_keyed(&mut client, "GET", "/warm", "", |got| got.ends_with("ok")).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let got = h1_keyed(&mut client, "POST", "/held", "", |got| {
+        got.contains("\r\n\r\n")
+    })
+    .await;
+    assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+    assert_eq!(upstream_errors(&gw, "stale"), 0);
+    assert_eq!(upstream_errors(&gw, "other"), 1);
+}
+
 /// Pooled connections the upstream closes idle meet requests now and then (its keep-alive
 /// timeout shorter than the pool's). A run of POSTs meeting them, which cannot go again, get
 /// `502`s but leave the endpoint in the pool, where three broken exchanges in a row would

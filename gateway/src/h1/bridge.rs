@@ -14,7 +14,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::Chunked;
-use super::client::{Pool, READ_CHUNK, UpstreamConn, Written, ends_upload};
+use super::client::{Pool, READ_CHUNK, STALE_WITHIN, UpstreamConn, Written, ends_upload};
 use super::fields::is_refused_in_trailers;
 use super::request::Framing;
 use super::response::{self, RESPONSE_FIELD_ROOM, ResponseHead};
@@ -53,10 +53,11 @@ impl BridgeError {
         self.stale
     }
 
-    /// Marked stale when it failed with nothing read on a `reused` connection.
-    fn on(self, reused: bool) -> Self {
+    /// Marked stale when it failed with nothing read on a `reused` connection, within
+    /// [`STALE_WITHIN`] of `sent`.
+    fn on(self, reused: bool, sent: std::time::Instant) -> Self {
         Self {
-            stale: reused && self.nothing_read,
+            stale: reused && self.nothing_read && sent.elapsed() < STALE_WITHIN,
             ..self
         }
     }
@@ -95,7 +96,8 @@ pub async fn send(
     request: Request<Body>,
     body_timeout: Duration,
 ) -> Result<Response<Body>, BridgeError> {
-    let conn = match pool.checkout(id, std::time::Instant::now()) {
+    let sent = std::time::Instant::now();
+    let conn = match pool.checkout(id, sent) {
         Some(conn) => conn,
         None => match pool.connect(endpoint).await {
             Ok(conn) => conn,
@@ -160,7 +162,7 @@ pub async fn send(
                     .map_err(|message| failed(endpoint, message))?;
                 head_only(pool, id, endpoint, conn, &out, head_request, body_timeout).await
             }
-            result => result.map_err(|error| error.on(reused)),
+            result => result.map_err(|error| error.on(reused, sent)),
         };
     }
     let reused = conn.reused;
@@ -176,7 +178,7 @@ pub async fn send(
         body_timeout,
     )
     .await
-    .map_err(|error| error.on(reused))
+    .map_err(|error| error.on(reused, sent))
 }
 
 /// Send `head` and then `body` on `conn`, framed as the head says, and read the response.

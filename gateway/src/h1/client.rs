@@ -42,6 +42,12 @@ pub struct UpstreamConn {
     pub response: ResponseHead,
 }
 
+/// How soon after a request went on a pooled connection a close with nothing read back is
+/// still taken for the upstream's idle close meeting it on the wire (a round trip, with room
+/// for a far region's gateways): a failure later than this came from an upstream that had the
+/// request, and counts against it.
+pub const STALE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most bytes of an upstream's answer held while the request body still goes up.
 const MAX_HELD_ANSWER: usize = 64 * 1024;
 

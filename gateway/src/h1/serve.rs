@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::chunked::{ChunkError, Chunked};
-use super::client::{READ_CHUNK, UpstreamConn, Written, ends_upload};
+use super::client::{READ_CHUNK, STALE_WITHIN, UpstreamConn, Written, ends_upload};
 use super::fields::{Kind, Span, list, lists};
 use super::request::{self, Framing, HeadError, Limits, RequestHead};
 use super::response::{self, ResponseHead};
@@ -899,7 +899,13 @@ where
             ctx.upstream = Some(endpoint.address.clone());
         }
         let deadline = attempts.deadline();
-        let mut upstream = match shared.codec_upstream.checkout(endpoint.id, ctx.start) {
+        // After a stale pooled connection, a new one: another pooled one may be as stale.
+        let pooled = if stale_retry {
+            shared.codec_upstream.checkout(endpoint.id, ctx.start)
+        } else {
+            None
+        };
+        let mut upstream = match pooled {
             Some(upstream) => upstream,
             None => {
                 match shared
@@ -968,10 +974,14 @@ where
                 attempts.take_back();
                 continue;
             }
-            // Nothing read back (no answer held, no interim one passed on) is how a pooled
-            // connection closed idle meets the request.
+            // Nothing read back (no answer held, no interim one passed on), at once, is how a
+            // pooled connection closed idle meets the request; an upstream that held the
+            // request longer had it.
             Err(Failed::Upstream(message))
-                if upstream.reused && upstream.buf.is_empty() && !upstream.interim_heard =>
+                if upstream.reused
+                    && upstream.buf.is_empty()
+                    && !upstream.interim_heard
+                    && ctx.start.elapsed() < STALE_WITHIN =>
             {
                 last = Some((index, Failed::Stale(message)));
                 break;
