@@ -348,6 +348,9 @@ pub(crate) fn first_segment(path: &str) -> &str {
     path.split(['/', ';']).next().unwrap_or_default()
 }
 
+/// The host name of a `Host` or `:authority`: without its port, and without the trailing dot
+/// of a fully qualified name (`shop.example.com.` is `shop.example.com` to nginx and Apache
+/// choosing a virtual host, so it is to routing too).
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
@@ -355,7 +358,8 @@ fn strip_port(host: &str) -> &str {
             .split_once(']')
             .map_or(host, |(h, _)| &host[..=h.len()]);
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// Routes bucketed by the first path segment they need, so a lookup scans only the rules
@@ -694,6 +698,8 @@ mod tests {
         assert_eq!(strip_port("[::1]:8080"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
         assert_eq!(strip_port("shop"), "shop");
+        assert_eq!(strip_port("shop.example.com."), "shop.example.com");
+        assert_eq!(strip_port("shop.example.com.:80"), "shop.example.com");
     }
 
     #[test]

@@ -278,6 +278,12 @@ fn routes_match_in_order_with_host_and_methods() {
         table.match_route(&request).map(|r| &*r.name),
         Some("admin-cart")
     );
+    // A fully qualified name's trailing dot names the same host (nginx and Apache agree).
+    request.host = Some("ops.admin.example.com.".to_owned());
+    assert_eq!(
+        table.match_route(&request).map(|r| &*r.name),
+        Some("admin-cart")
+    );
     request.host = Some("admin.example.com".to_owned());
     assert_eq!(table.match_route(&request).map(|r| &*r.name), Some("cart"));
     let get = SimpleRequest::new("GET", "/cart/1");
