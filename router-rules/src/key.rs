@@ -266,15 +266,46 @@ fn cookie_values<'a, 'n>(
     })
 }
 
-/// The raw (still encoded) non-empty values of parameter `name` in a query string.
+/// The raw (still encoded) non-empty values of parameter `name` in a query string: every one
+/// some server would read as that parameter. Names match percent-decoded and in any case
+/// (PHP and Rack decode names, ASP.NET matches them case-insensitively), and `;` separates
+/// pairs as `&` does (Rack 2, older Go and Python), so that `?uid=1&u%69d=7000` or
+/// `?uid=1;uid=7000` is two values, refused as ambiguous, not the key `1`.
 fn query_values<'a, 'n>(
     query: &'a str,
     name: &'n str,
 ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-    query.split('&').filter_map(move |pair| {
+    query.split(['&', ';']).filter_map(move |pair| {
         let (n, v) = pair.split_once('=')?;
-        (n == name && !v.is_empty()).then_some(v)
+        (names_parameter(n, name) && !v.is_empty()).then_some(v)
     })
+}
+
+/// Whether `raw`, a parameter name as sent, decodes (`%XX`, `+`) to `name` in any case.
+/// Allocates nothing: this runs for every request keyed by a query parameter.
+fn names_parameter(raw: &str, name: &str) -> bool {
+    if !raw.contains(['%', '+']) {
+        return raw.eq_ignore_ascii_case(name);
+    }
+    let mut raw = raw.bytes();
+    let mut want = name.bytes();
+    loop {
+        let got = match raw.next() {
+            None => return want.next().is_none(),
+            Some(b'+') => b' ',
+            Some(b'%') => match (
+                raw.next().and_then(hex_value),
+                raw.next().and_then(hex_value),
+            ) {
+                (Some(hi), Some(lo)) => hi << 4 | lo,
+                _ => return false,
+            },
+            Some(b) => b,
+        };
+        if !want.next().is_some_and(|w| w.eq_ignore_ascii_case(&got)) {
+            return false;
+        }
+    }
 }
 
 /// Percent-decode `raw` (and `+` as space) when it needs it; borrow it when it does not.
@@ -600,6 +631,25 @@ mod tests {
         assert_eq!(
             error(&RawKeySource::Query("uid".into()), &bad),
             KeyError::Undecodable
+        );
+        // Every spelling a server reads as `uid` counts: two values are ambiguous.
+        for query in [
+            "uid=1&u%69d=7000",
+            "uid=1;uid=7000",
+            "uid=1&UID=7000",
+            "u%49d=1&uid=2",
+        ] {
+            let r = SimpleRequest::new("POST", &format!("/x?{query}"));
+            assert_eq!(
+                error(&RawKeySource::Query("uid".into()), &r),
+                KeyError::Ambiguous,
+                "{query}"
+            );
+        }
+        let spelled = SimpleRequest::new("POST", "/x?U%69D=7000&uidx=1");
+        assert_eq!(
+            key(&RawKeySource::Query("uid".into()), &spelled),
+            Some("7000".into())
         );
         let long = format!("/x?uid=%41{}", "a".repeat(MAX_KEY_LEN));
         assert_eq!(
