@@ -237,7 +237,7 @@ pub(crate) fn decide<'s>(
     let write = routed
         .unit
         .filter(|_| routed.is_write)
-        .map(|u| WriteInFlight::start(&snapshot.units[u], &snapshot.settle));
+        .map(|u| WriteInFlight::start(snapshot, u));
     Ok(Decided {
         snapshot,
         route,

@@ -48,9 +48,12 @@ pub struct Snapshot {
     pub version_header: http::HeaderValue,
     /// `x-unitgate-table-version: <version>\r\n`, as the codec writes it into upstream heads.
     pub version_line: Box<[u8]>,
-    /// The store's signal that a write routed by some snapshot has ended
-    /// ([`TableStore::settled`]).
+    /// The store's signal that the last write in flight to a unit routed by a replaced
+    /// snapshot has ended ([`TableStore::settled`]).
     pub settle: Arc<Notify>,
+    /// Set once another snapshot replaced this one: only then does a write's end matter to
+    /// [`TableStore::settled`] (the signal is not sent for every write).
+    pub retired: Arc<AtomicBool>,
 }
 
 impl Snapshot {
@@ -89,23 +92,26 @@ pub struct UnitState {
 /// old region (a body arriving slowly kept one going past the switch).
 pub struct WriteInFlight {
     count: Arc<AtomicUsize>,
+    retired: Arc<AtomicBool>,
     settle: Arc<Notify>,
 }
 
 impl WriteInFlight {
-    /// Count a write to `unit` (of the snapshot whose `settle` this is).
-    pub fn start(unit: &UnitState, settle: &Arc<Notify>) -> Self {
-        unit.writes.fetch_add(1, Ordering::AcqRel);
+    /// Count a write that `snapshot` routed to its unit at position `unit`.
+    pub fn start(snapshot: &Snapshot, unit: usize) -> Self {
+        let count = &snapshot.units[unit].writes;
+        count.fetch_add(1, Ordering::AcqRel);
         Self {
-            count: unit.writes.clone(),
-            settle: settle.clone(),
+            count: count.clone(),
+            retired: snapshot.retired.clone(),
+            settle: snapshot.settle.clone(),
         }
     }
 }
 
 impl Drop for WriteInFlight {
     fn drop(&mut self) {
-        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 && self.retired.load(Ordering::Acquire) {
             self.settle.notify_waiters();
         }
     }
@@ -557,6 +563,7 @@ impl TableStore {
         let snapshot = self.build(table, region, origin, digest, &connectors, generation);
         self.connectors.update(&connectors);
         if let Some(replaced) = self.current.swap(Some(Arc::new(snapshot))) {
+            replaced.retired.store(true, Ordering::Release);
             let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
             retired.retain(|s| s.strong_count() > 0);
             retired.push(Arc::downgrade(&replaced));
@@ -749,6 +756,7 @@ impl TableStore {
             version_header: http::HeaderValue::from(table.version()),
             version_line: field_line("x-unitgate-table-version", &table.version().to_string()),
             settle: self.settle.clone(),
+            retired: Arc::new(AtomicBool::new(false)),
             table,
         }
     }
@@ -836,7 +844,7 @@ mod tests {
                 .iter()
                 .position(|u| &*u.name == name)
                 .expect("unit");
-            WriteInFlight::start(&snapshot.units[at], &snapshot.settle)
+            WriteInFlight::start(snapshot, at)
         };
         // u06 is the unit the example freezes; u01 stays as it is.
         // Requests hold the snapshot that routed them to their end.
