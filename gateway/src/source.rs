@@ -80,14 +80,9 @@ impl Departure {
     /// Send it (once the gateway has drained); a control plane that cannot be reached keeps
     /// the gateway in its fleet, and flips wait for it until an operator forgets it.
     pub async fn send(&self, store: &TableStore) {
-        let current = store.current();
         let report = control_api::GatewayReport {
-            gateway: self.gateway.clone(),
-            region: store.region().to_owned(),
-            applied: current.as_ref().map_or(0, |s| s.table.version()),
-            digest: current.as_ref().map(|s| s.digest.clone()),
-            rejected: None,
             leaving: true,
+            ..report_of(&self.gateway, store)
         };
         match self.client.report(&report).await {
             Ok(()) => tracing::info!(gateway = self.gateway, "left the control plane's fleet"),
@@ -119,6 +114,19 @@ async fn settled_away(
             return;
         }
         notified.await;
+    }
+}
+
+/// A report of what `gateway` serves: what its watches say ([`Serving`]), the settled version.
+fn report_of(gateway: &str, store: &TableStore) -> control_api::GatewayReport {
+    let serving = Serving::of(store);
+    control_api::GatewayReport {
+        gateway: gateway.to_owned(),
+        region: serving.region,
+        applied: serving.applied,
+        digest: serving.digest,
+        rejected: None,
+        leaving: false,
     }
 }
 
@@ -287,17 +295,12 @@ impl ControlPlaneSource {
     }
 
     async fn report(&self, store: &TableStore, rejection: Option<&crate::store::Rejection>) {
-        let current = store.current();
         let report = control_api::GatewayReport {
-            gateway: self.gateway.clone(),
-            region: store.region().to_owned(),
-            applied: current.as_ref().map_or(0, |s| s.table.version()),
-            digest: current.as_ref().map(|s| s.digest.clone()),
             rejected: rejection.map(|r| control_api::RejectedVersion {
                 version: r.version,
                 error: r.error.clone(),
             }),
-            leaving: false,
+            ..report_of(&self.gateway, store)
         };
         if let Err(error) = self.client.report(&report).await {
             tracing::warn!(%error, "cannot report to the control plane");
