@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use control_api::{FlipState, StepName, StepOutcome};
 use support::{
-    ControlProcess, Tokens, applied, flip_request, flip_until, gateway, unit_placement,
-    write_config,
+    ControlProcess, Tokens, applied, flip_at, flip_request, flip_until, gateway, stored_by,
+    unit_placement, write_config,
 };
 use testkit::Etcd;
 
@@ -441,25 +441,9 @@ async fn a_runner_whose_lease_ran_out_writes_nothing_once_a_recovery_took_its_fl
         )
         .await
         .expect("flip");
-    let waiting = flip_until(&operator, &accepted.id, "the freeze awaited", |f| {
-        f.steps
-            .last()
-            .is_some_and(|s| s.name == StepName::ConvergeFreeze)
-    })
-    .await;
-    let freeze = waiting
-        .steps
-        .iter()
-        .find(|s| s.name == StepName::Freeze)
-        .and_then(|s| s.version)
-        .expect("freeze version");
-    report(freeze).await;
-    flip_until(&operator, &accepted.id, "the replication wait", |f| {
-        f.steps
-            .last()
-            .is_some_and(|s| s.name == StepName::Replication)
-    })
-    .await;
+    let waiting = flip_at(&operator, &accepted.id, StepName::ConvergeFreeze).await;
+    report(stored_by(&waiting, StepName::Freeze)).await;
+    flip_at(&operator, &accepted.id, StepName::Replication).await;
     let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
         .await
         .expect("etcd");

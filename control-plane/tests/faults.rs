@@ -13,8 +13,8 @@ use control_api::{
 };
 use http::{Method, StatusCode};
 use support::{
-    ControlProcess, Tokens, applied, file_plane_config, file_store, flip_request, flip_until,
-    gateway, unit_placement, write_config,
+    ControlProcess, Tokens, applied, file_plane_config, file_store, flip_at, flip_request,
+    flip_until, gateway, stored_by, unit_placement, write_config,
 };
 
 const T: Duration = Duration::from_secs(10);
@@ -560,21 +560,10 @@ async fn a_region_short_of_its_min_gateways_holds_the_flip_and_it_rolls_back() {
         })
     })
     .await;
-    let freeze = held
-        .steps
-        .iter()
-        .find(|s| s.name == StepName::Freeze)
-        .and_then(|s| s.version)
-        .expect("freeze version");
-    post_report(&hz, "hz-1", "hz", freeze, None)
+    post_report(&hz, "hz-1", "hz", stored_by(&held, StepName::Freeze), None)
         .await
         .expect("reported");
-    flip_until(&operator, &accepted.id, "replication", |f| {
-        f.steps
-            .last()
-            .is_some_and(|s| s.name == StepName::Replication)
-    })
-    .await;
+    flip_at(&operator, &accepted.id, StepName::Replication).await;
 }
 
 /// Refusals before authentication are counted, not written to the audit log one fsynced line
@@ -669,19 +658,8 @@ async fn a_flip_whose_unfreeze_is_stored_is_never_rolled_back() {
             (StepName::Freeze, StepName::ConvergeFreeze),
             (StepName::Switch, StepName::ConvergeSwitch),
         ] {
-            let waiting = flip_until(&operator, &accepted.id, "a convergence", |f| {
-                f.steps
-                    .last()
-                    .is_some_and(|s| s.name == step && s.outcome == StepOutcome::Running)
-            })
-            .await;
-            let version = waiting
-                .steps
-                .iter()
-                .find(|s| s.name == stored)
-                .and_then(|s| s.version)
-                .expect("version");
-            post_report(&hz, "hz-1", "hz", version, None)
+            let waiting = flip_at(&operator, &accepted.id, step).await;
+            post_report(&hz, "hz-1", "hz", stored_by(&waiting, stored), None)
                 .await
                 .expect("reported");
         }
@@ -733,18 +711,8 @@ async fn a_table_write_cannot_touch_a_unit_while_its_flip_runs() {
     let accepted = flip(&admin, "u03", held_for_confirmation("sz"))
         .await
         .expect("accepted");
-    let held = flip_until(&admin, &accepted.id, "the replication wait", |f| {
-        f.steps
-            .last()
-            .is_some_and(|s| s.name == StepName::Replication)
-    })
-    .await;
-    let frozen = held
-        .steps
-        .iter()
-        .find(|s| s.name == StepName::Freeze)
-        .and_then(|s| s.version)
-        .expect("freeze version");
+    let held = flip_at(&admin, &accepted.id, StepName::Replication).await;
+    let frozen = stored_by(&held, StepName::Freeze);
     // Version 1's table again, on top of the freeze: u03 active in sh.
     let body = TableText::of(&first.table);
     for force in [None, Some("back to v1")] {

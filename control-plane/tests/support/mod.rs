@@ -312,6 +312,27 @@ pub async fn flip_until(
     }
 }
 
+/// Poll flip `id` until its last step is `step` (running or not).
+pub async fn flip_at(
+    client: &Client,
+    id: &str,
+    step: control_api::StepName,
+) -> control_api::FlipRecord {
+    flip_until(client, id, &format!("{step}"), |f| {
+        f.steps.last().is_some_and(|s| s.name == step)
+    })
+    .await
+}
+
+/// The version that step `name` of `flip` stored.
+pub fn stored_by(flip: &control_api::FlipRecord, name: control_api::StepName) -> u64 {
+    flip.steps
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.version)
+        .unwrap_or_else(|| panic!("no version stored by {name}: {flip:?}"))
+}
+
 /// The audit log once it holds flip `id`'s `flip.end` entry: a flip's record shows it ended
 /// just before that entry is appended.
 pub async fn audit_after_end(client: &Client, id: &str) -> Vec<control_api::AuditEntry> {
