@@ -15,7 +15,7 @@ use crate::proxy::{
     Ctx, HOP_REJECTED, KeyLog, Reply, Routed, Shared, Target, WRITE_FREEZE_RETRY_S, limited,
     without_segment,
 };
-use crate::store::{Snapshot, WriteInFlight};
+use crate::store::Snapshot;
 
 /// What the decision needs of a request's fields, found by the front end in its one pass.
 #[derive(Default)]
@@ -61,7 +61,57 @@ impl Decided<'_> {
 
 /// Decide `view` by the table in `snapshot` (loaded once by the caller), noting in `ctx` what
 /// was learnt; every refusal is the reply to send.
+///
+/// A write is counted in flight to its unit ([`crate::store::TableStore::start_write`]). When a
+/// table that moved or froze the unit was swapped in between the caller's load and that count,
+/// the request is decided again by the table in force, which `newer` then holds.
 pub(crate) fn decide<'s>(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    snapshot: Option<&'s Snapshot>,
+    newer: &'s mut Option<std::sync::Arc<Snapshot>>,
+    view: &impl RequestView,
+    facts: &Facts<'_>,
+) -> Result<Decided<'s>, Reply> {
+    let mut decided = decide_by(shared, ctx, snapshot, view, facts)?;
+    if count_write(shared, &mut decided).is_ok() {
+        return Ok(decided);
+    }
+    drop(decided);
+    *newer = shared.store.current();
+    let newer: &'s Option<std::sync::Arc<Snapshot>> = newer;
+    let mut decided = decide_by(shared, ctx, newer.as_deref(), view, facts)?;
+    match count_write(shared, &mut decided) {
+        Ok(()) => Ok(decided),
+        Err(unit) => {
+            // Swapped again within these microseconds: the client sends it again.
+            let mut reply = Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "the unit's routing changed while this write was routed", "unit": &*decided.snapshot.table.units()[unit].name, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
+            );
+            reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
+            Err(reply)
+        }
+    }
+}
+
+/// Count `decided`'s write, if it is one to a unit, in flight there until the request ends: the
+/// gateway reports a newer table as applied only once such writes to a unit it moved or froze
+/// are over (`TableStore::settled`). `Err` with the unit when a newer table moved or froze it.
+fn count_write(shared: &Shared, decided: &mut Decided<'_>) -> Result<(), usize> {
+    let Some(unit) = decided.routed.unit.filter(|_| decided.routed.is_write) else {
+        return Ok(());
+    };
+    let write = shared
+        .store
+        .start_write(decided.snapshot, unit)
+        .ok_or(unit)?;
+    decided.permits.2 = Some(write);
+    Ok(())
+}
+
+/// [`decide`] by one snapshot, the write not counted yet.
+fn decide_by<'s>(
     shared: &Shared,
     ctx: &mut Ctx,
     snapshot: Option<&'s Snapshot>,
@@ -231,13 +281,6 @@ pub(crate) fn decide<'s>(
         ctx.forwarded_to = Some(region);
         shared.metrics.cross_region(snapshot.regions[region].id);
     }
-    // Counted in flight to its unit until it ends: the gateway reports a newer table as
-    // applied only once such writes to a unit it moved or froze are over
-    // (`TableStore::settled`).
-    let write = routed
-        .unit
-        .filter(|_| routed.is_write)
-        .map(|u| WriteInFlight::start(snapshot, u));
     Ok(Decided {
         snapshot,
         route,
@@ -245,7 +288,7 @@ pub(crate) fn decide<'s>(
         target,
         hop_in,
         trace,
-        permits: (route_permit, unit_permit, write),
+        permits: (route_permit, unit_permit, None),
     })
 }
 

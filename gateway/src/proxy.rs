@@ -340,7 +340,8 @@ async fn proxy(
     };
     let view = PartsView(&parts);
     ctx.resendable = may_resend(&parts.method, view.method_overrides());
-    let mut decided = decide(shared, ctx, snapshot, &view, &facts)?;
+    let mut newer = None;
+    let mut decided = decide(shared, ctx, snapshot, &mut newer, &view, &facts)?;
     // Held to the end of the answer: the request is in flight until then.
     let permits = std::mem::take(&mut decided.permits);
 

@@ -97,10 +97,13 @@ pub struct WriteInFlight {
 }
 
 impl WriteInFlight {
-    /// Count a write that `snapshot` routed to its unit at position `unit`.
-    pub fn start(snapshot: &Snapshot, unit: usize) -> Self {
+    /// Count a write that `snapshot` routed to its unit at position `unit`
+    /// ([`TableStore::start_write`] checks it may still go).
+    fn start(snapshot: &Snapshot, unit: usize) -> Self {
         let count = &snapshot.units[unit].writes;
-        count.fetch_add(1, Ordering::AcqRel);
+        // Sequentially consistent with the swap's `retired` store and `settled`'s loads: either
+        // `settled` sees this write, or the write sees its snapshot retired.
+        count.fetch_add(1, Ordering::SeqCst);
         Self {
             count: count.clone(),
             retired: snapshot.retired.clone(),
@@ -115,6 +118,18 @@ impl Drop for WriteInFlight {
             self.settle.notify_waiters();
         }
     }
+}
+
+/// Whether `current` moved `unit` (of an older table) to another region, changed its state,
+/// or dropped it: a write routed by the older table may then be going where `current` no
+/// longer sends it.
+fn moved_or_froze(unit: &router_rules::Unit, current: &Snapshot) -> bool {
+    current
+        .table
+        .units()
+        .iter()
+        .find(|u| u.name == unit.name)
+        .is_none_or(|now| now.region != unit.region || now.state != unit.state)
 }
 
 /// A region's pools and gateways, metric label and header value.
@@ -377,19 +392,25 @@ impl TableStore {
                     .iter()
                     .zip(old.table.units())
                     .any(|(state, unit)| {
-                        state.writes.load(Ordering::Acquire) > 0
-                            && current
-                                .table
-                                .units()
-                                .iter()
-                                .find(|u| u.name == unit.name)
-                                .is_none_or(|now| {
-                                    now.region != unit.region || now.state != unit.state
-                                })
+                        state.writes.load(Ordering::SeqCst) > 0 && moved_or_froze(unit, &current)
                     })
             })
             .min_by_key(|old| old.table.version());
         Some(unsettled.unwrap_or(current))
+    }
+
+    /// Count a write that `snapshot` routed to its unit at position `unit`, for
+    /// [`TableStore::settled`]; `None` when the write must not go: a newer snapshot replaced
+    /// `snapshot` (between the request's load and now) and moved or froze the unit, so the
+    /// newer version may already be reported as applied, and a flip's step gone on, without
+    /// this write.
+    pub fn start_write(&self, snapshot: &Snapshot, unit: usize) -> Option<WriteInFlight> {
+        let write = WriteInFlight::start(snapshot, unit);
+        if !snapshot.retired.load(Ordering::SeqCst) {
+            return Some(write);
+        }
+        let current = self.current()?;
+        (!moved_or_froze(&snapshot.table.units()[unit], &current)).then_some(write)
     }
 
     /// The settled version ([`TableStore::settled`]; 0 with no table) and the writes in
@@ -563,7 +584,7 @@ impl TableStore {
         let snapshot = self.build(table, region, origin, digest, &connectors, generation);
         self.connectors.update(&connectors);
         if let Some(replaced) = self.current.swap(Some(Arc::new(snapshot))) {
-            replaced.retired.store(true, Ordering::Release);
+            replaced.retired.store(true, Ordering::SeqCst);
             let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
             retired.retain(|s| s.strong_count() > 0);
             retired.push(Arc::downgrade(&replaced));
@@ -864,6 +885,47 @@ mod tests {
         drop(other);
         drop(first);
         assert_eq!(settled(&store), Some(3));
+    }
+
+    /// A request loads the snapshot in force, then routes: a swap between the two must not
+    /// let a write to a unit the new snapshot froze go on uncounted after the new version was
+    /// vouched for.
+    #[test]
+    fn a_write_routed_by_a_snapshot_replaced_before_it_counted_is_refused_if_its_unit_froze() {
+        let v1 = include_str!("../../deploy/examples/three-regions.yaml");
+        let v2 = v1.replace("version: 1\n", "version: 2\n").replace(
+            "state: active       # write_frozen during a flip",
+            "state: write_frozen",
+        );
+        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
+        store.load_text(v1, false, "test").expect("v1");
+        let loaded = store.current().expect("v1");
+        let at = |name: &str| {
+            loaded
+                .table
+                .units()
+                .iter()
+                .position(|u| &*u.name == name)
+                .expect("unit")
+        };
+        assert!(
+            store.start_write(&loaded, at("u06")).is_some(),
+            "v1 is in force"
+        );
+        store.load_text(&v2, false, "test").expect("v2");
+        assert_eq!(
+            store.settled().map(|s| s.table.version()),
+            Some(2),
+            "no write to u06 was counted: v2 is vouched for"
+        );
+        assert!(
+            store.start_write(&loaded, at("u06")).is_none(),
+            "v2 froze u06: a write v1 routed there must not go"
+        );
+        assert_eq!(store.settled().map(|s| s.table.version()), Some(2));
+        let other = store.start_write(&loaded, at("u01"));
+        assert!(other.is_some(), "v2 left u01 as it was");
+        assert_eq!(store.settled().map(|s| s.table.version()), Some(2));
     }
 
     #[test]

@@ -456,6 +456,7 @@ where
         }
         facts.stress |= field.name.get(raw).eq_ignore_ascii_case(stress_name);
     }
+    let mut newer = None;
     let decided = match &normalized {
         Err(error) => {
             shared
@@ -467,7 +468,7 @@ where
                 json!({"error": error.as_str()}),
             ))
         }
-        Ok(_) => decide(shared, &mut ctx, snapshot, &view, &facts),
+        Ok(_) => decide(shared, &mut ctx, snapshot, &mut newer, &view, &facts),
     };
     if let Ok(std::borrow::Cow::Owned(path)) = normalized {
         ctx.normalized_path = Some(path);
