@@ -378,6 +378,11 @@ pub struct Timeouts {
     /// either way.
     #[serde(default = "default_tunnel_idle_ms")]
     pub tunnel_idle_ms: u64,
+    /// How long a write in flight to a unit that a newer table moved or froze may go on before
+    /// the gateway ends it: until it ends, the gateway does not vouch for the newer table, and
+    /// the unit's flip waits (a flip gives up after its `converge_timeout_s`, 30 s by default).
+    #[serde(default = "default_moved_write_grace_ms")]
+    pub moved_write_grace_ms: u64,
 }
 
 fn default_connect_ms() -> u64 {
@@ -401,6 +406,9 @@ fn default_tls_handshake_ms() -> u64 {
 fn default_tunnel_idle_ms() -> u64 {
     300_000
 }
+fn default_moved_write_grace_ms() -> u64 {
+    10_000
+}
 
 impl Default for Timeouts {
     fn default() -> Self {
@@ -412,6 +420,7 @@ impl Default for Timeouts {
             tls_handshake_ms: default_tls_handshake_ms(),
             drain_s: default_drain_s(),
             tunnel_idle_ms: default_tunnel_idle_ms(),
+            moved_write_grace_ms: default_moved_write_grace_ms(),
         }
     }
 }
@@ -444,6 +453,10 @@ impl Timeouts {
     /// Idle tunnel timeout.
     pub fn tunnel_idle(&self) -> Duration {
         Duration::from_millis(self.tunnel_idle_ms)
+    }
+    /// Grace of a write to a unit a newer table moved or froze.
+    pub fn moved_write_grace(&self) -> Duration {
+        Duration::from_millis(self.moved_write_grace_ms)
     }
 }
 

@@ -199,6 +199,11 @@ impl Gateway {
             departure = Some(source.departure());
             tasks.push(source.spawn(&store, stop_rx.clone()));
         }
+        tasks.push(tokio::spawn(store::end_held_writes(
+            Arc::downgrade(&store),
+            config.timeouts.moved_write_grace(),
+            stop_rx.clone(),
+        )));
         upstream::spawn_health_checks(
             store.clone(),
             Upstream::with_connectors(&config.timeouts, store.connectors()),

@@ -191,6 +191,9 @@ pub struct Metrics {
     pub table_swaps: AtomicU64,
     /// Tables refused since start.
     pub tables_rejected: AtomicU64,
+    /// Writes the gateway ended: a newer table moved or froze their unit, and they outlasted
+    /// their grace (`timeouts.moved_write_grace_ms`).
+    pub writes_ended: AtomicU64,
     /// Failed writes of the table cache.
     pub cache_write_errors: AtomicU64,
     /// Hop markers that failed verification (forged, stale, or another secret).
@@ -404,6 +407,7 @@ impl Metrics {
             control_plane: AtomicU8::new(CONTROL_PLANE_NONE),
             table_swaps: AtomicU64::new(0),
             tables_rejected: AtomicU64::new(0),
+            writes_ended: AtomicU64::new(0),
             cache_write_errors: AtomicU64::new(0),
             hop_rejected: AtomicU64::new(0),
             malformed_requests: AtomicU64::new(0),
@@ -523,6 +527,13 @@ impl Metrics {
             "counter",
             "Routing tables applied since start.",
             self.table_swaps.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "unitgate_writes_ended_total",
+            "counter",
+            "Writes the gateway ended because a newer table moved or froze their unit and they outlasted timeouts.moved_write_grace_ms.",
+            self.writes_ended.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,

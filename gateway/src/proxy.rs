@@ -12,8 +12,10 @@
 //! 7. **respond** and **log** — one access-log line and the metrics, per request.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -42,7 +44,7 @@ use crate::headers::{
 use crate::hop::{HopKey, HopMarker, KeyHasher};
 use crate::limits::{Permits, Refusal};
 use crate::metrics::{ClientEvent, Hop, Metrics, NONE, RequestLabels, UpstreamFailure};
-use crate::store::{PoolState, Snapshot, TableStore};
+use crate::store::{PoolState, Snapshot, TableStore, WriteInFlight};
 use crate::upstream::{Body, Upstream, empty};
 use crate::upstream_h2::{self, H2Upstream, UpstreamBody};
 use control_api::throttle::LogThrottle;
@@ -347,11 +349,26 @@ async fn proxy(
 
     // Phase 6: forward.
     let outbound = prepare(shared, conn, ctx, parts, body, &seen, &decided);
-    let response = exchange(shared, ctx, outbound).await?;
+    let exchanging = exchange(shared, ctx, outbound);
+    let response = match permits.2.as_ref().map(WriteInFlight::ended) {
+        None => exchanging.await?,
+        Some(ended) => tokio::select! {
+            biased;
+            response = exchanging => response?,
+            () = ended => return Err(write_ended(shared)),
+        },
+    };
 
     // Phase 7: respond.
     let idle = shared.config.timeouts.tunnel_idle();
-    Ok(respond(conn, response, on_client_upgrade, permits, idle))
+    Ok(respond(
+        conn,
+        response,
+        on_client_upgrade,
+        permits,
+        idle,
+        &shared.metrics,
+    ))
 }
 
 /// Put the request's path in the form a server acts on (`router_rules::path::normalize`): it
@@ -614,6 +631,19 @@ async fn exchange(
     }
 }
 
+/// The answer to a write the gateway ended before its answer came: a newer table moved or froze
+/// its unit, and the write outlasted its grace (`TableStore::end_held_writes`).
+fn write_ended(shared: &Shared) -> Reply {
+    shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
+    let mut reply = Reply::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"error": "write ended: a newer routing table moved or froze its unit", "retry_after_s": WRITE_FREEZE_RETRY_S}),
+    );
+    reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
+    reply.close = true;
+    reply
+}
+
 /// Phase 7: the upstream's answer for the client. A `101` to an upgrade request turns both
 /// connections into one tunnel; any other answer goes on without its hop-by-hop headers.
 fn respond(
@@ -622,6 +652,7 @@ fn respond(
     on_client_upgrade: Option<OnUpgrade>,
     permits: Permits,
     tunnel_idle: Duration,
+    metrics: &Arc<Metrics>,
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(on_client_upgrade) = on_client_upgrade
@@ -643,10 +674,16 @@ fn respond(
         return Response::from_parts(parts, empty());
     }
     strip_hop_by_hop(response.headers_mut(), false);
+    let ended = permits.2.as_ref().map(|write| WriteEnd {
+        signal: Box::pin(write.ended()),
+        grpc: grpc::is_grpc(response.headers()),
+        metrics: metrics.clone(),
+    });
     response.map(|body| {
         InFlight {
             body,
             _permits: permits,
+            ended,
         }
         .boxed()
     })
@@ -657,6 +694,17 @@ fn respond(
 struct InFlight {
     body: UpstreamBody,
     _permits: Permits,
+    /// For a write: its end by the gateway ([`crate::store::WriteInFlight::ended`]).
+    ended: Option<WriteEnd>,
+}
+
+/// A write's answer ended by the gateway before its body did: a newer table moved or froze its
+/// unit and the write outlasted its grace. A gRPC call ends with `UNAVAILABLE` in its trailers
+/// (clients retry it); any other answer breaks off, its stream reset, for it is not whole.
+struct WriteEnd {
+    signal: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    grpc: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl hyper::body::Body for InFlight {
@@ -667,7 +715,29 @@ impl hyper::body::Body for InFlight {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        if let Some(end) = &mut this.ended
+            && end.signal.as_mut().poll(cx).is_ready()
+        {
+            end.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
+            let grpc = end.grpc;
+            this.ended = None;
+            // Nothing more from the upstream: its stream or connection is let go now.
+            this.body = UpstreamBody::Codec(empty());
+            if grpc {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert(grpc::GRPC_STATUS, HeaderValue::from_static("14"));
+                trailers.insert(
+                    grpc::GRPC_MESSAGE,
+                    HeaderValue::from_static("write%20ended%3A%20a%20newer%20routing%20table%20moved%20or%20froze%20its%20unit"),
+                );
+                return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))));
+            }
+            return std::task::Poll::Ready(Some(Err(
+                "write ended: a newer routing table moved or froze its unit".into(),
+            )));
+        }
+        std::pin::Pin::new(&mut this.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

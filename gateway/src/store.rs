@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use http::uri::Authority;
@@ -17,6 +17,7 @@ use router_rules::table::RegionIndex;
 use router_rules::{CompiledTable, RawLimits, RawTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::connect::{Connector, Connectors, TableConnectors, TlsConfigs};
 use crate::limits::Limiter;
@@ -54,6 +55,9 @@ pub struct Snapshot {
     /// Set once another snapshot replaced this one: only then does a write's end matter to
     /// [`TableStore::settled`] (the signal is not sent for every write).
     pub retired: Arc<AtomicBool>,
+    /// When another snapshot replaced this one: the grace of the writes it routed to a unit
+    /// the newer one moved or froze counts from then ([`TableStore::end_held_writes`]).
+    retired_at: std::sync::OnceLock<Instant>,
 }
 
 impl Snapshot {
@@ -83,6 +87,9 @@ pub struct UnitState {
     pub line: Box<[u8]>,
     /// Writes routed to the unit by this snapshot and not over yet ([`WriteInFlight`]).
     pub writes: Arc<AtomicUsize>,
+    /// Cancelled when those writes are to end: a newer snapshot moved or froze the unit, and
+    /// they outlasted their grace ([`TableStore::end_held_writes`]).
+    ended: CancellationToken,
 }
 
 /// A write in flight, routed by a snapshot to one of its units: counted there until the
@@ -94,6 +101,7 @@ pub struct WriteInFlight {
     count: Arc<AtomicUsize>,
     retired: Arc<AtomicBool>,
     settle: Arc<Notify>,
+    ended: CancellationToken,
 }
 
 impl WriteInFlight {
@@ -108,7 +116,15 @@ impl WriteInFlight {
             count: count.clone(),
             retired: snapshot.retired.clone(),
             settle: snapshot.settle.clone(),
+            ended: snapshot.units[unit].ended.clone(),
         }
+    }
+
+    /// Resolves when the gateway ends this write: a newer table moved or froze its unit and
+    /// the write outlasted its grace. The request is then dropped, both its connections
+    /// closed (an HTTP/2 stream reset), so that the flip waiting on it can go on.
+    pub fn ended(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.ended.clone().cancelled_owned()
     }
 }
 
@@ -116,6 +132,38 @@ impl Drop for WriteInFlight {
     fn drop(&mut self) {
         if self.count.fetch_sub(1, Ordering::AcqRel) == 1 && self.retired.load(Ordering::Acquire) {
             self.settle.notify_waiters();
+        }
+    }
+}
+
+/// Ends the writes held past their grace ([`TableStore::end_held_writes`]) as each one's grace
+/// is over, until `stop`.
+pub async fn end_held_writes(
+    store: Weak<TableStore>,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let Some(strong) = store.upgrade() else {
+            return;
+        };
+        let settle = strong.settle_signal();
+        let swapped = settle.notified();
+        tokio::pin!(swapped);
+        // Listening before looking: a table swapped in between still wakes this.
+        swapped.as_mut().enable();
+        let next = strong.end_held_writes(grace);
+        drop(strong);
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = swapped => {}
+            () = due => {}
+            _ = stop.changed() => return,
         }
     }
 }
@@ -413,6 +461,53 @@ impl TableStore {
         (!moved_or_froze(&snapshot.table.units()[unit], &current)).then_some(write)
     }
 
+    /// End the writes that hold [`TableStore::settled`] back and have had their `grace`: writes
+    /// an older snapshot routed to a unit the one in force moved or froze, going on `grace`
+    /// after that snapshot was replaced (a gRPC stream, a long upload). Without this, one such
+    /// write holds its unit's flip until the flip gives up. Returns when the next such write's
+    /// grace is over, if one is going on.
+    pub fn end_held_writes(&self, grace: Duration) -> Option<Instant> {
+        let current = self.current()?;
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let retired: Vec<Arc<Snapshot>> = self
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for old in retired
+            .iter()
+            .filter(|old| old.table.version() < current.table.version())
+        {
+            let Some(since) = old.retired_at.get() else {
+                continue;
+            };
+            for (state, unit) in old.units.iter().zip(old.table.units()) {
+                let writes = state.writes.load(Ordering::SeqCst);
+                if writes == 0 || state.ended.is_cancelled() || !moved_or_froze(unit, &current) {
+                    continue;
+                }
+                let due = *since + grace;
+                if due > now {
+                    next = Some(next.map_or(due, |next| next.min(due)));
+                    continue;
+                }
+                tracing::warn!(
+                    unit = &*unit.name,
+                    writes,
+                    routed_by = old.table.version(),
+                    version = current.table.version(),
+                    grace_ms = grace.as_millis() as u64,
+                    "ending writes still in flight to a unit a newer table moved or froze: they outlasted their grace, and would hold its flip"
+                );
+                state.ended.cancel();
+            }
+        }
+        next
+    }
+
     /// The settled version ([`TableStore::settled`]; 0 with no table) and the writes in
     /// flight, routed by any snapshot still held.
     pub fn writes_in_flight(&self) -> (u64, usize) {
@@ -584,6 +679,7 @@ impl TableStore {
         let snapshot = self.build(table, region, origin, digest, &connectors, generation);
         self.connectors.update(&connectors);
         if let Some(replaced) = self.current.swap(Some(Arc::new(snapshot))) {
+            let _ = replaced.retired_at.set(Instant::now());
             replaced.retired.store(true, Ordering::SeqCst);
             let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
             retired.retain(|s| s.strong_count() > 0);
@@ -771,6 +867,7 @@ impl TableStore {
                     header: header_value(&u.name),
                     line: field_line("x-unitgate-unit", &u.name),
                     writes: Arc::new(AtomicUsize::new(0)),
+                    ended: CancellationToken::new(),
                 })
                 .collect(),
             regions,
@@ -778,6 +875,7 @@ impl TableStore {
             version_line: field_line("x-unitgate-table-version", &table.version().to_string()),
             settle: self.settle.clone(),
             retired: Arc::new(AtomicBool::new(false)),
+            retired_at: std::sync::OnceLock::new(),
             table,
         }
     }

@@ -93,6 +93,11 @@ fn config(region: &str, table: &Path, extra: &str) -> GatewayConfig {
 
 impl Grpc {
     async fn start() -> Grpc {
+        Grpc::start_with("").await
+    }
+
+    /// With `extra` in both gateways' configs.
+    async fn start_with(extra: &str) -> Grpc {
         let dir = tempfile::tempdir().expect("tempdir");
         let (down_socket, down) = refusing_address();
         let mut servers = Vec::new();
@@ -130,13 +135,21 @@ impl Grpc {
         std::fs::write(&table_path, table).expect("table");
         let [hz_listeners, sh_listeners] = listeners;
         let hz = Gateway::start(
-            config("hz", &table_path, "health_check: { interval_ms: 0 }\n"),
+            config(
+                "hz",
+                &table_path,
+                &format!("health_check: {{ interval_ms: 0 }}\n{extra}"),
+            ),
             hz_listeners,
         )
         .await
         .expect("hz gateway");
         let sh = Gateway::start(
-            config("sh", &table_path, "health_check: { interval_ms: 0 }\n"),
+            config(
+                "sh",
+                &table_path,
+                &format!("health_check: {{ interval_ms: 0 }}\n{extra}"),
+            ),
             sh_listeners,
         )
         .await
@@ -269,6 +282,92 @@ async fn request_and_response_trailers_pass_through_in_the_region_and_across_reg
             "as {user}: {trailers:?}"
         );
     }
+}
+
+/// A POST to `/raw` as `user`, its body sent as it comes from the returned sender (the request
+/// goes on until the sender is dropped).
+async fn open_write(
+    addr: SocketAddr,
+    user: &str,
+    content_type: &str,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<Bytes>,
+    tokio::task::JoinHandle<Result<Response<Incoming>, hyper::Error>>,
+) {
+    type Frames = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>> + Send>,
+    >;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let frames: Frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok(Frame::data(data)), rx))
+    }));
+    let mut sender = h2c(addr).await;
+    let request = Request::post(format!("http://{addr}/raw"))
+        .header("x-user-id", user)
+        .header("content-type", content_type)
+        .body(StreamBody::new(frames))
+        .expect("request");
+    (
+        tx,
+        tokio::spawn(async move { sender.send_request(request).await }),
+    )
+}
+
+/// A write still in flight to a unit a newer table froze holds that table's report (the flip's
+/// step waits on it) until its grace is over; then the gateway ends it, a gRPC call with
+/// `UNAVAILABLE`. A write to a unit the table left alone goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_outlasts_its_grace_after_its_unit_froze_is_ended_as_unavailable() {
+    // A bound on the test, not a wait.
+    const T: Duration = Duration::from_secs(10);
+    let grpc = Grpc::start_with("timeouts: { moved_write_grace_ms: 200 }\n").await;
+    let addr = grpc.hz.http_addrs[0];
+    let store = &grpc.hz.store;
+    let (held_body, held) = open_write(addr, IN_HZ, "application/grpc").await;
+    let (other_body, other) = open_write(addr, IN_SH, "application/octet-stream").await;
+    held_body.send(Bytes::from_static(b"one")).expect("send");
+    other_body.send(Bytes::from_static(b"one")).expect("send");
+    while store.writes_in_flight().1 < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let v1 = std::fs::read_to_string(grpc._dir.path().join("table.yaml")).expect("table");
+    let v2 = v1
+        .replace("version: 1\n", "version: 2\n")
+        .replace("region: hz }", "region: hz, state: write_frozen }");
+    assert!(
+        v2.contains("region: hz, state: write_frozen }"),
+        "u1 freezes"
+    );
+    store.load_text(&v2, false, "test").expect("v2");
+    assert_eq!(
+        store.settled().map(|s| s.table.version()),
+        Some(1),
+        "the write to u1 routed by v1 holds v2 back"
+    );
+
+    let answer = tokio::time::timeout(T, held)
+        .await
+        .expect("ended within the test's time")
+        .expect("task")
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::OK, "gRPC's Trailers-Only");
+    assert_eq!(answer.headers()["grpc-status"], "14", "{answer:?}");
+    let message = answer.headers()["grpc-message"].to_str().expect("text");
+    assert!(message.contains("write ended"), "{message}");
+    assert_eq!(store.settled().map(|s| s.table.version()), Some(2));
+    assert_eq!(grpc.hz.metrics.writes_ended.load(SeqCst), 1);
+
+    // u2's write was left alone: it ends when its client ends it.
+    assert!(!other.is_finished(), "a write to u2 goes on");
+    drop(other_body);
+    let answer = tokio::time::timeout(T, other)
+        .await
+        .expect("answered")
+        .expect("task")
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    drop(held_body);
 }
 
 /// A unary call of `path` (any method name) through `client`.

@@ -83,6 +83,8 @@ pub struct Options {
     /// Put a simulated WAN link of this delay (each way) in front of every gateway, for the
     /// other regions' forwards.
     pub wan_delay: Option<Duration>,
+    /// The gateways' `timeouts.moved_write_grace_ms`, when not the default.
+    pub moved_write_grace_ms: Option<u64>,
 }
 
 /// Three regions, their upstreams and a control plane, each a process.
@@ -210,9 +212,13 @@ impl System {
             std::fs::write(
                 &config,
                 format!(
-                    "region: {region}\nlisten: {{ http: [\"{http}\"] }}\nadmin: {{ listen: \"{admin}\" }}\ntable: {{ control_plane: {{ url: \"http://{control_addr}\", token: \"{}\", gateway_id: {region}-gw }} }}\ncache_dir: \"{}\"\nhop_secret: \"{HOP_SECRET}\"\nlog_format: json\naccess_log: {{ routing_key: as_is }}\nhealth_check: {{ interval_ms: 500, timeout_ms: 200 }}\ntimeouts: {{ connect_ms: 300, drain_s: 2 }}\n",
+                    "region: {region}\nlisten: {{ http: [\"{http}\"] }}\nadmin: {{ listen: \"{admin}\" }}\ntable: {{ control_plane: {{ url: \"http://{control_addr}\", token: \"{}\", gateway_id: {region}-gw }} }}\ncache_dir: \"{}\"\nhop_secret: \"{HOP_SECRET}\"\nlog_format: json\naccess_log: {{ routing_key: as_is }}\nhealth_check: {{ interval_ms: 500, timeout_ms: 200 }}\ntimeouts: {{ connect_ms: 300, drain_s: 2{} }}\n",
                     tokens.gateways[region],
                     dir.path().join(format!("cache-{region}")).display(),
+                    options
+                        .moved_write_grace_ms
+                        .map(|ms| format!(", moved_write_grace_ms: {ms}"))
+                        .unwrap_or_default(),
                 ),
             )
             .expect("write gateway config");

@@ -21,6 +21,7 @@ async fn a_request_in_the_wrong_region_takes_one_hop_under_one_trace() {
     let system = System::start(Options {
         etcd: false,
         wan_delay: Some(delay),
+        ..Options::default()
     })
     .await;
     let user = users_of("u03", 1).remove(0);

@@ -344,6 +344,27 @@ async fn fleet_stored(system: &System, version: u64) {
     }
 }
 
+/// The value of the metric `name` (without labels) on `region`'s gateway.
+async fn metric(system: &System, region: &str, name: &str) -> Option<u64> {
+    let admin = Client::new(
+        &format!("http://{}", system.gateways[region].admin),
+        None,
+        None,
+    )
+    .expect("admin client");
+    let reply = admin
+        .send(Method::GET, "/metrics", &[], None, T)
+        .await
+        .expect("metrics");
+    String::from_utf8_lossy(&reply.body).lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    })
+}
+
 fn step(flip: &FlipRecord, name: StepName) -> &FlipStep {
     flip.steps
         .iter()
@@ -874,26 +895,7 @@ async fn a_write_in_flight_holds_the_freeze_until_it_ends() {
         .expect("head and a byte");
     // The write is routed (counted in flight by the entry gateway) when the flip starts; the
     // body's last byte comes only once the freeze is awaited.
-    let admin = Client::new(
-        &format!("http://{}", system.gateways[FROM].admin),
-        None,
-        None,
-    )
-    .expect("admin client");
-    let gauge = |metrics: &str, name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-    };
-    loop {
-        let reply = admin
-            .send(Method::GET, "/metrics", &[], None, T)
-            .await
-            .expect("metrics");
-        let metrics = String::from_utf8_lossy(&reply.body).into_owned();
-        if gauge(&metrics, "unitgate_writes_in_flight ") == Some(1) {
-            break;
-        }
+    while metric(&system, FROM, "unitgate_writes_in_flight").await != Some(1) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let id = start_flip(&system, 20, 0).await;
@@ -950,4 +952,56 @@ async fn a_write_in_flight_holds_the_freeze_until_it_ends() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(done.state, FlipState::Succeeded, "{done:?}");
+}
+
+/// A write that outlasts its grace (`timeouts.moved_write_grace_ms`) after its unit froze is
+/// ended by the gateway, its client's connection closed: it no longer holds the flip, which
+/// goes on and succeeds instead of rolling back at `converge_timeout_s`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_that_outlasts_its_grace_is_ended_and_the_flip_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let system = System::start(unitgate_e2e::Options {
+        moved_write_grace_ms: Some(300),
+        ..Default::default()
+    })
+    .await;
+    let user = users_of(UNIT, 1).remove(0);
+    let mut client = tokio::net::TcpStream::connect(system.gateways[FROM].http)
+        .await
+        .expect("connect");
+    client
+        .write_all(
+            format!(
+                "POST /cart HTTP/1.1\r\nHost: shop\r\nX-User-Id: {user}\r\nContent-Length: 2\r\n\r\nx"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("head and a byte");
+    while metric(&system, FROM, "unitgate_writes_in_flight").await != Some(1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The body's last byte never comes.
+    let id = start_flip(&system, 20, 0).await;
+    let mut answer = Vec::new();
+    // Closed (or reset) by the gateway, with no answer: the write never reached its end.
+    let read = tokio::time::timeout(T, client.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection is still open");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let done = loop {
+        let flip = flip_record(&system, &id).await;
+        if flip.state.is_final() {
+            break flip;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.state, FlipState::Succeeded, "{done:?}");
+    assert_eq!(
+        metric(&system, FROM, "unitgate_writes_ended_total").await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(&system, FROM, "unitgate_writes_in_flight").await,
+        Some(0)
+    );
 }

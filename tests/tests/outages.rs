@@ -157,7 +157,7 @@ async fn losing_the_control_plane_loses_no_request_and_gateways_converge_when_it
 async fn losing_etcd_loses_no_request_and_no_version() {
     let mut system = System::start(unitgate_e2e::Options {
         etcd: true,
-        wan_delay: None,
+        ..Default::default()
     })
     .await;
     let operator = system.control_client(&system.tokens.operator);

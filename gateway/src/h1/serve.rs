@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -31,7 +32,7 @@ use crate::hop::HopMarker;
 use crate::metrics::ClientEvent;
 use crate::proxy::{Conn, Ctx, Reply, Shared, Target, finish};
 use crate::server::CLOSE_LINGER;
-use crate::store::Snapshot;
+use crate::store::{Snapshot, WriteInFlight};
 use crate::workers::stopped;
 
 /// Longest request line (Envoy's default): longer ones get `414`.
@@ -482,10 +483,24 @@ where
             (status, next, false)
         }
         Ok(decided) => {
-            forward(
+            let ended = decided.permits.2.as_ref().map(WriteInFlight::ended);
+            let forwarding = forward(
                 shared, conn, &mut ctx, io, &raw, buf, head, scratch, decided,
-            )
-            .await
+            );
+            match ended {
+                None => forwarding.await,
+                Some(ended) => tokio::select! {
+                    biased;
+                    answer = forwarding => answer,
+                    // A newer table moved or froze the unit, and the write outlasted its
+                    // grace: dropped, the upstream connection with it; the client's is reset,
+                    // for its answer, if begun, is not whole.
+                    () = ended => {
+                        shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
+                        (StatusCode::SERVICE_UNAVAILABLE, Next::Reset, false)
+                    }
+                },
+            }
         }
     };
     finish(shared, &ctx, snapshot, conn, status);
