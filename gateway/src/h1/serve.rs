@@ -408,6 +408,24 @@ impl RequestView for HeadView<'_> {
     }
 }
 
+/// A write's forwarding, unless the gateway ends the write first: a newer table moved or froze
+/// its unit, and it outlasted its grace. Then it is dropped, the upstream connection with it,
+/// and the client's connection is reset: its answer, if begun, is not whole.
+async fn until_ended(
+    shared: &Shared,
+    forwarding: impl Future<Output = (StatusCode, Next, bool)>,
+    ended: impl Future<Output = ()>,
+) -> (StatusCode, Next, bool) {
+    tokio::select! {
+        biased;
+        answer = forwarding => answer,
+        () = ended => {
+            shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::SERVICE_UNAVAILABLE, Next::Reset, false)
+        }
+    }
+}
+
 /// Serve the request whose head is at the start of `buf`, by `snapshot` (the table in force,
 /// loaded once for the request); on return `buf` holds what follows it (the next pipelined
 /// request).
@@ -489,17 +507,9 @@ where
             );
             match ended {
                 None => forwarding.await,
-                Some(ended) => tokio::select! {
-                    biased;
-                    answer = forwarding => answer,
-                    // A newer table moved or froze the unit, and the write outlasted its
-                    // grace: dropped, the upstream connection with it; the client's is reset,
-                    // for its answer, if begun, is not whole.
-                    () = ended => {
-                        shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
-                        (StatusCode::SERVICE_UNAVAILABLE, Next::Reset, false)
-                    }
-                },
+                // Boxed, so that the connection's future does not hold a second place for
+                // the forwarding state (copied in and out on every request).
+                Some(ended) => Box::pin(until_ended(shared, forwarding, ended)).await,
             }
         }
     };
