@@ -344,6 +344,29 @@ async fn fleet_stored(system: &System, version: u64) {
     }
 }
 
+/// A write to the unit on its way through `FROM`'s gateway, counted in flight there: its head
+/// and the first of its body's two bytes are sent; the caller sends the last, or not.
+async fn slow_write(system: &System) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let user = users_of(UNIT, 1).remove(0);
+    let mut client = tokio::net::TcpStream::connect(system.gateways[FROM].http)
+        .await
+        .expect("connect");
+    client
+        .write_all(
+            format!(
+                "POST /cart HTTP/1.1\r\nHost: shop\r\nX-User-Id: {user}\r\nContent-Length: 2\r\n\r\nx"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("head and a byte");
+    while metric(system, FROM, "unitgate_writes_in_flight").await != Some(1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+}
+
 /// The value of the metric `name` (without labels) on `region`'s gateway.
 async fn metric(system: &System, region: &str, name: &str) -> Option<u64> {
     let admin = Client::new(
@@ -878,26 +901,15 @@ async fn a_stopped_gateway_leaves_the_fleet() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_in_flight_holds_the_freeze_until_it_ends() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let system = System::start(Default::default()).await;
-    let user = users_of(UNIT, 1).remove(0);
-    let entry = system.gateways[FROM].http;
-    let mut client = tokio::net::TcpStream::connect(entry)
-        .await
-        .expect("connect");
-    client
-        .write_all(
-            format!(
-                "POST /cart HTTP/1.1\r\nHost: shop\r\nX-User-Id: {user}\r\nContent-Length: 2\r\n\r\nx"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("head and a byte");
+    // Its grace outlasts the flip's converge timeout: the write is not ended under it.
+    let system = System::start(unitgate_e2e::Options {
+        moved_write_grace_ms: Some(600_000),
+        ..Default::default()
+    })
+    .await;
     // The write is routed (counted in flight by the entry gateway) when the flip starts; the
     // body's last byte comes only once the freeze is awaited.
-    while metric(&system, FROM, "unitgate_writes_in_flight").await != Some(1) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut client = slow_write(&system).await;
     let id = start_flip(&system, 20, 0).await;
     let held = loop {
         let flip = flip_record(&system, &id).await;
@@ -959,29 +971,14 @@ async fn a_write_in_flight_holds_the_freeze_until_it_ends() {
 /// goes on and succeeds instead of rolling back at `converge_timeout_s`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_that_outlasts_its_grace_is_ended_and_the_flip_goes_on() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let system = System::start(unitgate_e2e::Options {
         moved_write_grace_ms: Some(300),
         ..Default::default()
     })
     .await;
-    let user = users_of(UNIT, 1).remove(0);
-    let mut client = tokio::net::TcpStream::connect(system.gateways[FROM].http)
-        .await
-        .expect("connect");
-    client
-        .write_all(
-            format!(
-                "POST /cart HTTP/1.1\r\nHost: shop\r\nX-User-Id: {user}\r\nContent-Length: 2\r\n\r\nx"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("head and a byte");
-    while metric(&system, FROM, "unitgate_writes_in_flight").await != Some(1) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // The body's last byte never comes.
+    let mut client = slow_write(&system).await;
     let id = start_flip(&system, 20, 0).await;
     let mut answer = Vec::new();
     // Closed (or reset) by the gateway, with no answer: the write never reached its end.
