@@ -22,6 +22,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use crate::limits::BodyHold;
 use crate::metrics::ClientEvent;
+use crate::store::KeyHeaders;
 use crate::upstream::{Body, BoxError};
 
 /// What went wrong on the client's side of a body.
@@ -84,11 +85,18 @@ impl BodyState {
 pub struct ClientBody {
     inner: Limited<Incoming>,
     state: Arc<BodyState>,
+    /// Its route's routing-key header fields, dropped from its trailers.
+    key_headers: Option<KeyHeaders>,
 }
 
 impl ClientBody {
-    /// Watch `body` (at most `max` bytes); the state is shared with the returned handle.
-    pub fn new(body: Incoming, max: u64) -> (Self, Arc<BodyState>) {
+    /// Watch `body` (at most `max` bytes); the state is shared with the returned handle. Trailer
+    /// fields named like `key_headers` are dropped (`crate::store::KeyHeaders`).
+    pub fn new(
+        body: Incoming,
+        max: u64,
+        key_headers: Option<KeyHeaders>,
+    ) -> (Self, Arc<BodyState>) {
         let inner = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
         let state = Arc::new(BodyState::default());
         if inner.is_end_stream() {
@@ -98,6 +106,7 @@ impl ClientBody {
             Self {
                 inner,
                 state: state.clone(),
+                key_headers,
             },
             state,
         )
@@ -138,7 +147,16 @@ impl HttpBody for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(keys), Poll::Ready(Some(Ok(frame)))) = (&this.key_headers, &mut polled)
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            for key in keys.iter() {
+                if let Ok(name) = http::HeaderName::from_bytes(key) {
+                    trailers.remove(name);
+                }
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.state.done.store(true, Ordering::Relaxed),
             Poll::Ready(Some(Err(error))) => this.state.set_fault(classify(error)),

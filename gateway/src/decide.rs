@@ -47,6 +47,16 @@ pub(crate) struct Decided<'s> {
 }
 
 impl Decided<'_> {
+    /// The header fields its route reads the routing key from (`RouteState::key_headers`), for
+    /// a chunked body (whose trailers may not carry them); `None` for any other, so that the
+    /// snapshot's reference counts are not touched for every request.
+    pub(crate) fn key_headers(&self, chunked: bool) -> Option<crate::store::KeyHeaders> {
+        if !chunked {
+            return None;
+        }
+        self.snapshot.routes[self.route.index].key_headers.clone()
+    }
+
     /// Whether the request goes upstream over HTTP/2: the serving region's pool for the
     /// route's service says `protocol: h2`, whether the request goes to that pool or to that
     /// region's gateways.

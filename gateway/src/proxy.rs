@@ -557,7 +557,9 @@ fn prepare<'a>(
         }
         Http1Codec::Hyper => upstream_h2::Http1Client::Hyper(&shared.upstream),
     };
-    let (client_body, body_state) = ClientBody::new(body, shared.config.limits.max_body_bytes);
+    let key_headers = decided.key_headers(!hyper::body::Body::is_end_stream(&body));
+    let (client_body, body_state) =
+        ClientBody::new(body, shared.config.limits.max_body_bytes, key_headers);
     // A body to an HTTP/2 pool is recorded as it streams, so that the request can go again if
     // the upstream leaves it unprocessed (REFUSED_STREAM, GOAWAY), as an empty one can.
     let request = if h2.is_some() && !hyper::body::Body::is_end_stream(&client_body) {

@@ -73,7 +73,15 @@ pub struct RouteState {
     pub limiter: Option<Arc<Limiter>>,
     /// Metric label id.
     pub id: NameId,
+    /// The names of the header fields its routing key is read from (lowercase), if any: a
+    /// request's trailers may not carry them ([`KeyHeaders`]).
+    pub key_headers: Option<KeyHeaders>,
 }
+
+/// The header fields a route reads its routing key from, by lowercase name. The key is read
+/// from the header section only; an upstream that merges a request's trailers into it would
+/// otherwise see a second key, one the gateway did not route by.
+pub type KeyHeaders = Arc<[Box<[u8]>]>;
 
 /// A unit's limiter, metric label and header value.
 pub struct UnitState {
@@ -856,6 +864,19 @@ impl TableStore {
                 .map(|r| RouteState {
                     limiter: self.limiter(false, &r.name, r.limits),
                     id: names.id(&r.name),
+                    key_headers: {
+                        let names: KeyHeaders = r
+                            .key_sources
+                            .iter()
+                            .filter_map(|source| match source {
+                                router_rules::KeySource::Header(name) => {
+                                    Some(name.as_bytes().into())
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        (!names.is_empty()).then_some(names)
+                    },
                 })
                 .collect(),
             units: table

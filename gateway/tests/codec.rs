@@ -321,6 +321,9 @@ async fn chunked_bodies_pass_as_they_came_with_trailers_and_decoded_for_http_1_0
         "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "Authorization: Bearer forged",
         "X_User_Id: 4321",
+        // The route's routing-key field: the request was routed by the one in its head.
+        "X-User-Id: 4321",
+        "x-user-id: 7",
     ] {
         let mut forger = connect_and_write(
             addr,
@@ -477,6 +480,8 @@ async fn an_http2_requests_trailers_reach_an_http1_upstream_without_the_fields_i
         "authorization",
         http::HeaderValue::from_static("Bearer forged"),
     );
+    // The route's routing-key field: the request was routed by the one in its head.
+    trailers.insert("x-user-id", http::HeaderValue::from_static("4321"));
     let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
         Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
             b"hello",

@@ -3,6 +3,7 @@
 //! the whole body end, and that nothing in between is ambiguous.
 
 use super::fields::{Kind, is_field_value_byte, is_refused_in_trailers, is_token_byte};
+use crate::store::KeyHeaders;
 
 /// Hex digits a chunk size may have: 15 keep every size below 2^60, far above any body limit,
 /// and refuse the overflow tricks (`ffffffffffffffff1`) without arithmetic checks.
@@ -141,6 +142,8 @@ pub struct Chunked {
     trailer: usize,
     /// Refuse trailer fields a request may not carry (a request's body).
     refuse_fields: bool,
+    /// Its route's routing-key header fields, refused in its trailers too.
+    key_headers: Option<KeyHeaders>,
     /// The current trailer name's first bytes, how long it is so far, and whether it holds an
     /// underscore.
     name: [u8; NAME_KEPT],
@@ -164,6 +167,7 @@ impl Chunked {
             extensions: 0,
             trailer: 0,
             refuse_fields: false,
+            key_headers: None,
             name: [0; NAME_KEPT],
             name_len: 0,
             name_underscore: false,
@@ -174,10 +178,12 @@ impl Chunked {
     /// gateway's own (`X-Unitgate-*`, which it strips from every request head), or one that
     /// only a header section may carry (framing, routing, forwarding, credentials:
     /// [`is_refused_in_trailers`]), is refused rather than passed to an upstream that may merge
-    /// trailers into the header section.
-    pub fn for_request() -> Self {
+    /// trailers into the header section. So is one named like a header field its route reads
+    /// the routing key from (`key_headers`).
+    pub fn for_request(key_headers: Option<KeyHeaders>) -> Self {
         Self {
             refuse_fields: true,
+            key_headers,
             ..Self::new()
         }
     }
@@ -383,6 +389,20 @@ impl Chunked {
         if self.name_underscore || is_refused_in_trailers(name) {
             return Err(ChunkError::RefusedTrailer);
         }
+        // A name longer than what is kept is compared by its length and what is kept of it.
+        let is_key = |key: &[u8]| {
+            key.len() == self.name_len
+                && key
+                    .get(..name.len())
+                    .is_some_and(|kept| kept.eq_ignore_ascii_case(name))
+        };
+        if self
+            .key_headers
+            .as_ref()
+            .is_some_and(|keys| keys.iter().any(|key| is_key(key)))
+        {
+            return Err(ChunkError::RefusedTrailer);
+        }
         Ok(())
     }
 
@@ -438,6 +458,10 @@ mod tests {
 
     #[test]
     fn a_request_may_not_carry_the_gateways_fields_in_its_trailers() {
+        let key_headers: KeyHeaders = [&b"x-user-id"[..], b"x-tenant-and-user-routing-key"]
+            .into_iter()
+            .map(Box::from)
+            .collect();
         for trailer in [
             "X-Unitgate-Unit: u9",
             "x-unitgate-hop: forged",
@@ -445,7 +469,7 @@ mod tests {
         ] {
             let body = format!("1\r\na\r\n0\r\n{trailer}\r\n\r\n");
             for piece in [1, 3, 100] {
-                let mut chunked = Chunked::for_request();
+                let mut chunked = Chunked::for_request(None);
                 let mut at = 0;
                 let result = loop {
                     let end = (at + piece).min(body.len());
@@ -484,9 +508,13 @@ mod tests {
             "X-HTTP-Method-Override: DELETE",
             "True-Client-IP: 10.0.0.1",
             "tracestate: a=1",
+            // The route's routing-key fields, in any case; a long one by its length and the
+            // bytes kept of it.
+            "X-User-Id: 4321",
+            "x-tenant-and-user-routing-key: 7",
         ] {
             let body = format!("1\r\na\r\n0\r\n{trailer}\r\n\r\n");
-            let mut chunked = Chunked::for_request();
+            let mut chunked = Chunked::for_request(Some(key_headers.clone()));
             let mut at = 0;
             let result = loop {
                 match chunked.step(&body.as_bytes()[at..]) {
@@ -500,6 +528,9 @@ mod tests {
             assert_eq!(result, Err(ChunkError::RefusedTrailer), "{trailer}");
         }
         for name in [
+            "x-user-i",
+            "x-user-idx",
+            "x-tenant-and-user-routing-keys",
             "x-unitgate-",
             "x-unitgat",
             "x-unitgatex-unit",
@@ -509,7 +540,7 @@ mod tests {
             "content-md5",
         ] {
             let body = format!("1\r\na\r\n0\r\n{name}: 1\r\n\r\n");
-            let mut chunked = Chunked::for_request();
+            let mut chunked = Chunked::for_request(Some(key_headers.clone()));
             let mut at = 0;
             while !chunked.is_done() {
                 at += chunked.step(&body.as_bytes()[at..]).expect(name).consumed;

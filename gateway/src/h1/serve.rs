@@ -32,7 +32,7 @@ use crate::hop::HopMarker;
 use crate::metrics::ClientEvent;
 use crate::proxy::{Conn, Ctx, Reply, Shared, Target, finish};
 use crate::server::CLOSE_LINGER;
-use crate::store::{Snapshot, WriteInFlight};
+use crate::store::{KeyHeaders, Snapshot, WriteInFlight};
 use crate::workers::stopped;
 
 /// Longest request line (Envoy's default): longer ones get `414`.
@@ -915,7 +915,11 @@ where
         ))
         .await;
     }
-    let mut body = BodyRelay::new(head.framing, shared.config.limits.max_body_bytes);
+    let mut body = BodyRelay::new(
+        head.framing,
+        shared.config.limits.max_body_bytes,
+        decided.key_headers(head.framing == Framing::Chunked),
+    );
     let mut last = None;
     // A pooled connection the upstream closed just as it was taken is tried again once, on a
     // new connection, without counting as an attempt.
@@ -1094,14 +1098,14 @@ struct BodyRelay {
 }
 
 impl BodyRelay {
-    fn new(framing: Framing, max: u64) -> Self {
+    fn new(framing: Framing, max: u64, key_headers: Option<KeyHeaders>) -> Self {
         Self {
             framing,
             left: match framing {
                 Framing::Length(n) => n,
                 _ => 0,
             },
-            chunked: Chunked::for_request(),
+            chunked: Chunked::for_request(key_headers),
             data: 0,
             max,
             relayed: 0,

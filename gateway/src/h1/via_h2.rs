@@ -39,6 +39,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::limits::BodyHold;
 use crate::metrics::ClientEvent;
 use crate::proxy::{Conn, Ctx, Reply, Shared};
+use crate::store::KeyHeaders;
 use crate::upstream::Body;
 use crate::upstream_h2::{self, Http1Client, UpstreamBody};
 
@@ -104,7 +105,8 @@ where
     // Held until the exchange ends: the body may go to another endpoint after a connect
     // failure, or after an upstream left the request unprocessed.
     let mut hold = shared.body_budget.hold();
-    let body = match read_body(shared, io, buf, head, body_deadline, &mut hold).await {
+    let key_headers = decided.key_headers(head.framing == Framing::Chunked);
+    let body = match read_body(shared, io, buf, head, key_headers, body_deadline, &mut hold).await {
         Ok(body) => body,
         Err(BodyFault(event, status, error)) => {
             shared.metrics.client_event(event);
@@ -196,6 +198,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     head: &RequestHead,
+    key_headers: Option<KeyHeaders>,
     deadline: Instant,
     hold: &mut BodyHold,
 ) -> Result<ReadBody, BodyFault> {
@@ -238,7 +241,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
             })
         }
         Framing::Chunked => {
-            let mut chunked = Chunked::for_request();
+            let mut chunked = Chunked::for_request(key_headers);
             let mut data = BytesMut::new();
             // What followed the last chunk data so far: at the end, the last chunk's line and
             // the trailer section.
