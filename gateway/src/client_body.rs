@@ -81,6 +81,25 @@ impl BodyState {
     }
 }
 
+/// Drop from a request's trailers the fields only its header section may carry, as the HTTP/1.1
+/// path refuses them (`h1::fields::is_refused_in_trailers`: the gateway's own, framing, routing,
+/// forwarding, credentials), and its route's routing-key fields (`keys`): an upstream that
+/// merges trailers into the header section would take the client's word for them.
+fn strip_trailers(trailers: &mut http::HeaderMap, keys: Option<&[Box<[u8]>]>) {
+    let refused: Vec<http::HeaderName> = trailers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str().as_bytes();
+            crate::h1::fields::is_refused_in_trailers(name)
+                || keys.is_some_and(|keys| keys.iter().any(|key| **key == *name))
+        })
+        .cloned()
+        .collect();
+    for name in refused {
+        trailers.remove(name);
+    }
+}
+
 /// A client's body, limited to `max` bytes, reporting to a [`BodyState`].
 pub struct ClientBody {
     inner: Limited<Incoming>,
@@ -148,14 +167,10 @@ impl HttpBody for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Some(keys), Poll::Ready(Some(Ok(frame)))) = (&this.key_headers, &mut polled)
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
             && let Some(trailers) = frame.trailers_mut()
         {
-            for key in keys.iter() {
-                if let Ok(name) = http::HeaderName::from_bytes(key) {
-                    trailers.remove(name);
-                }
-            }
+            strip_trailers(trailers, this.key_headers.as_deref());
         }
         match &polled {
             Poll::Ready(None) => this.state.done.store(true, Ordering::Relaxed),
