@@ -24,6 +24,7 @@ use crate::limits::BodyHold;
 use crate::metrics::ClientEvent;
 use crate::store::KeyHeaders;
 use crate::upstream::{Body, BoxError};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// What went wrong on the client's side of a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,10 @@ pub struct ClientBody {
     state: Arc<BodyState>,
     /// Its route's routing-key header fields, dropped from its trailers.
     key_headers: Option<KeyHeaders>,
+    /// For a write: its end by the gateway (`WriteInFlight::ended`), on which the body fails,
+    /// so that whichever client sends it upstream stops (an upload pumped by hyper's client
+    /// would otherwise go on to the old region after the write was let go).
+    write_end: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl ClientBody {
@@ -115,6 +120,7 @@ impl ClientBody {
         body: Incoming,
         max: u64,
         key_headers: Option<KeyHeaders>,
+        write_end: Option<WaitForCancellationFutureOwned>,
     ) -> (Self, Arc<BodyState>) {
         let inner = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
         let state = Arc::new(BodyState::default());
@@ -126,6 +132,7 @@ impl ClientBody {
                 inner,
                 state: state.clone(),
                 key_headers,
+                write_end: write_end.map(Box::pin),
             },
             state,
         )
@@ -166,6 +173,14 @@ impl HttpBody for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(end) = &mut this.write_end
+            && end.as_mut().poll(cx).is_ready()
+        {
+            this.write_end = None;
+            return Poll::Ready(Some(Err(
+                "write ended: a newer routing table moved or froze its unit".into(),
+            )));
+        }
         let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &mut polled
             && let Some(trailers) = frame.trailers_mut()

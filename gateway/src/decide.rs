@@ -148,6 +148,8 @@ fn decide_by<'s>(
         ));
     };
     ctx.version = snapshot.table.version();
+    // Decided anew by a newer table (`decide`): nothing of the first decision stays.
+    ctx.forwarded_to = None;
     let trace = TraceParent::continue_or_start(facts.traceparent);
     ctx.trace = Some(trace);
     let hop_in = facts

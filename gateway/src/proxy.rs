@@ -48,6 +48,7 @@ use crate::store::{PoolState, Snapshot, TableStore, WriteInFlight};
 use crate::upstream::{Body, Upstream, empty};
 use crate::upstream_h2::{self, H2Upstream, UpstreamBody};
 use control_api::throttle::LogThrottle;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// What every request handler shares.
 pub struct Shared {
@@ -291,11 +292,14 @@ pub async fn handle(
     // The table in force, loaded once: it decides this request from start to end, and the
     // metrics and the log line name what it decided.
     let snapshot = shared.store.current();
+    // The table in force when the request was decided again (`decide`), if it was.
+    let mut newer = None;
     let decided = proxy(
         &shared,
         &conn,
         &mut ctx,
         snapshot.as_deref(),
+        &mut newer,
         request,
         smuggling,
     );
@@ -309,7 +313,8 @@ pub async fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    finish(&shared, &ctx, snapshot.as_deref(), &conn, response.status());
+    let decided_by = newer.as_deref().or(snapshot.as_deref());
+    finish(&shared, &ctx, decided_by, &conn, response.status());
     Ok(response)
 }
 
@@ -318,6 +323,7 @@ async fn proxy(
     conn: &Conn,
     ctx: &mut Ctx,
     snapshot: Option<&Snapshot>,
+    newer: &mut Option<Arc<Snapshot>>,
     mut request: Request<Incoming>,
     smuggling: bool,
 ) -> Result<Response<Body>, Reply> {
@@ -342,20 +348,21 @@ async fn proxy(
     };
     let view = PartsView(&parts);
     ctx.resendable = may_resend(&parts.method, view.method_overrides());
-    let mut newer = None;
-    let mut decided = decide(shared, ctx, snapshot, &mut newer, &view, &facts)?;
+    let mut decided = decide(shared, ctx, snapshot, newer, &view, &facts)?;
     // Held to the end of the answer: the request is in flight until then.
     let permits = std::mem::take(&mut decided.permits);
 
     // Phase 6: forward.
-    let outbound = prepare(shared, conn, ctx, parts, body, &seen, &decided);
+    let write_end = permits.2.as_ref().map(WriteInFlight::ended);
+    let outbound = prepare(shared, conn, ctx, parts, body, write_end, &seen, &decided);
     let exchanging = exchange(shared, ctx, outbound);
     let response = match permits.2.as_ref().map(WriteInFlight::ended) {
         None => exchanging.await?,
         Some(ended) => tokio::select! {
+            // First: the body fails on the same signal, and the exchange with it.
             biased;
-            response = exchanging => response?,
             () = ended => return Err(write_ended(shared)),
+            response = exchanging => response?,
         },
     };
 
@@ -488,12 +495,14 @@ struct Outbound<'a> {
 
 /// The upstream request for a decided one: forwarding headers, then the unit headers for this
 /// region's pool or a signed hop marker for another region's gateways, in origin form.
+#[allow(clippy::too_many_arguments)]
 fn prepare<'a>(
     shared: &'a Shared,
     conn: &Conn,
     ctx: &Ctx,
     mut parts: Parts,
     body: Incoming,
+    write_end: Option<WaitForCancellationFutureOwned>,
     seen: &RequestHeaders,
     decided: &'a Decided<'a>,
 ) -> Outbound<'a> {
@@ -558,8 +567,12 @@ fn prepare<'a>(
         Http1Codec::Hyper => upstream_h2::Http1Client::Hyper(&shared.upstream),
     };
     let key_headers = decided.key_headers(!hyper::body::Body::is_end_stream(&body));
-    let (client_body, body_state) =
-        ClientBody::new(body, shared.config.limits.max_body_bytes, key_headers);
+    let (client_body, body_state) = ClientBody::new(
+        body,
+        shared.config.limits.max_body_bytes,
+        key_headers,
+        write_end,
+    );
     // A body to an HTTP/2 pool is recorded as it streams, so that the request can go again if
     // the upstream leaves it unprocessed (REFUSED_STREAM, GOAWAY), as an empty one can.
     let request = if h2.is_some() && !hyper::body::Body::is_end_stream(&client_body) {
@@ -704,7 +717,7 @@ struct InFlight {
 /// unit and the write outlasted its grace. A gRPC call ends with `UNAVAILABLE` in its trailers
 /// (clients retry it); any other answer breaks off, its stream reset, for it is not whole.
 struct WriteEnd {
-    signal: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    signal: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
     grpc: bool,
     metrics: Arc<Metrics>,
 }

@@ -176,6 +176,14 @@ pub async fn end_held_writes(
     }
 }
 
+/// Let go of the replaced snapshots that nothing else holds and that routed no write still in
+/// flight.
+fn prune(retired: &mut Vec<Arc<Snapshot>>) {
+    retired.retain(|s| {
+        Arc::strong_count(s) > 1 || s.units.iter().any(|u| u.writes.load(Ordering::SeqCst) > 0)
+    });
+}
+
 /// Whether `current` moved `unit` (of an older table) to another region, changed its state,
 /// or dropped it: a write routed by the older table may then be going where `current` no
 /// longer sends it.
@@ -402,9 +410,13 @@ pub struct TableStore {
     /// The generation of the snapshot in force, set once it is in force (0: none yet).
     generation: AtomicU64,
     applied: watch::Sender<u64>,
-    /// The snapshots replaced, while anything still holds them: writes they routed may still
-    /// be in flight ([`TableStore::settled`]).
-    retired: Mutex<Vec<Weak<Snapshot>>>,
+    /// The snapshots replaced, kept while anything else holds them or writes they routed are
+    /// in flight ([`TableStore::settled`]): a write's answer may outlive every other hold on
+    /// the snapshot that routed it (an HTTP/2 stream's body), and must still be seen.
+    retired: Mutex<Vec<Arc<Snapshot>>>,
+    /// When each unit last changed region or state (or left the table), by name: a write to it
+    /// routed by an older table has its grace from then ([`TableStore::end_held_writes`]).
+    unit_changed: Mutex<HashMap<String, Instant>>,
     /// Woken when a write ends with none left to its unit in its snapshot, and when a
     /// snapshot is swapped in.
     settle: Arc<Notify>,
@@ -427,6 +439,7 @@ impl TableStore {
             generation: AtomicU64::new(0),
             applied: watch::channel(0).0,
             retired: Mutex::new(Vec::new()),
+            unit_changed: Mutex::new(HashMap::new()),
             settle: Arc::new(Notify::new()),
         }
     }
@@ -438,10 +451,9 @@ impl TableStore {
     pub fn settled(&self) -> Option<Arc<Snapshot>> {
         let current = self.current()?;
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.retain(|s| s.strong_count() > 0);
+        prune(&mut retired);
         let unsettled = retired
             .iter()
-            .filter_map(Weak::upgrade)
             .filter(|old| old.table.version() < current.table.version())
             .filter(|old| {
                 old.units
@@ -451,7 +463,8 @@ impl TableStore {
                         state.writes.load(Ordering::SeqCst) > 0 && moved_or_froze(unit, &current)
                     })
             })
-            .min_by_key(|old| old.table.version());
+            .min_by_key(|old| old.table.version())
+            .cloned();
         Some(unsettled.unwrap_or(current))
     }
 
@@ -482,9 +495,12 @@ impl TableStore {
             .retired
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
+            .clone();
+        let changed = self
+            .unit_changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for old in retired
             .iter()
             .filter(|old| old.table.version() < current.table.version())
@@ -497,7 +513,9 @@ impl TableStore {
                 if writes == 0 || state.ended.is_cancelled() || !moved_or_froze(unit, &current) {
                     continue;
                 }
-                let due = *since + grace;
+                // From when the unit changed, not from when the snapshot was replaced (by a
+                // table that may have left this unit alone).
+                let due = *changed.get(&*unit.name).unwrap_or(since).max(since) + grace;
                 if due > now {
                     next = Some(next.map_or(due, |next| next.min(due)));
                     continue;
@@ -531,8 +549,7 @@ impl TableStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter_map(Weak::upgrade)
-            .map(|s| count(&s))
+            .map(|s| count(s))
             .sum();
         (settled, retired + self.current().map_or(0, |s| count(&s)))
     }
@@ -686,12 +703,25 @@ impl TableStore {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let snapshot = self.build(table, region, origin, digest, &connectors, generation);
         self.connectors.update(&connectors);
-        if let Some(replaced) = self.current.swap(Some(Arc::new(snapshot))) {
-            let _ = replaced.retired_at.set(Instant::now());
-            replaced.retired.store(true, Ordering::SeqCst);
+        {
+            // Swapped, marked and listed under the lock `settled` reads the list under: it sees
+            // either the old snapshot in force, or the new one with the old one listed.
             let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-            retired.retain(|s| s.strong_count() > 0);
-            retired.push(Arc::downgrade(&replaced));
+            if let Some(replaced) = self.current.swap(Some(Arc::new(snapshot))) {
+                let now = Instant::now();
+                let _ = replaced.retired_at.set(now);
+                replaced.retired.store(true, Ordering::SeqCst);
+                if let Some(current) = self.current() {
+                    let mut changed = self.unit_changed.lock().unwrap_or_else(|e| e.into_inner());
+                    for unit in replaced.table.units() {
+                        if moved_or_froze(unit, &current) {
+                            changed.insert(unit.name.to_string(), now);
+                        }
+                    }
+                }
+                prune(&mut retired);
+                retired.push(replaced);
+            }
         }
         self.settle.notify_waiters();
         self.generation.store(generation, Ordering::Release);
@@ -1045,6 +1075,74 @@ mod tests {
         let other = store.start_write(&loaded, at("u01"));
         assert!(other.is_some(), "v2 left u01 as it was");
         assert_eq!(store.settled().map(|s| s.table.version()), Some(2));
+    }
+
+    /// An HTTP/2 answer's body may be the last hold on the snapshot that routed its write: the
+    /// write still holds the newer version back.
+    #[test]
+    fn a_write_holds_the_freeze_back_when_nothing_else_holds_its_snapshot() {
+        let v1 = include_str!("../../deploy/examples/three-regions.yaml");
+        let v2 = v1.replace("version: 1\n", "version: 2\n").replace(
+            "state: active       # write_frozen during a flip",
+            "state: write_frozen",
+        );
+        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
+        store.load_text(v1, false, "test").expect("v1");
+        let loaded = store.current().expect("v1");
+        let u06 = loaded
+            .table
+            .units()
+            .iter()
+            .position(|u| &*u.name == "u06")
+            .expect("u06");
+        let write = store.start_write(&loaded, u06).expect("v1 in force");
+        drop(loaded);
+        store.load_text(&v2, false, "test").expect("v2");
+        assert_eq!(store.settled().map(|s| s.table.version()), Some(1));
+        assert_eq!(store.writes_in_flight(), (1, 1));
+        drop(write);
+        assert_eq!(store.settled().map(|s| s.table.version()), Some(2));
+        assert_eq!(store.writes_in_flight(), (2, 0));
+    }
+
+    /// A write's grace counts from when its unit changed, not from when the table that routed
+    /// it was replaced (by one that left the unit alone).
+    #[test]
+    fn a_writes_grace_counts_from_its_units_change() {
+        let v1 = include_str!("../../deploy/examples/three-regions.yaml");
+        let v2 = v1.replace("version: 1\n", "version: 2\n");
+        let v3 = v2.replace("version: 2\n", "version: 3\n").replace(
+            "state: active       # write_frozen during a flip",
+            "state: write_frozen",
+        );
+        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
+        store.load_text(v1, false, "test").expect("v1");
+        let loaded = store.current().expect("v1");
+        let u06 = loaded
+            .table
+            .units()
+            .iter()
+            .position(|u| &*u.name == "u06")
+            .expect("u06");
+        let write = store.start_write(&loaded, u06).expect("v1 in force");
+        // v1 was replaced a minute ago, by a v2 that left u06 alone; v3 freezes it now.
+        let a_minute_ago = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .expect("a minute of uptime");
+        loaded
+            .retired_at
+            .set(a_minute_ago)
+            .expect("not replaced yet");
+        store.load_text(&v2, false, "test").expect("v2");
+        store.load_text(&v3, false, "test").expect("v3");
+        let next = store.end_held_writes(Duration::from_secs(30));
+        assert!(
+            !write.ended.is_cancelled(),
+            "30 s from u06's change, not v1's"
+        );
+        assert!(next.is_some_and(|at| at > Instant::now()), "{next:?}");
+        store.end_held_writes(Duration::ZERO);
+        assert!(write.ended.is_cancelled(), "its grace is over");
     }
 
     #[test]

@@ -513,7 +513,8 @@ where
             }
         }
     };
-    finish(shared, &ctx, snapshot, conn, status);
+    // By the table that decided it (`decide` may have taken the newer one).
+    finish(shared, &ctx, newer.as_deref().or(snapshot), conn, status);
     // The last of a forwarded answer goes out after the log line and the metrics, so a client
     // that has its answer finds the request counted and logged.
     if unsent {
