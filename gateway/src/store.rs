@@ -993,41 +993,66 @@ mod tests {
         assert_eq!(here.header, "hz");
     }
 
+    /// The example table as `version`, with u06 (the unit it freezes in a flip) write-frozen
+    /// or not.
+    fn example(version: u64, u06_frozen: bool) -> String {
+        let text = include_str!("../../deploy/examples/three-regions.yaml")
+            .replace("version: 1\n", &format!("version: {version}\n"));
+        if u06_frozen {
+            text.replace(
+                "state: active       # write_frozen during a flip",
+                "state: write_frozen",
+            )
+        } else {
+            text
+        }
+    }
+
+    /// A store in hz with the example table as version 1, and that snapshot.
+    fn store_at_v1() -> (TableStore, Arc<Snapshot>) {
+        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
+        store
+            .load_text(&example(1, false), false, "test")
+            .expect("v1");
+        let loaded = store.current().expect("v1");
+        (store, loaded)
+    }
+
+    /// The position of the unit `name` in `snapshot`'s table.
+    fn unit_at(snapshot: &Snapshot, name: &str) -> usize {
+        snapshot
+            .table
+            .units()
+            .iter()
+            .position(|u| &*u.name == name)
+            .expect("unit")
+    }
+
+    fn settled(store: &TableStore) -> Option<u64> {
+        store.settled().map(|s| s.table.version())
+    }
+
     /// A version that freezes a unit is vouched for (reported as applied) only once the
     /// writes an older version routed to that unit are over; writes to units it left alone
     /// hold nothing.
     #[test]
     fn a_freeze_is_settled_once_the_units_writes_routed_before_it_end() {
-        let v1 = include_str!("../../deploy/examples/three-regions.yaml");
-        let v2 = v1.replace("version: 1\n", "version: 2\n").replace(
-            "state: active       # write_frozen during a flip",
-            "state: write_frozen",
-        );
-        let v3 = v2.replace("version: 2\n", "version: 3\n");
-        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
-        store.load_text(v1, false, "test").expect("v1");
-        let first = store.current().expect("v1");
-        let unit = |snapshot: &Snapshot, name: &str| {
-            let at = snapshot
-                .table
-                .units()
-                .iter()
-                .position(|u| &*u.name == name)
-                .expect("unit");
-            WriteInFlight::start(snapshot, at)
-        };
+        let (store, first) = store_at_v1();
         // u06 is the unit the example freezes; u01 stays as it is.
         // Requests hold the snapshot that routed them to their end.
-        let frozen = unit(&first, "u06");
-        let other = unit(&first, "u01");
-        store.load_text(&v2, false, "test").expect("v2");
-        let settled = |store: &TableStore| store.settled().map(|s| s.table.version());
+        let frozen = WriteInFlight::start(&first, unit_at(&first, "u06"));
+        let other = WriteInFlight::start(&first, unit_at(&first, "u01"));
+        store
+            .load_text(&example(2, true), false, "test")
+            .expect("v2");
         assert_eq!(
             settled(&store),
             Some(1),
             "a write to u06 routed by v1 goes on"
         );
-        store.load_text(&v3, false, "test").expect("v3");
+        store
+            .load_text(&example(3, true), false, "test")
+            .expect("v3");
         assert_eq!(settled(&store), Some(1), "still");
         drop(frozen);
         assert_eq!(settled(&store), Some(3), "u01's write holds nothing");
@@ -1041,67 +1066,43 @@ mod tests {
     /// vouched for.
     #[test]
     fn a_write_routed_by_a_snapshot_replaced_before_it_counted_is_refused_if_its_unit_froze() {
-        let v1 = include_str!("../../deploy/examples/three-regions.yaml");
-        let v2 = v1.replace("version: 1\n", "version: 2\n").replace(
-            "state: active       # write_frozen during a flip",
-            "state: write_frozen",
-        );
-        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
-        store.load_text(v1, false, "test").expect("v1");
-        let loaded = store.current().expect("v1");
-        let at = |name: &str| {
-            loaded
-                .table
-                .units()
-                .iter()
-                .position(|u| &*u.name == name)
-                .expect("unit")
-        };
-        assert!(
-            store.start_write(&loaded, at("u06")).is_some(),
-            "v1 is in force"
-        );
-        store.load_text(&v2, false, "test").expect("v2");
+        let (store, loaded) = store_at_v1();
+        let u06 = unit_at(&loaded, "u06");
+        assert!(store.start_write(&loaded, u06).is_some(), "v1 is in force");
+        store
+            .load_text(&example(2, true), false, "test")
+            .expect("v2");
         assert_eq!(
-            store.settled().map(|s| s.table.version()),
+            settled(&store),
             Some(2),
             "no write to u06 was counted: v2 is vouched for"
         );
         assert!(
-            store.start_write(&loaded, at("u06")).is_none(),
+            store.start_write(&loaded, u06).is_none(),
             "v2 froze u06: a write v1 routed there must not go"
         );
-        assert_eq!(store.settled().map(|s| s.table.version()), Some(2));
-        let other = store.start_write(&loaded, at("u01"));
+        assert_eq!(settled(&store), Some(2));
+        let other = store.start_write(&loaded, unit_at(&loaded, "u01"));
         assert!(other.is_some(), "v2 left u01 as it was");
-        assert_eq!(store.settled().map(|s| s.table.version()), Some(2));
+        assert_eq!(settled(&store), Some(2));
     }
 
     /// An HTTP/2 answer's body may be the last hold on the snapshot that routed its write: the
     /// write still holds the newer version back.
     #[test]
     fn a_write_holds_the_freeze_back_when_nothing_else_holds_its_snapshot() {
-        let v1 = include_str!("../../deploy/examples/three-regions.yaml");
-        let v2 = v1.replace("version: 1\n", "version: 2\n").replace(
-            "state: active       # write_frozen during a flip",
-            "state: write_frozen",
-        );
-        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
-        store.load_text(v1, false, "test").expect("v1");
-        let loaded = store.current().expect("v1");
-        let u06 = loaded
-            .table
-            .units()
-            .iter()
-            .position(|u| &*u.name == "u06")
-            .expect("u06");
-        let write = store.start_write(&loaded, u06).expect("v1 in force");
+        let (store, loaded) = store_at_v1();
+        let write = store
+            .start_write(&loaded, unit_at(&loaded, "u06"))
+            .expect("v1 in force");
         drop(loaded);
-        store.load_text(&v2, false, "test").expect("v2");
-        assert_eq!(store.settled().map(|s| s.table.version()), Some(1));
+        store
+            .load_text(&example(2, true), false, "test")
+            .expect("v2");
+        assert_eq!(settled(&store), Some(1));
         assert_eq!(store.writes_in_flight(), (1, 1));
         drop(write);
-        assert_eq!(store.settled().map(|s| s.table.version()), Some(2));
+        assert_eq!(settled(&store), Some(2));
         assert_eq!(store.writes_in_flight(), (2, 0));
     }
 
@@ -1109,22 +1110,10 @@ mod tests {
     /// it was replaced (by one that left the unit alone).
     #[test]
     fn a_writes_grace_counts_from_its_units_change() {
-        let v1 = include_str!("../../deploy/examples/three-regions.yaml");
-        let v2 = v1.replace("version: 1\n", "version: 2\n");
-        let v3 = v2.replace("version: 2\n", "version: 3\n").replace(
-            "state: active       # write_frozen during a flip",
-            "state: write_frozen",
-        );
-        let store = TableStore::new("hz", None, Arc::new(Metrics::default()));
-        store.load_text(v1, false, "test").expect("v1");
-        let loaded = store.current().expect("v1");
-        let u06 = loaded
-            .table
-            .units()
-            .iter()
-            .position(|u| &*u.name == "u06")
-            .expect("u06");
-        let write = store.start_write(&loaded, u06).expect("v1 in force");
+        let (store, loaded) = store_at_v1();
+        let write = store
+            .start_write(&loaded, unit_at(&loaded, "u06"))
+            .expect("v1 in force");
         // v1 was replaced a minute ago, by a v2 that left u06 alone; v3 freezes it now.
         let a_minute_ago = Instant::now()
             .checked_sub(Duration::from_secs(60))
@@ -1133,8 +1122,12 @@ mod tests {
             .retired_at
             .set(a_minute_ago)
             .expect("not replaced yet");
-        store.load_text(&v2, false, "test").expect("v2");
-        store.load_text(&v3, false, "test").expect("v3");
+        store
+            .load_text(&example(2, false), false, "test")
+            .expect("v2");
+        store
+            .load_text(&example(3, true), false, "test")
+            .expect("v3");
         let next = store.end_held_writes(Duration::from_secs(30));
         assert!(
             !write.ended.is_cancelled(),
