@@ -9,7 +9,7 @@ use std::time::Duration;
 use control_api::{FlipState, StepName, StepOutcome};
 use support::{
     ControlProcess, Tokens, applied, flip_at, flip_request, flip_until, gateway, stored_by,
-    unit_placement, write_config,
+    table_at_least, unit_placement, write_config,
 };
 use testkit::Etcd;
 
@@ -41,8 +41,8 @@ async fn concurrent_writes_with_one_if_match_have_one_winner_on_etcd() {
         &tokens,
     ));
     support::race_table_writes(&a, &tokens).await;
-    // The other replica saw the winner too.
-    let via_b = b.client(&tokens.viewer).table().await.expect("table");
+    // The other replica sees the winner too, once its watch of etcd brings it.
+    let via_b = table_at_least(&b.client(&tokens.viewer), 2).await;
     assert_eq!(via_b.version, 2);
 }
 
@@ -376,7 +376,8 @@ async fn a_replica_killed_mid_evacuation_leaves_every_unit_the_same_way_on_etcd(
     })
     .await;
     assert_eq!(held.owner, "a");
-    let frozen = via_b.table().await.expect("table");
+    // B serves the freeze A stored once its watch of etcd brings it.
+    let frozen = table_at_least(&via_b, stored_by(&held, StepName::Freeze)).await;
     for unit in ["u05", "u06"] {
         assert_eq!(
             unit_placement(&frozen.table, unit),

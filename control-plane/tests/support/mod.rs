@@ -333,6 +333,24 @@ pub fn stored_by(flip: &control_api::FlipRecord, name: control_api::StepName) ->
         .unwrap_or_else(|| panic!("no version stored by {name}: {flip:?}"))
 }
 
+/// The table `client`'s replica serves, once it is `version` or later: a replica learns what
+/// another stored through its watch of the store, a moment after the store has it.
+pub async fn table_at_least(client: &Client, version: u64) -> control_api::StoredTable {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let table = client.table().await.expect("table");
+        if table.version >= version {
+            return table;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still at version {} (waiting for {version})",
+            table.version
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The audit log once it holds flip `id`'s `flip.end` entry: a flip's record shows it ended
 /// just before that entry is appended.
 pub async fn audit_after_end(client: &Client, id: &str) -> Vec<control_api::AuditEntry> {
