@@ -177,9 +177,7 @@ impl HttpBody for ClientBody {
             && end.as_mut().poll(cx).is_ready()
         {
             this.write_end = None;
-            return Poll::Ready(Some(Err(
-                "write ended: a newer routing table moved or froze its unit".into(),
-            )));
+            return Poll::Ready(Some(Err(crate::store::WRITE_ENDED.into())));
         }
         let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &mut polled

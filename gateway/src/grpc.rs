@@ -110,7 +110,7 @@ pub fn trailers_only(status: StatusCode, body: &serde_json::Value) -> Response<B
 
 /// `text` as a `grpc-message` value: printable ASCII but `%` as it is, every other byte as
 /// `%XX` (PROTOCOL-HTTP2.md, Status-Message).
-fn encode_message(text: &str) -> HeaderValue {
+pub fn encode_message(text: &str) -> HeaderValue {
     let mut encoded = Vec::with_capacity(text.len());
     for &byte in text.as_bytes() {
         if (0x20..=0x7e).contains(&byte) && byte != b'%' {

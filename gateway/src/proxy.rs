@@ -44,7 +44,7 @@ use crate::headers::{
 use crate::hop::{HopKey, HopMarker, KeyHasher};
 use crate::limits::{Permits, Refusal};
 use crate::metrics::{ClientEvent, Hop, Metrics, NONE, RequestLabels, UpstreamFailure};
-use crate::store::{PoolState, Snapshot, TableStore, WriteInFlight};
+use crate::store::{PoolState, Snapshot, TableStore, WRITE_ENDED, WriteInFlight};
 use crate::upstream::{Body, Upstream, empty};
 use crate::upstream_h2::{self, H2Upstream, UpstreamBody};
 use control_api::throttle::LogThrottle;
@@ -652,7 +652,7 @@ fn write_ended(shared: &Shared) -> Reply {
     shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
     let mut reply = Reply::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        json!({"error": "write ended: a newer routing table moved or froze its unit", "retry_after_s": WRITE_FREEZE_RETRY_S}),
+        json!({"error": WRITE_ENDED, "retry_after_s": WRITE_FREEZE_RETRY_S}),
     );
     reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
     reply.close = true;
@@ -742,15 +742,10 @@ impl hyper::body::Body for InFlight {
             if grpc {
                 let mut trailers = http::HeaderMap::new();
                 trailers.insert(grpc::GRPC_STATUS, HeaderValue::from_static("14"));
-                trailers.insert(
-                    grpc::GRPC_MESSAGE,
-                    HeaderValue::from_static("write%20ended%3A%20a%20newer%20routing%20table%20moved%20or%20froze%20its%20unit"),
-                );
+                trailers.insert(grpc::GRPC_MESSAGE, grpc::encode_message(WRITE_ENDED));
                 return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))));
             }
-            return std::task::Poll::Ready(Some(Err(
-                "write ended: a newer routing table moved or froze its unit".into(),
-            )));
+            return std::task::Poll::Ready(Some(Err(WRITE_ENDED.into())));
         }
         std::pin::Pin::new(&mut this.body).poll_frame(cx)
     }

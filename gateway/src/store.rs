@@ -100,6 +100,9 @@ pub struct UnitState {
     ended: CancellationToken,
 }
 
+/// Why a write the gateway ended ([`WriteInFlight::ended`]) did not go on, as its client is told.
+pub const WRITE_ENDED: &str = "write ended: a newer routing table moved or froze its unit";
+
 /// A write in flight, routed by a snapshot to one of its units: counted there until the
 /// request ends. A gateway reports a newer version as applied only once no write routed by an
 /// older one to a unit that version moved or froze is still going on ([`TableStore::settled`]):
