@@ -12,7 +12,6 @@
 //! 7. **respond** and **log** — one access-log line and the metrics, per request.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -689,19 +688,18 @@ fn respond(
         return Response::from_parts(parts, empty());
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    let ended = permits.2.as_ref().map(|write| WriteEnd {
-        signal: Box::pin(write.ended()),
-        grpc: grpc::is_grpc(response.headers()),
-        metrics: metrics.clone(),
-    });
-    response.map(|body| {
-        InFlight {
-            body,
-            _permits: permits,
-            ended,
-        }
-        .boxed()
-    })
+    let grpc = grpc::is_grpc(response.headers());
+    let (parts, body) = response.into_parts();
+    let end = permits.2.as_ref().map(WriteInFlight::ended);
+    let in_flight = InFlight {
+        body,
+        _permits: permits,
+    };
+    let body = match end {
+        None => in_flight.boxed(),
+        Some(end) => EndableAnswer::new(in_flight, end, grpc, metrics.clone()).boxed(),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// An answer's body that keeps its request counted in flight (its flow-control permits) until
@@ -709,17 +707,6 @@ fn respond(
 struct InFlight {
     body: UpstreamBody,
     _permits: Permits,
-    /// For a write: its end by the gateway ([`crate::store::WriteInFlight::ended`]).
-    ended: Option<WriteEnd>,
-}
-
-/// A write's answer ended by the gateway before its body did: a newer table moved or froze its
-/// unit and the write outlasted its grace. A gRPC call ends with `UNAVAILABLE` in its trailers
-/// (clients retry it); any other answer breaks off, its stream reset, for it is not whole.
-struct WriteEnd {
-    signal: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
-    grpc: bool,
-    metrics: Arc<Metrics>,
 }
 
 impl hyper::body::Body for InFlight {
@@ -727,27 +714,10 @@ impl hyper::body::Body for InFlight {
     type Error = crate::upstream::BoxError;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        if let Some(end) = &mut this.ended
-            && end.signal.as_mut().poll(cx).is_ready()
-        {
-            end.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
-            let grpc = end.grpc;
-            this.ended = None;
-            // Nothing more from the upstream: its stream or connection is let go now.
-            this.body = UpstreamBody::Codec(empty());
-            if grpc {
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert(grpc::GRPC_STATUS, HeaderValue::from_static("14"));
-                trailers.insert(grpc::GRPC_MESSAGE, grpc::encode_message(WRITE_ENDED));
-                return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))));
-            }
-            return std::task::Poll::Ready(Some(Err(WRITE_ENDED.into())));
-        }
-        std::pin::Pin::new(&mut this.body).poll_frame(cx)
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -756,6 +726,117 @@ impl hyper::body::Body for InFlight {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A write's answer, which the gateway ends before its body did when a newer table moved or
+/// froze its unit and the write outlasted its grace ([`crate::store::WriteInFlight::ended`]).
+/// A task of its own ends it, not a poll of this body: a client that stops reading leaves no
+/// send window, and hyper then does not poll the body at all, yet the flip waiting on the
+/// write must go on. The task lets the upstream go and the write's count with it; the client
+/// hears of it as it reads on: a gRPC call ends with `UNAVAILABLE` in its trailers (clients
+/// retry it), any other answer breaks off, its stream reset, for it is not whole.
+struct EndableAnswer {
+    answer: Arc<HeldAnswer>,
+    /// The task that ends the write; stopped once the answer is over.
+    ender: tokio::task::AbortHandle,
+    /// Whether the client has been told of the end.
+    told: bool,
+}
+
+struct HeldAnswer {
+    /// The answer in flight; taken when the gateway ends the write.
+    in_flight: std::sync::Mutex<Option<InFlight>>,
+    /// The poll waiting on the answer in flight, woken when it is taken.
+    waker: futures_util::task::AtomicWaker,
+    grpc: bool,
+}
+
+impl HeldAnswer {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, Option<InFlight>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl EndableAnswer {
+    fn new(
+        in_flight: InFlight,
+        end: WaitForCancellationFutureOwned,
+        grpc: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let answer = Arc::new(HeldAnswer {
+            in_flight: std::sync::Mutex::new(Some(in_flight)),
+            waker: futures_util::task::AtomicWaker::new(),
+            grpc,
+        });
+        let held = answer.clone();
+        let ender = tokio::spawn(async move {
+            end.await;
+            let ended = held.in_flight().take();
+            if ended.is_some() {
+                metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
+            }
+            // The upstream's stream or connection goes, then the write's count.
+            drop(ended);
+            held.waker.wake();
+        })
+        .abort_handle();
+        Self {
+            answer,
+            ender,
+            told: false,
+        }
+    }
+}
+
+impl Drop for EndableAnswer {
+    fn drop(&mut self) {
+        self.ender.abort();
+    }
+}
+
+impl hyper::body::Body for EndableAnswer {
+    type Data = bytes::Bytes;
+    type Error = crate::upstream::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let mut in_flight = this.answer.in_flight();
+        if let Some(in_flight) = in_flight.as_mut() {
+            this.answer.waker.register(cx.waker());
+            return std::pin::Pin::new(in_flight).poll_frame(cx);
+        }
+        drop(in_flight);
+        if std::mem::replace(&mut this.told, true) {
+            return std::task::Poll::Ready(None);
+        }
+        if this.answer.grpc {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert(grpc::GRPC_STATUS, HeaderValue::from_static("14"));
+            trailers.insert(grpc::GRPC_MESSAGE, grpc::encode_message(WRITE_ENDED));
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))));
+        }
+        std::task::Poll::Ready(Some(Err(WRITE_ENDED.into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.answer
+            .in_flight()
+            .as_ref()
+            .is_some_and(InFlight::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.answer
+            .in_flight()
+            .as_ref()
+            .map_or_else(hyper::body::SizeHint::default, InFlight::size_hint)
     }
 }
 

@@ -381,6 +381,115 @@ async fn a_write_that_outlasts_its_grace_after_its_unit_froze_is_ended_as_unavai
     drop(held_body);
 }
 
+/// An HTTP/1.1 upstream that answers any request with a body that never ends, written until
+/// the gateway lets the connection go; `let_go` is notified then.
+async fn endless_answer(let_go: Arc<tokio::sync::Notify>) -> SocketAddr {
+    support::serve_each(move |mut stream| {
+        let let_go = let_go.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+            let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            loop {
+                out.extend_from_slice(chunk.as_bytes());
+                if stream.write_all(&out).await.is_err() {
+                    let_go.notify_one();
+                    return;
+                }
+                out.clear();
+            }
+        }
+    })
+    .await
+}
+
+/// An HTTP/2 client that stops reading a write's answer leaves the gateway no send window, so
+/// the answer's body is not polled; the write is still ended when its grace is over: its
+/// upstream let go and the newer table vouched for, the client finding the stream reset once
+/// it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_client_stops_reading_its_answer_is_ended_after_its_grace() {
+    // A bound on the test, not a wait.
+    const T: Duration = Duration::from_secs(10);
+    let let_go = Arc::new(tokio::sync::Notify::new());
+    let upstream = endless_answer(let_go.clone()).await;
+    let (dir, gateway) =
+        support::pool_gateway(&[upstream], "timeouts: { moved_write_grace_ms: 200 }\n").await;
+    let store = &gateway.store;
+    let tcp = tokio::net::TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2c");
+    tokio::spawn(connection);
+    let request = Request::post("http://gateway/orders")
+        .header("x-user-id", "42")
+        .body(())
+        .expect("request");
+    let (answer, _) = client.send_request(request, true).expect("sent");
+    let answer = tokio::time::timeout(T, answer)
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(store.writes_in_flight().1, 1, "the write is in flight");
+
+    // The client reads nothing: its window fills and the gateway has none left to send in.
+    let v1 = std::fs::read_to_string(dir.path().join("table.yaml")).expect("table");
+    let v2 = v1
+        .replace("version: 1\n", "version: 2\n")
+        .replace("region: local }", "region: local, state: write_frozen }");
+    assert_ne!(v1, v2, "u1 freezes");
+    store.load_text(&v2, false, "test").expect("v2");
+    assert_eq!(
+        store.settled().map(|s| s.table.version()),
+        Some(1),
+        "the write routed by v1 holds v2 back"
+    );
+    tokio::time::timeout(T, let_go.notified())
+        .await
+        .expect("the upstream let go within the test's time");
+    let signal = store.settle_signal();
+    tokio::time::timeout(T, async {
+        loop {
+            let changed = signal.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if store.settled().map(|s| s.table.version()) == Some(2) {
+                return;
+            }
+            changed.await;
+        }
+    })
+    .await
+    .expect("v2 vouched for within the test's time");
+    assert_eq!(gateway.metrics.writes_ended.load(SeqCst), 1);
+
+    // Reading again, the client finds the answer cut short.
+    let mut body = answer.into_body();
+    let cut = tokio::time::timeout(T, async {
+        loop {
+            match body.data().await {
+                Some(Ok(data)) => {
+                    let _ = body.flow_control().release_capacity(data.len());
+                }
+                Some(Err(error)) => return error,
+                None => panic!("the answer ended as if whole"),
+            }
+        }
+    })
+    .await
+    .expect("the reset within the test's time");
+    assert!(cut.is_reset(), "{cut}");
+}
+
 /// A unary call of `path` (any method name) through `client`.
 async fn call(
     client: &mut tonic::client::Grpc<tonic::transport::Channel>,
