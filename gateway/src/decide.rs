@@ -72,9 +72,11 @@ impl Decided<'_> {
 /// Decide `view` by the table in `snapshot` (loaded once by the caller), noting in `ctx` what
 /// was learnt; every refusal is the reply to send.
 ///
-/// A write is counted in flight to its unit ([`crate::store::TableStore::start_write`]). When a
-/// table that moved or froze the unit was swapped in between the caller's load and that count,
-/// the request is decided again by the table in force, which `newer` then holds.
+/// A write is counted in flight to its unit ([`crate::store::TableStore::start_write`]) before
+/// it is admitted. When a table that moved or froze the unit was swapped in between the
+/// caller's load and that count, the request is resolved again by the table in force, which
+/// `newer` then holds; nothing of the first resolution was charged (rate-limit tokens, the
+/// cross-region count).
 pub(crate) fn decide<'s>(
     shared: &Shared,
     ctx: &mut Ctx,
@@ -83,21 +85,20 @@ pub(crate) fn decide<'s>(
     view: &impl RequestView,
     facts: &Facts<'_>,
 ) -> Result<Decided<'s>, Reply> {
-    let mut decided = decide_by(shared, ctx, snapshot, view, facts)?;
-    if count_write(shared, &mut decided).is_ok() {
-        return Ok(decided);
+    let resolved = resolve(shared, ctx, snapshot, view, facts)?;
+    if let Ok(write) = count_write(shared, &resolved) {
+        return admit_and_pick(shared, ctx, resolved, write);
     }
-    drop(decided);
     *newer = shared.store.current();
     let newer: &'s Option<std::sync::Arc<Snapshot>> = newer;
-    let mut decided = decide_by(shared, ctx, newer.as_deref(), view, facts)?;
-    match count_write(shared, &mut decided) {
-        Ok(()) => Ok(decided),
+    let resolved = resolve(shared, ctx, newer.as_deref(), view, facts)?;
+    match count_write(shared, &resolved) {
+        Ok(write) => admit_and_pick(shared, ctx, resolved, write),
         Err(unit) => {
             // Swapped again within these microseconds: the client sends it again.
             let mut reply = Reply::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "the unit's routing changed while this write was routed", "unit": &*decided.snapshot.table.units()[unit].name, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
+                json!({"error": "the unit's routing changed while this write was routed", "unit": &*resolved.snapshot.table.units()[unit].name, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
             );
             reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
             Err(reply)
@@ -105,29 +106,42 @@ pub(crate) fn decide<'s>(
     }
 }
 
-/// Count `decided`'s write, if it is one to a unit, in flight there until the request ends: the
-/// gateway reports a newer table as applied only once such writes to a unit it moved or froze
-/// are over (`TableStore::settled`). `Err` with the unit when a newer table moved or froze it.
-fn count_write(shared: &Shared, decided: &mut Decided<'_>) -> Result<(), usize> {
-    let Some(unit) = decided.routed.unit.filter(|_| decided.routed.is_write) else {
-        return Ok(());
+/// Count `resolved`'s write, if it is one to a unit, in flight there until the request ends:
+/// the gateway reports a newer table as applied only once such writes to a unit it moved or
+/// froze are over (`TableStore::settled`). `Err` with the unit when a newer table moved or
+/// froze it.
+fn count_write(
+    shared: &Shared,
+    resolved: &Resolved<'_>,
+) -> Result<Option<crate::store::WriteInFlight>, usize> {
+    let Some(unit) = resolved.routed.unit.filter(|_| resolved.routed.is_write) else {
+        return Ok(None);
     };
-    let write = shared
+    shared
         .store
-        .start_write(decided.snapshot, unit)
-        .ok_or(unit)?;
-    decided.permits.2 = Some(write);
-    Ok(())
+        .start_write(resolved.snapshot, unit)
+        .map(Some)
+        .ok_or(unit)
 }
 
-/// [`decide`] by one snapshot, the write not counted yet.
-fn decide_by<'s>(
+/// A request resolved by one snapshot to a route it may take, not admitted yet.
+struct Resolved<'s> {
+    snapshot: &'s Snapshot,
+    route: &'s Route,
+    routed: Routed,
+    hop_in: Option<HopMarker>,
+    trace: TraceParent,
+}
+
+/// Phases 2 to 4 of [`decide`] by one snapshot, up to the route's refusals: the request's
+/// route and unit, nothing charged yet.
+fn resolve<'s>(
     shared: &Shared,
     ctx: &mut Ctx,
     snapshot: Option<&'s Snapshot>,
     view: &impl RequestView,
     facts: &Facts<'_>,
-) -> Result<Decided<'s>, Reply> {
+) -> Result<Resolved<'s>, Reply> {
     let limits = shared.config.limits;
     if let Some(length) = facts.content_length
         && length > limits.max_body_bytes
@@ -237,6 +251,31 @@ fn decide_by<'s>(
         }
         (Action::Forward, Some(route)) => route,
     };
+    Ok(Resolved {
+        snapshot,
+        route,
+        routed,
+        hop_in,
+        trace,
+    })
+}
+
+/// The rest of phase 4, admission by the route's and the unit's limits, and phase 5, where
+/// the request goes; `write` is its place among its unit's writes in flight.
+fn admit_and_pick<'s>(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    resolved: Resolved<'s>,
+    write: Option<crate::store::WriteInFlight>,
+) -> Result<Decided<'s>, Reply> {
+    let Resolved {
+        snapshot,
+        route,
+        routed,
+        hop_in,
+        trace,
+    } = resolved;
+    let table = &snapshot.table;
     let route_permit = match &snapshot.routes[route.index].limiter {
         Some(limiter) => Some(limiter.admit().map_err(|refusal| {
             shared.metrics.limited(
@@ -300,7 +339,7 @@ fn decide_by<'s>(
         target,
         hop_in,
         trace,
-        permits: (route_permit, unit_permit, None),
+        permits: (route_permit, unit_permit, write),
     })
 }
 
@@ -347,5 +386,105 @@ fn verify_hop(shared: &Shared, value: &[u8], method: &str, path: &str) -> Option
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use router_rules::SimpleRequest;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::TableStore;
+
+    /// u1 (every slot) in `region`; the one route rate-limited to one request at a time.
+    fn table(version: u64, region: &str) -> String {
+        format!(
+            "version: {version}\nregions:\n  - {{ name: hz, gateways: [\"127.0.0.1:1\"], pools: {{ app: [\"127.0.0.1:2\"] }} }}\n  - {{ name: sh, gateways: [\"127.0.0.1:3\"], pools: {{ app: [\"127.0.0.1:4\"] }} }}\nunits:\n  - {{ name: u1, center: true, slots: [[0, 9999]], region: {region} }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, service: app, class: C, key: [{{ header: X-User-Id }}], missing_key: reject, limits: {{ rate: 1, burst: 1 }} }}\n"
+        )
+    }
+
+    fn shared(store: Arc<TableStore>, metrics: Arc<Metrics>) -> Shared {
+        let config = crate::config::GatewayConfig::parse(
+            "region: hz\nlisten: { http: [\"127.0.0.1:0\"] }\ntable: { file: table.yaml }\nhop_secret: decide-test-secret-0123456789abcdef\n",
+            "test",
+        )
+        .expect("config");
+        let hop_secret = config.hop_secret().expect("secret");
+        Shared {
+            worker: 0,
+            timer: crate::coarse_timer::CoarseTimer::new(),
+            upstream: crate::upstream::Upstream::with_connectors(
+                &config.timeouts,
+                store.connectors(),
+            ),
+            upstream_h2: crate::upstream_h2::H2Upstream::new(&config.timeouts),
+            codec_upstream: Arc::new(crate::h1::client::Pool::new(
+                config.timeouts.connect(),
+                store.connectors(),
+            )),
+            hop: crate::hop::HopKey::new(&hop_secret),
+            key_log: KeyLog::new(config.access_log.routing_key, &hop_secret),
+            stress_header: http::HeaderName::from_static("x-unitgate-stress"),
+            draining: false.into(),
+            body_budget: crate::limits::BodyBudget::new(config.limits.max_buffered_body_bytes),
+            store,
+            metrics,
+            config,
+        }
+    }
+
+    /// A write resolved by a table replaced, before it was counted, by one that moved its unit is
+    /// decided again by the newer table, and charged once: one rate-limit token (the route allows
+    /// one), one cross-region forward.
+    #[tokio::test]
+    async fn a_write_decided_again_by_a_newer_table_is_charged_once() {
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(TableStore::new("hz", None, metrics.clone()));
+        store.load_text(&table(1, "hz"), false, "test").expect("v1");
+        let loaded = store.current().expect("v1");
+        store.load_text(&table(2, "sh"), false, "test").expect("v2");
+        let shared = shared(store.clone(), metrics.clone());
+        let write = SimpleRequest::new("POST", "/orders").with_header("x-user-id", "42");
+
+        let mut ctx = Ctx::new(&shared, http::Method::POST, "/orders");
+        let mut newer = None;
+        let decided = decide(
+            &shared,
+            &mut ctx,
+            Some(&loaded),
+            &mut newer,
+            &write,
+            &Facts::default(),
+        )
+        .unwrap_or_else(|reply| panic!("refused: {}", reply.status));
+        assert_eq!(decided.snapshot.table.version(), 2);
+        assert!(
+            matches!(decided.target, Target::Region(_)),
+            "u1 is in sh now"
+        );
+        drop(decided);
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("unitgate_cross_region_forwards_total{region=\"sh\"} 1\n"),
+            "{text}"
+        );
+
+        // The route's one token was taken by that decision, and only one: the next is refused.
+        let mut ctx = Ctx::new(&shared, http::Method::POST, "/orders");
+        let current = store.current();
+        let refused = decide(
+            &shared,
+            &mut ctx,
+            current.as_deref(),
+            &mut None,
+            &write,
+            &Facts::default(),
+        )
+        .err()
+        .expect("over the rate");
+        assert_eq!(refused.status, http::StatusCode::TOO_MANY_REQUESTS);
     }
 }
