@@ -320,6 +320,47 @@ async fn missing_keys_follow_the_route_policy() {
     );
 }
 
+/// On a route with `key_format: digits`, a key a service might read as another number is
+/// refused with a 400 that says why, over HTTP/1.1 and HTTP/2, and reaches no upstream; a key
+/// of digits goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_digits_route_refuses_reach_no_upstream() {
+    let topo = Topology::start_with(|_, t| {
+        t.replacen(
+            "missing_key: reject   # 400 naming the sources tried",
+            "missing_key: reject\n    key_format: digits",
+            1,
+        )
+    })
+    .await;
+    let client = client();
+    let hz = topo.region("hz").http;
+    let mut h2 = h2c::<http_body_util::Full<bytes::Bytes>>(hz).await;
+    for key in ["+7000", "7000.0", "0x1B58"] {
+        let (status, _, body) =
+            send(&client, request("POST", hz, "/cart", &[("x-user-id", key)])).await;
+        assert_eq!(status, 400, "{key}: {body}");
+        assert_eq!(body["error"], "invalid routing key", "{key}");
+        assert_eq!(body["reason"], "not_digits", "{key}");
+        assert_eq!(body["source"], "header:x-user-id", "{key}");
+        let response = h2
+            .send_request(request("POST", hz, "/cart", &[("x-user-id", key)]))
+            .await
+            .expect("h2 answer");
+        assert_eq!(response.status(), 400, "{key} over HTTP/2");
+    }
+    for region in REGIONS {
+        assert_eq!(topo.region(region).upstreams["cart"].count(), 0, "{region}");
+    }
+    let (status, _, body) = send(
+        &client,
+        request("POST", hz, "/cart", &[("x-user-id", "7000")]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["slot"], 7000, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_get_404_json() {
     let topo = Topology::start().await;

@@ -348,6 +348,9 @@ fn route_fields(a: &RawRoute, b: &RawRoute) -> Vec<&'static str> {
     if a.missing_key != b.missing_key {
         fields.push("missing_key");
     }
+    if a.key_format != b.key_format {
+        fields.push("key_format");
+    }
     if a.balance != b.balance {
         fields.push("balance");
     }

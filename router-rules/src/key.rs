@@ -28,15 +28,18 @@ pub enum KeyError {
     Undecodable,
     /// The source appears more than once.
     Ambiguous,
+    /// Not 1 to 19 ASCII digits, on a route whose `key_format` is `digits`.
+    NotDigits,
 }
 
 impl KeyError {
-    /// `too_long`, `undecodable`, `ambiguous`.
+    /// `too_long`, `undecodable`, `ambiguous`, `not_digits`.
     pub fn as_str(self) -> &'static str {
         match self {
             KeyError::TooLong => "too_long",
             KeyError::Undecodable => "undecodable",
             KeyError::Ambiguous => "ambiguous",
+            KeyError::NotDigits => "not_digits",
         }
     }
 
@@ -46,6 +49,9 @@ impl KeyError {
             KeyError::TooLong => "the routing key is longer than 128 bytes",
             KeyError::Undecodable => "the routing key is not valid percent-encoded UTF-8",
             KeyError::Ambiguous => "the routing key is given more than once",
+            KeyError::NotDigits => {
+                "the routing key is not 1 to 19 ASCII digits, as this route's key_format asks"
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ pub use error::{Location, Problem, TableError, render_problems};
 pub use key::{KeyError, KeySource, RoutingKey};
 pub use placement::{KeyPlacement, place_key};
 pub use raw::{
-    Balance, Class, MissingKeyPolicy, RawLimits, RawPool, RawTable, RawTls, UnitState,
+    Balance, Class, KeyFormat, MissingKeyPolicy, RawLimits, RawPool, RawTable, RawTls, UnitState,
     UpstreamProtocol,
 };
 pub use report::DecisionReport;

@@ -344,6 +344,9 @@ pub struct RawRoute {
     /// C-class only: what to do when no key source yields a key. Default `reject`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_key: Option<MissingKeyPolicy>,
+    /// C-class only: what a routing key must look like. Default `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_format: Option<KeyFormat>,
     /// How to pick an endpoint within the pool. Default `round_robin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<Balance>,
@@ -407,6 +410,32 @@ pub enum RawKeySource {
     /// A claim of the JWT in `Authorization: Bearer <token>`. The token's signature is NOT
     /// checked: the claim only chooses where the request goes; the service authenticates.
     JwtClaim(String),
+}
+
+/// What a C-class route's routing keys must look like.
+///
+/// `digits` is for services that read their user ids as numbers: a key such as `+7000`,
+/// `7000.0` or `0x1B58` is a string to the slot function (hashed) but may be user 7000 to a
+/// service that parses it leniently, which would then act for that user in a unit that does not
+/// own them. Refused with `400` instead, such a key cannot reach a service at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFormat {
+    /// Any key (a number when it is 1 to 19 ASCII digits, else hashed).
+    #[default]
+    Any,
+    /// 1 to 19 ASCII digits: the keys the slot function takes as numbers.
+    Digits,
+}
+
+impl KeyFormat {
+    /// The name used in the table format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyFormat::Any => "any",
+            KeyFormat::Digits => "digits",
+        }
+    }
 }
 
 /// What a C-class route does with a request that has no routing key.

@@ -8,10 +8,10 @@ use fnv::FnvHashMap;
 
 use crate::key::{KeyError, KeySource, RoutingKey};
 use crate::raw::{
-    Balance, Class, MissingKeyPolicy, RawLimits, RawTable, UnitState, UpstreamProtocol,
+    Balance, Class, KeyFormat, MissingKeyPolicy, RawLimits, RawTable, UnitState, UpstreamProtocol,
 };
 use crate::request::RequestView;
-use crate::slot::{fnv1a_64, slot_of};
+use crate::slot::{fnv1a_64, numeric_value, slot_of};
 
 /// Index of a region in [`CompiledTable::regions`].
 pub type RegionIndex = usize;
@@ -221,6 +221,8 @@ pub struct Route {
     pub key_sources: Vec<KeySource>,
     /// Missing-key policy (C-class).
     pub missing_key: MissingKeyPolicy,
+    /// What its routing keys must look like (C-class).
+    pub key_format: KeyFormat,
     /// Endpoint choice.
     pub balance: Balance,
     /// Flow control for requests this route takes.
@@ -634,6 +636,14 @@ impl CompiledTable {
                         decision.action = Action::InvalidKey;
                         decision.key_source = Some(source);
                         decision.key_error = Some(error);
+                    }
+                    Some((Ok(key), source))
+                        if route.key_format == KeyFormat::Digits
+                            && numeric_value(key.as_str()).is_none() =>
+                    {
+                        decision.action = Action::InvalidKey;
+                        decision.key_source = Some(source);
+                        decision.key_error = Some(KeyError::NotDigits);
                     }
                     Some((Ok(key), source)) => {
                         let (unit, slot, pinned) = self.unit_of_key(key.as_str());

@@ -801,6 +801,7 @@ impl Validator {
                 service,
                 key_sources: route.key.iter().map(KeySource::from_raw).collect(),
                 missing_key: route.missing_key.unwrap_or(MissingKeyPolicy::Reject),
+                key_format: route.key_format.unwrap_or_default(),
                 balance: route.balance.unwrap_or_default(),
                 limits: route.limits,
                 matcher,
@@ -953,6 +954,12 @@ impl Validator {
                     self.problem(
                         format!("{path}.missing_key"),
                         "missing_key applies to C-class routes only",
+                    );
+                }
+                if route.key_format.is_some() {
+                    self.problem(
+                        format!("{path}.key_format"),
+                        "key_format applies to C-class routes only",
                     );
                 }
                 if route.balance == Some(Balance::KeyAffinity) {

@@ -3,7 +3,9 @@
 mod support;
 
 use proptest::prelude::*;
-use router_rules::{Action, CompiledTable, DecisionReport, SimpleRequest, diff, load_yaml};
+use router_rules::{
+    Action, CompiledTable, DecisionReport, KeyError, SimpleRequest, diff, load_yaml,
+};
 
 /// A random valid table: regions, units with contiguous ranges (a random split of the slot
 /// space, shuffled among units so ranges are not in unit order), one center.
@@ -232,6 +234,70 @@ fn pinned_keys_override_slots() {
     assert_eq!(decision.unit.map(|u| &*u.name), Some("u06"));
     assert!(decision.pinned);
     assert_eq!(decision.slot, Some(42));
+}
+
+/// A route with `key_format: digits` takes only keys the slot function reads as numbers; one a
+/// service might parse leniently as another number (`+7000`, `7000.0`, `0x1B58`, 20 digits
+/// with leading zeros) is refused, never routed by its hash. Without it the same keys are
+/// hashed, as before.
+#[test]
+fn digits_key_format_refuses_keys_a_service_may_read_as_another_number() {
+    let base = support::three_regions_yaml();
+    let yaml = base.replacen(
+        "missing_key: reject   # 400 naming the sources tried",
+        "missing_key: reject\n    key_format: digits",
+        1,
+    );
+    assert_ne!(yaml, base);
+    let digits = load(&yaml);
+    let any = load(&base);
+    for key in ["7000", "007", "9999999999999999999"] {
+        let request = SimpleRequest::new("POST", "/cart").with_header("x-user-id", key);
+        let d = digits.resolve(&request, 0);
+        assert_eq!(d.action, Action::Forward, "{key}");
+        assert_eq!(d.slot, any.resolve(&request, 0).slot, "{key}");
+    }
+    for key in [
+        "+7000",
+        "7000.0",
+        "0x1B58",
+        "-7000",
+        "7000abc",
+        "00000000000000000007000",
+        "user-1",
+    ] {
+        let request = SimpleRequest::new("POST", "/cart").with_header("x-user-id", key);
+        let d = digits.resolve(&request, 0);
+        assert_eq!(
+            (d.action, d.key_error, d.unit.is_none(), d.region.is_none()),
+            (Action::InvalidKey, Some(KeyError::NotDigits), true, true),
+            "{key}"
+        );
+        assert_eq!(any.resolve(&request, 0).action, Action::Forward, "{key}");
+    }
+    // A cookie key is held to the same format.
+    let request = SimpleRequest::new("GET", "/cart").with_header("cookie", "uid=+7000");
+    assert_eq!(
+        digits.resolve(&request, 0).key_error,
+        Some(KeyError::NotDigits)
+    );
+    // Only C-class routes take it.
+    let p_class = base.replacen(
+        "    class: P              #",
+        "    key_format: digits\n    class: P              #",
+        1,
+    );
+    assert_ne!(p_class, base);
+    let Err(error) = load_yaml(&p_class) else {
+        panic!("a P-class route with key_format was taken");
+    };
+    assert!(
+        error
+            .render("t")
+            .contains("key_format applies to C-class routes only"),
+        "{}",
+        error.render("t")
+    );
 }
 
 #[test]
