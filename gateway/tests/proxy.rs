@@ -361,6 +361,47 @@ async fn keys_a_digits_route_refuses_reach_no_upstream() {
     assert_eq!(body["slot"], 7000, "{body}");
 }
 
+/// A route with `case_sensitive: false` routes `/CART/1` by its key as `/cart/1`, in the unit's
+/// region, over either front end; by default such a path has no route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caseless_route_routes_every_spelling_of_its_path() {
+    let topo = Topology::start_with(|_, t| {
+        t.replacen(
+            "match: { path_prefix: /cart }",
+            "match: { path_prefix: /cart, case_sensitive: false }",
+            1,
+        )
+    })
+    .await;
+    let client = client();
+    let sz = topo.region("sz").http;
+    let (status, _, body) = send(
+        &client,
+        request("POST", sz, "/CART/1", &[("x-user-id", "4321")]),
+    )
+    .await;
+    let dry = router_rules::load_yaml(&topo.base_table).expect("table");
+    let (unit, slot, _) = dry.unit_of_key("4321");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["unit"].as_str(), Some(&*unit.name), "{body}");
+    assert_eq!(body["slot"], slot, "{body}");
+    let mut h2 = h2c::<http_body_util::Full<bytes::Bytes>>(sz).await;
+    let response = h2
+        .send_request(request("POST", sz, "/Cart/1", &[("x-user-id", "4321")]))
+        .await
+        .expect("h2 answer");
+    assert_eq!(response.status(), 200);
+
+    let plain = Topology::start().await;
+    let sz = plain.region("sz").http;
+    let (status, _, _) = send(
+        &client,
+        request("POST", sz, "/CART/1", &[("x-user-id", "4321")]),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_get_404_json() {
     let topo = Topology::start().await;

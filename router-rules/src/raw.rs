@@ -372,6 +372,11 @@ pub struct RawMatch {
     /// Methods this rule takes (uppercase). Absent: all methods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
+    /// Whether `path_prefix` and `path` match in ASCII case too. Default `true`; `false` for
+    /// services that resolve paths without regard to case (IIS and ASP.NET by default), where
+    /// `/CART` reaches the same handler as `/cart` and must be routed as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_sensitive: Option<bool>,
 }
 
 /// Traffic class of a route.

@@ -234,6 +234,8 @@ pub struct Route {
 pub(crate) struct Matcher {
     pub(crate) host: Option<HostMatch>,
     pub(crate) path: PathMatch,
+    /// The path matches regardless of ASCII case (`case_sensitive: false`).
+    pub(crate) path_ignores_case: bool,
     pub(crate) methods: Option<Vec<Box<str>>>,
 }
 
@@ -258,7 +260,7 @@ impl Matcher {
         {
             return false;
         }
-        if !self.path.matches(request.path()) {
+        if !self.path.matches(request.path(), self.path_ignores_case) {
             return false;
         }
         match &self.host {
@@ -283,14 +285,23 @@ impl Matcher {
             }
             (Some(HostMatch::Exact(_)), Some(HostMatch::Subdomain(_))) => false,
         };
-        let path = match (&self.path, &other.path) {
-            (PathMatch::Prefix(mine), PathMatch::Prefix(theirs) | PathMatch::Exact(theirs)) => {
-                prefix_matches(mine, theirs)
-            }
-            (PathMatch::Exact(mine), PathMatch::Exact(theirs)) => mine == theirs,
-            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+        let path = match (self.path_ignores_case, other.path_ignores_case) {
+            (false, false) => self.path.covers(&other.path),
+            (true, _) => self.path.lowercase().covers(&other.path.lowercase()),
+            // It takes spellings of its path in other cases, which `self` does not.
+            (false, true) => false,
         };
         methods && host && path
+    }
+
+    /// Where the route index files the rule: under the first path segment it needs, or
+    /// `None` when it may match under any (a rule that ignores case matches `/CART` under
+    /// `/cart`'s bucket and every other spelling, so it is tried for every request).
+    pub(crate) fn index_segment(&self) -> Option<&str> {
+        if self.path_ignores_case {
+            return None;
+        }
+        self.path.first_segment()
     }
 }
 
@@ -309,14 +320,38 @@ impl HostMatch {
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    fn matches(&self, path: &str, ignore_case: bool) -> bool {
         match self {
-            PathMatch::Prefix(prefix) => prefix_matches(prefix, path),
+            PathMatch::Prefix(prefix) => match strip_path_prefix(path, prefix, ignore_case) {
+                None => false,
+                Some(rest) => prefix_rest_matches(prefix, rest),
+            },
             // A last segment's parameters (`/a;jsessionid=1`) are no other path to servers
             // that drop them (Tomcat, Jetty).
-            PathMatch::Exact(exact) => path.strip_prefix(&**exact).is_some_and(|rest| {
-                rest.is_empty() || (rest.starts_with(';') && !rest.contains('/'))
-            }),
+            PathMatch::Exact(exact) => {
+                strip_path_prefix(path, exact, ignore_case).is_some_and(|rest| {
+                    rest.is_empty() || (rest.starts_with(';') && !rest.contains('/'))
+                })
+            }
+        }
+    }
+
+    /// Whether every path `other` matches is matched by `self` too (both in case).
+    fn covers(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (PathMatch::Prefix(mine), PathMatch::Prefix(theirs) | PathMatch::Exact(theirs)) => {
+                prefix_matches(mine, theirs)
+            }
+            (PathMatch::Exact(mine), PathMatch::Exact(theirs)) => mine == theirs,
+            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+        }
+    }
+
+    /// The same rule in ASCII lowercase, to compare rules that ignore case.
+    fn lowercase(&self) -> PathMatch {
+        match self {
+            PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase().into()),
+            PathMatch::Exact(p) => PathMatch::Exact(p.to_ascii_lowercase().into()),
         }
     }
 
@@ -333,15 +368,25 @@ impl PathMatch {
 /// A segment's parameters end it as a `/` does (`/cart;v=1/42` is `/cart/42` to servers that
 /// drop them, such as Tomcat and Jetty).
 pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => {
-            prefix.ends_with('/')
-                || rest.is_empty()
-                || rest.starts_with('/')
-                || rest.starts_with(';')
-        }
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| prefix_rest_matches(prefix, rest))
+}
+
+/// Whether `rest`, what follows `prefix` in a path, leaves the prefix on a segment boundary.
+fn prefix_rest_matches(prefix: &str, rest: &str) -> bool {
+    prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/') || rest.starts_with(';')
+}
+
+/// `path` after `prefix`, compared in ASCII case or not.
+fn strip_path_prefix<'p>(path: &'p str, prefix: &str, ignore_case: bool) -> Option<&'p str> {
+    if !ignore_case {
+        return path.strip_prefix(prefix);
     }
+    // Bytes equal but for ASCII case: the non-ASCII ones are the same, so `path` has a
+    // character boundary where `prefix` ends.
+    let head = path.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &path[prefix.len()..])
 }
 
 /// `cart` for `/cart/42` (and `/cart;v=1/42`), `` for `/`.
@@ -377,7 +422,7 @@ impl RouteIndex {
         let mut index = RouteIndex::default();
         for (i, route) in routes.iter().enumerate() {
             let i = u16::try_from(i).unwrap_or(u16::MAX);
-            match route.matcher.path.first_segment() {
+            match route.matcher.index_segment() {
                 None => index.any_segment.push(i),
                 Some(segment) => index.by_segment.entry(segment.into()).or_default().push(i),
             }
@@ -697,9 +742,9 @@ mod tests {
         assert!(prefix_matches("/cart", "/cart;v=1/1"));
         assert!(prefix_matches("/cart", "/cart;jsessionid=x"));
         assert_eq!(first_segment("/cart;v=1/1"), "cart");
-        assert!(PathMatch::Exact("/cart".into()).matches("/cart;jsessionid=x"));
-        assert!(!PathMatch::Exact("/cart".into()).matches("/cart;v=1/1"));
-        assert!(!PathMatch::Exact("/cart".into()).matches("/cartoon"));
+        assert!(PathMatch::Exact("/cart".into()).matches("/cart;jsessionid=x", false));
+        assert!(!PathMatch::Exact("/cart".into()).matches("/cart;v=1/1", false));
+        assert!(!PathMatch::Exact("/cart".into()).matches("/cartoon", false));
     }
 
     #[test]

@@ -879,6 +879,7 @@ impl Validator {
         Matcher {
             host,
             path: path_match,
+            path_ignores_case: m.case_sensitive == Some(false),
             methods,
         }
     }

@@ -300,6 +300,70 @@ fn digits_key_format_refuses_keys_a_service_may_read_as_another_number() {
     );
 }
 
+/// A route with `case_sensitive: false` takes every ASCII-case spelling of its path, as a
+/// service that resolves paths without regard to case reaches one handler with all of them:
+/// `/CART/1` is keyed and routed as `/cart/1`. By default case counts. A rule that ignores
+/// case shadows a later one its lowercase covers, and is shadowed only by one that ignores
+/// case too.
+#[test]
+fn case_insensitive_paths_route_every_spelling() {
+    let base = support::three_regions_yaml();
+    let yaml = base.replacen(
+        "match: { path_prefix: /cart }",
+        "match: { path_prefix: /cart, case_sensitive: false }",
+        1,
+    );
+    assert_ne!(yaml, base);
+    let ignoring = load(&yaml);
+    let counting = load(&base);
+    for path in ["/cart", "/CART/1", "/Cart;v=1", "/cArT/x/y"] {
+        let request = SimpleRequest::new("POST", path).with_header("x-user-id", "4321");
+        let d = ignoring.resolve(&request, 0);
+        assert_eq!(d.route.map(|r| &*r.name), Some("cart"), "{path}");
+        assert_eq!(d.slot, Some(4321), "{path}");
+        let c = counting.resolve(&request, 0);
+        let expected = if path.starts_with("/cart") {
+            Action::Forward
+        } else {
+            Action::NoRoute
+        };
+        assert_eq!(c.action, expected, "{path} with case counting");
+    }
+    for path in ["/cartoon", "/CARTOON", "/car"] {
+        let request = SimpleRequest::new("GET", path).with_header("x-user-id", "1");
+        assert_eq!(
+            ignoring.resolve(&request, 0).action,
+            Action::NoRoute,
+            "{path}"
+        );
+    }
+    // A non-ASCII byte in the path is compared as it is.
+    let request = SimpleRequest::new("GET", "/cärt").with_header("x-user-id", "1");
+    assert_eq!(ignoring.resolve(&request, 0).action, Action::NoRoute);
+
+    let shadowed = |first: &str, second: &str| {
+        let yaml = base.replacen(
+            "  - name: order\n    match: { path_prefix: /order }",
+            &format!(
+                "  - name: first\n    match: {first}\n    service: order\n    class: C\n    key: [{{ header: X-User-Id }}]\n  - name: order\n    match: {second}"
+            ),
+            1,
+        );
+        load_yaml(&yaml).is_err()
+    };
+    let ignoring_case = "{ path_prefix: /order, case_sensitive: false }";
+    assert!(shadowed(ignoring_case, "{ path_prefix: /ORDER/x }"));
+    assert!(shadowed(
+        ignoring_case,
+        "{ path_prefix: /Order, case_sensitive: false }"
+    ));
+    assert!(!shadowed("{ path_prefix: /order }", ignoring_case));
+    assert!(!shadowed(
+        "{ path_prefix: /order }",
+        "{ path_prefix: /ORDER }"
+    ));
+}
+
 #[test]
 fn missing_key_center_and_local_policies() {
     let base = support::three_regions_yaml();
