@@ -74,8 +74,8 @@ impl Decided<'_> {
 ///
 /// A write is counted in flight to its unit ([`crate::store::TableStore::start_write`]) before
 /// it is admitted. When a table that moved or froze the unit was swapped in between the
-/// caller's load and that count, the request is resolved again by the table in force, which
-/// `newer` then holds; nothing of the first resolution was charged (rate-limit tokens, the
+/// caller's load and that count, the request is decided again by the table in force, which
+/// `newer` then holds; nothing of the first decision was charged (rate-limit tokens, the
 /// cross-region count).
 pub(crate) fn decide<'s>(
     shared: &Shared,
@@ -85,20 +85,36 @@ pub(crate) fn decide<'s>(
     view: &impl RequestView,
     facts: &Facts<'_>,
 ) -> Result<Decided<'s>, Reply> {
-    let resolved = resolve(shared, ctx, snapshot, view, facts)?;
-    if let Ok(write) = count_write(shared, &resolved) {
-        return admit_and_pick(shared, ctx, resolved, write);
+    match decide_by(shared, ctx, snapshot, view, facts) {
+        Ok(decided) => Ok(decided),
+        Err(Undecided::Refused(reply)) => Err(reply),
+        Err(Undecided::Moved(_)) => decide_again(shared, ctx, newer, view, facts),
     }
+}
+
+/// [`decide`] again, by the table in force (held in `newer`), for a write whose unit a table
+/// swapped in since the first decision moved or froze.
+#[cold]
+fn decide_again<'s>(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    newer: &'s mut Option<std::sync::Arc<Snapshot>>,
+    view: &impl RequestView,
+    facts: &Facts<'_>,
+) -> Result<Decided<'s>, Reply> {
     *newer = shared.store.current();
     let newer: &'s Option<std::sync::Arc<Snapshot>> = newer;
-    let resolved = resolve(shared, ctx, newer.as_deref(), view, facts)?;
-    match count_write(shared, &resolved) {
-        Ok(write) => admit_and_pick(shared, ctx, resolved, write),
-        Err(unit) => {
+    match decide_by(shared, ctx, newer.as_deref(), view, facts) {
+        Ok(decided) => Ok(decided),
+        Err(Undecided::Refused(reply)) => Err(reply),
+        Err(Undecided::Moved(unit)) => {
+            let name = newer
+                .as_deref()
+                .map(|s| s.table.units()[unit].name.to_string());
             // Swapped again within these microseconds: the client sends it again.
             let mut reply = Reply::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "the unit's routing changed while this write was routed", "unit": &*resolved.snapshot.table.units()[unit].name, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
+                json!({"error": "the unit's routing changed while this write was routed", "unit": name, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
             );
             reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
             Err(reply)
@@ -106,42 +122,29 @@ pub(crate) fn decide<'s>(
     }
 }
 
-/// Count `resolved`'s write, if it is one to a unit, in flight there until the request ends:
-/// the gateway reports a newer table as applied only once such writes to a unit it moved or
-/// froze are over (`TableStore::settled`). `Err` with the unit when a newer table moved or
-/// froze it.
-fn count_write(
-    shared: &Shared,
-    resolved: &Resolved<'_>,
-) -> Result<Option<crate::store::WriteInFlight>, usize> {
-    let Some(unit) = resolved.routed.unit.filter(|_| resolved.routed.is_write) else {
-        return Ok(None);
-    };
-    shared
-        .store
-        .start_write(resolved.snapshot, unit)
-        .map(Some)
-        .ok_or(unit)
+/// Why [`decide_by`] did not decide a request.
+enum Undecided {
+    /// The reply to send.
+    Refused(Reply),
+    /// A write to the unit at this position, which a table swapped in since moved or froze.
+    Moved(usize),
 }
 
-/// A request resolved by one snapshot to a route it may take, not admitted yet.
-struct Resolved<'s> {
-    snapshot: &'s Snapshot,
-    route: &'s Route,
-    routed: Routed,
-    hop_in: Option<HopMarker>,
-    trace: TraceParent,
+impl From<Reply> for Undecided {
+    fn from(reply: Reply) -> Self {
+        Undecided::Refused(reply)
+    }
 }
 
-/// Phases 2 to 4 of [`decide`] by one snapshot, up to the route's refusals: the request's
-/// route and unit, nothing charged yet.
-fn resolve<'s>(
+/// [`decide`] by one snapshot. A write is counted once the route's refusals are passed and
+/// before anything is charged.
+fn decide_by<'s>(
     shared: &Shared,
     ctx: &mut Ctx,
     snapshot: Option<&'s Snapshot>,
     view: &impl RequestView,
     facts: &Facts<'_>,
-) -> Result<Resolved<'s>, Reply> {
+) -> Result<Decided<'s>, Undecided> {
     let limits = shared.config.limits;
     if let Some(length) = facts.content_length
         && length > limits.max_body_bytes
@@ -151,15 +154,15 @@ fn resolve<'s>(
             json!({"error": "request body too large", "limit_bytes": limits.max_body_bytes}),
         );
         reply.close = true;
-        return Err(reply);
+        return Err(reply.into());
     }
 
     // Phase 2: the table in force.
     let Some(snapshot) = snapshot else {
-        return Err(Reply::new(
+        return Err(Undecided::Refused(Reply::new(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "no routing table applied yet"}),
-        ));
+        )));
     };
     ctx.version = snapshot.table.version();
     // Decided anew by a newer table (`decide`): nothing of the first decision stays.
@@ -219,26 +222,26 @@ fn resolve<'s>(
     // Phase 4: admit.
     let route = match (routed.action, route) {
         (Action::NoRoute, _) | (_, None) => {
-            return Err(Reply::new(
+            return Err(Undecided::Refused(Reply::new(
                 StatusCode::NOT_FOUND,
                 json!({"error": "no route", "method": view.method(), "path": view.path(), "table_version": ctx.version}),
-            ));
+            )));
         }
         (Action::MissingKey, Some(route)) => {
-            return Err(Reply::new(
+            return Err(Undecided::Refused(Reply::new(
                 StatusCode::BAD_REQUEST,
                 json!({"error": "missing routing key", "route": &*route.name, "tried": route.key_sources.iter().map(ToString::to_string).collect::<Vec<_>>(), "table_version": ctx.version}),
-            ));
+            )));
         }
         (Action::InvalidKey, Some(_)) => {
             let (error, source) = routed
                 .invalid_key
                 .clone()
                 .unwrap_or((router_rules::KeyError::Undecodable, None));
-            return Err(Reply::new(
+            return Err(Undecided::Refused(Reply::new(
                 StatusCode::BAD_REQUEST,
                 json!({"error": "invalid routing key", "reason": error.as_str(), "detail": error.message(), "source": source, "table_version": ctx.version}),
-            ));
+            )));
         }
         (Action::WriteFrozen, Some(_)) => {
             let unit = routed.unit.map(|u| table.units()[u].name.to_string());
@@ -247,35 +250,19 @@ fn resolve<'s>(
                 json!({"error": "unit is write-frozen", "unit": unit, "retry_after_s": WRITE_FREEZE_RETRY_S, "table_version": ctx.version}),
             );
             reply.retry_after_s = Some(WRITE_FREEZE_RETRY_S);
-            return Err(reply);
+            return Err(reply.into());
         }
         (Action::Forward, Some(route)) => route,
     };
-    Ok(Resolved {
-        snapshot,
-        route,
-        routed,
-        hop_in,
-        trace,
-    })
-}
-
-/// The rest of phase 4, admission by the route's and the unit's limits, and phase 5, where
-/// the request goes; `write` is its place among its unit's writes in flight.
-fn admit_and_pick<'s>(
-    shared: &Shared,
-    ctx: &mut Ctx,
-    resolved: Resolved<'s>,
-    write: Option<crate::store::WriteInFlight>,
-) -> Result<Decided<'s>, Reply> {
-    let Resolved {
-        snapshot,
-        route,
-        routed,
-        hop_in,
-        trace,
-    } = resolved;
-    let table = &snapshot.table;
+    // Counted in flight before it is charged: a write whose unit a newer table moved or froze
+    // is decided again by that table (`decide`), and charged once.
+    let write = match routed.unit.filter(|_| routed.is_write) {
+        None => None,
+        Some(unit) => match shared.store.start_write(snapshot, unit) {
+            Some(write) => Some(write),
+            None => return Err(Undecided::Moved(unit)),
+        },
+    };
     let route_permit = match &snapshot.routes[route.index].limiter {
         Some(limiter) => Some(limiter.admit().map_err(|refusal| {
             shared.metrics.limited(
@@ -315,7 +302,7 @@ fn admit_and_pick<'s>(
     if let Target::Region(region) = target
         && ctx.hops_in >= MAX_HOPS
     {
-        return Err(Reply::new(
+        return Err(Undecided::Refused(Reply::new(
             StatusCode::LOOP_DETECTED,
             json!({
                 "error": "forwarding loop: gateways disagree on where this request belongs",
@@ -326,7 +313,7 @@ fn admit_and_pick<'s>(
                 "would_forward_to": &*table.regions()[region].name,
                 "hops": ctx.hops_in,
             }),
-        ));
+        )));
     }
     if let Target::Region(region) = target {
         ctx.forwarded_to = Some(region);
