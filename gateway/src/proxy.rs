@@ -392,6 +392,12 @@ fn normalize_path<B>(shared: &Shared, request: &mut Request<B>) -> Result<bool, 
     // upstream as it came: the target as sent is what must start with `/`.
     if let Some(target) = uri.path_and_query() {
         let target = target.as_str();
+        if target == "*" && request.method() != Method::OPTIONS {
+            // As the codec's front end: `*` names no resource but the server, for OPTIONS.
+            return Err(refuse(
+                "asterisk-form target for a method other than OPTIONS",
+            ));
+        }
         if !(target.starts_with('/') || target == "*") {
             return Err(refuse(router_rules::path::PathError::NotAbsolute.as_str()));
         }

@@ -421,6 +421,52 @@ async fn http2_field_values_with_whitespace_at_an_end_are_refused() {
     );
 }
 
+/// `*` as a target is for OPTIONS only over HTTP/2 as over HTTP/1.1: any other method with
+/// it is refused (400), and reaches no upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asterisk_target_is_for_options_only_over_http2() {
+    let (_dir, echo, gateway) = echo_gateway("").await;
+    let tcp = tokio::net::TcpStream::connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2c");
+    tokio::spawn(connection);
+    let asterisk = http::Uri::builder()
+        .scheme("http")
+        .authority("shop.example")
+        .path_and_query("*")
+        .build()
+        .expect("uri");
+    for method in ["GET", "POST", "DELETE"] {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(asterisk.clone())
+            .header("x-user-id", "1")
+            .body(())
+            .expect("request");
+        let (answer, _) = client.send_request(request, true).expect("sent");
+        let answer = answer.await.expect("answered");
+        assert_eq!(answer.status(), 400, "{method} *");
+    }
+    assert_eq!(echo.count(), 0, "nothing reached the upstream");
+    for head in ["GET * HTTP/1.1\r\n", "OPTIONS /x HTTP/1.1\r\n"] {
+        let answer = exchange(
+            gateway.http_addrs[0],
+            format!("{head}Host: a\r\nX-User-Id: 1\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let status = if head.starts_with("GET") {
+            "400"
+        } else {
+            "200"
+        };
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {answer}"
+        );
+    }
+}
+
 /// The status of `GET /x` with `fields`, over a new HTTP/2 (h2c) connection to `addr`.
 async fn h2_get(addr: SocketAddr, fields: &[(&str, &str)]) -> u16 {
     let mut sender = h2c(addr).await;
