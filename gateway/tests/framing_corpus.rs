@@ -58,9 +58,6 @@ const KNOWN_GAPS: &[&str] = &[
     // slash and authority-form are refused by the path check both front ends share.)
     "target-fragment",
     "target-absolute-other-scheme",
-    // Asterisk-form for GET reaches routing and gets 404: nothing is forwarded, but the
-    // answer is not 400.
-    "target-asterisk-get",
     // No request-line limit: a 9 KB target is forwarded (the issue sets 8 KiB -> 414).
     "target-too-long",
     // `CONNECT /x` (origin form) is forwarded to the upstream.
