@@ -800,6 +800,9 @@ impl EndableAnswer {
 
 impl Drop for EndableAnswer {
     fn drop(&mut self) {
+        // Let go of the answer here, not when the aborted task is next run.
+        let answer = self.answer.in_flight().take();
+        drop(answer);
         self.ender.abort();
     }
 }
@@ -813,12 +816,27 @@ impl hyper::body::Body for EndableAnswer {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        let mut in_flight = this.answer.in_flight();
-        if let Some(in_flight) = in_flight.as_mut() {
+        let mut held = this.answer.in_flight();
+        if let Some(in_flight) = held.as_mut() {
             this.answer.waker.register(cx.waker());
-            return std::pin::Pin::new(in_flight).poll_frame(cx);
+            let polled = std::pin::Pin::new(&mut *in_flight).poll_frame(cx);
+            let over = match &polled {
+                std::task::Poll::Ready(None | Some(Err(_))) => true,
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    frame.is_trailers() || in_flight.is_end_stream()
+                }
+                std::task::Poll::Pending => false,
+            };
+            if over {
+                // Whole (or failed upstream): nothing for the ender to end.
+                let done = held.take();
+                drop(held);
+                this.told = true;
+                drop(done);
+            }
+            return polled;
         }
-        drop(in_flight);
+        drop(held);
         if std::mem::replace(&mut this.told, true) {
             return std::task::Poll::Ready(None);
         }
@@ -832,10 +850,12 @@ impl hyper::body::Body for EndableAnswer {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.answer
-            .in_flight()
-            .as_ref()
-            .is_some_and(InFlight::is_end_stream)
+        self.told
+            || self
+                .answer
+                .in_flight()
+                .as_ref()
+                .is_some_and(InFlight::is_end_stream)
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
@@ -1149,6 +1169,64 @@ pub(crate) fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store holding one table: u1 (every slot) in hz, where this gateway is.
+    fn one_unit_store() -> (Arc<TableStore>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(TableStore::new("hz", None, metrics.clone()));
+        store
+            .load_text(
+                "version: 1\nregions:\n  - { name: hz, gateways: [\"127.0.0.1:1\"], pools: { app: [\"127.0.0.1:2\"] } }\nunits:\n  - { name: u1, center: true, slots: [[0, 9999]], region: hz }\nroutes:\n  - { name: app, match: { path_prefix: / }, service: app, class: C, key: [{ header: X-User-Id }], missing_key: reject }\n",
+                false,
+                "test",
+            )
+            .expect("v1");
+        (store, metrics)
+    }
+
+    /// A write's answer dropped (its end sent, or its stream reset) lets its write go then, as
+    /// `InFlight` says: the count (and the permits) are not left to the ender task's abort.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_write_answer_lets_its_write_go_at_once() {
+        let (store, metrics) = one_unit_store();
+        let snapshot = store.current().expect("v1");
+        let write = store.start_write(&snapshot, 0).expect("counted");
+        let end = write.ended();
+        let in_flight = InFlight {
+            body: UpstreamBody::Codec(empty()),
+            _permits: (None, None, Some(write)),
+        };
+        let answer = EndableAnswer::new(in_flight, end, false, metrics);
+        assert_eq!(store.writes_in_flight().1, 1);
+        drop(answer);
+        assert_eq!(
+            store.writes_in_flight().1,
+            0,
+            "the answer is gone, its write still counted in flight"
+        );
+    }
+
+    /// An answer that ended whole is not counted as a write the gateway ended when the end
+    /// signal comes before hyper drops it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_ended_whole_is_not_counted_as_ended_by_the_gateway() {
+        use http_body_util::BodyExt as _;
+        let (store, metrics) = one_unit_store();
+        let snapshot = store.current().expect("v1");
+        let write = store.start_write(&snapshot, 0).expect("counted");
+        let end = write.ended();
+        let in_flight = InFlight {
+            body: UpstreamBody::Codec(empty()),
+            _permits: (None, None, Some(write)),
+        };
+        let mut answer = EndableAnswer::new(in_flight, end, false, metrics.clone());
+        assert!(answer.frame().await.is_none(), "the answer ends whole");
+        snapshot.units[0].cancel_for_test();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(metrics.writes_ended.load(Ordering::Relaxed), 0);
+        drop(answer);
+    }
 
     #[test]
     fn a_key_segment_is_left_out_of_the_logged_path() {

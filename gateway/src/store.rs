@@ -100,6 +100,13 @@ pub struct UnitState {
     ended: CancellationToken,
 }
 
+#[cfg(test)]
+impl UnitState {
+    pub(crate) fn cancel_for_test(&self) {
+        self.ended.cancel();
+    }
+}
+
 /// Why a write the gateway ended ([`WriteInFlight::ended`]) did not go on, as its client is told.
 pub const WRITE_ENDED: &str = "write ended: a newer routing table moved or froze its unit";
 
