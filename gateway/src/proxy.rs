@@ -1184,11 +1184,9 @@ mod tests {
         (store, metrics)
     }
 
-    /// A write's answer dropped (its end sent, or its stream reset) lets its write go then, as
-    /// `InFlight` says: the count (and the permits) are not left to the ender task's abort.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_dropped_write_answer_lets_its_write_go_at_once() {
-        let (store, metrics) = one_unit_store();
+    /// The empty answer of a write to u1 of `store`'s table, which the gateway may end; the
+    /// snapshot that routed it. Spawns the answer's ender: call it on a runtime.
+    fn write_answer(store: &TableStore, metrics: &Arc<Metrics>) -> (Arc<Snapshot>, EndableAnswer) {
         let snapshot = store.current().expect("v1");
         let write = store.start_write(&snapshot, 0).expect("counted");
         let end = write.ended();
@@ -1196,7 +1194,16 @@ mod tests {
             body: UpstreamBody::Codec(empty()),
             _permits: (None, None, Some(write)),
         };
-        let answer = EndableAnswer::new(in_flight, end, false, metrics);
+        let answer = EndableAnswer::new(in_flight, end, false, metrics.clone());
+        (snapshot, answer)
+    }
+
+    /// A write's answer dropped (its end sent, or its stream reset) lets its write go then, as
+    /// `InFlight` says: the count (and the permits) are not left to the ender task's abort.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_write_answer_lets_its_write_go_at_once() {
+        let (store, metrics) = one_unit_store();
+        let (_snapshot, answer) = write_answer(&store, &metrics);
         assert_eq!(store.writes_in_flight().1, 1);
         drop(answer);
         assert_eq!(
@@ -1212,14 +1219,7 @@ mod tests {
     async fn an_answer_ended_whole_is_not_counted_as_ended_by_the_gateway() {
         use http_body_util::BodyExt as _;
         let (store, metrics) = one_unit_store();
-        let snapshot = store.current().expect("v1");
-        let write = store.start_write(&snapshot, 0).expect("counted");
-        let end = write.ended();
-        let in_flight = InFlight {
-            body: UpstreamBody::Codec(empty()),
-            _permits: (None, None, Some(write)),
-        };
-        let mut answer = EndableAnswer::new(in_flight, end, false, metrics.clone());
+        let (snapshot, mut answer) = write_answer(&store, &metrics);
         assert!(answer.frame().await.is_none(), "the answer ends whole");
         snapshot.units[0].cancel_for_test();
         tokio::task::yield_now().await;
