@@ -159,10 +159,11 @@ fn decide_by<'s>(
 
     // Phase 2: the table in force.
     let Some(snapshot) = snapshot else {
-        return Err(Undecided::Refused(Reply::new(
+        return Err(Reply::new(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "no routing table applied yet"}),
-        )));
+        )
+        .into());
     };
     ctx.version = snapshot.table.version();
     // Decided anew by a newer table (`decide`): nothing of the first decision stays.
@@ -222,26 +223,26 @@ fn decide_by<'s>(
     // Phase 4: admit.
     let route = match (routed.action, route) {
         (Action::NoRoute, _) | (_, None) => {
-            return Err(Undecided::Refused(Reply::new(
+            return Err(Reply::new(
                 StatusCode::NOT_FOUND,
                 json!({"error": "no route", "method": view.method(), "path": view.path(), "table_version": ctx.version}),
-            )));
+            ).into());
         }
         (Action::MissingKey, Some(route)) => {
-            return Err(Undecided::Refused(Reply::new(
+            return Err(Reply::new(
                 StatusCode::BAD_REQUEST,
                 json!({"error": "missing routing key", "route": &*route.name, "tried": route.key_sources.iter().map(ToString::to_string).collect::<Vec<_>>(), "table_version": ctx.version}),
-            )));
+            ).into());
         }
         (Action::InvalidKey, Some(_)) => {
             let (error, source) = routed
                 .invalid_key
                 .clone()
                 .unwrap_or((router_rules::KeyError::Undecodable, None));
-            return Err(Undecided::Refused(Reply::new(
+            return Err(Reply::new(
                 StatusCode::BAD_REQUEST,
                 json!({"error": "invalid routing key", "reason": error.as_str(), "detail": error.message(), "source": source, "table_version": ctx.version}),
-            )));
+            ).into());
         }
         (Action::WriteFrozen, Some(_)) => {
             let unit = routed.unit.map(|u| table.units()[u].name.to_string());
@@ -302,7 +303,7 @@ fn decide_by<'s>(
     if let Target::Region(region) = target
         && ctx.hops_in >= MAX_HOPS
     {
-        return Err(Undecided::Refused(Reply::new(
+        return Err(Reply::new(
             StatusCode::LOOP_DETECTED,
             json!({
                 "error": "forwarding loop: gateways disagree on where this request belongs",
@@ -313,7 +314,8 @@ fn decide_by<'s>(
                 "would_forward_to": &*table.regions()[region].name,
                 "hops": ctx.hops_in,
             }),
-        )));
+        )
+        .into());
     }
     if let Target::Region(region) = target {
         ctx.forwarded_to = Some(region);
