@@ -204,6 +204,9 @@ pub(crate) struct Ctx {
     /// Whether the request may be sent again (`attempts::may_resend`): its method is
     /// idempotent, and so is any its method-override fields name.
     pub(crate) resendable: bool,
+    /// Whether the final answer may have begun to reach the client (the gateway's HTTP/1.1
+    /// codec): after that, a write the gateway ends can only be cut off, not answered.
+    pub(crate) answer_begun: bool,
 }
 
 impl Ctx {
@@ -232,6 +235,7 @@ impl Ctx {
             client_deadline: None,
             normalized_path: None,
             resendable: false,
+            answer_begun: false,
         }
     }
 }
@@ -653,7 +657,7 @@ async fn exchange(
 
 /// The answer to a write the gateway ended before its answer came: a newer table moved or froze
 /// its unit, and the write outlasted its grace (`TableStore::end_held_writes`).
-fn write_ended(shared: &Shared) -> Reply {
+pub(crate) fn write_ended(shared: &Shared) -> Reply {
     shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
     let mut reply = Reply::new(
         StatusCode::SERVICE_UNAVAILABLE,

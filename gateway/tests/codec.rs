@@ -1257,3 +1257,121 @@ async fn an_upstream_that_answers_as_it_reads_gets_the_whole_body() {
         .to_bytes();
     assert_eq!(echoed.len(), BODY);
 }
+
+/// The gateway of a one-unit pool with `upstream`, whose writes have 200 ms of grace once their
+/// unit freezes.
+async fn graceful_gateway(upstream: SocketAddr) -> (tempfile::TempDir, gateway::Gateway) {
+    pool_gateway(
+        &[upstream],
+        "health_check: { interval_ms: 0 }\ntimeouts: { moved_write_grace_ms: 200 }\n",
+    )
+    .await
+}
+
+/// A write the gateway ends before any of its answer went out (its unit froze, and it outlasted
+/// its grace) is answered `503` with `Retry-After`, and the connection closed after it (its
+/// body is half read): the client learns that it may send the write again, where a reset would
+/// leave it guessing whether it was done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ended_before_its_answer_began_is_answered_503() {
+    // An upstream that reads what comes and answers nothing; `heard` once it has a head.
+    let heard = Arc::new(tokio::sync::Notify::new());
+    let upstream = {
+        let heard = heard.clone();
+        serve_each(move |mut stream| {
+            let heard = heard.clone();
+            async move {
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        heard.notify_one();
+                    }
+                }
+            }
+        })
+        .await
+    };
+    let (dir, gateway) = graceful_gateway(upstream).await;
+    // Half the body: the write is still going when its unit freezes.
+    let mut client = connect_and_write(
+        gateway.http_addrs[0],
+        b"POST /orders HTTP/1.1\r\nHost: shop\r\nX-User-Id: 42\r\nContent-Length: 10\r\n\r\nhalf_",
+    )
+    .await;
+    tokio::time::timeout(T, heard.notified())
+        .await
+        .expect("the upstream has the head");
+    freeze_pool_unit(dir.path(), &gateway.store);
+
+    let answer = read_to_close(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("\r\nretry-after: "), "{answer}");
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.contains(gateway::store::WRITE_ENDED), "{answer}");
+    tokio::time::timeout(T, settled_on(&gateway.store, 2))
+        .await
+        .expect("v2 vouched for within the test's time");
+    assert_eq!(
+        gateway
+            .metrics
+            .writes_ended
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+/// A write the gateway ends once its answer has begun is cut off: an answer begun cannot be
+/// taken back, so the connection is reset, with nothing after the part the client got that
+/// could pass for the answer's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ended_after_its_answer_began_is_cut_off_by_a_reset() {
+    let let_go = Arc::new(tokio::sync::Notify::new());
+    let upstream = endless_answer(let_go.clone()).await;
+    let (dir, gateway) = graceful_gateway(upstream).await;
+    let mut client = connect_and_write(
+        gateway.http_addrs[0],
+        b"POST /orders HTTP/1.1\r\nHost: shop\r\nX-User-Id: 42\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let begun = read_until(&mut client, |got| got.contains("\r\n\r\n")).await;
+    assert!(begun.starts_with("HTTP/1.1 200 "), "{begun}");
+    // The client reads no more for now: the answer fills the sockets' buffers.
+    freeze_pool_unit(dir.path(), &gateway.store);
+    tokio::time::timeout(T, let_go.notified())
+        .await
+        .expect("the upstream let go within the test's time");
+
+    let mut rest = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let end = loop {
+        match tokio::time::timeout(T, client.read(&mut chunk))
+            .await
+            .expect("the gateway ends the connection in time")
+        {
+            Ok(0) => break Ok(()),
+            Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            Err(error) => break Err(error.kind()),
+        }
+    };
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset));
+    assert!(
+        !rest.windows(9).any(|w| w == b"HTTP/1.1 "),
+        "no answer after the one begun"
+    );
+    tokio::time::timeout(T, settled_on(&gateway.store, 2))
+        .await
+        .expect("v2 vouched for within the test's time");
+    assert_eq!(
+        gateway
+            .metrics
+            .writes_ended
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}

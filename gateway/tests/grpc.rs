@@ -381,36 +381,6 @@ async fn a_write_that_outlasts_its_grace_after_its_unit_froze_is_ended_as_unavai
     drop(held_body);
 }
 
-/// An HTTP/1.1 upstream that answers any request with a body that never ends, written until
-/// the gateway lets the connection go; `let_go` is notified then.
-async fn endless_answer(let_go: Arc<tokio::sync::Notify>) -> SocketAddr {
-    support::serve_each(move |mut stream| {
-        let let_go = let_go.clone();
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
-            let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-            loop {
-                out.extend_from_slice(chunk.as_bytes());
-                if stream.write_all(&out).await.is_err() {
-                    let_go.notify_one();
-                    return;
-                }
-                out.clear();
-            }
-        }
-    })
-    .await
-}
-
 /// An HTTP/2 client that stops reading a write's answer leaves the gateway no send window, so
 /// the answer's body is not polled; the write is still ended when its grace is over: its
 /// upstream let go and the newer table vouched for, the client finding the stream reset once
@@ -420,7 +390,7 @@ async fn a_write_whose_client_stops_reading_its_answer_is_ended_after_its_grace(
     // A bound on the test, not a wait.
     const T: Duration = Duration::from_secs(10);
     let let_go = Arc::new(tokio::sync::Notify::new());
-    let upstream = endless_answer(let_go.clone()).await;
+    let upstream = support::endless_answer(let_go.clone()).await;
     let (dir, gateway) =
         support::pool_gateway(&[upstream], "timeouts: { moved_write_grace_ms: 200 }\n").await;
     let store = &gateway.store;
@@ -442,12 +412,7 @@ async fn a_write_whose_client_stops_reading_its_answer_is_ended_after_its_grace(
     assert_eq!(store.writes_in_flight().1, 1, "the write is in flight");
 
     // The client reads nothing: its window fills and the gateway has none left to send in.
-    let v1 = std::fs::read_to_string(dir.path().join("table.yaml")).expect("table");
-    let v2 = v1
-        .replace("version: 1\n", "version: 2\n")
-        .replace("region: local }", "region: local, state: write_frozen }");
-    assert_ne!(v1, v2, "u1 freezes");
-    store.load_text(&v2, false, "test").expect("v2");
+    support::freeze_pool_unit(dir.path(), store);
     assert_eq!(
         store.settled().map(|s| s.table.version()),
         Some(1),
@@ -456,20 +421,9 @@ async fn a_write_whose_client_stops_reading_its_answer_is_ended_after_its_grace(
     tokio::time::timeout(T, let_go.notified())
         .await
         .expect("the upstream let go within the test's time");
-    let signal = store.settle_signal();
-    tokio::time::timeout(T, async {
-        loop {
-            let changed = signal.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if store.settled().map(|s| s.table.version()) == Some(2) {
-                return;
-            }
-            changed.await;
-        }
-    })
-    .await
-    .expect("v2 vouched for within the test's time");
+    tokio::time::timeout(T, support::settled_on(store, 2))
+        .await
+        .expect("v2 vouched for within the test's time");
     assert_eq!(gateway.metrics.writes_ended.load(SeqCst), 1);
 
     // Reading again, the client finds the answer cut short.

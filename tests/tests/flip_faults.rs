@@ -967,8 +967,9 @@ async fn a_write_in_flight_holds_the_freeze_until_it_ends() {
 }
 
 /// A write that outlasts its grace (`timeouts.moved_write_grace_ms`) after its unit froze is
-/// ended by the gateway, its client's connection closed: it no longer holds the flip, which
-/// goes on and succeeds instead of rolling back at `converge_timeout_s`.
+/// ended by the gateway, its client answered `503` (nothing of an answer had gone out) and its
+/// connection closed: it no longer holds the flip, which goes on and succeeds instead of
+/// rolling back at `converge_timeout_s`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_that_outlasts_its_grace_is_ended_and_the_flip_goes_on() {
     use tokio::io::AsyncReadExt;
@@ -981,10 +982,16 @@ async fn a_write_that_outlasts_its_grace_is_ended_and_the_flip_goes_on() {
     let mut client = slow_write(&system).await;
     let id = start_flip(&system, 20, 0).await;
     let mut answer = Vec::new();
-    // Closed (or reset) by the gateway, with no answer: the write never reached its end.
+    // The write never reached its end: the client is told to send it again, and the
+    // connection closes (its body is half read).
     let read = tokio::time::timeout(T, client.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the connection is still open");
-    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nretry-after: "),
+        "{answer}"
+    );
     let done = loop {
         let flip = flip_record(&system, &id).await;
         if flip.state.is_final() {

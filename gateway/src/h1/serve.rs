@@ -408,22 +408,39 @@ impl RequestView for HeadView<'_> {
     }
 }
 
-/// A write's forwarding, unless the gateway ends the write first: a newer table moved or froze
-/// its unit, and it outlasted its grace. Then it is dropped, the upstream connection with it,
-/// and the client's connection is reset: its answer, if begun, is not whole.
-async fn until_ended(
-    shared: &Shared,
-    forwarding: impl Future<Output = (StatusCode, Next, bool)>,
+/// A write's forwarding, unless the gateway ends the write first (a newer table moved or froze
+/// its unit, and it outlasted its grace): then `None`, the forwarding dropped and the upstream
+/// connection with it.
+async fn until_ended<T>(
+    forwarding: impl Future<Output = T>,
     ended: impl Future<Output = ()>,
-) -> (StatusCode, Next, bool) {
+) -> Option<T> {
     tokio::select! {
         biased;
-        answer = forwarding => answer,
-        () = ended => {
-            shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
-            (StatusCode::SERVICE_UNAVAILABLE, Next::Reset, false)
-        }
+        answer = forwarding => Some(answer),
+        () = ended => None,
     }
+}
+
+/// The answer to a write the gateway ended: while nothing of its final answer has gone out, a
+/// `503` that asks the client to try again, and the connection closed after it (the request's
+/// body may be partly unread); once it may have, the connection reset: an answer begun cannot
+/// be taken back, and the client must not take what it got for whole.
+async fn answer_ended_write<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    ctx: &Ctx,
+    io: &mut S,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+) -> (StatusCode, Next, bool) {
+    if ctx.answer_begun {
+        shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::SERVICE_UNAVAILABLE, Next::Reset, false);
+    }
+    let reply = crate::proxy::write_ended(shared);
+    let status = reply.status;
+    answer(shared, io, head, scratch, reply).await;
+    (status, Next::Linger, false)
 }
 
 /// Serve the request whose head is at the start of `buf`, by `snapshot` (the table in force,
@@ -507,9 +524,15 @@ where
             );
             match ended {
                 None => forwarding.await,
-                // Boxed, so that the connection's future does not hold a second place for
-                // the forwarding state (copied in and out on every request).
-                Some(ended) => Box::pin(until_ended(shared, forwarding, ended)).await,
+                Some(ended) => {
+                    // Boxed, so that the connection's future does not hold a second place for
+                    // the forwarding state (copied in and out on every request).
+                    let answered = Box::pin(until_ended(forwarding, ended)).await;
+                    match answered {
+                        Some(answered) => answered,
+                        None => answer_ended_write(shared, &ctx, io, head, scratch).await,
+                    }
+                }
             }
         }
     };
@@ -1060,6 +1083,7 @@ where
         }
         None => attempts.no_endpoint(),
     };
+    ctx.answer_begun = true;
     let status = reply.status;
     if body.untouched() {
         return (
@@ -1173,7 +1197,7 @@ fn chunk_fault(error: ChunkError) -> Failed {
 #[allow(clippy::too_many_arguments)]
 async fn send_and_relay<S>(
     shared: &Shared,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     io: &mut S,
     buf: &mut BytesMut,
     raw: &[u8],
@@ -1381,7 +1405,7 @@ const MAX_INTERIM_RESPONSES: usize = 16;
 #[allow(clippy::too_many_arguments)]
 async fn relay_response<S>(
     shared: &Shared,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     io: &mut S,
     buf: &mut BytesMut,
     raw: &[u8],
@@ -1436,6 +1460,8 @@ where
         }
         break;
     }
+    // The final answer (or the switch to a tunnel) goes out from here on.
+    ctx.answer_begun = true;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     if response.status == 101 {
         if !head.upgrade {

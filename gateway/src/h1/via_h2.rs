@@ -97,6 +97,7 @@ where
     let Some(mut chosen) = attempts.next() else {
         let reply = attempts.no_endpoint();
         let status = reply.status;
+        ctx.answer_begun = true;
         let next = answer_unforwarded(shared, io, buf, head, scratch, reply).await;
         return (status, next, false);
     };
@@ -114,7 +115,7 @@ where
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 reply.retry_after_s = Some(1);
             }
-            return answered(shared, io, head, scratch, reply).await;
+            return answered(shared, ctx, io, head, scratch, reply).await;
         }
     };
     // No endpoint's address stands in for a missing `Host` here: the HTTP/2 client names the
@@ -127,7 +128,7 @@ where
                 StatusCode::BAD_REQUEST,
                 json!({"error": "request not expressible in HTTP/2", "detail": detail}),
             );
-            return answered(shared, io, head, scratch, reply).await;
+            return answered(shared, ctx, io, head, scratch, reply).await;
         }
     };
 
@@ -168,17 +169,19 @@ where
     };
     let reply = attempts.failed(shared, index, fault);
     // The body was read whole: the connection is in step, and may go on after the reply.
-    answered(shared, io, head, scratch, reply).await
+    answered(shared, ctx, io, head, scratch, reply).await
 }
 
 /// `serve::answer`, returning what `forward` returns.
 async fn answered<S: AsyncWrite + Unpin>(
     shared: &Shared,
+    ctx: &mut Ctx,
     io: &mut S,
     head: &RequestHead,
     scratch: &mut Vec<u8>,
     reply: Reply,
 ) -> (StatusCode, Next, bool) {
+    ctx.answer_begun = true;
     let status = reply.status;
     (
         status,
@@ -413,7 +416,7 @@ enum ToClient {
 /// its trailers when it goes chunked.
 async fn respond<S>(
     shared: &Shared,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     io: &mut S,
     head: &RequestHead,
     out: &mut Vec<u8>,
@@ -422,6 +425,7 @@ async fn respond<S>(
 where
     S: AsyncWrite + Unpin,
 {
+    ctx.answer_begun = true;
     let (mut parts, mut body) = response.into_parts();
     let status = parts.status;
     strip_hop_by_hop(&mut parts.headers, false);

@@ -354,3 +354,59 @@ pub async fn get_text(client: &TestClient, addr: SocketAddr, path: &str) -> Stri
         .to_bytes();
     String::from_utf8_lossy(&body).into_owned()
 }
+
+/// An HTTP/1.1 upstream that answers any request with a body that never ends, written until
+/// the gateway lets the connection go; `let_go` is notified then.
+pub async fn endless_answer(let_go: std::sync::Arc<tokio::sync::Notify>) -> SocketAddr {
+    serve_each(move |mut stream| {
+        let let_go = let_go.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+            let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            loop {
+                out.extend_from_slice(chunk.as_bytes());
+                if stream.write_all(&out).await.is_err() {
+                    let_go.notify_one();
+                    return;
+                }
+                out.clear();
+            }
+        }
+    })
+    .await
+}
+
+/// Freeze the one unit of a `pool_gateway` (its table in `dir`) for writes: version 2 of its
+/// table, loaded into `store`.
+pub fn freeze_pool_unit(dir: &Path, store: &gateway::store::TableStore) {
+    let v1 = std::fs::read_to_string(dir.join("table.yaml")).expect("table");
+    let v2 = v1
+        .replace("version: 1\n", "version: 2\n")
+        .replace("region: local }", "region: local, state: write_frozen }");
+    assert_ne!(v1, v2, "u1 freezes");
+    store.load_text(&v2, false, "test").expect("v2");
+}
+
+/// Resolves once `store` has vouched for table `version` (every write routed by an older one
+/// ended or let go).
+pub async fn settled_on(store: &gateway::store::TableStore, version: u64) {
+    let signal = store.settle_signal();
+    loop {
+        let changed = signal.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if store.settled().map(|s| s.table.version()) == Some(version) {
+            return;
+        }
+        changed.await;
+    }
+}
