@@ -1268,6 +1268,20 @@ async fn graceful_gateway(upstream: SocketAddr) -> (tempfile::TempDir, gateway::
     .await
 }
 
+/// The frozen table is vouched for once the one write that held it back was ended.
+async fn assert_one_write_ended(gateway: &gateway::Gateway) {
+    tokio::time::timeout(T, settled_on(&gateway.store, 2))
+        .await
+        .expect("v2 vouched for within the test's time");
+    assert_eq!(
+        gateway
+            .metrics
+            .writes_ended
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
 /// A write the gateway ends before any of its answer went out (its unit froze, and it outlasted
 /// its grace) is answered `503` with `Retry-After`, and the connection closed after it (its
 /// body is half read): the client learns that it may send the write again, where a reset would
@@ -1314,16 +1328,7 @@ async fn a_write_ended_before_its_answer_began_is_answered_503() {
     assert!(lower.contains("\r\nretry-after: "), "{answer}");
     assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(answer.contains(gateway::store::WRITE_ENDED), "{answer}");
-    tokio::time::timeout(T, settled_on(&gateway.store, 2))
-        .await
-        .expect("v2 vouched for within the test's time");
-    assert_eq!(
-        gateway
-            .metrics
-            .writes_ended
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_one_write_ended(&gateway).await;
 }
 
 /// A write the gateway ends once its answer has begun is cut off: an answer begun cannot be
@@ -1364,14 +1369,5 @@ async fn a_write_ended_after_its_answer_began_is_cut_off_by_a_reset() {
         !rest.windows(9).any(|w| w == b"HTTP/1.1 "),
         "no answer after the one begun"
     );
-    tokio::time::timeout(T, settled_on(&gateway.store, 2))
-        .await
-        .expect("v2 vouched for within the test's time");
-    assert_eq!(
-        gateway
-            .metrics
-            .writes_ended
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert_one_write_ended(&gateway).await;
 }
