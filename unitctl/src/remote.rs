@@ -249,8 +249,8 @@ pub struct FlipArgs {
     /// Switch at once, without waiting for replication (the old region is gone).
     #[arg(long, conflicts_with_all = ["confirm", "delay_s", "probe", "check_timeout_s"])]
     emergency: bool,
-    /// Why: kept in the audit log.
-    #[arg(long, default_value = "unitctl flip")]
+    /// Why: kept in the audit log (required, as the console and the API require it).
+    #[arg(long)]
     reason: String,
     #[command(flatten)]
     check: CheckArgs,

@@ -640,6 +640,15 @@ fn flip_evacuate_and_restore_check_their_arguments_before_any_request() {
     // No server is given: a usage error comes before any attempt to reach one.
     for args in [
         &["flip", "--to", "sz"][..],
+        // A flip says why, as evacuations do: the audit log keeps it.
+        &[
+            "flip",
+            "u03",
+            "--to",
+            "sz",
+            "--server",
+            "http://127.0.0.1:9",
+        ],
         &["evacuate", "sz"],
         &["evacuate", "--reason", "drill"],
         &["restore", "sz"],

@@ -280,7 +280,16 @@ async fn status_plan_apply_flip_and_audit() {
     let out = p
         .unitctl(
             &p.operator,
-            &["flip", "u04", "--to", "hz", "--emergency", "--wait"],
+            &[
+                "flip",
+                "u04",
+                "--to",
+                "hz",
+                "--reason",
+                "drill",
+                "--emergency",
+                "--wait",
+            ],
         )
         .await;
     assert!(out.status.success(), "{}", text(&out));
@@ -328,7 +337,17 @@ async fn an_edit_of_a_replaced_version_is_refused_as_stale() {
     let out = p
         .unitctl(
             &p.operator,
-            &["flip", "u03", "--to", "sz", "--delay-s", "0", "--wait"],
+            &[
+                "flip",
+                "u03",
+                "--to",
+                "sz",
+                "--reason",
+                "drill",
+                "--delay-s",
+                "0",
+                "--wait",
+            ],
         )
         .await;
     assert!(out.status.success(), "{}", text(&out));
@@ -625,7 +644,17 @@ async fn flip_resolve_lifts_the_lock_of_a_lost_flip() {
     let out = p
         .unitctl(
             &p.operator,
-            &["flip", "u04", "--to", "sz", "--delay-s", "0", "--wait"],
+            &[
+                "flip",
+                "u04",
+                "--to",
+                "sz",
+                "--reason",
+                "drill",
+                "--delay-s",
+                "0",
+                "--wait",
+            ],
         )
         .await;
     assert!(
@@ -661,7 +690,17 @@ async fn flip_resolve_lifts_the_lock_of_a_lost_flip() {
     let out = p
         .unitctl(
             &p.operator,
-            &["flip", "u04", "--to", "sz", "--delay-s", "0", "--wait"],
+            &[
+                "flip",
+                "u04",
+                "--to",
+                "sz",
+                "--reason",
+                "drill",
+                "--delay-s",
+                "0",
+                "--wait",
+            ],
         )
         .await;
     assert!(out.status.success(), "{}", text(&out));
@@ -752,7 +791,17 @@ async fn json_output_of_flips_signals_apply_resolve_and_forget() {
     let out = p
         .unitctl(
             &p.operator,
-            &["flip", "u03", "--to", "sz", "--confirm", "--output", "json"],
+            &[
+                "flip",
+                "u03",
+                "--to",
+                "sz",
+                "--reason",
+                "drill",
+                "--confirm",
+                "--output",
+                "json",
+            ],
         )
         .await;
     assert!(out.status.success(), "{}", text(&out));
@@ -791,6 +840,8 @@ async fn json_output_of_flips_signals_apply_resolve_and_forget() {
                 "u04",
                 "--to",
                 "hz",
+                "--reason",
+                "drill",
                 "--emergency",
                 "--wait",
                 "--output",
@@ -810,7 +861,17 @@ async fn json_output_of_flips_signals_apply_resolve_and_forget() {
     let out = p
         .unitctl(
             &p.operator,
-            &["flip", "u05", "--to", "hz", "--confirm", "--output", "json"],
+            &[
+                "flip",
+                "u05",
+                "--to",
+                "hz",
+                "--reason",
+                "drill",
+                "--confirm",
+                "--output",
+                "json",
+            ],
         )
         .await;
     assert!(out.status.success(), "{}", text(&out));
@@ -1176,7 +1237,17 @@ async fn route_and_diff_against_the_live_table() {
     let out = p
         .unitctl(
             &p.operator,
-            &["flip", "u03", "--to", "sz", "--delay-s", "0", "--wait"],
+            &[
+                "flip",
+                "u03",
+                "--to",
+                "sz",
+                "--reason",
+                "drill",
+                "--delay-s",
+                "0",
+                "--wait",
+            ],
         )
         .await;
     assert!(out.status.success(), "{}", text(&out));
@@ -1487,7 +1558,10 @@ async fn a_flip_of_several_units_moves_them_all() {
 
     // A unit named twice, or one already there: refused before anything starts.
     let out = p
-        .unitctl(&p.operator, &["flip", "u03", "u05", "--to", "sz"])
+        .unitctl(
+            &p.operator,
+            &["flip", "u03", "u05", "--to", "sz", "--reason", "drill"],
+        )
         .await;
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
@@ -1683,7 +1757,16 @@ async fn a_confirmation_wait_prints_the_command_and_the_deadline_and_flip_extend
     let refused = p
         .unitctl(
             &p.operator,
-            &["flip", "u03", "--to", "sz", "--emergency", "--confirm"],
+            &[
+                "flip",
+                "u03",
+                "--to",
+                "sz",
+                "--reason",
+                "drill",
+                "--emergency",
+                "--confirm",
+            ],
         )
         .await;
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
