@@ -204,8 +204,9 @@ pub(crate) struct Ctx {
     /// Whether the request may be sent again (`attempts::may_resend`): its method is
     /// idempotent, and so is any its method-override fields name.
     pub(crate) resendable: bool,
-    /// Whether the final answer may have begun to reach the client (the gateway's HTTP/1.1
-    /// codec): after that, a write the gateway ends can only be cut off, not answered.
+    /// Whether the client's connection may be inside an answer (the gateway's HTTP/1.1
+    /// codec): the final answer's first bytes may have gone out, or an interim answer is
+    /// going out. A write the gateway ends then can only be cut off, not answered.
     pub(crate) answer_begun: bool,
 }
 
@@ -657,8 +658,13 @@ async fn exchange(
 
 /// The answer to a write the gateway ended before its answer came: a newer table moved or froze
 /// its unit, and the write outlasted its grace (`TableStore::end_held_writes`).
-pub(crate) fn write_ended(shared: &Shared) -> Reply {
+fn write_ended(shared: &Shared) -> Reply {
     shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
+    write_ended_reply()
+}
+
+/// The `503` of a write the gateway ended, uncounted.
+pub(crate) fn write_ended_reply() -> Reply {
     let mut reply = Reply::new(
         StatusCode::SERVICE_UNAVAILABLE,
         json!({"error": WRITE_ENDED, "retry_after_s": WRITE_FREEZE_RETRY_S}),

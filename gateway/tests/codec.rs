@@ -1371,3 +1371,112 @@ async fn a_write_ended_after_its_answer_began_is_cut_off_by_a_reset() {
     );
     assert_one_write_ended(&gateway).await;
 }
+
+/// An upstream that answers a request with `hints` interim answers (`103`) of `fields` fields
+/// of 5,000 bytes each, then nothing until the gateway lets go; `heard` once it has a head.
+async fn hints_then_silence(
+    hints: usize,
+    fields: usize,
+    heard: Arc<tokio::sync::Notify>,
+) -> SocketAddr {
+    serve_each(move |mut stream| {
+        let heard = heard.clone();
+        async move {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+            heard.notify_one();
+            let mut hint = b"HTTP/1.1 103 Early Hints\r\n".to_vec();
+            for i in 0..fields {
+                hint.extend_from_slice(format!("link-{i}: <{}>\r\n", "a".repeat(5000)).as_bytes());
+            }
+            hint.extend_from_slice(b"\r\n");
+            for _ in 0..hints {
+                if stream.write_all(&hint).await.is_err() {
+                    return;
+                }
+            }
+            let _ = stream.read(&mut chunk).await;
+        }
+    })
+    .await
+}
+
+/// A write ended after a whole interim answer reached the client still gets its `503`: an
+/// interim answer is no part of the final one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ended_after_an_interim_answer_is_answered_503() {
+    let heard = Arc::new(tokio::sync::Notify::new());
+    let upstream = hints_then_silence(1, 1, heard.clone()).await;
+    let (dir, gateway) = graceful_gateway(upstream).await;
+    let mut client = connect_and_write(
+        gateway.http_addrs[0],
+        b"POST /orders HTTP/1.1\r\nHost: shop\r\nX-User-Id: 42\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let hint = read_until(&mut client, |got| got.ends_with("\r\n\r\n")).await;
+    assert!(hint.starts_with("HTTP/1.1 103 "), "{hint}");
+    freeze_pool_unit(dir.path(), &gateway.store);
+    let answer = read_to_close(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert_one_write_ended(&gateway).await;
+}
+
+/// A write ended while interim answers are on their way to a client that reads nothing is
+/// never answered inside one of them: the gateway may be stopped in the middle of writing one,
+/// and then only a reset may follow. Whatever the client gets is whole heads, a `503` only
+/// where a head ended, or a head cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ended_inside_an_interim_answer_is_not_answered_inside_it() {
+    let heard = Arc::new(tokio::sync::Notify::new());
+    // 16 interim answers of about 500 KB: more than the sockets' buffers hold.
+    let upstream = hints_then_silence(16, 100, heard.clone()).await;
+    let (dir, gateway) = pool_gateway(
+        &[upstream],
+        "health_check: { interval_ms: 0 }\ntimeouts: { moved_write_grace_ms: 200 }\nlimits: { max_header_bytes: 1000000 }\n",
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut client = socket
+        .connect(gateway.http_addrs[0])
+        .await
+        .expect("connect");
+    client
+        .write_all(
+            b"POST /orders HTTP/1.1\r\nHost: shop\r\nX-User-Id: 42\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    tokio::time::timeout(T, heard.notified())
+        .await
+        .expect("the upstream has the head");
+    freeze_pool_unit(dir.path(), &gateway.store);
+    assert_one_write_ended(&gateway).await;
+
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(T, client.read(&mut chunk))
+            .await
+            .expect("the gateway ends the connection in time")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    for (at, _) in text.match_indices("HTTP/1.1 503 ") {
+        assert!(
+            at == 0 || text[..at].ends_with("\r\n\r\n"),
+            "a 503 inside another head, after {} bytes: ...{:?}",
+            at,
+            &text[at.saturating_sub(40)..at + 13]
+        );
+    }
+}

@@ -412,9 +412,17 @@ impl RequestView for HeadView<'_> {
 /// its unit, and it outlasted its grace): then `None`, the forwarding dropped and the upstream
 /// connection with it.
 async fn until_ended<T>(
+    shared: &Shared,
     forwarding: impl Future<Output = T>,
     ended: impl Future<Output = ()>,
 ) -> Option<T> {
+    let ended = async {
+        ended.await;
+        // Counted here, while the write still holds its table back (`select!` drops the
+        // forwarding before its branch's handler runs): whoever sees the newer table vouched
+        // for sees the count.
+        shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
+    };
     tokio::select! {
         biased;
         answer = forwarding => Some(answer),
@@ -434,10 +442,9 @@ async fn answer_ended_write<S: AsyncWrite + Unpin>(
     scratch: &mut Vec<u8>,
 ) -> (StatusCode, Next, bool) {
     if ctx.answer_begun {
-        shared.metrics.writes_ended.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, Next::Reset, false);
     }
-    let reply = crate::proxy::write_ended(shared);
+    let reply = crate::proxy::write_ended_reply();
     let status = reply.status;
     answer(shared, io, head, scratch, reply).await;
     (status, Next::Linger, false)
@@ -527,7 +534,7 @@ where
                 Some(ended) => {
                     // Boxed, so that the connection's future does not hold a second place for
                     // the forwarding state (copied in and out on every request).
-                    let answered = Box::pin(until_ended(forwarding, ended)).await;
+                    let answered = Box::pin(until_ended(shared, forwarding, ended)).await;
                     match answered {
                         Some(answered) => answered,
                         None => answer_ended_write(shared, &ctx, io, head, scratch).await,
@@ -1256,7 +1263,7 @@ where
 #[allow(clippy::too_many_arguments)]
 async fn upload_rest<S>(
     shared: &Shared,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     io: &mut S,
     buf: &mut BytesMut,
     head: &RequestHead,
@@ -1273,7 +1280,12 @@ where
     // Interim answers that came while the body went.
     let mut interim = 0;
     if head.expect_continue {
-        let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        // Until it is all out, the client's connection is inside an answer.
+        ctx.answer_begun = true;
+        ctx.answer_begun = io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err();
     }
     while !body.done() {
         if buf.is_empty() {
@@ -1447,6 +1459,7 @@ where
         if response.is_interim() {
             interim_answer(
                 shared,
+                ctx,
                 io,
                 head,
                 upstream,
@@ -1460,8 +1473,6 @@ where
         }
         break;
     }
-    // The final answer (or the switch to a tunnel) goes out from here on.
-    ctx.answer_begun = true;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     if response.status == 101 {
         if !head.upgrade {
@@ -1475,6 +1486,7 @@ where
             ));
         }
         let idle = shared.config.timeouts.tunnel_idle();
+        ctx.answer_begun = true;
         return tunnel(io, buf, out, upstream, &response, status, idle).await;
     }
     // Bytes after a response that ends with the connection are the body, not a next message;
@@ -1514,6 +1526,9 @@ where
     // on another connection the moment it has this answer finds the connection there.
     let body_timeout = shared.config.timeouts.read();
     while !relay.done() {
+        // The final answer goes out from here on (or, when it is all here, once `forward`
+        // returned).
+        ctx.answer_begun = true;
         if !to_client(shared, io, out).await {
             return Err(Failed::ClientGone);
         }
@@ -1564,6 +1579,7 @@ where
 #[allow(clippy::too_many_arguments)]
 async fn interim_answer<S: AsyncWrite + Unpin>(
     shared: &Shared,
+    ctx: &mut Ctx,
     io: &mut S,
     head: &RequestHead,
     upstream: &mut UpstreamConn,
@@ -1599,9 +1615,12 @@ async fn interim_answer<S: AsyncWrite + Unpin>(
         );
         copy_answer_fields(out, raw, response, true);
         out.extend_from_slice(b"\r\n");
+        // Until it is all out, the client's connection is inside an answer.
+        ctx.answer_begun = true;
         if !to_client(shared, io, out).await {
             return Err(Failed::ClientGone);
         }
+        ctx.answer_begun = false;
     }
     upstream.buf.advance(response.len);
     Ok(())
@@ -1613,7 +1632,7 @@ async fn interim_answer<S: AsyncWrite + Unpin>(
 #[allow(clippy::too_many_arguments)]
 async fn final_answer_here<S: AsyncWrite + Unpin>(
     shared: &Shared,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     io: &mut S,
     head: &RequestHead,
     upstream: &mut UpstreamConn,
@@ -1632,9 +1651,10 @@ async fn final_answer_here<S: AsyncWrite + Unpin>(
         );
         match parsed {
             Ok(true) if response.is_interim() => {
-                if let Err(failed) =
-                    interim_answer(shared, io, head, upstream, &response, out, count, deadline)
-                        .await
+                if let Err(failed) = interim_answer(
+                    shared, ctx, io, head, upstream, &response, out, count, deadline,
+                )
+                .await
                 {
                     upstream.response = response;
                     return Err(failed);

@@ -107,7 +107,18 @@ where
     // failure, or after an upstream left the request unprocessed.
     let mut hold = shared.body_budget.hold();
     let key_headers = decided.key_headers(head.framing == Framing::Chunked);
-    let body = match read_body(shared, io, buf, head, key_headers, body_deadline, &mut hold).await {
+    let body = match read_body(
+        shared,
+        io,
+        buf,
+        head,
+        key_headers,
+        body_deadline,
+        &mut hold,
+        &mut ctx.answer_begun,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(BodyFault(event, status, error)) => {
             shared.metrics.client_event(event);
@@ -196,6 +207,9 @@ struct ReadBody {
     trailers: Option<HeaderMap>,
 }
 
+/// The request body, read whole by its framing; `answer_begun` is set while the `100 Continue`
+/// a client may wait for is going out.
+#[allow(clippy::too_many_arguments)]
 async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut S,
@@ -204,6 +218,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     key_headers: Option<KeyHeaders>,
     deadline: Instant,
     hold: &mut BodyHold,
+    answer_begun: &mut bool,
 ) -> Result<ReadBody, BodyFault> {
     let max = shared.config.limits.max_body_bytes;
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
@@ -227,7 +242,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
                 if !hold.grow_to(buf.capacity().min(n) as u64) {
                     return Err(NO_ROOM);
                 }
-                fill(shared, io, buf, deadline, &mut ask).await?;
+                fill(shared, io, buf, deadline, &mut ask, answer_begun).await?;
             }
             if !hold.grow_to(n as u64) {
                 return Err(NO_ROOM);
@@ -274,7 +289,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(READ_CHUNK);
                 }
-                fill(shared, io, buf, deadline, &mut ask).await?;
+                fill(shared, io, buf, deadline, &mut ask, answer_begun).await?;
             }
             Ok(ReadBody {
                 data: data.freeze(),
@@ -292,14 +307,17 @@ async fn fill<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     deadline: Instant,
     ask: &mut bool,
+    answer_begun: &mut bool,
 ) -> Result<(), BodyFault> {
     if std::mem::take(ask) {
+        // Until it is all out, the client's connection is inside an answer.
+        *answer_begun = true;
         let asked = shared
             .timer
             .timeout_at(deadline, io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"))
             .await;
         match asked {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => *answer_begun = false,
             Ok(Err(_)) => return Err(ABORTED),
             Err(_) => return Err(SLOW),
         }
