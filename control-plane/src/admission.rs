@@ -296,7 +296,7 @@ pub fn unit_moves(current: &RawTable, next: &RawTable) -> Vec<UnitMove> {
         }
         let hint = match &from {
             Some(from) if region_change && !slots_change => format!(
-                "moves {from} -> {}: use a flip (unitctl flip {} --to {}, POST /v1/units/{}/flip)",
+                "moves {from} -> {}: use a flip (unitctl flip {} --to {} --reason TEXT, POST /v1/units/{}/flip)",
                 unit.region, unit.name, unit.region, unit.name
             ),
             Some(_) => "its slots change: users move between units without a freeze".to_owned(),

@@ -712,7 +712,7 @@ fn plan_text(file: &Path, plan: &PlanResult, base: Option<u64>, forced: bool) ->
         ),
         (Some(_), false) => push_line!(
             text,
-            "  an apply would be REFUSED (422 moves_units): move units with flips (unitctl flip UNIT --to REGION), or, as an admin, store it anyway with --force-moves REASON"
+            "  an apply would be REFUSED (422 moves_units): move units with flips (unitctl flip UNIT --to REGION --reason TEXT), or, as an admin, store it anyway with --force-moves REASON"
         ),
         (Some(why), true) => push_line!(text, "  an apply would be REFUSED: {why}"),
         (None, _) => {}
@@ -938,7 +938,7 @@ fn put_refused(file: &Path, base: u64, error: ClientError) -> Failure {
             stale_hint(file)
         )),
         "moves_units" => Some(
-            "move units with flips (unitctl flip UNIT --to REGION); to store it anyway, an admin adds --force-moves REASON"
+            "move units with flips (unitctl flip UNIT --to REGION --reason TEXT); to store it anyway, an admin adds --force-moves REASON"
                 .to_owned(),
         ),
         _ => None,

@@ -142,6 +142,12 @@ fn live_dry_runs_are_checked_as_usage() {
     ] {
         let out = no_server(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
+        if args.contains(&"--server") {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("--reason"),
+                "{args:?}: the missing reason is named"
+            );
+        }
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("Usage: unitctl"),
             "{args:?}: {}",
