@@ -101,6 +101,22 @@ impl Plane {
 }
 
 /// `unitctl ARGS` with no server, token or CA from the test's own environment.
+/// `unitctl flip UNIT --to sz` as a drill, planned, its replication check passed at once,
+/// followed to its end.
+fn planned_flip(unit: &str) -> [&str; 9] {
+    [
+        "flip",
+        unit,
+        "--to",
+        "sz",
+        "--reason",
+        "drill",
+        "--delay-s",
+        "0",
+        "--wait",
+    ]
+}
+
 fn unitctl_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_unitctl"));
     command.args(args).stdin(Stdio::null());
@@ -334,22 +350,7 @@ async fn an_edit_of_a_replaced_version_is_refused_as_stale() {
     let old = write(&p.path, "old.json", &with_standby(&fetched, "u05", "sh"));
 
     // Meanwhile, a flip stores new versions.
-    let out = p
-        .unitctl(
-            &p.operator,
-            &[
-                "flip",
-                "u03",
-                "--to",
-                "sz",
-                "--reason",
-                "drill",
-                "--delay-s",
-                "0",
-                "--wait",
-            ],
-        )
-        .await;
+    let out = p.unitctl(&p.operator, &planned_flip("u03")).await;
     assert!(out.status.success(), "{}", text(&out));
     let in_force = p.status().await.version;
     assert!(in_force > 1, "the flip stored versions");
@@ -641,22 +642,7 @@ async fn flip_resolve_lifts_the_lock_of_a_lost_flip() {
         "{shown}"
     );
     assert!(shown.contains("unitctl flip-resolve UNIT"), "{shown}");
-    let out = p
-        .unitctl(
-            &p.operator,
-            &[
-                "flip",
-                "u04",
-                "--to",
-                "sz",
-                "--reason",
-                "drill",
-                "--delay-s",
-                "0",
-                "--wait",
-            ],
-        )
-        .await;
+    let out = p.unitctl(&p.operator, &planned_flip("u04")).await;
     assert!(
         !out.status.success() && text(&out).contains("409"),
         "a locked unit does not flip: {}",
@@ -687,22 +673,7 @@ async fn flip_resolve_lifts_the_lock_of_a_lost_flip() {
         "{shown}"
     );
     assert_eq!(unit(&p.status().await, "u04").locked, None);
-    let out = p
-        .unitctl(
-            &p.operator,
-            &[
-                "flip",
-                "u04",
-                "--to",
-                "sz",
-                "--reason",
-                "drill",
-                "--delay-s",
-                "0",
-                "--wait",
-            ],
-        )
-        .await;
+    let out = p.unitctl(&p.operator, &planned_flip("u04")).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(unit(&p.status().await, "u04").region, "sz");
 }
@@ -1234,22 +1205,7 @@ async fn route_and_diff_against_the_live_table() {
     assert!(before.status.success(), "{}", text(&before));
     let before: serde_json::Value = parse(&before);
 
-    let out = p
-        .unitctl(
-            &p.operator,
-            &[
-                "flip",
-                "u03",
-                "--to",
-                "sz",
-                "--reason",
-                "drill",
-                "--delay-s",
-                "0",
-                "--wait",
-            ],
-        )
-        .await;
+    let out = p.unitctl(&p.operator, &planned_flip("u03")).await;
     assert!(out.status.success(), "{}", text(&out));
     let in_force = p.status().await.version;
     assert!(in_force > 1, "the flip stored versions");
