@@ -720,13 +720,8 @@ async fn answers_once_per_connection(hold: std::time::Duration) -> SocketAddr {
     serve_each(move |mut stream| async move {
         let mut first = true;
         loop {
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 4096];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
+            if read_head(&mut stream).await.is_none() {
+                return;
             }
             if !first {
                 tokio::time::sleep(hold).await;
@@ -788,13 +783,8 @@ async fn stale_pooled_connections_do_not_eject_a_healthy_endpoint() {
     let upstream = serve_each(move |mut stream| {
         let all_in = all_in.clone();
         async move {
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 4096];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
+            if read_head(&mut stream).await.is_none() {
+                return;
             }
             all_in.wait().await;
             let _ = stream
@@ -927,14 +917,9 @@ async fn answers_413_early(hold: Arc<tokio::sync::Notify>) -> SocketAddr {
     serve_each(move |mut stream| {
         let hold = hold.clone();
         async move {
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0u8; 4096];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
-            }
+            let Some(head) = read_head(&mut stream).await else {
+                return;
+            };
             let _ = stream
                 .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
                 .await;
@@ -1383,13 +1368,8 @@ async fn hints_then_silence(
     serve_each(move |mut stream| {
         let heard = heard.clone();
         async move {
-            let mut got = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&chunk[..n]),
-                }
+            if read_head(&mut stream).await.is_none() {
+                return;
             }
             heard.notify_one();
             let mut hint = b"HTTP/1.1 103 Early Hints\r\n".to_vec();
@@ -1402,7 +1382,7 @@ async fn hints_then_silence(
                     return;
                 }
             }
-            let _ = stream.read(&mut chunk).await;
+            let _ = stream.read(&mut [0u8; 1]).await;
         }
     })
     .await

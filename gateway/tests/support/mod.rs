@@ -355,20 +355,30 @@ pub async fn get_text(client: &TestClient, addr: SocketAddr, path: &str) -> Stri
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// What `stream` sends up to the end of a message head (and any bytes that came with it);
+/// `None` when it closes or fails first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// An HTTP/1.1 upstream that answers any request with a body that never ends, written until
 /// the gateway lets the connection go; `let_go` is notified then.
 pub async fn endless_answer(let_go: std::sync::Arc<tokio::sync::Notify>) -> SocketAddr {
     serve_each(move |mut stream| {
         let let_go = let_go.clone();
         async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
+            use tokio::io::AsyncWriteExt;
+            if read_head(&mut stream).await.is_none() {
+                return;
             }
             let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
             let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
